@@ -1,0 +1,15 @@
+"""mechgrok: train small transformers on algorithmic tasks and take grokking apart.
+
+    import mechgrok as mg
+    run = mg.load_run("runs/demo")
+    model = run.model(step=run.steps[-1])      # TransformerLens 4 model, HookedTransformer hook names
+"""
+
+from . import model, plots, presets, runs, tasks, train
+from .model import ModelConfig, forward, init_params, run_with_hooks, to_tl_model
+from .presets import PRESETS, get_preset
+from .runs import Run, RunConfig, TrainConfig, load_hooked_transformer, load_run
+from .tasks import Task, TaskConfig, make_task
+from .train import TrainingDiverged
+
+__version__ = "0.1.0"

@@ -1,0 +1,300 @@
+"""The model: a TransformerLens 4 model for users, and a functional forward for speed.
+
+Parameters live in one representation everywhere: a dict of tensors keyed like a
+HookedTransformer state dict (``embed.W_E``, ``blocks.0.attn.W_Q``, ``unembed.W_U``, ...) with
+HookedTransformer's per-head shapes. Checkpoints store that dict; the trainer optimises it;
+``to_tl_model`` turns it into the TransformerLens 4 ``TransformerBridge`` (HookedTransformer
+hook names, ``W_E``/``W_U`` properties, ``run_with_hooks``, ``run_with_cache``) that users hook
+into.
+
+``forward`` is a plain-PyTorch implementation over the same dict that computes only what the
+loss needs (the final block at the last position only). It is what makes training and
+analyses over hundreds of checkpoints cheap; tests pin it to the TL forward. It accepts TL-style
+forward hooks ``fn(activation, hook) -> activation | None`` on TL hook names, so an
+intervention written once runs on both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Iterable, Sequence
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+Params = dict[str, Tensor]
+Hook = tuple[str, Callable]
+
+ACT_FNS = ("relu", "gelu")
+_SMALL_CTX = 8
+NORMALIZATIONS = ("none", "LN")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture. ``d_vocab``, ``d_vocab_out`` and ``n_ctx`` come from the task
+    (``resolve(task)``); everything else is chosen by the user."""
+
+    n_layers: int = 1
+    d_model: int = 128
+    n_heads: int = 4
+    d_head: int = 32
+    d_mlp: int = 512
+    act_fn: str = "relu"
+    normalization: str = "none"  # "LN": pre-LN blocks and a final LN
+    seed: int = 0
+    d_vocab: int | None = None
+    d_vocab_out: int | None = None
+    n_ctx: int | None = None
+
+    def __post_init__(self):
+        for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {v!r}")
+        if self.act_fn not in ACT_FNS:
+            raise ValueError(f"ModelConfig.act_fn must be one of {ACT_FNS}, got {self.act_fn!r}")
+        norm = {"ln": "LN", "none": "none", None: "none"}.get(
+            self.normalization.lower() if isinstance(self.normalization, str) else None, self.normalization)
+        object.__setattr__(self, "normalization", norm)
+        if norm not in NORMALIZATIONS:
+            raise ValueError(f"ModelConfig.normalization must be one of {NORMALIZATIONS}, "
+                             f"got {self.normalization!r}")
+
+    def resolve(self, task) -> "ModelConfig":
+        return replace(self, d_vocab=task.d_vocab, d_vocab_out=task.d_vocab_out, n_ctx=task.n_ctx)
+
+    @property
+    def resolved(self) -> bool:
+        return None not in (self.d_vocab, self.d_vocab_out, self.n_ctx)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every key of the HookedTransformer-format state dict with its shape."""
+    _check_resolved(cfg)
+    d, h, k, m = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
+    ln = cfg.normalization == "LN"
+    shapes: dict[str, tuple[int, ...]] = {"embed.W_E": (cfg.d_vocab, d), "pos_embed.W_pos": (cfg.n_ctx, d)}
+    for layer in range(cfg.n_layers):
+        b = f"blocks.{layer}"
+        if ln:
+            shapes |= {f"{b}.ln1.w": (d,), f"{b}.ln1.b": (d,)}
+        shapes |= {f"{b}.attn.W_Q": (h, d, k), f"{b}.attn.W_K": (h, d, k), f"{b}.attn.W_V": (h, d, k),
+                   f"{b}.attn.W_O": (h, k, d), f"{b}.attn.b_Q": (h, k), f"{b}.attn.b_K": (h, k),
+                   f"{b}.attn.b_V": (h, k), f"{b}.attn.b_O": (d,)}
+        if ln:
+            shapes |= {f"{b}.ln2.w": (d,), f"{b}.ln2.b": (d,)}
+        shapes |= {f"{b}.mlp.W_in": (d, m), f"{b}.mlp.b_in": (m,), f"{b}.mlp.W_out": (m, d),
+                   f"{b}.mlp.b_out": (d,)}
+    if ln:
+        shapes |= {"ln_final.w": (d,), "ln_final.b": (d,)}
+    shapes |= {"unembed.W_U": (d, cfg.d_vocab_out), "unembed.b_U": (cfg.d_vocab_out,)}
+    return shapes
+
+
+def _check_resolved(cfg: ModelConfig):
+    if not cfg.resolved:
+        raise ValueError("ModelConfig has no vocabulary sizes yet: call cfg.resolve(task) first")
+
+
+# --- the TransformerLens 4 model ----------------------------------------------------------
+
+
+def tl_config(cfg: ModelConfig):
+    from transformer_lens.config import TransformerBridgeConfig
+
+    _check_resolved(cfg)
+    return TransformerBridgeConfig(
+        n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_head,
+        d_mlp=cfg.d_mlp, d_vocab=cfg.d_vocab, d_vocab_out=cfg.d_vocab_out, n_ctx=cfg.n_ctx,
+        act_fn=cfg.act_fn, normalization_type="LN" if cfg.normalization == "LN" else None,
+        positional_embedding_type="standard", default_prepend_bos=False, seed=cfg.seed,
+    )
+
+
+def _boot(cfg: ModelConfig, device=None):
+    import transformer_lens.model_bridge.sources  # noqa: F401  (attaches boot_native)
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_native(tl_config(cfg), device=device)
+    # no_processing: the default folds/centres weights (W_U centring changes every Fourier
+    # spectrum), so the model users hook into must hold exactly the trained weights.
+    bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    return bridge
+
+
+def to_tl_model(params: Params, cfg: ModelConfig, device=None):
+    """A TransformerLens 4 ``TransformerBridge`` holding exactly ``params``."""
+    from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
+
+    check_params(params, cfg)
+    bridge = _boot(cfg, device=device)
+    converted = convert_tl_checkpoint({k: v.detach() for k, v in params.items()}, tl_config(cfg))
+    bridge.load_state_dict(converted, strict=True)
+    bridge.eval()
+    return bridge
+
+
+def params_from_tl(model, cfg: ModelConfig) -> Params:
+    """Read a TL 4 bridge's weights back into the HookedTransformer-format dict (the inverse
+    of ``convert_tl_checkpoint`` for the architectures mechgrok builds)."""
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    h = cfg.n_heads
+    out: Params = {"embed.W_E": sd["embed.weight"], "pos_embed.W_pos": sd["pos_embed.weight"]}
+    for layer in range(cfg.n_layers):
+        b = f"blocks.{layer}"
+        for name in ("ln1", "ln2"):
+            if f"{b}.{name}.weight" in sd:
+                out[f"{b}.{name}.w"] = sd[f"{b}.{name}.weight"]
+                out[f"{b}.{name}.b"] = sd[f"{b}.{name}.bias"]
+        for x in "QKV":
+            w = sd[f"{b}.attn.{x.lower()}.weight"]
+            out[f"{b}.attn.W_{x}"] = einops.rearrange(w, "(h k) d -> h d k", h=h)
+            out[f"{b}.attn.b_{x}"] = einops.rearrange(sd[f"{b}.attn.{x.lower()}.bias"], "(h k) -> h k", h=h)
+        out[f"{b}.attn.W_O"] = einops.rearrange(sd[f"{b}.attn.o.weight"], "d (h k) -> h k d", h=h)
+        out[f"{b}.attn.b_O"] = sd[f"{b}.attn.o.bias"]
+        out[f"{b}.mlp.W_in"] = sd[f"{b}.mlp.in.weight"].T.contiguous()
+        out[f"{b}.mlp.b_in"] = sd[f"{b}.mlp.in.bias"]
+        out[f"{b}.mlp.W_out"] = sd[f"{b}.mlp.out.weight"].T.contiguous()
+        out[f"{b}.mlp.b_out"] = sd[f"{b}.mlp.out.bias"]
+    if "ln_final.weight" in sd:
+        out["ln_final.w"], out["ln_final.b"] = sd["ln_final.weight"], sd["ln_final.bias"]
+    out["unembed.W_U"] = sd["unembed.weight"].T.contiguous()
+    out["unembed.b_U"] = sd["unembed.bias"]
+    return {k: out[k] for k in param_shapes(cfg)}
+
+
+def init_params(cfg: ModelConfig) -> Params:
+    """Fresh weights from TransformerLens's own seeded initialisation (``cfg.seed``)."""
+    return params_from_tl(_boot(cfg), cfg)
+
+
+def check_params(params: Params, cfg: ModelConfig, source: str = "params"):
+    """Fail with the offending key when ``params`` does not fit ``cfg``."""
+    expected = param_shapes(cfg)
+    missing = [k for k in expected if k not in params]
+    extra = [k for k in params if k not in expected]
+    if missing or extra:
+        raise ValueError(f"{source}: keys do not match the model config "
+                         f"(missing {missing[:5]}, unexpected {extra[:5]})")
+    for k, shape in expected.items():
+        if tuple(params[k].shape) != shape:
+            raise ValueError(f"{source}: {k!r} has shape {tuple(params[k].shape)}, "
+                             f"the config says {shape}")
+
+
+def n_params(cfg: ModelConfig) -> int:
+    return sum(math.prod(s) for s in param_shapes(cfg).values())
+
+
+# --- the functional fast path -------------------------------------------------------------
+
+
+class _HookName:
+    """Stands in for a TL HookPoint so hook functions can read ``hook.name``."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def _layer_norm(x: Tensor, params: Params, prefix: str) -> Tensor:
+    return F.layer_norm(x, x.shape[-1:], params[f"{prefix}.w"], params[f"{prefix}.b"], eps=1e-5)
+
+
+def run_with_hooks(
+    params: Params,
+    cfg: ModelConfig,
+    tokens: Int[Tensor, "batch pos"],
+    fwd_hooks: Sequence[Hook] = (),
+    cache_names: Iterable[str] = (),
+    last_only: bool = True,
+) -> tuple[Float[Tensor, "batch pos_out d_vocab_out"], dict[str, Tensor]]:
+    """Functional forward with TL hook names. Returns ``(logits, cache)``.
+
+    With ``last_only`` (the default) the final block computes its attention query, MLP,
+    unembedding and everything downstream at the last position only: those activations
+    have a position axis of length 1 (index them with ``[:, -1]``, which works either way).
+    Earlier blocks always see every position. Pure in ``params`` (no in-place writes), so
+    ``torch.func.vmap`` can map it over stacked checkpoints.
+    """
+    hooks: dict[str, list[Callable]] = {}
+    for name, fn in fwd_hooks:
+        hooks.setdefault(name, []).append(fn)
+    wanted = set(cache_names)
+    cache: dict[str, Tensor] = {}
+
+    def point(name: str, x: Tensor) -> Tensor:
+        for fn in hooks.get(name, ()):
+            y = fn(x, _HookName(name))
+            x = x if y is None else y
+        if name in wanted:
+            cache[name] = x
+        return x
+
+    P, h, n = params, cfg.n_heads, tokens.shape[1]
+    ln = cfg.normalization == "LN"
+    act = F.relu if cfg.act_fn == "relu" else F.gelu
+    x = point("hook_embed", P["embed.W_E"][tokens]) + point("hook_pos_embed", P["pos_embed.W_pos"][:n])
+    for layer in range(cfg.n_layers):
+        b = f"blocks.{layer}"
+        last = last_only and layer == cfg.n_layers - 1
+        x = point(f"{b}.hook_resid_pre", x)
+        xn = _layer_norm(x, P, f"{b}.ln1") if ln else x
+        # One matmul per projection with heads flattened: far cheaper on CPU than per-head
+        # batched matmuls for these tiny sequences.
+        W_Q = einops.rearrange(P[f"{b}.attn.W_Q"], "h d k -> d (h k)")
+        W_KV = einops.rearrange(torch.stack([P[f"{b}.attn.W_K"], P[f"{b}.attn.W_V"]]), "two h d k -> d (two h k)")
+        b_KV = torch.stack([P[f"{b}.attn.b_K"], P[f"{b}.attn.b_V"]]).flatten()
+        q = (xn[:, -1:] if last else xn) @ W_Q + P[f"{b}.attn.b_Q"].flatten()
+        q = einops.rearrange(q, "b q (h k) -> b h q k", h=h)
+        k, v = einops.rearrange(xn @ W_KV + b_KV, "b p (two h k) -> two b h p k", two=2, h=h)
+        if n <= _SMALL_CTX:  # broadcast-and-sum beats bmm on thousands of 3x3 problems
+            scores = (q[:, :, :, None, :] * k[:, :, None, :, :]).sum(-1)
+        else:
+            scores = q @ k.transpose(-1, -2)
+        scores = scores / math.sqrt(cfg.d_head)
+        if not last:  # the last query sees every key, so only full-sequence queries need a mask
+            mask = torch.ones(n, n, dtype=torch.bool, device=tokens.device).triu(1)
+            scores = scores.masked_fill(mask, float("-inf"))
+        pattern = point(f"{b}.attn.hook_pattern", scores.softmax(-1))
+        if n <= _SMALL_CTX:
+            z = (pattern[..., None] * v[:, :, None, :, :]).sum(-2)
+        else:
+            z = pattern @ v  # [batch head q d_head]
+        z = einops.rearrange(z, "b h q k -> b q (h k)")
+        attn_out = z @ einops.rearrange(P[f"{b}.attn.W_O"], "h k d -> (h k) d") + P[f"{b}.attn.b_O"]
+        x = (x[:, -1:] if last else x) + point(f"{b}.hook_attn_out", attn_out)
+        x = point(f"{b}.hook_resid_mid", x)
+        xn = _layer_norm(x, P, f"{b}.ln2") if ln else x
+        pre = point(f"{b}.mlp.hook_pre", xn @ P[f"{b}.mlp.W_in"] + P[f"{b}.mlp.b_in"])
+        post = point(f"{b}.mlp.hook_post", act(pre))
+        x = x + point(f"{b}.hook_mlp_out", post @ P[f"{b}.mlp.W_out"] + P[f"{b}.mlp.b_out"])
+        x = point(f"{b}.hook_resid_post", x)
+    if ln:
+        x = _layer_norm(x, P, "ln_final")
+    logits = point("unembed.hook_out", x @ P["unembed.W_U"] + P["unembed.b_U"])
+    return logits, cache
+
+
+def forward(params: Params, cfg: ModelConfig, tokens: Int[Tensor, "batch pos"],
+            fwd_hooks: Sequence[Hook] = ()) -> Float[Tensor, "batch d_vocab_out"]:
+    """Logits at the last position: everything the loss needs, nothing more."""
+    return run_with_hooks(params, cfg, tokens, fwd_hooks=fwd_hooks)[0][:, -1]
+
+
+def loss_and_accuracy(logits: Float[Tensor, "batch d_vocab_out"], labels: Int[Tensor, " batch"]):
+    """Cross-entropy in float64, as in Nanda et al.: grokked losses reach 1e-7, where float32
+    log-softmax rounds to zero and hides the cleanup phase."""
+    logp = logits.to(torch.float64).log_softmax(-1)
+    loss = -logp.gather(-1, labels[:, None]).mean()
+    acc = (logits.argmax(-1) == labels).float().mean()
+    return loss, acc

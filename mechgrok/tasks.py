@@ -1,0 +1,182 @@
+"""Algorithmic tasks: modular arithmetic and parity, as token sequences.
+
+Modular tasks use the layout of Nanda et al.: the input is ``[a, b, =]`` where ``=`` is
+token id ``p``; ``d_vocab = p + 1`` and the model predicts one of ``p`` residues at the last
+position. Pairs are enumerated a-major (row ``i`` is ``a = i // p``, ``b = i % p``), so a
+vector over all pairs reshapes to the ``p x p`` grid that the Fourier analyses transform.
+Division skips ``b = 0``: its grid has ``p - 1`` columns (b = 1 .. p-1).
+
+Parity: the input is the ``n_bits`` bits followed by ``=`` (token id 2); the label is the
+XOR of the bits (or of the first ``k`` bits for sparse parity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+MODULAR_OPS: dict[str, tuple[str, Callable[[Tensor, Tensor, int], Tensor]]] = {
+    "add": ("a + b", lambda a, b, p: (a + b) % p),
+    "sub": ("a - b", lambda a, b, p: (a - b) % p),
+    "mul": ("a * b", lambda a, b, p: (a * b) % p),
+    "div": ("a / b", lambda a, b, p: (a * _inverses(p)[b]) % p),
+    "quad": ("a^2 + ab + b^2", lambda a, b, p: (a * a + a * b + b * b) % p),
+}
+OP_ALIASES = {"+": "add", "-": "sub", "*": "mul", "x": "mul", "/": "div"}
+OPS = tuple(MODULAR_OPS) + ("parity",)
+MAX_PARITY_BITS = 20  # 2^20 sequences; beyond that the full dataset stops fitting in a batch
+
+
+def _inverses(p: int) -> Tensor:
+    # b^(p-2) is b's inverse by Fermat (0 maps to 0 and is never used).
+    return torch.tensor([pow(x, p - 2, p) for x in range(p)])
+
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    return all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What to learn and how to split it. Validated at construction."""
+
+    op: str = "add"
+    p: int = 113
+    frac: float = 0.3
+    seed: int = 0
+    n_bits: int = 10  # parity only
+    k_bits: int | None = None  # parity only: XOR of the first k bits (sparse parity); None = all
+
+    def __post_init__(self):
+        op = OP_ALIASES.get(self.op, self.op)
+        object.__setattr__(self, "op", op)
+        if op not in OPS:
+            raise ValueError(f"TaskConfig.op: unknown op {self.op!r}; allowed: {', '.join(OPS)} "
+                             f"(or the symbols {', '.join(OP_ALIASES)})")
+        if not 0.0 < self.frac < 1.0:
+            raise ValueError(f"TaskConfig.frac must be in (0, 1), got {self.frac}")
+        if op == "parity":
+            if not 2 <= self.n_bits <= MAX_PARITY_BITS:
+                raise ValueError(f"TaskConfig.n_bits must be in [2, {MAX_PARITY_BITS}], got {self.n_bits}")
+            if self.k_bits is not None and not 1 <= self.k_bits <= self.n_bits:
+                raise ValueError(f"TaskConfig.k_bits must be in [1, n_bits={self.n_bits}] or None, "
+                                 f"got {self.k_bits}")
+        else:
+            if self.p < 3 or not is_prime(self.p):
+                raise ValueError(f"TaskConfig.p must be a prime >= 3 (modular ops need a field), got {self.p}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Task:
+    """A dataset with a fixed seeded split. Everything lives on CPU; move slices as needed."""
+
+    inputs: Int[Tensor, "n_examples n_ctx"]
+    labels: Int[Tensor, " n_examples"]
+    train_idx: Int[Tensor, " n_train"]
+    test_idx: Int[Tensor, " n_test"]
+
+    def __init__(self, cfg: TaskConfig):
+        self.cfg = cfg
+        if cfg.op == "parity":
+            n = cfg.n_bits
+            codes = torch.arange(2**n)
+            bits = (codes[:, None] >> torch.arange(n - 1, -1, -1)) & 1
+            k = n if cfg.k_bits is None else cfg.k_bits
+            self.labels = bits[:, :k].sum(1) % 2
+            eq = torch.full((len(codes), 1), 2)
+            self.inputs = torch.cat([bits, eq], dim=1)
+            self.a = self.b = None
+        else:
+            p = cfg.p
+            bs = torch.arange(1, p) if cfg.op == "div" else torch.arange(p)
+            a = torch.arange(p).repeat_interleave(len(bs))
+            b = bs.repeat(p)
+            self.a, self.b = a, b
+            self.labels = MODULAR_OPS[cfg.op][1](a, b, p)
+            self.inputs = torch.stack([a, b, torch.full_like(a, p)], dim=1)
+        g = torch.Generator().manual_seed(cfg.seed)
+        perm = torch.randperm(len(self.labels), generator=g)
+        n_train = int(cfg.frac * len(perm))
+        if n_train == 0 or n_train == len(perm):
+            raise ValueError(f"TaskConfig.frac={cfg.frac} leaves an empty train or test set "
+                             f"for {len(perm)} examples")
+        self.train_idx, self.test_idx = perm[:n_train], perm[n_train:]
+
+    # --- sizes a model needs -------------------------------------------------------------
+    @property
+    def op(self) -> str:
+        return self.cfg.op
+
+    @property
+    def p(self) -> int:
+        if self.cfg.op == "parity":
+            raise AttributeError("parity tasks have no modulus p")
+        return self.cfg.p
+
+    @property
+    def is_modular(self) -> bool:
+        return self.cfg.op != "parity"
+
+    @property
+    def d_vocab(self) -> int:
+        return 3 if self.cfg.op == "parity" else self.cfg.p + 1
+
+    @property
+    def d_vocab_out(self) -> int:
+        return 2 if self.cfg.op == "parity" else self.cfg.p
+
+    @property
+    def n_ctx(self) -> int:
+        return self.inputs.shape[1]
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """Shape of the (a, b) grid the examples enumerate (modular tasks only)."""
+        p = self.p
+        return (p, p - 1) if self.cfg.op == "div" else (p, p)
+
+    # --- convenient slices ---------------------------------------------------------------
+    @property
+    def train_inputs(self) -> Tensor:
+        return self.inputs[self.train_idx]
+
+    @property
+    def train_labels(self) -> Tensor:
+        return self.labels[self.train_idx]
+
+    @property
+    def test_inputs(self) -> Tensor:
+        return self.inputs[self.test_idx]
+
+    @property
+    def test_labels(self) -> Tensor:
+        return self.labels[self.test_idx]
+
+    @property
+    def is_train(self) -> Tensor:
+        """Boolean mask over all examples: True where the example is in the train split."""
+        mask = torch.zeros(len(self.labels), dtype=torch.bool)
+        mask[self.train_idx] = True
+        return mask
+
+    def describe(self) -> str:
+        if self.cfg.op == "parity":
+            k = self.cfg.k_bits or self.cfg.n_bits
+            return f"parity of {k} of {self.cfg.n_bits} bits"
+        return f"{MODULAR_OPS[self.cfg.op][0]} mod {self.cfg.p}"
+
+    def __repr__(self) -> str:
+        return (f"Task({self.describe()}, {len(self.train_idx)} train / {len(self.test_idx)} test, "
+                f"seed {self.cfg.seed})")
+
+
+def make_task(op: str = "add", p: int = 113, frac: float = 0.3, seed: int = 0, **kw) -> Task:
+    return Task(TaskConfig(op=op, p=p, frac=frac, seed=seed, **kw))
