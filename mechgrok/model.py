@@ -210,6 +210,11 @@ def _layer_norm(x: Tensor, params: Params, prefix: str) -> Tensor:
     return F.layer_norm(x, x.shape[-1:], params[f"{prefix}.w"], params[f"{prefix}.b"], eps=1e-5)
 
 
+def _affine(x: Float[Tensor, "... d_in"], W: Float[Tensor, "d_in d_out"], b: Float[Tensor, " d_out"]):
+    # addmm fuses the bias into the matmul (one pass over the output instead of two)
+    return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[-1])
+
+
 def run_with_hooks(
     params: Params,
     cfg: ModelConfig,
@@ -243,20 +248,38 @@ def run_with_hooks(
     P, h, n = params, cfg.n_heads, tokens.shape[1]
     ln = cfg.normalization == "LN"
     act = F.relu if cfg.act_fn == "relu" else F.gelu
-    x = point("hook_embed", P["embed.W_E"][tokens]) + point("hook_pos_embed", P["pos_embed.W_pos"][:n])
+    # Block 0 up to attention sees each token through (token id, position) alone, so its
+    # residual, LayerNorm, queries, keys and values can be computed once per (token, position)
+    # pair (d_vocab * n_ctx rows) and gathered, instead of once per example. Skipped when the
+    # caller hooks or caches the activations this shortcut never materialises.
+    table = not ({"hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre"} & (set(hooks) | wanted))
+    if table:
+        pair = tokens * n + torch.arange(n, device=tokens.device)  # row of (token, position)
+        x_table = einops.rearrange(P["embed.W_E"][:, None] + P["pos_embed.W_pos"][None, :n], "v p d -> (v p) d")
+    else:
+        x = point("hook_embed", P["embed.W_E"][tokens]) + point("hook_pos_embed", P["pos_embed.W_pos"][:n])
     for layer in range(cfg.n_layers):
         b = f"blocks.{layer}"
         last = last_only and layer == cfg.n_layers - 1
-        x = point(f"{b}.hook_resid_pre", x)
-        xn = _layer_norm(x, P, f"{b}.ln1") if ln else x
-        # One matmul per projection with heads flattened: far cheaper on CPU than per-head
-        # batched matmuls for these tiny sequences.
         W_Q = einops.rearrange(P[f"{b}.attn.W_Q"], "h d k -> d (h k)")
         W_KV = einops.rearrange(torch.stack([P[f"{b}.attn.W_K"], P[f"{b}.attn.W_V"]]), "two h d k -> d (two h k)")
         b_KV = torch.stack([P[f"{b}.attn.b_K"], P[f"{b}.attn.b_V"]]).flatten()
-        q = (xn[:, -1:] if last else xn) @ W_Q + P[f"{b}.attn.b_Q"].flatten()
+        b_Q = P[f"{b}.attn.b_Q"].flatten()
+        if layer == 0 and table:
+            xn_table = _layer_norm(x_table, P, f"{b}.ln1") if ln else x_table
+            kv = F.embedding(pair, _affine(xn_table, W_KV, b_KV))
+            q = F.embedding(pair[:, -1:] if last else pair, _affine(xn_table, W_Q, b_Q))
+            x = F.embedding(pair[:, -1:] if last else pair, x_table)
+        else:
+            x = point(f"{b}.hook_resid_pre", x)
+            xn = _layer_norm(x, P, f"{b}.ln1") if ln else x
+            # One matmul per projection with heads flattened: far cheaper on CPU than per-head
+            # batched matmuls for these tiny sequences.
+            kv = _affine(xn, W_KV, b_KV)
+            q = _affine(xn[:, -1:] if last else xn, W_Q, b_Q)
+            x = x[:, -1:] if last else x
         q = einops.rearrange(q, "b q (h k) -> b h q k", h=h)
-        k, v = einops.rearrange(xn @ W_KV + b_KV, "b p (two h k) -> two b h p k", two=2, h=h)
+        k, v = einops.rearrange(kv, "b p (two h k) -> two b h p k", two=2, h=h)
         if n <= _SMALL_CTX:  # broadcast-and-sum beats bmm on thousands of 3x3 problems
             scores = (q[:, :, :, None, :] * k[:, :, None, :, :]).sum(-1)
         else:
@@ -271,17 +294,17 @@ def run_with_hooks(
         else:
             z = pattern @ v  # [batch head q d_head]
         z = einops.rearrange(z, "b h q k -> b q (h k)")
-        attn_out = z @ einops.rearrange(P[f"{b}.attn.W_O"], "h k d -> (h k) d") + P[f"{b}.attn.b_O"]
-        x = (x[:, -1:] if last else x) + point(f"{b}.hook_attn_out", attn_out)
+        attn_out = _affine(z, einops.rearrange(P[f"{b}.attn.W_O"], "h k d -> (h k) d"), P[f"{b}.attn.b_O"])
+        x = x + point(f"{b}.hook_attn_out", attn_out)
         x = point(f"{b}.hook_resid_mid", x)
         xn = _layer_norm(x, P, f"{b}.ln2") if ln else x
-        pre = point(f"{b}.mlp.hook_pre", xn @ P[f"{b}.mlp.W_in"] + P[f"{b}.mlp.b_in"])
+        pre = point(f"{b}.mlp.hook_pre", _affine(xn, P[f"{b}.mlp.W_in"], P[f"{b}.mlp.b_in"]))
         post = point(f"{b}.mlp.hook_post", act(pre))
-        x = x + point(f"{b}.hook_mlp_out", post @ P[f"{b}.mlp.W_out"] + P[f"{b}.mlp.b_out"])
+        x = x + point(f"{b}.hook_mlp_out", _affine(post, P[f"{b}.mlp.W_out"], P[f"{b}.mlp.b_out"]))
         x = point(f"{b}.hook_resid_post", x)
     if ln:
         x = _layer_norm(x, P, "ln_final")
-    logits = point("unembed.hook_out", x @ P["unembed.W_U"] + P["unembed.b_U"])
+    logits = point("unembed.hook_out", _affine(x, P["unembed.W_U"], P["unembed.b_U"]))
     return logits, cache
 
 

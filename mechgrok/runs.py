@@ -221,6 +221,19 @@ class Run:
         """The TransformerLens 4 model at ``step`` (default: the last)."""
         return to_tl_model(self.params(step), self.model_cfg, device=device)
 
+    def summary(self) -> dict:
+        """Checkpoint count, final metrics, memorisation and grokking steps."""
+        m, steps = self.metrics, self.steps
+        last = m.iloc[-1] if len(m) else {}
+        return {
+            "n_checkpoints": len(steps), "first_step": steps[0] if steps else None,
+            "last_step": steps[-1] if steps else None,
+            **{k: float(last[k]) if len(m) else float("nan")
+               for k in ("train_loss", "test_loss", "train_acc", "test_acc")},
+            "memorisation_step": first_step_above(m, "train_acc", 0.99),
+            "grokking_step": first_step_above(m, "test_acc", 0.9),
+        }
+
     def stacked_params(self, steps: list[int] | None = None) -> Params:
         """Weights of many checkpoints stacked on a leading axis (for vmap'd analyses)."""
         steps = self.steps if steps is None else steps
@@ -230,6 +243,13 @@ class Run:
 
 def load_run(path: str | os.PathLike) -> Run:
     return Run(path)
+
+
+def first_step_above(metrics: pd.DataFrame, column: str, threshold: float) -> int | None:
+    """First evaluated step where ``column`` exceeds ``threshold`` (science.md: memorisation is
+    train_acc > 0.99, grokking is test_acc > 0.9), or None if it never does."""
+    hit = metrics.loc[metrics[column] > threshold, "step"]
+    return int(hit.iloc[0]) if len(hit) else None
 
 
 # --- legacy HookedTransformer checkpoints -------------------------------------------------
@@ -291,5 +311,5 @@ def load_hooked_transformer(state_dict_or_path, config: ModelConfig | dict | Non
 
 
 __all__ = ["TrainConfig", "RunConfig", "Run", "load_run", "load_hooked_transformer", "init_params",
-           "save_tensors", "read_tensors", "checkpoint_path", "write_json", "write_metrics", "versions",
+           "save_tensors", "read_tensors", "first_step_above", "checkpoint_path", "write_json", "write_metrics", "versions",
            "METRIC_COLUMNS"]

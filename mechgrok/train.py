@@ -105,11 +105,16 @@ def _load_opt_state(opt: torch.optim.AdamW, names: list[str], tensors: dict[str,
 
 
 def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = True,
-          init: Params | None = None, figure: bool = True) -> Run:
+          init: Params | None = None, figure: bool = True, start_step: int = 0,
+          init_opt_state: dict[str, torch.Tensor] | None = None) -> Run:
     """Train ``cfg`` into the run directory ``out`` and return the loaded ``Run``.
 
     ``resume``: continue from ``out/resume.safetensors`` (config read from ``out``).
     ``init``: start from these weights instead of a fresh initialisation (interventions).
+    ``start_step``: with ``init``, the step those weights were taken at: training runs steps
+    ``start_step .. cfg.train.steps``, so warm-up and minibatch order continue where the source
+    run was (interventions). ``init_opt_state``: AdamW state (``opt.<name>.*`` tensors, as in
+    resume.safetensors) to start from instead of a fresh one; entries of frozen names are ignored.
     """
     out = Path(out)
     if resume:
@@ -131,7 +136,11 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
         rows = pd.read_csv(out / "metrics.csv").to_dict("records") if (out / "metrics.csv").exists() else []
         rows = [r for r in rows if r["step"] <= start]
     else:
-        start, rows = 0, []
+        if start_step and init is None:
+            raise ValueError("start_step needs init: the weights at that step")
+        if not 0 <= start_step < tcfg.steps:
+            raise ValueError(f"start_step={start_step} must be in [0, steps={tcfg.steps})")
+        start, rows = start_step, []
         params = {k: v.clone() for k, v in (init if init is not None else init_params(mcfg)).items()}
         meta = cfg.to_dict() | {"versions": versions(), "device": str(device)}
         write_json(out / "config.json", meta)
@@ -145,6 +154,8 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     opt = make_optimizer(params, names, tcfg)
     if resume:
         _load_opt_state(opt, names, {k: v.to(device) for k, v in state.items() if k.startswith("opt.")})
+    elif init_opt_state is not None:
+        _load_opt_state(opt, names, {k: v.to(device) for k, v in init_opt_state.items() if k.startswith("opt.")})
 
     inputs, labels = task.inputs.to(device), task.labels.to(device)
     train_x, train_y = inputs[task.train_idx.to(device)], labels[task.train_idx.to(device)]
@@ -164,9 +175,9 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
         save_tensors(out / "resume.safetensors", resume_state)
         write_metrics(out / "metrics.csv", rows)
 
-    if start == 0:
-        record(0)
-        checkpoint(0)
+    if start == 0 or not resume:
+        record(start)
+        checkpoint(start)
     last_good = start
     bar = tqdm(total=tcfg.steps, initial=start, disable=not progress, desc=out.name, unit="step",
                dynamic_ncols=True, mininterval=0.5)
@@ -199,7 +210,9 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     run = Run(out)
     if figure and rows:
         from .plots import save_figure, training_curve
-        save_figure(training_curve(run.metrics, title=f"{out.name}: {task.describe()}"),
+        s = run.summary()
+        marks = {"memorised": s["memorisation_step"], "grokked": s["grokking_step"]}
+        save_figure(training_curve(run.metrics, title=f"{out.name}: {task.describe()}", marks=marks),
                     out / "training_curve")
     if progress and start < tcfg.steps:
         print(f"trained {tcfg.steps - start} steps in {time.time() - t0:.1f} s on {device}")

@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from mechgrok.model import (ModelConfig, check_params, init_params, params_from_tl, param_shapes,
+                            run_with_hooks, forward, to_tl_model, n_params)
+from mechgrok.tasks import make_task
+
+
+def _random_params(cfg, seed):
+    g = torch.Generator().manual_seed(seed)
+    # Random weights at TL's init scale, random biases and LN gains: every term matters.
+    return {k: torch.randn(s, generator=g) * (0.5 if k.endswith((".w", ".b")) or "b_" in k else 0.1)
+            + (1.0 if k.endswith(".w") else 0.0) for k, s in param_shapes(cfg).items()}
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 4])
+@pytest.mark.parametrize("normalization", ["none", "LN"])
+@pytest.mark.parametrize("act_fn", ["relu", "gelu"])
+def test_fast_forward_equals_transformerlens_forward(n_layers, normalization, act_fn):
+    task = make_task("add", p=17, frac=0.5)
+    cfg = ModelConfig(n_layers=n_layers, d_model=32, n_heads=4, d_head=8, d_mlp=64, act_fn=act_fn,
+                      normalization=normalization).resolve(task)
+    params = _random_params(cfg, seed=n_layers)
+    model = to_tl_model(params, cfg)
+    tl_logits = model(task.inputs)
+    full, _ = run_with_hooks(params, cfg, task.inputs, last_only=False)
+    assert (full - tl_logits).abs().max() <= 1e-5
+    assert (forward(params, cfg, task.inputs) - tl_logits[:, -1]).abs().max() <= 1e-5
+
+
+def test_fast_path_activations_match_the_tl_cache_by_hook_name():
+    task = make_task("add", p=13, frac=0.5)
+    cfg = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, normalization="LN").resolve(task)
+    params = _random_params(cfg, seed=0)
+    _, cache = to_tl_model(params, cfg).run_with_cache(task.inputs)
+    names = ["hook_embed", "blocks.0.attn.hook_pattern", "blocks.0.hook_resid_mid", "blocks.1.mlp.hook_post",
+             "blocks.1.hook_resid_post"]
+    _, ours = run_with_hooks(params, cfg, task.inputs, cache_names=names, last_only=False)
+    for name in names:
+        assert (ours[name] - cache[name]).abs().max() <= 1e-5, name
+    # the post-MLP activations of the final block at the last position, in the shape users read
+    assert cache["post", 1, "mlp"].shape == (13 * 13, 3, 64)
+
+
+def test_embedding_table_shortcut_equals_the_plain_computation():
+    # The shortcut is taken when nothing hooks the embeddings; a no-op hook there forces the
+    # plain path. Both must agree.
+    task = make_task("add", p=19, frac=0.5)
+    for norm in ("none", "LN"):
+        cfg = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, normalization=norm).resolve(task)
+        params = _random_params(cfg, seed=3)
+        fast = forward(params, cfg, task.inputs)
+        plain = forward(params, cfg, task.inputs, fwd_hooks=[("hook_embed", lambda x, hook: x)])
+        assert (fast - plain).abs().max() <= 1e-5
+
+
+def test_fast_path_hooks_use_the_tl_signature_and_can_edit_activations():
+    task = make_task("add", p=11, frac=0.5)
+    cfg = ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32).resolve(task)
+    params = init_params(cfg)
+    seen = []
+
+    def zero_neurons(act, hook):
+        seen.append(hook.name)
+        return torch.zeros_like(act)
+
+    name = "blocks.0.mlp.hook_post"
+    ours = forward(params, cfg, task.inputs, fwd_hooks=[(name, zero_neurons)])
+    theirs = to_tl_model(params, cfg).run_with_hooks(task.inputs, fwd_hooks=[(name, zero_neurons)])[:, -1]
+    assert seen == [name, name]
+    assert (ours - theirs).abs().max() <= 1e-5
+    assert (ours - forward(params, cfg, task.inputs)).abs().max() > 1e-4  # the hook did something
+
+
+def test_params_round_trip_through_the_tl_model_exactly():
+    task = make_task("div", p=11, frac=0.5)
+    cfg = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, normalization="LN").resolve(task)
+    params = _random_params(cfg, seed=7)
+    back = params_from_tl(to_tl_model(params, cfg), cfg)
+    assert set(back) == set(params) and all(torch.equal(back[k], params[k]) for k in params)
+
+
+def test_tl_model_exposes_hookedtransformer_weight_properties():
+    task = make_task("add", p=13, frac=0.5)
+    cfg = ModelConfig(d_model=32, n_heads=4, d_head=8, d_mlp=64).resolve(task)
+    params = init_params(cfg)
+    model = to_tl_model(params, cfg)
+    assert torch.equal(model.W_E, params["embed.W_E"])
+    assert torch.equal(model.W_U, params["unembed.W_U"])  # not centred: no weight processing
+    assert torch.equal(model.blocks[0].mlp.W_in, params["blocks.0.mlp.W_in"])
+    assert torch.equal(model.blocks[0].attn.W_Q, params["blocks.0.attn.W_Q"])
+
+
+def test_init_is_seeded():
+    task = make_task("add", p=13, frac=0.5)
+    a = init_params(ModelConfig(seed=1).resolve(task))
+    b = init_params(ModelConfig(seed=1).resolve(task))
+    c = init_params(ModelConfig(seed=2).resolve(task))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["embed.W_E"], c["embed.W_E"])
+
+
+def test_nanda_config_has_the_published_shape():
+    task = make_task("add", p=113, frac=0.3)
+    cfg = ModelConfig().resolve(task)
+    # W_E 114x128, W_pos 3x128, attention 4*128*128 + biases, MLP 128x512 both ways, W_U 128x113
+    assert n_params(cfg) == 114 * 128 + 3 * 128 + 4 * 128 * 128 + 4 * 128 + 2 * 128 * 512 + 512 + 128 + 128 * 113 + 113
+
+
+def test_shape_mismatch_names_the_key():
+    task = make_task("add", p=13, frac=0.5)
+    cfg = ModelConfig(d_model=32, n_heads=4, d_head=8, d_mlp=64).resolve(task)
+    params = init_params(cfg)
+    params["blocks.0.mlp.W_in"] = torch.zeros(32, 65)
+    with pytest.raises(ValueError, match=r"blocks\.0\.mlp\.W_in"):
+        check_params(params, cfg)
+
+
+@pytest.mark.parametrize("kwargs,field", [(dict(act_fn="tanh"), "act_fn"), (dict(normalization="RMS"), "normalization"),
+                                          (dict(n_layers=0), "n_layers"), (dict(d_mlp=-1), "d_mlp")])
+def test_bad_model_config_fails_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=rf"ModelConfig\.{field}"):
+        ModelConfig(**kwargs)

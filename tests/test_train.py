@@ -1,0 +1,183 @@
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import mechgrok as mg
+from mechgrok.runs import checkpoint_path, read_tensors, save_tensors
+from mechgrok.train import TrainingDiverged, batch_indices, lr_at, train
+
+
+def _same_params(a, b):
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_is_deterministic_for_a_seed(tiny_cfg, tmp_path):
+    r1 = train(tiny_cfg, tmp_path / "a", progress=False, figure=False)
+    r2 = train(tiny_cfg, tmp_path / "b", progress=False, figure=False)
+    assert _same_params(r1.params(), r2.params())
+    assert r1.metrics.equals(r2.metrics)
+
+
+def test_run_directory_loads_back_with_checkpoints_metrics_and_tl_model(tiny_cfg, tmp_path):
+    run = train(tiny_cfg, tmp_path / "run", progress=False, figure=False)
+    run = mg.load_run(tmp_path / "run")
+    assert run.steps == [0, 20, 40, 60]
+    assert list(run.metrics.columns[:5]) == ["step", "train_loss", "test_loss", "train_acc", "test_acc"]
+    assert run.metrics["step"].tolist() == [0, 10, 20, 30, 40, 50, 60]
+    assert run.metrics["train_loss"].iloc[-1] < run.metrics["train_loss"].iloc[0]
+    model = run.model(step=run.steps[-1])
+    logits, cache = model.run_with_cache(run.task.inputs)
+    assert cache["post", 0, "mlp"].shape == (23 * 23, 3, 64)
+    # the TL model's accuracy on the train split is the one the trainer recorded
+    acc = (logits[run.task.train_idx, -1].argmax(-1) == run.task.train_labels).float().mean().item()
+    assert acc == pytest.approx(run.metrics["train_acc"].iloc[-1], abs=1e-6)
+    cfg = run.meta
+    assert cfg["versions"]["torch"] == torch.__version__ and cfg["device"] == "cpu"
+    assert not list(Path(tmp_path / "run").rglob("*.tmp")), "atomic writes leave no temp files"
+
+
+def test_missing_step_lists_nearby_checkpoints(tiny_cfg, tmp_path):
+    run = train(tiny_cfg, tmp_path / "run", progress=False, figure=False)
+    with pytest.raises(ValueError, match=r"no checkpoint at step 25.*nearest: \[0, 20, 40\]"):
+        run.params(25)
+
+
+def test_truncated_checkpoint_fails_naming_the_file(tiny_cfg, tmp_path):
+    run = train(tiny_cfg, tmp_path / "run", progress=False, figure=False)
+    f = checkpoint_path(run.path, 20)
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"step_0000020\.safetensors.*truncated"):
+        run.params(20)
+
+
+def test_checkpoint_with_wrong_shape_fails_naming_file_and_key(tiny_cfg, tmp_path):
+    run = train(tiny_cfg, tmp_path / "run", progress=False, figure=False)
+    params = run.params(40)
+    params["unembed.W_U"] = torch.zeros(32, 24)
+    save_tensors(checkpoint_path(run.path, 40), params)
+    with pytest.raises(ValueError, match=r"step_0000040\.safetensors.*unembed\.W_U"):
+        run.params(40)
+
+
+def test_nonfinite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path):
+    cfg = replace(tiny_cfg, train=replace(tiny_cfg.train, lr=1e6, warmup_steps=0))
+    with pytest.raises(TrainingDiverged, match=r"last good checkpoint is step \d+"):
+        train(cfg, tmp_path / "run", progress=False, figure=False)
+    run = mg.load_run(tmp_path / "run")
+    assert run.steps and all(torch.isfinite(v).all() for v in run.params().values())
+
+
+def test_frozen_parameters_do_not_move(tiny_cfg, tmp_path):
+    cfg = replace(tiny_cfg, train=replace(tiny_cfg.train, frozen=("blocks.0.attn.*", "embed.W_E")))
+    run = train(cfg, tmp_path / "run", progress=False, figure=False)
+    first, last = run.params(0), run.params()
+    for k in first:
+        frozen = k.startswith("blocks.0.attn.") or k == "embed.W_E"
+        assert torch.equal(first[k], last[k]) == frozen, k
+
+
+def test_minibatch_order_depends_only_on_seed_and_step():
+    a, b = batch_indices(17, 100, 32, seed=3), batch_indices(17, 100, 32, seed=3)
+    assert torch.equal(a, b) and len(a) == 32
+    epoch = torch.cat([batch_indices(s, 100, 32, seed=3) for s in range(4)])  # one epoch of 4 batches
+    assert sorted(epoch.tolist()) == list(range(100))
+    assert batch_indices(0, 100, None, seed=3) is None
+
+
+def test_warmup_is_linear_then_constant():
+    assert lr_at(0, 1e-3, 10) == pytest.approx(1e-4)
+    assert lr_at(9, 1e-3, 10) == pytest.approx(1e-3) and lr_at(500, 1e-3, 10) == 1e-3
+    assert lr_at(0, 1e-3, 0) == 1e-3
+
+
+def test_refuses_to_overwrite_a_run(tiny_cfg, tmp_path):
+    train(tiny_cfg, tmp_path / "run", progress=False, figure=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_cfg, tmp_path / "run", progress=False, figure=False)
+
+
+def test_run_writes_a_training_curve_and_degrades_to_html_without_a_browser(tiny_cfg, tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
+    def no_browser(*a, **k):
+        raise RuntimeError("Kaleido requires Google Chrome to be installed")
+
+    monkeypatch.setattr(go.Figure, "write_image", no_browser)
+    with pytest.warns(UserWarning, match="PNG export skipped"):
+        train(tiny_cfg, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "training_curve.html").stat().st_size > 1000
+    assert not (tmp_path / "run" / "training_curve.png").exists()
+
+
+RESUME_ARGS = ["--preset", "demo", "--p", "23", "--frac", "0.6", "--d-model", "32", "--d-mlp", "64",
+               "--steps", "400", "--eval-every", "20", "--checkpoint-every", "40", "--batch-size", "64",
+               "--seed", "2", "--device", "cpu", "--no-progress"]
+
+
+def _cli(out, *extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # one thread in both processes: float sums must be ordered the same way to compare bit-exactly
+    code = "import torch, sys; torch.set_num_threads(1); from mechgrok.cli import app; sys.argv[0]='mechgrok'; app()"
+    return [sys.executable, "-c", code, "train", "--out", str(out), *extra], env
+
+
+def test_run_killed_with_sigkill_and_resumed_ends_bit_identical(tmp_path):
+    cmd, env = _cli(tmp_path / "whole", *RESUME_ARGS)
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+
+    cmd, env = _cli(tmp_path / "killed", *RESUME_ARGS)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resume_file = tmp_path / "killed" / "resume.safetensors"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it once it is well into training, between checkpoints
+        if resume_file.exists() and int(read_tensors(resume_file)["meta.step"]) >= 120:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = int(read_tensors(resume_file)["meta.step"])
+    assert 120 <= killed_at < 400, "the run should have been killed part-way"
+
+    cmd, env = _cli(tmp_path / "killed", "--resume", "--no-progress")
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    whole, resumed = mg.load_run(tmp_path / "whole"), mg.load_run(tmp_path / "killed")
+    assert resumed.steps == whole.steps
+    assert _same_params(whole.params(), resumed.params())
+    assert whole.metrics.equals(resumed.metrics)
+
+
+def test_legacy_hookedtransformer_state_dict_loads_with_weights_only(tiny_cfg, tmp_path):
+    run = train(tiny_cfg, tmp_path / "run", progress=False, figure=False)
+    sd = run.params()
+    legacy = dict(sd, **{"blocks.0.attn.mask": torch.ones(3, 3).tril().bool(), "blocks.0.attn.IGNORE": torch.tensor(-1e5)})
+    torch.save(legacy, tmp_path / "legacy.pth")
+    model = mg.load_hooked_transformer(tmp_path / "legacy.pth", run.model_cfg)
+    assert torch.equal(model.W_E, sd["embed.W_E"])
+    inferred = mg.load_hooked_transformer(tmp_path / "legacy.pth")  # shapes inferred, act_fn relu
+    x = run.task.inputs
+    assert torch.allclose(inferred(x), model(x), atol=0)
+    # a file holding arbitrary pickled objects is refused, not executed
+    torch.save({"model": sd, "obj": _Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="tensors-only"):
+        mg.load_hooked_transformer(tmp_path / "evil.pth")
+
+
+class _Evil:
+    pass
+
+
+@pytest.mark.parametrize("kwargs,field", [(dict(steps=0), "steps"), (dict(lr=-1.0), "lr"),
+                                          (dict(betas=(0.9, 1.5)), "betas"), (dict(device="tpu"), "device"),
+                                          (dict(batch_size=0), "batch_size")])
+def test_bad_train_config_fails_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{field}"):
+        mg.TrainConfig(**kwargs)
