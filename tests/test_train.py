@@ -181,3 +181,22 @@ class _Evil:
 def test_bad_train_config_fails_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"TrainConfig\.{field}"):
         mg.TrainConfig(**kwargs)
+
+
+def test_loss_fn_maps_over_stacked_models_with_vmap():
+    # The capability that trains many seeds at once stacks parameter dicts and vmaps the step.
+    from torch.func import grad, vmap
+
+    from mechgrok.train import loss_fn
+
+    task = mg.make_task("add", p=13, frac=0.5)
+    cfgs = [mg.ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32, seed=s).resolve(task) for s in (0, 1, 2)]
+    ps = [mg.init_params(c) for c in cfgs]
+    stacked = {k: torch.stack([p[k] for p in ps]) for k in ps[0]}
+    x, y = task.train_inputs, task.train_labels
+    loss = lambda P: loss_fn(P, cfgs[0], x, y)[0]  # noqa: E731
+    batched = vmap(grad(loss))(stacked)
+    for i, p in enumerate(ps):
+        single = grad(loss)(p)
+        for k in single:
+            assert torch.allclose(batched[k][i], single[k], atol=1e-7), k

@@ -1,0 +1,434 @@
+"""Fourier analysis of modular-arithmetic models (Nanda et al. 2023).
+
+A model that groks ``a + b mod p`` embeds each residue as a handful of waves
+cos(w_k x), sin(w_k x) with w_k = 2 pi k / p, multiplies them in its MLP and reads out
+cos(w_k (a + b - c)). Everything here measures how much of a weight matrix or an activation
+lives on each frequency k.
+
+Conventions (fixed: other modules and users index rows by them)
+---------------------------------------------------------------
+``fourier_basis(n)`` has one row per basis function, orthonormal over the n points
+x = 0 .. n-1::
+
+    row 0        constant 1/sqrt(n)                       label "const"
+    row 2k - 1   cos(2 pi k x / n), normalised            label "cos k"
+    row 2k       sin(2 pi k x / n), normalised            label "sin k"
+
+for k = 1 .. (n-1)//2: Nanda's order (cos before sin); ``freq_rows(k)`` gives the pair. For
+odd n (every prime p) that is all n rows. For even n (the multiplicative group below has
+order p - 1) the last row is the lone Nyquist wave cos(pi x) = (-1)^x, label "cos n/2"; it
+has no sine partner, so ``freq_rows(n // 2)`` is ``(n - 1,)``. Frequencies run
+k = 0 .. n // 2 and a "norm per frequency" is the root of the summed squares of its rows.
+
+Bases of a task (``basis=``)
+----------------------------
+* ``"add"``: the additive group Z_p, the residues 0 .. p-1 in order.
+* ``"dlog"``: the multiplicative group (Z_p)^*, cyclic of order p - 1. A nonzero x is
+  relabelled by its discrete log j (x = g^j mod p, g the smallest primitive root), so that
+  multiplication and division become addition and subtraction of j mod p - 1, and transforms
+  run over p - 1 points. Zero is not in the group: every dlog transform drops it (the W_E row of
+  token 0, the W_L column of residue 0, the grid row a = 0 and column b = 0), and the projection
+  hooks of ``mechgrok.progress`` leave the examples whose answer is 0 untouched. For
+  multiplication those are exactly the 2p - 1 pairs with a zero operand; for division the p - 1
+  pairs with a = 0.
+* ``"auto"`` (the default everywhere): ``"dlog"`` for mul and div tasks, ``"add"`` otherwise.
+
+The grid of a division task has columns b = 1 .. p-1 only (see ``mechgrok.tasks``). In the
+additive basis its missing b = 0 column is filled with zeros after centring (no variance
+there), so the 2D transform still runs over p x p points; in the dlog basis nothing is
+missing.
+
+Models
+------
+Every function takes either a TransformerLens model (``run.model(step)``) or a
+HookedTransformer-format params dict (``run.params(step)``, what the fast path uses) and
+reads weights and activations through the same code. For a params dict the architecture is
+inferred from the shapes; pass ``cfg=`` when the activation is not ReLU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import einops
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from .model import ModelConfig, Params, params_from_tl, run_with_hooks
+from .tasks import Task
+
+BASES = ("auto", "add", "dlog")
+KEY_RULES = ("neurons", "W_L", "embedding")
+CLUSTER_THRESHOLD = 0.85  # Nanda et al.: a neuron is "clustered" above 85% of variance in one frequency
+
+
+# --- the basis -----------------------------------------------------------------------------
+
+
+def fourier_basis(n: int) -> tuple[Float[Tensor, "n n"], list[str]]:
+    """Orthonormal Fourier basis over n points: rows const, cos 1, sin 1, cos 2, sin 2, ...
+    (row 2k-1 = cos k, row 2k = sin k; see the module docstring for even n)."""
+    if n < 2:
+        raise ValueError(f"fourier_basis needs n >= 2 points, got {n}")
+    x = torch.arange(n, dtype=torch.float64)
+    rows, labels = [torch.ones(n, dtype=torch.float64)], ["const"]
+    for k in range(1, n // 2 + 1):
+        rows.append(torch.cos(2 * math.pi * k * x / n))
+        labels.append(f"cos {k}")
+        if 2 * k < n:  # for even n, sin(pi x) vanishes at every integer x
+            rows.append(torch.sin(2 * math.pi * k * x / n))
+            labels.append(f"sin {k}")
+    basis = torch.stack(rows)
+    basis = basis / basis.norm(dim=1, keepdim=True)
+    return basis.float(), labels
+
+
+def freq_rows(k: int) -> tuple[int, ...]:
+    """Rows of ``fourier_basis`` that hold frequency k: ``(0,)`` for k = 0, else
+    ``(2k - 1, 2k)`` = (cos k, sin k). (For even n the Nyquist k = n/2 has only row n - 1;
+    ``freq_index`` handles that case.)"""
+    if k < 0:
+        raise ValueError(f"frequencies are >= 0, got {k}")
+    return (0,) if k == 0 else (2 * k - 1, 2 * k)
+
+
+def n_freqs(n: int) -> int:
+    """Number of frequencies k = 0 .. n // 2 of an n-point basis."""
+    return n // 2 + 1
+
+
+def freq_index(n: int) -> Int[Tensor, " n"]:
+    """Frequency of every row of ``fourier_basis(n)``: [0, 1, 1, 2, 2, ...]."""
+    return (torch.arange(n) + 1) // 2
+
+
+def freq_norms(coeffs: Float[Tensor, "n *rest"]) -> Float[Tensor, " n_freq"]:
+    """Norm per frequency of coefficients whose first axis is a Fourier basis axis."""
+    n = coeffs.shape[0]
+    sq = coeffs.reshape(n, -1).double().pow(2).sum(1)
+    per_freq = torch.zeros(n_freqs(n), dtype=torch.float64).index_add_(0, freq_index(n), sq)
+    return per_freq.sqrt().float()
+
+
+# --- group coordinates of a task -----------------------------------------------------------
+
+
+def primitive_root(p: int) -> int:
+    """Smallest generator of the multiplicative group mod the prime p."""
+    order = p - 1
+    factors, m, d = set(), order, 2
+    while d * d <= m:
+        while m % d == 0:
+            factors.add(d)
+            m //= d
+        d += 1
+    if m > 1:
+        factors.add(m)
+    for g in range(2, p):
+        if all(pow(g, order // q, p) != 1 for q in factors):
+            return g
+    raise ValueError(f"no primitive root mod {p}: is it an odd prime?")
+
+
+@dataclass(frozen=True)
+class Coords:
+    """Where each residue sits on the group the transforms run over.
+
+    ``elements[j]`` is the residue at coordinate j (j = 0 .. n-1); ``coord[x]`` is the inverse
+    (-1 for a residue outside the group, i.e. 0 in the dlog basis)."""
+
+    kind: str  # "add" or "dlog"
+    p: int
+    generator: int | None
+
+    @cached_property
+    def n(self) -> int:
+        return self.p if self.kind == "add" else self.p - 1
+
+    @cached_property
+    def elements(self) -> Int[Tensor, " n"]:
+        if self.kind == "add":
+            return torch.arange(self.p)
+        return torch.tensor([pow(self.generator, j, self.p) for j in range(self.p - 1)])
+
+    @cached_property
+    def coord(self) -> Int[Tensor, " p"]:
+        c = torch.full((self.p,), -1, dtype=torch.long)
+        c[self.elements] = torch.arange(self.n)
+        return c
+
+    @cached_property
+    def basis(self) -> Float[Tensor, "n n"]:
+        return fourier_basis(self.n)[0]
+
+    @cached_property
+    def labels(self) -> list[str]:
+        return fourier_basis(self.n)[1]
+
+    @property
+    def n_freqs(self) -> int:
+        return n_freqs(self.n)
+
+
+def resolve_basis(task: Task, basis: str = "auto") -> str:
+    if basis not in BASES:
+        raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
+    if not task.is_modular:
+        raise ValueError(f"Fourier analysis needs a modular task, got {task.describe()}")
+    if basis == "auto":
+        return "dlog" if task.op in ("mul", "div") else "add"
+    return basis
+
+
+def coords(task: Task, basis: str = "auto") -> Coords:
+    """The group coordinates for ``task`` in ``basis`` (see the module docstring)."""
+    kind = resolve_basis(task, basis)
+    return Coords(kind, task.p, primitive_root(task.p) if kind == "dlog" else None)
+
+
+def example_index(task: Task) -> Int[Tensor, "p p"]:
+    """``idx[a, b]``: the row of ``task.inputs`` holding the pair (a, b), or -1 (div, b = 0)."""
+    p = task.p
+    idx = torch.full((p, p), -1, dtype=torch.long)
+    idx[task.a, task.b] = torch.arange(len(task.a))
+    return idx
+
+
+def to_grid(values: Float[Tensor, "n_examples *rest"], task: Task, basis: str = "auto"
+            ) -> Float[Tensor, "n n *rest"]:
+    """Arrange per-example values on the (a, b) grid in group coordinates, centred over the
+    examples placed (the mean is the constant component; neurons are studied without it).
+    Cells with no example (div's b = 0 in the additive basis) hold 0 = the mean."""
+    c = coords(task, basis)
+    idx = example_index(task)[c.elements][:, c.elements]  # [n a-coords, n b-coords]
+    present = idx >= 0
+    placed = values[idx[present]]
+    grid = values.new_zeros((c.n, c.n) + values.shape[1:])
+    grid[present] = placed - placed.mean(0)
+    return grid
+
+
+# --- reading models ------------------------------------------------------------------------
+
+
+def _infer_config(params: Params) -> ModelConfig:
+    n_layers = 1 + max(int(k.split(".")[1]) for k in params if k.startswith("blocks."))
+    n_heads, d_model, d_head = params["blocks.0.attn.W_Q"].shape
+    return ModelConfig(
+        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_head,
+        d_mlp=params["blocks.0.mlp.W_in"].shape[1], act_fn="relu",
+        normalization="LN" if "blocks.0.ln1.w" in params else "none",
+        d_vocab=params["embed.W_E"].shape[0], d_vocab_out=params["unembed.W_U"].shape[1],
+        n_ctx=params["pos_embed.W_pos"].shape[0])
+
+
+def is_tl_model(model) -> bool:
+    return not isinstance(model, dict)
+
+
+def config_of(model, cfg: ModelConfig | None = None) -> ModelConfig:
+    """The mechgrok ``ModelConfig`` of a TL model or params dict (``cfg`` wins if given)."""
+    if cfg is not None:
+        return cfg
+    if not is_tl_model(model):
+        return _infer_config(model)
+    c = model.cfg
+    return ModelConfig(n_layers=c.n_layers, d_model=c.d_model, n_heads=c.n_heads, d_head=c.d_head,
+                       d_mlp=c.d_mlp, act_fn=c.act_fn, normalization=c.normalization_type or "none",
+                       d_vocab=c.d_vocab, d_vocab_out=c.d_vocab_out, n_ctx=c.n_ctx)
+
+
+def as_params(model, cfg: ModelConfig | None = None) -> tuple[Params, ModelConfig]:
+    """``(params, cfg)`` for a TL model or a params dict, without copying a dict."""
+    cfg = config_of(model, cfg)
+    if is_tl_model(model):
+        return params_from_tl(model, cfg), cfg
+    return {k: v.detach() for k, v in model.items()}, cfg
+
+
+def _layer(cfg: ModelConfig, layer: int) -> int:
+    layer = layer % cfg.n_layers if layer < 0 else layer
+    if not 0 <= layer < cfg.n_layers:
+        raise ValueError(f"layer {layer} out of range for a {cfg.n_layers}-layer model")
+    return layer
+
+
+def W_L(params: Params, layer: int = -1, n_layers: int | None = None) -> Float[Tensor, "d_mlp d_vocab_out"]:
+    """Neurons -> logits: ``W_out @ W_U`` of ``layer`` (the direct path of the last MLP)."""
+    n_layers = n_layers or 1 + max(int(k.split(".")[1]) for k in params if k.startswith("blocks."))
+    layer = layer % n_layers
+    return params[f"blocks.{layer}.mlp.W_out"] @ params["unembed.W_U"]
+
+
+# --- 1D spectra ----------------------------------------------------------------------------
+
+
+def embedding_fourier(model, task: Task, basis: str = "auto", cfg: ModelConfig | None = None
+                      ) -> Float[Tensor, "n d_model"]:
+    """W_E's residue rows (the ``=`` row dropped) transformed along the vocabulary axis."""
+    params, _ = as_params(model, cfg)
+    c = coords(task, basis)
+    return c.basis @ params["embed.W_E"][c.elements].float()
+
+
+def W_L_fourier(model, task: Task, basis: str = "auto", layer: int = -1, cfg: ModelConfig | None = None
+                ) -> Float[Tensor, "n d_mlp"]:
+    """W_L = W_out @ W_U transformed along the logit (answer) axis."""
+    params, mcfg = as_params(model, cfg)
+    c = coords(task, basis)
+    wl = W_L(params, layer, mcfg.n_layers)
+    return c.basis @ wl[:, c.elements].T.float()
+
+
+def embedding_spectrum(model, task: Task, basis: str = "auto", cfg: ModelConfig | None = None
+                       ) -> Float[Tensor, " n_freq"]:
+    """Norm of W_E per frequency k = 0 .. n//2 (index = k)."""
+    return freq_norms(embedding_fourier(model, task, basis, cfg))
+
+
+def W_L_spectrum(model, task: Task, basis: str = "auto", layer: int = -1, cfg: ModelConfig | None = None
+                 ) -> Float[Tensor, " n_freq"]:
+    """Norm of W_L = W_out @ W_U per frequency k = 0 .. n//2 of the answer."""
+    return freq_norms(W_L_fourier(model, task, basis, layer, cfg))
+
+
+# --- 2D transform of neurons ---------------------------------------------------------------
+
+
+@torch.no_grad()
+def neuron_acts(model, task: Task, layer: int = -1, cfg: ModelConfig | None = None
+                ) -> Float[Tensor, "n_examples d_mlp"]:
+    """``blocks.{layer}.mlp.hook_post`` at the last position for every example of ``task``."""
+    params, mcfg = as_params(model, cfg)
+    name = f"blocks.{_layer(mcfg, layer)}.mlp.hook_post"
+    _, cache = run_with_hooks(params, mcfg, task.inputs, cache_names=[name], last_only=True)
+    return cache[name][:, -1]
+
+
+def fourier_2d(grid: Float[Tensor, "n n *rest"], basis: Float[Tensor, "n n"]) -> Float[Tensor, "n n *rest"]:
+    """Transform both grid axes: ``out[i, j] = sum_ab F[i, a] F[j, b] grid[a, b]``."""
+    return einops.einsum(basis, basis, grid, "i a, j b, a b ... -> i j ...")
+
+
+def neuron_fourier(model, task: Task, basis: str = "auto", layer: int = -1, cfg: ModelConfig | None = None
+                   ) -> Float[Tensor, "n n d_mlp"]:
+    """2D Fourier coefficients of every neuron's centred activation over the (a, b) grid."""
+    c = coords(task, basis)
+    return fourier_2d(to_grid(neuron_acts(model, task, layer, cfg), task, basis), c.basis)
+
+
+def _block_membership(n: int) -> Float[Tensor, "n_freq n"]:
+    # Frequency k's 3x3 block is {const, cos k, sin k} on each axis.
+    m = torch.zeros(n_freqs(n), n)
+    m[:, 0] = 1
+    m[freq_index(n)[1:], torch.arange(1, n)] = 1
+    return m
+
+
+def frequency_shares(coeffs_2d: Float[Tensor, "n n d"]) -> Float[Tensor, "d n_freq"]:
+    """Share of each neuron's variance in the 3x3 block of each frequency (column k; column 0
+    is 0: the const-const entry is the mean, removed before the transform)."""
+    n = coeffs_2d.shape[0]
+    energy = coeffs_2d.double().pow(2)
+    m = _block_membership(n).double()
+    block = einops.einsum(m, m, energy, "k i, k j, i j d -> d k")
+    block = block - energy[0, 0][:, None]  # the const-const entry belongs to no frequency
+    block[:, 0] = 0.0
+    total = energy.sum((0, 1)) - energy[0, 0]
+    shares = block / total.clamp_min(1e-30)[:, None]
+    return shares.float()
+
+
+@dataclass(frozen=True)
+class NeuronFrequencies:
+    """Per neuron: its dominant frequency, the share of its variance that frequency holds, and
+    whether that share clears the threshold ("clustered"; unclustered neurons have freq -1)."""
+
+    shares: Float[Tensor, "d_mlp n_freq"]
+    threshold: float
+
+    @property
+    def best(self) -> Int[Tensor, " d_mlp"]:
+        return self.shares.argmax(1)
+
+    @property
+    def share(self) -> Float[Tensor, " d_mlp"]:
+        return self.shares.max(1).values
+
+    @property
+    def clustered(self) -> Bool[Tensor, " d_mlp"]:
+        return self.share >= self.threshold
+
+    @property
+    def freq(self) -> Int[Tensor, " d_mlp"]:
+        return torch.where(self.clustered, self.best, torch.full_like(self.best, -1))
+
+    def cluster_sizes(self) -> dict[int, int]:
+        """Number of clustered neurons per frequency, plus -1: the unclustered ones."""
+        ks, counts = torch.unique(self.freq, return_counts=True)
+        return {int(k): int(c) for k, c in zip(ks, counts)}
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"neuron": range(len(self.best)), "freq": self.freq.tolist(),
+                             "best_freq": self.best.tolist(), "share": self.share.tolist()})
+
+
+def neuron_frequencies(model, task: Task, basis: str = "auto", layer: int = -1,
+                       threshold: float = CLUSTER_THRESHOLD, cfg: ModelConfig | None = None
+                       ) -> NeuronFrequencies:
+    """Nanda's rule: centre each neuron over the grid, 2D-transform, and give it the frequency
+    whose {const, cos k, sin k}^2 block (minus const-const) holds the largest share of its
+    variance; neurons below ``threshold`` are unclustered."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    return NeuronFrequencies(frequency_shares(neuron_fourier(model, task, basis, layer, cfg)), threshold)
+
+
+# --- key frequencies -----------------------------------------------------------------------
+
+
+def key_frequencies(model, task: Task, rule: str = "neurons", basis: str = "auto", layer: int = -1,
+                    threshold: float | None = None, min_neurons: int | None = None,
+                    cfg: ModelConfig | None = None) -> list[int]:
+    """The frequencies the model computes with, sorted.
+
+    ``rule``:
+      * ``"neurons"`` (default; Nanda's code): give every neuron its dominant frequency (the
+        largest 3x3-block share, whatever its size) and take the distinct frequencies. We add
+        one guard: a frequency needs at least ``min_neurons`` neurons (default 1% of d_mlp, at
+        least 2) so that a stray neuron does not add one; ``min_neurons=1`` is Nanda's rule.
+        Dead neurons (no variance) are skipped. ``threshold`` is unused by this rule: the 0.85
+        "clustered" cut-off only labels neurons (``neuron_frequencies``).
+      * ``"W_L"`` (Nanda's paper): frequencies k >= 1 whose norm in W_L's transform exceeds
+        ``threshold`` (default 0.25) times the largest.
+      * ``"embedding"`` (TL demo): the same on W_E's norms (default threshold 0.25).
+    """
+    if rule not in KEY_RULES:
+        raise ValueError(f"rule must be one of {KEY_RULES}, got {rule!r}")
+    if rule == "neurons":
+        nf = neuron_frequencies(model, task, basis, layer, cfg=cfg)
+        d_mlp = nf.shares.shape[0]
+        min_neurons = max(2, round(0.01 * d_mlp)) if min_neurons is None else min_neurons
+        alive = nf.share > 0
+        ks, counts = torch.unique(nf.best[alive], return_counts=True)
+        return sorted(int(k) for k, c in zip(ks, counts) if k > 0 and c >= min_neurons)
+    norms = (W_L_spectrum(model, task, basis, layer, cfg) if rule == "W_L"
+             else embedding_spectrum(model, task, basis, cfg))
+    return spectrum_peaks(norms, 0.25 if threshold is None else threshold)
+
+
+def spectrum_peaks(norms: Float[Tensor, " n_freq"], threshold: float = 0.25) -> list[int]:
+    """Frequencies k >= 1 whose norm exceeds ``threshold`` times the largest (k >= 1) norm."""
+    tail = norms[1:]
+    return sorted(int(k) + 1 for k in torch.nonzero(tail > threshold * tail.max()).flatten())
+
+
+__all__ = ["fourier_basis", "freq_rows", "freq_index", "freq_norms", "n_freqs", "primitive_root", "Coords",
+           "coords", "resolve_basis", "example_index", "to_grid", "as_params", "config_of", "W_L",
+           "embedding_fourier", "W_L_fourier", "embedding_spectrum", "W_L_spectrum", "neuron_acts",
+           "fourier_2d", "neuron_fourier", "frequency_shares", "NeuronFrequencies", "neuron_frequencies",
+           "key_frequencies", "spectrum_peaks", "BASES", "KEY_RULES", "CLUSTER_THRESHOLD"]
