@@ -52,9 +52,9 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="run directory to crea
 
 @app.command()
 def train(
-    out: Path = typer.Option(..., help="run directory (created; with --resume, read)"),
+    out: Optional[Path] = typer.Option(None, help="run directory to create"),
     preset: str = typer.Option("demo", help="starting configuration; see `mechgrok presets`"),
-    resume: bool = typer.Option(False, "--resume", help="continue the stopped run in --out"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the stopped run in this directory"),
     op: Optional[str] = typer.Option(None, help="add, sub, mul, div, quad (a^2+ab+b^2), parity"),
     p: Optional[int] = typer.Option(None, help="prime modulus"),
     frac: Optional[float] = typer.Option(None, help="fraction of all examples used for training"),
@@ -85,9 +85,11 @@ def train(
     """Train a run (a preset with any field overridden), or --resume a stopped one."""
     from .presets import get_preset, with_overrides
 
-    if resume:
-        _train(None, out, True, progress)
+    if resume is not None:
+        _train(None, resume, True, progress)
         return
+    if out is None:
+        _fail("give --out DIR for a new run (or --resume DIR to continue one)")
     try:
         base = get_preset(preset)
         betas = None
@@ -254,7 +256,7 @@ def ablate(run_dir: Path = typer.Argument(..., help="a run directory"),
     from .plots import frequency_ablation, save_figure
 
     stem = Path(out or run.path) / f"ablation_{where}_step{step}"
-    written = save_figure(frequency_ablation(sweep, title=f"{run.path.name} step {step}: test loss with one "
+    written = save_figure(frequency_ablation(sweep, title=f"{run.path} step {step}: test loss with one "
                                                           f"frequency removed at {where}"), stem)
     if as_json:
         typer.echo(json.dumps({"step": step, "where": where, "freqs": table.attrs["freqs"],

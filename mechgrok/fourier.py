@@ -58,7 +58,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .model import ModelConfig, Params, params_from_tl, run_with_hooks
+from .model import ModelConfig, Params, infer_config, params_from_tl, run_with_hooks
 from .tasks import Task
 
 BASES = ("auto", "add", "dlog")
@@ -215,17 +215,6 @@ def to_grid(values: Float[Tensor, "n_examples *rest"], task: Task, basis: str = 
 # --- reading models ------------------------------------------------------------------------
 
 
-def _infer_config(params: Params) -> ModelConfig:
-    n_layers = 1 + max(int(k.split(".")[1]) for k in params if k.startswith("blocks."))
-    n_heads, d_model, d_head = params["blocks.0.attn.W_Q"].shape
-    return ModelConfig(
-        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_head,
-        d_mlp=params["blocks.0.mlp.W_in"].shape[1], act_fn="relu",
-        normalization="LN" if "blocks.0.ln1.w" in params else "none",
-        d_vocab=params["embed.W_E"].shape[0], d_vocab_out=params["unembed.W_U"].shape[1],
-        n_ctx=params["pos_embed.W_pos"].shape[0])
-
-
 def is_tl_model(model) -> bool:
     return not isinstance(model, dict)
 
@@ -235,7 +224,7 @@ def config_of(model, cfg: ModelConfig | None = None) -> ModelConfig:
     if cfg is not None:
         return cfg
     if not is_tl_model(model):
-        return _infer_config(model)
+        return infer_config(model)
     c = model.cfg
     return ModelConfig(n_layers=c.n_layers, d_model=c.d_model, n_heads=c.n_heads, d_head=c.d_head,
                        d_mlp=c.d_mlp, act_fn=c.act_fn, normalization=c.normalization_type or "none",

@@ -190,6 +190,21 @@ def check_params(params: Params, cfg: ModelConfig, source: str = "params"):
                              f"the config says {shape}")
 
 
+def infer_config(params: Params, act_fn: str = "relu") -> ModelConfig:
+    """The resolved ``ModelConfig`` that a HookedTransformer-format dict's shapes imply
+    (``act_fn`` leaves no trace in the weights: pass it)."""
+    import re
+
+    n_layers = 1 + max(int(m.group(1)) for k in params if (m := re.match(r"blocks\.(\d+)\.", k)))
+    n_heads, d_model, d_head = params["blocks.0.attn.W_Q"].shape
+    return ModelConfig(
+        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_head,
+        d_mlp=params["blocks.0.mlp.W_in"].shape[1], act_fn=act_fn,
+        normalization="LN" if "blocks.0.ln1.w" in params else "none",
+        d_vocab=params["embed.W_E"].shape[0], d_vocab_out=params["unembed.W_U"].shape[1],
+        n_ctx=params["pos_embed.W_pos"].shape[0])
+
+
 def n_params(cfg: ModelConfig) -> int:
     return sum(math.prod(s) for s in param_shapes(cfg).values())
 

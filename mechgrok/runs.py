@@ -25,7 +25,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .model import ModelConfig, Params, check_params, init_params, param_shapes, to_tl_model
+from .model import (ModelConfig, Params, check_params, infer_config, init_params, param_shapes,
+                    to_tl_model)
 from .tasks import Task, TaskConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -255,17 +256,6 @@ def first_step_above(metrics: pd.DataFrame, column: str, threshold: float) -> in
 # --- legacy HookedTransformer checkpoints -------------------------------------------------
 
 
-def _infer_config(sd: dict[str, torch.Tensor], act_fn: str) -> ModelConfig:
-    n_layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
-    n_heads, d_model, d_head = sd["blocks.0.attn.W_Q"].shape
-    return ModelConfig(
-        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_head,
-        d_mlp=sd["blocks.0.mlp.W_in"].shape[1], act_fn=act_fn,
-        normalization="LN" if "blocks.0.ln1.w" in sd else "none",
-        d_vocab=sd["embed.W_E"].shape[0], d_vocab_out=sd["unembed.W_U"].shape[1],
-        n_ctx=sd["pos_embed.W_pos"].shape[0])
-
-
 def load_hooked_transformer(state_dict_or_path, config: ModelConfig | dict | None = None,
                             act_fn: str = "relu", device=None):
     """Load a legacy HookedTransformer state dict into the same TL 4 model mechgrok builds.
@@ -293,7 +283,7 @@ def load_hooked_transformer(state_dict_or_path, config: ModelConfig | dict | Non
         sd = sd["model"]  # Nanda-style {"model": ..., "optimizer": ...} bundles
     sd = {k: v for k, v in sd.items() if not k.endswith((".mask", ".IGNORE"))}
     if config is None:
-        cfg = _infer_config(sd, act_fn)
+        cfg = infer_config(sd, act_fn)
     elif isinstance(config, dict):
         c = dict(config)
         if "normalization_type" in c:

@@ -43,5 +43,9 @@ def test_bad_input_exits_nonzero_with_a_message_not_a_traceback(tmp_path):
     assert r.exit_code == 1 and "TaskConfig.p must be a prime" in r.output
     r = runner.invoke(app, ["info", str(tmp_path / "nowhere")])
     assert r.exit_code == 1 and "not a mechgrok run" in r.output
+    r = runner.invoke(app, ["train", "--p", "13"])
+    assert r.exit_code == 1 and "--out" in r.output
+    r = runner.invoke(app, ["train", "--resume", str(tmp_path / "nowhere")])
+    assert r.exit_code == 1 and "not a mechgrok run" in r.output
     r = runner.invoke(app, ["train", "--out", str(tmp_path / "x"), "--preset", "nope"])
     assert r.exit_code == 1 and "unknown preset" in r.output

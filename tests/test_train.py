@@ -127,7 +127,7 @@ def _cli(out, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # one thread in both processes: float sums must be ordered the same way to compare bit-exactly
     code = "import torch, sys; torch.set_num_threads(1); from mechgrok.cli import app; sys.argv[0]='mechgrok'; app()"
-    return [sys.executable, "-c", code, "train", "--out", str(out), *extra], env
+    return [sys.executable, "-c", code, "train", *(["--out", str(out)] if out else []), *extra], env
 
 
 def test_run_killed_with_sigkill_and_resumed_ends_bit_identical(tmp_path):
@@ -147,7 +147,7 @@ def test_run_killed_with_sigkill_and_resumed_ends_bit_identical(tmp_path):
     killed_at = int(read_tensors(resume_file)["meta.step"])
     assert 120 <= killed_at < 400, "the run should have been killed part-way"
 
-    cmd, env = _cli(tmp_path / "killed", "--resume", "--no-progress")
+    cmd, env = _cli(None, "--resume", str(tmp_path / "killed"), "--no-progress")
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     whole, resumed = mg.load_run(tmp_path / "whole"), mg.load_run(tmp_path / "killed")
     assert resumed.steps == whole.steps
