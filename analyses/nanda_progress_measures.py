@@ -112,6 +112,7 @@ BEGIN, END = "<!-- nanda:begin -->", "<!-- nanda:end -->"
 
 def update_readme(readme: Path, md: str, pngs: list[Path], command: str, run, last: int, planned: int):
     """Replace the nanda section of ``readme`` (between the markers) with this run's table."""
+    readme = readme.resolve()
     status = "" if last >= planned else f" **Unfinished run: last checkpoint {last} of {planned} steps.**"
     section = "\n".join([
         BEGIN,
