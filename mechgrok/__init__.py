@@ -6,6 +6,8 @@
 """
 
 from . import model, plots, presets, runs, tasks, train
+from . import fourier, progress
+from . import interventions
 from .model import ModelConfig, forward, init_params, run_with_hooks, to_tl_model
 from .presets import PRESETS, get_preset
 from .runs import Run, RunConfig, TrainConfig, load_hooked_transformer, load_run

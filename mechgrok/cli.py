@@ -237,7 +237,7 @@ def ablate(run_dir: Path = typer.Argument(..., help="a run directory"),
 
     try:
         run = load_run(run_dir)
-        step = run._resolve_step(step)
+        step = run.resolve_step(step)
         keys = _ints(freqs)
         if mode is not None:
             res = iv.ablate_frequencies(run, run.task, keys, mode=mode, where=where, layer=layer, step=step,
@@ -319,7 +319,7 @@ def transplant(donor: Path = typer.Option(..., help="donor run directory"),
 
     try:
         d, r = load_run(donor), load_run(recipient)
-        d_step = d._resolve_step(donor_step)
+        d_step = d.resolve_step(donor_step)
         res = iv.transplant_experiment(d, d_step, r, recipient_step, steps, neurons=_ints(neurons),
                                        freqs=_ints(freqs), layer=layer,
                                        out_dir=out or r.path / "interventions" / f"transplant_{recipient_step}")

@@ -199,7 +199,7 @@ class Run:
             return pd.DataFrame(columns=METRIC_COLUMNS)
         return pd.read_csv(f)
 
-    def _resolve_step(self, step: int | None) -> int:
+    def resolve_step(self, step: int | None) -> int:
         steps = self.steps
         if not steps:
             raise FileNotFoundError(f"{self.path}: no checkpoints in {CHECKPOINT_DIR}/")
@@ -213,7 +213,7 @@ class Run:
 
     def params(self, step: int | None = None, device=None) -> Params:
         """The HookedTransformer-format weights at ``step`` (default: the last)."""
-        f = checkpoint_path(self.path, self._resolve_step(step))
+        f = checkpoint_path(self.path, self.resolve_step(step))
         params = read_tensors(f)
         check_params(params, self.model_cfg, source=str(f))
         return params if device is None else {k: v.to(device) for k, v in params.items()}

@@ -1,0 +1,100 @@
+"""Embedding transfer (Xu et al. 2025, "Let me grok for you"): start a run from another run's
+token and position embeddings and compare its grokking step with a fresh start.
+
+    python analyses/embedding_transfer.py                  # 3 seeds, a+b mod 23 (~10 min, 1 core)
+
+One source run (model seed 100) is trained on the same train split as every target (task seed
+fixed), so the transferred embeddings carry no information about the targets' test pairs. For
+each target seed s (model initialisation s, the rest identical) three arms train from scratch:
+  * control: the fresh initialisation;
+  * grokked source: W_E and W_pos replaced by the source's final (grokked) checkpoint;
+  * early source: the same from the source's checkpoint at ``--early-step`` (memorised, not
+    grokked) -- closer to Xu et al.'s "weaker model".
+Embeddings keep training (``--freeze`` fixes them). Prints the grokking-step distributions and
+writes figures/embedding_transfer.{html,png,md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+from pathlib import Path
+
+import torch
+
+import mechgrok as mg
+from mechgrok import interventions as iv
+from mechgrok.plots import grokking_step_distributions, save_figure
+from mechgrok.runs import first_step_above
+
+
+def config(model_seed: int, p: int, frac: float, steps: int) -> mg.RunConfig:
+    return mg.RunConfig(
+        task=mg.TaskConfig(op="add", p=p, frac=frac, seed=0),
+        model=mg.ModelConfig(n_layers=1, d_model=64, n_heads=4, d_head=16, d_mlp=256, seed=model_seed),
+        train=mg.TrainConfig(steps=steps, lr=3e-3, weight_decay=2.0, warmup_steps=10, eval_every=10,
+                             checkpoint_every=100, device="cpu"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--p", type=int, default=23)
+    ap.add_argument("--frac", type=float, default=0.7)
+    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--early-step", type=int, default=100)
+    ap.add_argument("--freeze", action="store_true", help="keep the transferred embeddings fixed")
+    ap.add_argument("--out", type=Path, default=Path("runs/embedding_transfer"))
+    ap.add_argument("--figures", type=Path, default=Path("figures"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    def trained(path: Path, make):
+        if (path / "metrics.csv").exists() and mg.load_run(path).steps[-1:] == [args.steps]:
+            return mg.load_run(path)
+        shutil.rmtree(path, ignore_errors=True)
+        return make(path)
+
+    src = trained(args.out / "source", lambda d: mg.train.train(config(100, args.p, args.frac, args.steps), d,
+                                                                progress=False, figure=False))
+    sm = src.metrics.set_index("step")
+    print(f"source: grokked at {first_step_above(src.metrics, 'test_acc', 0.9)}, test acc at early step "
+          f"{args.early_step}: {sm.loc[args.early_step, 'test_acc']:.3f}", flush=True)
+    arms = {"control": None, "grokked source": src.steps[-1], "early source": args.early_step}
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        cfg = config(seed, args.p, args.frac, args.steps)
+        for arm, step in arms.items():
+            d = args.out / f"seed{seed}" / (arm.replace(" ", "_") + (f"_step{step}" if arm == "early source" else ""))
+            run = trained(d, lambda d: mg.train.train(cfg, d, progress=False, figure=False) if step is None
+                          else iv.embedding_transfer(src, step, cfg, d, freeze=args.freeze))
+            m = run.metrics
+            rows.append({"seed": seed, "arm": arm, "grokking_step": first_step_above(m, "test_acc", 0.9),
+                         "memorisation_step": first_step_above(m, "train_acc", 0.99),
+                         "final_test_acc": float(m["test_acc"].iloc[-1])})
+            print(json.dumps(rows[-1]), flush=True)
+
+    groups = {arm: [r["grokking_step"] for r in rows if r["arm"] == arm] for arm in arms}
+    for arm, steps in groups.items():
+        ok = [s for s in steps if s is not None]
+        print(f"{arm:16s} grokking steps {steps}  median {statistics.median(ok) if ok else None}")
+    args.figures.mkdir(parents=True, exist_ok=True)
+    stem = args.figures / "embedding_transfer"
+    save_figure(grokking_step_distributions(groups, title=f"Embedding transfer: a+b mod {args.p}, "
+                                                          f"{len(groups['control'])} target seeds"), stem)
+    lines = ["| seed | " + " | ".join(f"{a}: grok / memorise" for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    for seed in dict.fromkeys(r["seed"] for r in rows):
+        cells = [next(r for r in rows if r["seed"] == seed and r["arm"] == a) for a in arms]
+        lines.append(f"| {seed} | " + " | ".join(f"{c['grokking_step']} / {c['memorisation_step']}" for c in cells) + " |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                     "hardware": platform.machine(), "torch": torch.__version__,
+                                                     "rows": rows}, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Seed 000 ("Grokking has two phases"): freeze one component at a checkpoint of the
+memorisation plateau, train on, and see whether the model still groks.
+
+    python analyses/freezing_phases.py            # the documented small scale (~15 min, 1 core)
+    python analyses/freezing_phases.py --full     # the published scale (division4, 7k/11k, +10k)
+
+The published scale is 20k + 22 x 10k steps of a 4-layer d_model-128 model at batch 64, about
+3.5 hours on one CPU core here, so the default shrinks the problem while keeping its shape:
+division mod 47 instead of 97, d_model 64 (4 heads x 16, MLP 256) instead of 128, lr 1e-3 and
+weight decay 1.0 instead of 3e-4 and 0.3 (the plateau ends about ten times sooner), and the
+two checkpoints and the +steps placed at the same fractions of the plateau as 7k, 11k and
++10k are of the published ~1.5k-17k plateau. Everything else is the division4 preset: 4 layers,
+GELU, pre-LN and final LN, batch 64, betas (0.9, 0.999), no warm-up, 50% train.
+
+Outputs: the base run and one run per (checkpoint, intervention) under --out; the table
+(ours next to the published numbers), the paired-bar figure and the raw results in --figures.
+Re-running skips the continuations already recorded in --out/results.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import mechgrok as mg
+from mechgrok import interventions as iv
+from mechgrok.plots import freezing_bars, save_figure, training_curve
+from mechgrok.runs import first_step_above
+
+# Seed 000's final test accuracies (its results JSON): checkpoint 7k, checkpoint 11k.
+PUBLISHED = {
+    "baseline": (0.918, 0.9727), "no_weight_decay": (0.0273, 0.0859), "head": (0.4102, 0.9531),
+    "embeddings": (0.7734, 0.9883), "exit_layer": (0.0703, 0.4492), "exit_attn": (0.6719, 0.6484),
+    "exit_mlp": (0.2109, 0.8633), "entry_layer": (0.3203, 0.957), "middle_layers": (0.0352, 0.0859),
+    "attn_all": (0.0312, 0.3906), "mlp_all": (0.0586, 0.1289),
+}
+
+
+def base_config(full: bool, p: int, d_model: int, lr: float, wd: float, steps: int) -> mg.RunConfig:
+    cfg = mg.get_preset("division4")
+    if full:
+        return replace(cfg, train=replace(cfg.train, device="cpu", checkpoint_every=1000))
+    return replace(cfg, task=replace(cfg.task, p=p),
+                   model=replace(cfg.model, d_model=d_model, d_head=d_model // 4, d_mlp=4 * d_model),
+                   train=replace(cfg.train, steps=steps, lr=lr, weight_decay=wd, eval_every=50,
+                                 checkpoint_every=100, device="cpu"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="published scale: division4, 7000/11000, +10000")
+    ap.add_argument("--p", type=int, default=47)
+    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--wd", type=float, default=1.0)
+    ap.add_argument("--base-steps", type=int, default=2000)
+    ap.add_argument("--from-steps", default="900,1200")
+    ap.add_argument("--steps", type=int, default=1000, help="steps to train on after each intervention")
+    ap.add_argument("--interventions", default="all")
+    ap.add_argument("--out", type=Path, default=Path("runs/freezing"))
+    ap.add_argument("--figures", type=Path, default=Path("figures"))
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.full:
+        args.base_steps, args.from_steps, args.steps = 20_000, "7000,11000", 10_000
+    from_steps = [int(s) for s in args.from_steps.split(",")]
+
+    cfg = base_config(args.full, args.p, args.d_model, args.lr, args.wd, args.base_steps)
+    t0 = time.time()
+    base_dir = args.out / "base"
+    run = mg.load_run(base_dir) if (base_dir / "config.json").exists() else \
+        mg.train.train(cfg, base_dir, progress=False)
+    base_s = time.time() - t0
+    m = run.metrics
+    at = m.set_index("step")
+    print(f"base run {base_dir}: {run.task.describe()}, memorised at {first_step_above(m, 'train_acc', 0.99)}, "
+          f"grokked at {first_step_above(m, 'test_acc', 0.9)}; test acc at checkpoints: "
+          + ", ".join(f"{s}: {at.loc[s, 'test_acc']:.3f}" for s in from_steps), flush=True)
+
+    for s in from_steps:
+        run.params(s)  # a missing checkpoint fails here, before any training
+    done_file = args.out / "results.jsonl"
+    done = {}
+    if done_file.exists():
+        for line in done_file.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["from_step"], r["name"])] = r
+    names = iv.parse_interventions(args.interventions, run.model_cfg.n_layers)
+    for s in from_steps:
+        for name in names:
+            if (s, name) in done:
+                continue
+            out = args.out / f"step_{s}" / name
+            shutil.rmtree(out, ignore_errors=True)  # a continuation cut off half-way
+            t = time.time()
+            res = iv.freeze_and_continue(run, s, name, args.steps, out=out)
+            r = res.to_dict(trajectory=True) | {"seconds": round(time.time() - t, 1)}
+            with open(done_file, "a") as f:
+                f.write(json.dumps(r) + "\n")
+            done[(s, name)] = r
+            print(f"from {s} {name:16s} trainable {res.trainable_params:7d}/{res.total_params}  final test "
+                  f"{res.final_test_acc:.3f}  max {res.max_test_acc:.3f}  grokked at {res.grokking_step}  "
+                  f"({r['seconds']} s)", flush=True)
+
+    rows = [done[(s, n)] for s in from_steps for n in names]
+    results = pd.DataFrame(rows)
+    published = pd.DataFrame([{"name": n, "from_step_index": i, "final_test_acc": PUBLISHED[n][i]}
+                              for n in names for i in range(2)])
+    args.figures.mkdir(parents=True, exist_ok=True)
+    stem = args.figures / ("freezing_phases_full" if args.full else "freezing_phases")
+    title = (f"Freeze and continue: {run.task.describe()}, {run.model_cfg.n_layers} layers, d_model "
+             f"{run.model_cfg.d_model}; final test accuracy {args.steps} steps after freezing")
+    save_figure(freezing_bars(results, published=published, title=title), stem)
+    save_figure(training_curve(m, title=f"freezing base run: {run.task.describe()}",
+                               marks={f"ckpt {s}": s for s in from_steps}), stem.with_name(stem.name + "_base"))
+
+    def cell(r):
+        g = r["grokking_step"]
+        return f"{r['final_test_acc']:.1%} (max {r['max_test_acc']:.0%}, {'grok ' + str(g) if g is not None else 'no grok'})"
+
+    lines = [f"| intervention | trainable / total | ours from {from_steps[0]} | ours from {from_steps[1]} | "
+             f"published from 7k | published from 11k |", "|---|---|---|---|---|---|"]
+    for n in names:
+        a, b = done[(from_steps[0], n)], done[(from_steps[1], n)]
+        lines.append(f"| {n} | {a['trainable_params']:,} / {a['total_params']:,} | {cell(a)} | {cell(b)} | "
+                     f"{PUBLISHED[n][0]:.1%} | {PUBLISHED[n][1]:.1%} |")
+    table = "\n".join(lines)
+    meta = {"config": cfg.to_dict(), "from_steps": from_steps, "steps": args.steps,
+            "base_memorisation_step": first_step_above(m, "train_acc", 0.99),
+            "base_grokking_step": first_step_above(m, "test_acc", 0.9),
+            "base_test_acc_at_checkpoints": {s: float(at.loc[s, "test_acc"]) for s in from_steps},
+            "hardware": f"{platform.processor() or platform.machine()}, torch threads {args.threads}",
+            "torch": torch.__version__, "base_seconds": round(base_s, 1)}
+    stem.with_suffix(".md").write_text(table + "\n")
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": [
+        {k: v for k, v in r.items() if k != "trajectory"} for r in rows]}, indent=1) + "\n")
+    print(table)
+    print(f"wrote {stem}.html/.png/.md/.json")
+
+
+if __name__ == "__main__":
+    main()

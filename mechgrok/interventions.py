@@ -1,0 +1,590 @@
+"""Interventions on checkpoints: change something inside a model and measure what happens.
+
+Three kinds, all taking a checkpoint (a ``Run`` and a step, a TransformerLens model, a params
+dict, or a ``(params, cfg)`` pair) and returning numbers:
+
+* **Key-frequency ablation** (``ablate_frequencies``, ``frequency_sweep``): TL-signature hooks
+  ``fn(activation, hook)`` that remove a set of Fourier frequencies from an activation, or keep
+  only them, at the embedding, the MLP neurons or the logits. The same hook runs on the TL model
+  (``model.run_with_hooks``) and on ``mechgrok.model.run_with_hooks``.
+* **Neuron transplantation** (``transplant_neurons``, ``transplant_experiment``): copy neurons
+  (W_in columns, b_in, W_out rows) from a donor checkpoint into a recipient, then train on.
+* **Training on from a checkpoint** (``continue_training``, ``freeze_and_continue``,
+  ``embedding_transfer``): the 11 freezing interventions of seed 000 and the embedding transfer
+  of Xu et al. (2025), on the ordinary trainer.
+
+What "frequency k" means at each hook point
+-------------------------------------------
+Frequencies are those of ``mechgrok.fourier``: k = 1 .. n//2 of the group the task lives on
+(``basis="auto"``: Z_p for add/sub, the multiplicative group of order p-1, indexed by discrete
+log, for mul/div). Residues outside the group (0 in the dlog basis) are never touched.
+
+* ``where="embed"`` (``hook_embed``): the activation at the two operand positions is
+  ``W_E[token]``. Frequency k is the pair of directions cos k, sin k of the *token axis*: the
+  hook replaces every operand token's embedding by its projection, ``W_E' = P W_E[group]`` with
+  P the projector (over residues) onto {cos k, sin k} (mode "keep": onto const + the kept
+  frequencies; mode "remove": the complement of the removed frequencies). The ``=`` position
+  and token 0 in the dlog basis are left as they are. Positional embeddings are untouched.
+* ``where="neurons"`` (``blocks.{L}.mlp.hook_post``) and ``where="logits"``
+  (``unembed.hook_out``): at the last position each channel is a function over the examples.
+  Frequency k is the two directions cos(w_k c), sin(w_k c) over the examples, c the answer's
+  group coordinate (for addition: cos(w_k (a + b)), sin(w_k (a + b)) -- Nanda's restricted /
+  excluded directions, two per frequency, so no cross-frequency terms). "remove" subtracts the
+  projection onto them; "keep" keeps the projection onto them plus the channel's mean. Everything
+  downstream is recomputed: at the neurons the residual stream (``hook_resid_mid``) still flows,
+  so "keep" there is not the TL demo's restricted loss (which drops the residual), and in a
+  multi-layer model later blocks see the ablated activation.
+
+Because these directions are functions over the whole example set, the hooks expect the batch to
+be ``task.inputs`` (every example, in order) and raise otherwise.
+
+Training on from a checkpoint
+-----------------------------
+``continue_training`` restarts the trainer from the checkpoint's weights and *step*: training
+runs steps ``from_step .. from_step + steps`` with the source run's settings, so warm-up and the
+minibatch order (``train.batch_indices`` is a function of the step) continue where the source run
+was. The AdamW moments are not kept per checkpoint (a run keeps only its newest optimiser state in
+``resume.safetensors``), so by default the optimiser starts fresh -- as in seed 000, which built a
+new AdamW for each intervention. ``optimizer="carry"`` loads the moments instead; that needs
+``from_step`` to be the step of ``resume.safetensors``, and then the baseline continuation
+replays the source run exactly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from . import fourier
+from .model import ModelConfig, Params, check_params, loss_and_accuracy, run_with_hooks
+from .runs import Run, RunConfig, first_step_above, read_tensors, write_json
+from .tasks import Task
+
+WHERE = ("embed", "neurons", "logits")
+MODES = ("remove", "keep")
+GROK_THRESHOLD = 0.9  # science.md: the grokking step is the first eval with test acc > 0.9
+OPTIMIZER_STATES = ("fresh", "carry")
+METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
+
+
+# --- checkpoints in, weights out -------------------------------------------------------------
+
+
+def resolve_model(model, step: int | None = None, cfg: ModelConfig | None = None
+                  ) -> tuple[Params, ModelConfig]:
+    """``(params, cfg)`` of a ``Run`` (at ``step``, default the last), a ``(params, cfg)`` pair,
+    a TL model or a params dict (pass ``cfg`` for a GELU or LayerNorm dict: shapes cannot tell)."""
+    if isinstance(model, Run):
+        return model.params(step), model.model_cfg
+    if step is not None:
+        raise ValueError("step= only applies to a Run; a model or params dict is one checkpoint")
+    if isinstance(model, tuple):
+        if len(model) != 2:
+            raise TypeError("a model given as a tuple must be (params, cfg)")
+        params, cfg = model
+    else:
+        params, cfg = fourier.as_params(model, cfg)
+    check_params(params, cfg)
+    return params, cfg
+
+
+# --- frequencies and the directions they name ------------------------------------------------
+
+
+def valid_frequencies(task: Task, basis: str = "auto") -> list[int]:
+    """The frequencies k = 1 .. n//2 of the group ``task`` lives on (n = p or p - 1)."""
+    return list(range(1, fourier.coords(task, basis).n // 2 + 1))
+
+
+def check_frequencies(freqs: Sequence[int], task: Task, basis: str = "auto") -> tuple[int, ...]:
+    c = fourier.coords(task, basis)
+    ks = tuple(int(k) for k in freqs)
+    bad = [k for k in ks if not 1 <= k <= c.n // 2]
+    if bad:
+        raise ValueError(f"frequency {bad[0]} does not exist for {task.describe()} in the {c.kind} basis: "
+                         f"frequencies are 1..{c.n // 2} (0, the constant, is not a frequency)")
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"frequencies listed twice: {sorted(ks)}")
+    return ks
+
+
+def _rows(ks: Sequence[int], n: int) -> list[int]:
+    # fourier_basis rows of each frequency; the Nyquist k = n/2 of an even n has no sine row.
+    return [r for k in ks for r in fourier.freq_rows(k) if r < n]
+
+
+def token_projector(task: Task, freqs: Sequence[int], mode: str = "remove", basis: str = "auto"
+                    ) -> Float[Tensor, "p p"]:
+    """Linear map over residues ``W_E[:p] -> M @ W_E[:p]`` that removes ``freqs`` (or keeps only
+    them and the constant). Residues outside the group (0 in dlog) map to themselves."""
+    c = fourier.coords(task, basis)
+    ks = check_frequencies(freqs, task, basis)
+    F = c.basis.double()[_rows(ks, c.n) + ([0] if mode == "keep" else [])]
+    proj = F.T @ F  # over group coordinates
+    inner = proj if mode == "keep" else torch.eye(c.n, dtype=torch.float64) - proj
+    M = torch.eye(task.p, dtype=torch.float64)
+    M[c.elements[:, None], c.elements[None, :]] = inner
+    return M.float()
+
+
+def answer_directions(task: Task, freqs: Sequence[int], with_const: bool = False, basis: str = "auto"
+                      ) -> tuple[Float[Tensor, "n_dirs n_in"], Bool[Tensor, " n_examples"]]:
+    """Orthonormal directions cos(w_k c), sin(w_k c) over the examples (c: the answer's group
+    coordinate; for addition c = a + b), and the mask of examples they live on (the answer is
+    in the group). ``with_const`` adds the constant direction first."""
+    c = fourier.coords(task, basis)
+    ks = check_frequencies(freqs, task, basis)
+    coord = c.coord[task.labels]
+    inside = coord >= 0
+    counts = torch.bincount(coord[inside], minlength=c.n)
+    if not bool((counts == counts[0]).all()):
+        raise ValueError(f"{task.describe()}: answers are not spread evenly over the group, so its "
+                         f"Fourier directions are not orthogonal over the examples; frequency "
+                         f"ablation needs add, sub, mul or div")
+    rows = ([0] if with_const else []) + _rows(ks, c.n)
+    # Each answer occurs counts[0] times, so these rows stay orthonormal over the examples.
+    D = c.basis.double()[rows][:, coord[inside]] / math.sqrt(int(counts[0]))
+    return D.float(), inside
+
+
+# --- hooks -----------------------------------------------------------------------------------
+
+
+def hook_name(where: str, layer: int = 0) -> str:
+    if where not in WHERE:
+        raise ValueError(f"where must be one of {WHERE}, got {where!r}")
+    return {"embed": "hook_embed", "neurons": f"blocks.{layer}.mlp.hook_post",
+            "logits": "unembed.hook_out"}[where]
+
+
+def _check_batch(act: Tensor, task: Task):
+    if act.shape[0] != len(task.labels):
+        raise ValueError(f"frequency-ablation hooks project over all {len(task.labels)} examples of "
+                         f"{task.describe()}: run the model on task.inputs (in order), not a batch "
+                         f"of {act.shape[0]}")
+
+
+def frequency_hook(task: Task, freqs: Sequence[int], mode: str = "remove", where: str = "embed",
+                   layer: int = 0, basis: str = "auto") -> tuple[str, Callable]:
+    """``(hook_name, fn)`` that removes ``freqs`` from the activation (or keeps only them); see
+    the module docstring for what that means at each point. Pure: returns a new tensor."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    name = hook_name(where, layer)
+    if where == "embed":
+        M = token_projector(task, freqs, mode, basis)
+        operand_positions = (0, 1)
+        # First example carrying each token at each operand position: the activation there is
+        # that token's embedding, so the hook stays a linear map of what it is given.
+        first = [torch.full((task.p,), -1, dtype=torch.long).scatter_reduce(
+            0, task.inputs[:, pos], torch.arange(len(task.labels)), "amin", include_self=False)
+            for pos in operand_positions]
+
+        def embed_fn(act: Float[Tensor, "batch pos d_model"], hook=None):
+            _check_batch(act, task)
+            out = act.clone()
+            for pos, rep in zip(operand_positions, first):
+                present = rep >= 0
+                table = act.new_zeros(task.p, act.shape[-1])
+                table[present] = act[rep[present], pos]
+                out[:, pos] = (M.to(act) @ table)[task.inputs[:, pos].to(act.device)]
+            return out
+
+        return name, embed_fn
+
+    D, inside = answer_directions(task, freqs, with_const=(mode == "keep"), basis=basis)
+
+    def fn(act: Float[Tensor, "batch pos d"], hook=None):
+        _check_batch(act, task)
+        Dd, ins = D.to(act), inside.to(act.device)
+        x = act[:, -1][ins]  # [n_in, d]: one function over the examples per channel
+        proj = Dd.T @ (Dd @ x)
+        out = act.clone()
+        out[ins, -1] = proj if mode == "keep" else x - proj
+        return out
+
+    return name, fn
+
+
+# --- ablation ----------------------------------------------------------------------------------
+
+
+def split_metrics(logits: Float[Tensor, "n_examples d_vocab_out"], task: Task) -> dict[str, float]:
+    """Loss and accuracy on train, test and all examples from logits over ``task.inputs``."""
+    out = {}
+    for split, idx in (("train", task.train_idx), ("test", task.test_idx),
+                       ("all", torch.arange(len(task.labels)))):
+        loss, acc = loss_and_accuracy(logits[idx], task.labels[idx].to(logits.device))
+        out[f"{split}_loss"], out[f"{split}_acc"] = float(loss), float(acc)
+    return out
+
+
+@torch.no_grad()
+def evaluate_with_hooks(params: Params, cfg: ModelConfig, task: Task, fwd_hooks=()) -> dict[str, float]:
+    """``split_metrics`` of the model run on every example with ``fwd_hooks``."""
+    logits, _ = run_with_hooks(params, cfg, task.inputs, fwd_hooks=fwd_hooks)
+    return split_metrics(logits[:, -1], task)
+
+
+@dataclass(frozen=True)
+class AblationResult:
+    """Loss and accuracy on train, test and all examples, before and after an ablation."""
+
+    where: str
+    mode: str
+    freqs: tuple[int, ...]
+    before: dict[str, float]
+    after: dict[str, float]
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([self.before, self.after], index=["before", "after"])
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"freqs": list(self.freqs)}
+
+
+def _default_layer(cfg: ModelConfig, layer: int | None) -> int:
+    layer = cfg.n_layers - 1 if layer is None else layer
+    if not -cfg.n_layers <= layer < cfg.n_layers:
+        raise ValueError(f"layer {layer} out of range for a {cfg.n_layers}-layer model")
+    return layer % cfg.n_layers
+
+
+def ablate_frequencies(model, task: Task, freqs: Sequence[int] | None = None, mode: str = "remove",
+                       where: str = "embed", layer: int | None = None, step: int | None = None,
+                       basis: str = "auto", cfg: ModelConfig | None = None) -> AblationResult:
+    """Remove ``freqs`` (default: ``fourier.key_frequencies``) at ``where``, or keep only them,
+    and measure loss and accuracy before and after. ``layer``: the MLP for ``where="neurons"``
+    (default the last). The model's weights are not changed."""
+    params, cfg = resolve_model(model, step, cfg)
+    layer = _default_layer(cfg, layer)
+    if freqs is None:
+        freqs = fourier.key_frequencies(params, task, basis=basis, layer=layer, cfg=cfg)
+        if not freqs:
+            raise ValueError("the model has no key frequencies (no clustered neurons): pass freqs")
+    hook = frequency_hook(task, freqs, mode, where, layer, basis)
+    before = evaluate_with_hooks(params, cfg, task)
+    after = evaluate_with_hooks(params, cfg, task, [hook])
+    return AblationResult(where, mode, tuple(int(k) for k in freqs), before, after)
+
+
+def frequency_sweep(model, task: Task, where: str = "embed", mode: str = "remove",
+                    key_freqs: Sequence[int] | None = None, layer: int | None = None, step: int | None = None,
+                    basis: str = "auto", cfg: ModelConfig | None = None) -> pd.DataFrame:
+    """One frequency at a time: a row per k with the metrics after ablating k alone, ``is_key``
+    (``key_freqs``, default ``fourier.key_frequencies``), and ``attrs["baseline"]``."""
+    params, cfg = resolve_model(model, step, cfg)
+    layer = _default_layer(cfg, layer)
+    if key_freqs is None:
+        key_freqs = fourier.key_frequencies(params, task, basis=basis, layer=layer, cfg=cfg)
+    rows = []
+    for k in valid_frequencies(task, basis):
+        hook = frequency_hook(task, [k], mode, where, layer, basis)
+        rows.append({"freq": k, "is_key": k in key_freqs} | evaluate_with_hooks(params, cfg, task, [hook]))
+    df = pd.DataFrame(rows)
+    df.attrs.update(baseline=evaluate_with_hooks(params, cfg, task), where=where, mode=mode,
+                    key_freqs=sorted(int(k) for k in key_freqs))
+    return df
+
+
+def ablation_table(model, task: Task, freqs: Sequence[int] | None = None, where: str = "embed",
+                   layer: int | None = None, step: int | None = None, basis: str = "auto",
+                   cfg: ModelConfig | None = None) -> pd.DataFrame:
+    """Baseline, key frequencies removed, and only key frequencies kept, side by side."""
+    params, cfg = resolve_model(model, step, cfg)
+    layer = _default_layer(cfg, layer)
+    if freqs is None:
+        freqs = fourier.key_frequencies(params, task, basis=basis, layer=layer, cfg=cfg)
+    rm = ablate_frequencies((params, cfg), task, freqs, "remove", where, layer, basis=basis)
+    keep = ablate_frequencies((params, cfg), task, freqs, "keep", where, layer, basis=basis)
+    df = pd.DataFrame([rm.before, rm.after, keep.after], index=["baseline", "remove key", "keep only key"])
+    df.attrs.update(freqs=[int(k) for k in freqs], where=where)
+    return df
+
+
+# --- neuron transplantation ----------------------------------------------------------------------
+
+
+def _neuron_keys(layer: int) -> tuple[str, str, str]:
+    b = f"blocks.{layer}.mlp"
+    return f"{b}.W_in", f"{b}.b_in", f"{b}.W_out"
+
+
+def select_neurons(model, task: Task, freqs: Sequence[int] | None = None, layer: int | None = None,
+                   threshold: float = fourier.CLUSTER_THRESHOLD, step: int | None = None,
+                   basis: str = "auto", cfg: ModelConfig | None = None) -> list[int]:
+    """Neurons of the frequency clusters ``freqs`` (default: every clustered neuron), by
+    Nanda's rule (``fourier.neuron_frequencies``: one frequency holds >= ``threshold`` of the
+    neuron's variance over the grid)."""
+    params, cfg = resolve_model(model, step, cfg)
+    layer = _default_layer(cfg, layer)
+    nf = fourier.neuron_frequencies(params, task, basis=basis, layer=layer, threshold=threshold, cfg=cfg)
+    f = nf.freq
+    chosen = (f > 0) if freqs is None else torch.isin(f, torch.tensor(check_frequencies(freqs, task, basis)))
+    return torch.nonzero(chosen).flatten().tolist()
+
+
+def transplant_neurons(donor, recipient, neurons: Sequence[int], layer: int | None = None,
+                       donor_step: int | None = None, recipient_step: int | None = None,
+                       cfg: ModelConfig | None = None) -> Params:
+    """A copy of the recipient's weights with ``neurons`` of MLP ``layer`` (default the last)
+    taken from the donor: their W_in columns, b_in entries and W_out rows. Donor and recipient
+    must have the same architecture; neither is modified."""
+    d_params, d_cfg = resolve_model(donor, donor_step, cfg)
+    r_params, r_cfg = resolve_model(recipient, recipient_step, cfg)
+    for k, v in r_params.items():
+        if k not in d_params or d_params[k].shape != v.shape:
+            got = tuple(d_params[k].shape) if k in d_params else "missing"
+            raise ValueError(f"donor and recipient have different shapes: {k} is {got} in the donor "
+                             f"and {tuple(v.shape)} in the recipient")
+    layer = _default_layer(r_cfg, layer)
+    idx = torch.as_tensor(list(neurons), dtype=torch.long)
+    if idx.numel() == 0:
+        raise ValueError("no neurons to transplant")
+    if int(idx.min()) < 0 or int(idx.max()) >= r_cfg.d_mlp:
+        raise ValueError(f"neuron indices must be in [0, {r_cfg.d_mlp}), got {sorted(set(idx.tolist()))[:5]}...")
+    W_in, b_in, W_out = _neuron_keys(layer)
+    out = {k: v.detach().clone() for k, v in r_params.items()}
+    out[W_in][:, idx] = d_params[W_in][:, idx].to(out[W_in])
+    out[b_in][idx] = d_params[b_in][idx].to(out[b_in])
+    out[W_out][idx] = d_params[W_out][idx].to(out[W_out])
+    return out
+
+
+# --- training on from a checkpoint -------------------------------------------------------------
+
+
+@dataclass
+class Continuation:
+    """What happened after training on from a checkpoint."""
+
+    name: str
+    from_step: int
+    steps: int
+    trainable_params: int
+    total_params: int
+    grokking_step: int | None
+    final_train_acc: float
+    final_test_acc: float
+    max_test_acc: float
+    path: str
+    metrics: pd.DataFrame = field(repr=False)
+
+    @property
+    def grokked(self) -> bool:
+        return self.grokking_step is not None
+
+    def to_dict(self, trajectory: bool = False) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "metrics"} | {"grokked": self.grokked}
+        if trajectory:
+            d["trajectory"] = self.metrics.to_dict("records")
+        return d
+
+
+def _count(params: Params, frozen: Sequence[str]) -> tuple[int, int]:
+    total = sum(v.numel() for v in params.values())
+    fixed = sum(v.numel() for k, v in params.items() if any(fnmatch.fnmatchcase(k, p) for p in frozen))
+    return total - fixed, total
+
+
+def continue_training(run: Run, from_step: int, steps: int, params: Params | None = None,
+                      out: str | Path | None = None, frozen: Sequence[str] = (),
+                      weight_decay: float | None = None, optimizer: str = "fresh", name: str = "continue",
+                      progress: bool = False, **train_overrides) -> Continuation:
+    """Train ``run`` on from checkpoint ``from_step`` for ``steps`` more steps with the run's own
+    settings (step count, warm-up and minibatch order continue; see the module docstring).
+
+    ``params``: start from these weights instead of the checkpoint's (a transplant).
+    ``frozen``: extra fnmatch patterns of parameters kept fixed. ``weight_decay``: override.
+    ``optimizer``: "fresh" AdamW state, or "carry" the moments in ``resume.safetensors``.
+    ``out``: the new run directory (default: a fresh temporary one).
+    """
+    from .train import train
+
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if optimizer not in OPTIMIZER_STATES:
+        raise ValueError(f"optimizer must be one of {OPTIMIZER_STATES}, got {optimizer!r}")
+    init = run.params(from_step) if params is None else params
+    check_params(init, run.model_cfg, source="params to continue from")
+    opt_state = None
+    if optimizer == "carry":
+        state = read_tensors(run.path / "resume.safetensors")
+        saved = int(state["meta.step"].item())
+        if saved != from_step:
+            raise ValueError(f"{run.path} keeps AdamW moments only for its newest checkpoint (step {saved}), "
+                             f"not step {from_step}: use optimizer='fresh'")
+        opt_state = {k: v for k, v in state.items() if k.startswith("opt.")}
+    tcfg = run.config.train
+    changes = dict(steps=from_step + steps, frozen=tuple(tcfg.frozen) + tuple(frozen)) | train_overrides
+    if weight_decay is not None:
+        changes["weight_decay"] = weight_decay
+    cfg = replace(run.config, train=replace(tcfg, **changes))
+    out = Path(tempfile.mkdtemp(prefix=f"mechgrok-{name}-")) / "run" if out is None else Path(out)
+    new = train(cfg, out, init=init, start_step=from_step, init_opt_state=opt_state,
+                progress=progress, figure=False)
+    write_json(out / "intervention.json", {"name": name, "source": str(run.path), "from_step": from_step,
+                                           "steps": steps, "optimizer": optimizer,
+                                           "frozen": list(cfg.train.frozen),
+                                           "weight_decay": cfg.train.weight_decay})
+    m = new.metrics
+    trainable, total = _count(init, cfg.train.frozen)
+    return Continuation(name=name, from_step=from_step, steps=steps, trainable_params=trainable,
+                        total_params=total, grokking_step=first_step_above(m, "test_acc", GROK_THRESHOLD),
+                        final_train_acc=float(m["train_acc"].iloc[-1]),
+                        final_test_acc=float(m["test_acc"].iloc[-1]),
+                        max_test_acc=float(m["test_acc"].max()), path=str(out), metrics=m)
+
+
+# --- freezing (seed 000) -----------------------------------------------------------------------
+
+INTERVENTIONS = ("baseline", "no_weight_decay", "head", "embeddings", "exit_layer", "exit_attn",
+                 "exit_mlp", "entry_layer", "middle_layers", "attn_all", "mlp_all")
+
+
+def intervention_groups(n_layers: int) -> dict[str, tuple[str, ...]]:
+    """The interventions available for an ``n_layers`` model, as fnmatch patterns of the
+    parameters they freeze (HookedTransformer keys). Seed 000's groups: the head is W_U (+b_U),
+    not the final LayerNorm; exit attention/MLP are the last block's attn/mlp without their
+    LayerNorms; "all attention" and "all MLP" include ln1 and ln2. A 1-layer model's entry and
+    exit layer are the same block; middle layers exist from 3 layers on."""
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+    last = f"blocks.{n_layers - 1}"
+    groups = {
+        "baseline": (), "no_weight_decay": (),
+        "head": ("unembed.*",), "embeddings": ("embed.*", "pos_embed.*"),
+        "exit_layer": (f"{last}.*",), "exit_attn": (f"{last}.attn.*",), "exit_mlp": (f"{last}.mlp.*",),
+        "entry_layer": ("blocks.0.*",),
+        "middle_layers": tuple(f"blocks.{i}.*" for i in range(1, n_layers - 1)),
+        "attn_all": ("blocks.*.attn.*", "blocks.*.ln1.*"), "mlp_all": ("blocks.*.mlp.*", "blocks.*.ln2.*"),
+    }
+    if n_layers < 3:
+        del groups["middle_layers"]
+    return groups
+
+
+def parse_interventions(names: str | Sequence[str], n_layers: int) -> list[str]:
+    """``"all"``, a comma-separated string or a list -> validated intervention names."""
+    groups = intervention_groups(n_layers)
+    if isinstance(names, str):
+        names = list(groups) if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    for n in names:
+        if n not in groups:
+            extra = (" (middle_layers needs a model with at least 3 layers)"
+                     if n == "middle_layers" else "")
+            raise ValueError(f"unknown intervention {n!r} for a {n_layers}-layer model{extra}; "
+                             f"allowed: {', '.join(groups)}")
+    return list(names)
+
+
+def freeze_and_continue(run: Run, from_step: int, intervention: str, steps: int,
+                        out: str | Path | None = None, optimizer: str = "fresh",
+                        progress: bool = False) -> Continuation:
+    """Seed 000's experiment: from checkpoint ``from_step``, freeze one component group (or
+    drop weight decay) and train ``steps`` more steps with otherwise the run's settings."""
+    name = parse_interventions([intervention], run.model_cfg.n_layers)[0]
+    patterns = intervention_groups(run.model_cfg.n_layers)[name]
+    return continue_training(run, from_step, steps, out=out, frozen=patterns,
+                             weight_decay=0.0 if name == "no_weight_decay" else None,
+                             optimizer=optimizer, name=name, progress=progress)
+
+
+def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Sequence[str] = "all",
+                 steps: int = 10_000, out_dir: str | Path | None = None, optimizer: str = "fresh",
+                 progress: bool = False, on_result: Callable[[Continuation], None] | None = None
+                 ) -> pd.DataFrame:
+    """``freeze_and_continue`` for every (checkpoint, intervention); one row each. Continuation
+    runs go to ``out_dir/step_{s}/{name}`` (default: temporary directories)."""
+    names = parse_interventions(interventions, run.model_cfg.n_layers)
+    for s in from_steps:
+        run.resolve_step(s)  # fail before hours of training, not after
+    rows = []
+    for s in from_steps:
+        for name in names:
+            out = None if out_dir is None else Path(out_dir) / f"step_{s}" / name
+            res = freeze_and_continue(run, s, name, steps, out=out, optimizer=optimizer, progress=progress)
+            if on_result:
+                on_result(res)
+            rows.append(res.to_dict())
+    return pd.DataFrame(rows)
+
+
+# --- transplant and transfer experiments -------------------------------------------------------
+
+
+def transplant_experiment(donor: Run, donor_step: int, recipient: Run, recipient_step: int, steps: int,
+                          neurons: Sequence[int] | None = None, freqs: Sequence[int] | None = None,
+                          layer: int | None = None, out_dir: str | Path | None = None,
+                          progress: bool = False) -> dict:
+    """Seed 004: transplant the donor's Fourier neurons (``neurons``, or the clusters ``freqs``,
+    default every clustered neuron) into the recipient checkpoint, train on ``steps`` steps, and
+    compare with the untouched recipient trained on from the same checkpoint (same seed, same
+    minibatches, fresh optimiser for both)."""
+    if neurons is None:
+        neurons = select_neurons(donor, donor.task, freqs, layer, step=donor_step)
+        if not neurons:
+            raise ValueError(f"{donor.path} step {donor_step} has no clustered neurons to transplant")
+    params = transplant_neurons(donor, recipient, neurons, layer, donor_step, recipient_step)
+    sub = (lambda n: None) if out_dir is None else (lambda n: Path(out_dir) / n)
+    treated = continue_training(recipient, recipient_step, steps, params=params, out=sub("transplant"),
+                                name="transplant", progress=progress)
+    control = continue_training(recipient, recipient_step, steps, out=sub("control"), name="control",
+                                progress=progress)
+    before = evaluate_with_hooks(params, recipient.model_cfg, recipient.task)
+    return {"n_neurons": len(neurons), "neurons": list(map(int, neurons)),
+            "after_transplant": before, "transplant": treated.to_dict(), "control": control.to_dict()}
+
+
+EMBEDDING_KEYS = ("embed.W_E", "pos_embed.W_pos")
+
+
+def transfer_embeddings(source, target, keys: Sequence[str] = EMBEDDING_KEYS, source_step: int | None = None,
+                        cfg: ModelConfig | None = None) -> Params:
+    """A copy of ``target``'s weights with ``keys`` (default W_E and W_pos) from ``source``."""
+    s_params, _ = resolve_model(source, source_step, cfg)
+    t_params, _ = resolve_model(target, cfg=cfg)
+    out = {k: v.detach().clone() for k, v in t_params.items()}
+    for k in keys:
+        if k not in s_params or k not in out:
+            raise ValueError(f"{k!r} is not a parameter of both models")
+        if s_params[k].shape != out[k].shape:
+            raise ValueError(f"source and target have different shapes: {k} is {tuple(s_params[k].shape)} "
+                             f"in the source and {tuple(out[k].shape)} in the target")
+        out[k] = s_params[k].detach().clone().to(out[k])
+    return out
+
+
+def embedding_transfer(source: Run, source_step: int | None, cfg: RunConfig, out: str | Path,
+                       freeze: bool = False, progress: bool = False) -> Run:
+    """Xu et al. (2025): train ``cfg`` from its own fresh initialisation except for the token
+    and position embeddings, taken from ``source`` at ``source_step``; ``freeze`` keeps them
+    fixed. Returns the new run."""
+    from .model import init_params
+    from .train import train
+
+    mcfg = cfg.model.resolve(Task(cfg.task))
+    init = transfer_embeddings(source, (init_params(mcfg), mcfg), source_step=source_step)
+    if freeze:
+        cfg = replace(cfg, train=replace(cfg.train, frozen=tuple(cfg.train.frozen) + ("embed.*", "pos_embed.*")))
+    run = train(cfg, out, init=init, progress=progress, figure=False)
+    write_json(Path(out) / "intervention.json", {"name": "embedding_transfer", "source": str(source.path),
+                                                 "source_step": source_step, "freeze": freeze})
+    return run
+
+
+__all__ = ["WHERE", "MODES", "INTERVENTIONS", "GROK_THRESHOLD", "resolve_model", "valid_frequencies",
+           "check_frequencies", "token_projector", "answer_directions", "hook_name", "frequency_hook",
+           "split_metrics", "evaluate_with_hooks", "AblationResult", "ablate_frequencies", "frequency_sweep",
+           "ablation_table", "select_neurons", "transplant_neurons", "Continuation", "continue_training",
+           "intervention_groups", "parse_interventions", "freeze_and_continue", "freeze_sweep",
+           "transplant_experiment", "transfer_embeddings", "embedding_transfer", "EMBEDDING_KEYS"]
