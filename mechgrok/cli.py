@@ -180,8 +180,13 @@ def analyze(run_dir: Path = typer.Argument(..., help="a run directory"),
                f"restricted {last['restricted_loss']:.3e}, excluded {last['excluded_loss']:.3e}")
     typer.echo(f"memorisation {ph['memorisation']}, grokking {ph['grokking']}, delay {ph['delay']}, "
                f"max acceleration {ph['max_acceleration']}")
-    typer.echo(f"phases: memorisation 0-{ph['circuit_start']}, circuit formation "
-               f"{ph['circuit_start']}-{ph['cleanup_start']}, cleanup {ph['cleanup_start']}-{ph['cleanup_end']}")
+    from dataclasses import fields
+
+    from .progress import Phases
+
+    bounds = Phases(**{f.name: ph[f.name] for f in fields(Phases)}).boundaries()
+    typer.echo("phases: " + ", ".join(f"{name} {b[0]}-{b[1]}" if b else f"{name} not reached"
+                                      for name, b in bounds.items()))
     for f in written:
         typer.echo(f"wrote {f}")
 
