@@ -10,7 +10,7 @@ from . import fourier, progress
 from . import interventions
 from .model import ModelConfig, forward, init_params, run_with_hooks, to_tl_model
 from .presets import PRESETS, get_preset
-from .runs import Run, RunConfig, TrainConfig, load_hooked_transformer, load_run
+from .runs import Run, RunConfig, TrainConfig, import_run, load_hooked_transformer, load_run
 from .tasks import Task, TaskConfig, make_task
 from .train import TrainingDiverged
 
