@@ -1,0 +1,441 @@
+"""Latent-state training maps (Hu et al. 2023, "Latent State Models of Training Dynamics").
+
+Training is modelled as a walk through a few hidden states. At every checkpoint of every
+member of a population we compute 14 statistics of the weights; each member's statistics are
+z-scored within that member; a Gaussian HMM (hmmlearn) is fitted to all the sequences. Its
+transition graph is the "training map"; each member's Viterbi path is its route through the
+map; a "detour" is a state whose occupancy goes with later convergence.
+
+    stats = checkpoint_statistics(run)           # step x the 14 statistics (+ losses, accuracies)
+    sel = select_states(pop, max_states=8)       # held-out log-likelihood, AIC, BIC per n
+    tm = fit_training_map(pop, n_states=sel.best)
+    tm.paths, tm.transitions, tm.means, tm.detours()
+
+A population is a sweep directory, a population object with ``.run(i)`` and ``len()``, a list
+of run directories or ``Run`` objects, or -- for the HMM functions -- the long statistics table
+that ``population_statistics`` returns (columns ``member``, ``step``, features, and
+``grokking_step``), which is how tests plant synthetic sequences.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import einops
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from scipy import stats as sps
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .runs import Run
+
+STATISTICS = ("l1", "l2", "trace", "spectral", "code_sparsity", "computational_sparsity",
+              "mean_lambda", "variance_lambda", "mean_w", "median_w", "var_w", "mean_b", "median_b",
+              "var_b")
+MATRIX_STATISTICS = STATISTICS[:8]
+METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
+BEST_FEATURES = {"modular": ("var_w", "l1", "l2"), "parity": ("spectral", "variance_lambda")}
+COVARIANCES = ("diag", "full")
+SV_ZERO = 1e-5  # singular values below this count as 0 (Hu et al.)
+MIN_CHECKPOINTS = 5
+
+
+# --- statistics of the weights -------------------------------------------------------------
+
+
+def matrix_statistics(W: Float[Tensor, "*batch rows cols"]) -> dict[str, Float[Tensor, "*batch"]]:
+    """The 8 per-matrix statistics of Hu et al. for every matrix of a batch.
+
+    l1, l2: norms of the flattened matrix; trace: sum of the main diagonal, which for a
+    non-square ``rows x cols`` matrix has min(rows, cols) entries (what ``torch.trace`` -- and
+    Hu et al.'s code -- computes; the matrices here are all non-square but W_O's); spectral:
+    the largest singular value; code_sparsity = l1 / l2; computational_sparsity = trace /
+    spectral; mean_lambda, variance_lambda: mean and variance (unbiased, n - 1) of the
+    min(rows, cols) singular values after setting those below 1e-5 to 0.
+    """
+    l1 = W.abs().sum((-2, -1))
+    l2 = W.square().sum((-2, -1)).sqrt()
+    trace = W.diagonal(dim1=-2, dim2=-1).sum(-1)
+    sv = torch.linalg.svdvals(W)
+    spectral = sv[..., 0]  # svdvals are sorted, largest first
+    sv = torch.where(sv < SV_ZERO, torch.zeros_like(sv), sv)
+    return {"l1": l1, "l2": l2, "trace": trace, "spectral": spectral, "code_sparsity": l1 / l2,
+            "computational_sparsity": trace / spectral, "mean_lambda": sv.mean(-1),
+            "variance_lambda": sv.var(-1)}
+
+
+def block_matrices(params: dict[str, Tensor], n_layers: int) -> list[Tensor]:
+    """The matrices the statistics are taken over, each with a leading checkpoint axis:
+    per layer, W_Q, W_K, W_V of every head (``d_model x d_head``), W_O as one
+    ``(n_heads*d_head) x d_model`` matrix, W_in and W_out. Embeddings, unembedding and
+    LayerNorm weights are not included. Matrices of one shape come as one stacked tensor
+    ``[checkpoint, n_matrices, rows, cols]``."""
+    out = []
+    for layer in range(n_layers):
+        b = f"blocks.{layer}"
+        qkv = torch.cat([params[f"{b}.attn.W_{x}"] for x in "QKV"], dim=1)  # [t, 3h, d, k]
+        out.append(qkv)
+        out.append(einops.rearrange(params[f"{b}.attn.W_O"], "t h k d -> t 1 (h k) d"))
+        out.append(params[f"{b}.mlp.W_in"][:, None])
+        out.append(params[f"{b}.mlp.W_out"][:, None])
+    return out
+
+
+def _distribution(x: Float[Tensor, "t n"], suffix: str) -> dict[str, Tensor]:
+    # median: the usual midpoint median (torch.quantile), not torch.median's lower middle value.
+    return {f"mean_{suffix}": x.mean(-1), f"median_{suffix}": torch.quantile(x, 0.5, dim=-1),
+            f"var_{suffix}": x.var(-1)}
+
+
+def weight_statistics(params: dict[str, Tensor], n_layers: int) -> pd.DataFrame:
+    """The 14 statistics for stacked params (every tensor with a leading checkpoint axis).
+
+    The 8 matrix statistics are computed per matrix (``matrix_statistics``) and averaged over
+    all the matrices of ``block_matrices`` (each head's W_Q counts as one matrix, W_O as one).
+    mean_w, median_w, var_w: over the entries of those matrices concatenated; mean_b,
+    median_b, var_b: over the MLP biases b_in and b_out of every layer concatenated.
+    Computed in float64.
+    """
+    params = {k: v.double() for k, v in params.items()}
+    mats = block_matrices(params, n_layers)
+    per_matrix = [matrix_statistics(m) for m in mats]  # each value: [t, n_matrices]
+    cols = {s: torch.cat([pm[s] for pm in per_matrix], dim=1).mean(1) for s in MATRIX_STATISTICS}
+    weights = torch.cat([m.flatten(1) for m in mats], dim=1)
+    biases = torch.cat([params[f"blocks.{layer}.mlp.b_{x}"] for layer in range(n_layers) for x in ("in", "out")],
+                       dim=1)
+    cols |= _distribution(weights, "w") | _distribution(biases, "b")
+    return pd.DataFrame({s: cols[s].numpy() for s in STATISTICS})
+
+
+def checkpoint_grid(run: Run, min_checkpoints: int = MIN_CHECKPOINTS) -> list[int]:
+    """The run's checkpoints on its regular grid: steps s0, s0 + d, s0 + 2d, ... with d the
+    most common spacing. A final checkpoint off the grid (a run whose length is not a
+    multiple of ``checkpoint_every``) is dropped; a gap in the grid is an error."""
+    steps = run.steps
+    if len(steps) < min_checkpoints:
+        raise ValueError(f"{run.path}: {len(steps)} checkpoints; latent-state models need at least "
+                         f"{min_checkpoints} per run (train longer or checkpoint more often)")
+    spacing = Counter(np.diff(steps).tolist()).most_common(1)[0][0]
+    grid = [s for s in steps if (s - steps[0]) % spacing == 0]
+    if grid != list(range(grid[0], grid[-1] + 1, spacing)):
+        missing = sorted(set(range(grid[0], grid[-1] + 1, spacing)) - set(grid))
+        raise ValueError(f"{run.path}: checkpoints every {spacing} steps with gaps at {missing[:5]}; "
+                         f"the HMM needs an unbroken, evenly spaced series")
+    if len(grid) < min_checkpoints:
+        raise ValueError(f"{run.path}: only {len(grid)} checkpoints on the {spacing}-step grid; "
+                         f"need at least {min_checkpoints}")
+    return grid
+
+
+def _grokking_step(metrics: pd.DataFrame) -> float:
+    from .progress import transition_metrics
+
+    step = transition_metrics(metrics).grokked_step
+    return float("nan") if step is None else float(step)
+
+
+def checkpoint_statistics(run: Run | str | os.PathLike, steps: list[int] | None = None,
+                          chunk: int = 64) -> pd.DataFrame:
+    """One row per checkpoint: ``step``, the 14 statistics of Hu et al. (see
+    ``weight_statistics`` for the definitions) and train/test loss and accuracy from
+    metrics.csv at the same step (NaN where the step was not evaluated). ``steps`` defaults to
+    the run's regular checkpoint grid (``checkpoint_grid``). SVDs are batched over ``chunk``
+    checkpoints at a time."""
+    run = run if isinstance(run, Run) else Run(run)
+    steps = checkpoint_grid(run, min_checkpoints=1) if steps is None else list(steps)
+    n_layers = run.model_cfg.n_layers
+    parts = [weight_statistics(run.stacked_params(steps[i:i + chunk]), n_layers)
+             for i in range(0, len(steps), chunk)]
+    table = pd.concat(parts, ignore_index=True)
+    table.insert(0, "step", steps)
+    m = run.metrics
+    m = m[["step", *METRICS]].drop_duplicates("step", keep="last") if len(m) else pd.DataFrame(columns=["step", *METRICS])
+    return table.merge(m, on="step", how="left")
+
+
+# --- populations -------------------------------------------------------------------------
+
+
+def population_runs(pop) -> list[Run]:
+    """The member runs of ``pop``: a sweep directory (``mechgrok.population.load_population``
+    when it can read it, otherwise every sub-directory holding a config.json), a population
+    object with ``.run(i)`` and ``len()``, or a list of run directories / ``Run`` objects."""
+    if isinstance(pop, (str, os.PathLike)):
+        path = Path(pop)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such population directory")
+        if (path / "config.json").exists():
+            raise ValueError(f"{path} is a single run; a latent-state model needs a population "
+                             f"(a sweep directory or a list of run directories)")
+        try:
+            from .population import load_population
+            return population_runs(load_population(path))
+        except (ImportError, AttributeError, FileNotFoundError, ValueError):
+            pass
+        dirs = sorted({p.parent for p in path.glob("*/config.json")} | {p.parent for p in path.glob("*/*/config.json")})
+        if not dirs:
+            raise FileNotFoundError(f"{path}: no run directories (sub-directories with a config.json)")
+        return [Run(d) for d in dirs]
+    if hasattr(pop, "run") and hasattr(pop, "__len__"):
+        return [pop.run(i) for i in range(len(pop))]
+    runs = [r if isinstance(r, Run) else Run(r) for r in pop]
+    if not runs:
+        raise ValueError("the population is empty")
+    return runs
+
+
+def population_statistics(pop, min_checkpoints: int = MIN_CHECKPOINTS, progress: bool = True) -> pd.DataFrame:
+    """The long table the HMM functions take: one row per (member, checkpoint) with columns
+    ``member`` (0..n-1), ``run`` (its directory), ``step``, the 14 statistics, losses and
+    accuracies, and ``grokking_step`` (``progress.transition_metrics``; NaN if it never
+    grokked). Fails with the offending runs when a run has fewer than ``min_checkpoints``
+    checkpoints or the runs' checkpoint spacings differ."""
+    runs = population_runs(pop)
+    grids = [checkpoint_grid(r, min_checkpoints) for r in runs]
+    spacings = {str(r.path): g[1] - g[0] for r, g in zip(runs, grids)}
+    if len(set(spacings.values())) > 1:
+        by = Counter(spacings.values())
+        raise ValueError("the runs differ in checkpoint spacing ("
+                         + ", ".join(f"{n} run(s) every {d} steps" for d, n in by.items())
+                         + f"): HMM time steps must mean the same thing in every run; e.g. "
+                         + ", ".join(f"{p}: {d}" for p, d in list(spacings.items())[:4]))
+    tables = []
+    for i, (r, g) in enumerate(tqdm(list(zip(runs, grids)), desc="statistics", disable=not progress)):
+        t = checkpoint_statistics(r, g)
+        t.insert(0, "run", str(r.path))
+        t.insert(0, "member", i)
+        t["grokking_step"] = _grokking_step(r.metrics)
+        tables.append(t)
+    return pd.concat(tables, ignore_index=True)
+
+
+def _as_table(pop, progress: bool = True) -> pd.DataFrame:
+    return pop if isinstance(pop, pd.DataFrame) else population_statistics(pop, progress=progress)
+
+
+def _features(features, table: pd.DataFrame) -> list[str]:
+    features = list(STATISTICS) if features is None else (
+        [f.strip() for f in features.split(",") if f.strip()] if isinstance(features, str) else list(features))
+    allowed = [c for c in table.columns if c not in ("member", "run", "step", "grokking_step")]
+    bad = [f for f in features if f not in allowed]
+    if bad or not features:
+        raise ValueError(f"unknown feature(s) {bad}; allowed: {', '.join(allowed)}")
+    return features
+
+
+def zscore_within(table: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """``table`` with each feature z-scored within each member (a feature constant within a
+    member becomes 0 there)."""
+    out = table.copy()
+    g = table.groupby("member")[features]
+    mu, sd = g.transform("mean"), g.transform("std", ddof=0)
+    out[features] = ((table[features] - mu) / sd.where(sd > 0)).fillna(0.0)
+    return out
+
+
+def _sequences(z: pd.DataFrame, features: list[str], members) -> tuple[np.ndarray, list[int]]:
+    parts = [z.loc[z.member == m].sort_values("step")[features].to_numpy(np.float64) for m in members]
+    return np.concatenate(parts), [len(p) for p in parts]
+
+
+def _fit_hmm(X: np.ndarray, lengths: list[int], n_states: int, covariance: str, restarts: int,
+             seed: int, n_iter: int):
+    """The best of ``restarts`` GaussianHMM fits (by log-likelihood of the data it was fitted
+    on), and every restart's model."""
+    from hmmlearn.hmm import GaussianHMM
+
+    if covariance not in COVARIANCES:
+        raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    logging.getLogger("hmmlearn").setLevel(logging.ERROR)
+    models = []
+    for r in range(restarts):
+        m = GaussianHMM(n_components=n_states, covariance_type=covariance, n_iter=n_iter,
+                        random_state=seed * 1000 + r, min_covar=1e-3)
+        m.fit(X, lengths)
+        models.append((m.score(X, lengths), m))
+    best = max(models, key=lambda t: t[0])[1]
+    return best, [m for _, m in models]
+
+
+def split_members(members: list, held_out: float = 0.2, seed: int = 0) -> tuple[list, list]:
+    """Seeded split of the members into fit and held-out sets (``held_out`` of them, at least
+    one each)."""
+    if len(members) < 2:
+        raise ValueError(f"model selection needs at least 2 members (one to fit, one held out), got {len(members)}")
+    if not 0 < held_out < 1:
+        raise ValueError(f"held_out must be in (0, 1), got {held_out}")
+    perm = np.random.default_rng(seed).permutation(len(members))
+    n_out = min(max(1, round(held_out * len(members))), len(members) - 1)
+    return sorted(members[i] for i in perm[n_out:]), sorted(members[i] for i in perm[:n_out])
+
+
+@dataclass
+class ModelSelection:
+    """``table``: per number of states, the held-out log-likelihood per checkpoint of the
+    best restart (``heldout_ll``) and its mean and std over restarts, the fit-set
+    log-likelihood, AIC and BIC (on the fit set), and the number of free parameters.
+    ``best``: the number of states with the lowest BIC."""
+
+    table: pd.DataFrame
+    features: list[str]
+    fit_members: list
+    heldout_members: list
+    covariance: str
+
+    @property
+    def best(self) -> int:
+        return int(self.table.loc[self.table.bic.idxmin(), "n_states"])
+
+
+def select_states(pop, max_states: int = 8, features=None, covariance: str = "diag", restarts: int = 5,
+                  held_out: float = 0.2, seed: int = 0, n_iter: int = 200, progress: bool = True) -> ModelSelection:
+    """Hu et al.'s model selection: members split (seeded) into fit and held-out sets,
+    features z-scored within each member, a GaussianHMM with 1..``max_states`` states fitted
+    ``restarts`` times on the fit set; the table reports held-out log-likelihood (per
+    checkpoint), AIC and BIC. AIC/BIC are computed on the fit set, where the information
+    criteria are defined (Hu et al.'s script evaluated them on the held-out set)."""
+    table = _as_table(pop, progress)
+    features = _features(features, table)
+    if max_states < 1:
+        raise ValueError(f"max_states must be >= 1, got {max_states}")
+    z = zscore_within(table, features)
+    fit_m, out_m = split_members(sorted(z.member.unique().tolist()), held_out, seed)
+    X, lx = _sequences(z, features, fit_m)
+    Y, ly = _sequences(z, features, out_m)
+    rows = []
+    for n in tqdm(range(1, max_states + 1), desc="HMM states", disable=not progress):
+        best, models = _fit_hmm(X, lx, n, covariance, restarts, seed, n_iter)
+        held = np.array([m.score(Y, ly) for m in models]) / len(Y)
+        rows.append({"n_states": n, "heldout_ll": best.score(Y, ly) / len(Y), "heldout_ll_mean": held.mean(),
+                     "heldout_ll_std": held.std(), "fit_ll": best.score(X, lx) / len(X),
+                     "aic": best.aic(X, lx), "bic": best.bic(X, lx),
+                     "n_params": sum(best._get_n_fit_scalars_per_param().values())})
+    return ModelSelection(pd.DataFrame(rows), features, fit_m, out_m, covariance)
+
+
+# --- the training map --------------------------------------------------------------------
+
+
+@dataclass
+class TrainingMap:
+    """A GaussianHMM fitted to every member, its states numbered by when they are visited
+    (state 0 is occupied earliest on average).
+
+    ``paths``: member -> Viterbi state sequence (one state per checkpoint); ``transitions``:
+    the transition matrix (rows: from, columns: to); ``means``: state x feature means in
+    within-member z units; ``occupancy``: checkpoints per state over all members; ``labels``:
+    what distinguishes each state; ``steps``: member -> checkpoint steps of its path;
+    ``grokking_steps``: member -> grokking step (NaN: never grokked)."""
+
+    model: object
+    features: list[str]
+    paths: dict
+    steps: dict
+    transitions: pd.DataFrame
+    means: pd.DataFrame
+    occupancy: pd.Series
+    labels: dict[int, str]
+    grokking_steps: dict
+    state_metrics: pd.DataFrame = field(repr=False)
+
+    @property
+    def n_states(self) -> int:
+        return len(self.transitions)
+
+    def occupancy_counts(self) -> pd.DataFrame:
+        """member x state: how many checkpoints each member spent in each state."""
+        rows = {m: np.bincount(p, minlength=self.n_states) for m, p in self.paths.items()}
+        return pd.DataFrame.from_dict(rows, orient="index", columns=range(self.n_states))
+
+    def detours(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Per state, the regression of the members' grokking step on the number of checkpoints
+        they spent in that state: ``coef`` (steps of convergence per checkpoint in the
+        state), its 95 % CI, p-value (two-sided t-test), ``n`` (grokked members used) and
+        ``visited`` (of them, how many visited the state). A state with a positive coefficient
+        at p < ``alpha`` is a detour.
+
+        One regression per state, y = a + b n_s: with runs of equal length the occupancies of
+        all states sum to the run length, so a joint regression on all of them plus an
+        intercept is singular. Members that never grokked have no convergence step and are
+        left out."""
+        occ = self.occupancy_counts()
+        y = pd.Series(self.grokking_steps).reindex(occ.index).astype(float)
+        keep = y.notna()
+        occ, y = occ[keep], y[keep]
+        rows = []
+        for s in range(self.n_states):
+            x = occ[s].to_numpy(float)
+            row = {"state": s, "label": self.labels[s], "n": int(len(y)), "visited": int((x > 0).sum()),
+                   "coef": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan}
+            if len(y) >= 3 and np.ptp(x) > 0:
+                fit = sps.linregress(x, y.to_numpy())
+                half = sps.t.ppf(0.975, len(y) - 2) * fit.stderr
+                row |= {"coef": fit.slope, "ci_low": fit.slope - half, "ci_high": fit.slope + half,
+                        "p_value": fit.pvalue}
+            row["detour"] = bool(row["coef"] > 0 and row["p_value"] < alpha)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def paths_table(self) -> pd.DataFrame:
+        """Long table: member, step, state."""
+        return pd.DataFrame([{"member": m, "step": s, "state": int(k)}
+                             for m, p in self.paths.items() for s, k in zip(self.steps[m], p)])
+
+
+def describe_state(means: pd.Series, test_acc: float | None = None, top: int = 2, threshold: float = 0.5) -> str:
+    """A label from a state's z-scored feature means: the ``top`` features furthest from the
+    member's average (|z| > ``threshold``) as "high l2" / "low var_w", plus the mean test
+    accuracy of the checkpoints in the state."""
+    strongest = means.abs().sort_values(ascending=False)
+    parts = [f"{'high' if means[f] > 0 else 'low'} {f}" for f in strongest.index[:top] if abs(means[f]) > threshold]
+    label = ", ".join(parts) if parts else "average"
+    if test_acc is not None and np.isfinite(test_acc):
+        label += f"; test acc {test_acc:.2f}"
+    return label
+
+
+def fit_training_map(pop, n_states: int, features=None, covariance: str = "diag", restarts: int = 5,
+                     seed: int = 0, n_iter: int = 200, progress: bool = True) -> TrainingMap:
+    """Fit the training map to every member (best of ``restarts`` by log-likelihood) and decode
+    each member's Viterbi path."""
+    table = _as_table(pop, progress)
+    features = _features(features, table)
+    if n_states < 1:
+        raise ValueError(f"n_states must be >= 1, got {n_states}")
+    z = zscore_within(table, features)
+    members = sorted(z.member.unique().tolist())
+    X, lengths = _sequences(z, features, members)
+    model, _ = _fit_hmm(X, lengths, n_states, covariance, restarts, seed, n_iter)
+    raw = [model.predict(X[a:a + n]) for a, n in zip(np.cumsum([0, *lengths[:-1]]), lengths)]
+    # number states by their mean relative time of occupancy (0 = visited earliest)
+    when = np.full(n_states, np.inf)
+    for k in range(n_states):
+        t = np.concatenate([np.flatnonzero(p == k) / max(len(p) - 1, 1) for p in raw])
+        if len(t):
+            when[k] = t.mean()
+    order = np.argsort(when, kind="stable")  # new id -> hmm id
+    new_id = np.empty(n_states, int)
+    new_id[order] = np.arange(n_states)
+    paths = {m: new_id[p] for m, p in zip(members, raw)}
+    steps = {m: z.loc[z.member == m].sort_values("step").step.to_numpy() for m in members}
+    transitions = pd.DataFrame(model.transmat_[np.ix_(order, order)])
+    means = pd.DataFrame(model.means_[order], columns=features)
+    states = np.concatenate([paths[m] for m in members])
+    occupancy = pd.Series(np.bincount(states, minlength=n_states), name="checkpoints")
+    ordered = table.sort_values(["member", "step"])
+    extra = [c for c in ("test_acc", "train_acc", "l2") if c in table.columns]
+    state_metrics = ordered[extra].assign(state=states).groupby("state").mean().reindex(range(n_states))
+    labels = {s: describe_state(means.loc[s], state_metrics.loc[s].get("test_acc") if "test_acc" in extra else None)
+              for s in range(n_states)}
+    grok = (table.groupby("member").grokking_step.first().to_dict() if "grokking_step" in table.columns
+            else {m: np.nan for m in members})
+    return TrainingMap(model, features, paths, steps, transitions, means, occupancy, labels, grok, state_metrics)

@@ -1,0 +1,180 @@
+"""Latent-state training maps (issue 11): statistics pinned to hand-computed values, HMM model
+selection and detour regression pinned to planted synthetic sequences, population errors."""
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import mechgrok as mg
+from mechgrok import latent
+
+
+# --- statistics against closed forms ------------------------------------------------------
+
+
+def _rect_diag(values, rows, cols):
+    m = torch.zeros(rows, cols, dtype=torch.float64)
+    for i, v in enumerate(values):
+        m[i, i] = v
+    return m
+
+
+def test_matrix_statistics_match_known_singular_values_of_a_rotated_matrix():
+    # W = U diag(3, 2, 1e-7) V^T: singular values known; the tiny one must count as 0.
+    g = torch.Generator().manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))
+    W = U @ _rect_diag([3.0, 2.0, 1e-7], 3, 5) @ V.T
+    s = latent.matrix_statistics(W)
+    assert s["spectral"].item() == pytest.approx(3.0, rel=1e-9)
+    assert s["l2"].item() == pytest.approx(np.sqrt(13.0), rel=1e-9)  # Frobenius = sqrt(sum s^2)
+    assert s["mean_lambda"].item() == pytest.approx(5.0 / 3, rel=1e-9)
+    assert s["variance_lambda"].item() == pytest.approx(((3 - 5 / 3) ** 2 + (2 - 5 / 3) ** 2 + (5 / 3) ** 2) / 2, rel=1e-9)
+
+
+def test_matrix_statistics_of_a_rectangular_diagonal_matrix():
+    W = _rect_diag([2.0, -0.5], 4, 2)  # trace over the min(4, 2) = 2 diagonal entries
+    s = latent.matrix_statistics(W)
+    assert s["l1"].item() == pytest.approx(2.5)
+    assert s["l2"].item() == pytest.approx(np.sqrt(4.25))
+    assert s["trace"].item() == pytest.approx(1.5)
+    assert s["spectral"].item() == pytest.approx(2.0)
+    assert s["code_sparsity"].item() == pytest.approx(2.5 / np.sqrt(4.25))
+    assert s["computational_sparsity"].item() == pytest.approx(0.75)
+
+
+def test_weight_statistics_average_over_heads_wo_and_mlp_matrices():
+    # d_model 4, 2 heads of d_head 2, d_mlp 3; every matrix diagonal with planted values.
+    q = [[1.0, 2.0], [3.0, 4.0]]
+    k = [[0.5, 0.5], [1.0, -1.0]]
+    v = [[2.0, 0.0], [1.0, 1.0]]
+    o = [1.0, 2.0, 3.0, 4.0]  # W_O as one (2*2) x 4 matrix = diag(o)
+    w_in, w_out = [1.0, 1.0, 2.0], [3.0, 0.5, 0.5]
+    W_O = torch.zeros(2, 2, 4, dtype=torch.float64)
+    W_O[0, 0, 0], W_O[0, 1, 1], W_O[1, 0, 2], W_O[1, 1, 3] = o
+    params = {
+        "blocks.0.attn.W_Q": torch.stack([_rect_diag(x, 4, 2) for x in q]),
+        "blocks.0.attn.W_K": torch.stack([_rect_diag(x, 4, 2) for x in k]),
+        "blocks.0.attn.W_V": torch.stack([_rect_diag(x, 4, 2) for x in v]),
+        "blocks.0.attn.W_O": W_O,
+        "blocks.0.mlp.W_in": _rect_diag(w_in, 4, 3), "blocks.0.mlp.W_out": _rect_diag(w_out, 3, 4),
+        "blocks.0.mlp.b_in": torch.tensor([1.0, -1.0, 3.0], dtype=torch.float64),
+        "blocks.0.mlp.b_out": torch.tensor([0.0, 2.0, 2.0, 5.0], dtype=torch.float64),
+    }
+    stacked = {key: torch.stack([t, 2 * t]) for key, t in params.items()}  # two checkpoints
+    table = latent.weight_statistics(stacked, n_layers=1)
+
+    diags = q + k + v + [o, w_in, w_out]  # 9 matrices
+    n_entries = 6 * 8 + 16 + 12 + 12
+    for row, c in ((0, 1.0), (1, 2.0)):
+        d = [[c * x for x in m] for m in diags]
+        exp = {
+            "l1": np.mean([sum(abs(x) for x in m) for m in d]),
+            "l2": np.mean([np.sqrt(sum(x * x for x in m)) for m in d]),
+            "trace": np.mean([sum(m) for m in d]),
+            "spectral": np.mean([max(abs(x) for x in m) for m in d]),
+            "computational_sparsity": np.mean([sum(m) / max(abs(x) for x in m) for m in d]),
+            "mean_lambda": np.mean([np.mean([abs(x) for x in m] + [0] * (len(m) < 2)) for m in d]),
+        }
+        flat = [x for m in d for x in m] + [0.0] * (n_entries - sum(len(m) for m in d))
+        exp |= {"mean_w": np.mean(flat), "median_w": np.median(flat), "var_w": np.var(flat, ddof=1)}
+        b = [c * x for x in [1.0, -1.0, 3.0, 0.0, 2.0, 2.0, 5.0]]
+        exp |= {"mean_b": np.mean(b), "median_b": np.median(b), "var_b": np.var(b, ddof=1)}
+        for key, val in exp.items():
+            assert table.loc[row, key] == pytest.approx(val, rel=1e-9, abs=1e-12), key
+
+
+# --- real runs -----------------------------------------------------------------------------
+
+
+def _tiny(seed: int, steps: int = 60, every: int = 10):
+    return mg.RunConfig(
+        task=mg.TaskConfig(op="add", p=23, frac=0.6, seed=seed),
+        model=mg.ModelConfig(n_layers=1, d_model=32, n_heads=4, d_head=8, d_mlp=64, seed=seed),
+        train=mg.TrainConfig(steps=steps, lr=3e-3, weight_decay=1.0, eval_every=10, checkpoint_every=every, seed=seed))
+
+
+@pytest.fixture(scope="session")
+def tiny_population(tmp_path_factory):
+    from mechgrok.train import train
+
+    root = tmp_path_factory.mktemp("latent_pop")
+    for s in range(4):
+        train(_tiny(s), root / "pop" / f"seed{s}", progress=False, figure=False)
+    train(_tiny(9, steps=60, every=20), root / "few", progress=False, figure=False)
+    train(_tiny(8, steps=60, every=12), root / "other_spacing", progress=False, figure=False)
+    return root
+
+
+def test_checkpoint_statistics_match_a_numpy_loop_over_matrices(tiny_population):
+    run = mg.load_run(tiny_population / "pop" / "seed0")
+    table = latent.checkpoint_statistics(run)
+    assert table.step.tolist() == run.steps
+    step = run.steps[3]
+    p = {key: val.double().numpy() for key, val in run.params(step).items()}
+    mats = [p[f"blocks.0.attn.W_{x}"][h] for x in "QKV" for h in range(4)]
+    mats += [p["blocks.0.attn.W_O"].reshape(32, 32), p["blocks.0.mlp.W_in"], p["blocks.0.mlp.W_out"]]
+    svs = [np.linalg.svd(m, compute_uv=False) for m in mats]
+    row = table.loc[table.step == step].iloc[0]
+    assert row.spectral == pytest.approx(np.mean([s[0] for s in svs]), rel=1e-6)
+    assert row.variance_lambda == pytest.approx(np.mean([np.var(s, ddof=1) for s in svs]), rel=1e-6)
+    assert row.trace == pytest.approx(np.mean([np.trace(m) for m in mats]), rel=1e-6)
+    assert row.var_w == pytest.approx(np.var(np.concatenate([m.ravel() for m in mats]), ddof=1), rel=1e-6)
+    m = run.metrics.set_index("step").loc[step]
+    assert row.test_acc == m.test_acc and row.train_loss == m.train_loss
+
+
+def test_population_rejects_too_few_checkpoints(tiny_population):
+    runs = [tiny_population / "pop" / "seed0", tiny_population / "few"]
+    with pytest.raises(ValueError, match="4 checkpoints; latent-state models need at least 5"):
+        latent.population_statistics(runs, progress=False)
+
+
+def test_population_rejects_mixed_checkpoint_spacing(tiny_population):
+    runs = [tiny_population / "pop" / "seed0", tiny_population / "other_spacing"]
+    with pytest.raises(ValueError, match="differ in checkpoint spacing"):
+        latent.population_statistics(runs, progress=False)
+
+
+# --- HMMs on planted sequences -------------------------------------------------------------
+
+
+def _planted(n_members=12, T=60, seed=0, detour_coef=None):
+    """Three states with separated means in 3 features; each member switches at its own
+    points. With ``detour_coef``: state 1 is a detour whose length sets the grokking step."""
+    rng = np.random.default_rng(seed)
+    means = np.array([[0.0, 0.0, 0.0], [0.0, 6.0, 3.0], [6.0, 0.0, 6.0]])
+    rows = []
+    for m in range(n_members):
+        t1 = int(rng.integers(12, 18))
+        d = int(rng.integers(4, 16))
+        states = np.array([0] * t1 + [1] * d + [2] * (T - t1 - d))
+        x = means[states] + rng.normal(0, 1.0, size=(T, 3))
+        grok = 1000 + detour_coef * d + rng.normal(0, 5) if detour_coef is not None else np.nan
+        for t in range(T):
+            rows.append({"member": m, "step": 10 * t, "l1": x[t, 0], "l2": x[t, 1], "var_w": x[t, 2],
+                         "test_acc": float(states[t] == 2), "grokking_step": grok})
+    return pd.DataFrame(rows)
+
+
+def test_select_states_recovers_a_planted_number_of_states():
+    sel = latent.select_states(_planted(), max_states=5, features="l1,l2,var_w", restarts=2, progress=False)
+    assert sel.best == 3
+    ll = sel.table.set_index("n_states").heldout_ll
+    assert ll[3] > ll[2] > ll[1]  # held-out likelihood improves until the planted number
+    assert len(sel.heldout_members) == round(0.2 * 12)
+
+
+def test_detour_regression_recovers_a_planted_positive_coefficient():
+    tm = latent.fit_training_map(_planted(n_members=20, seed=1, detour_coef=40.0), n_states=3,
+                                 features=["l1", "l2", "var_w"], restarts=5, progress=False)
+    assert tm.means.loc[1, "l2"] > 1  # the detour state is numbered 1 (visited second)
+    det = tm.detours().set_index("state")
+    assert det.loc[1, "ci_low"] < 40.0 < det.loc[1, "ci_high"]
+    assert det.loc[1, "coef"] == pytest.approx(40.0, abs=3.0)
+    assert det.detour.tolist() == [False, True, False]
+    assert tm.transitions.to_numpy().sum(1) == pytest.approx(np.ones(3))
+    assert "high l2" in tm.labels[1]
