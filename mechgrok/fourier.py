@@ -58,7 +58,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .model import ModelConfig, Params, infer_config, params_from_tl, run_with_hooks
+from .model import ModelConfig, Params, as_params, last_position_acts, layer_index
 from .tasks import Task
 
 BASES = ("auto", "add", "dlog")
@@ -212,45 +212,100 @@ def to_grid(values: Float[Tensor, "n_examples *rest"], task: Task, basis: str = 
     return grid
 
 
-# --- reading models ------------------------------------------------------------------------
+# --- frequencies, and the directions they name over the examples ---------------------------
 
 
-def is_tl_model(model) -> bool:
-    return not isinstance(model, dict)
+def valid_frequencies(task: Task, basis: str = "auto") -> list[int]:
+    """The frequencies k = 1 .. n//2 of the group ``task`` lives on (n = p or p - 1)."""
+    return list(range(1, coords(task, basis).n // 2 + 1))
 
 
-def config_of(model, cfg: ModelConfig | None = None) -> ModelConfig:
-    """The mechgrok ``ModelConfig`` of a TL model or params dict (``cfg`` wins if given)."""
-    if cfg is not None:
-        return cfg
-    if not is_tl_model(model):
-        return infer_config(model)
-    c = model.cfg
-    return ModelConfig(n_layers=c.n_layers, d_model=c.d_model, n_heads=c.n_heads, d_head=c.d_head,
-                       d_mlp=c.d_mlp, act_fn=c.act_fn, normalization=c.normalization_type or "none",
-                       d_vocab=c.d_vocab, d_vocab_out=c.d_vocab_out, n_ctx=c.n_ctx)
+def check_frequencies(freqs, task: Task, basis: str = "auto") -> tuple[int, ...]:
+    """``freqs`` as sorted ints, or a one-line error naming the frequency that does not exist."""
+    c = coords(task, basis)
+    ks = [int(k) for k in freqs]
+    bad = [k for k in ks if not 1 <= k <= c.n // 2]
+    if bad:
+        raise ValueError(f"frequency {bad[0]} does not exist for {task.describe()} in the {c.kind} basis: "
+                         f"frequencies are 1..{c.n // 2} (0, the constant, is not a frequency)")
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"frequencies listed twice: {sorted(ks)}")
+    return tuple(sorted(ks))
 
 
-def as_params(model, cfg: ModelConfig | None = None) -> tuple[Params, ModelConfig]:
-    """``(params, cfg)`` for a TL model or a params dict, without copying a dict."""
-    cfg = config_of(model, cfg)
-    if is_tl_model(model):
-        return params_from_tl(model, cfg), cfg
-    return {k: v.detach() for k, v in model.items()}, cfg
+def answer_directions(task: Task, freqs, basis: str = "auto"
+                      ) -> tuple[Float[Tensor, "n_examples r"], Bool[Tensor, " n_examples"]]:
+    """Orthonormal columns over the task's examples (in task order): column 0 the constant, then
+    cos(w_k z(c)) and sin(w_k z(c)) of every frequency k in ``freqs`` (one column for an even
+    group's Nyquist frequency), z(c) the answer's coordinate on the group. For addition these
+    are Nanda's directions cos/sin(w_k (a + b)) -- two per frequency, never the 3x3 block whose
+    cross terms bias ARENA-style masks. Columns are orthogonalised in that order (QR), so they
+    are orthonormal for every op, including those whose answers are not spread evenly over the
+    group (``quad``). Rows of examples whose answer is outside the group (0 in the dlog basis)
+    are 0; ``active`` marks the others."""
+    c = coords(task, basis)
+    ks = check_frequencies(freqs, task, basis)
+    z = c.coord[task.labels]
+    active = z >= 0
+    cols = [active.double()]
+    for k in ks:
+        angle = 2 * math.pi * k * z.double() / c.n
+        cols.append(torch.cos(angle) * active)
+        if 2 * k < c.n:
+            cols.append(torch.sin(angle) * active)
+    q, _ = torch.linalg.qr(torch.stack(cols, dim=1))
+    return q.float(), active
 
 
-def _layer(cfg: ModelConfig, layer: int) -> int:
-    layer = layer % cfg.n_layers if layer < 0 else layer
-    if not 0 <= layer < cfg.n_layers:
-        raise ValueError(f"layer {layer} out of range for a {cfg.n_layers}-layer model")
-    return layer
+PROJECTION_MODES = ("keep", "remove")
 
 
-def W_L(params: Params, layer: int = -1, n_layers: int | None = None) -> Float[Tensor, "d_mlp d_vocab_out"]:
-    """Neurons -> logits: ``W_out @ W_U`` of ``layer`` (the direct path of the last MLP)."""
-    n_layers = n_layers or 1 + max(int(k.split(".")[1]) for k in params if k.startswith("blocks."))
-    layer = layer % n_layers
-    return params[f"blocks.{layer}.mlp.W_out"] @ params["unembed.W_U"]
+class FrequencyProjection:
+    """The one projection hook (TL signature ``fn(activation, hook)``): at the last position,
+    each channel of the activation is a function over the examples; ``mode="keep"`` keeps its
+    mean and its components along ``answer_directions`` (restricted loss, "keep only"),
+    ``mode="remove"`` subtracts those components and keeps the mean (excluded loss, ablation).
+    Examples whose answer is outside the group pass through unchanged. The batch must be
+    every example of the task in task order (``task.inputs``). Linear in the activation and
+    acting on the batch axis only, so any channel width works and hooking ``post`` equals
+    hooking ``post @ W`` for any linear ``W`` after it."""
+
+    last_position_only = True  # see model.last_position_hook
+
+    def __init__(self, task: Task, freqs, mode: str, basis: str = "auto"):
+        if mode not in PROJECTION_MODES:
+            raise ValueError(f"mode must be one of {PROJECTION_MODES}, got {mode!r}")
+        self.mode, self.freqs = mode, check_frequencies(freqs, task, basis)
+        self.q, self.active = answer_directions(task, self.freqs, basis)
+        self.all_active = bool(self.active.all())
+
+    def __repr__(self):
+        return f"FrequencyProjection({self.mode}, freqs={list(self.freqs)})"
+
+    def project(self, x: Float[Tensor, "n_examples d"]) -> Float[Tensor, "n_examples d"]:
+        if x.shape[0] != self.q.shape[0]:
+            raise ValueError(f"{self!r} projects over all {self.q.shape[0]} examples of the task: run the "
+                             f"model on task.inputs (in order), not a batch of {x.shape[0]}")
+        q = self.q.to(device=x.device, dtype=x.dtype)
+        if self.mode == "keep":
+            kept = q @ (q.T @ x)
+            if self.all_active:
+                return kept
+            return kept + x * (~self.active).to(device=x.device, dtype=x.dtype)[:, None]
+        qk = q[:, 1:]  # the mean stays
+        return torch.addmm(x, qk, qk.T @ x, alpha=-1)
+
+    def __call__(self, activation: Float[Tensor, "batch pos d"], hook=None) -> Float[Tensor, "batch pos d"]:
+        last = self.project(activation[:, -1])[:, None]
+        if activation.shape[1] == 1:
+            return last
+        return torch.cat([activation[:, :-1], last], dim=1)
+
+
+def W_L(params: Params, cfg: ModelConfig, layer: int | None = None) -> Float[Tensor, "d_mlp d_vocab_out"]:
+    """Neurons -> logits: ``W_out @ W_U`` of ``layer`` (default the last: the direct path of the
+    last MLP)."""
+    return params[f"blocks.{layer_index(cfg, layer)}.mlp.W_out"] @ params["unembed.W_U"]
 
 
 # --- 1D spectra ----------------------------------------------------------------------------
@@ -264,12 +319,12 @@ def embedding_fourier(model, task: Task, basis: str = "auto", cfg: ModelConfig |
     return c.basis @ params["embed.W_E"][c.elements].float()
 
 
-def W_L_fourier(model, task: Task, basis: str = "auto", layer: int = -1, cfg: ModelConfig | None = None
+def W_L_fourier(model, task: Task, basis: str = "auto", layer: int | None = None, cfg: ModelConfig | None = None
                 ) -> Float[Tensor, "n d_mlp"]:
     """W_L = W_out @ W_U transformed along the logit (answer) axis."""
     params, mcfg = as_params(model, cfg)
     c = coords(task, basis)
-    wl = W_L(params, layer, mcfg.n_layers)
+    wl = W_L(params, mcfg, layer)
     return c.basis @ wl[:, c.elements].T.float()
 
 
@@ -279,7 +334,7 @@ def embedding_spectrum(model, task: Task, basis: str = "auto", cfg: ModelConfig 
     return freq_norms(embedding_fourier(model, task, basis, cfg))
 
 
-def W_L_spectrum(model, task: Task, basis: str = "auto", layer: int = -1, cfg: ModelConfig | None = None
+def W_L_spectrum(model, task: Task, basis: str = "auto", layer: int | None = None, cfg: ModelConfig | None = None
                  ) -> Float[Tensor, " n_freq"]:
     """Norm of W_L = W_out @ W_U per frequency k = 0 .. n//2 of the answer."""
     return freq_norms(W_L_fourier(model, task, basis, layer, cfg))
@@ -289,13 +344,11 @@ def W_L_spectrum(model, task: Task, basis: str = "auto", layer: int = -1, cfg: M
 
 
 @torch.no_grad()
-def neuron_acts(model, task: Task, layer: int = -1, cfg: ModelConfig | None = None
+def neuron_acts(model, task: Task, layer: int | None = None, cfg: ModelConfig | None = None
                 ) -> Float[Tensor, "n_examples d_mlp"]:
     """``blocks.{layer}.mlp.hook_post`` at the last position for every example of ``task``."""
     params, mcfg = as_params(model, cfg)
-    name = f"blocks.{_layer(mcfg, layer)}.mlp.hook_post"
-    _, cache = run_with_hooks(params, mcfg, task.inputs, cache_names=[name], last_only=True)
-    return cache[name][:, -1]
+    return last_position_acts(params, mcfg, task.inputs, f"blocks.{layer_index(mcfg, layer)}.mlp.hook_post")
 
 
 def fourier_2d(grid: Float[Tensor, "n n *rest"], basis: Float[Tensor, "n n"]) -> Float[Tensor, "n n *rest"]:
@@ -303,7 +356,7 @@ def fourier_2d(grid: Float[Tensor, "n n *rest"], basis: Float[Tensor, "n n"]) ->
     return einops.einsum(basis, basis, grid, "i a, j b, a b ... -> i j ...")
 
 
-def neuron_fourier(model, task: Task, basis: str = "auto", layer: int = -1, cfg: ModelConfig | None = None
+def neuron_fourier(model, task: Task, basis: str = "auto", layer: int | None = None, cfg: ModelConfig | None = None
                    ) -> Float[Tensor, "n n d_mlp"]:
     """2D Fourier coefficients of every neuron's centred activation over the (a, b) grid."""
     c = coords(task, basis)
@@ -335,7 +388,8 @@ def frequency_shares(coeffs_2d: Float[Tensor, "n n d"]) -> Float[Tensor, "d n_fr
 @dataclass(frozen=True)
 class NeuronFrequencies:
     """Per neuron: its dominant frequency, the share of its variance that frequency holds, and
-    whether that share clears the threshold ("clustered"; unclustered neurons have freq -1)."""
+    whether that share exceeds the threshold ("clustered": share > threshold, Nanda's "more than
+    85%"; unclustered neurons have freq -1)."""
 
     shares: Float[Tensor, "d_mlp n_freq"]
     threshold: float
@@ -350,7 +404,7 @@ class NeuronFrequencies:
 
     @property
     def clustered(self) -> Bool[Tensor, " d_mlp"]:
-        return self.share >= self.threshold
+        return self.share > self.threshold
 
     @property
     def freq(self) -> Int[Tensor, " d_mlp"]:
@@ -366,12 +420,12 @@ class NeuronFrequencies:
                              "best_freq": self.best.tolist(), "share": self.share.tolist()})
 
 
-def neuron_frequencies(model, task: Task, basis: str = "auto", layer: int = -1,
+def neuron_frequencies(model, task: Task, basis: str = "auto", layer: int | None = None,
                        threshold: float = CLUSTER_THRESHOLD, cfg: ModelConfig | None = None
                        ) -> NeuronFrequencies:
     """Nanda's rule: centre each neuron over the grid, 2D-transform, and give it the frequency
     whose {const, cos k, sin k}^2 block (minus const-const) holds the largest share of its
-    variance; neurons below ``threshold`` are unclustered."""
+    variance; neurons whose share is not above ``threshold`` are unclustered."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     return NeuronFrequencies(frequency_shares(neuron_fourier(model, task, basis, layer, cfg)), threshold)
@@ -380,7 +434,7 @@ def neuron_frequencies(model, task: Task, basis: str = "auto", layer: int = -1,
 # --- key frequencies -----------------------------------------------------------------------
 
 
-def key_frequencies(model, task: Task, rule: str = "neurons", basis: str = "auto", layer: int = -1,
+def key_frequencies(model, task: Task, rule: str = "neurons", basis: str = "auto", layer: int | None = None,
                     threshold: float | None = None, min_neurons: int | None = None,
                     cfg: ModelConfig | None = None) -> list[int]:
     """The frequencies the model computes with, sorted.
@@ -417,7 +471,8 @@ def spectrum_peaks(norms: Float[Tensor, " n_freq"], threshold: float = 0.25) -> 
 
 
 __all__ = ["fourier_basis", "freq_rows", "freq_index", "freq_norms", "n_freqs", "primitive_root", "Coords",
-           "coords", "resolve_basis", "example_index", "to_grid", "as_params", "config_of", "W_L",
+           "coords", "resolve_basis", "example_index", "to_grid", "valid_frequencies", "check_frequencies",
+           "answer_directions", "FrequencyProjection", "PROJECTION_MODES", "W_L",
            "embedding_fourier", "W_L_fourier", "embedding_spectrum", "W_L_spectrum", "neuron_acts",
            "fourier_2d", "neuron_fourier", "frequency_shares", "NeuronFrequencies", "neuron_frequencies",
            "key_frequencies", "spectrum_peaks", "BASES", "KEY_RULES", "CLUSTER_THRESHOLD"]

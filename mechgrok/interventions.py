@@ -52,8 +52,6 @@ replays the source run exactly.
 
 from __future__ import annotations
 
-import fnmatch
-import math
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -61,65 +59,24 @@ from typing import Callable, Sequence
 
 import pandas as pd
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
 from . import fourier
-from .model import ModelConfig, Params, check_params, loss_and_accuracy, run_with_hooks
-from .runs import Run, RunConfig, first_step_above, read_tensors, write_json
+from .fourier import FrequencyProjection, check_frequencies, valid_frequencies
+from .model import (HOOK_POINTS, ModelConfig, Params, as_params, check_params, hook_name, layer_index,
+                    run_with_hooks, split_metrics)
+from .progress import transition_metrics
+from .runs import Run, RunConfig, read_tensors, write_json
 from .tasks import Task
 
-WHERE = ("embed", "neurons", "logits")
-MODES = ("remove", "keep")
-GROK_THRESHOLD = 0.9  # science.md: the grokking step is the first eval with test acc > 0.9
+WHERE = HOOK_POINTS
+MODES = fourier.PROJECTION_MODES
 OPTIMIZER_STATES = ("fresh", "carry")
 METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
 
 
-# --- checkpoints in, weights out -------------------------------------------------------------
-
-
-def resolve_model(model, step: int | None = None, cfg: ModelConfig | None = None
-                  ) -> tuple[Params, ModelConfig]:
-    """``(params, cfg)`` of a ``Run`` (at ``step``, default the last), a ``(params, cfg)`` pair,
-    a TL model or a params dict (pass ``cfg`` for a GELU or LayerNorm dict: shapes cannot tell)."""
-    if isinstance(model, Run):
-        return model.params(step), model.model_cfg
-    if step is not None:
-        raise ValueError("step= only applies to a Run; a model or params dict is one checkpoint")
-    if isinstance(model, tuple):
-        if len(model) != 2:
-            raise TypeError("a model given as a tuple must be (params, cfg)")
-        params, cfg = model
-    else:
-        params, cfg = fourier.as_params(model, cfg)
-    check_params(params, cfg)
-    return params, cfg
-
-
-# --- frequencies and the directions they name ------------------------------------------------
-
-
-def valid_frequencies(task: Task, basis: str = "auto") -> list[int]:
-    """The frequencies k = 1 .. n//2 of the group ``task`` lives on (n = p or p - 1)."""
-    return list(range(1, fourier.coords(task, basis).n // 2 + 1))
-
-
-def check_frequencies(freqs: Sequence[int], task: Task, basis: str = "auto") -> tuple[int, ...]:
-    c = fourier.coords(task, basis)
-    ks = tuple(int(k) for k in freqs)
-    bad = [k for k in ks if not 1 <= k <= c.n // 2]
-    if bad:
-        raise ValueError(f"frequency {bad[0]} does not exist for {task.describe()} in the {c.kind} basis: "
-                         f"frequencies are 1..{c.n // 2} (0, the constant, is not a frequency)")
-    if len(set(ks)) != len(ks):
-        raise ValueError(f"frequencies listed twice: {sorted(ks)}")
-    return ks
-
-
-def _rows(ks: Sequence[int], n: int) -> list[int]:
-    # fourier_basis rows of each frequency; the Nyquist k = n/2 of an even n has no sine row.
-    return [r for k in ks for r in fourier.freq_rows(k) if r < n]
+# --- the embedding's token axis ----------------------------------------------------------------
 
 
 def token_projector(task: Task, freqs: Sequence[int], mode: str = "remove", basis: str = "auto"
@@ -128,7 +85,8 @@ def token_projector(task: Task, freqs: Sequence[int], mode: str = "remove", basi
     them and the constant). Residues outside the group (0 in dlog) map to themselves."""
     c = fourier.coords(task, basis)
     ks = check_frequencies(freqs, task, basis)
-    F = c.basis.double()[_rows(ks, c.n) + ([0] if mode == "keep" else [])]
+    rows = [r for k in ks for r in fourier.freq_rows(k) if r < c.n]  # the Nyquist k of an even n has one row
+    F = c.basis.double()[rows + ([0] if mode == "keep" else [])]
     proj = F.T @ F  # over group coordinates
     inner = proj if mode == "keep" else torch.eye(c.n, dtype=torch.float64) - proj
     M = torch.eye(task.p, dtype=torch.float64)
@@ -136,103 +94,50 @@ def token_projector(task: Task, freqs: Sequence[int], mode: str = "remove", basi
     return M.float()
 
 
-def answer_directions(task: Task, freqs: Sequence[int], with_const: bool = False, basis: str = "auto"
-                      ) -> tuple[Float[Tensor, "n_dirs n_in"], Bool[Tensor, " n_examples"]]:
-    """Orthonormal directions cos(w_k c), sin(w_k c) over the examples (c: the answer's group
-    coordinate; for addition c = a + b), and the mask of examples they live on (the answer is
-    in the group). ``with_const`` adds the constant direction first."""
-    c = fourier.coords(task, basis)
-    ks = check_frequencies(freqs, task, basis)
-    coord = c.coord[task.labels]
-    inside = coord >= 0
-    counts = torch.bincount(coord[inside], minlength=c.n)
-    if not bool((counts == counts[0]).all()):
-        raise ValueError(f"{task.describe()}: answers are not spread evenly over the group, so its "
-                         f"Fourier directions are not orthogonal over the examples; frequency "
-                         f"ablation needs add, sub, mul or div")
-    rows = ([0] if with_const else []) + _rows(ks, c.n)
-    # Each answer occurs counts[0] times, so these rows stay orthonormal over the examples.
-    D = c.basis.double()[rows][:, coord[inside]] / math.sqrt(int(counts[0]))
-    return D.float(), inside
-
-
-# --- hooks -----------------------------------------------------------------------------------
-
-
-def hook_name(where: str, layer: int = 0) -> str:
-    if where not in WHERE:
-        raise ValueError(f"where must be one of {WHERE}, got {where!r}")
-    return {"embed": "hook_embed", "neurons": f"blocks.{layer}.mlp.hook_post",
-            "logits": "unembed.hook_out"}[where]
-
-
-def _check_batch(act: Tensor, task: Task):
-    if act.shape[0] != len(task.labels):
-        raise ValueError(f"frequency-ablation hooks project over all {len(task.labels)} examples of "
-                         f"{task.describe()}: run the model on task.inputs (in order), not a batch "
-                         f"of {act.shape[0]}")
-
-
 def frequency_hook(task: Task, freqs: Sequence[int], mode: str = "remove", where: str = "embed",
                    layer: int = 0, basis: str = "auto") -> tuple[str, Callable]:
     """``(hook_name, fn)`` that removes ``freqs`` from the activation (or keeps only them); see
-    the module docstring for what that means at each point. Pure: returns a new tensor."""
+    the module docstring for what that means at each point. Pure: returns a new tensor. At the
+    neurons and logits it is ``fourier.FrequencyProjection``, the projection restricted and
+    excluded loss use."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     name = hook_name(where, layer)
-    if where == "embed":
-        M = token_projector(task, freqs, mode, basis)
-        operand_positions = (0, 1)
-        # First example carrying each token at each operand position: the activation there is
-        # that token's embedding, so the hook stays a linear map of what it is given.
-        first = [torch.full((task.p,), -1, dtype=torch.long).scatter_reduce(
-            0, task.inputs[:, pos], torch.arange(len(task.labels)), "amin", include_self=False)
-            for pos in operand_positions]
+    if where != "embed":
+        return name, FrequencyProjection(task, freqs, mode, basis)
+    M = token_projector(task, freqs, mode, basis)
+    operand_positions = (0, 1)
+    # First example carrying each token at each operand position: the activation there is
+    # that token's embedding, so the hook stays a linear map of what it is given.
+    first = [torch.full((task.p,), -1, dtype=torch.long).scatter_reduce(
+        0, task.inputs[:, pos], torch.arange(len(task.labels)), "amin", include_self=False)
+        for pos in operand_positions]
 
-        def embed_fn(act: Float[Tensor, "batch pos d_model"], hook=None):
-            _check_batch(act, task)
-            out = act.clone()
-            for pos, rep in zip(operand_positions, first):
-                present = rep >= 0
-                table = act.new_zeros(task.p, act.shape[-1])
-                table[present] = act[rep[present], pos]
-                out[:, pos] = (M.to(act) @ table)[task.inputs[:, pos].to(act.device)]
-            return out
-
-        return name, embed_fn
-
-    D, inside = answer_directions(task, freqs, with_const=(mode == "keep"), basis=basis)
-
-    def fn(act: Float[Tensor, "batch pos d"], hook=None):
-        _check_batch(act, task)
-        Dd, ins = D.to(act), inside.to(act.device)
-        x = act[:, -1][ins]  # [n_in, d]: one function over the examples per channel
-        proj = Dd.T @ (Dd @ x)
+    def embed_fn(act: Float[Tensor, "batch pos d_model"], hook=None):
+        if act.shape[0] != len(task.labels):
+            raise ValueError(f"frequency-ablation hooks project over all {len(task.labels)} examples of "
+                             f"{task.describe()}: run the model on task.inputs (in order), not a batch "
+                             f"of {act.shape[0]}")
         out = act.clone()
-        out[ins, -1] = proj if mode == "keep" else x - proj
+        for pos, rep in zip(operand_positions, first):
+            present = rep >= 0
+            table = act.new_zeros(task.p, act.shape[-1])
+            table[present] = act[rep[present], pos]
+            out[:, pos] = (M.to(act) @ table)[task.inputs[:, pos].to(act.device)]
         return out
 
-    return name, fn
+    return name, embed_fn
 
 
 # --- ablation ----------------------------------------------------------------------------------
 
 
-def split_metrics(logits: Float[Tensor, "n_examples d_vocab_out"], task: Task) -> dict[str, float]:
-    """Loss and accuracy on train, test and all examples from logits over ``task.inputs``."""
-    out = {}
-    for split, idx in (("train", task.train_idx), ("test", task.test_idx),
-                       ("all", torch.arange(len(task.labels)))):
-        loss, acc = loss_and_accuracy(logits[idx], task.labels[idx].to(logits.device))
-        out[f"{split}_loss"], out[f"{split}_acc"] = float(loss), float(acc)
-    return out
-
-
 @torch.no_grad()
 def evaluate_with_hooks(params: Params, cfg: ModelConfig, task: Task, fwd_hooks=()) -> dict[str, float]:
-    """``split_metrics`` of the model run on every example with ``fwd_hooks``."""
+    """Loss and accuracy on train, test and all examples of the model run on every example
+    with ``fwd_hooks``."""
     logits, _ = run_with_hooks(params, cfg, task.inputs, fwd_hooks=fwd_hooks)
-    return split_metrics(logits[:, -1], task)
+    return split_metrics(logits[:, -1], task, ("train", "test", "all"))
 
 
 @dataclass(frozen=True)
@@ -252,21 +157,14 @@ class AblationResult:
         return asdict(self) | {"freqs": list(self.freqs)}
 
 
-def _default_layer(cfg: ModelConfig, layer: int | None) -> int:
-    layer = cfg.n_layers - 1 if layer is None else layer
-    if not -cfg.n_layers <= layer < cfg.n_layers:
-        raise ValueError(f"layer {layer} out of range for a {cfg.n_layers}-layer model")
-    return layer % cfg.n_layers
-
-
 def ablate_frequencies(model, task: Task, freqs: Sequence[int] | None = None, mode: str = "remove",
                        where: str = "embed", layer: int | None = None, step: int | None = None,
                        basis: str = "auto", cfg: ModelConfig | None = None) -> AblationResult:
     """Remove ``freqs`` (default: ``fourier.key_frequencies``) at ``where``, or keep only them,
     and measure loss and accuracy before and after. ``layer``: the MLP for ``where="neurons"``
     (default the last). The model's weights are not changed."""
-    params, cfg = resolve_model(model, step, cfg)
-    layer = _default_layer(cfg, layer)
+    params, cfg = as_params(model, cfg, step)
+    layer = layer_index(cfg, layer)
     if freqs is None:
         freqs = fourier.key_frequencies(params, task, basis=basis, layer=layer, cfg=cfg)
         if not freqs:
@@ -279,15 +177,18 @@ def ablate_frequencies(model, task: Task, freqs: Sequence[int] | None = None, mo
 
 def frequency_sweep(model, task: Task, where: str = "embed", mode: str = "remove",
                     key_freqs: Sequence[int] | None = None, layer: int | None = None, step: int | None = None,
-                    basis: str = "auto", cfg: ModelConfig | None = None) -> pd.DataFrame:
+                    basis: str = "auto", cfg: ModelConfig | None = None, progress: bool = False) -> pd.DataFrame:
     """One frequency at a time: a row per k with the metrics after ablating k alone, ``is_key``
     (``key_freqs``, default ``fourier.key_frequencies``), and ``attrs["baseline"]``."""
-    params, cfg = resolve_model(model, step, cfg)
-    layer = _default_layer(cfg, layer)
+    from tqdm.auto import tqdm
+
+    params, cfg = as_params(model, cfg, step)
+    layer = layer_index(cfg, layer)
     if key_freqs is None:
         key_freqs = fourier.key_frequencies(params, task, basis=basis, layer=layer, cfg=cfg)
     rows = []
-    for k in valid_frequencies(task, basis):
+    for k in tqdm(valid_frequencies(task, basis), desc=f"ablate each frequency at {where}", unit="freq",
+                  disable=not progress, dynamic_ncols=True):
         hook = frequency_hook(task, [k], mode, where, layer, basis)
         rows.append({"freq": k, "is_key": k in key_freqs} | evaluate_with_hooks(params, cfg, task, [hook]))
     df = pd.DataFrame(rows)
@@ -300,8 +201,8 @@ def ablation_table(model, task: Task, freqs: Sequence[int] | None = None, where:
                    layer: int | None = None, step: int | None = None, basis: str = "auto",
                    cfg: ModelConfig | None = None) -> pd.DataFrame:
     """Baseline, key frequencies removed, and only key frequencies kept, side by side."""
-    params, cfg = resolve_model(model, step, cfg)
-    layer = _default_layer(cfg, layer)
+    params, cfg = as_params(model, cfg, step)
+    layer = layer_index(cfg, layer)
     if freqs is None:
         freqs = fourier.key_frequencies(params, task, basis=basis, layer=layer, cfg=cfg)
     rm = ablate_frequencies((params, cfg), task, freqs, "remove", where, layer, basis=basis)
@@ -325,8 +226,8 @@ def select_neurons(model, task: Task, freqs: Sequence[int] | None = None, layer:
     """Neurons of the frequency clusters ``freqs`` (default: every clustered neuron), by
     Nanda's rule (``fourier.neuron_frequencies``: one frequency holds >= ``threshold`` of the
     neuron's variance over the grid)."""
-    params, cfg = resolve_model(model, step, cfg)
-    layer = _default_layer(cfg, layer)
+    params, cfg = as_params(model, cfg, step)
+    layer = layer_index(cfg, layer)
     nf = fourier.neuron_frequencies(params, task, basis=basis, layer=layer, threshold=threshold, cfg=cfg)
     f = nf.freq
     chosen = (f > 0) if freqs is None else torch.isin(f, torch.tensor(check_frequencies(freqs, task, basis)))
@@ -339,14 +240,14 @@ def transplant_neurons(donor, recipient, neurons: Sequence[int], layer: int | No
     """A copy of the recipient's weights with ``neurons`` of MLP ``layer`` (default the last)
     taken from the donor: their W_in columns, b_in entries and W_out rows. Donor and recipient
     must have the same architecture; neither is modified."""
-    d_params, d_cfg = resolve_model(donor, donor_step, cfg)
-    r_params, r_cfg = resolve_model(recipient, recipient_step, cfg)
+    d_params, d_cfg = as_params(donor, cfg, donor_step)
+    r_params, r_cfg = as_params(recipient, cfg, recipient_step)
     for k, v in r_params.items():
         if k not in d_params or d_params[k].shape != v.shape:
             got = tuple(d_params[k].shape) if k in d_params else "missing"
             raise ValueError(f"donor and recipient have different shapes: {k} is {got} in the donor "
                              f"and {tuple(v.shape)} in the recipient")
-    layer = _default_layer(r_cfg, layer)
+    layer = layer_index(r_cfg, layer)
     idx = torch.as_tensor(list(neurons), dtype=torch.long)
     if idx.numel() == 0:
         raise ValueError("no neurons to transplant")
@@ -391,9 +292,10 @@ class Continuation:
 
 
 def _count(params: Params, frozen: Sequence[str]) -> tuple[int, int]:
-    total = sum(v.numel() for v in params.values())
-    fixed = sum(v.numel() for k, v in params.items() if any(fnmatch.fnmatchcase(k, p) for p in frozen))
-    return total - fixed, total
+    from .train import trainable_names
+
+    trainable = set(trainable_names(params, tuple(frozen)))
+    return sum(v.numel() for k, v in params.items() if k in trainable), sum(v.numel() for v in params.values())
 
 
 def continue_training(run: Run, from_step: int, steps: int, params: Params | None = None,
@@ -439,7 +341,7 @@ def continue_training(run: Run, from_step: int, steps: int, params: Params | Non
     m = new.metrics
     trainable, total = _count(init, cfg.train.frozen)
     return Continuation(name=name, from_step=from_step, steps=steps, trainable_params=trainable,
-                        total_params=total, grokking_step=first_step_above(m, "test_acc", GROK_THRESHOLD),
+                        total_params=total, grokking_step=transition_metrics(m).grokked_step,
                         final_train_acc=float(m["train_acc"].iloc[-1]),
                         final_test_acc=float(m["test_acc"].iloc[-1]),
                         max_test_acc=float(m["test_acc"].max()), path=str(out), metrics=m)
@@ -551,8 +453,8 @@ EMBEDDING_KEYS = ("embed.W_E", "pos_embed.W_pos")
 def transfer_embeddings(source, target, keys: Sequence[str] = EMBEDDING_KEYS, source_step: int | None = None,
                         cfg: ModelConfig | None = None) -> Params:
     """A copy of ``target``'s weights with ``keys`` (default W_E and W_pos) from ``source``."""
-    s_params, _ = resolve_model(source, source_step, cfg)
-    t_params, _ = resolve_model(target, cfg=cfg)
+    s_params, _ = as_params(source, cfg, source_step)
+    t_params, _ = as_params(target, cfg)
     out = {k: v.detach().clone() for k, v in t_params.items()}
     for k in keys:
         if k not in s_params or k not in out:
@@ -582,9 +484,8 @@ def embedding_transfer(source: Run, source_step: int | None, cfg: RunConfig, out
     return run
 
 
-__all__ = ["WHERE", "MODES", "INTERVENTIONS", "GROK_THRESHOLD", "resolve_model", "valid_frequencies",
-           "check_frequencies", "token_projector", "answer_directions", "hook_name", "frequency_hook",
-           "split_metrics", "evaluate_with_hooks", "AblationResult", "ablate_frequencies", "frequency_sweep",
+__all__ = ["WHERE", "MODES", "INTERVENTIONS", "valid_frequencies",
+           "check_frequencies", "token_projector", "frequency_hook", "evaluate_with_hooks", "AblationResult", "ablate_frequencies", "frequency_sweep",
            "ablation_table", "select_neurons", "transplant_neurons", "Continuation", "continue_training",
            "intervention_groups", "parse_interventions", "freeze_and_continue", "freeze_sweep",
            "transplant_experiment", "transfer_embeddings", "embedding_transfer", "EMBEDDING_KEYS"]

@@ -209,6 +209,74 @@ def n_params(cfg: ModelConfig) -> int:
     return sum(math.prod(s) for s in param_shapes(cfg).values())
 
 
+def config_from_tl(tl_cfg) -> ModelConfig:
+    """The ``ModelConfig`` of a TransformerLens config (the inverse of ``tl_config``)."""
+    return ModelConfig(n_layers=tl_cfg.n_layers, d_model=tl_cfg.d_model, n_heads=tl_cfg.n_heads,
+                       d_head=tl_cfg.d_head, d_mlp=tl_cfg.d_mlp, act_fn=tl_cfg.act_fn,
+                       normalization=tl_cfg.normalization_type or "none", d_vocab=tl_cfg.d_vocab,
+                       d_vocab_out=tl_cfg.d_vocab_out, n_ctx=tl_cfg.n_ctx)
+
+
+def is_tl_model(model) -> bool:
+    """Whether ``model`` is a TransformerLens model (anything with a TL config and weights)."""
+    return hasattr(model, "cfg") and hasattr(model, "state_dict") and hasattr(model, "run_with_hooks")
+
+
+def as_params(model, cfg: ModelConfig | None = None, step: int | None = None) -> tuple[Params, ModelConfig]:
+    """``(params, cfg)`` of anything that names one checkpoint -- the one place that does this.
+
+    ``model`` may be a ``Run`` (``step``: which checkpoint, default the last), a TL model
+    (``run.model(step)``), a ``(params, cfg)`` pair, or a params dict (its shapes give the
+    config; pass ``cfg`` for GELU, which leaves no trace in the weights). A dict is not copied.
+    """
+    if hasattr(model, "model_cfg") and hasattr(model, "params"):  # a Run (duck-typed: runs imports us)
+        return model.params(step), model.model_cfg
+    if step is not None:
+        raise ValueError("step= only applies to a Run; a model or params dict is one checkpoint")
+    if isinstance(model, tuple):
+        if len(model) != 2 or not isinstance(model[0], dict):
+            raise TypeError("a model given as a tuple must be (params, cfg)")
+        params, cfg = model
+    elif isinstance(model, dict):
+        params, cfg = model, cfg or infer_config(model)
+    elif is_tl_model(model):
+        cfg = cfg or config_from_tl(model.cfg)
+        params = params_from_tl(model, cfg)
+    else:
+        raise TypeError(f"expected a Run, a TL model, a params dict or (params, cfg), got {type(model).__name__}")
+    check_params(params, cfg)
+    return {k: v.detach() for k, v in params.items()}, cfg
+
+
+def layer_index(cfg: ModelConfig, layer: int | None = None) -> int:
+    """A layer argument as an index: None is the last layer, negatives count from the end
+    (-1 .. -n_layers); anything else out of range fails instead of wrapping."""
+    if layer is None:
+        return cfg.n_layers - 1
+    if not -cfg.n_layers <= layer < cfg.n_layers:
+        raise ValueError(f"layer {layer} out of range for a {cfg.n_layers}-layer model "
+                         f"(0..{cfg.n_layers - 1}, or -1..-{cfg.n_layers})")
+    return layer % cfg.n_layers
+
+
+# Where an intervention or a progress measure acts: the names users pass (``where=``) and the TL
+# hook each one means.
+HOOK_POINTS = ("embed", "neurons", "logits")
+
+
+def hook_name(where: str, layer: int | None = None, cfg: ModelConfig | None = None) -> str:
+    """TL hook name of a hook point: ``embed`` -> ``hook_embed``; ``neurons`` ->
+    ``blocks.{layer}.mlp.hook_post`` (default the last layer); ``logits`` -> ``unembed.hook_out``."""
+    if where not in HOOK_POINTS:
+        raise ValueError(f"hook point must be one of {HOOK_POINTS}, got {where!r}")
+    if where == "neurons":
+        idx = layer_index(cfg, layer) if cfg is not None else (0 if layer is None else layer)
+        if idx < 0:
+            raise ValueError("a negative layer needs the model config")
+        return f"blocks.{idx}.mlp.hook_post"
+    return {"embed": "hook_embed", "logits": "unembed.hook_out"}[where]
+
+
 # --- the functional fast path -------------------------------------------------------------
 
 
@@ -221,6 +289,21 @@ class _HookName:
         self.name = name
 
 
+def activation_fn(cfg: ModelConfig) -> Callable[[Tensor], Tensor]:
+    return F.relu if cfg.act_fn == "relu" else F.gelu
+
+
+def attn_scale(cfg: ModelConfig) -> float:
+    """What attention scores are divided by (TL: sqrt(d_head))."""
+    return math.sqrt(cfg.d_head)
+
+
+def token_position_table(params: Params, n_pos: int) -> Float[Tensor, "d_vocab pos d_model"]:
+    """Embedding + positional embedding of every (token, position) pair: block 0's input for
+    any sequence is a gather from this table (the fast path and the grid engine both use it)."""
+    return params["embed.W_E"][:, None] + params["pos_embed.W_pos"][None, :n_pos]
+
+
 def _layer_norm(x: Tensor, params: Params, prefix: str) -> Tensor:
     return F.layer_norm(x, x.shape[-1:], params[f"{prefix}.w"], params[f"{prefix}.b"], eps=1e-5)
 
@@ -230,7 +313,39 @@ def _affine(x: Float[Tensor, "... d_in"], W: Float[Tensor, "d_in d_out"], b: Flo
     return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[-1])
 
 
+def last_position_hook(fn: Callable) -> Callable:
+    """Mark a hook function as reading and writing only the last position (``act[:, -1]``),
+    whatever the length of the position axis it is given. The fast path may then compute the
+    final block at the last position only; unmarked hooks always see TL's full shapes."""
+    fn.last_position_only = True
+    return fn
+
+
+def _final_block_point(name: str, cfg: ModelConfig) -> bool:
+    return name.startswith((f"blocks.{cfg.n_layers - 1}.", "ln_final", "unembed"))
+
+
 def run_with_hooks(
+    params: Params,
+    cfg: ModelConfig,
+    tokens: Int[Tensor, "batch pos"],
+    fwd_hooks: Sequence[Hook] = (),
+    cache_names: Iterable[str] = (),
+) -> tuple[Float[Tensor, "batch pos d_vocab_out"], dict[str, Tensor]]:
+    """Functional forward with TL hook names and TL's shapes: ``(logits, cache)`` with logits
+    ``[batch, pos, d_vocab_out]`` and every hooked or cached activation shaped as in the TL
+    model's ``run_with_cache`` (``blocks.0.mlp.hook_post``: ``[batch, pos, d_mlp]``), so a hook
+    written for the TL model runs here unchanged. ``forward`` is the cheaper call when only the
+    last position's logits are needed."""
+    return _run(params, cfg, tokens, fwd_hooks, cache_names, last_only=False)
+
+
+def _can_skip_positions(cfg: ModelConfig, fwd_hooks: Sequence[Hook]) -> bool:
+    # The final block may run at the last position only when no hook there could tell.
+    return all(getattr(fn, "last_position_only", False) for n, fn in fwd_hooks if _final_block_point(n, cfg))
+
+
+def _run(
     params: Params,
     cfg: ModelConfig,
     tokens: Int[Tensor, "batch pos"],
@@ -238,13 +353,10 @@ def run_with_hooks(
     cache_names: Iterable[str] = (),
     last_only: bool = True,
 ) -> tuple[Float[Tensor, "batch pos_out d_vocab_out"], dict[str, Tensor]]:
-    """Functional forward with TL hook names. Returns ``(logits, cache)``.
-
-    With ``last_only`` (the default) the final block computes its attention query, MLP,
-    unembedding and everything downstream at the last position only: those activations
-    have a position axis of length 1 (index them with ``[:, -1]``, which works either way).
-    Earlier blocks always see every position. Pure in ``params`` (no in-place writes), so
-    ``torch.func.vmap`` can map it over stacked checkpoints.
+    """The forward itself. With ``last_only`` the final block computes its attention query,
+    MLP, unembedding and everything downstream at the last position only: those activations
+    have a position axis of length 1. Earlier blocks always see every position. Pure in
+    ``params`` (no in-place writes), so ``torch.func.vmap`` can map it over stacked checkpoints.
     """
     hooks: dict[str, list[Callable]] = {}
     for name, fn in fwd_hooks:
@@ -262,7 +374,7 @@ def run_with_hooks(
 
     P, h, n = params, cfg.n_heads, tokens.shape[1]
     ln = cfg.normalization == "LN"
-    act = F.relu if cfg.act_fn == "relu" else F.gelu
+    act = activation_fn(cfg)
     # Block 0 up to attention sees each token through (token id, position) alone, so its
     # residual, LayerNorm, queries, keys and values can be computed once per (token, position)
     # pair (d_vocab * n_ctx rows) and gathered, instead of once per example. Skipped when the
@@ -270,7 +382,7 @@ def run_with_hooks(
     table = not ({"hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre"} & (set(hooks) | wanted))
     if table:
         pair = tokens * n + torch.arange(n, device=tokens.device)  # row of (token, position)
-        x_table = einops.rearrange(P["embed.W_E"][:, None] + P["pos_embed.W_pos"][None, :n], "v p d -> (v p) d")
+        x_table = einops.rearrange(token_position_table(P, n), "v p d -> (v p) d")
     else:
         x = point("hook_embed", P["embed.W_E"][tokens]) + point("hook_pos_embed", P["pos_embed.W_pos"][:n])
     for layer in range(cfg.n_layers):
@@ -299,7 +411,7 @@ def run_with_hooks(
             scores = (q[:, :, :, None, :] * k[:, :, None, :, :]).sum(-1)
         else:
             scores = q @ k.transpose(-1, -2)
-        scores = scores / math.sqrt(cfg.d_head)
+        scores = scores / attn_scale(cfg)
         if not last:  # the last query sees every key, so only full-sequence queries need a mask
             mask = torch.ones(n, n, dtype=torch.bool, device=tokens.device).triu(1)
             scores = scores.masked_fill(mask, float("-inf"))
@@ -325,14 +437,52 @@ def run_with_hooks(
 
 def forward(params: Params, cfg: ModelConfig, tokens: Int[Tensor, "batch pos"],
             fwd_hooks: Sequence[Hook] = ()) -> Float[Tensor, "batch d_vocab_out"]:
-    """Logits at the last position: everything the loss needs, nothing more."""
-    return run_with_hooks(params, cfg, tokens, fwd_hooks=fwd_hooks)[0][:, -1]
+    """Logits at the last position: everything the loss needs, nothing more. Hooks see TL's
+    shapes unless they are marked ``last_position_hook``."""
+    last_only = _can_skip_positions(cfg, fwd_hooks)
+    return _run(params, cfg, tokens, fwd_hooks, last_only=last_only)[0][:, -1]
+
+
+def last_position_acts(params: Params, cfg: ModelConfig, tokens: Int[Tensor, "batch pos"], name: str,
+                       fwd_hooks: Sequence[Hook] = ()) -> Float[Tensor, "batch d"]:
+    """The activation ``name`` at the last position (e.g. every neuron of
+    ``blocks.0.mlp.hook_post`` for every example), computing the final block there only."""
+    last_only = _can_skip_positions(cfg, fwd_hooks)
+    return _run(params, cfg, tokens, fwd_hooks, cache_names=[name], last_only=last_only)[1][name][:, -1]
+
+
+# --- the one loss ---------------------------------------------------------------------------
+
+
+def per_example_loss(logits: Float[Tensor, "batch d_vocab_out"], labels: Int[Tensor, " batch"]
+                     ) -> Float[Tensor, " batch"]:
+    """Cross-entropy of each example, in float64 as in Nanda et al.: grokked losses reach 1e-7,
+    where a float32 log-softmax rounds to zero and hides the cleanup phase. Every loss mechgrok
+    reports (training, evaluation, progress measures, interventions) goes through here."""
+    return -logits.to(torch.float64).log_softmax(-1).gather(-1, labels[:, None])[:, 0]
 
 
 def loss_and_accuracy(logits: Float[Tensor, "batch d_vocab_out"], labels: Int[Tensor, " batch"]):
-    """Cross-entropy in float64, as in Nanda et al.: grokked losses reach 1e-7, where float32
-    log-softmax rounds to zero and hides the cleanup phase."""
-    logp = logits.to(torch.float64).log_softmax(-1)
-    loss = -logp.gather(-1, labels[:, None]).mean()
-    acc = (logits.argmax(-1) == labels).float().mean()
-    return loss, acc
+    """Mean cross-entropy (float64, differentiable) and accuracy of a batch."""
+    return per_example_loss(logits, labels).mean(), (logits.argmax(-1) == labels).float().mean()
+
+
+def split_metrics(logits: Float[Tensor, "n_examples d_vocab_out"], task, splits=("train", "test")
+                  ) -> dict[str, float]:
+    """``{split}_loss`` and ``{split}_acc`` for each of ``splits`` ("train", "test", "all") from
+    last-position logits over every example of ``task`` in task order."""
+    labels = task.labels.to(logits.device)
+    nll, correct = per_example_loss(logits, labels), (logits.argmax(-1) == labels).double()
+    out = {}
+    for split in splits:
+        if split not in ("train", "test", "all"):
+            raise ValueError(f"split must be train, test or all, got {split!r}")
+        idx = {"train": task.train_idx, "test": task.test_idx, "all": None}[split]
+        sel = (lambda v: v) if idx is None else (lambda v, i=idx.to(logits.device): v[i])
+        out[f"{split}_loss"], out[f"{split}_acc"] = float(sel(nll).mean()), float(sel(correct).mean())
+    return out
+
+
+def weight_sq(params: Params) -> float:
+    """Sum of squared weights over every parameter (float64)."""
+    return float(sum((v.detach().double() ** 2).sum() for v in params.values()))

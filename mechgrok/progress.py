@@ -1,193 +1,183 @@
-"""Progress measures over a checkpoint series (Nanda et al. 2023), and the phases they reveal.
+"""Progress measures over a checkpoint series (Nanda et al. 2023), transition metrics, and the
+phases they reveal.
 
 Restricted and excluded loss
 ----------------------------
-A grokked ``a + b`` model computes logits cos(w_k (a + b - c)): seen as functions over the
-(a, b) grid, the neurons and logits it uses for frequency k lie in the two directions
-cos(w_k (a + b)) and sin(w_k (a + b)). The projection hooks here act on exactly those
-2 directions per key frequency (never the 3x3 block {1, cos w_k a, sin w_k a} x {...b}, whose
-cross terms are the bias reported for ARENA-style masks), plus the mean:
+A grokked ``a + b`` model computes logits cos(w_k (a + b - c)): as functions over the (a, b)
+grid, the logits (and the neurons) it uses for frequency k lie in the two directions
+cos(w_k (a + b)) and sin(w_k (a + b)) (``fourier.answer_directions``; for other ops the
+answer's coordinate on the group replaces a + b). Restricted loss keeps only those directions
+(plus the mean) of *everything* that reaches the logits; excluded loss removes exactly them.
+Two published definitions are offered, by ``level``:
 
-* restricted: keep the grid mean and the key directions of the hooked activation, drop the
-  rest; the loss is measured on all pairs (``split="all"``, as in Nanda's code).
-* excluded: remove only the key directions (the mean stays); the loss is measured on the
-  train pairs, so a rising excluded loss means memorisation no longer carries the train set.
+* ``level="logits"`` (default): Nanda et al.'s code. The logit vector of every answer c is
+  projected over all p^2 pairs (hook ``unembed.hook_out``). Restricted loss is measured on all
+  pairs, excluded loss on the train pairs. This is the definition behind the restricted/excluded
+  loss curves of Nanda et al. 2023 (their Fig. 7 and the phase boundaries read off it).
+* ``level="neurons"``: the TransformerLens Grokking demo. The neurons
+  (``blocks.{L}.mlp.hook_post``, last position) are projected and only they reach the logits
+  with their per-example content: for restricted loss the path that bypasses them
+  (``blocks.{L}.hook_resid_mid``: embeddings and attention, read there and subtracted after the
+  MLP so the MLP's input is untouched) is replaced by its mean over the examples -- which is exactly the demo's "neurons through W_out W_U, shifted to the full
+  logits' mean" for a 1-layer model without LayerNorm, written as TL hooks so it runs on any
+  depth -- and the loss is measured on the test pairs, as the demo's restricted-loss plot is.
+  Excluded loss removes the key directions from the neurons and keeps the model's own direct
+  path, as the demo adds ``resid_mid`` back; train pairs.
 
-For other ops the directions are cos/sin(w_k z(c)) with z(c) the coordinate of the answer c
-on the group of ``fourier.coords`` (c = a - b for sub; the discrete log of c for mul and div),
-which is what each op's circuit reads out. Examples whose answer is outside the group (answer
-0 in the dlog basis) pass through the hooks unchanged.
+Letting the per-example direct path through a neuron-level restriction keeps non-key content:
+on a checkpoint trained elsewhere that made restricted loss 3.6-5x too high (issue 7). Tests pin
+both definitions to second implementations written from these definitions.
 
-Mean and bias handling. The constant direction (the grid mean of every neuron or logit) is
-always kept by both hooks. At the neuron level (default; ``blocks.{L}.mlp.hook_post`` at the
-last position) only the neurons are projected: everything else that reaches the logits (the
-direct path through ``hook_resid_mid``, ``b_out``, ``b_U``) is the model's own, as in the
-TransformerLens demo's excluded loss; at the logit level (``level="logits"``, hook
-``unembed.hook_out``) the whole logit vector of each answer c is projected, as in Nanda's code.
-With every frequency the restricted projection keeps all functions of a + b (a p-dimensional
-space), so it equals the full loss when the hooked quantity depends on (a, b) only through
-a + b -- exactly what a generalising circuit does, and not what a memorising one does.
+The hooks have TransformerLens's signature ``fn(activation, hook)``, act only on the last
+position and need the batch to be every example of the task in task order (``task.inputs``);
+they run unchanged on a TL model and on the fast path.
 
-The hooks have TransformerLens's signature ``fn(activation, hook) -> activation``, touch only the
-last position, and need the batch to be every example of the task in task order
-(``task.inputs``); they run unchanged on a TL model and on ``mechgrok.model.run_with_hooks``.
+Transition metrics and phases
+-----------------------------
+``transition_metrics`` is the one definition of the milestones (seed 001): memorised = first
+evaluation with train accuracy > 0.99, grokked = first with test accuracy > 0.9, read from the
+run's evaluation grid (``metrics.csv``, every ``eval_every`` steps), never from the coarser
+checkpoint grid. ``phases`` adds Nanda's three phases on the checkpoint grid of a
+``measure_run`` table.
 
 Over a series
 -------------
 ``measure_run`` computes every measure at every checkpoint. For the 1-layer, no-LayerNorm
-models of the Nanda family it uses ``grid_forward``: the exact forward over the full (a, b)
-grid with the attention and the pre-activations built from per-token tables (every position
-of ``[a, b, =]`` sees one of p tokens), and the neuron hooks applied to ``post @ W_L``, which
-equals hooking ``post`` because everything after ``hook_post`` is linear and the projection acts
-on the batch axis only. Tests pin it to ``run_with_hooks`` with the hooks. Other architectures
-use the hooks through ``run_with_hooks`` (``engine="hooks"``).
+models of the Nanda family it uses ``grid_forward``: the exact forward over the full (a, b) grid
+with the attention and pre-activations built from per-token tables, sharing the model's pieces
+(``model.token_position_table``, ``attn_scale``, ``activation_fn``); the hooks act on
+``post @ W_L``, which equals hooking ``post`` because the projection is linear on the batch axis
+and everything after ``hook_post`` is linear. Tests pin it to the hooked forward. Other
+architectures use the hooks through the fast path (``engine="hooks"``).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import einops
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import fourier
-from .model import ModelConfig, Params, loss_and_accuracy, run_with_hooks
+from .fourier import FrequencyProjection
+from .model import (ModelConfig, Params, activation_fn, as_params, attn_scale, forward, is_tl_model,
+                    layer_index, split_metrics, token_position_table, weight_sq)
 from .tasks import Task
 
-LEVELS = ("neurons", "logits")
+LEVELS = ("logits", "neurons")
 SPLITS = ("all", "train", "test")
 ENGINES = ("auto", "grid", "hooks")
+# each definition's own split for restricted loss (see the module docstring)
+RESTRICTED_SPLIT = {"logits": "all", "neurons": "test"}
+MEMORISED_TRAIN_ACC = 0.99  # seed 001: memorised at the first evaluation with train accuracy above this
+GROKKED_TEST_ACC = 0.90  # seed 001: grokked at the first evaluation with test accuracy above this
 
 
 # --- the hooks -----------------------------------------------------------------------------
 
 
-def key_directions(task: Task, freqs: list[int], basis: str = "auto"
-                   ) -> tuple[Float[Tensor, "n_examples r"], Bool[Tensor, " n_examples"]]:
-    """Orthonormal columns over the task's examples: column 0 the constant, then the
-    cos/sin(w_k z(c)) direction of every key frequency (orthogonalised against the earlier
-    columns; 2 per frequency, 1 for an even group's Nyquist frequency). Rows of examples
-    outside the group are 0; ``active`` marks the others."""
-    c = fourier.coords(task, basis)
-    z = c.coord[task.labels]  # answer's coordinate on the group, -1 outside it
-    active = z >= 0
-    cols = [active.double()]
-    for k in sorted(set(int(k) for k in freqs)):
-        if not 1 <= k <= c.n // 2:
-            raise ValueError(f"frequency {k} out of range 1..{c.n // 2} for {task.describe()} "
-                             f"in the {c.kind} basis")
-        angle = 2 * math.pi * k * z.double() / c.n
-        cols.append(torch.cos(angle) * active)
-        if 2 * k < c.n:
-            cols.append(torch.sin(angle) * active)
-    q, _ = torch.linalg.qr(torch.stack(cols, dim=1))  # Gram-Schmidt in column order
-    return q.float(), active
+class DirectPathMeanAblation:
+    """Replace, at the last position, the path that bypasses block ``layer``'s MLP by its mean
+    over the examples, leaving the MLP's own input untouched: two TL hooks that share state,
+    one reading ``hook_resid_mid`` (the MLP input and the skip connection), one writing
+    ``hook_resid_post = resid_mid + mlp_out`` as ``mean(resid_mid) + mlp_out``."""
+
+    last_position_only = True
+
+    def __init__(self, layer: int):
+        self.layer, self._mid = layer, None
+
+    def hooks(self) -> list[tuple[str, object]]:
+        return [(f"blocks.{self.layer}.hook_resid_mid", self.read), (f"blocks.{self.layer}.hook_resid_post", self.write)]
+
+    def read(self, activation: Float[Tensor, "batch pos d_model"], hook=None):
+        self._mid = activation[:, -1]
+
+    def write(self, activation: Float[Tensor, "batch pos d_model"], hook=None) -> Float[Tensor, "batch pos d_model"]:
+        last = activation[:, -1] - self._mid + self._mid.mean(0, keepdim=True)
+        self._mid = None
+        return last[:, None] if activation.shape[1] == 1 else torch.cat([activation[:, :-1], last[:, None]], dim=1)
+
+    read.last_position_only = write.last_position_only = True
 
 
-class FourierProjection:
-    """A TL forward hook projecting the last position onto (``mode="restricted"``) or off
-    (``mode="excluded"``) the key directions over the task's examples. Linear in the
-    activation, acts on the batch axis only (any trailing width works)."""
-
-    def __init__(self, task: Task, freqs: list[int], mode: str, basis: str = "auto"):
-        if mode not in ("restricted", "excluded"):
-            raise ValueError(f"mode must be 'restricted' or 'excluded', got {mode!r}")
-        self.mode, self.freqs = mode, sorted(set(int(k) for k in freqs))
-        self.q, self.active = key_directions(task, self.freqs, basis)
-        self.all_active = bool(self.active.all())
-
-    def __repr__(self):
-        return f"FourierProjection({self.mode}, freqs={self.freqs})"
-
-    def project(self, x: Float[Tensor, "n_examples d"]) -> Float[Tensor, "n_examples d"]:
-        if x.shape[0] != self.q.shape[0]:
-            raise ValueError(f"{self!r} needs every example of the task in task order "
-                             f"({self.q.shape[0]} rows), got a batch of {x.shape[0]}")
-        q = self.q.to(device=x.device, dtype=x.dtype)
-        if self.mode == "restricted":
-            kept = q @ (q.T @ x)
-            if self.all_active:
-                return kept
-            return kept + x * (~self.active).to(device=x.device, dtype=x.dtype)[:, None]
-        qk = q[:, 1:]  # the mean stays
-        return torch.addmm(x, qk, qk.T @ x, alpha=-1)
-
-    def __call__(self, activation: Float[Tensor, "batch pos d"], hook=None) -> Float[Tensor, "batch pos d"]:
-        last = self.project(activation[:, -1])[:, None]
-        if activation.shape[1] == 1:  # the fast path's last-only final block
-            return last
-        return torch.cat([activation[:, :-1], last], dim=1)
-
-
-def restricted_hook(task: Task, freqs: list[int], basis: str = "auto") -> FourierProjection:
-    return FourierProjection(task, freqs, "restricted", basis)
-
-
-def excluded_hook(task: Task, freqs: list[int], basis: str = "auto") -> FourierProjection:
-    return FourierProjection(task, freqs, "excluded", basis)
-
-
-def hook_name(level: str = "neurons", layer: int = -1, n_layers: int = 1) -> str:
+def _check_level(level: str):
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
-    return f"blocks.{layer % n_layers}.mlp.hook_post" if level == "neurons" else "unembed.hook_out"
+
+
+def restricted_hooks(task: Task, freqs, cfg: ModelConfig, level: str = "logits", layer: int | None = None,
+                     basis: str = "auto") -> list[tuple[str, FrequencyProjection]]:
+    """The TL hooks of restricted loss at ``level`` (see the module docstring)."""
+    _check_level(level)
+    keep = FrequencyProjection(task, freqs, "keep", basis)
+    if level == "logits":
+        return [("unembed.hook_out", keep)]
+    L = layer_index(cfg, layer)
+    return [(f"blocks.{L}.mlp.hook_post", keep)] + DirectPathMeanAblation(L).hooks()
+
+
+def excluded_hooks(task: Task, freqs, cfg: ModelConfig, level: str = "logits", layer: int | None = None,
+                   basis: str = "auto") -> list[tuple[str, FrequencyProjection]]:
+    """The TL hook of excluded loss at ``level``: the key directions removed."""
+    _check_level(level)
+    remove = FrequencyProjection(task, freqs, "remove", basis)
+    name = "unembed.hook_out" if level == "logits" else f"blocks.{layer_index(cfg, layer)}.mlp.hook_post"
+    return [(name, remove)]
 
 
 # --- losses through the hooks --------------------------------------------------------------
-
-
-def _split_idx(task: Task, split: str) -> Tensor | None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return {"all": None, "train": task.train_idx, "test": task.test_idx}[split]
-
-
-def split_loss(logits: Float[Tensor, "n_examples d_vocab_out"], task: Task, split: str = "all"
-               ) -> tuple[float, float]:
-    """(loss, accuracy) over one split of logits given for every example."""
-    idx = _split_idx(task, split)
-    labels = task.labels.to(logits.device)
-    if idx is not None:
-        idx = idx.to(logits.device)
-        logits, labels = logits[idx], labels[idx]
-    loss, acc = loss_and_accuracy(logits, labels)
-    return float(loss), float(acc)
 
 
 @torch.no_grad()
 def hooked_logits(model, task: Task, fwd_hooks=(), cfg: ModelConfig | None = None
                   ) -> Float[Tensor, "n_examples d_vocab_out"]:
     """Last-position logits for every example of ``task`` with ``fwd_hooks``: through the TL
-    model's ``run_with_hooks`` for a TL model, through the fast path for a params dict."""
-    if fourier.is_tl_model(model):
+    model's ``run_with_hooks`` for a TL model, through the fast path otherwise."""
+    if is_tl_model(model):
         device = next(model.parameters()).device
         return model.run_with_hooks(task.inputs.to(device), fwd_hooks=list(fwd_hooks))[:, -1]
-    params, mcfg = fourier.as_params(model, cfg)
+    params, mcfg = as_params(model, cfg)
     device = next(iter(params.values())).device
-    return run_with_hooks(params, mcfg, task.inputs.to(device), fwd_hooks=list(fwd_hooks))[0][:, -1]
+    return forward(params, mcfg, task.inputs.to(device), fwd_hooks=list(fwd_hooks))
 
 
-def restricted_loss(model, task: Task, freqs: list[int], level: str = "neurons", basis: str = "auto",
-                    layer: int = -1, split: str = "all", cfg: ModelConfig | None = None) -> float:
-    """Loss with the hooked quantity restricted to its mean and key-frequency directions."""
-    n_layers = fourier.config_of(model, cfg).n_layers
-    hook = (hook_name(level, layer, n_layers), restricted_hook(task, freqs, basis))
-    return split_loss(hooked_logits(model, task, [hook], cfg), task, split)[0]
+def _split_loss(logits: Float[Tensor, "n_examples d_vocab_out"], task: Task, split: str) -> float:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return split_metrics(logits, task, (split,))[f"{split}_loss"]
 
 
-def excluded_loss(model, task: Task, freqs: list[int], level: str = "neurons", basis: str = "auto",
-                  layer: int = -1, split: str = "train", cfg: ModelConfig | None = None) -> float:
-    """Loss (train set by default) with the key-frequency directions removed."""
-    n_layers = fourier.config_of(model, cfg).n_layers
-    hook = (hook_name(level, layer, n_layers), excluded_hook(task, freqs, basis))
-    return split_loss(hooked_logits(model, task, [hook], cfg), task, split)[0]
+def restricted_loss(model, task: Task, freqs, level: str = "logits", split: str | None = None,
+                    basis: str = "auto", layer: int | None = None, cfg: ModelConfig | None = None,
+                    step: int | None = None) -> float:
+    """Loss with everything that reaches the logits restricted to its mean and the key-frequency
+    directions. ``level="logits"`` (default) is Nanda et al.'s definition, measured on all pairs;
+    ``level="neurons"`` the TransformerLens Grokking demo's, measured on the test pairs.
+    ``split`` overrides the definition's own split."""
+    _check_level(level)
+    if not is_tl_model(model):
+        model = as_params(model, cfg, step)
+    mcfg = model[1] if isinstance(model, tuple) else as_params(model)[1]
+    hooks = restricted_hooks(task, freqs, mcfg, level, layer, basis)
+    return _split_loss(hooked_logits(model, task, hooks), task, split or RESTRICTED_SPLIT[level])
+
+
+def excluded_loss(model, task: Task, freqs, level: str = "logits", split: str = "train", basis: str = "auto",
+                  layer: int | None = None, cfg: ModelConfig | None = None, step: int | None = None) -> float:
+    """Loss (train pairs by default) with the key-frequency directions removed from the logits
+    (``level="logits"``, Nanda et al.) or from the neurons (``level="neurons"``, TL demo)."""
+    _check_level(level)
+    if not is_tl_model(model):
+        model = as_params(model, cfg, step)
+    mcfg = model[1] if isinstance(model, tuple) else as_params(model)[1]
+    return _split_loss(hooked_logits(model, task, excluded_hooks(task, freqs, mcfg, level, layer, basis)),
+                       task, split)
 
 
 # --- weight measures -----------------------------------------------------------------------
@@ -206,60 +196,44 @@ def gini(x: Float[Tensor, " n"]) -> float:
     return float(((2 * i - n - 1) * x.sort().values).sum() / (n * total))
 
 
-def weight_sq(params: Params) -> float:
-    """Sum of squared weights over every parameter."""
-    return float(sum((v.detach().double() ** 2).sum() for v in params.values()))
+def spectrum_gini(norms: Float[Tensor, " n_freq"]) -> float:
+    """The Gini sparsity of a spectrum (a norm per frequency, index = k, as
+    ``fourier.embedding_spectrum`` returns it) -- the one convention mechgrok uses everywhere:
+    over k >= 1 only. k = 0 is the constant: a shift of every embedding or every logit, which a
+    bias or the softmax absorbs, so it says nothing about how few frequencies the model uses."""
+    return gini(torch.as_tensor(norms)[1:])
 
 
-def weight_measures(params: Params, task: Task, basis: str = "auto", n_layers: int = 1) -> dict[str, float]:
-    """Gini of the W_E and W_L frequency norms (k >= 1: a constant shift of every logit or
-    every embedding is invisible to the softmax / a bias), the sum of squared weights, and the
-    norms per frequency (columns ``W_E_k{k}``, ``W_L_k{k}``)."""
-    c = fourier.coords(task, basis)
-    e = fourier.freq_norms(c.basis @ params["embed.W_E"][c.elements].float())
-    wl = fourier.W_L(params, -1, n_layers)
-    l_ = fourier.freq_norms(c.basis @ wl[:, c.elements].T.float())
-    out = {"gini_W_E": gini(e[1:]), "gini_W_L": gini(l_[1:]), "weight_sq": weight_sq(params)}
+def weight_measures(params: Params, cfg: ModelConfig, task: Task, basis: str = "auto") -> dict[str, float]:
+    """Gini (``spectrum_gini``) of the W_E and W_L frequency norms, the sum of squared weights,
+    and the norms per frequency (columns ``W_E_k{k}``, ``W_L_k{k}``)."""
+    e = fourier.embedding_spectrum(params, task, basis, cfg=cfg)
+    wl = fourier.W_L_spectrum(params, task, basis, cfg=cfg)
+    out = {"gini_W_E": spectrum_gini(e), "gini_W_L": spectrum_gini(wl), "weight_sq": weight_sq(params)}
     out |= {f"W_E_k{k}": float(v) for k, v in enumerate(e)}
-    out |= {f"W_L_k{k}": float(v) for k, v in enumerate(l_)}
+    out |= {f"W_L_k{k}": float(v) for k, v in enumerate(wl)}
     return out
 
 
 # --- one checkpoint ------------------------------------------------------------------------
 
 
-def measure_checkpoint(model, task: Task, freqs: list[int], level: str = "neurons", basis: str = "auto",
+def _loss_measures(full, restricted, excluded, task: Task, level: str) -> dict[str, float]:
+    """Train/test loss and accuracy of ``full``, restricted loss on its definition's split,
+    excluded loss on the train pairs -- all through ``model.per_example_loss``."""
+    return (split_metrics(full, task)
+            | {"restricted_loss": _split_loss(restricted, task, RESTRICTED_SPLIT[level]),
+               "excluded_loss": _split_loss(excluded, task, "train")})
+
+
+def measure_checkpoint(model, task: Task, freqs, level: str = "logits", basis: str = "auto",
                        cfg: ModelConfig | None = None) -> dict[str, float]:
-    """Every measure for one model (TL model or params dict), by three hooked forwards."""
-    params, mcfg = fourier.as_params(model, cfg)
-    name = hook_name(level, -1, mcfg.n_layers)
-    full = hooked_logits(model, task, (), cfg)
-    r = hooked_logits(model, task, [(name, restricted_hook(task, freqs, basis))], cfg)
-    e = hooked_logits(model, task, [(name, excluded_hook(task, freqs, basis))], cfg)
-    return _losses(full, r, e, task) | weight_measures(params, task, basis, mcfg.n_layers)
-
-
-def _nll(logits: Float[Tensor, "n d_vocab_out"], labels) -> Float[Tensor, " n"]:
-    """Per-example cross-entropy, accurate down to the 1e-7 losses of grokked models without
-    float64: loss = (max - l_c) + log1p(sum over j != argmax of exp(l_j - max)). The naive
-    float32 logsumexp(l) - l_c cancels to zero there (hence float64 in ``loss_and_accuracy``);
-    this form never subtracts two large numbers, so it can stay in float32 until the sum."""
-    top, arg = logits.max(-1)
-    e = (logits - top[:, None]).exp_()
-    e.scatter_(-1, arg[:, None], 0.0)
-    return (top - logits.gather(-1, labels[:, None])[:, 0]).double() + torch.log1p(e.sum(-1).double())
-
-
-def _losses(full, restricted, excluded, task: Task) -> dict[str, float]:
-    """Train/test loss and accuracy of ``full``, restricted loss on all pairs, excluded loss
-    on the train pairs (one log-softmax per variant)."""
-    labels = task.labels.to(full.device)
-    tr, te = task.train_idx.to(full.device), task.test_idx.to(full.device)
-    nll, correct = _nll(full, labels), (full.argmax(-1) == labels).double()
-    return {"train_loss": float(nll[tr].mean()), "test_loss": float(nll[te].mean()),
-            "train_acc": float(correct[tr].mean()), "test_acc": float(correct[te].mean()),
-            "restricted_loss": float(_nll(restricted, labels).mean()),
-            "excluded_loss": float(_nll(excluded[tr], labels[tr]).mean())}
+    """Every measure for one model (TL model, params dict, ...) by three hooked forwards."""
+    params, mcfg = as_params(model, cfg)
+    full = hooked_logits((params, mcfg), task)
+    r = hooked_logits((params, mcfg), task, restricted_hooks(task, freqs, mcfg, level, basis=basis))
+    e = hooked_logits((params, mcfg), task, excluded_hooks(task, freqs, mcfg, level, basis=basis))
+    return _loss_measures(full, r, e, task, level) | weight_measures(params, mcfg, task, basis)
 
 
 # --- the grid engine -----------------------------------------------------------------------
@@ -274,71 +248,70 @@ def grid_forward(params: Params, cfg: ModelConfig, task: Task
                  ) -> tuple[Float[Tensor, "n_examples d_vocab_out"], Float[Tensor, "n_examples d_mlp"]]:
     """``(base, post)`` for every example of a 1-layer, no-LN modular task, exactly: the logits
     are ``base + post @ W_L`` where ``post`` is ``blocks.0.mlp.hook_post`` at the last position
-    and ``base`` is everything else (direct path and biases).
+    and ``base`` is everything else (the path through ``hook_resid_mid``, and the biases).
 
-    Position 0 holds one of p tokens (a), position 1 one of the grid's b values, position 2 the
-    ``=``: keys, values and their images through W_O, W_in and W_U are computed per token
-    (tables of p rows) and mixed per example by the attention pattern, instead of once per
-    example and position."""
+    Measurably needed (bench/progress_measures.py): position 0 holds one of p tokens, position
+    1 one of the grid's b values, position 2 the ``=``, so keys, values and their images through
+    W_O, W_in and W_U are computed per token (tables of p rows) and mixed per example by the
+    attention pattern -- p^2 x 3 heads-wide mixes instead of p^2 x d_model x d_mlp products."""
     if not grid_engine_ok(cfg, task):
         raise ValueError("grid_forward needs a 1-layer, no-LayerNorm model on a modular task")
     P, p = params, task.p
     bs = torch.arange(1, p) if task.op == "div" else torch.arange(p)
-    W_E, W_pos = P["embed.W_E"], P["pos_embed.W_pos"]
-    r = [W_E[:p] + W_pos[0], W_E[bs] + W_pos[1], (W_E[p] + W_pos[2])[None]]  # residual per token, per position
-    q = einops.einsum(r[2][0], P["blocks.0.attn.W_Q"], "d, h d k -> h k") + P["blocks.0.attn.b_Q"]
+    table = token_position_table(P, 3)
+    resid = [table[:p, 0], table[bs, 1], table[p, 2][None]]  # residual per token, per position
+    q = einops.einsum(resid[2][0], P["blocks.0.attn.W_Q"], "d, h d k -> h k") + P["blocks.0.attn.b_Q"]
     scores, vo = [], []
-    for ri in r:
-        k = einops.einsum(ri, P["blocks.0.attn.W_K"], "u d, h d k -> u h k") + P["blocks.0.attn.b_K"]
-        v = einops.einsum(ri, P["blocks.0.attn.W_V"], "u d, h d k -> u h k") + P["blocks.0.attn.b_V"]
-        scores.append(einops.einsum(k, q, "u h k, h k -> u h") / math.sqrt(cfg.d_head))
+    for r in resid:
+        k = einops.einsum(r, P["blocks.0.attn.W_K"], "u d, h d k -> u h k") + P["blocks.0.attn.b_K"]
+        v = einops.einsum(r, P["blocks.0.attn.W_V"], "u d, h d k -> u h k") + P["blocks.0.attn.b_V"]
+        scores.append(einops.einsum(k, q, "u h k, h k -> u h") / attn_scale(cfg))
         vo.append(einops.einsum(v, P["blocks.0.attn.W_O"], "u h k, h k d -> u h d"))
-    na, nb, h = p, len(bs), cfg.n_heads
-    s = torch.stack([scores[0][:, None].expand(na, nb, h), scores[1][None].expand(na, nb, h),
-                     scores[2][None].expand(na, nb, h)], dim=-1)
-    pat = s.softmax(-1)  # [a b head pos]
-    resid0 = r[2][0] + P["blocks.0.attn.b_O"]  # the "=" residual: every example's last position
+    n_a, n_b, h = p, len(bs), cfg.n_heads
+    s = torch.stack([scores[0][:, None].expand(n_a, n_b, h), scores[1][None].expand(n_a, n_b, h),
+                     scores[2][None].expand(n_a, n_b, h)], dim=-1)
+    pattern = s.softmax(-1)  # [a b head pos]
+    resid_eq = resid[2][0] + P["blocks.0.attn.b_O"]  # the "=" residual: every example's last position
 
     def mix(tables: list[Tensor], const: Tensor) -> Tensor:
         # sum over positions and heads of pattern * table row, as two batched matmuls on the
         # grid (over a, with the "=" table appended, and over b). Explicit bmm: torch.einsum
         # picks a path 20x slower for these shapes.
-        by_a = torch.cat([pat[..., 0], pat[..., 2]], dim=-1)  # [a b 2h]
-        t_a = torch.cat([tables[0], tables[2].expand(na, -1, -1)], dim=1)  # [a 2h m]
-        by_b = torch.bmm(pat[..., 1].transpose(0, 1).contiguous(), tables[1])  # [b a m]
+        by_a = torch.cat([pattern[..., 0], pattern[..., 2]], dim=-1)  # [a b 2h]
+        t_a = torch.cat([tables[0], tables[2].expand(n_a, -1, -1)], dim=1)  # [a 2h m]
+        by_b = torch.bmm(pattern[..., 1].transpose(0, 1).contiguous(), tables[1])  # [b a m]
         out = torch.baddbmm(by_b.transpose(0, 1) + const, by_a, t_a)
-        return out.reshape(na * nb, -1)
+        return out.reshape(n_a * n_b, -1)
 
     W_in, W_U = P["blocks.0.mlp.W_in"], P["unembed.W_U"]
-    pre = mix([t @ W_in for t in vo], resid0 @ W_in + P["blocks.0.mlp.b_in"])
-    post = F.relu_(pre) if cfg.act_fn == "relu" else F.gelu(pre)
-    base = mix([t @ W_U for t in vo], (resid0 + P["blocks.0.mlp.b_out"]) @ W_U + P["unembed.b_U"])
+    pre = mix([t @ W_in for t in vo], resid_eq @ W_in + P["blocks.0.mlp.b_in"])
+    post = activation_fn(cfg)(pre)
+    base = mix([t @ W_U for t in vo], (resid_eq + P["blocks.0.mlp.b_out"]) @ W_U + P["unembed.b_U"])
     return base, post
 
 
 @torch.no_grad()
-def measure_grid(params: Params, cfg: ModelConfig, task: Task, hooks: tuple, level: str = "neurons",
+def measure_grid(params: Params, cfg: ModelConfig, task: Task, projections: tuple, level: str = "logits",
                  basis: str = "auto") -> dict[str, float]:
-    """Every measure for one checkpoint through ``grid_forward`` and the given
-    ``(restricted, excluded)`` hooks."""
+    """Every measure for one checkpoint through ``grid_forward`` and the ``(keep, remove)``
+    projections, by linearity (module docstring)."""
     base, post = grid_forward(params, cfg, task)
-    contrib = post @ fourier.W_L(params, -1, 1)
+    contrib = post @ fourier.W_L(params, cfg)
     full = base + contrib
-    rh, eh = hooks
-    if level == "neurons":  # hook(post) @ W_L == hook(post @ W_L): the hooks are linear on the batch axis
-        r = base + rh(contrib[:, None])[:, -1]
-        e = base + eh(contrib[:, None])[:, -1]
-    else:
-        r, e = rh(full[:, None])[:, -1], eh(full[:, None])[:, -1]
-    return _losses(full, r, e, task) | weight_measures(params, task, basis, 1)
+    keep, remove = (pr.project for pr in projections)
+    if level == "logits":
+        restricted, excluded = keep(full), remove(full)
+    else:  # the direct path mean-ablated for restricted, kept for excluded
+        restricted = base.mean(0, keepdim=True) + keep(contrib)
+        excluded = base + remove(contrib)
+    return _loss_measures(full, restricted, excluded, task, level) | weight_measures(params, cfg, task, basis)
 
 
 # --- a whole run ---------------------------------------------------------------------------
 
 
-def measure_run(run, freqs: list[int] | None = None, steps: list[int] | None = None, level: str = "neurons",
-                basis: str = "auto", engine: str = "auto", key_rule: str = "neurons",
-                progress: bool = True, device=None) -> pd.DataFrame:
+def measure_run(run, freqs=None, steps: list[int] | None = None, level: str = "logits", basis: str = "auto",
+                engine: str = "auto", key_rule: str = "neurons", progress: bool = True, device=None) -> pd.DataFrame:
     """Every measure at every checkpoint of ``run`` (or at ``steps``), one row per step.
 
     ``freqs``: the key frequencies the restricted/excluded losses use; default
@@ -346,59 +319,55 @@ def measure_run(run, freqs: list[int] | None = None, steps: list[int] | None = N
     ``table.attrs["key_freqs"]`` with the basis and level."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    _check_level(level)
     task, cfg = run.task, run.model_cfg
     steps = run.steps if steps is None else list(steps)
     if not steps:
         raise ValueError(f"{run.path}: no checkpoints to measure")
     if freqs is None:
         freqs = fourier.key_frequencies(run.params(run.steps[-1]), task, rule=key_rule, basis=basis, cfg=cfg)
-    freqs = sorted(set(int(k) for k in freqs))
+    if not freqs:
+        raise ValueError(f"{run.path}: the final checkpoint has no key frequencies by the {key_rule!r} rule "
+                         f"(has it learned anything?): pass freqs")
+    freqs = list(fourier.check_frequencies(freqs, task, basis))
     use_grid = engine == "grid" or (engine == "auto" and grid_engine_ok(cfg, task))
     if use_grid and not grid_engine_ok(cfg, task):
         raise ValueError("engine='grid' needs a 1-layer, no-LayerNorm model on a modular task")
-    hooks = (restricted_hook(task, freqs, basis), excluded_hook(task, freqs, basis))
+    projections = (FrequencyProjection(task, freqs, "keep", basis), FrequencyProjection(task, freqs, "remove", basis))
     rows = []
     for step in tqdm(steps, desc="measures", unit="ckpt", disable=not progress, dynamic_ncols=True):
         params = run.params(step, device=device)
         if use_grid:
-            m = measure_grid(params, cfg, task, hooks, level, basis)
+            m = measure_grid(params, cfg, task, projections, level, basis)
         else:
-            m = measure_checkpoint(params, task, freqs, level, basis, cfg)
+            m = measure_checkpoint((params, cfg), task, freqs, level, basis)
         rows.append({"step": step} | m)
     table = pd.DataFrame(rows)
     table.attrs.update(key_freqs=freqs, basis=fourier.resolve_basis(task, basis), level=level)
     return table
 
 
-# --- phases --------------------------------------------------------------------------------
+# --- transition metrics --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Phases:
-    """Transition metrics (seed 001 definitions) and the three phases of Nanda et al.
+class Transitions:
+    """Seed 001's transition metrics of one run, read from its evaluation grid.
 
-    ``memorisation``: first step with train accuracy > 0.99; ``grokking``: first with test
-    accuracy > 0.90; ``delay`` = grokking - memorisation; ``max_acceleration``: the step of the
-    largest second difference of test accuracy. Phase boundaries: memorisation runs from 0 to
-    ``circuit_start``, circuit formation to ``cleanup_start``, cleanup to ``cleanup_end``
-    (see ``phases`` for the rule). Any of them is None when the series does not show it."""
+    ``memorised_step``: first evaluation with train accuracy > ``MEMORISED_TRAIN_ACC`` (0.99);
+    ``grokked_step``: first with test accuracy > ``GROKKED_TEST_ACC`` (0.9); ``delay`` = grokked -
+    memorised (negative when a run generalises before it memorises); ``max_acceleration_step``:
+    where test accuracy's second derivative in steps is largest; ``final_gap``: train - test
+    accuracy at the last evaluation; ``grokked``: grokked within the run's budget. None where
+    the run does not show it."""
 
-    memorisation: int | None
-    grokking: int | None
+    memorised_step: int | None
+    grokked_step: int | None
     delay: int | None
-    max_acceleration: int | None
-    circuit_start: int | None
-    cleanup_start: int | None
-    cleanup_end: int | None
-    last_step: int | None = None
-
-    def boundaries(self) -> dict[str, tuple[int, int] | None]:
-        """Step interval of each phase; a run that has not grokked is still forming its circuit
-        at its last step (no cleanup)."""
-        end = self.cleanup_start if self.cleanup_start is not None else self.last_step
-        b = (0, self.circuit_start, end, self.cleanup_end)
-        names = ("memorisation", "circuit formation", "cleanup")
-        return {n: (b[i], b[i + 1]) if None not in (b[i], b[i + 1]) else None for i, n in enumerate(names)}
+    max_acceleration_step: int | None
+    final_gap: float | None
+    grokked: bool
+    last_step: int | None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -409,6 +378,67 @@ def _first(mask: np.ndarray, steps: np.ndarray) -> int | None:
     return int(steps[hits[0]]) if len(hits) else None
 
 
+def max_acceleration_step(steps, values) -> int | None:
+    """Step where ``values``' second derivative with respect to the step is largest. Derivatives
+    are divided differences (slopes between evaluations, then slopes of those between interval
+    midpoints), so uneven evaluation spacing does not bias the argmax; on an even grid this is
+    the argmax of the second difference."""
+    s, v = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    if len(s) < 3:
+        return None
+    slope = np.diff(v) / np.diff(s)
+    mid = (s[:-1] + s[1:]) / 2
+    curvature = np.diff(slope) / np.diff(mid)
+    return int(s[1:-1][np.argmax(curvature)])
+
+
+def transition_metrics(metrics: pd.DataFrame, memorised_above: float = MEMORISED_TRAIN_ACC,
+                       grokked_above: float = GROKKED_TEST_ACC) -> Transitions:
+    """The transition metrics of a run's ``metrics.csv`` table (``run.metrics``: columns step,
+    train_acc, test_acc). The one definition every command and table uses."""
+    m = metrics.sort_values("step")
+    if not len(m):
+        return Transitions(None, None, None, None, None, False, None)
+    steps, train, test = m["step"].to_numpy(), m["train_acc"].to_numpy(), m["test_acc"].to_numpy()
+    mem, grok = _first(train > memorised_above, steps), _first(test > grokked_above, steps)
+    return Transitions(mem, grok, None if None in (mem, grok) else grok - mem, max_acceleration_step(steps, test),
+                       float(train[-1] - test[-1]), grok is not None, int(steps[-1]))
+
+
+# --- phases --------------------------------------------------------------------------------
+
+
+PHASE_NAMES = ("memorisation", "circuit formation", "cleanup")
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Nanda et al.'s three phases on the checkpoint grid, with the run's ``transitions``.
+
+    The memorisation phase runs from 0 to ``circuit_start``, circuit formation to
+    ``cleanup_start``, cleanup to ``cleanup_end`` (see ``phases`` for the rule); any is None
+    when the series does not show it. Steps of events are in ``transitions`` (``*_step``);
+    ``intervals()`` gives each phase as a (start, end) interval."""
+
+    transitions: Transitions
+    circuit_start: int | None
+    cleanup_start: int | None
+    cleanup_end: int | None
+    last_step: int | None
+
+    def intervals(self) -> dict[str, tuple[int, int] | None]:
+        """Step interval of each phase; a run that has not grokked is still forming its circuit
+        at its last step (no cleanup)."""
+        end = self.cleanup_start if self.cleanup_start is not None else self.last_step
+        b = (0, self.circuit_start, end, self.cleanup_end)
+        return {n: (b[i], b[i + 1]) if None not in (b[i], b[i + 1]) else None for i, n in enumerate(PHASE_NAMES)}
+
+    def to_dict(self) -> dict:
+        """Flat: the transition metrics, the phase starts, and ``phases`` (the intervals)."""
+        return (self.transitions.to_dict() | {"circuit_start": self.circuit_start, "cleanup_start": self.cleanup_start,
+                                              "cleanup_end": self.cleanup_end, "phases": self.intervals()})
+
+
 def _smooth(y: np.ndarray, width: int) -> np.ndarray:
     if width <= 1:
         return y
@@ -416,34 +446,30 @@ def _smooth(y: np.ndarray, width: int) -> np.ndarray:
     return np.convolve(pad, np.ones(width) / width, mode="valid")
 
 
-def phases(table: pd.DataFrame, smooth: int | None = None) -> Phases:
-    """Transition metrics and phase boundaries from a ``measure_run`` table (or any table
-    with step, train_acc, test_acc, test_loss and excluded_loss columns).
+def phases(table: pd.DataFrame, metrics: pd.DataFrame | None = None, smooth: int | None = None) -> Phases:
+    """Phase boundaries from a ``measure_run`` table (step, test_loss, excluded_loss on the
+    checkpoint grid); transition metrics from ``metrics`` (the run's evaluation grid,
+    ``run.metrics``: pass it) or, without it, from the table's own accuracy columns.
 
     Rule for the boundaries (no step is hand-set):
       * cleanup is the drop of the test loss: its rate of fall, -d log(test loss)/d step
-        (smoothed over ``smooth`` evaluations, default 2% of them, at least 3), peaks during
+        (smoothed over ``smooth`` checkpoints, default 2% of them, at least 3), peaks during
         cleanup; ``cleanup_start`` and ``cleanup_end`` are the first and last steps around the
-        peak where the rate is at least half its peak (the full width at half maximum);
-        Only a series that groks (test accuracy > 0.9) has a cleanup: elsewhere the fall
-        rate peaks on noise;
-      * circuit formation starts where memorisation stops helping: the step with the lowest
-        excluded loss before ``cleanup_start`` (or in the whole series without a cleanup)
-        (Nanda: train and excluded loss fall during memorisation, excluded loss rises during
-        circuit formation). Without an excluded_loss column, the memorisation step is used.
+        peak where the rate is at least half its peak (full width at half maximum). Only a run
+        that groks has a cleanup: elsewhere the fall rate peaks on noise;
+      * circuit formation starts where memorisation stops helping: the checkpoint with the
+        lowest excluded loss at or after the memorised step and before ``cleanup_start`` (Nanda:
+        train and excluded loss fall during memorisation, excluded loss rises during circuit
+        formation). Without an excluded_loss column, the first checkpoint at or after the
+        memorised step. So memorised step <= circuit_start <= cleanup_start.
     """
     t = table.sort_values("step").reset_index(drop=True)
+    tr = transition_metrics(t if metrics is None else metrics)
     steps = t["step"].to_numpy()
-    train_acc, test_acc = t["train_acc"].to_numpy(), t["test_acc"].to_numpy()
-    mem = _first(train_acc > 0.99, steps)
-    grok = _first(test_acc > 0.90, steps)
-    accel = int(steps[np.argmax(np.diff(test_acc, 2)) + 1]) if len(steps) >= 3 else None
-
     circuit = cleanup_start = cleanup_end = None
-    if len(steps) >= 3 and grok is not None:
+    if len(steps) >= 3 and tr.grokked:
         width = smooth or max(3, round(0.02 * len(steps)))
-        log_loss = _smooth(np.log(t["test_loss"].to_numpy().clip(1e-30)), width)
-        rate = -np.gradient(log_loss, steps)
+        rate = -np.gradient(_smooth(np.log(t["test_loss"].to_numpy().clip(1e-30)), width), steps)
         peak = int(np.argmax(rate))
         if rate[peak] > 0:
             half = rate >= rate[peak] / 2
@@ -454,13 +480,16 @@ def phases(table: pd.DataFrame, smooth: int | None = None) -> Phases:
             while hi < len(steps) - 1 and half[hi + 1]:
                 hi += 1
             cleanup_start, cleanup_end = int(steps[lo]), int(steps[hi])
-    if "excluded_loss" in t and len(steps):
-        before = steps <= (cleanup_start if cleanup_start is not None else steps[-1])
-        circuit = int(steps[before][np.argmin(t["excluded_loss"].to_numpy()[before])])
-    else:
-        circuit = mem
-    return Phases(mem, grok, None if None in (mem, grok) else grok - mem, accel, circuit, cleanup_start,
-                  cleanup_end, int(steps[-1]) if len(steps) else None)
+    if len(steps):
+        window = steps >= (tr.memorised_step if tr.memorised_step is not None else steps[0])
+        if cleanup_start is not None:
+            window &= steps <= cleanup_start
+        if window.any():
+            if "excluded_loss" in t:
+                circuit = int(steps[window][np.argmin(t["excluded_loss"].to_numpy()[window])])
+            else:
+                circuit = int(steps[window][0])
+    return Phases(tr, circuit, cleanup_start, cleanup_end, int(steps[-1]) if len(steps) else None)
 
 
 # --- writing a run's analysis --------------------------------------------------------------
@@ -503,14 +532,14 @@ def analyze_spectrum(run, step: int | None = None, out_dir=None, basis: str = "a
 
 
 def analyze_run(run, out_dir=None, freqs: list[int] | None = None, steps: list[int] | None = None,
-                level: str = "neurons", basis: str = "auto", key_rule: str = "neurons", progress: bool = True,
-                png: bool = True) -> tuple[pd.DataFrame, list]:
+                level: str = "logits", basis: str = "auto", key_rule: str = "neurons", progress: bool = True,
+                png: bool = True) -> tuple[pd.DataFrame, Phases, list]:
     """Measure every checkpoint of ``run`` and write, into ``out_dir`` (default: the run
     directory): ``progress.csv`` (``measure_run``), ``phases.json`` (``phases`` plus the key
     frequencies), ``neurons.csv`` (the final checkpoint's neuron frequencies) and the figures
     ``progress_losses``, ``gini_weight_norm``, ``spectrum`` (final W_E), ``spectrum_W_L``,
     ``neuron_frequencies``, ``spectrum_evolution`` (HTML, and PNG unless ``png=False``).
-    Returns the table and the paths written."""
+    Returns the table, its ``Phases`` and the paths written."""
     import json
     from pathlib import Path
 
@@ -521,7 +550,7 @@ def analyze_run(run, out_dir=None, freqs: list[int] | None = None, steps: list[i
     task, cfg = run.task, run.model_cfg
     table = measure_run(run, freqs=freqs, steps=steps, level=level, basis=basis, key_rule=key_rule,
                         progress=progress)
-    ph = phases(table)
+    ph = phases(table, run.metrics)
     keys = table.attrs["key_freqs"]
     final = int(table["step"].iloc[-1])
     written = [out / "progress.csv", out / "phases.json", out / "neurons.csv"]
@@ -531,9 +560,28 @@ def analyze_run(run, out_dir=None, freqs: list[int] | None = None, steps: list[i
     nf = fourier.neuron_frequencies(run.params(final), task, basis, cfg=cfg)
     nf.to_frame().to_csv(written[2], index=False, float_format="%.6g")
 
+    figs = analysis_figures(run, table, ph, nf)
+    for stem, fig in figs.items():
+        written += plots.save_figure(fig, out / stem, png=png)
+    return table, ph, written
+
+
+def analysis_figures(run, table: pd.DataFrame, ph: Phases | None = None, nf=None) -> dict:
+    """The figures of ``analyze_run`` (stem -> go.Figure) from its table (``progress.csv`` read
+    back works: pass ``key_freqs``/``basis`` in ``table.attrs``), without measuring again.
+    ``ph`` defaults to ``phases(table, run.metrics)``; ``nf`` (neuron frequencies of the last
+    measured checkpoint) is computed when not given."""
+    from . import plots
+
+    task, cfg = run.task, run.model_cfg
+    ph = phases(table, run.metrics) if ph is None else ph
+    keys = table.attrs["key_freqs"]
+    final = int(table["step"].iloc[-1])
+    if nf is None:
+        nf = fourier.neuron_frequencies(run.params(final), task, table.attrs.get("basis", "auto"), cfg=cfg)
     name = f"{run.path.name}: {task.describe()}"
     label = "frequency k" + (" (discrete-log basis)" if table.attrs["basis"] == "dlog" else "")
-    bounds = ph.boundaries()
+    bounds = ph.intervals()
     _, e_cols = spectrum_columns(table, "W_E")
     _, l_cols = spectrum_columns(table, "W_L")
     figs = {
@@ -550,6 +598,4 @@ def analyze_run(run, out_dir=None, freqs: list[int] | None = None, steps: list[i
         "spectrum_evolution": plots.spectrum_evolution(table["step"], table[e_cols].to_numpy(), keys,
                                                        f"{name}: W_E spectrum over training"),
     }
-    for stem, fig in figs.items():
-        written += plots.save_figure(fig, out / stem, png=png)
-    return table, written
+    return figs

@@ -52,6 +52,10 @@ class TaskConfig:
     seed: int = 0
     n_bits: int = 10  # parity only
     k_bits: int | None = None  # parity only: XOR of the first k bits (sparse parity); None = all
+    # An explicit split (rows of the example table, in the order training should see them); the
+    # test set is every other example. Given, it overrides ``frac``/``seed``: ``frac`` is set to
+    # the fraction it implies. Checkpoints trained elsewhere are analysed with their own split.
+    train_idx: tuple[int, ...] | None = None
 
     def __post_init__(self):
         op = OP_ALIASES.get(self.op, self.op)
@@ -70,6 +74,27 @@ class TaskConfig:
         else:
             if self.p < 3 or not is_prime(self.p):
                 raise ValueError(f"TaskConfig.p must be a prime >= 3 (modular ops need a field), got {self.p}")
+        if self.train_idx is not None:
+            idx = tuple(int(i) for i in self.train_idx)
+            n = self.n_examples
+            if len(set(idx)) != len(idx):
+                raise ValueError("TaskConfig.train_idx lists an example twice")
+            bad = [i for i in idx if not 0 <= i < n]
+            if bad:
+                raise ValueError(f"TaskConfig.train_idx: index {bad[0]} out of range 0..{n - 1} "
+                                 f"({n} examples)")
+            if not 0 < len(idx) < n:
+                raise ValueError(f"TaskConfig.train_idx must leave a non-empty train and test set "
+                                 f"({len(idx)} of {n} examples given)")
+            object.__setattr__(self, "train_idx", idx)
+            object.__setattr__(self, "frac", len(idx) / n)
+
+    @property
+    def n_examples(self) -> int:
+        """Size of the full example table (every pair, or every bit string)."""
+        if self.op == "parity":
+            return 2 ** self.n_bits
+        return self.p * (self.p - 1) if self.op == "div" else self.p * self.p
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +127,12 @@ class Task:
             self.a, self.b = a, b
             self.labels = MODULAR_OPS[cfg.op][1](a, b, p)
             self.inputs = torch.stack([a, b, torch.full_like(a, p)], dim=1)
+        if cfg.train_idx is not None:
+            self.train_idx = torch.tensor(cfg.train_idx, dtype=torch.long)
+            is_test = torch.ones(len(self.labels), dtype=torch.bool)
+            is_test[self.train_idx] = False
+            self.test_idx = torch.nonzero(is_test).flatten()
+            return
         g = torch.Generator().manual_seed(cfg.seed)
         perm = torch.randperm(len(self.labels), generator=g)
         n_train = int(cfg.frac * len(perm))
@@ -174,9 +205,13 @@ class Task:
         return f"{MODULAR_OPS[self.cfg.op][0]} mod {self.cfg.p}"
 
     def __repr__(self) -> str:
-        return (f"Task({self.describe()}, {len(self.train_idx)} train / {len(self.test_idx)} test, "
-                f"seed {self.cfg.seed})")
+        split = "explicit split" if self.cfg.train_idx is not None else f"seed {self.cfg.seed}"
+        return f"Task({self.describe()}, {len(self.train_idx)} train / {len(self.test_idx)} test, {split})"
 
 
-def make_task(op: str = "add", p: int = 113, frac: float = 0.3, seed: int = 0, **kw) -> Task:
-    return Task(TaskConfig(op=op, p=p, frac=frac, seed=seed, **kw))
+def make_task(op: str = "add", p: int = 113, frac: float = 0.3, seed: int = 0, train_idx=None, **kw) -> Task:
+    """A task; ``train_idx`` (any sequence or tensor of example rows) gives an explicit split
+    (test = the rest) instead of the seeded ``frac`` split."""
+    if train_idx is not None:
+        train_idx = tuple(int(i) for i in torch.as_tensor(train_idx).flatten().tolist())
+    return Task(TaskConfig(op=op, p=p, frac=frac, seed=seed, train_idx=train_idx, **kw))

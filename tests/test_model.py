@@ -23,7 +23,7 @@ def test_fast_forward_equals_transformerlens_forward(n_layers, normalization, ac
     params = _random_params(cfg, seed=n_layers)
     model = to_tl_model(params, cfg)
     tl_logits = model(task.inputs)
-    full, _ = run_with_hooks(params, cfg, task.inputs, last_only=False)
+    full, _ = run_with_hooks(params, cfg, task.inputs)
     assert (full - tl_logits).abs().max() <= 1e-5
     assert (forward(params, cfg, task.inputs) - tl_logits[:, -1]).abs().max() <= 1e-5
 
@@ -35,7 +35,7 @@ def test_fast_path_activations_match_the_tl_cache_by_hook_name():
     _, cache = to_tl_model(params, cfg).run_with_cache(task.inputs)
     names = ["hook_embed", "blocks.0.attn.hook_pattern", "blocks.0.hook_resid_mid", "blocks.1.mlp.hook_post",
              "blocks.1.hook_resid_post"]
-    _, ours = run_with_hooks(params, cfg, task.inputs, cache_names=names, last_only=False)
+    _, ours = run_with_hooks(params, cfg, task.inputs, cache_names=names)
     for name in names:
         assert (ours[name] - cache[name]).abs().max() <= 1e-5, name
     # the post-MLP activations of the final block at the last position, in the shape users read
@@ -70,6 +70,64 @@ def test_fast_path_hooks_use_the_tl_signature_and_can_edit_activations():
     assert seen == [name, name]
     assert (ours - theirs).abs().max() <= 1e-5
     assert (ours - forward(params, cfg, task.inputs)).abs().max() > 1e-4  # the hook did something
+
+
+def test_public_fast_path_gives_tl_shapes_so_a_tl_hook_indexing_a_position_runs_unchanged():
+    task = make_task("add", p=11, frac=0.5)
+    cfg = ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32).resolve(task)
+    params = init_params(cfg)
+    name = "blocks.0.mlp.hook_post"
+
+    def halve_the_equals_position(act, hook):  # written for the TL model: indexes position 2
+        act = act.clone()
+        act[:, 2] = act[:, 2] * 0.5
+        return act
+
+    tl = to_tl_model(params, cfg)
+    tl_logits, tl_cache = tl.run_with_cache(task.inputs)
+    logits, cache = run_with_hooks(params, cfg, task.inputs, cache_names=[name])
+    assert logits.shape == tl_logits.shape == (121, 3, 11)
+    assert cache[name].shape == tl_cache[name].shape == (121, 3, 32)
+    ours = run_with_hooks(params, cfg, task.inputs, fwd_hooks=[(name, halve_the_equals_position)])[0]
+    theirs = tl.run_with_hooks(task.inputs, fwd_hooks=[(name, halve_the_equals_position)])
+    assert (ours - theirs).abs().max() <= 1e-5
+    assert (forward(params, cfg, task.inputs, [(name, halve_the_equals_position)]) - theirs[:, -1]).abs().max() <= 1e-5
+
+
+def test_last_position_shortcut_is_taken_only_for_marked_hooks_and_gives_the_same_logits():
+    from mechgrok.model import last_position_hook
+
+    task = make_task("add", p=11, frac=0.5)
+    cfg = ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32).resolve(task)
+    params = init_params(cfg)
+    shapes = []
+
+    def scale_last(act, hook):
+        shapes.append(tuple(act.shape))
+        out = act.clone()
+        out[:, -1] = out[:, -1] * 0.5
+        return out
+
+    plain = forward(params, cfg, task.inputs, [("blocks.0.mlp.hook_post", scale_last)])
+    marked = forward(params, cfg, task.inputs, [("blocks.0.mlp.hook_post", last_position_hook(scale_last))])
+    assert shapes == [(121, 3, 32), (121, 1, 32)]
+    assert (plain - marked).abs().max() <= 1e-5
+
+
+def test_one_adapter_turns_every_model_form_into_the_same_params_and_config(tmp_path):
+    from mechgrok.model import as_params, layer_index
+
+    task = make_task("add", p=11, frac=0.5)
+    cfg = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, act_fn="gelu").resolve(task)
+    params = _random_params(cfg, seed=4)
+    for form in (to_tl_model(params, cfg), (params, cfg)):
+        got, got_cfg = as_params(form)
+        assert got_cfg == cfg and all(torch.equal(got[k], params[k]) for k in params)
+    assert as_params(params)[1].act_fn == "relu"  # a dict carries no act_fn: the default, unless cfg= says
+    assert as_params(params, cfg)[1] == cfg
+    assert [layer_index(cfg, x) for x in (None, 0, 1, -1, -2)] == [1, 0, 1, 1, 0]
+    with pytest.raises(ValueError, match="layer -5 out of range for a 2-layer model"):
+        layer_index(cfg, -5)  # never wraps
 
 
 def test_params_round_trip_through_the_tl_model_exactly():
