@@ -70,3 +70,44 @@ def with_overrides(cfg: RunConfig, task: dict, model: dict, train: dict) -> RunC
         return {k: v for k, v in d.items() if v is not None}
     return replace(cfg, task=replace(cfg.task, **clean(task)), model=replace(cfg.model, **clean(model)),
                    train=replace(cfg.train, **clean(train)))
+
+
+# --- flat overrides: the rules `mechgrok train` used to own (issue 8 finding 6) --------------
+
+
+def configure(base: str | RunConfig = "demo", *, seed: int | None = None, task_seed: int | None = None,
+              model_seed: int | None = None, train_seed: int | None = None, beta1: float | None = None,
+              beta2: float | None = None, batch_size: int | None = None, **fields) -> RunConfig:
+    """A preset (by name) or a ``RunConfig`` with fields overridden by name, as ``mechgrok train``
+    does. Each field goes to the part (task, model, train) that has it; None values are ignored.
+
+    ``seed`` sets the split, init and batch-order seeds at once (``task_seed``, ``model_seed``,
+    ``train_seed`` override one each); ``beta1``/``beta2`` replace one of AdamW's betas;
+    ``batch_size=0`` means full batch; changing ``d_model`` or ``n_heads`` without ``d_head``
+    keeps ``d_head = d_model // n_heads``."""
+    from dataclasses import fields as dc_fields
+
+    cfg = get_preset(base) if isinstance(base, str) else base
+    parts = {"task": cfg.task, "model": cfg.model, "train": cfg.train}
+    owner = {f.name: part for part, c in parts.items() for f in dc_fields(c) if f.name != "seed"}
+    given = {k: v for k, v in fields.items() if v is not None}
+    unknown = sorted(set(given) - set(owner))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; allowed: {sorted(owner)} and the seeds, beta1, beta2, "
+                         f"batch_size")
+    changes = {part: {} for part in parts}
+    for k, v in given.items():
+        changes[owner[k]][k] = v
+    for part, s in (("task", task_seed), ("model", model_seed), ("train", train_seed)):
+        if (s if s is not None else seed) is not None:
+            changes[part]["seed"] = s if s is not None else seed
+    if beta1 is not None or beta2 is not None:
+        b = cfg.train.betas
+        changes["train"]["betas"] = (b[0] if beta1 is None else beta1, b[1] if beta2 is None else beta2)
+    if batch_size is not None:
+        changes["train"]["batch_size"] = batch_size or None
+    m = changes["model"]
+    if ("d_model" in m or "n_heads" in m) and "d_head" not in m:
+        m["d_head"] = max(1, m.get("d_model", cfg.model.d_model) // m.get("n_heads", cfg.model.n_heads))
+    return replace(cfg, task=replace(cfg.task, **changes["task"]), model=replace(cfg.model, **changes["model"]),
+                   train=replace(cfg.train, **changes["train"]))
