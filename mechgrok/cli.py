@@ -1,15 +1,32 @@
-"""The ``mechgrok`` command line. Each command is a thin shell over the Python API."""
+"""The ``mechgrok`` command line. Each command is a thin shell over the Python API: the rules
+live in the API, the choices come from the API's own lists, and every user error ends in one
+place (``_Commands.invoke``) as one red line and exit code 1."""
 
 from __future__ import annotations
 
 import json
+import os
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="Train small transformers on algorithmic tasks and take grokking apart.")
+from .fourier import BASES, PROJECTION_MODES
+from .interventions import INTERVENTIONS, OPTIMIZER_STATES, WHERE
+from .model import ACT_FNS, NORMALIZATIONS
+from .progress import LEVELS
+from .tasks import OPS
+from .train import TrainingDiverged
+
+# What `mechgrok demo` costs, measured (README says the same; see figures/README.md).
+DEMO_TIME = "about 1.5 minutes on 2 CPU cores"
+
+# Errors a user can cause (a bad value, a missing or occupied path, a diverging run) end as one
+# line and exit code 1; anything else is a bug and keeps its traceback. MECHGROK_TRACEBACK=1
+# shows the traceback of user errors too.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TrainingDiverged)
 
 
 def _fail(msg: str):
@@ -17,14 +34,50 @@ def _fail(msg: str):
     raise typer.Exit(code=1)
 
 
-def _train(cfg, out: Path, resume: bool, progress: bool):
-    from .train import TrainingDiverged, train
+class _Commands(TyperGroup):
+    """The one error handler of the CLI: every command's user errors end here."""
 
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            if os.environ.get("MECHGROK_TRACEBACK"):
+                raise
+            _fail(str(e))
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="Train small transformers on algorithmic tasks and take grokking apart.")
+
+
+def _choices(name: str, values) -> type[Enum]:
+    """A typer choice type built from the API's own tuple of allowed values."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+Op = _choices("Op", OPS)
+ActFn = _choices("ActFn", ACT_FNS)
+Normalization = _choices("Normalization", NORMALIZATIONS)
+Level = _choices("Level", LEVELS)
+Basis = _choices("Basis", BASES)
+Where = _choices("Where", WHERE)
+Mode = _choices("Mode", PROJECTION_MODES)
+Device = _choices("Device", ("auto", "cpu", "cuda"))
+OptimizerState = _choices("OptimizerState", OPTIMIZER_STATES)
+
+
+def _value(choice):
+    """The plain value of an enum choice (None stays None)."""
+    return choice.value if isinstance(choice, Enum) else choice
+
+
+def _ints(text: Optional[str]) -> Optional[list[int]]:
+    if not text:
+        return None
     try:
-        run = train(cfg, out, resume=resume, progress=progress)
-    except (ValueError, FileExistsError, FileNotFoundError, TrainingDiverged, RuntimeError) as e:
-        _fail(str(e))
-    _print_summary(run)
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _print_summary(run):
@@ -33,29 +86,39 @@ def _print_summary(run):
     typer.echo(f"checkpoints: {s['n_checkpoints']} (steps {s['first_step']}..{s['last_step']})")
     typer.echo(f"final: train acc {s['train_acc']:.4f}, test acc {s['test_acc']:.4f}, "
                f"train loss {s['train_loss']:.3e}, test loss {s['test_loss']:.3e}")
-    typer.echo(f"memorised (train acc > 0.99) at step: {s['memorisation_step']}")
-    typer.echo(f"grokked (test acc > 0.9) at step: {s['grokking_step']}")
+    typer.echo(f"memorised (train acc > 0.99) at step: {s['memorised_step']}")
+    typer.echo(f"grokked (test acc > 0.9) at step: {s['grokked_step']}")
     fig = run.path / "training_curve.html"
     if fig.exists():
         typer.echo(f"figure: {fig}" + (" (+ .png)" if fig.with_suffix(".png").exists() else ""))
 
 
-@app.command()
-def demo(out: Path = typer.Option(Path("runs/demo"), help="run directory to create"),
-         device: str = typer.Option("auto", help="auto, cpu or cuda"),
-         progress: bool = typer.Option(True, help="show a progress bar")):
-    """Train the embedded demo (a+b mod 53) until it groks: about two minutes on 2 CPU cores."""
-    from .presets import get_preset, with_overrides
+def _train_new(cfg, out: Path, progress: bool):
+    from . import train as trainer
 
-    _train(with_overrides(get_preset("demo"), {}, {}, {"device": device}), out, False, progress)
+    if hasattr(trainer, "train_run"):
+        run = trainer.train_run(cfg, out, progress=progress)
+    else:  # until the population helper's train_run lands
+        run = trainer.train(cfg, out, progress=progress)
+    _print_summary(run)
+
+
+@app.command(help=f"Train the embedded demo (a+b mod 53) until it groks: {DEMO_TIME}.")
+def demo(out: Path = typer.Option(Path("runs/demo"), help="run directory to create"),
+         device: Device = typer.Option(Device.auto),
+         progress: bool = typer.Option(True, help="show a progress bar")):
+    from .presets import configure
+
+    _train_new(configure("demo", device=_value(device)), out, progress)
 
 
 @app.command()
 def train(
     out: Optional[Path] = typer.Option(None, help="run directory to create"),
-    preset: str = typer.Option("demo", help="starting configuration; see `mechgrok presets`"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the stopped run in this directory"),
-    op: Optional[str] = typer.Option(None, help="add, sub, mul, div, quad (a^2+ab+b^2), parity"),
+    preset: Optional[str] = typer.Option(None, help="starting configuration (default: demo); see `mechgrok presets`"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the stopped run in this directory; "
+                                          "with --steps N, extend it to N steps (no other setting may change)"),
+    op: Optional[Op] = typer.Option(None, help="quad is a^2+ab+b^2"),
     p: Optional[int] = typer.Option(None, help="prime modulus"),
     frac: Optional[float] = typer.Option(None, help="fraction of all examples used for training"),
     n_bits: Optional[int] = typer.Option(None, help="parity: number of bits"),
@@ -63,10 +126,10 @@ def train(
     n_layers: Optional[int] = typer.Option(None),
     d_model: Optional[int] = typer.Option(None),
     n_heads: Optional[int] = typer.Option(None),
-    d_head: Optional[int] = typer.Option(None),
+    d_head: Optional[int] = typer.Option(None, help="default: d_model / n_heads"),
     d_mlp: Optional[int] = typer.Option(None),
-    act_fn: Optional[str] = typer.Option(None, help="relu or gelu"),
-    normalization: Optional[str] = typer.Option(None, help="none or LN"),
+    act_fn: Optional[ActFn] = typer.Option(None),
+    normalization: Optional[Normalization] = typer.Option(None, case_sensitive=False),
     steps: Optional[int] = typer.Option(None, help="total optimiser steps"),
     lr: Optional[float] = typer.Option(None),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", "--wd"),
@@ -79,42 +142,39 @@ def train(
     seed: Optional[int] = typer.Option(None, help="sets the split, init and batch-order seeds at once"),
     task_seed: Optional[int] = typer.Option(None),
     model_seed: Optional[int] = typer.Option(None),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda"),
+    device: Optional[Device] = typer.Option(None),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
     """Train a run (a preset with any field overridden), or --resume a stopped one."""
-    from .presets import get_preset, with_overrides
+    from .presets import configure
+    from .runs import load_run
 
+    settings = dict(op=_value(op), p=p, frac=frac, n_bits=n_bits, k_bits=k_bits, n_layers=n_layers, d_model=d_model,
+                    n_heads=n_heads, d_head=d_head, d_mlp=d_mlp, act_fn=_value(act_fn),
+                    normalization=_value(normalization), steps=steps, lr=lr, weight_decay=weight_decay,
+                    warmup_steps=warmup_steps, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                    device=_value(device), seed=seed, task_seed=task_seed, model_seed=model_seed, beta1=beta1,
+                    beta2=beta2, batch_size=batch_size)
     if resume is not None:
-        _train(None, resume, True, progress)
+        if out is not None or preset is not None:
+            raise ValueError("--resume continues the run in its own directory with its own settings: "
+                             "drop --out/--preset")
+        from . import train as trainer
+
+        run = load_run(resume)
+        cfg = configure(run.config, **settings)  # the API refuses any change but steps (and device)
+        start = run.steps[-1] if run.steps else 0
+        typer.echo(f"resuming {resume} from step {start}" + (f" to step {cfg.train.steps}" if steps else ""))
+        if hasattr(trainer, "resume_run"):
+            _print_summary(trainer.resume_run(resume, cfg, progress=progress))
+        else:  # until the population helper's resume_run lands
+            if cfg != run.config:
+                raise ValueError("--resume cannot change settings yet")
+            _print_summary(trainer.train(None, resume, resume=True, progress=progress))
         return
     if out is None:
-        _fail("give --out DIR for a new run (or --resume DIR to continue one)")
-    try:
-        base = get_preset(preset)
-        betas = None
-        if beta1 is not None or beta2 is not None:
-            betas = (beta1 if beta1 is not None else base.train.betas[0],
-                     beta2 if beta2 is not None else base.train.betas[1])
-        cfg = with_overrides(
-            base,
-            dict(op=op, p=p, frac=frac, n_bits=n_bits, k_bits=k_bits,
-                 seed=task_seed if task_seed is not None else seed),
-            dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_head, d_mlp=d_mlp,
-                 act_fn=act_fn, normalization=normalization,
-                 seed=model_seed if model_seed is not None else seed),
-            dict(steps=steps, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
-                 eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, device=device),
-        )
-        if batch_size is not None:
-            from dataclasses import replace
-            cfg = replace(cfg, train=replace(cfg.train, batch_size=batch_size or None))
-        if (d_model is not None or n_heads is not None) and d_head is None:
-            from dataclasses import replace  # keep d_model = n_heads * d_head unless told otherwise
-            cfg = replace(cfg, model=replace(cfg.model, d_head=max(1, cfg.model.d_model // cfg.model.n_heads)))
-    except ValueError as e:
-        _fail(str(e))
-    _train(cfg, out, False, progress)
+        raise ValueError("give --out DIR for a new run (or --resume DIR to continue one)")
+    _train_new(configure(preset or "demo", **settings), out, progress)
 
 
 @app.command()
@@ -123,10 +183,7 @@ def info(run_dir: Path = typer.Argument(..., help="a run directory"),
     """Steps, final train/test accuracy, memorisation and grokking steps of a run."""
     from .runs import load_run
 
-    try:
-        run = load_run(run_dir)
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+    run = load_run(run_dir)
     if as_json:
         typer.echo(json.dumps(run.summary() | {"config": run.config.to_dict()}, indent=2))
     else:
@@ -154,39 +211,29 @@ def analyze(run_dir: Path = typer.Argument(..., help="a run directory"),
             out: Optional[Path] = typer.Option(None, help="where to write (default: the run directory)"),
             freqs: Optional[str] = typer.Option(None, help="key frequencies, comma-separated "
                                                 "(default: from the final checkpoint)"),
-            level: str = typer.Option("neurons", help="restricted/excluded loss at: neurons or logits"),
-            basis: str = typer.Option("auto", help="auto, add or dlog (dlog: mul/div runs; auto picks it)"),
+            level: Level = typer.Option(Level.logits, help="restricted/excluded loss definition: logits "
+                                        "(Nanda et al.) or neurons (TransformerLens Grokking demo)"),
+            basis: Basis = typer.Option(Basis.auto, help="dlog: mul/div runs; auto picks it"),
             every: int = typer.Option(1, help="measure every N-th checkpoint"),
             progress: bool = typer.Option(True, help="show a progress bar")):
     """Progress measures at every checkpoint -> progress.csv, phases.json and figures."""
     from .progress import analyze_run
-    from .runs import load_run
+    from .runs import every_nth_step, load_run
 
-    try:
-        run = load_run(run_dir)
-        keys = [int(k) for k in freqs.split(",")] if freqs else None
-        steps = run.steps[::every] if every > 1 else None
-        if steps and steps[-1] != run.steps[-1]:
-            steps.append(run.steps[-1])
-        table, written = analyze_run(run, out, freqs=keys, steps=steps, level=level, basis=basis,
-                                     progress=progress)
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
-    ph = json.loads((Path(out or run.path) / "phases.json").read_text())
+    run = load_run(run_dir)
+    table, ph, written = analyze_run(run, out, freqs=_ints(freqs), steps=every_nth_step(run, every),
+                                     level=_value(level), basis=_value(basis), progress=progress)
+    tr = ph.transitions
     typer.echo(f"run: {run.path}  ({run.task.describe()}, {len(table)} checkpoints)")
-    typer.echo(f"key frequencies ({ph['basis']} basis): {ph['key_freqs']}")
+    typer.echo(f"key frequencies ({table.attrs['basis']} basis): {table.attrs['key_freqs']}")
     last = table.iloc[-1]
     typer.echo(f"final: train loss {last['train_loss']:.3e}, test loss {last['test_loss']:.3e}, "
-               f"restricted {last['restricted_loss']:.3e}, excluded {last['excluded_loss']:.3e}")
-    typer.echo(f"memorisation {ph['memorisation']}, grokking {ph['grokking']}, delay {ph['delay']}, "
-               f"max acceleration {ph['max_acceleration']}")
-    from dataclasses import fields
-
-    from .progress import Phases
-
-    bounds = Phases(**{f.name: ph[f.name] for f in fields(Phases)}).boundaries()
+               f"restricted {last['restricted_loss']:.3e}, excluded {last['excluded_loss']:.3e} "
+               f"({table.attrs['level']} level)")
+    typer.echo(f"memorised {tr.memorised_step}, grokked {tr.grokked_step}, delay {tr.delay}, "
+               f"max acceleration {tr.max_acceleration_step} (evaluation grid of metrics.csv)")
     typer.echo("phases: " + ", ".join(f"{name} {b[0]}-{b[1]}" if b else f"{name} not reached"
-                                      for name, b in bounds.items()))
+                                      for name, b in ph.intervals().items()))
     for f in written:
         typer.echo(f"wrote {f}")
 
@@ -195,15 +242,12 @@ def analyze(run_dir: Path = typer.Argument(..., help="a run directory"),
 def spectrum(run_dir: Path = typer.Argument(..., help="a run directory"),
              step: Optional[int] = typer.Option(None, help="checkpoint step (default: the last)"),
              out: Optional[Path] = typer.Option(None, help="where to write (default: the run directory)"),
-             basis: str = typer.Option("auto", help="auto, add or dlog")):
+             basis: Basis = typer.Option(Basis.auto)):
     """Fourier spectrum of W_E and W_L at one checkpoint, with the key frequencies of each rule."""
     from .progress import analyze_spectrum
     from .runs import load_run
 
-    try:
-        table, written = analyze_spectrum(load_run(run_dir), step, out, basis=basis)
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+    table, written = analyze_spectrum(load_run(run_dir), step, out, basis=_value(basis))
     typer.echo(f"step {table.attrs['step']}, {table.attrs['basis']} basis")
     for rule, ks in table.attrs["key_freqs"].items():
         typer.echo(f"key frequencies ({rule} rule): {ks}")
@@ -213,65 +257,54 @@ def spectrum(run_dir: Path = typer.Argument(..., help="a run directory"),
         typer.echo(f"wrote {f}")
 
 
-
 # --- interventions (issue 4) ---------------------------------------------------------------
-
-
-def _ints(text: Optional[str]) -> Optional[list[int]]:
-    if not text:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        _fail(f"expected comma-separated integers, got {text!r}")
 
 
 @app.command()
 def ablate(run_dir: Path = typer.Argument(..., help="a run directory"),
            step: Optional[int] = typer.Option(None, help="checkpoint step (default: the last)"),
            freqs: Optional[str] = typer.Option(None, help="frequencies, comma-separated (default: the key ones)"),
-           mode: Optional[str] = typer.Option(None, help="remove or keep; default: both, plus each frequency alone"),
-           where: str = typer.Option("embed", help="embed, neurons or logits"),
+           mode: Optional[Mode] = typer.Option(None, help="default: both, plus each frequency removed alone"),
+           where: Where = typer.Option(Where.embed, help="the hook point: hook_embed, blocks.L.mlp.hook_post "
+                                       "or unembed.hook_out"),
            layer: Optional[int] = typer.Option(None, help="MLP layer for --where neurons (default: the last)"),
-           basis: str = typer.Option("auto", help="auto, add or dlog"),
+           basis: Basis = typer.Option(Basis.auto),
            out: Optional[Path] = typer.Option(None, help="where the sweep figure goes (default: the run directory)"),
-           as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+           as_json: bool = typer.Option(False, "--json", help="machine-readable output (one schema for every mode)"),
+           progress: bool = typer.Option(True, help="show a progress bar over the sweep")):
     """Remove frequencies from an activation (or keep only them) and measure loss and accuracy."""
     from . import interventions as iv
+    from .plots import frequency_ablation, save_figure
     from .runs import load_run
 
-    try:
-        run = load_run(run_dir)
-        step = run.resolve_step(step)
-        keys = _ints(freqs)
-        if mode is not None:
-            res = iv.ablate_frequencies(run, run.task, keys, mode=mode, where=where, layer=layer, step=step,
-                                        basis=basis)
-            if as_json:
-                typer.echo(json.dumps(res.to_dict() | {"step": step}, indent=2))
-            else:
-                typer.echo(f"step {step}: {mode} frequencies {list(res.freqs)} at {where}")
-                typer.echo(res.to_frame().to_string(float_format=lambda v: f"{v:.4g}"))
-            return
-        table = iv.ablation_table(run, run.task, keys, where=where, layer=layer, step=step, basis=basis)
-        sweep = iv.frequency_sweep(run, run.task, where=where, key_freqs=table.attrs["freqs"], layer=layer,
-                                   step=step, basis=basis)
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
-    from .plots import frequency_ablation, save_figure
-
-    stem = Path(out or run.path) / f"ablation_{where}_step{step}"
-    written = save_figure(frequency_ablation(sweep, title=f"{run.path} step {step}: test loss with one "
-                                                          f"frequency removed at {where}"), stem)
+    run = load_run(run_dir)
+    step, where, basis = run.resolve_step(step), _value(where), _value(basis)
+    modes = [_value(mode)] if mode is not None else ["remove", "keep"]
+    results = [iv.ablate_frequencies(run, run.task, _ints(freqs), mode=m, where=where, layer=layer, step=step,
+                                     basis=basis) for m in modes]
+    ablated = list(results[0].freqs)
+    rows = [{"name": "baseline", "mode": None, "freqs": []} | results[0].before]
+    rows += [{"name": f"{r.mode} {list(r.freqs)}", "mode": r.mode, "freqs": list(r.freqs)} | r.after for r in results]
+    sweep, written = None, []
+    if mode is None:
+        sweep = iv.frequency_sweep(run, run.task, where=where, key_freqs=ablated, layer=layer, step=step,
+                                   basis=basis, progress=progress)
+        fig = frequency_ablation(sweep, title=f"{run.path} step {step}: test loss with one frequency removed at {where}")
+        written = save_figure(fig, Path(out or run.path) / f"ablation_{where}_step{step}")
     if as_json:
-        typer.echo(json.dumps({"step": step, "where": where, "freqs": table.attrs["freqs"],
-                               "table": table.to_dict("index"), "sweep": sweep.to_dict("records"),
-                               "baseline": sweep.attrs["baseline"], "figures": [str(w) for w in written]}, indent=2))
+        typer.echo(json.dumps({"run": str(run.path), "step": step, "where": where, "layer": layer,
+                               "freqs": ablated, "results": rows,
+                               "sweep": [] if sweep is None else sweep.to_dict("records"),
+                               "figures": [str(w) for w in written]}, indent=2))
         return
-    typer.echo(f"run: {run.path}  step {step}, key frequencies {table.attrs['freqs']}, ablation at {where}")
+    import pandas as pd
+
+    typer.echo(f"run: {run.path}  step {step}, frequencies {ablated}, ablation at {where}")
+    table = pd.DataFrame(rows).set_index("name").drop(columns=["mode", "freqs"])
     typer.echo(table.to_string(float_format=lambda v: f"{v:.4g}"))
-    typer.echo("each frequency removed alone (test loss): " + ", ".join(
-        f"{int(r.freq)}{'*' if r.is_key else ''}={r.test_loss:.3g}" for r in sweep.itertuples()))
+    if sweep is not None:
+        typer.echo("each frequency removed alone (test loss; * = ablated above): " + ", ".join(
+            f"{int(r.freq)}{'*' if r.is_key else ''}={r.test_loss:.3g}" for r in sweep.itertuples()))
     for w in written:
         typer.echo(f"wrote {w}")
 
@@ -280,11 +313,12 @@ def ablate(run_dir: Path = typer.Argument(..., help="a run directory"),
 def freeze(run_dir: Path = typer.Argument(..., help="a run directory"),
            from_step: str = typer.Option(..., help="checkpoint step(s), comma-separated"),
            steps: int = typer.Option(..., help="steps to train on after freezing"),
-           interventions: str = typer.Option("all", help="all, or comma-separated names (see the error for the list)"),
+           interventions: str = typer.Option("all", help="all, or comma-separated names: " + ", ".join(INTERVENTIONS)),
            out: Optional[Path] = typer.Option(None, help="directory for the new runs (default: RUN/interventions/freeze)"),
-           optimizer: str = typer.Option("fresh", help="fresh AdamW state, or carry the moments of resume.safetensors"),
+           optimizer: OptimizerState = typer.Option(OptimizerState.fresh, help="fresh AdamW state, or carry the "
+                                                    "moments of resume.safetensors"),
            as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
-           progress: bool = typer.Option(False, help="show a progress bar per continuation")):
+           progress: bool = typer.Option(True, help="show a progress bar per continuation")):
     """Seed 000's freeze-and-continue: freeze a component at a checkpoint, train on, did it grok?"""
     from . import interventions as iv
     from .runs import load_run
@@ -295,13 +329,10 @@ def freeze(run_dir: Path = typer.Argument(..., help="a run directory"),
                        f"final test acc {res.final_test_acc:.3f} (max {res.max_test_acc:.3f})  "
                        f"grokked at {res.grokking_step}")
 
-    try:
-        run = load_run(run_dir)
-        table = iv.freeze_sweep(run, _ints(from_step), interventions, steps,
-                                out_dir=out or run.path / "interventions" / "freeze", optimizer=optimizer,
-                                progress=progress, on_result=show)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        _fail(str(e))
+    run = load_run(run_dir)
+    table = iv.freeze_sweep(run, _ints(from_step), interventions, steps,
+                            out_dir=out or run.path / "interventions" / "freeze", optimizer=_value(optimizer),
+                            progress=progress, on_result=show)
     if as_json:
         typer.echo(json.dumps(table.to_dict("records"), indent=2))
 
@@ -322,14 +353,11 @@ def transplant(donor: Path = typer.Option(..., help="donor run directory"),
     from . import interventions as iv
     from .runs import load_run
 
-    try:
-        d, r = load_run(donor), load_run(recipient)
-        d_step = d.resolve_step(donor_step)
-        res = iv.transplant_experiment(d, d_step, r, recipient_step, steps, neurons=_ints(neurons),
-                                       freqs=_ints(freqs), layer=layer,
-                                       out_dir=out or r.path / "interventions" / f"transplant_{recipient_step}")
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        _fail(str(e))
+    d, r = load_run(donor), load_run(recipient)
+    d_step = d.resolve_step(donor_step)
+    res = iv.transplant_experiment(d, d_step, r, recipient_step, steps, neurons=_ints(neurons),
+                                   freqs=_ints(freqs), layer=layer,
+                                   out_dir=out or r.path / "interventions" / f"transplant_{recipient_step}")
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
@@ -339,6 +367,80 @@ def transplant(donor: Path = typer.Option(..., help="donor run directory"),
     for arm in ("transplant", "control"):
         a = res[arm]
         typer.echo(f"{arm:10s} grokked at {a['grokking_step']}, final test acc {a['final_test_acc']:.3f} ({a['path']})")
+
+
+# --- foreign checkpoint series and figures (issue 7) --------------------------------------
+
+
+@app.command("import")
+def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict (.pth/.pt/.safetensors) or a "
+                                       "TransformerLens Grokking-demo bundle (.pth)"),
+            out: Path = typer.Option(..., help="run directory to create"),
+            op: Optional[Op] = typer.Option(None, help="the task the weights were trained on (default: add)"),
+            p: Optional[int] = typer.Option(None, help="prime modulus (default: the unembedding's width)"),
+            act_fn: Optional[ActFn] = typer.Option(None, help="default: the bundle config's, else relu"),
+            split: Optional[Path] = typer.Option(None, help="train indices into mechgrok's a-major example table: "
+                                                 "a JSON list, or integers separated by commas/whitespace "
+                                                 "(default: the bundle's train_indices)"),
+            step: Optional[int] = typer.Option(None, help="a single state dict's step (default: 0)"),
+            progress: bool = typer.Option(True, help="show a progress bar")):
+    """Turn a checkpoint series trained elsewhere into a run directory; nothing in SRC is executed."""
+    from .runs import import_run
+
+    run = import_run(src, out, op=_value(op), p=p, act_fn=_value(act_fn), split=split, step=step,
+                     progress=progress)
+    for note in run.meta["imported"]["notes"]:
+        typer.echo(f"note: {note}")
+    _print_summary(run)
+
+
+@app.command()
+def plot(run_dir: Path = typer.Argument(..., help="a run directory"),
+         png: bool = typer.Option(True, "--png/--no-png", help="also write PNGs (needs Chromium)")):
+    """(Re)draw a run's figures from its files: the training curve, and the analysis figures if
+    `mechgrok analyze` wrote progress.csv (e.g. after installing Chromium for PNGs)."""
+    from .runs import draw_figures, load_run
+
+    for f in draw_figures(load_run(run_dir), png=png):
+        typer.echo(f"wrote {f}")
+
+
+# --- latent-state training maps (issue 11) ---
+
+
+@app.command()
+def latent(population: Path = typer.Argument(..., help="a sweep directory, or a directory of run directories"),
+           states: Optional[int] = typer.Option(None, "--states", help="number of HMM states (default: lowest BIC)"),
+           features: Optional[str] = typer.Option(None, help="comma-separated features (default: the 14 "
+                                                  "statistics), e.g. var_w,l1,l2"),
+           max_states: int = typer.Option(8, "--max-states", help="model selection tries 1..max-states states"),
+           covariance: str = typer.Option("diag", help="HMM covariance: diag or full"),
+           restarts: int = typer.Option(5, help="random restarts per HMM fit"),
+           seed: int = typer.Option(0, help="seed of the fit/held-out split and the restarts"),
+           out: Optional[Path] = typer.Option(None, help="output directory (default: POPULATION/latent)"),
+           png: bool = typer.Option(True, "--png/--no-png", help="also write PNG figures")):
+    """Latent-state training map of a population (Hu et al.): statistics, model selection, map, detours."""
+    from . import latent as lt
+
+    out = out or population / "latent"
+    try:
+        res = lt.analyze_population(population, out, n_states=states, features=features, max_states=max_states,
+                                    covariance=covariance, restarts=restarts, seed=seed, png=png,
+                                    title=population.name)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    sel, tm, det = res["selection"], res["map"], res["detours"]
+    table = res["statistics"]
+    typer.echo(f"{table.member.nunique()} members, {len(table)} checkpoints; features: {', '.join(sel.features)}")
+    typer.echo("states  heldout_ll/ckpt       AIC        BIC")
+    for r in sel.table.itertuples():
+        typer.echo(f"{r.n_states:6d}  {r.heldout_ll:15.3f}  {r.aic:9.1f}  {r.bic:9.1f}")
+    typer.echo(f"training map with {res['n_states']} states" + (" (lowest BIC)" if states is None else ""))
+    for r in det.itertuples():
+        flag = "  <- detour" if r.detour else ""
+        typer.echo(f"S{r.state} [{tm.occupancy[r.state]} ckpts] {r.label}: coef {r.coef:.1f} steps/ckpt "
+                   f"(95% CI {r.ci_low:.1f}..{r.ci_high:.1f}, p={r.p_value:.3g}, n={r.n}){flag}")
+    typer.echo(f"wrote {len(res['written'])} files to {out}")
 
 
 if __name__ == "__main__":

@@ -334,7 +334,9 @@ class TrainingMap:
     the transition matrix (rows: from, columns: to); ``means``: state x feature means in
     within-member z units; ``occupancy``: checkpoints per state over all members; ``labels``:
     what distinguishes each state; ``steps``: member -> checkpoint steps of its path;
-    ``grokking_steps``: member -> grokking step (NaN: never grokked)."""
+    ``grokking_steps``: member -> grokking step (NaN: never grokked); ``state_metrics``: per
+    state, ``when`` (mean relative time of occupancy, 0 = start, 1 = end) and the mean test/train
+    accuracy and l2 of the checkpoints decoded into it."""
 
     model: object
     features: list[str]
@@ -434,8 +436,72 @@ def fit_training_map(pop, n_states: int, features=None, covariance: str = "diag"
     ordered = table.sort_values(["member", "step"])
     extra = [c for c in ("test_acc", "train_acc", "l2") if c in table.columns]
     state_metrics = ordered[extra].assign(state=states).groupby("state").mean().reindex(range(n_states))
+    state_metrics.insert(0, "when", when[order])  # mean relative time (0 = start, 1 = end) in the state
     labels = {s: describe_state(means.loc[s], state_metrics.loc[s].get("test_acc") if "test_acc" in extra else None)
               for s in range(n_states)}
     grok = (table.groupby("member").grokking_step.first().to_dict() if "grokking_step" in table.columns
             else {m: np.nan for m in members})
     return TrainingMap(model, features, paths, steps, transitions, means, occupancy, labels, grok, state_metrics)
+
+
+# --- everything for one population, written to a directory -------------------------------
+
+
+def analyze_population(pop, out_dir, n_states: int | None = None, features=None, max_states: int = 8,
+                       covariance: str = "diag", restarts: int = 5, seed: int = 0, png: bool = True,
+                       title: str = "", progress: bool = True) -> dict:
+    """Statistics, model selection (always; it picks ``n_states`` when not given), the training
+    map, Viterbi paths and the detour table of ``pop``, written to ``out_dir``:
+    statistics.csv, model_selection.csv, transitions.csv, states.csv (means in z units,
+    occupancy, labels), paths.csv, detours.csv, and the figures model_selection, training_map
+    and ribbons (HTML, + PNG when ``png``). ``statistics.csv`` is reused when it exists and
+    covers the same runs and steps. Returns the objects and the files written."""
+    from . import plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "statistics.csv"
+    table = None
+    if isinstance(pop, pd.DataFrame):
+        table = pop
+    elif cache.exists():
+        runs = population_runs(pop)
+        cached = pd.read_csv(cache)
+        same = sorted(cached.run.unique()) == sorted(str(r.path) for r in runs) and all(
+            cached.loc[cached.run == str(r.path), "step"].tolist() == checkpoint_grid(r) for r in runs)
+        table = cached if same else None
+    if table is None:
+        table = population_statistics(pop, progress=progress)
+    table.to_csv(cache, index=False, float_format="%.9g")
+    features = _features(features, table)
+    sel = select_states(table, max_states=max_states, features=features, covariance=covariance,
+                        restarts=restarts, seed=seed, progress=progress)
+    n = sel.best if n_states is None else n_states
+    tm = fit_training_map(table, n, features=features, covariance=covariance, restarts=restarts, seed=seed,
+                          progress=progress)
+    det = tm.detours()
+    sel.table.to_csv(out / "model_selection.csv", index=False)
+    tm.transitions.to_csv(out / "transitions.csv", index_label="from")
+    states = tm.means.add_prefix("z_").assign(checkpoints=tm.occupancy, label=pd.Series(tm.labels))
+    states = pd.concat([states, tm.state_metrics], axis=1)
+    states.to_csv(out / "states.csv", index_label="state")
+    tm.paths_table().to_csv(out / "paths.csv", index=False)
+    det.to_csv(out / "detours.csv", index=False)
+    written = [out / f for f in ("statistics.csv", "model_selection.csv", "transitions.csv", "states.csv",
+                                 "paths.csv", "detours.csv")]
+    prefix = f"{title}: " if title else ""
+    feats = ", ".join(features) if len(features) < 14 else "all 14 statistics"
+    figs = {
+        "model_selection": plots.latent_model_selection(
+            sel.table, best=n, title=f"{prefix}HMM model selection ({feats}; {sel.covariance} covariance; "
+                                     f"{len(sel.fit_members)} fit / {len(sel.heldout_members)} held-out members)"),
+        "training_map": plots.latent_training_map(
+            tm.transitions, tm.occupancy, tm.labels, tm.state_metrics["when"].tolist(),
+            tm.state_metrics["test_acc"].fillna(0).tolist() if "test_acc" in tm.state_metrics else [0.5] * n,
+            title=f"{prefix}training map, {n} states ({feats})"),
+        "ribbons": plots.latent_ribbons(tm.paths_table(), tm.grokking_steps, tm.labels,
+                                        title=f"{prefix}state of every member over training"),
+    }
+    for stem, fig in figs.items():
+        written += plots.save_figure(fig, out / stem, png=png)
+    return {"statistics": table, "selection": sel, "map": tm, "detours": det, "n_states": n, "written": written}

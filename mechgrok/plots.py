@@ -244,3 +244,163 @@ def grokking_step_distributions(groups: dict[str, list], title: str = "grokking 
     fig.update_yaxes(title_text="grokking step (first eval with test acc > 0.9)")
     fig.update_layout(title=title, template="plotly_white", width=700, height=450, showlegend=False)
     return fig
+
+
+# --- latent-state training maps (issue 11) ---
+
+STATE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                "#bcbd22", "#17becf"]
+
+
+def latent_model_selection(table: pd.DataFrame, best: int | None = None,
+                           title: str = "HMM model selection") -> go.Figure:
+    """Held-out log-likelihood per checkpoint (best restart, and mean +- std over restarts),
+    AIC and BIC against the number of states (``latent.select_states(...).table``)."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("held-out log-likelihood / checkpoint (higher is better)",
+                                                        "AIC (lower is better)", "BIC (lower is better)"))
+    n = table["n_states"]
+    fig.add_trace(go.Scatter(x=n, y=table["heldout_ll_mean"], error_y=dict(array=table["heldout_ll_std"]),
+                             mode="lines+markers", name="mean over restarts", line=dict(color=COLORS["other"])), 1, 1)
+    fig.add_trace(go.Scatter(x=n, y=table["heldout_ll"], mode="lines+markers", name="best restart (by fit LL)",
+                             line=dict(color=COLORS["train"])), 1, 1)
+    fig.add_trace(go.Scatter(x=n, y=table["aic"], mode="lines+markers", name="AIC", line=dict(color="#2ca02c")), 1, 2)
+    fig.add_trace(go.Scatter(x=n, y=table["bic"], mode="lines+markers", name="BIC", line=dict(color=COLORS["test"])), 1, 3)
+    if best is not None:
+        for c in (1, 2, 3):
+            fig.add_vline(x=best, line_dash="dot", line_color="black", row=1, col=c)
+    fig.update_xaxes(title_text="number of states", dtick=1)
+    fig.update_layout(title=title, template="plotly_white", width=1300, height=420,
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def latent_training_map(transitions: pd.DataFrame, occupancy: pd.Series, labels: dict[int, str],
+                        x: list[float], y: list[float], min_prob: float = 0.05,
+                        title: str = "training map") -> go.Figure:
+    """States as nodes (area ~ occupancy, placed at ``x`` = mean relative time of occupancy and
+    ``y`` = mean test accuracy), transitions between states as arrows whose width and label
+    give the probability; arrows below ``min_prob`` and self-transitions are not drawn (the
+    self-transition probability is in each node's hover text)."""
+    fig = go.Figure()
+    k = len(transitions)
+    T = transitions.to_numpy()
+    occ = occupancy.to_numpy(float)
+    sizes = 18 + 50 * (occ / max(occ.max(), 1)) ** 0.5
+    for i in range(k):
+        for j in range(k):
+            if i == j or T[i, j] < min_prob:
+                continue
+            # offset the two directions of a pair so that both arrows stay visible
+            dx, dy = x[j] - x[i], y[j] - y[i]
+            norm = max((dx * dx + dy * dy) ** 0.5, 1e-9)
+            ox, oy = -dy / norm * 0.015, dx / norm * 0.015
+            fig.add_annotation(x=x[j] + ox, y=y[j] + oy, ax=x[i] + ox, ay=y[i] + oy, xref="x", yref="y",
+                               axref="x", ayref="y", showarrow=True, arrowhead=2, arrowsize=1,
+                               arrowwidth=1 + 6 * T[i, j], arrowcolor="rgba(80,80,80,0.6)", standoff=sizes[j] / 2,
+                               startstandoff=sizes[i] / 2)
+            fig.add_annotation(x=(x[i] + x[j]) / 2 + 2 * ox, y=(y[i] + y[j]) / 2 + 2 * oy, text=f"{T[i, j]:.2f}",
+                               showarrow=False, font=dict(size=10, color="#444"))
+    fig.add_trace(go.Scatter(
+        x=x, y=y, mode="markers+text", text=[f"S{i}" for i in range(k)], textposition="middle center",
+        textfont=dict(color="white", size=12), showlegend=False,
+        marker=dict(size=sizes, color=[STATE_COLORS[i % len(STATE_COLORS)] for i in range(k)],
+                    line=dict(color="black", width=1)),
+        hovertext=[f"S{i}: {labels[i]}<br>{int(occ[i])} checkpoints<br>stay: {T[i, i]:.2f}" for i in range(k)],
+        hoverinfo="text"))
+    for i in range(k):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"S{i}: {labels[i]} ({int(occ[i])} ckpts)",
+                                 marker=dict(size=10, color=STATE_COLORS[i % len(STATE_COLORS)])))
+    fig.update_xaxes(title_text="mean relative time in the state (0 = start of training, 1 = end)", range=[-0.1, 1.1])
+    fig.update_yaxes(title_text="mean test accuracy in the state", range=[-0.15, 1.15])
+    fig.update_layout(title=title, template="plotly_white", width=1000, height=620,
+                      legend=dict(orientation="h", y=-0.18))
+    return fig
+
+
+def latent_ribbons(paths: pd.DataFrame, grokking_steps: dict, labels: dict[int, str] | None = None,
+                   title: str = "state sequences") -> go.Figure:
+    """Every member's Viterbi state sequence over training (``paths``: member, step, state),
+    one row per member ordered by grokking step (earliest at the top; members that never
+    grokked at the bottom); a black x marks each member's grokking step."""
+    k = int(paths["state"].max()) + 1
+    order = sorted(paths["member"].unique(), key=lambda m: (pd.isna(grokking_steps.get(m)),
+                                                             grokking_steps.get(m, 0) if not pd.isna(grokking_steps.get(m)) else 0))
+    grid = paths.pivot(index="member", columns="step", values="state").reindex(order)
+    names = [f"member {m}" for m in order]
+    scale = []
+    for i in range(k):  # discrete colour bands, one per state
+        c = STATE_COLORS[i % len(STATE_COLORS)]
+        scale += [[i / k, c], [(i + 1) / k, c]]
+    fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=grid.columns, y=names, colorscale=scale, zmin=-0.5, zmax=k - 0.5,
+                               colorbar=dict(title="state", tickvals=list(range(k)),
+                                             ticktext=[f"S{i}" for i in range(k)]),
+                               hovertemplate="%{y}<br>step %{x}<br>state S%{z}<extra></extra>"))
+    gx = [grokking_steps.get(m) for m in order]
+    fig.add_trace(go.Scatter(x=[g for g in gx if not pd.isna(g)], y=[n for n, g in zip(names, gx) if not pd.isna(g)],
+                             mode="markers", marker=dict(symbol="x", size=8, color="black"), name="grokking step"))
+    fig.update_yaxes(autorange="reversed", title_text="member (ordered by grokking step)")
+    fig.update_xaxes(title_text="step")
+    legend = "" if labels is None else "<br><sup>" + "; ".join(f"S{i}: {labels[i]}" for i in range(k)) + "</sup>"
+    fig.update_layout(title=title + legend, template="plotly_white", width=1100,
+                      height=max(320, 140 + 22 * len(order)), legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+# --- populations of runs (issue 9) ---
+
+
+def generalisation_gap_area(metrics: pd.DataFrame, title: str = "generalisation gap",
+                            marks: dict[str, float] | None = None) -> go.Figure:
+    """Train accuracy - test accuracy against step, the area under it shaded (seed 001's
+    generalisation gap); ``marks``: labelled vertical lines (memorised, grokked)."""
+    m = metrics.sort_values("step")
+    gap = m["train_acc"] - m["test_acc"]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=m["step"], y=m["train_acc"], name="train accuracy", line=dict(color=COLORS["train"])))
+    fig.add_trace(go.Scatter(x=m["step"], y=m["test_acc"], name="test accuracy", line=dict(color=COLORS["test"])))
+    fig.add_trace(go.Scatter(x=m["step"], y=gap, name="gap (train - test)", fill="tozeroy",
+                             line=dict(color=COLORS["other"], width=1), fillcolor="rgba(127,127,127,0.35)"))
+    for label, step in (marks or {}).items():
+        if step is not None:
+            fig.add_vline(x=step, line=dict(color=COLORS["other"], dash="dash", width=1),
+                          annotation_text=label, annotation_position="top")
+    fig.update_yaxes(range=[-0.02, 1.05], title_text="accuracy")
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(title=title, template="plotly_white", width=800, height=420, legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def population_summary(summary: pd.DataFrame, field: str | None = None, title: str = "population",
+                       published: pd.DataFrame | None = None) -> go.Figure:
+    """Left: median delay (grokking - memorisation step) per value of the swept field with its
+    interquartile band; right: grok rate per value. ``summary`` is ``Population.summary``'s
+    table; ``published`` (index: value, columns delay_median and/or grok_rate) is drawn as
+    markers for comparison."""
+    field = field or summary.index.name
+    x = list(summary.index)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x)
+    xs = x if numeric else [str(v) for v in x]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("delay: median and IQR", "grok rate"),
+                        horizontal_spacing=0.12)
+    fig.add_trace(go.Scatter(x=xs + xs[::-1], y=list(summary["delay_q75"]) + list(summary["delay_q25"])[::-1],
+                             fill="toself", fillcolor="rgba(31,119,180,0.2)", line=dict(width=0),
+                             name="IQR", hoverinfo="skip"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=xs, y=summary["delay_median"], mode="lines+markers", name="median delay",
+                             line=dict(color=COLORS["test"]),
+                             customdata=summary[["n_delay", "n"]].to_numpy(),
+                             hovertemplate="%{x}: %{y} steps (%{customdata[0]} of %{customdata[1]} members)"),
+                  row=1, col=1)
+    fig.add_trace(go.Bar(x=xs, y=summary["grok_rate"], name="grok rate", marker_color=COLORS["train"],
+                         text=[f"{a}/{b}" for a, b in zip(summary["n_grokked"], summary["n"])],
+                         textposition="outside"), row=1, col=2)
+    if published is not None:
+        px = list(published.index) if numeric else [str(v) for v in published.index]
+        for col, name in ((1, "delay_median"), (2, "grok_rate")):
+            if name in published:
+                fig.add_trace(go.Scatter(x=px, y=published[name], mode="markers", name=f"published {name}",
+                                         marker=dict(symbol="x", size=10, color="black")), row=1, col=col)
+    fig.update_xaxes(title_text=field)
+    fig.update_yaxes(title_text="steps", row=1, col=1)
+    fig.update_yaxes(title_text="fraction grokked", range=[0, 1.15], row=1, col=2)
+    fig.update_layout(title=title, template="plotly_white", width=1000, height=420, legend=dict(orientation="h", y=-0.25))
+    return fig

@@ -178,3 +178,34 @@ def test_detour_regression_recovers_a_planted_positive_coefficient():
     assert det.detour.tolist() == [False, True, False]
     assert tm.transitions.to_numpy().sum(1) == pytest.approx(np.ones(3))
     assert "high l2" in tm.labels[1]
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def test_cli_latent_writes_tables_and_figures_for_a_population(tiny_population):
+    from typer.testing import CliRunner
+    from mechgrok.cli import app
+
+    out = tiny_population / "latent_out"
+    res = CliRunner().invoke(app, ["latent", str(tiny_population / "pop"), "--max-states", "3", "--states", "2",
+                                   "--features", "var_w,l1,l2", "--restarts", "1", "--no-png", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "4 members, 28 checkpoints; features: var_w, l1, l2" in res.output
+    sel = pd.read_csv(out / "model_selection.csv")
+    assert sel.n_states.tolist() == [1, 2, 3]
+    paths = pd.read_csv(out / "paths.csv")
+    assert len(paths) == 28 and set(paths.state) <= {0, 1}
+    assert len(pd.read_csv(out / "detours.csv")) == 2
+    stats = pd.read_csv(out / "statistics.csv")
+    direct = latent.checkpoint_statistics(tiny_population / "pop" / "seed2")
+    np.testing.assert_allclose(stats.loc[stats.run.str.endswith("seed2"), "l2"], direct.l2, rtol=1e-6)
+    assert (out / "training_map.html").exists() and (out / "ribbons.html").exists()
+
+
+def test_cli_latent_fails_cleanly_on_a_single_run(tiny_population):
+    from typer.testing import CliRunner
+    from mechgrok.cli import app
+
+    res = CliRunner().invoke(app, ["latent", str(tiny_population / "pop" / "seed0"), "--no-png"])
+    assert res.exit_code == 1 and "is a single run" in res.output
