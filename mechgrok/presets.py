@@ -111,3 +111,28 @@ def configure(base: str | RunConfig = "demo", *, seed: int | None = None, task_s
         m["d_head"] = max(1, m.get("d_model", cfg.model.d_model) // m.get("n_heads", cfg.model.n_heads))
     return replace(cfg, task=replace(cfg.task, **changes["task"]), model=replace(cfg.model, **changes["model"]),
                    train=replace(cfg.train, **changes["train"]))
+
+
+# --- latent-state training maps (issue 11) ---
+
+# Hu et al. 2023 ("Latent State Models of Training Dynamics"), statistics every 10 epochs.
+PRESETS["hu_modular"] = (
+    "Hu et al. 2023 (latent-state training maps): a+b mod 113, 30% train, Nanda's 1-layer model, AdamW "
+    "lr 1e-3 wd 1 (PyTorch default betas), minibatch 256 (15 steps per epoch), a checkpoint every 10 "
+    "epochs (150 steps). They trained 10,000 epochs (150k steps); this preset stops at 30k steps.",
+    RunConfig(task=TaskConfig(op="add", p=113, frac=0.3, seed=0), model=NANDA_MODEL,
+              train=TrainConfig(steps=30_000, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.999), warmup_steps=0,
+                                batch_size=256, eval_every=150, checkpoint_every=150),
+              preset="hu_modular"),
+)
+PRESETS["hu_parity"] = (
+    "Hu et al. 2023 sparse parity, as far as mechgrok expresses it: parity of the first 3 of 20 bits "
+    "(they used 40 bits; mechgrok enumerates all 2^n strings and caps n at 20), 1000 training strings "
+    "(frac = 1000/2^20; the test set is every other string), Nanda's 1-layer transformer with AdamW "
+    "lr 1e-3 wd 1, minibatch 32 (they trained a 1000-unit MLP with hinge loss and SGD lr 0.1 wd 0.01), "
+    "a checkpoint every 10 epochs (320 steps).",
+    RunConfig(task=TaskConfig(op="parity", n_bits=20, k_bits=3, frac=1000 / 2**20, seed=0), model=NANDA_MODEL,
+              train=TrainConfig(steps=16_000, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.999), warmup_steps=0,
+                                batch_size=32, eval_every=320, checkpoint_every=320),
+              preset="hu_parity"),
+)
