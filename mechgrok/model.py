@@ -268,7 +268,7 @@ def hook_name(where: str, layer: int | None = None, cfg: ModelConfig | None = No
     """TL hook name of a hook point: ``embed`` -> ``hook_embed``; ``neurons`` ->
     ``blocks.{layer}.mlp.hook_post`` (default the last layer); ``logits`` -> ``unembed.hook_out``."""
     if where not in HOOK_POINTS:
-        raise ValueError(f"hook point must be one of {HOOK_POINTS}, got {where!r}")
+        raise ValueError(f"where must be one of {HOOK_POINTS} (the hook points), got {where!r}")
     if where == "neurons":
         idx = layer_index(cfg, layer) if cfg is not None else (0 if layer is None else layer)
         if idx < 0:

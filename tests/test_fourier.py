@@ -157,3 +157,12 @@ def test_bad_arguments_fail_with_the_allowed_values():
         fourier.embedding_spectrum(params, task, basis="log")
     with pytest.raises(ValueError, match="modular task"):
         fourier.coords(make_task("parity", n_bits=4, frac=0.5))
+
+
+def test_clustered_means_more_than_the_threshold_as_in_nanda():
+    # shares exactly at 0.85 are not "more than 85%"; just above is
+    shares = torch.zeros(3, 4)
+    shares[0, 1], shares[1, 2], shares[2, 3] = 0.85, 0.8501, 0.9
+    nf = fourier.NeuronFrequencies(shares, 0.85)
+    assert nf.clustered.tolist() == [False, True, True]
+    assert nf.freq.tolist() == [-1, 2, 3]

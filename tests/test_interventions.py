@@ -1,7 +1,7 @@
 """Interventions: frequency ablation, neuron transplantation, freezing, embedding transfer.
 
-One small run that groks (a+b mod 23, 400 steps, ~20 s on one core) carries the
-ablation tests; the training interventions use tiny runs of a few steps.
+The session's shared grokked run (conftest: a+b mod 23, 400 steps) carries the ablation tests;
+the training interventions use tiny runs of a few steps.
 """
 
 import fnmatch
@@ -28,18 +28,9 @@ def tiny_cfg(n_layers=1, steps=20, p=7, batch_size=8, **train):
 
 
 @pytest.fixture(scope="module")
-def grokked(tmp_path_factory):
-    # Settings found by a small search: frac 0.7, lr 3e-3 and wd 3 memorise a+b mod 23 by step
-    # ~100 and reach test accuracy 1 by ~300 (wd 2 takes ~800 steps, too slow for a test).
-    cfg = mg.RunConfig(
-        task=mg.TaskConfig(op="add", p=23, frac=0.7, seed=0),
-        model=mg.ModelConfig(n_layers=1, d_model=64, n_heads=4, d_head=16, d_mlp=256),
-        train=mg.TrainConfig(steps=400, lr=3e-3, weight_decay=3.0, warmup_steps=10, eval_every=25,
-                             checkpoint_every=50, device="cpu"))
-    run = mg.train.train(cfg, tmp_path_factory.mktemp("grok") / "run", progress=False, figure=False)
-    m = run.metrics
-    assert m["test_acc"].iloc[-1] > 0.99, f"fixture run did not grok:\n{m.tail()}"
-    return run
+def grokked(grokked_run):
+    assert grokked_run.metrics["test_acc"].iloc[-1] > 0.99, f"shared run did not grok:\n{grokked_run.metrics.tail()}"
+    return grokked_run
 
 
 @pytest.fixture(scope="module")
@@ -88,17 +79,34 @@ def test_hooks_run_on_tl_and_fast_path_and_leave_the_model_unchanged(grokked):
 
 def test_answer_directions_are_cos_sin_of_a_plus_b():
     task = mg.make_task("add", p=11, frac=0.5)
-    D, inside = iv.answer_directions(task, [3])
-    assert inside.all() and torch.allclose(D @ D.T, torch.eye(2), atol=1e-5)
+    q, inside = fourier.answer_directions(task, [3])
+    D = q[:, 1:].T  # column 0 is the constant
+    assert inside.all() and torch.allclose(q.T @ q, torch.eye(3), atol=1e-5)
     s = 2 * math.pi * 3 * (task.a + task.b).double() / 11
     explicit = torch.stack([torch.cos(s), torch.sin(s)]).float()
     explicit = explicit / explicit.norm(dim=1, keepdim=True)
     # same plane: projecting the explicit waves onto D keeps them whole
     assert torch.allclose(D.T @ (D @ explicit.T), explicit.T, atol=1e-5)
-    # division lives on the multiplicative group: the p-1 examples with a = 0 are left out
+    # division lives on the multiplicative group: the p-1 examples with a = 0 are left out; the
+    # group has even order 10, so k = 5 is the lone Nyquist wave (const, cos 1, sin 1, cos 5)
     div = mg.make_task("div", p=11, frac=0.5)
-    Dd, ins = iv.answer_directions(div, [1, 5])
-    assert int((~ins).sum()) == 10 and torch.allclose(Dd @ Dd.T, torch.eye(3), atol=1e-5)
+    qd, ins = fourier.answer_directions(div, [1, 5])
+    assert int((~ins).sum()) == 10 and torch.allclose(qd.T @ qd, torch.eye(4), atol=1e-5)
+
+
+def test_projection_is_one_hook_for_every_op_including_quad():
+    # quad's answers are not spread evenly over the group: the directions are still orthonormal
+    # and the hook is a projection (applying it twice changes nothing)
+    task = mg.make_task("quad", p=11, frac=0.5)
+    acts = torch.randn(121, 3, 5)
+    for mode in iv.MODES:
+        name, fn = iv.frequency_hook(task, [1, 4], mode, "neurons")
+        once = fn(acts)
+        assert name == "blocks.0.mlp.hook_post"
+        assert torch.allclose(fn(once), once, atol=1e-5) and not torch.allclose(once, acts, atol=1e-3)
+    kept = iv.frequency_hook(task, [1, 4], "keep", "logits")[1](acts)[:, -1]
+    removed = iv.frequency_hook(task, [1, 4], "remove", "logits")[1](acts)[:, -1]
+    assert torch.allclose(kept + removed - acts[:, -1].mean(0), acts[:, -1], atol=1e-5)  # mean counted once
 
 
 def test_hooks_remove_exactly_the_named_directions():
@@ -130,14 +138,13 @@ def test_hooks_remove_exactly_the_named_directions():
     assert torch.equal(out_d[div.a == 0, 0], act_d[div.a == 0, 0])  # token 0 is outside the group
 
     neurons = torch.randn(169, 3, 6, generator=g)
-    D, _ = iv.answer_directions(task, [2, 5])
+    q, _ = fourier.answer_directions(task, [2, 5])
     _, fn = iv.frequency_hook(task, [2, 5], "remove", "neurons")
     rm = fn(neurons)
-    assert (D @ rm[:, -1]).abs().max() < 1e-4 and torch.equal(rm[:, :2], neurons[:, :2])
+    assert (q[:, 1:].T @ rm[:, -1]).abs().max() < 1e-4 and torch.equal(rm[:, :2], neurons[:, :2])
     _, fn = iv.frequency_hook(task, [2, 5], "keep", "logits")
     kp = fn(neurons)[:, -1]
-    Dc, _ = iv.answer_directions(task, [2, 5], with_const=True)
-    assert torch.allclose(Dc.T @ (Dc @ kp), kp, atol=1e-4)
+    assert torch.allclose(q @ (q.T @ kp), kp, atol=1e-4)
 
 
 def test_frequency_sweep_and_figure(grokked):

@@ -62,3 +62,46 @@ def test_symbol_aliases_name_the_same_op():
 def test_bad_config_fails_early_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"TaskConfig\.{field}"):
         TaskConfig(**kwargs)
+
+
+def test_an_explicit_split_is_kept_in_order_and_the_test_set_is_the_rest():
+    task = make_task("add", p=7, train_idx=[40, 3, 17, 0])
+    assert task.train_idx.tolist() == [40, 3, 17, 0]
+    assert task.test_idx.tolist() == [i for i in range(49) if i not in (40, 3, 17, 0)]
+    assert task.cfg.frac == pytest.approx(4 / 49)
+    assert "explicit split" in repr(task)
+
+
+def test_an_explicit_split_round_trips_through_the_run_config():
+    import json
+
+    import mechgrok as mg
+
+    cfg = mg.RunConfig(task=mg.TaskConfig(op="sub", p=7, train_idx=(5, 1, 2)))
+    back = mg.RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back.task == cfg.task and mg.Task(back.task).train_idx.tolist() == [5, 1, 2]
+
+
+@pytest.mark.parametrize("idx,msg", [([0, 0], "twice"), ([49], "out of range 0..48"), (list(range(49)), "non-empty")])
+def test_a_bad_explicit_split_fails_naming_the_field(idx, msg):
+    with pytest.raises(ValueError, match=rf"TaskConfig\.train_idx.*{msg}|{msg}"):
+        make_task("add", p=7, train_idx=idx)
+
+
+def test_measures_honour_an_explicit_split():
+    # excluded loss and the train/test metrics read the task's own split, not a seeded one
+    import torch
+
+    import mechgrok as mg
+    from mechgrok import progress
+
+    seeded = make_task("add", p=11, frac=0.5, seed=0)
+    given = make_task("add", p=11, train_idx=seeded.test_idx[:40])
+    cfg = mg.ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32).resolve(given)
+    params = mg.init_params(cfg)
+    logits = mg.forward(params, cfg, given.inputs).double()
+    by_hand = -logits.log_softmax(-1)[seeded.test_idx[:40], given.labels[seeded.test_idx[:40]]].mean()
+    assert progress.excluded_loss(params, given, [], cfg=cfg) == pytest.approx(float(by_hand), rel=1e-9)
+    m = mg.model.split_metrics(logits, given)
+    rest = torch.tensor([i for i in range(121) if i not in set(seeded.test_idx[:40].tolist())])
+    assert m["test_loss"] == pytest.approx(float(-logits.log_softmax(-1)[rest, given.labels[rest]].mean()), rel=1e-9)
