@@ -1,0 +1,519 @@
+"""Populations of runs: ensembles trained in one process, sweeps over settings x seeds, and the
+population table of grokking statistics (issue 9).
+
+    pop = mg.load_population("sweeps/beta1")
+    pop.table              # one row per member: settings, seed, transition metrics, final accuracies
+    pop.summary("beta1")   # per value: n, grok rate, median/IQR of the delay, ...
+    pop.run(0)             # an ordinary Run
+"""
+
+from __future__ import annotations
+
+# --- ensemble trainer and Grokfast (issue 9 parts 1, 5; population helper) ---
+
+
+# --- sweeps and population tables (issue 9 parts 2-4) ---
+#
+# A sweep is a grid (and/or a list of explicit settings) over config fields x seeds. Its members
+# are grouped into chunks of members that can share one ensemble (``ensemble_key``); a chunk is
+# the unit of work, trained in this process (backend "local") or as a Ray task (backend "ray").
+# Sweep directory layout:
+#
+#     sweep.json          the sweep: base config, grid, settings, seeds, every member (id,
+#                         settings, seed) and the fixed chunk plan
+#     members/<id>/       one normal run directory per member (mg.load_run works on it)
+#     finished.jsonl      one line per finished member, appended by the driver as chunks return:
+#                         the manifest that ``--resume`` reads
+#     members.csv         the members table (population table), rewritten after every chunk
+#
+# Only the driver writes sweep.json, finished.jsonl and members.csv; chunks write only their own
+# members' directories, so Ray workers need the sweep directory on a shared filesystem.
+
+import itertools
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .model import ModelConfig
+from .runs import Run, RunConfig, TrainConfig, write_json
+from .tasks import TaskConfig
+
+SWEEP_FILE = "sweep.json"
+MANIFEST_FILE = "finished.jsonl"
+MEMBERS_TABLE = "members.csv"
+MEMBERS_DIR = "members"
+CONFIG_PARTS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig}
+SEED_NAMES = {"seed": "model", "task_seed": "task", "model_seed": "model", "train_seed": "train"}
+UNSWEEPABLE = {"seed", "betas", "frozen", "train_idx", "device", "d_vocab", "d_vocab_out", "n_ctx"}
+RAY_INSTALL_HINT = ("the Ray backend needs Ray: pip install 'mechgrok[ray]' (or pip install 'ray>=2.9'); "
+                    "--backend local runs the same sweep without it")
+
+
+def sweepable_fields() -> list[str]:
+    """The names a sweep (grid, settings, fixed) may set: every field of the task, model and
+    train configs by its name, ``beta1``/``beta2``, and the seeds (``seed`` sets the split, init
+    and batch-order seeds at once; ``task_seed``, ``model_seed``, ``train_seed`` one each). The
+    names of ``presets.configure``, which applies them."""
+    names = [f.name for klass in CONFIG_PARTS.values() for f in fields(klass) if f.name not in UNSWEEPABLE]
+    return sorted(set(names)) + ["beta1", "beta2", *SEED_NAMES]
+
+
+def _check_name(name: str):
+    if name not in sweepable_fields():
+        raise ValueError(f"sweep field {name!r} is not a config field; allowed: {', '.join(sweepable_fields())}")
+
+
+def _current(cfg: RunConfig, name: str):
+    _check_name(name)
+    if name in SEED_NAMES:
+        return getattr(cfg, SEED_NAMES[name]).seed
+    if name in ("beta1", "beta2"):
+        return cfg.train.betas[name == "beta2"]
+    part = next(p for p, klass in CONFIG_PARTS.items() if name in {f.name for f in fields(klass)})
+    return getattr(getattr(cfg, part), name)
+
+
+def parse_value(name: str, text: Any, base: RunConfig):
+    """A sweep value for field ``name``: strings (from the command line) are converted to the
+    type of the base config's value (a number for optional fields such as ``batch_size``)."""
+    current = _current(base, name)
+    if not isinstance(text, str):
+        return text
+    t = text.strip()
+    try:
+        if isinstance(current, bool):
+            if t.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return t.lower() in ("true", "1")
+        if isinstance(current, int):
+            return int(t)
+        if isinstance(current, float):
+            return float(t)
+        if current is None:  # optional field (batch_size, k_bits, stop_after_grok ...): a number
+            return int(t) if t.lstrip("-").isdigit() else float(t)
+    except ValueError:
+        kind = type(current).__name__ if current is not None else "number"
+        raise ValueError(f"sweep field {name}: {text!r} is not a valid {kind} "
+                         f"(base value {current!r})") from None
+    return t
+
+
+def apply_settings(cfg: RunConfig, settings: dict[str, Any]) -> RunConfig:
+    """``cfg`` with ``settings`` (name -> value, names of ``sweepable_fields``) applied by
+    ``presets.configure``; every config re-validates, so a bad value fails naming the field."""
+    from .presets import configure
+
+    for name in settings:
+        _check_name(name)
+    try:
+        return configure(cfg, **settings)
+    except (TypeError, ValueError) as e:
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in settings.items())
+        raise ValueError(f"sweep setting {shown}: {e}") from None
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def member_id(settings: dict[str, Any], seed: int) -> str:
+    """Directory name of a member: its settings and seed, e.g. ``beta1=0.9_seed=3``."""
+    parts = [f"{k}={_fmt(v)}" for k, v in settings.items()] + [f"seed={seed}"]
+    return "_".join(parts).replace("/", "-").replace(" ", "")
+
+
+@dataclass(frozen=True)
+class Member:
+    id: str
+    settings: dict
+    seed: int
+    config: RunConfig
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep: ``grid`` (field -> values; every combination) and/or ``settings`` (explicit
+    dicts of field -> value), each run for every seed in ``seeds`` (a count or the seeds),
+    starting from ``base`` with ``fixed`` (field -> value, e.g. ``stop_after_grok``) set on
+    every member. Field names are those of ``sweepable_fields`` (``presets.configure``'s); a
+    member's seed goes to ``configure(seed=...)`` (split, init and batch order), which
+    ``task_seed`` etc. in ``fixed`` or a setting override. Every member's config is built and
+    validated at construction: a bad value fails before anything trains, naming the field and
+    the allowed values. ``chunk_size``: members per ensemble (one unit of work)."""
+
+    base: RunConfig
+    grid: tuple[tuple[str, tuple], ...] = ()
+    settings: tuple[dict, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    fixed: dict = field(default_factory=dict)
+    chunk_size: int = 8
+
+    def __post_init__(self):
+        grid = self.grid.items() if isinstance(self.grid, dict) else self.grid
+        grid = tuple((name, tuple(parse_value(name, v, self.base) for v in values)) for name, values in grid)
+        for name, values in grid:
+            if not values:
+                raise ValueError(f"sweep field {name}: no values given")
+            if len(set(map(repr, values))) != len(values):
+                raise ValueError(f"sweep field {name}: a value is listed twice: {list(values)}")
+            for v in values:  # each value alone first, so the message names the one that is bad
+                apply_settings(self.base, {name: v})
+        object.__setattr__(self, "grid", grid)
+        object.__setattr__(self, "settings", tuple({k: parse_value(k, v, self.base) for k, v in s.items()}
+                                                   for s in self.settings))
+        object.__setattr__(self, "fixed", {k: parse_value(k, v, self.base) for k, v in dict(self.fixed).items()})
+        seeds = tuple(range(self.seeds)) if isinstance(self.seeds, int) else tuple(int(s) for s in self.seeds)
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"SweepConfig.seeds must be a positive count or distinct integers, got {self.seeds}")
+        object.__setattr__(self, "seeds", seeds)
+        if int(self.chunk_size) < 1:
+            raise ValueError(f"SweepConfig.chunk_size must be >= 1, got {self.chunk_size}")
+        ids = [m.id for m in self.members()]  # builds and validates every member's config
+        dup = next((i for i in ids if ids.count(i) > 1), None)
+        if dup:
+            raise ValueError(f"sweep lists member {dup!r} twice (same settings and seed)")
+
+    def points(self) -> list[dict]:
+        """The settings of the sweep, without seeds: the grid's combinations, then ``settings``."""
+        names = [n for n, _ in self.grid]
+        combos = [dict(zip(names, vals)) for vals in itertools.product(*(v for _, v in self.grid))] if names else []
+        return (combos + [dict(s) for s in self.settings]) or [{}]
+
+    def members(self) -> list[Member]:
+        return [Member(member_id(s, seed), s, seed, apply_settings(self.base, {"seed": seed} | self.fixed | s))
+                for s in self.points() for seed in self.seeds]
+
+    @property
+    def fields(self) -> list[str]:
+        """The swept field names, in order of first appearance."""
+        out: list[str] = []
+        for s in self.points():
+            out += [k for k in s if k not in out]
+        return out
+
+    def to_dict(self) -> dict:
+        return {"base": self.base.to_dict(), "grid": {n: list(v) for n, v in self.grid},
+                "settings": [dict(s) for s in self.settings], "seeds": list(self.seeds),
+                "fixed": dict(self.fixed), "chunk_size": self.chunk_size}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SweepConfig":
+        return cls(base=RunConfig.from_dict(d["base"]), grid=tuple((n, tuple(v)) for n, v in d["grid"].items()),
+                   settings=tuple(d["settings"]), seeds=tuple(d["seeds"]), fixed=d["fixed"],
+                   chunk_size=d["chunk_size"])
+
+
+def _ensemble_key(cfg: RunConfig):
+    """Which members may share an ensemble: the population trainer's ``ensemble_key`` when it is
+    there, else everything but the seeds, lr, weight decay and betas."""
+    key = globals().get("ensemble_key")
+    if key is not None:
+        return key(cfg)
+    t = cfg.train
+    return (repr(replace(cfg.task, seed=0, frac=0.5, train_idx=None)), repr(replace(cfg.model, seed=0)),
+            t.batch_size, t.eval_every, t.checkpoint_every, t.frozen, t.device)
+
+
+def plan_chunks(members: Sequence[Member], chunk_size: int) -> list[list[str]]:
+    """Member ids grouped by ensemble key (in sweep order), cut into chunks of ``chunk_size``."""
+    groups: dict[Any, list[str]] = {}
+    for m in members:
+        groups.setdefault(_ensemble_key(m.config), []).append(m.id)
+    return [ids[i:i + chunk_size] for ids in groups.values() for i in range(0, len(ids), chunk_size)]
+
+
+# --- training a chunk ----------------------------------------------------------------------
+
+
+def _has_run(out: Path) -> bool:
+    return (out / "config.json").exists()
+
+
+def _train_members(cfgs: list[RunConfig], outs: list[Path], progress: bool) -> None:
+    """Train (or finish) the members of one chunk: one ensemble with the population trainer;
+    members whose directories already hold a run are resumed, not restarted."""
+    if "train_ensemble" in globals():
+        if any(_has_run(o) for o in outs):
+            try:
+                globals()["resume_ensemble"](outs, progress=progress)
+                return
+            except (ValueError, FileNotFoundError, KeyError):
+                for o in outs:  # unreadable remains of a crash: start the chunk over
+                    shutil.rmtree(o, ignore_errors=True)
+        globals()["train_ensemble"](cfgs, outs, progress=progress)
+        return
+    from .train import train  # until the ensemble trainer exists: members one after another
+
+    for cfg, out in zip(cfgs, outs):
+        if _has_run(out):
+            shutil.rmtree(out)
+        train(cfg, out, progress=progress, figure=False)
+
+
+def member_record(run: Run) -> dict:
+    """Transition metrics (``progress.transition_metrics``, the one definition) and final
+    accuracies of a run, flat."""
+    from .progress import transition_metrics
+
+    m = run.metrics
+    last = m.iloc[-1] if len(m) else None
+    return transition_metrics(m).to_dict() | {
+        "final_train_acc": float(last["train_acc"]) if last is not None else math.nan,
+        "final_test_acc": float(last["test_acc"]) if last is not None else math.nan,
+        "budget": run.config.train.steps}
+
+
+def train_chunk(sweep_dir: str, ids: list[str], configs: list[dict], progress: bool = False) -> list[dict]:
+    """Train one chunk of a sweep into ``sweep_dir/members/<id>`` and return one record per
+    member (id, seconds, transition metrics). A plain function of plain data: the same call runs
+    in the driver (backend local) and as a Ray task (backend ray)."""
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    t0 = time.time()
+    outs = [Path(sweep_dir) / MEMBERS_DIR / i for i in ids]
+    _train_members([RunConfig.from_dict(c) for c in configs], outs, progress)
+    seconds = time.time() - t0
+    return [{"id": i, "seconds": seconds / len(ids)} | member_record(Run(o)) for i, o in zip(ids, outs)]
+
+
+# --- running a sweep -----------------------------------------------------------------------
+
+
+def read_manifest(sweep_dir: str | Path) -> dict[str, dict]:
+    """Finished members of a sweep: id -> record. A line cut short by a crash is ignored."""
+    f = Path(sweep_dir) / MANIFEST_FILE
+    out = {}
+    if f.exists():
+        for line in f.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            out[rec["id"]] = rec
+    return out
+
+
+def _append_manifest(sweep_dir: Path, records: list[dict]):
+    with open(sweep_dir / MANIFEST_FILE, "a") as f:
+        for rec in records:
+            f.write(json.dumps(rec) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _init_ray(address: str | None):
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError(RAY_INSTALL_HINT) from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def run_sweep(sweep: SweepConfig | None, out: str | Path, resume: bool = False, backend: str = "local",
+              ray_address: str | None = None, cpus_per_chunk: float = 1, gpus_per_chunk: float = 0,
+              progress: bool = True) -> "Population":
+    """Train every member of ``sweep`` into the sweep directory ``out`` (``resume``: finish the
+    sweep stored in ``out``; members in the manifest are skipped) and return the population.
+
+    ``backend``: ``local`` trains the chunks one after another in this process (torch uses all
+    cores inside a step); ``ray`` submits each chunk as a Ray task with ``cpus_per_chunk`` CPUs
+    and ``gpus_per_chunk`` GPUs, on a local Ray instance (``ray.init()``) or the cluster at
+    ``ray_address`` (e.g. ``auto``). Every node must see ``out`` at the same path."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be local or ray, got {backend!r}")
+    if resume:
+        if not (out / SWEEP_FILE).exists():
+            raise FileNotFoundError(f"{out} is not a sweep directory: {SWEEP_FILE} is missing")
+        spec = json.loads((out / SWEEP_FILE).read_text())
+        sweep = SweepConfig.from_dict(spec)
+        chunks = spec["chunks"]
+    else:
+        if sweep is None:
+            raise ValueError("give a SweepConfig (or resume=True to finish the sweep in out)")
+        if (out / SWEEP_FILE).exists():
+            raise FileExistsError(f"{out} already holds a sweep; use --resume to finish it, or choose another --out")
+        members = sweep.members()
+        chunks = plan_chunks(members, sweep.chunk_size)
+        write_json(out / SWEEP_FILE, sweep.to_dict() | {
+            "fields": sweep.fields, "chunks": chunks,
+            "members": [{"id": m.id, "settings": m.settings, "seed": m.seed} for m in members]})
+    members = {m.id: m for m in sweep.members()}
+    done = read_manifest(out)
+    todo = [c for c in chunks if not all(i in done for i in c)]
+    ray = _init_ray(ray_address) if backend == "ray" and todo else None
+
+    bar = tqdm(total=len(members), initial=sum(i in done for i in members), disable=not progress,
+               desc=f"sweep {out.name}", unit="member", dynamic_ncols=True)
+
+    def finished(records: list[dict]):
+        new = [r for r in records if r["id"] not in done]
+        _append_manifest(out, new)
+        done.update({r["id"]: r for r in new})
+        bar.update(len(new))
+        write_members_table(out)
+
+    def args(chunk):
+        return str(out), chunk, [members[i].config.to_dict() for i in chunk]
+
+    if ray is None:
+        for chunk in todo:
+            finished(train_chunk(*args(chunk)))
+    else:
+        task = ray.remote(num_cpus=cpus_per_chunk, num_gpus=gpus_per_chunk)(train_chunk)
+        pending = [task.remote(*args(chunk)) for chunk in todo]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            finished(ray.get(ready[0]))
+    bar.close()
+    write_members_table(out)
+    return load_population(out)
+
+
+def write_members_table(sweep_dir: str | Path) -> Path:
+    """``members.csv``: the population table of the members finished so far (from the
+    manifest's records: no run is re-read)."""
+    pop = load_population(sweep_dir, finished_only=True)
+    f = Path(sweep_dir) / MEMBERS_TABLE
+    pop.table.to_csv(f, index=False)
+    return f
+
+
+# --- population tables ---------------------------------------------------------------------
+
+TRANSITION_COLUMNS = ["memorised_step", "grokked_step", "delay", "max_acceleration_step", "grokked",
+                      "final_gap", "final_train_acc", "final_test_acc", "last_step", "budget"]
+
+
+def _flat_config(cfg: RunConfig) -> dict:
+    """A run's settings by the names of ``sweepable_fields`` (seeds and split left out)."""
+    d = cfg.to_dict()
+    out = {}
+    for part in CONFIG_PARTS:
+        for k, v in d[part].items():
+            if k == "betas":
+                out["beta1"], out["beta2"] = v
+            elif k not in ("seed", "train_idx"):
+                out[k] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+class Population:
+    """Members of a sweep (or any list of run directories) with their grokking statistics.
+
+    ``table``: one row per member (id, swept settings, seed, transition metrics, final
+    accuracies, path); ``summary(field)``: per value of a swept field; ``run(i)``: the member's
+    ``Run`` (by row number or id)."""
+
+    def __init__(self, paths: Sequence[Path], settings: Sequence[dict], seeds: Sequence[int],
+                 ids: Sequence[str], fields: Sequence[str], root: Path | None = None,
+                 records: dict[str, dict] | None = None):
+        self.paths, self.settings, self.seeds = [Path(p) for p in paths], list(settings), list(seeds)
+        self.ids, self.fields, self.root = list(ids), list(fields), root
+        self.records = records or {}  # id -> member_record, as the sweep's manifest holds them
+        self._table: pd.DataFrame | None = None
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __repr__(self):
+        return f"Population({str(self.root) if self.root else 'runs'!r}, {len(self)} members, fields {self.fields})"
+
+    def run(self, i: int | str) -> Run:
+        if isinstance(i, str):
+            if i not in self.ids:
+                raise KeyError(f"no member {i!r}; members: {', '.join(self.ids[:5])}{', ...' if len(self) > 5 else ''}")
+            i = self.ids.index(i)
+        return Run(self.paths[i])
+
+    @property
+    def table(self) -> pd.DataFrame:
+        if self._table is None:
+            rows = []
+            for i, path in enumerate(self.paths):
+                rec = self.records.get(self.ids[i]) or member_record(Run(path))
+                rows.append({"id": self.ids[i], **self.settings[i], "seed": self.seeds[i],
+                             **{c: rec.get(c) for c in TRANSITION_COLUMNS}, "path": str(path)})
+            cols = ["id", *self.fields, "seed", *TRANSITION_COLUMNS, "path"]
+            table = pd.DataFrame(rows, columns=cols)
+            for c in ("memorised_step", "grokked_step", "delay", "max_acceleration_step", "last_step"):
+                table[c] = table[c].astype("Int64")  # integer steps, <NA> where not reached
+            table["grokked"] = table["grokked"].astype(bool)
+            self._table = table
+        return self._table
+
+    def summary(self, field: str | None = None) -> pd.DataFrame:
+        """Per value of ``field`` (default: the one swept field): n, n_grokked, grok_rate,
+        delay median and quartiles (over members that memorised and grokked), grokking and
+        memorisation step medians, how many generalised before memorising, mean final test
+        accuracy."""
+        if field is None:
+            if len(self.fields) != 1:
+                raise ValueError(f"summary needs a field: this population varies {self.fields or 'nothing'}")
+            field = self.fields[0]
+        if field not in self.table.columns:
+            raise ValueError(f"summary field {field!r} is not a column; swept fields: {self.fields}")
+        return summarise(self.table, field)
+
+
+def summarise(table: pd.DataFrame, field: str) -> pd.DataFrame:
+    """The per-value statistics of ``Population.summary`` for any population table."""
+    def stats(g: pd.DataFrame) -> pd.Series:
+        delay = g["delay"].dropna().to_numpy(dtype=float)
+        q = np.percentile(delay, [25, 50, 75]) if len(delay) else [math.nan] * 3
+        first = (g["grokked"] & (g["memorised_step"].isna() | (g["delay"].fillna(1) <= 0))).sum()
+        return pd.Series({
+            "n": len(g), "n_grokked": int(g["grokked"].sum()), "grok_rate": float(g["grokked"].mean()),
+            "n_delay": len(delay), "delay_median": q[1], "delay_q25": q[0], "delay_q75": q[2],
+            "grokked_step_median": float(g["grokked_step"].dropna().median()) if g["grokked"].any() else math.nan,
+            "memorised_step_median": (float(g["memorised_step"].dropna().median())
+                                      if g["memorised_step"].notna().any() else math.nan),
+            "n_grokked_before_memorising": int(first),
+            "final_test_acc_mean": float(g["final_test_acc"].mean()),
+            "last_step_mean": float(g["last_step"].astype(float).mean())})
+
+    key = table[field].map(lambda v: "none" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+    out = table.groupby(key, sort=True)[table.columns].apply(stats)
+    out.index.name = field
+    return out
+
+
+def load_population(source: str | Path | Sequence[str | Path], finished_only: bool = True) -> Population:
+    """A sweep directory (members from ``sweep.json``; ``finished_only``: those in the
+    manifest) or a list of run directories (the swept fields are then the config fields that
+    differ between runs; the seed is the model seed)."""
+    if isinstance(source, (str, os.PathLike)):
+        root = Path(source)
+        spec_file = root / SWEEP_FILE
+        if not spec_file.exists():
+            raise FileNotFoundError(f"{root} is not a sweep directory ({SWEEP_FILE} is missing); pass a list of "
+                                    f"run directories for a population of plain runs")
+        spec = json.loads(spec_file.read_text())
+        done = read_manifest(root) if finished_only else None
+        ms = [m for m in spec["members"] if done is None or m["id"] in done]
+        return Population([root / MEMBERS_DIR / m["id"] for m in ms], [m["settings"] for m in ms],
+                          [m["seed"] for m in ms], [m["id"] for m in ms], spec["fields"], root, done)
+    paths = [Path(p) for p in source]
+    if not paths:
+        raise ValueError("load_population: no run directories given")
+    configs = [Run(p).config for p in paths]
+    flat = [_flat_config(c) for c in configs]
+    varying = [k for k in flat[0] if len({repr(f.get(k)) for f in flat}) > 1]
+    settings = [{k: f[k] for k in varying} for f in flat]
+    ids = [p.name if [q.name for q in paths].count(p.name) == 1 else str(p) for p in paths]
+    return Population(paths, settings, [c.model.seed for c in configs], ids, varying)
+
