@@ -323,11 +323,11 @@ def freeze(run_dir: Path = typer.Argument(..., help="a run directory"),
     from . import interventions as iv
     from .runs import load_run
 
-    def show(res):
+    def show(res: dict):  # one finished continuation (freeze_sweep's row)
         if not as_json:
-            typer.echo(f"from {res.from_step} {res.name:16s} trainable {res.trainable_params}/{res.total_params}  "
-                       f"final test acc {res.final_test_acc:.3f} (max {res.max_test_acc:.3f})  "
-                       f"grokked at {res.grokking_step}")
+            typer.echo(f"from {res['from_step']} {res['name']:16s} trainable {res['trainable_params']}/"
+                       f"{res['total_params']}  final test acc {res['final_test_acc']:.3f} "
+                       f"(max {res['max_test_acc']:.3f})  grokked at {res['grokking_step']}")
 
     run = load_run(run_dir)
     table = iv.freeze_sweep(run, _ints(from_step), interventions, steps,
@@ -397,8 +397,7 @@ def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict
 @app.command()
 def plot(run_dir: Path = typer.Argument(..., help="a run directory"),
          png: bool = typer.Option(True, "--png/--no-png", help="also write PNGs (needs Chromium)")):
-    """(Re)draw a run's figures from its files: the training curve, and the analysis figures if
-    `mechgrok analyze` wrote progress.csv (e.g. after installing Chromium for PNGs)."""
+    """(Re)draw a run's figures: training curve, and analysis figures if analyze wrote progress.csv."""
     from .runs import draw_figures, load_run
 
     for f in draw_figures(load_run(run_dir), png=png):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -37,6 +37,9 @@ _STEP_RE = re.compile(r"step_(\d+)\.safetensors$")
 # --- configs ------------------------------------------------------------------------------
 
 
+GROKFAST_MODES = ("none", "ema", "ma")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to optimise. Validated at construction."""
@@ -54,6 +57,16 @@ class TrainConfig:
     # fnmatch patterns over parameter names kept fixed (e.g. "blocks.*.attn.b_*"); frozen
     # parameters stay out of the optimiser, so weight decay does not touch them either.
     frozen: tuple[str, ...] = ()
+    # Grokfast gradient filter between backward and step (science.md, "Optimiser dynamics"):
+    # "ema": e <- alpha e + (1 - alpha) g, g <- g + lambda e; "ma": g <- g + lambda mean(last
+    # `window` gradients) once the window is full. lambda None: 2 for ema, 5 for ma.
+    grokfast: str = "none"
+    grokfast_alpha: float = 0.98
+    grokfast_lambda: float | None = None
+    grokfast_window: int = 100
+    # Stop this many evaluations after the first one with test accuracy above
+    # progress.GROKKED_TEST_ACC (None: train to `steps`); for sweeps that need transition metrics.
+    stop_after_grok: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -73,6 +86,18 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.batch_size must be >= 1 or None (full batch), got {self.batch_size}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"TrainConfig.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.grokfast not in GROKFAST_MODES:
+            raise ValueError(f"TrainConfig.grokfast must be one of {GROKFAST_MODES}, got {self.grokfast!r}")
+        if not 0 <= self.grokfast_alpha < 1:
+            raise ValueError(f"TrainConfig.grokfast_alpha must be in [0, 1), got {self.grokfast_alpha}")
+        if self.grokfast_lambda is None and self.grokfast != "none":
+            object.__setattr__(self, "grokfast_lambda", {"ema": 2.0, "ma": 5.0}[self.grokfast])
+        if self.grokfast_lambda is not None and self.grokfast_lambda < 0:
+            raise ValueError(f"TrainConfig.grokfast_lambda must be >= 0, got {self.grokfast_lambda}")
+        if int(self.grokfast_window) < 1:
+            raise ValueError(f"TrainConfig.grokfast_window must be >= 1, got {self.grokfast_window}")
+        if self.stop_after_grok is not None and int(self.stop_after_grok) < 0:
+            raise ValueError(f"TrainConfig.stop_after_grok must be >= 0 or None, got {self.stop_after_grok}")
 
 
 @dataclass(frozen=True)
@@ -119,8 +144,10 @@ def _atomic(path: Path, write):
     """Write through a temp file in the same directory, then rename: a reader (or a resume
     after SIGKILL) sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # os.open with mode 0o666 lets the kernel apply the user's umask, as open() would (a
+    # tempfile.mkstemp file is 0600: collaborators could not read checkpoints).
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
         with open(tmp, "rb") as f:
@@ -591,6 +618,16 @@ def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = 
     return run
 
 
+def every_nth_step(run: Run, every: int = 1) -> list[int] | None:
+    """Every ``every``-th checkpoint step of ``run``, always ending at the last (None: all)."""
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    if every == 1:
+        return None
+    steps = run.steps[::every]
+    return steps + [run.steps[-1]] if steps and steps[-1] != run.steps[-1] else steps
+
+
 def draw_figures(run: Run, analysis: bool = True, png: bool = True) -> list[Path]:
     """(Re)draw a run's figures from its files: the training curve from ``metrics.csv`` and,
     with ``analysis`` and a ``progress.csv`` + ``phases.json`` from ``mechgrok analyze``, the
@@ -618,4 +655,126 @@ def draw_figures(run: Run, analysis: bool = True, png: bool = True) -> list[Path
     return written
 
 
-__all__ += ["import_run", "read_foreign", "draw_figures", "ForeignFileError", "ForeignObject"]
+__all__ += ["import_run", "read_foreign", "draw_figures", "every_nth_step", "ForeignFileError", "ForeignObject"]
+
+
+# --- run writer and resume state (the trainer's side of a run directory; issue 8 finding 3) ---
+#
+# resume.safetensors is defined here and nowhere else:
+#   meta.step                              the step it was written at (its newest checkpoint)
+#   param.<name>                           every weight at that step
+#   opt.<name>.step|exp_avg|exp_avg_sq     AdamW state of each trainable parameter (torch's names)
+#   grokfast.<name>.ema | .window, grokfast.count   Grokfast filter state, when the run uses one
+# The solo trainer (train.py) and the ensemble trainer (population.py) both write it through
+# RunWriter, so an ensemble member resumes solo too.
+
+RESUME_FILE = "resume.safetensors"
+DYNAMICS_FILE = "dynamics.csv"
+OPT_KEYS = ("step", "exp_avg", "exp_avg_sq")
+
+
+@dataclass
+class ResumeState:
+    """What training needs to continue exactly: the step, the weights, AdamW's state per
+    trainable parameter (``optimizer[name] = {"step", "exp_avg", "exp_avg_sq"}``) and the
+    gradient filter's state (``grokfast``: ``"<name>.ema"``, ``"<name>.window"``, ``"count"``)."""
+
+    step: int
+    params: Params
+    optimizer: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    grokfast: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"param.{k}": v for k, v in self.params.items()}
+        out |= {f"opt.{k}.{key}": v for k, st in self.optimizer.items() for key, v in st.items()}
+        out |= {f"grokfast.{k}": v for k, v in self.grokfast.items()}
+        out["meta.step"] = torch.tensor(self.step)
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], source: str = "resume state") -> "ResumeState":
+        if "meta.step" not in tensors:
+            raise ValueError(f"{source}: not a mechgrok resume state (meta.step is missing)")
+        optimizer: dict[str, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                name, key = k[len("opt."):].rsplit(".", 1)
+                optimizer.setdefault(name, {})[key] = v
+        return cls(step=int(tensors["meta.step"].item()),
+                   params={k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")},
+                   optimizer=optimizer,
+                   grokfast={k[len("grokfast."):]: v for k, v in tensors.items() if k.startswith("grokfast.")})
+
+
+def read_resume_state(run_dir: str | os.PathLike, name: str = RESUME_FILE) -> ResumeState:
+    """The resume state of a run directory (its newest checkpoint, with AdamW's moments)."""
+    f = Path(run_dir) / name
+    if not f.exists():
+        raise FileNotFoundError(f"{run_dir}: no {name}; the run never reached its first checkpoint")
+    return ResumeState.from_tensors(read_tensors(f), source=str(f))
+
+
+def write_resume_state(run_dir: str | os.PathLike, state: ResumeState, name: str = RESUME_FILE):
+    save_tensors(Path(run_dir) / name, state.to_tensors())
+
+
+def check_new_run_dir(out: str | os.PathLike):
+    """Refuse to start a run in a directory that already holds one, or holds anything else."""
+    out = Path(out)
+    if (out / "config.json").exists():
+        raise FileExistsError(f"{out} already holds a run; use --resume to continue it, or choose another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty directory or a mechgrok run: "
+                              f"choose a new --out")
+
+
+def _read_rows(path: Path, upto: int) -> list[dict]:
+    if not path.exists():
+        return []
+    return [r for r in pd.read_csv(path).to_dict("records") if r["step"] <= upto]
+
+
+class RunWriter:
+    """Writes one run directory as training goes: ``config.json`` when it is created, the
+    evaluation rows (``metrics.csv``) and probe rows (``dynamics.csv``), and at each checkpoint
+    the step's weights and the resume state. ``RunWriter.create`` starts a new directory;
+    ``RunWriter.reopen`` continues one at its resume step (rows after it are dropped, as an
+    uninterrupted run would not have them yet)."""
+
+    def __init__(self, path: Path, rows: list[dict], dynamics: list[dict]):
+        self.path, self.rows, self.dynamics = Path(path), rows, dynamics
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, cfg: RunConfig, device) -> "RunWriter":
+        check_new_run_dir(path)
+        write_json(Path(path) / "config.json", cfg.to_dict() | {"versions": versions(), "device": str(device)})
+        return cls(Path(path), [], [])
+
+    @classmethod
+    def reopen(cls, path: str | os.PathLike, step: int) -> "RunWriter":
+        path = Path(path)
+        return cls(path, _read_rows(path / "metrics.csv", step), _read_rows(path / DYNAMICS_FILE, step))
+
+    def record(self, row: dict) -> dict:
+        self.rows.append({k: row[k] for k in METRIC_COLUMNS})
+        return self.rows[-1]
+
+    def record_dynamics(self, row: dict):
+        self.dynamics.append(row)
+
+    def write_tables(self):
+        write_metrics(self.path / "metrics.csv", self.rows)
+        if self.dynamics:
+            df = pd.DataFrame(self.dynamics)
+            _atomic(self.path / DYNAMICS_FILE, lambda tmp: df.to_csv(tmp, index=False, float_format="%.9g"))
+
+    def checkpoint(self, state: ResumeState, resume_name: str = RESUME_FILE):
+        """The step's weights, then the resume state, then the tables: after a kill at any
+        point the resume state names a step whose checkpoint file exists."""
+        save_tensors(checkpoint_path(self.path, state.step), state.params, metadata={"step": str(state.step)})
+        write_resume_state(self.path, state, resume_name)
+        self.write_tables()
+
+
+__all__ += ["ResumeState", "read_resume_state", "write_resume_state", "check_new_run_dir", "RunWriter",
+            "RESUME_FILE", "DYNAMICS_FILE", "GROKFAST_MODES"]
