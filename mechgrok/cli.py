@@ -94,13 +94,9 @@ def _print_summary(run):
 
 
 def _train_new(cfg, out: Path, progress: bool):
-    from . import train as trainer
+    from .train import train_run
 
-    if hasattr(trainer, "train_run"):
-        run = trainer.train_run(cfg, out, progress=progress)
-    else:  # until the population helper's train_run lands
-        run = trainer.train(cfg, out, progress=progress)
-    _print_summary(run)
+    _print_summary(train_run(cfg, out, progress=progress))
 
 
 @app.command(help=f"Train the embedded demo (a+b mod 53) until it groks: {DEMO_TIME}.")
@@ -159,18 +155,12 @@ def train(
         if out is not None or preset is not None:
             raise ValueError("--resume continues the run in its own directory with its own settings: "
                              "drop --out/--preset")
-        from . import train as trainer
+        from .train import resume_config, resume_run
 
         run = load_run(resume)
-        cfg = configure(run.config, **settings)  # the API refuses any change but steps (and device)
-        start = run.steps[-1] if run.steps else 0
-        typer.echo(f"resuming {resume} from step {start}" + (f" to step {cfg.train.steps}" if steps else ""))
-        if hasattr(trainer, "resume_run"):
-            _print_summary(trainer.resume_run(resume, cfg, progress=progress))
-        else:  # until the population helper's resume_run lands
-            if cfg != run.config:
-                raise ValueError("--resume cannot change settings yet")
-            _print_summary(trainer.train(None, resume, resume=True, progress=progress))
+        cfg = resume_config(run.config, configure(run.config, **settings))  # refuses all but more steps
+        typer.echo(f"resuming {resume} from step {run.steps[-1] if run.steps else 0} to step {cfg.train.steps}")
+        _print_summary(resume_run(resume, cfg, progress=progress))
         return
     if out is None:
         raise ValueError("give --out DIR for a new run (or --resume DIR to continue one)")
@@ -440,6 +430,112 @@ def latent(population: Path = typer.Argument(..., help="a sweep directory, or a 
         typer.echo(f"S{r.state} [{tm.occupancy[r.state]} ckpts] {r.label}: coef {r.coef:.1f} steps/ckpt "
                    f"(95% CI {r.ci_low:.1f}..{r.ci_high:.1f}, p={r.p_value:.3g}, n={r.n}){flag}")
     typer.echo(f"wrote {len(res['written'])} files to {out}")
+
+
+# --- populations of runs: sweeps and population tables (issue 9) ---
+
+
+class Backend(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+def _assignments(texts: list[str], option: str, lists: bool) -> list[tuple[str, object]]:
+    """FIELD=V (or FIELD=V1,V2,... with ``lists``) strings -> (field, value or [values])."""
+    out = []
+    for text in texts:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"{option} expects FIELD={'V1,V2,...' if lists else 'VALUE'}, got {text!r}")
+        out.append((name.strip(), [v for v in value.split(",") if v.strip()] if lists else value))
+    return out
+
+
+@app.command()
+def sweep(
+    out: Optional[Path] = typer.Option(None, help="sweep directory to create"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="finish the sweep in this directory"),
+    preset: str = typer.Option("demo", help="base configuration; see `mechgrok presets`"),
+    grid: list[str] = typer.Option([], "--grid", help="FIELD=V1,V2,... (repeat: every combination)"),
+    setting: list[str] = typer.Option([], "--setting", help="one explicit setting FIELD=V[,FIELD=V...] "
+                                      "(repeatable; added to the grid's points)"),
+    set_: list[str] = typer.Option([], "--set", help="FIELD=VALUE for every member, e.g. steps=3000 (repeatable)"),
+    seeds: int = typer.Option(1, help="seeds 0..N-1 per setting (each sets split, init and batch order)"),
+    stop_after_grok: Optional[int] = typer.Option(None, help="stop a member K evaluations after it groks"),
+    chunk_size: int = typer.Option(8, help="members trained together in one ensemble"),
+    backend: Backend = typer.Option(Backend.local, help="local: chunks one after another here; ray: Ray tasks"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. auto); default: a local Ray"),
+    cpus_per_chunk: float = typer.Option(1.0, help="Ray: CPUs per chunk task"),
+    gpus_per_chunk: float = typer.Option(0.0, help="Ray: GPUs per chunk task"),
+    progress: bool = typer.Option(True, help="show a progress bar over members"),
+):
+    """Train a grid (or list) of settings x seeds as chunks of ensembles; --resume finishes one."""
+    from .population import SweepConfig, run_sweep
+    from .presets import get_preset
+
+    if resume is None and out is None:
+        raise ValueError("give --out DIR for a new sweep (or --resume DIR to finish one)")
+    sw = None
+    if resume is None:
+        fixed = dict(_assignments(set_, "--set", lists=False))
+        if stop_after_grok is not None:
+            fixed["stop_after_grok"] = stop_after_grok
+        settings = [dict(_assignments(s.split(","), "--setting", lists=False)) for s in setting]
+        sw = SweepConfig(get_preset(preset), grid=tuple((n, tuple(v)) for n, v in _assignments(grid, "--grid", True)),
+                         settings=tuple(settings), seeds=seeds, fixed=fixed, chunk_size=chunk_size)
+        typer.echo(f"sweep: {len(sw.members())} members ({len(sw.points())} settings x {len(sw.seeds)} seeds) "
+                   f"-> {out}")
+    try:
+        pop = run_sweep(sw, resume or out, resume=resume is not None, backend=_value(backend),
+                        ray_address=ray_address, cpus_per_chunk=cpus_per_chunk, gpus_per_chunk=gpus_per_chunk,
+                        progress=progress)
+    except ImportError as e:
+        _fail(str(e))
+    _print_population(pop, None)
+
+
+def _print_population(pop, field: Optional[str]):
+    t = pop.table
+    cols = ["id", *pop.fields, "seed", "memorised_step", "grokked_step", "delay", "grokked", "final_test_acc"]
+    typer.echo(t[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    fields = [field] if field else pop.fields
+    for f in fields:
+        typer.echo(f"\nper {f}:")
+        s = pop.summary(f)
+        typer.echo(s[["n", "n_grokked", "grok_rate", "delay_median", "delay_q25", "delay_q75", "grokked_step_median",
+                      "n_grokked_before_memorising"]].to_string(float_format=lambda v: f"{v:.3g}"))
+    return fields
+
+
+@app.command()
+def population(
+    paths: list[Path] = typer.Argument(..., help="a sweep directory, a directory of run directories, or run directories"),
+    field: Optional[str] = typer.Option(None, help="summarise per value of this field (default: every swept field)"),
+    out: Optional[Path] = typer.Option(None, help="where the table and figures go (default: the sweep directory)"),
+    png: bool = typer.Option(True, "--png/--no-png", help="also write PNG figures"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+):
+    """Population table (transition metrics per member) and figure: delay median/IQR and grok rate per value."""
+    from . import plots
+    from .population import load_population
+
+    pop = load_population(paths[0] if len(paths) == 1 else paths)
+    if not len(pop):
+        raise ValueError(f"{paths[0]}: no finished members yet")
+    fields = [field] if field else pop.fields
+    if as_json:
+        typer.echo(json.dumps({"table": json.loads(pop.table.to_json(orient="records")),
+                               "summary": {f: json.loads(pop.summary(f).reset_index().to_json(orient="records"))
+                                           for f in fields}}, indent=2))
+        return
+    _print_population(pop, field)
+    out = out or (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path("."))
+    pop.table.to_csv(out / "population.csv", index=False)
+    typer.echo(f"\nwrote {out / 'population.csv'}")
+    for f in fields:
+        fig = plots.population_summary(pop.summary(f), f, title=f"{Path(str(pop.root or out)).name}: per {f}")
+        for w in plots.save_figure(fig, out / f"population_{f}", png=png):
+            typer.echo(f"wrote {w}")
 
 
 if __name__ == "__main__":
