@@ -403,21 +403,54 @@ def freeze_and_continue(run: Run, from_step: int, intervention: str, steps: int,
 
 def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Sequence[str] = "all",
                  steps: int = 10_000, out_dir: str | Path | None = None, optimizer: str = "fresh",
-                 progress: bool = False, on_result: Callable[[Continuation], None] | None = None
-                 ) -> pd.DataFrame:
-    """``freeze_and_continue`` for every (checkpoint, intervention); one row each. Continuation
-    runs go to ``out_dir/step_{s}/{name}`` (default: temporary directories)."""
+                 progress: bool = True, on_result: Callable[[dict], None] | None = None,
+                 trajectories: bool = False) -> pd.DataFrame:
+    """``freeze_and_continue`` for every (checkpoint, intervention); one row each, with the
+    seconds it took. Continuation runs go to ``out_dir/step_{s}/{name}`` (default: temporary
+    directories). Resumable: with ``out_dir`` every finished continuation is appended to
+    ``out_dir/results.jsonl`` as it ends, and a later call with the same ``out_dir`` skips what
+    is there (a continuation cut off half-way is trained again from its checkpoint).
+    ``trajectories``: keep each continuation's metrics in the rows (column ``trajectory``)."""
+    import json
+    import shutil
+    import time
+
+    from tqdm.auto import tqdm
+
     names = parse_interventions(interventions, run.model_cfg.n_layers)
     for s in from_steps:
         run.resolve_step(s)  # fail before hours of training, not after
-    rows = []
-    for s in from_steps:
-        for name in names:
-            out = None if out_dir is None else Path(out_dir) / f"step_{s}" / name
-            res = freeze_and_continue(run, s, name, steps, out=out, optimizer=optimizer, progress=progress)
-            if on_result:
-                on_result(res)
-            rows.append(res.to_dict())
+    log = None if out_dir is None else Path(out_dir) / "results.jsonl"
+    done = {}
+    if log is not None and log.exists():
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["from_step"], r["name"])] = r
+    todo = [(s, n) for s in from_steps for n in names]
+    bar = tqdm(total=len(todo), initial=sum(k in done for k in todo), desc="freeze and continue",
+               unit="run", disable=not progress, dynamic_ncols=True)
+    for s, name in todo:
+        if (s, name) in done:
+            continue
+        out = None if out_dir is None else Path(out_dir) / f"step_{s}" / name
+        if out is not None:
+            shutil.rmtree(out, ignore_errors=True)
+        t = time.time()
+        res = freeze_and_continue(run, s, name, steps, out=out, optimizer=optimizer)
+        row = res.to_dict(trajectory=True) | {"seconds": round(time.time() - t, 1)}
+        done[(s, name)] = row
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if on_result:
+            on_result(row)
+        bar.set_postfix(last=f"{name}@{s}: test {res.final_test_acc:.2f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    rows = [done[k] for k in todo]
+    if not trajectories:
+        rows = [{k: v for k, v in r.items() if k != "trajectory"} for r in rows]
     return pd.DataFrame(rows)
 
 

@@ -315,3 +315,23 @@ def test_embedding_transfer_starts_from_the_source_embeddings(tiny4, tmp_path):
     with pytest.raises(ValueError, match="source and target have different shapes"):
         iv.embedding_transfer(tiny4, 20, mg.RunConfig(task=mg.TaskConfig(op="add", p=11, frac=0.5),
                                                        model=cfg.model, train=cfg.train), tmp_path / "bad")
+
+
+def test_freeze_sweep_resumes_and_skips_finished_continuations(tiny4, tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    first = iv.freeze_sweep(tiny4, [10], ["baseline", "head"], steps=5, out_dir=out, progress=False)
+    assert list(first["name"]) == ["baseline", "head"] and (out / "results.jsonl").exists()
+    # drop "head" from the log as if the process had died during it, then resume: only head trains
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text(lines[0] + "\n")
+    trained = []
+    real = iv.freeze_and_continue
+
+    def counting(run, s, name, steps, **kw):
+        trained.append(name)
+        return real(run, s, name, steps, **kw)
+
+    monkeypatch.setattr(iv, "freeze_and_continue", counting)
+    again = iv.freeze_sweep(tiny4, [10], ["baseline", "head"], steps=5, out_dir=out, progress=False)
+    assert trained == ["head"]
+    assert again.drop(columns="seconds").equals(first.drop(columns="seconds"))  # deterministic continuation
