@@ -36,6 +36,23 @@ def save_figure(fig: go.Figure, stem: str | Path, png: bool = True, scale: float
     return written
 
 
+def markdown_table(rows, columns: list[str] | None = None, floatfmt: str = ".3g") -> str:
+    """A GitHub markdown table of ``rows`` (a DataFrame or a list of dicts; ``columns`` picks
+    and orders them). None shows as "-", floats with ``floatfmt``: what analyses/ write next to
+    their figures."""
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    columns = list(df.columns) if columns is None else columns
+
+    def cell(v):
+        if v is None or (isinstance(v, float) and v != v):
+            return "-"
+        return format(v, floatfmt) if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in df.to_dict("records")]
+    return "\n".join(lines) + "\n"
+
+
 def training_curve(metrics: pd.DataFrame, title: str = "training", marks: dict[str, float] | None = None
                    ) -> go.Figure:
     """Train/test loss (log scale) and accuracy against step; ``marks`` draws labelled

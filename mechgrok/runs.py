@@ -137,6 +137,18 @@ def versions() -> dict:
     return {"mechgrok": v("mechgrok"), "torch": torch.__version__, "transformer_lens": v("transformer_lens")}
 
 
+def provenance() -> dict:
+    """Where and with what a result was made: machine, cores, torch threads, versions, UTC time.
+    Analyses write it next to their figures (figures must say what made them)."""
+    import datetime
+    import platform
+
+    return {"machine": platform.processor() or platform.machine(), "cpu_cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "made": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} | versions()
+
+
 # --- atomic writes ------------------------------------------------------------------------
 
 

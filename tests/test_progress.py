@@ -303,3 +303,11 @@ def test_phases_follow_the_documented_rule_on_a_synthetic_series():
     # the memorisation phase never ends before the run has memorised
     early_min = table.assign(excluded_loss=np.where(steps < 500, 0.1, 2.0))
     assert progress.phases(early_min).circuit_start >= 1000
+
+
+def test_markdown_table_and_provenance_for_analyses():
+    md = mg.plots.markdown_table([{"seed": 0, "grokked": None, "loss": 0.000123456}, {"seed": 1, "grokked": 250, "loss": 2.0}],
+                                 columns=["seed", "grokked", "loss"])
+    assert md.splitlines() == ["| seed | grokked | loss |", "|---|---|---|", "| 0 | - | 0.000123 |", "| 1 | 250 | 2 |"]
+    prov = mg.runs.provenance()
+    assert prov["torch"] == torch.__version__ and prov["torch_threads"] == torch.get_num_threads()
