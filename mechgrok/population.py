@@ -52,7 +52,7 @@ MEMBERS_TABLE = "members.csv"
 MEMBERS_DIR = "members"
 CONFIG_PARTS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig}
 SEED_NAMES = {"seed": "model", "task_seed": "task", "model_seed": "model", "train_seed": "train"}
-UNSWEEPABLE = {"seed", "betas", "frozen", "train_idx", "device", "d_vocab", "d_vocab_out", "n_ctx"}
+UNSWEEPABLE = {"seed", "betas", "frozen", "train_idx", "d_vocab", "d_vocab_out", "n_ctx"}
 RAY_INSTALL_HINT = ("the Ray backend needs Ray: pip install 'mechgrok[ray]' (or pip install 'ray>=2.9'); "
                     "--backend local runs the same sweep without it")
 
@@ -315,7 +315,7 @@ def _init_ray(address: str | None):
     try:
         import ray
     except ImportError:
-        raise RuntimeError(RAY_INSTALL_HINT) from None
+        raise ImportError(RAY_INSTALL_HINT) from None
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     return ray
@@ -494,14 +494,20 @@ def summarise(table: pd.DataFrame, field: str) -> pd.DataFrame:
 
 def load_population(source: str | Path | Sequence[str | Path], finished_only: bool = True) -> Population:
     """A sweep directory (members from ``sweep.json``; ``finished_only``: those in the
-    manifest) or a list of run directories (the swept fields are then the config fields that
-    differ between runs; the seed is the model seed)."""
+    manifest), a directory of run directories, or a list of run directories (the swept fields
+    are then the config fields that differ between the runs; the seed is the model seed)."""
     if isinstance(source, (str, os.PathLike)):
         root = Path(source)
         spec_file = root / SWEEP_FILE
         if not spec_file.exists():
-            raise FileNotFoundError(f"{root} is not a sweep directory ({SWEEP_FILE} is missing); pass a list of "
-                                    f"run directories for a population of plain runs")
+            if (root / "config.json").exists():
+                raise ValueError(f"{root} is a single run, not a population (a sweep directory, a directory of "
+                                 f"run directories, or a list of them)")
+            runs = sorted(p.parent for p in root.glob("*/config.json"))
+            if not runs:
+                raise FileNotFoundError(f"{root}: neither a sweep directory ({SWEEP_FILE}) nor a directory of run "
+                                        f"directories (sub-directories with a config.json)")
+            return load_population(runs)
         spec = json.loads(spec_file.read_text())
         done = read_manifest(root) if finished_only else None
         ms = [m for m in spec["members"] if done is None or m["id"] in done]
