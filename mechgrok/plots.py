@@ -14,25 +14,34 @@ COLORS = {"train": "#1f77b4", "test": "#d62728", "restricted": "#2ca02c", "exclu
           "other": "#7f7f7f"}
 
 
-def save_figure(fig: go.Figure, stem: str | Path, png: bool = True, scale: float = 2.0) -> list[Path]:
+def save_figure(fig: go.Figure, stem: str | Path, png: bool = True, scale: float = 2.0,
+                plotlyjs: str | bool = "directory") -> list[Path]:
     """Write ``stem.html`` and, if possible, ``stem.png``; return the files written.
 
-    PNG export needs kaleido and a Chromium it can drive. Without one this warns and keeps the
-    HTML: a missing browser must never cost a researcher the run that made the figure.
+    The HTML works offline: by default plotly.js (4.8 MB) is written once per directory as
+    ``plotly.min.js`` next to the figures and referenced by relative path (embedding it would
+    add 4.8 MB to every figure: ~40 MB for an analysed run); keep the HTML with that file.
+    ``plotlyjs=True`` embeds it (one self-contained file), ``"cdn"`` loads it from the web.
+
+    PNG export needs kaleido and a Chromium it can drive. Without one this warns (with kaleido's
+    reason) and keeps the HTML: a missing browser must never cost a researcher the run that
+    made the figure; ``mechgrok plot RUN`` draws the PNGs later.
     """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     html = stem.with_suffix(".html")
-    fig.write_html(html, include_plotlyjs="cdn")
+    fig.write_html(html, include_plotlyjs=plotlyjs)
     written = [html]
     if png:
         try:
             fig.write_image(stem.with_suffix(".png"), scale=scale)
             written.append(stem.with_suffix(".png"))
         except Exception as e:  # kaleido raises several types for "no browser"
-            warnings.warn(f"PNG export skipped for {stem.name} ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}); the HTML figure is at {html}. "
-                          f"Install Chromium (apt-get install chromium) for PNGs.", stacklevel=2)
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            reason = f"{type(e).__name__}: {lines[0][:200]}" if lines else f"{type(e).__name__} from kaleido"
+            # no file name in the message: Python's default filter then shows it once, not per figure
+            warnings.warn(f"PNG export skipped ({reason}); the HTML figures are written. Install Chromium "
+                          f"(apt-get install chromium), then `mechgrok plot RUN` adds the PNGs.", stacklevel=2)
     return written
 
 
@@ -181,18 +190,24 @@ def gini_and_weight_norm(table: pd.DataFrame, phases: dict | None = None, title:
 
 def spectrum_evolution(steps, norms, key_freqs=(), title: str = "embedding spectrum over training",
                        zlabel: str = "norm of W_E") -> go.Figure:
-    """Heat map of a norm per frequency (columns k = 0 ..) at each step (rows)."""
+    """Heat map of a norm per frequency (rows k = 0 ..) at each step (columns). Each key
+    frequency (``key_freqs``: for ``mechgrok analyze``, those of the last measured checkpoint)
+    gets a red ◀ and its k in the right margin, outside the data, explained in the legend."""
     import numpy as np
 
     norms = np.asarray(norms)
     fig = go.Figure(go.Heatmap(z=norms.T, x=list(steps), y=list(range(norms.shape[1])), colorscale="Viridis",
-                               colorbar=dict(title=zlabel),
+                               colorbar=dict(title=zlabel, x=1.07),
                                hovertemplate="step %{x}<br>k=%{y}<br>%{z:.3g}<extra></extra>"))
     for k in key_freqs:
-        fig.add_annotation(x=0, xref="paper", xanchor="right", y=int(k), text=f"{int(k)} ▶", showarrow=False,
+        fig.add_annotation(x=1.0, xref="paper", xanchor="left", y=int(k), text=f"◀ {int(k)}", showarrow=False,
                            font=dict(size=9, color=COLORS["test"]))
-    fig.update_layout(title=title, template="plotly_white", width=1000, height=480, xaxis_title="step",
-                      yaxis_title="frequency k")
+    if len(key_freqs):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="key frequency k (of the final checkpoint)",
+                                 marker=dict(symbol="triangle-left", size=10, color=COLORS["test"])))
+    fig.update_layout(title=title, template="plotly_white", width=1000, height=500, xaxis_title="step",
+                      yaxis_title="frequency k", showlegend=bool(len(key_freqs)),
+                      legend=dict(orientation="h", x=0, y=-0.18), margin=dict(r=120))
     return fig
 
 
