@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 from pathlib import Path
@@ -27,8 +26,9 @@ import torch
 
 import mechgrok as mg
 from mechgrok import interventions as iv
-from mechgrok.plots import grokking_step_distributions, save_figure
-from mechgrok.runs import first_step_above
+from mechgrok.plots import grokking_step_distributions, markdown_table, save_figure
+from mechgrok.progress import transition_metrics
+from mechgrok.runs import provenance
 
 
 def config(model_seed: int, p: int, frac: float, steps: int) -> mg.RunConfig:
@@ -61,7 +61,7 @@ def main():
     src = trained(args.out / "source", lambda d: mg.train.train(config(100, args.p, args.frac, args.steps), d,
                                                                 progress=False, figure=False))
     sm = src.metrics.set_index("step")
-    print(f"source: grokked at {first_step_above(src.metrics, 'test_acc', 0.9)}, test acc at early step "
+    print(f"source: grokked at {transition_metrics(src.metrics).grokked_step}, test acc at early step "
           f"{args.early_step}: {sm.loc[args.early_step, 'test_acc']:.3f}", flush=True)
     arms = {"control": None, "grokked source": src.steps[-1], "early source": args.early_step}
     rows = []
@@ -71,10 +71,9 @@ def main():
             d = args.out / f"seed{seed}" / (arm.replace(" ", "_") + (f"_step{step}" if arm == "early source" else ""))
             run = trained(d, lambda d: mg.train.train(cfg, d, progress=False, figure=False) if step is None
                           else iv.embedding_transfer(src, step, cfg, d, freeze=args.freeze))
-            m = run.metrics
-            rows.append({"seed": seed, "arm": arm, "grokking_step": first_step_above(m, "test_acc", 0.9),
-                         "memorisation_step": first_step_above(m, "train_acc", 0.99),
-                         "final_test_acc": float(m["test_acc"].iloc[-1])})
+            tr = transition_metrics(run.metrics)
+            rows.append({"seed": seed, "arm": arm, "grokking_step": tr.grokked_step,
+                         "memorisation_step": tr.memorised_step, "final_test_acc": float(run.metrics["test_acc"].iloc[-1])})
             print(json.dumps(rows[-1]), flush=True)
 
     groups = {arm: [r["grokking_step"] for r in rows if r["arm"] == arm] for arm in arms}
@@ -85,15 +84,16 @@ def main():
     stem = args.figures / "embedding_transfer"
     save_figure(grokking_step_distributions(groups, title=f"Embedding transfer: a+b mod {args.p}, "
                                                           f"{len(groups['control'])} target seeds"), stem)
-    lines = ["| seed | " + " | ".join(f"{a}: grok / memorise" for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    table = []
     for seed in dict.fromkeys(r["seed"] for r in rows):
-        cells = [next(r for r in rows if r["seed"] == seed and r["arm"] == a) for a in arms]
-        lines.append(f"| {seed} | " + " | ".join(f"{c['grokking_step']} / {c['memorisation_step']}" for c in cells) + " |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        cells = {a: next(r for r in rows if r["seed"] == seed and r["arm"] == a) for a in arms}
+        table.append({"seed": seed} | {f"{a}: grok / memorise": f"{c['grokking_step']} / {c['memorisation_step']}"
+                                       for a, c in cells.items()})
+    md = markdown_table(table)
+    stem.with_suffix(".md").write_text(md)
     stem.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                     "hardware": platform.machine(), "torch": torch.__version__,
-                                                     "rows": rows}, indent=1) + "\n")
-    print("\n".join(lines))
+                                                     "provenance": provenance(), "rows": rows}, indent=1) + "\n")
+    print(md)
 
 
 if __name__ == "__main__":

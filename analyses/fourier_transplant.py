@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import time
@@ -32,7 +31,8 @@ import torch
 import mechgrok as mg
 from mechgrok import interventions as iv
 from mechgrok.plots import grokking_step_distributions, save_figure
-from mechgrok.runs import first_step_above
+from mechgrok.progress import transition_metrics
+from mechgrok.runs import provenance
 
 
 def base_config(seed: int, p: int, frac: float, steps: int) -> mg.RunConfig:
@@ -73,9 +73,8 @@ def main():
         base_dir = args.out / f"seed{seed}" / "base"
         base = mg.load_run(base_dir) if (base_dir / "config.json").exists() else mg.train.train(
             base_config(seed, args.p, args.frac, args.base_steps), base_dir, progress=False, figure=False)
-        m = base.metrics
-        row = {"seed": seed, "base_memorisation_step": first_step_above(m, "train_acc", 0.99),
-               "base_grokking_step": first_step_above(m, "test_acc", 0.9),
+        m, tr = base.metrics, transition_metrics(base.metrics)
+        row = {"seed": seed, "base_memorisation_step": tr.memorised_step, "base_grokking_step": tr.grokked_step,
                "recipient_test_acc": float(m.set_index("step").loc[args.recipient_step, "test_acc"])}
         nf = mg.fourier.neuron_frequencies(base.params(), base.task, cfg=base.model_cfg)
         row["donor_clusters"] = {k: v for k, v in nf.cluster_sizes().items() if k > 0}
@@ -98,8 +97,7 @@ def main():
 
     args.figures.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                     "hardware": platform.machine(), "torch": torch.__version__,
-                                                     "rows": rows}, indent=1) + "\n")
+                                                     "provenance": provenance(), "rows": rows}, indent=1) + "\n")
     report(rows, args, stem)
 
 

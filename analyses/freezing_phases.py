@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,8 +30,9 @@ import torch
 
 import mechgrok as mg
 from mechgrok import interventions as iv
-from mechgrok.plots import freezing_bars, save_figure, training_curve
-from mechgrok.runs import first_step_above
+from mechgrok.plots import freezing_bars, markdown_table, save_figure, training_curve
+from mechgrok.progress import transition_metrics
+from mechgrok.runs import provenance
 
 # Seed 000's final test accuracies (its results JSON): checkpoint 7k, checkpoint 11k.
 PUBLISHED = {
@@ -80,39 +79,17 @@ def main():
     run = mg.load_run(base_dir) if (base_dir / "config.json").exists() else \
         mg.train.train(cfg, base_dir, progress=False)
     base_s = time.time() - t0
-    m = run.metrics
+    m, tr = run.metrics, transition_metrics(run.metrics)
     at = m.set_index("step")
-    print(f"base run {base_dir}: {run.task.describe()}, memorised at {first_step_above(m, 'train_acc', 0.99)}, "
-          f"grokked at {first_step_above(m, 'test_acc', 0.9)}; test acc at checkpoints: "
+    print(f"base run {base_dir}: {run.task.describe()}, memorised at {tr.memorised_step}, "
+          f"grokked at {tr.grokked_step}; test acc at checkpoints: "
           + ", ".join(f"{s}: {at.loc[s, 'test_acc']:.3f}" for s in from_steps), flush=True)
 
-    for s in from_steps:
-        run.params(s)  # a missing checkpoint fails here, before any training
-    done_file = args.out / "results.jsonl"
-    done = {}
-    if done_file.exists():
-        for line in done_file.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["from_step"], r["name"])] = r
+    # resumable: finished continuations are in args.out/results.jsonl and are not trained again
     names = iv.parse_interventions(args.interventions, run.model_cfg.n_layers)
-    for s in from_steps:
-        for name in names:
-            if (s, name) in done:
-                continue
-            out = args.out / f"step_{s}" / name
-            shutil.rmtree(out, ignore_errors=True)  # a continuation cut off half-way
-            t = time.time()
-            res = iv.freeze_and_continue(run, s, name, args.steps, out=out)
-            r = res.to_dict(trajectory=True) | {"seconds": round(time.time() - t, 1)}
-            with open(done_file, "a") as f:
-                f.write(json.dumps(r) + "\n")
-            done[(s, name)] = r
-            print(f"from {s} {name:16s} trainable {res.trainable_params:7d}/{res.total_params}  final test "
-                  f"{res.final_test_acc:.3f}  max {res.max_test_acc:.3f}  grokked at {res.grokking_step}  "
-                  f"({r['seconds']} s)", flush=True)
-
+    results = iv.freeze_sweep(run, from_steps, names, args.steps, out_dir=args.out, trajectories=True)
+    done = {(r["from_step"], r["name"]): r for r in results.to_dict("records")}
     rows = [done[(s, n)] for s in from_steps for n in names]
-    results = pd.DataFrame(rows)
     published = pd.DataFrame([{"name": n, "from_step_index": i, "final_test_acc": PUBLISHED[n][i]}
                               for n in names for i in range(2)])
     args.figures.mkdir(parents=True, exist_ok=True)
@@ -127,20 +104,18 @@ def main():
         g = r["grokking_step"]
         return f"{r['final_test_acc']:.1%} (max {r['max_test_acc']:.0%}, {'grok ' + str(g) if g is not None else 'no grok'})"
 
-    lines = [f"| intervention | trainable / total | ours from {from_steps[0]} | ours from {from_steps[1]} | "
-             f"published from 7k | published from 11k |", "|---|---|---|---|---|---|"]
-    for n in names:
-        a, b = done[(from_steps[0], n)], done[(from_steps[1], n)]
-        lines.append(f"| {n} | {a['trainable_params']:,} / {a['total_params']:,} | {cell(a)} | {cell(b)} | "
-                     f"{PUBLISHED[n][0]:.1%} | {PUBLISHED[n][1]:.1%} |")
-    table = "\n".join(lines)
+    table = markdown_table([
+        {"intervention": n, "trainable / total": f"{done[(from_steps[0], n)]['trainable_params']:,} / "
+                                                 f"{done[(from_steps[0], n)]['total_params']:,}",
+         f"ours from {from_steps[0]}": cell(done[(from_steps[0], n)]),
+         f"ours from {from_steps[1]}": cell(done[(from_steps[1], n)]),
+         "published from 7k": f"{PUBLISHED[n][0]:.1%}", "published from 11k": f"{PUBLISHED[n][1]:.1%}"}
+        for n in names])
     meta = {"config": cfg.to_dict(), "from_steps": from_steps, "steps": args.steps,
-            "base_memorisation_step": first_step_above(m, "train_acc", 0.99),
-            "base_grokking_step": first_step_above(m, "test_acc", 0.9),
+            "base_memorisation_step": tr.memorised_step, "base_grokking_step": tr.grokked_step,
             "base_test_acc_at_checkpoints": {s: float(at.loc[s, "test_acc"]) for s in from_steps},
-            "hardware": f"{platform.processor() or platform.machine()}, torch threads {args.threads}",
-            "torch": torch.__version__, "base_seconds": round(base_s, 1)}
-    stem.with_suffix(".md").write_text(table + "\n")
+            "provenance": provenance(), "base_seconds": round(base_s, 1)}
+    stem.with_suffix(".md").write_text(table)
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": [
         {k: v for k, v in r.items() if k != "trajectory"} for r in rows]}, indent=1) + "\n")
     print(table)

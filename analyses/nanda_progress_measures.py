@@ -6,16 +6,16 @@ our numbers for the nanda preset next to the published ones.
 
 Trains ``runs/nanda`` with the nanda preset (seed 0) if it does not exist (``--steps``
 overrides the preset's 40k), measures every checkpoint (``mg.progress.analyze_run``: key
-frequencies from the final checkpoint, restricted/excluded loss through the neuron hooks,
-Gini, weight norm, phases), writes the figures and tables into ``figures/nanda/`` and prints a
-markdown table of ours against the published numbers (also written to
-``figures/nanda/summary.md``).
+frequencies from the final checkpoint, restricted/excluded loss by Nanda et al.'s definition
+(the logits over all pairs), Gini, weight norm, phases), adds the final restricted loss by the
+TransformerLens demo's definition (neurons, test pairs) for comparison, writes the figures and
+tables into ``figures/nanda/`` and prints a markdown table of ours against the published
+numbers (also written to ``figures/nanda/summary.md``).
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -63,8 +63,8 @@ def main():
     if last < planned:
         print(f"WARNING: {run_dir} is not finished (last checkpoint {last} of {planned} steps)")
 
-    table, written = mg.progress.analyze_run(run, out_dir=args.figures)
-    ph = mg.progress.phases(table)
+    table, ph, written = mg.progress.analyze_run(run, out_dir=args.figures)
+    tr = ph.transitions
     task, params = run.task, run.params(last)
     keys = table.attrs["key_freqs"]
     nf = mg.fourier.neuron_frequencies(params, task, cfg=run.model_cfg)
@@ -72,7 +72,8 @@ def main():
     emb_keys = mg.fourier.key_frequencies(params, task, rule="embedding", cfg=run.model_cfg)
     wl_keys = mg.fourier.key_frequencies(params, task, rule="W_L", cfg=run.model_cfg)
     final = table.iloc[-1]
-    b = ph.boundaries()
+    b = ph.intervals()
+    tl_demo = mg.progress.restricted_loss(run, task, keys, level="neurons")
 
     def span(name):
         return "-" if b[name] is None else f"{fmt_k(b[name][0])} - {fmt_k(b[name][1])}"
@@ -88,12 +89,14 @@ def main():
     }
     lines = ["| measure | Nanda et al. (40k epochs) | ours |", "|---|---|---|"]
     lines += [f"| {k} | {PUBLISHED[k]} | {ours[k]} |" for k in PUBLISHED]
-    extra = (f"\nmemorisation step {ph.memorisation}, grokking step {ph.grokking}, delay {ph.delay}, "
-             f"max acceleration {ph.max_acceleration}; final restricted loss "
-             f"{final['restricted_loss']:.3g}, excluded loss {final['excluded_loss']:.3g}; "
-             f"run {run_dir} ({len(table)} checkpoints, last {last} of {planned}), seed {run.config.task.seed}/"
-             f"{run.config.model.seed}/{run.config.train.seed}, {platform.processor() or platform.machine()}, "
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    prov = mg.runs.provenance()
+    extra = (f"\nmemorised at step {tr.memorised_step}, grokked at {tr.grokked_step} (evaluation grid), delay "
+             f"{tr.delay}, max acceleration {tr.max_acceleration_step}; final restricted loss "
+             f"{final['restricted_loss']:.3g} (Nanda et al.'s definition: logits, all pairs; the TL demo's "
+             f"definition -- neurons, test pairs -- gives {tl_demo:.3g}), excluded loss {final['excluded_loss']:.3g} "
+             f"(logits, train pairs); run {run_dir} ({len(table)} checkpoints, last {last} of {planned}), seeds "
+             f"{run.config.task.seed}/{run.config.model.seed}/{run.config.train.seed}, {prov['cpu_cores']}-core "
+             f"{prov['machine']} CPU, no GPU, torch {prov['torch']}, {prov['torch_threads']} threads")
     md = "\n".join(lines) + "\n" + extra + "\n"
     out = Path(args.figures)
     (out / "summary.md").write_text(md)
