@@ -1,0 +1,267 @@
+"""Optimizer-dynamics measures (issue 10), each pinned to a closed form or a second computation
+written from the definition (never the measure's own code path)."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import mechgrok as mg
+from mechgrok import dynamics as dy
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A tiny 2-layer model on a+b mod 7 with seeded random float64 weights (so
+    that two differentiation paths agree to rounding): (params, cfg, task)."""
+    task = mg.make_task("add", p=7, frac=0.6, seed=0)
+    cfg = mg.ModelConfig(n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16, seed=0).resolve(task)
+    g = torch.Generator().manual_seed(0)
+    params = {k: 0.5 * torch.randn(s, generator=g, dtype=torch.float64) for k, s in mg.model.param_shapes(cfg).items()}
+    return params, cfg, task
+
+
+def _orthonormal(n, k, seed):
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return q[:, :k]
+
+
+# --- Hessian top eigenvalue ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("c, expected", [(3.0, 5.0), (7.0, 7.0)])
+def test_power_iteration_finds_top_eigenvalue_of_planted_quadratic(c, expected):
+    # loss = 1/2 w^T A w + c/2 |M|^2: Hessian blocks A (eigenvalues 5, 2, 1, .5, .1) and c I
+    q = _orthonormal(5, 5, 0)
+    A = q @ torch.diag(torch.tensor([5.0, 2.0, 1.0, 0.5, 0.1], dtype=torch.float64)) @ q.T
+
+    def loss(p, x, y):
+        w = p["w"].double()
+        return 0.5 * w @ A @ w + 0.5 * c * (p["M"].double() ** 2).sum()
+
+    params = {"w": torch.randn(5, dtype=torch.float64), "M": torch.randn(2, 3, dtype=torch.float64)}
+    lam, v, _ = dy.top_eigenvalue_of(loss, params, None, None, iters=500, tol=1e-10)
+    assert lam == pytest.approx(expected, rel=1e-6)
+    # the vector is an eigenvector: H v = lam v, with H v written out by hand
+    hv = torch.cat([A @ v["w"], c * v["M"].flatten()])
+    assert torch.allclose(hv, expected * torch.cat([v["w"], v["M"].flatten()]), atol=1e-3)
+
+
+def test_hvp_of_model_matches_double_backward(small):
+    params, cfg, task = small
+    x, y = dy.examples(task)
+    v = dy._random_like(params, seed=3)
+    hv = dy.hvp_fn(lambda p: dy.model_loss(cfg)(p, x, y), {k: t.detach() for k, t in params.items()})(v)
+    # reverse-over-reverse with torch.autograd: a different differentiation path
+    p = {k: t.clone().requires_grad_(True) for k, t in params.items()}
+    logits = mg.forward(p, cfg, x)
+    loss = torch.nn.functional.cross_entropy(logits.double(), y)
+    g = torch.autograd.grad(loss, list(p.values()), create_graph=True)
+    ref = torch.autograd.grad(g, list(p.values()), grad_outputs=[v[k] for k in p])
+    for k, r in zip(p, ref):
+        torch.testing.assert_close(hv[k], r, rtol=1e-4, atol=1e-6)
+
+
+def test_hessian_top_eigenvalue_matches_dense_hessian(small):
+    params, cfg, task = small
+    names = ["blocks.1.mlp.W_out", "unembed.W_U"]  # a subset keeps the dense Hessian small
+    x, y = dy.examples(task)
+    fixed = {k: v for k, v in params.items() if k not in names}
+    shapes = [params[k].shape for k in names]
+    sizes = [params[k].numel() for k in names]
+
+    def flat_loss(theta):
+        parts = dict(zip(names, (t.view(s) for t, s in zip(theta.split(sizes), shapes))))
+        return torch.nn.functional.cross_entropy(mg.forward({**fixed, **parts}, cfg, x).double(), y)
+
+    theta = torch.cat([params[k].flatten() for k in names])
+    H = torch.autograd.functional.hessian(flat_loss, theta).double()
+    eig = torch.linalg.eigvalsh((H + H.T) / 2)
+    top = float(eig[eig.abs().argmax()])
+    lam = dy.hessian_top_eigenvalue(params, cfg, task, iters=300, tol=1e-7, names=names)
+    assert lam == pytest.approx(top, rel=1e-3)
+
+
+# --- gradient agreement -------------------------------------------------------------------
+
+
+def _linear_loss(p, x, y):
+    # per-example loss x_i . w: the gradient of a half is the mean of its rows
+    return (x @ p["w"]).mean()
+
+
+def test_agreement_is_one_for_identical_halves_and_minus_one_for_opposite():
+    w = {"w": torch.zeros(4, dtype=torch.float64)}
+    row = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    same = row.repeat(10, 1)
+    assert dy.agreement_of(_linear_loss, w, same, torch.zeros(10), seed=3) == pytest.approx(1.0, abs=1e-12)
+    opposite = torch.cat([row.repeat(5, 1), -row.repeat(5, 1)])
+    rows = (torch.arange(5), torch.arange(5, 10))
+    assert dy.agreement_of(_linear_loss, w, opposite, torch.zeros(10), split_rows=rows) == pytest.approx(-1.0, abs=1e-12)
+
+
+def test_agreement_is_cosine_of_half_means_of_the_seeded_split():
+    x = torch.randn(11, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    a, b = dy.halves(11, seed=4)
+    assert (len(a), len(b)) == (5, 6) and sorted(a.tolist() + b.tolist()) == list(range(11))
+    ma, mb = x[a].mean(0).numpy(), x[b].mean(0).numpy()
+    expected = ma @ mb / (np.linalg.norm(ma) * np.linalg.norm(mb))
+    got = dy.agreement_of(_linear_loss, {"w": torch.zeros(6, dtype=torch.float64)}, x, torch.zeros(11), seed=4)
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_agreement_of_the_model_on_the_same_rows_twice_is_one(small):
+    params, cfg, task = small
+    x, y = dy.examples(task)
+    rows = torch.arange(len(y) // 2)
+    assert dy.agreement_of(dy.model_loss(cfg), params, x, y, split_rows=(rows, rows)) == pytest.approx(1.0, abs=1e-6)
+    assert -1 < dy.gradient_agreement(params, cfg, task) < 1
+
+
+# --- effective rank -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("singular", [[1.0, 1.0, 1.0], [3.0, 1.0], [5.0, 2.0, 0.5, 0.1]])
+def test_effective_rank_of_planted_per_sample_gradients(singular):
+    # rows x_i of X = U diag(s) V^T are the per-sample gradients of x_i . w
+    n, d, k = 8, 12, len(singular)
+    X = _orthonormal(n, k, 1) @ torch.diag(torch.tensor(singular, dtype=torch.float64)) @ _orthonormal(d, k, 2).T
+    G = dy.per_sample_gradients(_linear_loss, {"w": torch.zeros(d, dtype=torch.float64)}, X, torch.zeros(n), chunk=3)
+    torch.testing.assert_close(G, X)
+    p = np.array(singular) / sum(singular)
+    assert dy.effective_rank(G) == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-9)
+
+
+def test_effective_rank_extremes():
+    assert dy.effective_rank(torch.ones(5, 7)) == pytest.approx(1.0)  # all gradients parallel
+    assert dy.effective_rank(torch.eye(6)) == pytest.approx(6.0)  # all orthogonal, equal size
+
+
+def test_per_sample_gradients_of_model_match_a_loop_of_backward_passes(small):
+    params, cfg, task = small
+    x, y = dy.examples(task, batch=4, seed=2)
+    G = dy.per_sample_gradients(dy.model_loss(cfg), params, x, y, chunk=3)
+    for i in range(4):
+        p = {k: t.clone().requires_grad_(True) for k, t in params.items()}
+        loss = torch.nn.functional.cross_entropy(mg.forward(p, cfg, x[i:i + 1]).double(), y[i:i + 1])
+        g = torch.autograd.grad(loss, list(p.values()))
+        torch.testing.assert_close(G[i], torch.cat([t.flatten() for t in g]), rtol=1e-4, atol=1e-7)
+
+
+# --- momentum -----------------------------------------------------------------------------
+
+
+def _autograd_gradient(params, cfg, x, y):
+    p = {k: t.clone().requires_grad_(True) for k, t in params.items()}
+    loss = torch.nn.functional.cross_entropy(mg.forward(p, cfg, x).double(), y)
+    return dict(zip(p, torch.autograd.grad(loss, list(p.values()))))
+
+
+def test_momentum_cosine_against_planted_moments(small):
+    params, cfg, task = small
+    g = _autograd_gradient(params, cfg, *dy.examples(task))
+    assert dy.momentum_cosine(params, g, cfg, task) == pytest.approx(1.0, abs=1e-5)
+    assert dy.momentum_cosine(params, {k: -3 * v for k, v in g.items()}, cfg, task) == pytest.approx(-1.0, abs=1e-5)
+    # a moment orthogonal to the gradient within one tensor: cosine 0
+    k = "unembed.W_U"
+    other = torch.randn(g[k].shape, generator=torch.Generator().manual_seed(0))
+    other -= (other * g[k]).sum() / (g[k] ** 2).sum() * g[k]
+    assert dy.momentum_cosine(params, {k: other}, cfg, task) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_probe_columns_warm_start_and_momentum(small):
+    params, cfg, task = small
+    probe = dy.make_probe(cfg, task, measures=dy.MEASURES, hessian_iters=3, rank_n=16)
+    first = probe(0, params, None)
+    assert math.isnan(first["momentum_cos"])
+    cold = dy.hessian_top_eigenvalue(params, cfg, task, iters=20)
+    assert first["hessian_top"] == pytest.approx(cold, rel=1e-6)  # the first probe is a cold 20-iteration run
+    g = _autograd_gradient(params, cfg, *dy.examples(task))
+    second = probe(10, params, g)
+    assert second["hessian_iters"] <= 3
+    assert second["hessian_top"] == pytest.approx(first["hessian_top"], rel=1e-2)
+    assert second["momentum_cos"] == pytest.approx(1.0, abs=1e-5)
+    assert second["agreement"] == pytest.approx(dy.gradient_agreement(params, cfg, task), abs=1e-9)
+    assert second["grad_erank"] == pytest.approx(dy.gradient_effective_rank(params, cfg, task, n=16), rel=1e-9)
+
+
+def test_parse_probe_spec():
+    assert dy.parse_probe("every=10") == {"every": 10}
+    assert dy.parse_probe("every=5,measures=hessian+rank,iters=2") == {
+        "every": 5, "measures": ("hessian", "rank"), "hessian_iters": 2}
+    with pytest.raises(ValueError, match="measures"):
+        dy.parse_probe("every=5,measures=curvature")
+    with pytest.raises(ValueError, match="every"):
+        dy.parse_probe("measures=hessian")
+
+
+# --- limit cycle --------------------------------------------------------------------------
+
+
+def _metrics(test_acc, weight_norm, steps):
+    return pd.DataFrame({"step": steps, "train_loss": 0.0, "test_loss": 0.0,
+                         "train_acc": np.where(steps >= 100, 1.0, 0.5), "test_acc": test_acc,
+                         "weight_sq": np.asarray(weight_norm) ** 2})
+
+
+def test_limit_cycle_finds_planted_period_and_amplitude():
+    steps = np.arange(0, 3001, 10)
+    phase = 2 * np.pi * steps / 150
+    acc = np.where(steps < 500, 0.01, 0.95 + 0.03 * np.sin(phase))
+    norm = np.where(steps < 500, 40.0, 30.0 + 2.0 * np.cos(phase)) - steps / 1000  # plus a slow decay
+    lc = dy.limit_cycle(_metrics(acc, norm, steps))
+    assert lc.verdict == "oscillation" and lc.grokked_step == 500 and lc.collapses == 0
+    assert lc.test_acc.period == pytest.approx(150, rel=0.07)
+    assert lc.weight_norm.period == pytest.approx(150, rel=0.07)
+    assert lc.test_acc.amplitude == pytest.approx(0.03, rel=0.15)
+    assert lc.weight_norm.amplitude == pytest.approx(2.0, rel=0.15)
+
+
+def test_limit_cycle_says_none_for_flat_or_noisy_series():
+    steps = np.arange(0, 3001, 10)
+    rng = np.random.default_rng(0)
+    acc = np.where(steps < 500, 0.01, 0.99)
+    norm = 30 * np.exp(-steps / 5000)
+    assert dy.limit_cycle(_metrics(acc, norm, steps)).verdict == "none"
+    noisy = np.where(steps < 500, 0.01, 0.99 + 0.002 * rng.standard_normal(len(steps)))
+    lc = dy.limit_cycle(_metrics(noisy, norm, steps))
+    assert lc.verdict == "none" and lc.test_acc.period is None
+    assert dy.limit_cycle(_metrics(np.zeros(len(steps)), norm, steps)).verdict == "not grokked"
+
+
+def test_limit_cycle_counts_collapses():
+    steps = np.arange(0, 3001, 10)
+    acc = np.where(steps < 500, 0.01, 0.97)
+    acc = np.where((steps >= 1000) & (steps < 1100), 0.25, acc)
+    acc = np.where((steps >= 2000) & (steps < 2050), 0.3, acc)
+    lc = dy.limit_cycle(_metrics(acc, np.full(len(steps), 30.0), steps), collapse_below=0.5)
+    assert lc.verdict == "collapses" and lc.collapses == 2
+
+
+# --- agreement dips and correlation -------------------------------------------------------
+
+
+def test_agreement_dips_on_planted_series():
+    steps = np.arange(0, 2000, 10)
+    a = 0.5 + 0.02 * np.sin(steps / 7)  # wiggles far below the prominence
+    planted = [300, 900, 1500]
+    for s in planted:
+        a = a - 0.3 * np.exp(-((steps - s) / 20.0) ** 2)
+    dips = dy.agreement_dips(steps, a, prominence=0.1)
+    assert len(dips) == 3 and all(abs(d - s) <= 10 for d, s in zip(dips, planted))
+    assert dy.agreement_dips(steps, a, prominence=0.1, until=1000) == dips[:2]
+
+
+def test_pearson_matches_closed_form():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=20)
+    y = 2 * x + rng.normal(size=20)
+    c = dy.pearson(np.append(x, np.nan), np.append(y, 1.0))  # the NaN pair is dropped
+    xc, yc = x - x.mean(), y - y.mean()
+    r = (xc @ yc) / np.sqrt((xc @ xc) * (yc @ yc))
+    assert c.n == 20 and c.r == pytest.approx(r, abs=1e-12)
+    from scipy.stats import t as student_t
+    tstat = r * np.sqrt(18 / (1 - r * r))
+    assert c.p == pytest.approx(2 * student_t.sf(abs(tstat), 18), rel=1e-6)
