@@ -13,6 +13,6 @@ from .model import ModelConfig, forward, init_params, run_with_hooks, to_tl_mode
 from .presets import PRESETS, get_preset
 from .runs import Run, RunConfig, TrainConfig, import_run, load_hooked_transformer, load_run
 from .tasks import Task, TaskConfig, make_task
-from .train import TrainingDiverged
+from .train import TrainingDiverged, resume_run, train_run  # mg.train is the module; train_run the entry point
 
 __version__ = "0.1.0"

@@ -152,16 +152,24 @@ def provenance() -> dict:
 # --- atomic writes ------------------------------------------------------------------------
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write):
     """Write through a temp file in the same directory, then rename: a reader (or a resume
     after SIGKILL) sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # os.open with mode 0o666 lets the kernel apply the user's umask, as open() would (a
-    # tempfile.mkstemp file is 0600: collaborators could not read checkpoints).
     tmp = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
         write(tmp)
+        # The mode open() would give (0666 less the umask): collaborators on a shared filesystem
+        # read checkpoints as they read figures. (Writers such as safetensors may replace the
+        # temp file with a 0600 one of their own, so the mode is set after writing.)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

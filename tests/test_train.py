@@ -200,3 +200,79 @@ def test_loss_fn_maps_over_stacked_models_with_vmap():
         single = grad(loss)(p)
         for k in single:
             assert torch.allclose(batched[k][i], single[k], atol=1e-7), k
+
+
+# --- run writer, resume state, resume rules, probe hook (issues 7 and 8) ------------------------
+
+
+def test_resume_with_more_steps_extends_a_finished_run_bit_identically(tiny_cfg, tmp_path):
+    longer = replace(tiny_cfg, train=replace(tiny_cfg.train, steps=100))
+    whole = mg.train_run(longer, tmp_path / "whole", progress=False)
+    mg.train_run(tiny_cfg, tmp_path / "ext", progress=False)  # finished at 60
+    extended = mg.resume_run(tmp_path / "ext", longer, progress=False)
+    assert extended.config.train.steps == 100 and mg.load_run(tmp_path / "ext").config == longer
+    assert extended.steps == whole.steps == [0, 20, 40, 60, 80, 100]
+    assert _same_params(whole.params(), extended.params())
+    assert whole.metrics.equals(extended.metrics)
+
+
+def test_resume_refuses_any_other_changed_setting_naming_the_field(tiny_cfg):
+    from mechgrok.train import resume_config
+
+    for changed, field in [(replace(tiny_cfg, train=replace(tiny_cfg.train, lr=1e-2)), "train.lr"),
+                           (replace(tiny_cfg, task=replace(tiny_cfg.task, p=29)), "task.p"),
+                           (replace(tiny_cfg, model=replace(tiny_cfg.model, d_mlp=32)), "model.d_mlp")]:
+        with pytest.raises(ValueError, match=rf"cannot change {field}"):
+            resume_config(tiny_cfg, changed)
+    with pytest.raises(ValueError, match="train.steps=30"):
+        resume_config(tiny_cfg, replace(tiny_cfg, train=replace(tiny_cfg.train, steps=30)))
+    cpu = replace(tiny_cfg, train=replace(tiny_cfg.train, device="cpu"))
+    assert resume_config(tiny_cfg, cpu).train.device == "cpu"  # where to run is not the run
+
+
+def test_refuses_out_that_is_a_nonempty_directory_but_not_a_run(tiny_cfg, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("user's file")
+    with pytest.raises(FileExistsError, match="not an empty directory or a mechgrok run"):
+        mg.train_run(tiny_cfg, tmp_path / "mine", progress=False)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    (tmp_path / "empty").mkdir()  # an empty directory is fine
+    assert mg.train_run(tiny_cfg, tmp_path / "empty", progress=False).steps[-1] == 60
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_run_files_are_written_with_the_users_umask(tmp_path, umask):
+    from mechgrok.runs import write_json
+
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        save_tensors(tmp_path / "b.safetensors", {"w": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    for f in ("a.json", "b.safetensors"):
+        assert (tmp_path / f).stat().st_mode & 0o777 == 0o666 & ~umask, f
+
+
+def test_probe_rows_go_to_dynamics_csv_and_survive_resume(tiny_cfg, tmp_path):
+    import pandas as pd
+
+    from mechgrok.runs import read_resume_state
+
+    def probe(step, params, exp_avg):
+        return {"w_sq": float(sum((v.detach().double() ** 2).sum() for v in params.values())),
+                "m_sq": float(sum((m.double() ** 2).sum() for m in exp_avg.values()))}
+
+    run = mg.train_run(tiny_cfg, tmp_path / "a", progress=False, probe=probe, probe_every=10)
+    dyn = pd.read_csv(tmp_path / "a" / "dynamics.csv")
+    assert dyn["step"].tolist() == [10, 20, 30, 40, 50, 60]
+    # against the files written independently of the probe: the checkpoint and AdamW's moments
+    at40 = run.params(40)
+    assert dyn.loc[dyn.step == 40, "w_sq"].item() == pytest.approx(sum(float((v.double() ** 2).sum()) for v in at40.values()), rel=1e-9)
+    m = read_resume_state(tmp_path / "a").optimizer
+    assert dyn.loc[dyn.step == 60, "m_sq"].item() == pytest.approx(sum(float((s["exp_avg"].double() ** 2).sum()) for s in m.values()), rel=1e-9)
+    # stopped at 40 and resumed to 60: the same rows as the uninterrupted run
+    short = replace(tiny_cfg, train=replace(tiny_cfg.train, steps=40))
+    mg.train_run(short, tmp_path / "b", progress=False, probe=probe, probe_every=10)
+    mg.resume_run(tmp_path / "b", tiny_cfg, progress=False, probe=probe, probe_every=10)
+    assert pd.read_csv(tmp_path / "b" / "dynamics.csv").equals(dyn)
