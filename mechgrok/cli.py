@@ -93,10 +93,21 @@ def _print_summary(run):
         typer.echo(f"figure: {fig}" + (" (+ .png)" if fig.with_suffix(".png").exists() else ""))
 
 
-def _train_new(cfg, out: Path, progress: bool):
+def _train_new(cfg, out: Path, progress: bool, probe: Optional[str] = None):
     from .train import train_run
 
-    _print_summary(train_run(cfg, out, progress=progress))
+    _print_summary(train_run(cfg, out, progress=progress, **_probe_kwargs(probe, cfg)))
+
+
+def _probe_kwargs(spec: Optional[str], cfg) -> dict:
+    """--probe every=N[,measures=...] -> train_run's probe= and probe_every= (issue 10)."""
+    if spec is None:
+        return {}
+    from .dynamics import make_probe, parse_probe
+
+    kw = parse_probe(spec)
+    every = kw.pop("every")
+    return {"probe": make_probe(cfg, **kw), "probe_every": every}
 
 
 @app.command(help=f"Train the embedded demo (a+b mod 53) until it groks: {DEMO_TIME}.")
@@ -140,6 +151,9 @@ def train(
     model_seed: Optional[int] = typer.Option(None),
     device: Optional[Device] = typer.Option(None),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    probe: Optional[str] = typer.Option(None, "--probe", help="measure optimizer dynamics while training -> "
+                                        "dynamics.csv: every=N[,measures=hessian+agreement+momentum+rank]"
+                                        "[,iters=3][,rank_n=32]"),
 ):
     """Train a run (a preset with any field overridden), or --resume a stopped one."""
     from .presets import configure
@@ -160,11 +174,11 @@ def train(
         run = load_run(resume)
         cfg = resume_config(run.config, configure(run.config, **settings))  # refuses all but more steps
         typer.echo(f"resuming {resume} from step {run.steps[-1] if run.steps else 0} to step {cfg.train.steps}")
-        _print_summary(resume_run(resume, cfg, progress=progress))
+        _print_summary(resume_run(resume, cfg, progress=progress, **_probe_kwargs(probe, cfg)))
         return
     if out is None:
         raise ValueError("give --out DIR for a new run (or --resume DIR to continue one)")
-    _train_new(configure(preset or "demo", **settings), out, progress)
+    _train_new(configure(preset or "demo", **settings), out, progress, probe)
 
 
 @app.command()

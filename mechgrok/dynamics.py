@@ -20,8 +20,13 @@ Measures
     previous vector (``return_vector=True`` gives it back), which is what makes probing cheap.
 ``gradient_agreement``
     Cosine between the gradients of the two halves of the examples (a seeded random split into
-    halves of n // 2 and n - n // 2 examples). 1: every example pulls the same way.
-    Cost: one training step.
+    halves of n // 2 and n - n // 2 examples). 1: every example pulls the same way. On the
+    whole train split the halves are complementary: with g the full gradient and d half the
+    difference of the half gradients (equal halves), g_a = g + d, g_b = g - d, so the cosine
+    is ~ (|g|^2 - |d|^2) / (|g|^2 + |d|^2): a signal-to-noise measure that goes to -1 as the
+    full gradient vanishes (near a minimum of the train loss, e.g. after memorisation). With
+    ``batch=B`` the halves are two disjoint random samples of B/2 examples. Cost: one training
+    step.
 ``gradient_effective_rank``
     Effective rank (Roy & Vetterli 2007) of the ``n x n_params`` matrix G of per-sample
     gradients (``vmap(grad)``) on a seeded sample of ``n`` examples (default 128) of the split:
