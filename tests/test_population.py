@@ -1,0 +1,250 @@
+"""Sweeps and population tables (issue 9 parts 2-4): validation before training, chunking,
+resume after a crash, the Ray backend on a local 2-CPU cluster, the population table against
+seed 001's definitions on planted runs, and the CLI commands."""
+
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import mechgrok as mg
+from mechgrok import population as popm
+from mechgrok.cli import app
+from mechgrok.population import SweepConfig, load_population, plan_chunks, read_manifest, run_sweep
+from mechgrok.presets import configure
+from mechgrok.runs import METRIC_COLUMNS, write_json, write_metrics
+
+# a member trains in well under a second: a+b mod 11 on a 16-wide model, 30 full-batch steps
+TINY = dict(p=11, frac=0.6, d_model=16, n_heads=2, d_head=8, d_mlp=32, steps=30, lr=3e-3, warmup_steps=0,
+            eval_every=10, checkpoint_every=30, device="cpu")
+TINY_ARGS = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+
+
+def tiny_sweep(**kw) -> SweepConfig:
+    return SweepConfig(configure("demo", **TINY), **({"grid": {"beta1": (0.0, 0.9)}, "seeds": 2, "chunk_size": 2} | kw))
+
+
+@pytest.fixture(scope="session")
+def local_sweep(tmp_path_factory):
+    """beta1 in {0, 0.9} x seeds {0, 1}, two chunks of two, trained once per session."""
+    return run_sweep(tiny_sweep(), tmp_path_factory.mktemp("sweeps") / "local", progress=False)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray instance with 2 CPUs, started once per session."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _metrics(pop) -> dict[str, pd.DataFrame]:
+    return {i: pop.run(i).metrics for i in pop.ids}
+
+
+# --- validation and chunking (nothing trains) -------------------------------------------------
+
+
+def test_bad_grid_value_fails_before_training_naming_field_and_allowed_values(tmp_path):
+    with pytest.raises(ValueError, match=r"beta1=1\.5: TrainConfig\.betas must be two numbers in \[0, 1\)"):
+        tiny_sweep(grid={"beta1": (0.9, 1.5)})
+    with pytest.raises(ValueError, match=r"'bta1' is not a config field; allowed: .*\bweight_decay\b.*\bbeta1\b"):
+        tiny_sweep(grid={"bta1": (0.9,)})
+    with pytest.raises(ValueError, match=r"lr: 'fast' is not a valid float"):
+        tiny_sweep(grid={"lr": ("fast",)})
+    res = CliRunner().invoke(app, ["sweep", "--out", str(tmp_path / "s"), "--grid", "p=11,12", *TINY_ARGS])
+    assert res.exit_code == 1 and "p=12: TaskConfig.p must be a prime" in res.output
+    assert not (tmp_path / "s").exists(), "nothing may be written (or trained) for an invalid sweep"
+
+
+def test_grid_is_the_product_of_fields_and_members_get_the_named_settings():
+    sw = tiny_sweep(grid={"weight_decay": ("0.5", "1"), "beta1": (0.0, 0.9)}, seeds=3,
+                    settings=({"lr": "0.01"},), fixed={"stop_after_grok": 2})
+    ms = sw.members()
+    assert len(ms) == (2 * 2 + 1) * 3
+    m = next(m for m in ms if m.id == "weight_decay=1_beta1=0.9_seed=2")
+    t = m.config.train
+    assert (t.weight_decay, t.betas, t.seed, t.stop_after_grok) == (1.0, (0.9, 0.98), 2, 2)
+    assert (m.config.task.seed, m.config.model.seed, m.config.task.p) == (2, 2, 11)
+    extra = next(m for m in ms if m.id == "lr=0.01_seed=0")
+    assert extra.config.train.lr == 0.01 and extra.config.train.weight_decay == 1.0  # the base's
+    assert SweepConfig.from_dict(json.loads(json.dumps(sw.to_dict()))).members() == ms
+
+
+def test_chunks_hold_only_members_of_one_shape():
+    sw = tiny_sweep(grid={"d_mlp": (16, 32), "lr": (1e-3, 3e-3)}, seeds=2, chunk_size=3)
+    by_id = {m.id: m.config for m in sw.members()}
+    chunks = plan_chunks(sw.members(), 3)
+    assert sorted(i for c in chunks for i in c) == sorted(by_id)
+    assert all(len(c) <= 3 for c in chunks) and len(chunks) == 4  # 4 members per shape -> 3 + 1, twice
+    assert all(len({by_id[i].model.d_mlp for i in c}) == 1 for c in chunks)
+
+
+# --- training, resume, Ray ------------------------------------------------------------------
+
+
+def test_sweep_member_is_the_solo_run_of_its_settings(local_sweep, tmp_path):
+    base = configure("demo", **TINY)
+    cfg = replace(base, task=replace(base.task, seed=1), model=replace(base.model, seed=1),
+                  train=replace(base.train, seed=1, betas=(0.9, base.train.betas[1])))
+    solo = mg.train.train(cfg, tmp_path / "solo", progress=False, figure=False).metrics
+    member = local_sweep.run("beta1=0.9_seed=1")
+    assert member.config == cfg
+    # ensembles batch the same float ops differently: equal to float32 rounding, not bit for bit
+    np.testing.assert_allclose(member.metrics[METRIC_COLUMNS].to_numpy(), solo[METRIC_COLUMNS].to_numpy(),
+                               rtol=2e-4, atol=1e-6)
+    row = local_sweep.table.set_index("id").loc["beta1=0.9_seed=1"]
+    assert row["final_test_acc"] == pytest.approx(solo["test_acc"].iloc[-1], abs=1e-6)
+    assert row["beta1"] == 0.9 and row["seed"] == 1 and row["last_step"] == 30
+
+
+def test_resume_after_a_crash_trains_only_the_unfinished_members(local_sweep, tmp_path, monkeypatch):
+    real, trained = popm._train_members, []
+
+    def crash_in_second_chunk(cfgs, outs, progress):
+        if trained:  # second chunk: one member gets trained, then the process "dies"
+            real(cfgs[:1], outs[:1], progress)
+            raise KeyboardInterrupt
+        trained.extend(o.name for o in outs)
+        real(cfgs, outs, progress)
+
+    monkeypatch.setattr(popm, "_train_members", crash_in_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(tiny_sweep(), tmp_path / "s", progress=False)
+    assert sorted(read_manifest(tmp_path / "s")) == sorted(trained) and len(trained) == 2
+
+    def record(cfgs, outs, progress):
+        trained.extend(o.name for o in outs)
+        real(cfgs, outs, progress)
+
+    monkeypatch.setattr(popm, "_train_members", record)
+    pop = run_sweep(None, tmp_path / "s", resume=True, progress=False)
+    assert sorted(trained) == sorted(local_sweep.ids), "each member trained once, in its own chunk"
+    again = run_sweep(None, tmp_path / "s", resume=True, progress=False)
+    assert len(trained) == 4 and len(again) == 4, "a finished sweep resumes to nothing"
+    ref = _metrics(local_sweep)
+    for i, m in _metrics(pop).items():
+        np.testing.assert_allclose(m[METRIC_COLUMNS].to_numpy(), ref[i][METRIC_COLUMNS].to_numpy(), rtol=2e-4, atol=1e-6)
+    assert len(pd.read_csv(tmp_path / "s" / popm.MEMBERS_TABLE)) == 4
+
+
+def test_ray_backend_on_a_local_two_cpu_cluster_matches_the_local_sweep(local_sweep, ray_local, tmp_path):
+    pop = run_sweep(tiny_sweep(), tmp_path / "ray", backend="ray", progress=False)
+    assert sorted(read_manifest(tmp_path / "ray")) == sorted(local_sweep.ids)
+    ref = _metrics(local_sweep)
+    for i, m in _metrics(pop).items():
+        np.testing.assert_allclose(m[METRIC_COLUMNS].to_numpy(), ref[i][METRIC_COLUMNS].to_numpy(), rtol=2e-4, atol=1e-6)
+    assert ray_local.available_resources().get("CPU") == 2  # the tasks gave their CPUs back
+
+
+def test_ray_backend_without_ray_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    with pytest.raises(ImportError, match=r"pip install 'mechgrok\[ray\]'"):
+        run_sweep(tiny_sweep(seeds=1), tmp_path / "s", backend="ray", progress=False)
+    res = CliRunner().invoke(app, ["sweep", "--resume", str(tmp_path / "s"), "--backend", "ray"])
+    assert res.exit_code == 1 and "mechgrok[ray]" in res.output
+    assert not read_manifest(tmp_path / "s")
+
+
+# --- population tables on planted runs ------------------------------------------------------
+
+
+def _planted_run(path: Path, weight_decay: float, seed: int, memorised: int | None, grokked: int | None,
+                 steps=(0, 10, 20, 40, 80, 160, 320, 640)):
+    """A run directory whose metrics.csv has train accuracy above 0.99 from ``memorised`` on and
+    test accuracy above 0.9 from ``grokked`` on (None: never)."""
+    cfg = configure("demo", weight_decay=weight_decay, seed=seed, p=11)
+    write_json(path / "config.json", cfg.to_dict())
+    rows = [dict(step=s, train_loss=1.0, test_loss=1.0, weight_sq=1.0,
+                 train_acc=1.0 if memorised is not None and s >= memorised else 0.5,
+                 test_acc=0.95 if grokked is not None and s >= grokked else 0.1) for s in steps]
+    write_metrics(path / "metrics.csv", rows)
+
+
+PLANTED = [  # weight_decay, seed, memorised, grokked
+    (0.0, 0, 10, None), (0.0, 1, 20, 640), (0.0, 2, 10, None),
+    (1.0, 0, 10, 160), (1.0, 1, 20, 320), (1.0, 2, 10, 80), (1.0, 3, 40, 640),
+    (2.0, 0, None, 80), (2.0, 1, 160, 40)]
+
+
+@pytest.fixture
+def planted(tmp_path):
+    for wd, seed, mem, grok in PLANTED:
+        _planted_run(tmp_path / f"wd{wd}_s{seed}", wd, seed, mem, grok)
+    return tmp_path
+
+
+def test_population_table_follows_seed_001_definitions_on_planted_runs(planted):
+    pop = load_population(planted)  # a directory of run directories
+    assert pop.fields == ["weight_decay"] and len(pop) == len(PLANTED)
+    t = pop.table.set_index("id")
+    for wd, seed, mem, grok in PLANTED:
+        row = t.loc[f"wd{wd}_s{seed}"]
+        assert row["weight_decay"] == wd and row["seed"] == seed
+        assert (None if pd.isna(row["memorised_step"]) else row["memorised_step"]) == mem
+        assert (None if pd.isna(row["grokked_step"]) else row["grokked_step"]) == grok
+        assert bool(row["grokked"]) == (grok is not None)
+        if mem is not None and grok is not None:
+            assert row["delay"] == grok - mem
+        assert row["final_test_acc"] == (0.95 if grok is not None else 0.1)
+        assert row["final_gap"] == pytest.approx(1.0 - row["final_test_acc"] if mem is not None else 0.5 - 0.95)
+    assert pop.run("wd1.0_s2").path == planted / "wd1.0_s2"
+    assert load_population(sorted(planted.iterdir())).table.equals(pop.table)  # the same from a list
+
+
+def test_population_summary_per_value_is_median_and_iqr_of_the_delays(planted):
+    s = load_population(planted).summary("weight_decay")
+    assert list(s.index) == [0.0, 1.0, 2.0]
+    delays = {1.0: [150, 300, 70, 600], 0.0: [620]}
+    for wd, d in delays.items():
+        q25, med, q75 = np.percentile(d, [25, 50, 75])
+        assert (s.loc[wd, "delay_median"], s.loc[wd, "delay_q25"], s.loc[wd, "delay_q75"]) == (med, q25, q75)
+    assert s.loc[1.0, "delay_median"] == 225.0  # (150 + 300) / 2, by hand
+    assert list(s["n"]) == [3, 4, 2] and list(s["n_grokked"]) == [1, 4, 2]
+    assert s.loc[0.0, "grok_rate"] == pytest.approx(1 / 3)
+    # wd 2: one never memorises, one generalises (step 40) before it memorises (step 160)
+    assert s.loc[2.0, "n_grokked_before_memorising"] == 2
+    assert s.loc[2.0, "delay_median"] == -120
+
+
+def test_generalisation_gap_figure_shades_train_minus_test(planted):
+    m = mg.load_run(planted / "wd1.0_s0").metrics
+    fig = mg.plots.generalisation_gap_area(m, marks={"memorised": 10, "grokked": 160})
+    gap = next(t for t in fig.data if t.name.startswith("gap"))
+    # planted: train 0.5 then 1.0 from step 10; test 0.1 then 0.95 from step 160
+    assert list(gap.y) == pytest.approx([0.4, 0.9, 0.9, 0.9, 0.9, 0.05, 0.05, 0.05]) and gap.fill == "tozeroy"
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_sweep_resume_and_population_table_and_figure(tmp_path):
+    runner, d = CliRunner(), tmp_path / "sw"
+    res = runner.invoke(app, ["sweep", "--out", str(d), "--grid", "weight_decay=0.5,1", "--seeds", "1",
+                              "--stop-after-grok", "2", "--no-progress", *TINY_ARGS])
+    assert res.exit_code == 0, res.output
+    assert "2 members (2 settings x 1 seeds)" in res.output and "per weight_decay" in res.output
+    lines = (d / popm.MANIFEST_FILE).read_text()
+    res = runner.invoke(app, ["sweep", "--resume", str(d), "--no-progress"])
+    assert res.exit_code == 0 and (d / popm.MANIFEST_FILE).read_text() == lines, "nothing retrained"
+    res = runner.invoke(app, ["population", str(d), "--no-png"])
+    assert res.exit_code == 0, res.output
+    pop = load_population(d)
+    for r in pop.table.itertuples():
+        assert r.id in res.output
+    assert (d / "population_weight_decay.html").stat().st_size > 1000
+    assert pd.read_csv(d / "population.csv")["final_test_acc"].tolist() == pytest.approx(
+        pop.table["final_test_acc"].tolist())
+    res = runner.invoke(app, ["population", str(d), "--json"])
+    out = json.loads(res.output)
+    assert [r["id"] for r in out["table"]] == pop.ids
+    assert out["summary"]["weight_decay"][1]["n"] == 1
+    assert pop.run(0).config.train.stop_after_grok == 2 and pop.run(0).config.train.weight_decay == 0.5
