@@ -93,10 +93,21 @@ def _print_summary(run):
         typer.echo(f"figure: {fig}" + (" (+ .png)" if fig.with_suffix(".png").exists() else ""))
 
 
-def _train_new(cfg, out: Path, progress: bool, probe: Optional[str] = None):
+def _train_new(cfg, out: Path, progress: bool, probe: Optional[str] = None, png: bool = True):
     from .train import train_run
 
-    _print_summary(train_run(cfg, out, progress=progress, **_probe_kwargs(probe, cfg)))
+    _trained(train_run(cfg, out, progress=progress, **_probe_kwargs(probe, cfg)), png)
+
+
+def _trained(run, png: bool):
+    """Draw the training curve of a run just trained, then summarise it."""
+    from .runs import draw_figures
+
+    draw_figures(run, analysis=False, png=png)
+    _print_summary(run)
+
+
+PNG = typer.Option(True, "--png/--no-png", help="also write PNG figures (needs Chromium; HTML is always written)")
 
 
 def _probe_kwargs(spec: Optional[str], cfg) -> dict:
@@ -113,10 +124,10 @@ def _probe_kwargs(spec: Optional[str], cfg) -> dict:
 @app.command(help=f"Train the embedded demo (a+b mod 53) until it groks: {DEMO_TIME}.")
 def demo(out: Path = typer.Option(Path("runs/demo"), help="run directory to create"),
          device: Device = typer.Option(Device.auto),
-         progress: bool = typer.Option(True, help="show a progress bar")):
+         progress: bool = typer.Option(True, help="show a progress bar"), png: bool = PNG):
     from .presets import configure
 
-    _train_new(configure("demo", device=_value(device)), out, progress)
+    _train_new(configure("demo", device=_value(device)), out, progress, png=png)
 
 
 @app.command()
@@ -154,6 +165,7 @@ def train(
     probe: Optional[str] = typer.Option(None, "--probe", help="measure optimizer dynamics while training -> "
                                         "dynamics.csv: every=N[,measures=hessian+agreement+momentum+rank]"
                                         "[,iters=3][,rank_n=32]"),
+    png: bool = PNG,
 ):
     """Train a run (a preset with any field overridden), or --resume a stopped one."""
     from .presets import configure
@@ -174,11 +186,11 @@ def train(
         run = load_run(resume)
         cfg = resume_config(run.config, configure(run.config, **settings))  # refuses all but more steps
         typer.echo(f"resuming {resume} from step {run.steps[-1] if run.steps else 0} to step {cfg.train.steps}")
-        _print_summary(resume_run(resume, cfg, progress=progress, **_probe_kwargs(probe, cfg)))
+        _trained(resume_run(resume, cfg, progress=progress, **_probe_kwargs(probe, cfg)), png)
         return
     if out is None:
         raise ValueError("give --out DIR for a new run (or --resume DIR to continue one)")
-    _train_new(configure(preset or "demo", **settings), out, progress, probe)
+    _train_new(configure(preset or "demo", **settings), out, progress, probe, png)
 
 
 @app.command()
@@ -219,14 +231,14 @@ def analyze(run_dir: Path = typer.Argument(..., help="a run directory"),
                                         "(Nanda et al.) or neurons (TransformerLens Grokking demo)"),
             basis: Basis = typer.Option(Basis.auto, help="dlog: mul/div runs; auto picks it"),
             every: int = typer.Option(1, help="measure every N-th checkpoint"),
-            progress: bool = typer.Option(True, help="show a progress bar")):
+            progress: bool = typer.Option(True, help="show a progress bar"), png: bool = PNG):
     """Progress measures at every checkpoint -> progress.csv, phases.json and figures."""
     from .progress import analyze_run
     from .runs import every_nth_step, load_run
 
     run = load_run(run_dir)
     table, ph, written = analyze_run(run, out, freqs=_ints(freqs), steps=every_nth_step(run, every),
-                                     level=_value(level), basis=_value(basis), progress=progress)
+                                     level=_value(level), basis=_value(basis), progress=progress, png=png)
     tr = ph.transitions
     typer.echo(f"run: {run.path}  ({run.task.describe()}, {len(table)} checkpoints)")
     typer.echo(f"key frequencies ({table.attrs['basis']} basis): {table.attrs['key_freqs']}")
@@ -387,12 +399,12 @@ def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict
                                                  "a JSON list, or integers separated by commas/whitespace "
                                                  "(default: the bundle's train_indices)"),
             step: Optional[int] = typer.Option(None, help="a single state dict's step (default: 0)"),
-            progress: bool = typer.Option(True, help="show a progress bar")):
+            progress: bool = typer.Option(True, help="show a progress bar"), png: bool = PNG):
     """Turn a checkpoint series trained elsewhere into a run directory; nothing in SRC is executed."""
     from .runs import import_run
 
     run = import_run(src, out, op=_value(op), p=p, act_fn=_value(act_fn), split=split, step=step,
-                     progress=progress)
+                     progress=progress, png=png)
     for note in run.meta["imported"]["notes"]:
         typer.echo(f"note: {note}")
     _print_summary(run)
@@ -400,7 +412,7 @@ def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict
 
 @app.command()
 def plot(run_dir: Path = typer.Argument(..., help="a run directory"),
-         png: bool = typer.Option(True, "--png/--no-png", help="also write PNGs (needs Chromium)")):
+         png: bool = PNG):
     """(Re)draw a run's figures: training curve, and analysis figures if analyze wrote progress.csv."""
     from .runs import draw_figures, load_run
 
@@ -551,6 +563,35 @@ def population(
         for w in plots.save_figure(fig, out / f"population_{f}", png=png):
             typer.echo(f"wrote {w}")
 
+
+
+# --- optimizer dynamics (issue 10) ---
+
+
+@app.command()
+def dynamics(path: Path = typer.Argument(..., help="a run directory, or a sweep / directory of runs"),
+             out: Optional[Path] = typer.Option(None, help="where the table and population figures go "
+                                                "(default: PATH)"),
+             measure: bool = typer.Option(True, "--measure/--no-measure", help="measure runs trained without "
+                                          "--probe at their checkpoints (Hessian, agreement, rank)"),
+             prominence: float = typer.Option(0.1, help="an agreement dip: a local minimum at least this "
+                                              "prominent (cosine units)"),
+             png: bool = typer.Option(True, "--png/--no-png", help="also write PNG figures"),
+             progress: bool = typer.Option(True, help="show a progress bar")):
+    """Optimizer dynamics of a run or a population: summary table, geometry figure, limit cycle, dips vs gap."""
+    from .dynamics import analyze
+
+    table, corr, written = analyze(path, out, measure=measure, prominence=prominence, png=png, progress=progress)
+    cols = [c for c in ("run", "weight_decay", "memorised_step", "grokked_step", "delay", "hessian_rise",
+                        "hessian_peak_step", "agreement_first", "agreement_at_memorised", "momentum_cos_plateau",
+                        "erank_drop", "agreement_dips", "limit_verdict", "limit_test_acc_period",
+                        "limit_weight_norm_period", "limit_collapses") if c in table]
+    shown = table[cols].assign(run=[Path(r).name for r in table["run"]])
+    typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    if corr is not None:
+        typer.echo(f"agreement dips vs grokking gap: Pearson r = {corr.r:.3f}, n = {corr.n}, p = {corr.p:.3g}")
+    for f in written:
+        typer.echo(f"wrote {f}")
 
 if __name__ == "__main__":
     app()

@@ -448,7 +448,7 @@ def parse_probe(spec: str) -> dict:
     return out
 
 
-def measure_run(run, steps: Sequence[int] | None = None, measures: Sequence[str] = ("hessian", "agreement", "rank"),
+def measure_run(run, steps: Sequence[int] | None = None, measures: Sequence[str] = MEASURES,
                 hessian_iters: int = 20, rank_n: int = 128, split: str = "train", seed: int = 0,
                 progress: bool = True) -> pd.DataFrame:
     """The measures at ``run``'s checkpoints (default: all), one row per step: columns as
@@ -627,16 +627,55 @@ def pearson(x, y) -> Correlation:
     return Correlation(float(res.statistic), int(keep.sum()), float(res.pvalue))
 
 
-def run_summary(run, prominence: float = 0.1) -> dict:
-    """One row per run: transition metrics, agreement dips (from ``dynamics.csv``), the
-    limit-cycle verdict, and what each probed series did around the transition."""
+def _at(dyn: pd.DataFrame, col: str, step: int | None) -> float:
+    """``col`` at the probe nearest ``step`` (NaN without a step or a value)."""
+    if step is None or col not in dyn or not len(dyn):
+        return float("nan")
+    return float(dyn[col].iloc[int(np.argmin(np.abs(dyn["step"].to_numpy() - step)))])
+
+
+def series_summary(dyn: pd.DataFrame, memorised: int | None, grokked: int | None) -> dict:
+    """What each probed series did around the transition (the numbers seed 004 quotes):
+    ``hessian_rise`` = largest top eigenvalue / the first probe's, and where it peaked;
+    agreement at the first probe and at memorisation; the mean momentum cosine between
+    memorisation and grokking (``momentum_cos_plateau``); the effective rank at memorisation
+    and at grokking and ``erank_drop`` = 1 - erank(grokked) / erank(memorised)."""
+    out: dict = {}
+    if "hessian_top" in dyn and len(dyn):
+        h = dyn["hessian_top"].to_numpy()
+        i = int(np.nanargmax(h))
+        out |= {"hessian_first": float(h[0]), "hessian_peak": float(h[i]),
+                "hessian_peak_step": int(dyn["step"].iloc[i]), "hessian_rise": float(h[i] / h[0]),
+                "hessian_at_grokked": _at(dyn, "hessian_top", grokked),
+                "hessian_final": float(h[-1])}
+    if "agreement" in dyn and len(dyn):
+        out |= {"agreement_first": float(dyn["agreement"].iloc[0]),
+                "agreement_at_memorised": _at(dyn, "agreement", memorised),
+                "agreement_at_grokked": _at(dyn, "agreement", grokked)}
+    if "momentum_cos" in dyn and memorised is not None:
+        end = grokked if grokked is not None else int(dyn["step"].max())
+        w = dyn[(dyn["step"] >= memorised) & (dyn["step"] <= end)]["momentum_cos"]
+        out |= {"momentum_cos_plateau": float(w.mean()) if len(w) else float("nan"),
+                "momentum_cos_plateau_min": float(w.min()) if len(w) else float("nan")}
+    if "grad_erank" in dyn:
+        a, b = _at(dyn, "grad_erank", memorised), _at(dyn, "grad_erank", grokked)
+        out |= {"erank_at_memorised": a, "erank_at_grokked": b, "erank_drop": 1 - b / a if a else float("nan")}
+    return out
+
+
+def run_summary(run, dyn: pd.DataFrame | None = None, prominence: float = 0.1) -> dict:
+    """One row per run: transition metrics, the series summary (``series_summary``), agreement
+    dips (count, over the whole run), and the limit cycle. ``dyn`` defaults to ``dynamics.csv``."""
     from .progress import transition_metrics
 
     tr = transition_metrics(run.metrics)
-    row = {"run": str(run.path), **tr.to_dict()}
-    dyn = read_dynamics(run)
-    if dyn is not None and "agreement" in dyn:
-        row["agreement_dips"] = len(agreement_dips(dyn["step"], dyn["agreement"], prominence))
+    row = {"run": str(run.path), "weight_decay": run.config.train.weight_decay,
+           "beta1": run.config.train.betas[0], **tr.to_dict()}
+    dyn = read_dynamics(run) if dyn is None else dyn
+    if dyn is not None:
+        row |= series_summary(dyn, tr.memorised_step, tr.grokked_step)
+        if "agreement" in dyn:
+            row["agreement_dips"] = len(agreement_dips(dyn["step"], dyn["agreement"], prominence))
     row |= {f"limit_{k}": v for k, v in limit_cycle(run).to_dict().items() if k != "grokked_step"}
     return row
 
@@ -644,11 +683,59 @@ def run_summary(run, prominence: float = 0.1) -> dict:
 def dips_vs_gap(runs, prominence: float = 0.1) -> tuple[pd.DataFrame, Correlation]:
     """Per probed run: agreement dips and the grokking gap (``delay``: grokked - memorised
     step); and their Pearson correlation over the runs where both exist."""
-    table = pd.DataFrame([run_summary(r, prominence) for r in runs])
+    table = pd.DataFrame([run_summary(r, prominence=prominence) for r in runs])
+    return table, _dips_correlation(table)
+
+
+def _dips_correlation(table: pd.DataFrame) -> Correlation:
     if "agreement_dips" not in table:
-        table["agreement_dips"] = np.nan
-    delay = pd.to_numeric(table["delay"], errors="coerce")
-    return table, pearson(table["agreement_dips"], delay)
+        return Correlation(float("nan"), 0, float("nan"))
+    return pearson(table["agreement_dips"], pd.to_numeric(table["delay"], errors="coerce"))
+
+
+def analyze(path, out=None, measure: bool = True, prominence: float = 0.1, png: bool = True,
+            progress: bool = True) -> tuple[pd.DataFrame, Correlation | None, list[Path]]:
+    """``mechgrok dynamics``: for a run, or every run under a sweep directory, the summary table
+    (``dynamics_summary.csv``), the geometry figure per run (``dynamics.html``/``.png`` in the
+    run), and the limit-cycle figure; over several runs also the dips-vs-gap scatter and its
+    Pearson correlation. Runs trained without ``--probe`` are measured at their checkpoints
+    (``measure_run``, written to ``dynamics_checkpoints.csv``) unless ``measure=False``.
+    Returns ``(table, correlation or None, files written)``."""
+    from . import plots
+    from .progress import transition_metrics
+
+    runs = find_runs(path)
+    out = Path(out) if out is not None else Path(path)
+    written: list[Path] = []
+    rows, series, grokked = [], {}, {}
+    for run in runs:
+        dyn = read_dynamics(run)
+        if dyn is None and measure and run.steps:
+            dyn = measure_run(run, progress=progress)
+            f = run.path / "dynamics_checkpoints.csv"
+            dyn.to_csv(f, index=False, float_format="%.9g")
+            written.append(f)
+        tr = transition_metrics(run.metrics)
+        rows.append(run_summary(run, dyn, prominence))
+        label = run.path.name if len(runs) > 1 else f"{run.path.name} (wd {run.config.train.weight_decay:g})"
+        series[label], grokked[label] = run.metrics, tr.grokked_step
+        if dyn is not None:
+            fig = plots.dynamics_geometry(run.metrics, dyn, {"memorised": tr.memorised_step, "grokked": tr.grokked_step},
+                                          title=f"{run.path.name}: what the geometry is doing")
+            written += plots.save_figure(fig, run.path / "dynamics", png=png)
+    table = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "dynamics_summary.csv", index=False, float_format="%.6g")
+    written.append(out / "dynamics_summary.csv")
+    written += plots.save_figure(plots.limit_cycle_figure(dict(list(series.items())[:12]), grokked),
+                                 out / "dynamics_limit_cycle", png=png)
+    corr = None
+    if len(runs) > 1:
+        corr = _dips_correlation(table)
+        if "agreement_dips" in table:
+            fig = plots.dips_vs_gap_scatter(table, corr.r, corr.n, corr.p)
+            written += plots.save_figure(fig, out / "dynamics_dips_vs_gap", png=png)
+    return table, corr, written
 
 
 def find_runs(path) -> list:

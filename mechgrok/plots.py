@@ -436,3 +436,99 @@ def population_summary(summary: pd.DataFrame, field: str | None = None, title: s
     fig.update_yaxes(title_text="fraction grokked", range=[0, 1.15], row=1, col=2)
     fig.update_layout(title=title, template="plotly_white", width=1000, height=420, legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+# --- optimizer dynamics (issue 10) ---
+
+
+def _mark_steps(fig: go.Figure, marks: dict | None, rows: int):
+    for label, step in (marks or {}).items():
+        if step is None:
+            continue
+        for r in range(1, rows + 1):
+            fig.add_vline(x=step, line=dict(color=COLORS["other"], dash="dash", width=1), row=r, col=1)
+        fig.add_annotation(x=step, y=1.0, yref="paper", yanchor="bottom", text=label, showarrow=False,
+                           font=dict(size=10))
+
+
+def dynamics_geometry(metrics: pd.DataFrame, dynamics: pd.DataFrame, marks: dict | None = None,
+                      title: str = "what the geometry is doing") -> go.Figure:
+    """Seed 004's per-run figure on one step axis: train/test accuracy (``metrics.csv``), the
+    Hessian's top eigenvalue (log scale), gradient agreement and momentum cosine, and the
+    effective rank of per-sample gradients (``dynamics.csv`` columns, where present); ``marks``:
+    labelled vertical lines (memorisation and grokking steps)."""
+    panels = [("accuracy", None)]
+    if "hessian_top" in dynamics:
+        panels.append(("Hessian top eigenvalue", "hessian_top"))
+    if "agreement" in dynamics or "momentum_cos" in dynamics:
+        panels.append(("cosine", "cos"))
+    if "grad_erank" in dynamics:
+        panels.append(("effective rank of per-sample gradients", "grad_erank"))
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.05,
+                        subplot_titles=[p[0] for p in panels])
+    for split in ("train", "test"):
+        fig.add_trace(go.Scatter(x=metrics["step"], y=metrics[f"{split}_acc"], name=f"{split} accuracy",
+                                 line=dict(color=COLORS[split])), row=1, col=1)
+    fig.update_yaxes(range=[-0.02, 1.02], title_text="accuracy", row=1, col=1)
+    for row, (_, col) in enumerate(panels[1:], start=2):
+        if col == "cos":
+            for name, color, label in (("agreement", COLORS["restricted"], "gradient agreement (two halves)"),
+                                       ("momentum_cos", COLORS["excluded"], "cos(exp_avg, gradient)")):
+                if name in dynamics:
+                    fig.add_trace(go.Scatter(x=dynamics["step"], y=dynamics[name], name=label,
+                                             line=dict(color=color)), row=row, col=1)
+            fig.add_hline(y=0, line=dict(color=COLORS["other"], width=1), row=row, col=1)
+            fig.update_yaxes(range=[-1.05, 1.05], title_text="cosine", row=row, col=1)
+        else:
+            fig.add_trace(go.Scatter(x=dynamics["step"], y=dynamics[col], name=col,
+                                     line=dict(color=COLORS["other"] if col == "grad_erank" else "#ff7f0e")),
+                          row=row, col=1)
+            if col == "hessian_top":
+                fig.update_yaxes(type="log", exponentformat="power", title_text="lambda_max", row=row, col=1)
+            else:
+                fig.update_yaxes(title_text="erank", row=row, col=1)
+    _mark_steps(fig, marks, len(panels))
+    fig.update_xaxes(title_text="step", row=len(panels), col=1)
+    fig.update_layout(title=title, template="plotly_white", width=900, height=230 * len(panels) + 120,
+                      legend=dict(orientation="h", y=-0.08))
+    return fig
+
+
+def limit_cycle_figure(series: dict[str, pd.DataFrame], grokked: dict[str, int | None],
+                       title: str = "after grokking: test accuracy and weight norm") -> go.Figure:
+    """Test accuracy and weight norm sqrt(weight_sq) after each run's grokking step, one trace
+    per run (``series``: label -> metrics table; ``grokked``: label -> its grokking step);
+    x is steps since grokking. Runs that never grokked are left out (named in the legend)."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("test accuracy", "weight norm"))
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    for i, (label, m) in enumerate(series.items()):
+        g = grokked.get(label)
+        color = palette[i % len(palette)]
+        if g is None:
+            fig.add_trace(go.Scatter(x=[None], y=[None], name=f"{label} (never grokked)", line=dict(color=color)),
+                          row=1, col=1)
+            continue
+        w = m[m["step"] >= g]
+        fig.add_trace(go.Scatter(x=w["step"] - g, y=w["test_acc"], name=label, legendgroup=label,
+                                 line=dict(color=color)), row=1, col=1)
+        fig.add_trace(go.Scatter(x=w["step"] - g, y=w["weight_sq"] ** 0.5, name=label, legendgroup=label,
+                                 showlegend=False, line=dict(color=color)), row=2, col=1)
+    fig.update_yaxes(title_text="accuracy", row=1, col=1)
+    fig.update_yaxes(title_text="||theta||", row=2, col=1)
+    fig.update_xaxes(title_text="steps after grokking", row=2, col=1)
+    fig.update_layout(title=title, template="plotly_white", width=900, height=600, legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+def dips_vs_gap_scatter(table: pd.DataFrame, r: float | None = None, n: int | None = None, p: float | None = None,
+                        title: str = "agreement dips vs grokking gap") -> go.Figure:
+    """One point per run: count of gradient-agreement dips (x) against the grokking gap
+    (``delay``: grokked - memorised step, y), with Pearson r, n and p in the title."""
+    fig = go.Figure(go.Scatter(x=table["agreement_dips"], y=table["delay"], mode="markers",
+                               text=[str(v) for v in table.get("run", [""] * len(table))],
+                               hovertemplate="%{text}<br>dips %{x}, gap %{y}", marker=dict(color=COLORS["train"])))
+    stats = "" if r is None else f" (Pearson r = {r:.3f}, n = {n}, p = {p:.3g})"
+    fig.update_layout(title=title + stats, template="plotly_white", width=700, height=480,
+                      xaxis_title="agreement dips", yaxis_title="grokking gap (steps)")
+    return fig

@@ -265,3 +265,75 @@ def test_pearson_matches_closed_form():
     from scipy.stats import t as student_t
     tstat = r * np.sqrt(18 / (1 - r * r))
     assert c.p == pytest.approx(2 * student_t.sf(abs(tstat), 18), rel=1e-6)
+
+
+# --- probes in the trainer and the `mechgrok dynamics` command ---------------------------
+
+
+def _tiny_cfg(seed, wd=1.0, steps=40):
+    return mg.RunConfig(task=mg.TaskConfig(op="add", p=13, frac=0.6, seed=seed),
+                        model=mg.ModelConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, seed=seed),
+                        train=mg.TrainConfig(steps=steps, lr=3e-3, weight_decay=wd, eval_every=10,
+                                             checkpoint_every=20, seed=seed, device="cpu"))
+
+
+def _random_init(cfg, seed):
+    task = mg.Task(cfg.task)
+    g = torch.Generator().manual_seed(seed)
+    return {k: 0.3 * torch.randn(s, generator=g) for k, s in mg.model.param_shapes(cfg.model.resolve(task)).items()}
+
+
+@pytest.fixture(scope="module")
+def probed_population(tmp_path_factory):
+    """Two probed runs (every 5 steps, every measure) and one unprobed run, 40 steps each; the
+    weights start from seeded random draws (no TransformerLens boot)."""
+    from mechgrok.train import train_run
+
+    root = tmp_path_factory.mktemp("dyn")
+    runs = []
+    for seed in (0, 1):
+        cfg = _tiny_cfg(seed)
+        probe = dy.make_probe(cfg, measures=dy.MEASURES, rank_n=8)
+        runs.append(train_run(cfg, root / "sweep" / f"m{seed}", progress=False, init=_random_init(cfg, seed),
+                              probe=probe, probe_every=5))
+    cfg = _tiny_cfg(2)
+    plain = train_run(cfg, root / "plain", progress=False, init=_random_init(cfg, 2))
+    return root, runs, plain
+
+
+def test_trainer_probe_rows_and_momentum_from_resume_state(probed_population):
+    _, runs, _ = probed_population
+    dyn = pd.read_csv(runs[0].path / "dynamics.csv")
+    assert dyn["step"].tolist() == list(range(5, 41, 5))
+    assert {"hessian_top", "agreement", "momentum_cos", "grad_erank"} <= set(dyn.columns)
+    # the probe's momentum cosine at the last step (live AdamW state, half-gradient mean) equals the
+    # one recomputed afterwards from resume.safetensors (stored moments, full-batch gradient)
+    assert dy.momentum_alignment(runs[0], 40) == pytest.approx(float(dyn["momentum_cos"].iloc[-1]), abs=1e-4)
+    with pytest.raises(ValueError, match="no AdamW moments"):
+        dy.momentum_alignment(runs[0], 20)
+
+
+def test_dynamics_command_on_a_population_and_on_an_unprobed_run(probed_population):
+    from typer.testing import CliRunner
+
+    from mechgrok.cli import app
+
+    root, runs, plain = probed_population
+    res = CliRunner().invoke(app, ["dynamics", str(root / "sweep"), "--no-png", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "Pearson r" in res.output
+    table = pd.read_csv(root / "sweep" / "dynamics_summary.csv")
+    assert len(table) == 2
+    for run, row in zip(runs, table.itertuples()):
+        h = pd.read_csv(run.path / "dynamics.csv")["hessian_top"]
+        assert row.hessian_rise == pytest.approx(h.max() / h.iloc[0], rel=1e-5)
+        assert "Hessian top eigenvalue" in (run.path / "dynamics.html").read_text()
+    assert (root / "sweep" / "dynamics_dips_vs_gap.html").exists()
+
+    res = CliRunner().invoke(app, ["dynamics", str(plain.path), "--no-png", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    ckpt = pd.read_csv(plain.path / "dynamics_checkpoints.csv")
+    assert ckpt["step"].tolist() == plain.steps
+    last = dy.hessian_top_eigenvalue(plain.params(40), plain.model_cfg, plain.task, iters=100, tol=1e-6)
+    assert ckpt["hessian_top"].iloc[-1] == pytest.approx(last, rel=2e-2)
+    assert ckpt["momentum_cos"].iloc[-1] == pytest.approx(dy.momentum_alignment(plain), abs=1e-6)
