@@ -75,14 +75,14 @@ def fourier_basis(n: int) -> tuple[Float[Tensor, "n n"], list[str]]:
     if n < 2:
         raise ValueError(f"fourier_basis needs n >= 2 points, got {n}")
     x = torch.arange(n, dtype=torch.float64)
-    rows, labels = [torch.ones(n, dtype=torch.float64)], ["const"]
-    for k in range(1, n // 2 + 1):
-        rows.append(torch.cos(2 * math.pi * k * x / n))
-        labels.append(f"cos {k}")
-        if 2 * k < n:  # for even n, sin(pi x) vanishes at every integer x
-            rows.append(torch.sin(2 * math.pi * k * x / n))
-            labels.append(f"sin {k}")
-    basis = torch.stack(rows)
+    k = torch.arange(1, n // 2 + 1, dtype=torch.float64)
+    angle = 2 * math.pi * k[:, None] * x[None, :] / n  # [k, x]
+    # interleave cos k, sin k; for even n the Nyquist sine vanishes at every integer x: drop it
+    waves = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1).reshape(-1, n)
+    labels = ["const"] + [f"{trig} {int(f)}" for f in k for trig in ("cos", "sin")]
+    if n % 2 == 0:
+        waves, labels = waves[:-1], labels[:-1]
+    basis = torch.cat([torch.ones(1, n, dtype=torch.float64), waves])
     basis = basis / basis.norm(dim=1, keepdim=True)
     return basis.float(), labels
 

@@ -364,7 +364,7 @@ def _run(
     wanted = set(cache_names)
     cache: dict[str, Tensor] = {}
 
-    def point(name: str, x: Tensor) -> Tensor:
+    def hook_point(name: str, x: Tensor) -> Tensor:
         for fn in hooks.get(name, ()):
             y = fn(x, _HookName(name))
             x = x if y is None else y
@@ -372,34 +372,34 @@ def _run(
             cache[name] = x
         return x
 
-    P, h, n = params, cfg.n_heads, tokens.shape[1]
+    h, n = cfg.n_heads, tokens.shape[1]
     ln = cfg.normalization == "LN"
     act = activation_fn(cfg)
     # Block 0 up to attention sees each token through (token id, position) alone, so its
     # residual, LayerNorm, queries, keys and values can be computed once per (token, position)
     # pair (d_vocab * n_ctx rows) and gathered, instead of once per example. Skipped when the
     # caller hooks or caches the activations this shortcut never materialises.
-    table = not ({"hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre"} & (set(hooks) | wanted))
-    if table:
+    use_token_table = not ({"hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre"} & (set(hooks) | wanted))
+    if use_token_table:
         pair = tokens * n + torch.arange(n, device=tokens.device)  # row of (token, position)
-        x_table = einops.rearrange(token_position_table(P, n), "v p d -> (v p) d")
+        x_table = einops.rearrange(token_position_table(params, n), "v p d -> (v p) d")
     else:
-        x = point("hook_embed", P["embed.W_E"][tokens]) + point("hook_pos_embed", P["pos_embed.W_pos"][:n])
+        x = hook_point("hook_embed", params["embed.W_E"][tokens]) + hook_point("hook_pos_embed", params["pos_embed.W_pos"][:n])
     for layer in range(cfg.n_layers):
         b = f"blocks.{layer}"
         last = last_only and layer == cfg.n_layers - 1
-        W_Q = einops.rearrange(P[f"{b}.attn.W_Q"], "h d k -> d (h k)")
-        W_KV = einops.rearrange(torch.stack([P[f"{b}.attn.W_K"], P[f"{b}.attn.W_V"]]), "two h d k -> d (two h k)")
-        b_KV = torch.stack([P[f"{b}.attn.b_K"], P[f"{b}.attn.b_V"]]).flatten()
-        b_Q = P[f"{b}.attn.b_Q"].flatten()
-        if layer == 0 and table:
-            xn_table = _layer_norm(x_table, P, f"{b}.ln1") if ln else x_table
+        W_Q = einops.rearrange(params[f"{b}.attn.W_Q"], "h d k -> d (h k)")
+        W_KV = einops.rearrange(torch.stack([params[f"{b}.attn.W_K"], params[f"{b}.attn.W_V"]]), "two h d k -> d (two h k)")
+        b_KV = torch.stack([params[f"{b}.attn.b_K"], params[f"{b}.attn.b_V"]]).flatten()
+        b_Q = params[f"{b}.attn.b_Q"].flatten()
+        if layer == 0 and use_token_table:
+            xn_table = _layer_norm(x_table, params, f"{b}.ln1") if ln else x_table
             kv = F.embedding(pair, _affine(xn_table, W_KV, b_KV))
             q = F.embedding(pair[:, -1:] if last else pair, _affine(xn_table, W_Q, b_Q))
             x = F.embedding(pair[:, -1:] if last else pair, x_table)
         else:
-            x = point(f"{b}.hook_resid_pre", x)
-            xn = _layer_norm(x, P, f"{b}.ln1") if ln else x
+            x = hook_point(f"{b}.hook_resid_pre", x)
+            xn = _layer_norm(x, params, f"{b}.ln1") if ln else x
             # One matmul per projection with heads flattened: far cheaper on CPU than per-head
             # batched matmuls for these tiny sequences.
             kv = _affine(xn, W_KV, b_KV)
@@ -415,23 +415,23 @@ def _run(
         if not last:  # the last query sees every key, so only full-sequence queries need a mask
             mask = torch.ones(n, n, dtype=torch.bool, device=tokens.device).triu(1)
             scores = scores.masked_fill(mask, float("-inf"))
-        pattern = point(f"{b}.attn.hook_pattern", scores.softmax(-1))
+        pattern = hook_point(f"{b}.attn.hook_pattern", scores.softmax(-1))
         if n <= _SMALL_CTX:
             z = (pattern[..., None] * v[:, :, None, :, :]).sum(-2)
         else:
             z = pattern @ v  # [batch head q d_head]
         z = einops.rearrange(z, "b h q k -> b q (h k)")
-        attn_out = _affine(z, einops.rearrange(P[f"{b}.attn.W_O"], "h k d -> (h k) d"), P[f"{b}.attn.b_O"])
-        x = x + point(f"{b}.hook_attn_out", attn_out)
-        x = point(f"{b}.hook_resid_mid", x)
-        xn = _layer_norm(x, P, f"{b}.ln2") if ln else x
-        pre = point(f"{b}.mlp.hook_pre", _affine(xn, P[f"{b}.mlp.W_in"], P[f"{b}.mlp.b_in"]))
-        post = point(f"{b}.mlp.hook_post", act(pre))
-        x = x + point(f"{b}.hook_mlp_out", _affine(post, P[f"{b}.mlp.W_out"], P[f"{b}.mlp.b_out"]))
-        x = point(f"{b}.hook_resid_post", x)
+        attn_out = _affine(z, einops.rearrange(params[f"{b}.attn.W_O"], "h k d -> (h k) d"), params[f"{b}.attn.b_O"])
+        x = x + hook_point(f"{b}.hook_attn_out", attn_out)
+        x = hook_point(f"{b}.hook_resid_mid", x)
+        xn = _layer_norm(x, params, f"{b}.ln2") if ln else x
+        pre = hook_point(f"{b}.mlp.hook_pre", _affine(xn, params[f"{b}.mlp.W_in"], params[f"{b}.mlp.b_in"]))
+        post = hook_point(f"{b}.mlp.hook_post", act(pre))
+        x = x + hook_point(f"{b}.hook_mlp_out", _affine(post, params[f"{b}.mlp.W_out"], params[f"{b}.mlp.b_out"]))
+        x = hook_point(f"{b}.hook_resid_post", x)
     if ln:
-        x = _layer_norm(x, P, "ln_final")
-    logits = point("unembed.hook_out", _affine(x, P["unembed.W_U"], P["unembed.b_U"]))
+        x = _layer_norm(x, params, "ln_final")
+    logits = hook_point("unembed.hook_out", _affine(x, params["unembed.W_U"], params["unembed.b_U"]))
     return logits, cache
 
 
@@ -472,14 +472,14 @@ def split_metrics(logits: Float[Tensor, "n_examples d_vocab_out"], task, splits=
     """``{split}_loss`` and ``{split}_acc`` for each of ``splits`` ("train", "test", "all") from
     last-position logits over every example of ``task`` in task order."""
     labels = task.labels.to(logits.device)
-    nll, correct = per_example_loss(logits, labels), (logits.argmax(-1) == labels).double()
     out = {}
     for split in splits:
         if split not in ("train", "test", "all"):
             raise ValueError(f"split must be train, test or all, got {split!r}")
         idx = {"train": task.train_idx, "test": task.test_idx, "all": None}[split]
-        sel = (lambda v: v) if idx is None else (lambda v, i=idx.to(logits.device): v[i])
-        out[f"{split}_loss"], out[f"{split}_acc"] = float(sel(nll).mean()), float(sel(correct).mean())
+        x, y = (logits, labels) if idx is None else (logits[idx.to(logits.device)], labels[idx.to(logits.device)])
+        out[f"{split}_loss"] = float(per_example_loss(x, y).mean())
+        out[f"{split}_acc"] = float((x.argmax(-1) == y).double().mean())
     return out
 
 

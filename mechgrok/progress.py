@@ -228,11 +228,13 @@ def _loss_measures(full, restricted, excluded, task: Task, level: str) -> dict[s
 
 def measure_checkpoint(model, task: Task, freqs, level: str = "logits", basis: str = "auto",
                        cfg: ModelConfig | None = None) -> dict[str, float]:
-    """Every measure for one model (TL model, params dict, ...) by three hooked forwards."""
+    """Every measure for one model by three hooked forwards: through the TL model's own
+    ``run_with_hooks`` when given one, through the fast path otherwise."""
     params, mcfg = as_params(model, cfg)
-    full = hooked_logits((params, mcfg), task)
-    r = hooked_logits((params, mcfg), task, restricted_hooks(task, freqs, mcfg, level, basis=basis))
-    e = hooked_logits((params, mcfg), task, excluded_hooks(task, freqs, mcfg, level, basis=basis))
+    forward_of = model if is_tl_model(model) else (params, mcfg)
+    full = hooked_logits(forward_of, task)
+    r = hooked_logits(forward_of, task, restricted_hooks(task, freqs, mcfg, level, basis=basis))
+    e = hooked_logits(forward_of, task, excluded_hooks(task, freqs, mcfg, level, basis=basis))
     return _loss_measures(full, r, e, task, level) | weight_measures(params, mcfg, task, basis)
 
 
@@ -261,12 +263,12 @@ def grid_forward(params: Params, cfg: ModelConfig, task: Task
     table = token_position_table(P, 3)
     resid = [table[:p, 0], table[bs, 1], table[p, 2][None]]  # residual per token, per position
     q = einops.einsum(resid[2][0], P["blocks.0.attn.W_Q"], "d, h d k -> h k") + P["blocks.0.attn.b_Q"]
-    scores, vo = [], []
+    scores, values_out = [], []
     for r in resid:
         k = einops.einsum(r, P["blocks.0.attn.W_K"], "u d, h d k -> u h k") + P["blocks.0.attn.b_K"]
         v = einops.einsum(r, P["blocks.0.attn.W_V"], "u d, h d k -> u h k") + P["blocks.0.attn.b_V"]
         scores.append(einops.einsum(k, q, "u h k, h k -> u h") / attn_scale(cfg))
-        vo.append(einops.einsum(v, P["blocks.0.attn.W_O"], "u h k, h k d -> u h d"))
+        values_out.append(einops.einsum(v, P["blocks.0.attn.W_O"], "u h k, h k d -> u h d"))
     n_a, n_b, h = p, len(bs), cfg.n_heads
     s = torch.stack([scores[0][:, None].expand(n_a, n_b, h), scores[1][None].expand(n_a, n_b, h),
                      scores[2][None].expand(n_a, n_b, h)], dim=-1)
@@ -284,9 +286,9 @@ def grid_forward(params: Params, cfg: ModelConfig, task: Task
         return out.reshape(n_a * n_b, -1)
 
     W_in, W_U = P["blocks.0.mlp.W_in"], P["unembed.W_U"]
-    pre = mix([t @ W_in for t in vo], resid_eq @ W_in + P["blocks.0.mlp.b_in"])
+    pre = mix([t @ W_in for t in values_out], resid_eq @ W_in + P["blocks.0.mlp.b_in"])
     post = activation_fn(cfg)(pre)
-    base = mix([t @ W_U for t in vo], (resid_eq + P["blocks.0.mlp.b_out"]) @ W_U + P["unembed.b_U"])
+    base = mix([t @ W_U for t in values_out], (resid_eq + P["blocks.0.mlp.b_out"]) @ W_U + P["unembed.b_U"])
     return base, post
 
 
