@@ -438,6 +438,27 @@ def population_summary(summary: pd.DataFrame, field: str | None = None, title: s
     return fig
 
 
+def population_curves(curves: dict[str, pd.DataFrame], columns: tuple[str, ...] = ("test_acc",),
+                      titles: tuple[str, ...] | None = None, title: str = "members", x: str = "step",
+                      x_scale: float = 1.0, x_title: str = "step") -> go.Figure:
+    """One line per member (``curves``: label -> its metrics table), one panel per column
+    (e.g. test accuracy and weight norm); members with the same label prefix before " seed"
+    share a colour. ``x_scale`` rescales the x axis (e.g. 0.1 for epochs of 10 steps)."""
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    groups = list(dict.fromkeys(label.split(" seed")[0] for label in curves))
+    fig = make_subplots(rows=1, cols=len(columns), subplot_titles=titles or columns, horizontal_spacing=0.1)
+    for label, m in curves.items():
+        g = label.split(" seed")[0]
+        color = palette[groups.index(g) % len(palette)]
+        for col, c in enumerate(columns, start=1):
+            fig.add_trace(go.Scatter(x=m[x] * x_scale, y=m[c], name=label, legendgroup=g, showlegend=col == 1,
+                                     line=dict(color=color, width=1.5)), row=1, col=col)
+    fig.update_xaxes(title_text=x_title)
+    fig.update_layout(title=title, template="plotly_white", width=520 * len(columns), height=430,
+                      legend=dict(orientation="h", y=-0.22))
+    return fig
+
+
 # --- optimizer dynamics (issue 10) ---
 
 
@@ -532,3 +553,4 @@ def dips_vs_gap_scatter(table: pd.DataFrame, r: float | None = None, n: int | No
     fig.update_layout(title=title + stats, template="plotly_white", width=700, height=480,
                       xaxis_title="agreement dips", yaxis_title="grokking gap (steps)")
     return fig
+
