@@ -256,12 +256,18 @@ def _fit_hmm(X: np.ndarray, lengths: list[int], n_states: int, covariance: str, 
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     logging.getLogger("hmmlearn").setLevel(logging.ERROR)
-    models = []
+    models, errors = [], []
     for r in range(restarts):
         m = GaussianHMM(n_components=n_states, covariance_type=covariance, n_iter=n_iter,
                         random_state=seed * 1000 + r, min_covar=1e-3)
-        m.fit(X, lengths)
-        models.append((m.score(X, lengths), m))
+        try:  # EM can empty a state (a zero row in the transition matrix): that restart is dropped
+            m.fit(X, lengths)
+            models.append((m.score(X, lengths), m))
+        except ValueError as e:
+            errors.append(str(e))
+    if not models:
+        raise ValueError(f"every one of {restarts} GaussianHMM fits with {n_states} states failed "
+                         f"({errors[0]}); the data may not support that many states")
     best = max(models, key=lambda t: t[0])[1]
     return best, [m for _, m in models]
 
@@ -283,7 +289,8 @@ class ModelSelection:
     """``table``: per number of states, the held-out log-likelihood per checkpoint of the
     best restart (``heldout_ll``) and its mean and std over restarts, the fit-set
     log-likelihood, AIC and BIC (on the fit set), and the number of free parameters.
-    ``best``: the number of states with the lowest BIC."""
+    ``best``: the number of states with the lowest BIC. A row is NaN where every restart
+    emptied a state (hmmlearn then has no valid transition matrix)."""
 
     table: pd.DataFrame
     features: list[str]
@@ -313,7 +320,11 @@ def select_states(pop, max_states: int = 8, features=None, covariance: str = "di
     Y, ly = _sequences(z, features, out_m)
     rows = []
     for n in tqdm(range(1, max_states + 1), desc="HMM states", disable=not progress):
-        best, models = _fit_hmm(X, lx, n, covariance, restarts, seed, n_iter)
+        try:
+            best, models = _fit_hmm(X, lx, n, covariance, restarts, seed, n_iter)
+        except ValueError:
+            rows.append({"n_states": n})  # no restart converged to n occupied states: NaN row
+            continue
         held = np.array([m.score(Y, ly) for m in models]) / len(Y)
         rows.append({"n_states": n, "heldout_ll": best.score(Y, ly) / len(Y), "heldout_ll_mean": held.mean(),
                      "heldout_ll_std": held.std(), "fit_ll": best.score(X, lx) / len(X),
@@ -476,9 +487,18 @@ def analyze_population(pop, out_dir, n_states: int | None = None, features=None,
     features = _features(features, table)
     sel = select_states(table, max_states=max_states, features=features, covariance=covariance,
                         restarts=restarts, seed=seed, progress=progress)
-    n = sel.best if n_states is None else n_states
-    tm = fit_training_map(table, n, features=features, covariance=covariance, restarts=restarts, seed=seed,
-                          progress=progress)
+    if n_states is not None:
+        n = n_states
+        tm = fit_training_map(table, n, features=features, covariance=covariance, restarts=restarts, seed=seed,
+                              progress=progress)
+    else:  # lowest BIC first; if every restart on all members empties a state, the next lowest
+        for n in sel.table.dropna(subset=["bic"]).sort_values("bic").n_states.astype(int):
+            try:
+                tm = fit_training_map(table, n, features=features, covariance=covariance, restarts=restarts,
+                                      seed=seed, progress=progress)
+                break
+            except ValueError:
+                continue
     det = tm.detours()
     sel.table.to_csv(out / "model_selection.csv", index=False)
     tm.transitions.to_csv(out / "transitions.csv", index_label="from")

@@ -1,0 +1,225 @@
+"""Latent-state training maps (Hu et al. 2023; issue 11) of hu_modular and hu_parity populations.
+
+    python analyses/training_maps.py              # the small scale this 2-core machine allows
+    python analyses/training_maps.py --full       # the presets as they are, 40 seeds each
+
+Hu et al. trained 40 seeds of each task, took the 14 weight statistics every 10 epochs, fitted
+Gaussian HMMs to the within-run z-scored statistics and read detour states off a regression of
+convergence time on state occupancy. This script does the same with mechgrok's presets:
+
+* ``modular``: hu_modular (a+b mod 113, 30 %, Nanda's model, AdamW 1e-3, wd 1, batch 256); the
+  default scale shrinks it to a+b mod 53 with a 50 % split and 4000 steps (a trial seed grokked
+  at step ~3300), a checkpoint every 50 steps; ``modular_ln``: the same with pre-LN blocks
+  and a final LayerNorm, for the paper's "LayerNorm makes paths more uniform".
+* ``parity``: hu_parity (parity of 3 of 20 bits, 1000 training strings, batch 32); the default
+  scale uses 12 bits and 1024 training strings (the test set, every other string, stays small
+  enough to evaluate often), 1500 steps, a checkpoint every 25 steps (a trial seed jumped from
+  chance to 100 % train and test accuracy at step ~650).
+
+Members are trained one after another with ``mechgrok.train.train`` (resumable: finished members
+are skipped), then ``latent.analyze_population`` writes the statistics, model selection, map,
+ribbons and detour table of each population under ``--figures/<population>/``; the comparison
+with the paper's qualitative findings and the captions go to ``--figures/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import mechgrok as mg
+from mechgrok import latent
+from mechgrok.presets import configure
+from mechgrok.train import train
+
+# name: (preset, overrides at the small scale, HMM features: Hu et al.'s best subset for the task)
+SMALL = {
+    "modular": ("hu_modular", dict(p=53, frac=0.5, steps=4000, eval_every=50, checkpoint_every=50),
+                latent.BEST_FEATURES["modular"]),
+    "modular_ln": ("hu_modular", dict(p=53, frac=0.5, steps=4000, eval_every=50, checkpoint_every=50,
+                                      normalization="LN"), latent.BEST_FEATURES["modular"]),
+    "parity": ("hu_parity", dict(n_bits=12, frac=0.25, steps=1500, eval_every=25, checkpoint_every=25),
+               latent.BEST_FEATURES["parity"]),
+}
+FULL = {
+    "modular": ("hu_modular", {}, latent.BEST_FEATURES["modular"]),
+    "modular_ln": ("hu_modular", dict(normalization="LN"), latent.BEST_FEATURES["modular"]),
+    "parity": ("hu_parity", {}, latent.BEST_FEATURES["parity"]),
+}
+
+PAPER = {
+    "detour": "Some seeds take a detour through an optional state and converge later (a state whose "
+              "occupancy has a positive, significant regression coefficient on convergence time).",
+    "high_l2": "On the grokking tasks the detour state has a high L2 norm.",
+    "transition": "The memorisation-to-generalisation transition shows up as a change of latent state.",
+    "layernorm": "LayerNorm makes the paths more uniform (fewer distinct routes, less spread in "
+                 "convergence time).",
+}
+
+
+def train_population(name: str, preset: str, overrides: dict, seeds: list[int], root: Path) -> tuple[list[Path], float]:
+    """Train (or finish) every member; returns the member directories and the summed training
+    time of all members (read back from ``timing.csv`` for members trained by earlier calls)."""
+    paths = []
+    timing = root / name / "timing.csv"
+    for s in seeds:
+        out = root / name / f"seed{s:02d}"
+        cfg = configure(preset, seed=s, **overrides)
+        done = (out / "metrics.csv").exists() and mg.load_run(out).steps[-1:] == [cfg.train.steps]
+        if not done:
+            t0 = time.time()
+            resume = (out / "resume.safetensors").exists()
+            train(cfg, out, resume=resume, progress=False, figure=False)
+            with open(timing, "a") as f:
+                f.write(f"{s},{time.time() - t0:.1f}\n")
+        paths.append(out)
+        print(f"  {name} seed {s}: {mg.load_run(out).summary()}", flush=True)
+    t = pd.read_csv(timing, names=["seed", "seconds"]) if timing.exists() else pd.DataFrame(columns=["seed", "seconds"])
+    return paths, float(t.loc[t.seed.isin(seeds)].drop_duplicates("seed", keep="last").seconds.sum())
+
+
+def routes(tm: latent.TrainingMap) -> pd.Series:
+    """Each member's route: its Viterbi path with repeats collapsed (e.g. "0-1-3")."""
+    def collapse(p):
+        return "-".join(str(int(s)) for i, s in enumerate(p) if i == 0 or s != p[i - 1])
+    return pd.Series({m: collapse(p) for m, p in tm.paths.items()})
+
+
+def transition_alignment(tm: latent.TrainingMap, window: int = 3) -> float:
+    """Fraction of grokked members whose path changes state within ``window`` checkpoints of
+    their grokking step."""
+    hits, n = 0, 0
+    for m, p in tm.paths.items():
+        g = tm.grokking_steps.get(m)
+        if g is None or not np.isfinite(g):
+            continue
+        steps = tm.steps[m]
+        i = int(np.searchsorted(steps, g))
+        lo, hi = max(0, i - window), min(len(p) - 1, i + window)
+        n += 1
+        hits += int(len(set(p[lo:hi + 1].tolist())) > 1)
+    return hits / n if n else float("nan")
+
+
+def findings(name: str, res: dict) -> dict:
+    tm, det = res["map"], res["detours"]
+    r = routes(tm)
+    g = pd.Series(tm.grokking_steps, dtype=float)
+    l2 = tm.state_metrics["l2"] if "l2" in tm.state_metrics else None
+    high_l2 = int(l2.idxmax()) if l2 is not None else None
+    detours = det[det.detour]
+    return {
+        "population": name, "members": len(tm.paths), "grokked": int(g.notna().sum()),
+        "grok_step_median": float(g.median()), "grok_step_cv": float(g.std() / g.mean()) if g.notna().sum() > 1 else np.nan,
+        "n_states": res["n_states"], "distinct_routes": int(r.nunique()),
+        "most_common_route_share": float(r.value_counts(normalize=True).iloc[0]),
+        "detour_states": ", ".join(f"S{int(d.state)} ({d.label}; +{d.coef:.0f} steps/ckpt, 95% CI "
+                                   f"{d.ci_low:.0f}..{d.ci_high:.0f}, p={d.p_value:.2g}, n={d.n})"
+                                   for d in detours.itertuples()) or "none significant",
+        "highest_l2_state": (f"S{high_l2} (coef {det.loc[high_l2, 'coef']:.0f}, p={det.loc[high_l2, 'p_value']:.2g}, "
+                             f"visited by {det.loc[high_l2, 'visited']}/{det.loc[high_l2, 'n']})"
+                             if high_l2 is not None else "n/a"),
+        "detour_is_highest_l2": bool(high_l2 in set(detours.state)) if high_l2 is not None else False,
+        "state_change_at_grokking": transition_alignment(tm),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="the presets unchanged, 40 seeds each")
+    ap.add_argument("--seeds", default=None, help="seeds per population: N, or per population as "
+                    "modular=8,parity=8 (default 8; 40 with --full)")
+    ap.add_argument("--populations", default="modular,modular_ln,parity")
+    ap.add_argument("--restarts", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=Path("runs/training_maps"))
+    ap.add_argument("--figures", type=Path, default=Path("figures/latent"))
+    ap.add_argument("--note", default="", help="a sentence for the README (e.g. how the members were trained)")
+    args = ap.parse_args()
+    table = FULL if args.full else SMALL
+    names = [n.strip() for n in args.populations.split(",")]
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        ap.error(f"unknown population(s) {unknown}; choose from {', '.join(table)}")
+    default = 40 if args.full else 8
+    if args.seeds and "=" in args.seeds:
+        given = {k.strip(): int(v) for k, v in (x.split("=") for x in args.seeds.split(","))}
+        seeds = {n: given.get(n, default) for n in names}
+    else:
+        seeds = {n: int(args.seeds or default) for n in names}
+
+    rows, captions = [], []
+    for name in names:
+        preset, overrides, features = table[name]
+        n_seeds = seeds[name]
+        print(f"== {name}: {preset} {overrides} x {n_seeds} seeds", flush=True)
+        paths, t_train = train_population(name, preset, overrides, list(range(n_seeds)), args.out)
+        t0 = time.time()
+        res = latent.analyze_population(paths, args.figures / name, features=list(features), max_states=8,
+                                        restarts=args.restarts, title=name, progress=False)
+        t_hmm = time.time() - t0
+        f = findings(name, res)
+        rows.append(f)
+        print(pd.Series(f).to_string(), flush=True)
+        cfg = configure(preset, seed=0, **overrides)
+        captions.append(
+            f"### {name}\n\n`{preset}`" + (f" with {overrides}" if overrides else "") +
+            f" ({mg.Task(cfg.task).describe()}, {cfg.train.steps} steps, a checkpoint every "
+            f"{cfg.train.checkpoint_every} steps), seeds 0..{n_seeds - 1} (split, init and batch order); HMM "
+            f"features {', '.join(features)}, diagonal covariance, {args.restarts} restarts, "
+            f"{res['n_states']} states (" + ("lowest BIC of 1..8" if res["n_states"] == res["selection"].best else
+            f"BIC was lowest at {res['selection'].best}, but a fit on all members emptied a state there; the "
+            f"next lowest") + f"). Training {t_train / 60:.1f} min (all members, one "
+            f"after another), statistics, HMMs and figures {t_hmm / 60:.1f} min.\n\nFiles in `{name}/`: model_selection, training_map, ribbons "
+            f"(.html/.png), statistics.csv, model_selection.csv, transitions.csv, states.csv, paths.csv, "
+            f"detours.csv.\n")
+    summary = pd.DataFrame(rows)
+    summary.to_csv(args.figures / "findings.csv", index=False)
+    write_readme(args, summary, captions, seeds)
+
+
+def write_readme(args, summary: pd.DataFrame, captions: list[str], seeds: dict[str, int]):
+    s = summary.set_index("population")
+    hw = (f"{os.cpu_count()}-core CPU VM ({platform.processor() or platform.machine()}), no GPU, "
+          f"torch {torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    cmd = "OMP_NUM_THREADS=1 python analyses/training_maps.py" + (" --full" if args.full else "") + \
+          (f" --seeds {args.seeds}" if args.seeds else "") + \
+          (f" --populations {args.populations}" if args.populations != "modular,modular_ln,parity" else "")
+    lines = [
+        "# Latent-state training maps (Hu et al. 2023; issue 11)", "",
+        f"Command: `{cmd}`  ", f"Hardware: {hw}.  ", *([args.note + "  "] if args.note else []),
+        f"Scale: {'the presets unchanged' if args.full else 'the small scale of analyses/training_maps.py (see its docstring)'}, "
+        "seeds per population: " + ", ".join(f"{n} {k}" for n, k in seeds.items()) + " (Hu et al.: 40).", "",
+        "## Side by side with the paper's qualitative findings", "",
+        "| finding (Hu et al.) | " + " | ".join(s.index) + " |",
+        "|---|" + "---|" * len(s), "",
+    ]
+    lines.pop()  # the table continues on the next lines
+    def row(label, values):
+        lines.append(f"| {label} | " + " | ".join(values) + " |")
+    row("members (grokked)", [f"{r.members} ({r.grokked})" for r in s.itertuples()])
+    row("grokking step: median, coefficient of variation", [f"{r.grok_step_median:.0f}, {r.grok_step_cv:.2f}" for r in s.itertuples()])
+    row("states (lowest BIC)", [str(r.n_states) for r in s.itertuples()])
+    row(PAPER["detour"], [r.detour_states for r in s.itertuples()])
+    row(PAPER["high_l2"], [f"highest-l2 state {r.highest_l2_state}; it is a detour: {'yes' if r.detour_is_highest_l2 else 'no'}"
+                           for r in s.itertuples()])
+    row(PAPER["transition"], [f"{r.state_change_at_grokking:.0%} of grokked members change state within 3 "
+                              f"checkpoints of their grokking step" for r in s.itertuples()])
+    row(PAPER["layernorm"], [f"{r.distinct_routes} distinct routes; the most common taken by "
+                             f"{r.most_common_route_share:.0%}" for r in s.itertuples()])
+    lines += ["", "Routes are Viterbi paths with repeated states collapsed; each population has its own "
+              "HMM, so state numbers are not comparable across columns. Detour coefficients are grokking "
+              "steps per checkpoint spent in the state (one regression per state, members that grokked).", "",
+              "## Figures", "", *captions]
+    (args.figures / "README.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.figures / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()
