@@ -493,7 +493,8 @@ def _state_dict(obj, source: str) -> dict[str, torch.Tensor]:
 
 
 def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = None, p: int | None = None,
-               act_fn: str | None = None, split=None, step: int | None = None, progress: bool = True) -> Run:
+               act_fn: str | None = None, split=None, step: int | None = None, progress: bool = True,
+               png: bool = True) -> Run:
     """Turn a checkpoint series trained elsewhere into the run directory ``out`` and return it.
 
     ``src`` is either one HookedTransformer state dict (``.pth``/``.pt``/``.safetensors``; a
@@ -512,7 +513,7 @@ def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = 
     Writes ``config.json`` (the split in ``task.train_idx``; what was read and assumed under
     ``imported``), ``checkpoints/``, ``metrics.csv`` (each checkpoint evaluated on the split),
     ``source_losses.csv`` (the bundle's own per-step losses, when it has them) and the training
-    curve. Never runs code from ``src``; every failure is a one-line ``ForeignFileError``."""
+    curve (``png=False``: HTML only). Never runs code from ``src``; every failure is a one-line ``ForeignFileError``."""
     from dataclasses import replace as dc_replace
 
     from tqdm.auto import tqdm
@@ -634,7 +635,7 @@ def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = 
     write_json(out / "config.json", config.to_dict() | {"versions": versions(), "device": "cpu",
                                                         "imported": imported})
     run = Run(out)
-    draw_figures(run, analysis=False)
+    draw_figures(run, analysis=False, png=png)
     return run
 
 
