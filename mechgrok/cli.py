@@ -16,12 +16,11 @@ from typer.core import TyperGroup
 from .fourier import BASES, PROJECTION_MODES
 from .interventions import INTERVENTIONS, OPTIMIZER_STATES, WHERE
 from .model import ACT_FNS, NORMALIZATIONS
+from .presets import DEMO_TIME
 from .progress import LEVELS
 from .tasks import OPS
 from .train import TrainingDiverged
 
-# What `mechgrok demo` costs, measured (README says the same; see figures/README.md).
-DEMO_TIME = "about 1.5 minutes on 2 CPU cores"
 
 # Errors a user can cause (a bad value, a missing or occupied path, a diverging run) end as one
 # line and exit code 1; anything else is a bug and keeps its traceback. MECHGROK_TRACEBACK=1

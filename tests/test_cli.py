@@ -12,7 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 import mechgrok as mg
-from mechgrok.cli import DEMO_TIME, app
+from mechgrok.cli import app
+from mechgrok.presets import DEMO_TIME
 
 runner = CliRunner()
 MODEL = ["--p", "13", "--frac", "0.6", "--d-model", "16", "--n-heads", "2", "--d-mlp", "32", "--eval-every", "10",
