@@ -1,0 +1,134 @@
+"""Cost of the optimizer-dynamics probes (issue 10) relative to one training step, same config.
+
+    python bench/dynamics.py [--preset dynamics] [--repeats 5] [--threads 1] [--every 10]
+
+Prints, per measure, milliseconds and the ratio to one full-batch AdamW training step
+(``mechgrok.train``'s loss_fn + backward + AdamW step) on the same weights, then the slowdown of
+training with a probe every ``--every`` steps, predicted from those timings
+((every * step + probe) / (every * step)) and measured end to end (``train_run`` with and
+without ``probe=``, same steps). Timings alternate between the variants and the median is
+reported, so background load slows all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+import mechgrok as mg
+from mechgrok import dynamics as dy
+from mechgrok.train import loss_fn, make_optimizer, train_run, trainable_names
+
+
+def config(name: str) -> mg.RunConfig:
+    if name in mg.PRESETS:
+        return mg.get_preset(name)
+    if name != "dynamics":
+        raise SystemExit(f"unknown preset {name!r}")
+    # until the `dynamics` preset lands: a+b mod 113, 2 layers (seed 004's setting)
+    return mg.RunConfig(task=mg.TaskConfig(op="add", p=113, frac=0.3, seed=0),
+                        model=mg.ModelConfig(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512),
+                        train=mg.TrainConfig(steps=3000, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98),
+                                             eval_every=10, checkpoint_every=100))
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="dynamics")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--every", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=3, help="power iterations per probe (warm-started)")
+    ap.add_argument("--rank-n", type=int, default=32)
+    ap.add_argument("--train-steps", type=int, default=40, help="steps of the end-to-end comparison (0: skip)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = replace(config(args.preset), preset=None)
+    cfg = replace(cfg, train=replace(cfg.train, device="cpu"))
+    task = mg.Task(cfg.task)
+    mcfg = cfg.model.resolve(task)
+    params = mg.init_params(mcfg)
+    names = trainable_names(params, cfg.train.frozen)
+    x, y = task.train_inputs, task.train_labels
+    print(f"{args.preset}: {task.describe()}, {len(y)} train examples, {mg.model.n_params(mcfg)} parameters, "
+          f"torch threads {torch.get_num_threads()}")
+
+    live = {k: v.clone().requires_grad_(k in names) for k, v in params.items()}
+    opt = make_optimizer(live, names, cfg.train)
+
+    def step():
+        loss, _ = loss_fn(live, mcfg, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # AdamW state exists from here on
+    exp_avg = {k: opt.state[live[k]]["exp_avg"] for k in names}
+    loss = dy.model_loss(mcfg)
+    hvp = dy.hvp_fn(lambda p: loss({**{k: v for k, v in params.items() if k not in names}, **p}, x, y),
+                    {k: params[k] for k in names})
+    v = dy._random_like({k: params[k] for k in names}, 0)
+    warm = dy.make_probe(cfg, task, measures=("hessian",), hessian_iters=args.iters)
+    warm(0, params, None)  # the cold first call (20 iterations) is not what a probe costs later
+    variants = {
+        "training step": step,
+        "Hessian-vector product": lambda: hvp(v),
+        f"hessian ({args.iters} warm iterations)": lambda: warm(1, params, exp_avg),
+        "agreement + momentum": dy.make_probe(cfg, task, measures=("agreement", "momentum")).__call__,
+        f"effective rank (n={args.rank_n})": dy.make_probe(cfg, task, measures=("rank",), rank_n=args.rank_n).__call__,
+    }
+    full = dy.make_probe(cfg, task, measures=dy.MEASURES, hessian_iters=args.iters, rank_n=args.rank_n)
+    full(0, params, None)
+    variants["full probe (all four)"] = lambda: full(1, params, exp_avg)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.repeats):  # alternate, so background load hits every variant alike
+        for name, fn in variants.items():
+            if name in ("agreement + momentum",) or name.startswith("effective rank"):
+                times[name] += timed(lambda: fn(1, params, exp_avg), 1)
+            else:
+                times[name] += timed(fn, 1)
+    med = {k: statistics.median(t) for k, t in times.items()}
+    base = med["training step"]
+    print(f"\n{'measure':34s} {'ms':>9s} {'x step':>8s}")
+    for name, t in med.items():
+        print(f"{name:34s} {1000 * t:9.1f} {t / base:8.2f}")
+    probe = med["full probe (all four)"]
+    print(f"\npredicted slowdown with a full probe every {args.every} steps: "
+          f"{(args.every * base + probe) / (args.every * base):.2f}x")
+
+    if args.train_steps:
+        short = replace(cfg, train=replace(cfg.train, steps=args.train_steps, eval_every=10,
+                                           checkpoint_every=args.train_steps))
+        wall = {"plain": [], "probed": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(2):
+                for kind in ("plain", "probed"):
+                    kw = {} if kind == "plain" else dict(
+                        probe=dy.make_probe(short, task, measures=dy.MEASURES, hessian_iters=args.iters,
+                                            rank_n=args.rank_n), probe_every=args.every)
+                    t = time.perf_counter()
+                    train_run(short, Path(tmp) / f"{kind}{r}", progress=False, init=params, **kw)
+                    wall[kind].append(time.perf_counter() - t)
+        a, b = statistics.median(wall["plain"]), statistics.median(wall["probed"])
+        print(f"measured end to end, {args.train_steps} steps (evaluation every 10, one cold first probe): "
+              f"plain {a:.1f} s, probed every {args.every} {b:.1f} s -> {b / a:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
