@@ -450,6 +450,8 @@ def latent(population: Path = typer.Argument(..., help="a sweep directory, or a 
     for r in sel.table.itertuples():
         typer.echo(f"{r.n_states:6d}  {r.heldout_ll:15.3f}  {r.aic:9.1f}  {r.bic:9.1f}")
     typer.echo(f"training map with {res['n_states']} states" + (" (lowest BIC)" if states is None else ""))
+    if len(det) and det.n.iloc[0] < 3:
+        typer.echo(f"detour regression needs at least 3 members that grokked; this population has {det.n.iloc[0]}")
     for r in det.itertuples():
         flag = "  <- detour" if r.detour else ""
         typer.echo(f"S{r.state} [{tm.occupancy[r.state]} ckpts] {r.label}: coef {r.coef:.1f} steps/ckpt "
