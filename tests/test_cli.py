@@ -4,7 +4,6 @@ checked against a computation that does not go through the command's own code pa
 import json
 import math
 import warnings
-from dataclasses import dataclass
 
 import pandas as pd
 import pytest
@@ -224,15 +223,6 @@ def test_transplant_of_a_run_into_itself_changes_nothing_right_after(tiny_run, t
 # --- import of foreign checkpoint series --------------------------------------------------
 
 
-@dataclass
-class HookedTransformerConfig:  # stands for TL's config class; the importer must never construct it
-    n_layers: int
-    d_model: int
-    act_fn: str
-    d_vocab: int
-    seed: int
-
-
 class Sneaky:
     """Pickles to a call of open(path, "w"): unpickling with code execution creates the file."""
 
@@ -252,40 +242,8 @@ class Blocked:
         return (os.system, (f"touch {self.path}",))
 
 
-@pytest.fixture(scope="module")
-def demo_bundle(tmp_path_factory):
-    """A TL Grokking-demo bundle built the way the demo does it (full-batch AdamW, train loss
-    before each update, test loss after it, a checkpoint when (epoch + 1) % 10 == 0), with
-    GELU, its own split, TL's attention-mask buffer and a pickled config object."""
-    from mechgrok.train import loss_fn
-
-    d = tmp_path_factory.mktemp("bundle")
-    task = mg.make_task("add", p=13, frac=0.4, seed=5)
-    cfg = mg.ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32, act_fn="gelu").resolve(task)
-    params = {k: v.requires_grad_() for k, v in mg.init_params(cfg).items()}
-    opt = torch.optim.AdamW(params.values(), lr=3e-3, weight_decay=1.0)
-    train_losses, test_losses, ckpts, epochs = [], [], [], []
-    for epoch in range(30):
-        loss, _ = loss_fn(params, cfg, task.train_inputs, task.train_labels)
-        loss.backward()
-        train_losses.append(loss.item())
-        opt.step()
-        opt.zero_grad()
-        with torch.no_grad():
-            test_losses.append(loss_fn(params, cfg, task.test_inputs, task.test_labels)[0].item())
-        if (epoch + 1) % 10 == 0:
-            epochs.append(epoch)
-            ckpts.append({k: v.detach().clone() for k, v in params.items()} | {"blocks.0.attn.mask": torch.ones(3, 3)})
-    bundle = {"model": ckpts[-1], "config": HookedTransformerConfig(1, 16, "gelu", 14, 999), "checkpoints": ckpts,
-              "checkpoint_epochs": epochs, "train_losses": train_losses, "test_losses": test_losses,
-              "train_indices": task.train_idx, "test_indices": task.test_idx}
-    torch.save(bundle, d / "grokking.pth")
-    torch.save(ckpts[0], d / "single.pth")
-    return d, bundle
-
-
-def test_import_bundle_keeps_its_split_losses_and_config_as_data(demo_bundle, tmp_path):
-    d, bundle = demo_bundle
+def test_import_bundle_keeps_its_split_losses_and_config_as_data(tl_demo_bundle, tmp_path):
+    d, bundle = tl_demo_bundle
     r = ok("import", d / "grokking.pth", "--out", tmp_path / "imp", "--no-progress", "--no-png")
     assert "HookedTransformerConfig" in r.output and "never constructed" in r.output
     run = mg.load_run(tmp_path / "imp")
@@ -303,8 +261,8 @@ def test_import_bundle_keeps_its_split_losses_and_config_as_data(demo_bundle, tm
     assert meta["imported"]["source_config"]["__class__"].endswith("HookedTransformerConfig")
 
 
-def test_every_command_runs_on_an_imported_run(demo_bundle, tmp_path):
-    d, _ = demo_bundle
+def test_every_command_runs_on_an_imported_run(tl_demo_bundle, tmp_path):
+    d, _ = tl_demo_bundle
     imp = tmp_path / "imp"
     ok("import", d / "grokking.pth", "--out", imp, "--no-progress", "--no-png")
     info = json.loads(ok("info", imp, "--json").stdout)
@@ -319,8 +277,8 @@ def test_every_command_runs_on_an_imported_run(demo_bundle, tmp_path):
     assert (imp / "plotly.min.js").stat().st_size > 1_000_000
 
 
-def test_import_single_state_dict_with_a_split_file(demo_bundle, tmp_path):
-    d, bundle = demo_bundle
+def test_import_single_state_dict_with_a_split_file(tl_demo_bundle, tmp_path):
+    d, bundle = tl_demo_bundle
     (tmp_path / "split.txt").write_text(", ".join(str(i) for i in bundle["train_indices"].tolist()))
     ok("import", d / "single.pth", "--out", tmp_path / "one", "--op", "add", "--p", "13", "--act-fn", "gelu",
        "--split", tmp_path / "split.txt", "--step", "10", "--no-progress", "--no-png")
@@ -331,8 +289,8 @@ def test_import_single_state_dict_with_a_split_file(demo_bundle, tmp_path):
     assert r.exit_code == 1 and "unembed.W_U has 13 outputs" in r.output
 
 
-def test_import_never_runs_code_from_the_file(demo_bundle, tmp_path):
-    d, bundle = demo_bundle
+def test_import_never_runs_code_from_the_file(tl_demo_bundle, tmp_path):
+    d, bundle = tl_demo_bundle
     target = tmp_path / "created_by_unpickling"
     torch.save(bundle | {"extra": Sneaky(target)}, tmp_path / "sneaky.pth")
     r = ok("import", tmp_path / "sneaky.pth", "--out", tmp_path / "s", "--no-progress", "--no-png")
@@ -344,8 +302,8 @@ def test_import_never_runs_code_from_the_file(demo_bundle, tmp_path):
     assert len(r.output.strip().splitlines()) == 1 and not target.exists()
 
 
-def test_import_failures_are_one_line_naming_the_file_and_what_is_missing(demo_bundle, tmp_path):
-    d, bundle = demo_bundle
+def test_import_failures_are_one_line_naming_the_file_and_what_is_missing(tl_demo_bundle, tmp_path):
+    d, bundle = tl_demo_bundle
     torch.save({"foo": 1}, tmp_path / "foo.pth")
     torch.save({"checkpoints": bundle["checkpoints"]}, tmp_path / "half.pth")
     (tmp_path / "text.pth").write_text("not a checkpoint")
