@@ -521,10 +521,7 @@ def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = 
     from .train import evaluate
 
     src, out = Path(src), Path(out)
-    if (out / "config.json").exists():
-        raise FileExistsError(f"{out} already holds a run; choose another --out")
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty and not a run; choose a new or empty --out")
+    check_new_run_dir(out)
     contents, notes = read_foreign(src)
     source = str(src)
     if isinstance(contents, dict) and "checkpoints" in contents:
