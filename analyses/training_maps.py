@@ -16,10 +16,11 @@ convergence time on state occupancy. This script does the same with mechgrok's p
   enough to evaluate often), 1500 steps, a checkpoint every 25 steps (a trial seed jumped from
   chance to 100 % train and test accuracy at step ~650).
 
-Members are trained one after another with ``mechgrok.train.train`` (resumable: finished members
-are skipped), then ``latent.analyze_population`` writes the statistics, model selection, map,
-ribbons and detour table of each population under ``--figures/<population>/``; the comparison
-with the paper's qualitative findings and the captions go to ``--figures/README.md``.
+Members are trained one after another with ``mechgrok.train.train_run`` (resumable: finished
+members are skipped; a larger step count extends them with ``resume_run``), then
+``latent.analyze_population`` writes the statistics, model selection, map, ribbons and detour
+table of each population under ``--figures/<population>/``; the comparison with the paper's
+qualitative findings and the captions go to ``--figures/README.md``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 import mechgrok as mg
 from mechgrok import latent
 from mechgrok.presets import configure
-from mechgrok.train import train
+from mechgrok.train import resume_run, train_run
 
 # name: (preset, overrides at the small scale, HMM features: Hu et al.'s best subset for the task)
 SMALL = {
@@ -75,8 +76,10 @@ def train_population(name: str, preset: str, overrides: dict, seeds: list[int], 
         done = (out / "metrics.csv").exists() and mg.load_run(out).steps[-1:] == [cfg.train.steps]
         if not done:
             t0 = time.time()
-            resume = (out / "resume.safetensors").exists()
-            train(cfg, out, resume=resume, progress=False, figure=False)
+            if (out / "resume.safetensors").exists():  # interrupted, or now asked for more steps
+                resume_run(out, cfg, progress=False)
+            else:
+                train_run(cfg, out, progress=False)
             with open(timing, "a") as f:
                 f.write(f"{s},{time.time() - t0:.1f}\n")
         paths.append(out)
