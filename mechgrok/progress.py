@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 
 from . import fourier
 from .fourier import FrequencyProjection
-from .model import (ModelConfig, Params, activation_fn, as_params, attn_scale, forward, is_tl_model,
+from .model import (Hook, ModelConfig, Params, activation_fn, as_params, attn_scale, forward, is_tl_model,
                     layer_index, split_metrics, token_position_table, weight_sq)
 from .tasks import Task
 
@@ -92,7 +92,7 @@ class DirectPathMeanAblation:
     def __init__(self, layer: int):
         self.layer, self._mid = layer, None
 
-    def hooks(self) -> list[tuple[str, object]]:
+    def hooks(self) -> list[Hook]:
         return [(f"blocks.{self.layer}.hook_resid_mid", self.read), (f"blocks.{self.layer}.hook_resid_post", self.write)]
 
     def read(self, activation: Float[Tensor, "batch pos d_model"], hook=None):
@@ -112,7 +112,7 @@ def _check_level(level: str):
 
 
 def restricted_hooks(task: Task, freqs, cfg: ModelConfig, level: str = "logits", layer: int | None = None,
-                     basis: str = "auto") -> list[tuple[str, FrequencyProjection]]:
+                     basis: str = "auto") -> list[Hook]:
     """The TL hooks of restricted loss at ``level`` (see the module docstring)."""
     _check_level(level)
     keep = FrequencyProjection(task, freqs, "keep", basis)
@@ -123,7 +123,7 @@ def restricted_hooks(task: Task, freqs, cfg: ModelConfig, level: str = "logits",
 
 
 def excluded_hooks(task: Task, freqs, cfg: ModelConfig, level: str = "logits", layer: int | None = None,
-                   basis: str = "auto") -> list[tuple[str, FrequencyProjection]]:
+                   basis: str = "auto") -> list[Hook]:
     """The TL hook of excluded loss at ``level``: the key directions removed."""
     _check_level(level)
     remove = FrequencyProjection(task, freqs, "remove", basis)

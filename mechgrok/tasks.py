@@ -13,7 +13,7 @@ XOR of the bits (or of the first ``k`` bits for sparse parity).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from jaxtyping import Int
@@ -55,7 +55,7 @@ class TaskConfig:
     # An explicit split (rows of the example table, in the order training should see them); the
     # test set is every other example. Given, it overrides ``frac``/``seed``: ``frac`` is set to
     # the fraction it implies. Checkpoints trained elsewhere are analysed with their own split.
-    train_idx: tuple[int, ...] | None = None
+    train_idx: Sequence[int] | None = None  # stored as a tuple
 
     def __post_init__(self):
         op = OP_ALIASES.get(self.op, self.op)
