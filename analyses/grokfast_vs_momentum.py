@@ -45,6 +45,8 @@ def main():
     ap.add_argument("--chunk-size", type=int, default=8)
     ap.add_argument("--out", type=Path, default=Path("sweeps/grokfast_vs_momentum"))
     ap.add_argument("--figures", type=Path, default=Path("figures"))
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=V",
+                    help="any other config field for every member, e.g. --set eval_every=20 (repeatable)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -52,6 +54,7 @@ def main():
         args.seeds = 30
     base = get_preset("dynamics")
     fixed = {"stop_after_grok": args.stop_after_grok, "device": "cpu"} | ({"steps": args.steps} if args.steps else {})
+    fixed |= dict(a.split("=", 1) for a in args.set)
     spec = SweepConfig(base, settings=tuple(s for s, _ in ARMS.values()), seeds=args.seeds, fixed=fixed,
                        chunk_size=args.chunk_size)
     t0 = time.time()

@@ -69,6 +69,8 @@ def main():
     ap.add_argument("--skip-wd", action="store_true", help="only the beta1 sweep")
     ap.add_argument("--out", type=Path, default=Path("sweeps/momentum"))
     ap.add_argument("--figures", type=Path, default=Path("figures"))
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=V",
+                    help="any other config field for every member, e.g. --set eval_every=20 (repeatable)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,6 +81,7 @@ def main():
     fixed = {"stop_after_grok": args.stop_after_grok, "device": "cpu"}
     if args.steps:
         fixed["steps"] = args.steps
+    fixed |= dict(a.split("=", 1) for a in args.set)
     stem = args.figures / ("momentum_sweep_full" if args.full else "momentum_sweep")
     args.figures.mkdir(parents=True, exist_ok=True)
 

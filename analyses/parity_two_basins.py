@@ -40,12 +40,14 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="budget (default: the preset's)")
     ap.add_argument("--out", type=Path, default=Path("sweeps/parity_two_basins"))
     ap.add_argument("--figures", type=Path, default=Path("figures"))
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=V",
+                    help="any other config field for every member, e.g. --set eval_every=20 (repeatable)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     base = get_preset("parity")
     wd = args.wd if args.wd is not None else base.train.weight_decay
-    fixed = {"device": "cpu"} | ({"steps": args.steps} if args.steps else {})
+    fixed = {"device": "cpu"} | ({"steps": args.steps} if args.steps else {}) | dict(a.split("=", 1) for a in args.set)
     spec = SweepConfig(base, grid={"weight_decay": (wd, 0.0)}, seeds=args.seeds, fixed=fixed)
     t0 = time.time()
     pop = run_sweep(spec, args.out, resume=(args.out / "sweep.json").exists())
