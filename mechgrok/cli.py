@@ -183,6 +183,10 @@ def train(
         from .train import resume_config, resume_run
 
         run = load_run(resume)
+        if "imported" in run.meta:
+            raise ValueError(f"{resume} was imported ({run.meta['imported']['format']}): it has no optimizer state "
+                             f"to resume; `mechgrok freeze {resume} --from-step S --steps N --interventions baseline` "
+                             f"trains on from a checkpoint")
         cfg = resume_config(run.config, configure(run.config, **settings))  # refuses all but more steps
         typer.echo(f"resuming {resume} from step {run.steps[-1] if run.steps else 0} to step {cfg.train.steps}")
         _trained(resume_run(resume, cfg, progress=progress, **_probe_kwargs(probe, cfg)), png)
@@ -363,7 +367,8 @@ def transplant(donor: Path = typer.Option(..., help="donor run directory"),
                layer: Optional[int] = typer.Option(None, help="MLP layer (default: the last)"),
                out: Optional[Path] = typer.Option(None, help="directory for both arms "
                                                   "(default: RECIPIENT/interventions/transplant_STEP)"),
-               as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+               as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+               progress: bool = typer.Option(True, help="show a progress bar per arm")):
     """Copy a donor's neurons into a recipient checkpoint, train on, compare with an untouched control."""
     from . import interventions as iv
     from .runs import load_run
@@ -372,7 +377,8 @@ def transplant(donor: Path = typer.Option(..., help="donor run directory"),
     d_step = d.resolve_step(donor_step)
     res = iv.transplant_experiment(d, d_step, r, recipient_step, steps, neurons=_ints(neurons),
                                    freqs=_ints(freqs), layer=layer,
-                                   out_dir=out or r.path / "interventions" / f"transplant_{recipient_step}")
+                                   out_dir=out or r.path / "interventions" / f"transplant_{recipient_step}",
+                                   progress=progress)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
@@ -557,6 +563,7 @@ def population(
         return
     _print_population(pop, field)
     out = out or (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path("."))
+    out.mkdir(parents=True, exist_ok=True)
     pop.table.to_csv(out / "population.csv", index=False)
     typer.echo(f"\nwrote {out / 'population.csv'}")
     for f in fields:
