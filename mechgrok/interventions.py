@@ -67,7 +67,7 @@ from .fourier import FrequencyProjection, check_frequencies, valid_frequencies
 from .model import (HOOK_POINTS, ModelConfig, Params, as_params, check_params, hook_name, layer_index,
                     run_with_hooks, split_metrics)
 from .progress import transition_metrics
-from .runs import Run, RunConfig, read_tensors, write_json
+from .runs import Run, RunConfig, read_resume_state, write_json
 from .tasks import Task
 
 WHERE = HOOK_POINTS
@@ -310,7 +310,7 @@ def continue_training(run: Run, from_step: int, steps: int, params: Params | Non
     ``optimizer``: "fresh" AdamW state, or "carry" the moments in ``resume.safetensors``.
     ``out``: the new run directory (default: a fresh temporary one).
     """
-    from .train import train
+    from .train import train_run
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -320,20 +320,18 @@ def continue_training(run: Run, from_step: int, steps: int, params: Params | Non
     check_params(init, run.model_cfg, source="params to continue from")
     opt_state = None
     if optimizer == "carry":
-        state = read_tensors(run.path / "resume.safetensors")
-        saved = int(state["meta.step"].item())
-        if saved != from_step:
-            raise ValueError(f"{run.path} keeps AdamW moments only for its newest checkpoint (step {saved}), "
+        state = read_resume_state(run.path)
+        if state.step != from_step:
+            raise ValueError(f"{run.path} keeps AdamW moments only for its newest checkpoint (step {state.step}), "
                              f"not step {from_step}: use optimizer='fresh'")
-        opt_state = {k: v for k, v in state.items() if k.startswith("opt.")}
+        opt_state = state.optimizer
     tcfg = run.config.train
     changes = dict(steps=from_step + steps, frozen=tuple(tcfg.frozen) + tuple(frozen)) | train_overrides
     if weight_decay is not None:
         changes["weight_decay"] = weight_decay
     cfg = replace(run.config, train=replace(tcfg, **changes))
     out = Path(tempfile.mkdtemp(prefix=f"mechgrok-{name}-")) / "run" if out is None else Path(out)
-    new = train(cfg, out, init=init, start_step=from_step, init_opt_state=opt_state,
-                progress=progress, figure=False)
+    new = train_run(cfg, out, init=init, start_step=from_step, init_opt_state=opt_state, progress=progress)
     write_json(out / "intervention.json", {"name": name, "source": str(run.path), "from_step": from_step,
                                            "steps": steps, "optimizer": optimizer,
                                            "frozen": list(cfg.train.frozen),
@@ -505,13 +503,13 @@ def embedding_transfer(source: Run, source_step: int | None, cfg: RunConfig, out
     and position embeddings, taken from ``source`` at ``source_step``; ``freeze`` keeps them
     fixed. Returns the new run."""
     from .model import init_params
-    from .train import train
+    from .train import train_run
 
     mcfg = cfg.model.resolve(Task(cfg.task))
     init = transfer_embeddings(source, (init_params(mcfg), mcfg), source_step=source_step)
     if freeze:
         cfg = replace(cfg, train=replace(cfg.train, frozen=tuple(cfg.train.frozen) + ("embed.*", "pos_embed.*")))
-    run = train(cfg, out, init=init, progress=progress, figure=False)
+    run = train_run(cfg, out, init=init, progress=progress)
     write_json(Path(out) / "intervention.json", {"name": "embedding_transfer", "source": str(source.path),
                                                  "source_step": source_step, "freeze": freeze})
     return run
