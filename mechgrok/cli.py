@@ -79,6 +79,14 @@ def _ints(text: Optional[str]) -> Optional[list[int]]:
         raise ValueError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _json_only(as_json: bool):
+    """With --json, stdout carries the JSON alone: whatever else is printed goes to stderr."""
+    import contextlib
+    import sys
+
+    return contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+
+
 def _print_summary(run):
     s = run.summary()
     typer.echo(f"run: {run.path}  ({run.task.describe()}, preset {run.config.preset or '-'})")
@@ -299,17 +307,19 @@ def ablate(run_dir: Path = typer.Argument(..., help="a run directory"),
     run = load_run(run_dir)
     step, where, basis = run.resolve_step(step), _value(where), _value(basis)
     modes = [_value(mode)] if mode is not None else ["remove", "keep"]
-    results = [iv.ablate_frequencies(run, run.task, _ints(freqs), mode=m, where=where, layer=layer, step=step,
-                                     basis=basis) for m in modes]
-    ablated = list(results[0].freqs)
+    with _json_only(as_json):
+        results = [iv.ablate_frequencies(run, run.task, _ints(freqs), mode=m, where=where, layer=layer, step=step,
+                                         basis=basis) for m in modes]
+        ablated = list(results[0].freqs)
+        sweep, written = None, []
+        if mode is None:
+            sweep = iv.frequency_sweep(run, run.task, where=where, key_freqs=ablated, layer=layer, step=step,
+                                       basis=basis, progress=progress)
+            fig = frequency_ablation(sweep, title=f"{run.path} step {step}: test loss with one frequency removed "
+                                                  f"at {where}")
+            written = save_figure(fig, Path(out or run.path) / f"ablation_{where}_step{step}")
     rows = [{"name": "baseline", "mode": None, "freqs": []} | results[0].before]
     rows += [{"name": f"{r.mode} {list(r.freqs)}", "mode": r.mode, "freqs": list(r.freqs)} | r.after for r in results]
-    sweep, written = None, []
-    if mode is None:
-        sweep = iv.frequency_sweep(run, run.task, where=where, key_freqs=ablated, layer=layer, step=step,
-                                   basis=basis, progress=progress)
-        fig = frequency_ablation(sweep, title=f"{run.path} step {step}: test loss with one frequency removed at {where}")
-        written = save_figure(fig, Path(out or run.path) / f"ablation_{where}_step{step}")
     if as_json:
         typer.echo(json.dumps({"run": str(run.path), "step": step, "where": where, "layer": layer,
                                "freqs": ablated, "results": rows,
@@ -349,9 +359,10 @@ def freeze(run_dir: Path = typer.Argument(..., help="a run directory"),
                        f"(max {res['max_test_acc']:.3f})  grokked at {res['grokking_step']}")
 
     run = load_run(run_dir)
-    table = iv.freeze_sweep(run, _ints(from_step), interventions, steps,
-                            out_dir=out or run.path / "interventions" / "freeze", optimizer=_value(optimizer),
-                            progress=progress, on_result=show)
+    with _json_only(as_json):
+        table = iv.freeze_sweep(run, _ints(from_step), interventions, steps,
+                                out_dir=out or run.path / "interventions" / "freeze", optimizer=_value(optimizer),
+                                progress=progress, on_result=show)
     if as_json:
         typer.echo(json.dumps(table.to_dict("records"), indent=2))
 
@@ -375,10 +386,11 @@ def transplant(donor: Path = typer.Option(..., help="donor run directory"),
 
     d, r = load_run(donor), load_run(recipient)
     d_step = d.resolve_step(donor_step)
-    res = iv.transplant_experiment(d, d_step, r, recipient_step, steps, neurons=_ints(neurons),
-                                   freqs=_ints(freqs), layer=layer,
-                                   out_dir=out or r.path / "interventions" / f"transplant_{recipient_step}",
-                                   progress=progress)
+    with _json_only(as_json):
+        res = iv.transplant_experiment(d, d_step, r, recipient_step, steps, neurons=_ints(neurons),
+                                       freqs=_ints(freqs), layer=layer,
+                                       out_dir=out or r.path / "interventions" / f"transplant_{recipient_step}",
+                                       progress=progress)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
