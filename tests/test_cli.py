@@ -332,3 +332,13 @@ def test_png_warning_names_the_reason(tmp_path, monkeypatch):
         written = mg.plots.save_figure(go.Figure(), tmp_path / "f")
     assert [w.name for w in written] == ["f.html"]
     assert "PNG export skipped (RuntimeError" in str(caught[0].message)
+
+
+def test_spectrum_evolution_explains_key_markers_and_keeps_them_off_the_data():
+    import numpy as np
+
+    fig = mg.plots.spectrum_evolution([0, 100, 200], np.ones((3, 12)), key_freqs=[2, 7])
+    marks = [a for a in fig.layout.annotations if "◀" in a.text]
+    assert sorted(int(a.text.split()[-1]) for a in marks) == [2, 7] and [a.y for a in marks] == [2, 7]
+    assert all(a.xref == "paper" and a.x >= 1.0 and a.xanchor == "left" for a in marks)  # right margin
+    assert any("key frequency" in (t.name or "") for t in fig.data) and fig.layout.showlegend
