@@ -4,8 +4,10 @@ place (``_Commands.invoke``) as one red line and exit code 1."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -17,7 +19,7 @@ from .fourier import BASES, PROJECTION_MODES
 from .interventions import INTERVENTIONS, OPTIMIZER_STATES, WHERE
 from .model import ACT_FNS, NORMALIZATIONS
 from .presets import DEMO_TIME
-from .progress import LEVELS
+from .progress import GROKKED_TEST_ACC, LEVELS, MEMORISED_TRAIN_ACC
 from .tasks import OPS
 from .train import TrainingDiverged
 
@@ -81,9 +83,6 @@ def _ints(text: Optional[str]) -> Optional[list[int]]:
 
 def _json_only(as_json: bool):
     """With --json, stdout carries the JSON alone: whatever else is printed goes to stderr."""
-    import contextlib
-    import sys
-
     return contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
 
 
@@ -93,8 +92,8 @@ def _print_summary(run):
     typer.echo(f"checkpoints: {s['n_checkpoints']} (steps {s['first_step']}..{s['last_step']})")
     typer.echo(f"final: train acc {s['train_acc']:.4f}, test acc {s['test_acc']:.4f}, "
                f"train loss {s['train_loss']:.3e}, test loss {s['test_loss']:.3e}")
-    typer.echo(f"memorised (train acc > 0.99) at step: {s['memorised_step']}")
-    typer.echo(f"grokked (test acc > 0.9) at step: {s['grokked_step']}")
+    typer.echo(f"memorised (train acc > {MEMORISED_TRAIN_ACC}) at step: {s['memorised_step']}")
+    typer.echo(f"grokked (test acc > {GROKKED_TEST_ACC}) at step: {s['grokked_step']}")
     fig = run.path / "training_curve.html"
     if fig.exists():
         typer.echo(f"figure: {fig}" + (" (+ .png)" if fig.with_suffix(".png").exists() else ""))
