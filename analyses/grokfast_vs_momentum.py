@@ -47,12 +47,13 @@ def main():
     ap.add_argument("--figures", type=Path, default=Path("figures"))
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=V",
                     help="any other config field for every member, e.g. --set eval_every=20 (repeatable)")
+    ap.add_argument("--preset", default="dynamics", help="base configuration (default: dynamics)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.full:
         args.seeds = 30
-    base = get_preset("dynamics")
+    base = get_preset(args.preset)
     fixed = {"stop_after_grok": args.stop_after_grok, "device": "cpu"} | ({"steps": args.steps} if args.steps else {})
     fixed |= dict(a.split("=", 1) for a in args.set)
     spec = SweepConfig(base, settings=tuple(s for s, _ in ARMS.values()), seeds=args.seeds, fixed=fixed,
@@ -76,7 +77,7 @@ def main():
     save_figure(grokking_step_distributions(groups, title=f"Grokfast vs momentum: grokking step, {args.seeds} seeds "
                                             f"per arm (seed 004: one run per arm)"), stem)
     budget = int(t["budget"].iloc[0])
-    text = (f"Grokfast vs momentum: {base.task.op} mod {base.task.p}, dynamics preset, {args.seeds} seeds per arm, "
+    text = (f"Grokfast vs momentum: {base.task.op} mod {base.task.p}, {args.preset} preset, {args.seeds} seeds per arm, "
             f"budget {budget} steps, stop {args.stop_after_grok} evaluations after grokking; {seconds / 60:.1f} min.\n\n"
             + markdown_table(rows))
     stem.with_suffix(".md").write_text(text)

@@ -71,13 +71,14 @@ def main():
     ap.add_argument("--figures", type=Path, default=Path("figures"))
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=V",
                     help="any other config field for every member, e.g. --set eval_every=20 (repeatable)")
+    ap.add_argument("--preset", default="dynamics", help="base configuration (default: dynamics)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.full:
         args.beta1, args.wd = ",".join(map(str, FULL_BETA1)), ",".join(map(str, FULL_WD))
         args.seeds = args.wd_seeds = 30
-    base = get_preset("dynamics")
+    base = get_preset(args.preset)
     fixed = {"stop_after_grok": args.stop_after_grok, "device": "cpu"}
     if args.steps:
         fixed["steps"] = args.steps
@@ -112,7 +113,7 @@ def main():
                                        f"steps, {args.wd_seeds} seeds per value (seed 004: 30)"),
                     stem.with_name(stem.name + "_wd"))
         rows = [r | {"seed 004": PUBLISHED_WD.get(float(r["weight_decay"]), "-"),
-                     "grokked": f"{r['n_grokked']}/{r['n']}"} for r in w_sum.reset_index().to_dict("records")]
+                     "grokked": f"{int(r['n_grokked'])}/{int(r['n'])}"} for r in w_sum.reset_index().to_dict("records")]
         report += [f"\n## weight-decay sweep at beta1 = 0 ({len(w_pop)} members, budget {args.wd_steps} steps)\n",
                    markdown_table(pd.DataFrame(rows), ["weight_decay", "grokked", "delay_median", "delay_q25",
                                                        "delay_q75", "n_grokked_before_memorising",

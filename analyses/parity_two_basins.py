@@ -42,10 +42,11 @@ def main():
     ap.add_argument("--figures", type=Path, default=Path("figures"))
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=V",
                     help="any other config field for every member, e.g. --set eval_every=20 (repeatable)")
+    ap.add_argument("--preset", default="parity", help="base configuration (default: parity)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    base = get_preset("parity")
+    base = get_preset(args.preset)
     wd = args.wd if args.wd is not None else base.train.weight_decay
     fixed = {"device": "cpu"} | ({"steps": args.steps} if args.steps else {}) | dict(a.split("=", 1) for a in args.set)
     spec = SweepConfig(base, grid={"weight_decay": (wd, 0.0)}, seeds=args.seeds, fixed=fixed)
@@ -70,7 +71,7 @@ def main():
     save_figure(population_curves(curves, ("test_acc", "train_acc", "weight_norm"),
                                   ("test accuracy", "train accuracy", "weight norm"),
                                   title=f"{t.n_bits}-bit parity, {t.frac:.0%} train: with and without weight decay"), stem)
-    text = (f"Parity with and without weight decay (seed 002): parity preset ({t.n_bits} bits, {t.frac:.0%} train), "
+    text = (f"Parity with and without weight decay (seed 002): {args.preset} preset ({t.n_bits} bits, {t.frac:.0%} train), "
             f"{pop.table['budget'].iloc[0]} steps, {args.seeds} seeds per arm, {seconds / 60:.1f} min.\n\n"
             + markdown_table(rows))
     stem.with_suffix(".md").write_text(text)

@@ -42,10 +42,11 @@ def main():
     ap.add_argument("--figures", type=Path, default=Path("figures"))
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=V",
                     help="any other config field for every member, e.g. --set eval_every=20 (repeatable)")
+    ap.add_argument("--preset", default="tutorial2", help="base configuration (default: tutorial2)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    base = get_preset("tutorial2")
+    base = get_preset(args.preset)
     steps = args.epochs * STEPS_PER_EPOCH
     spec = SweepConfig(base, grid={"weight_decay": tuple(PUBLISHED)}, seeds=tuple(42 + i for i in range(args.seeds)),
                        fixed={"steps": steps, "eval_every": args.eval_epochs * STEPS_PER_EPOCH, "checkpoint_every": steps // 5,
