@@ -415,23 +415,24 @@ def population_summary(summary: pd.DataFrame, field: str | None = None, title: s
     fig = make_subplots(rows=1, cols=2, subplot_titles=("delay: median and IQR", "grok rate"),
                         horizontal_spacing=0.12)
     fig.add_trace(go.Scatter(x=xs + xs[::-1], y=list(summary["delay_q75"]) + list(summary["delay_q25"])[::-1],
-                             fill="toself", fillcolor="rgba(31,119,180,0.2)", line=dict(width=0),
+                             fill="toself", fillcolor="rgba(31,119,180,0.2)", line=dict(width=0), mode="lines",
                              name="IQR", hoverinfo="skip"), row=1, col=1)
     fig.add_trace(go.Scatter(x=xs, y=summary["delay_median"], mode="lines+markers", name="median delay",
                              line=dict(color=COLORS["test"]),
                              customdata=summary[["n_delay", "n"]].to_numpy(),
                              hovertemplate="%{x}: %{y} steps (%{customdata[0]} of %{customdata[1]} members)"),
                   row=1, col=1)
-    fig.add_trace(go.Bar(x=xs, y=summary["grok_rate"], name="grok rate", marker_color=COLORS["train"],
+    fig.add_trace(go.Bar(x=[str(v) for v in x], y=summary["grok_rate"], name="grok rate", marker_color=COLORS["train"],
                          text=[f"{a}/{b}" for a, b in zip(summary["n_grokked"], summary["n"])],
                          textposition="outside"), row=1, col=2)
     if published is not None:
-        px = list(published.index) if numeric else [str(v) for v in published.index]
         for col, name in ((1, "delay_median"), (2, "grok_rate")):
+            px = list(published.index) if numeric and col == 1 else [str(v) for v in published.index]
             if name in published:
                 fig.add_trace(go.Scatter(x=px, y=published[name], mode="markers", name=f"published {name}",
                                          marker=dict(symbol="x", size=10, color="black")), row=1, col=col)
     fig.update_xaxes(title_text=field)
+    fig.update_xaxes(type="category", row=1, col=2)
     fig.update_yaxes(title_text="steps", row=1, col=1)
     fig.update_yaxes(title_text="fraction grokked", range=[0, 1.15], row=1, col=2)
     fig.update_layout(title=title, template="plotly_white", width=1000, height=420, legend=dict(orientation="h", y=-0.25))
