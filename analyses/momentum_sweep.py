@@ -12,6 +12,12 @@ Two sweeps of the ``dynamics`` preset (a+b mod 113, 2 layers), each a ``mechgrok
   wd 1 -> all grok (delay ~300), wd 2 -> generalises without memorising first, wd 5 -> nothing
   learns. Seed 004 names these four of its nine values; ``--full`` adds five in between.
 
+The default (small) scale: the published setting (a+b mod 113, 2 layers, ~1000 steps to grok)
+costs minutes per member on the 2 shared CPU cores this was run on, so the small scale uses the
+test suite's grokking setting instead: a+b mod 23, 70% train, Nanda's 1-layer model at d_model 64
+(4 heads x 16, d_mlp 256), full-batch AdamW lr 3e-3, wd 1, 1500 steps, evaluated every 10 steps
+(``SMALL`` below; the ``demo`` preset with those fields). ``--full`` uses the ``dynamics`` preset.
+
 Members stop ``--stop-after-grok`` evaluations after they grok (only transition metrics are
 needed); the steps this saves are reported. Both sweeps are resumable: re-running the same
 command finishes what an interrupted one left (members in <out>/*/finished.jsonl are kept).
@@ -31,7 +37,7 @@ import torch
 
 from mechgrok.plots import markdown_table, population_summary, save_figure
 from mechgrok.population import SweepConfig, run_sweep
-from mechgrok.presets import get_preset
+from mechgrok.presets import configure, get_preset
 from mechgrok.runs import provenance
 
 FULL_BETA1 = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)  # seed 004's 13 values (figure axis)
@@ -55,6 +61,17 @@ def steps_saved(pop) -> tuple[int, int]:
     return int(t["last_step"].sum()), int(t["budget"].sum())
 
 
+# the small scale: the test suite's grokking run (tests/conftest.py grokked_run), demo preset otherwise
+SMALL = dict(p=23, frac=0.7, d_model=64, n_heads=4, d_head=16, d_mlp=256, lr=3e-3, weight_decay=1.0, warmup_steps=10,
+             steps=1500, eval_every=10, checkpoint_every=500)
+
+
+def small_or_preset(preset: str | None, full: bool):
+    if preset is not None:
+        return get_preset(preset)
+    return get_preset("dynamics") if full else configure("demo", **SMALL)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="published scale: 13 beta1 x 30 seeds, 9 wd x 30 seeds")
@@ -63,7 +80,8 @@ def main():
     ap.add_argument("--seeds", type=int, default=3, help="seeds per beta1 value")
     ap.add_argument("--wd-seeds", type=int, default=2, help="seeds per weight decay value")
     ap.add_argument("--steps", type=int, default=None, help="beta1 sweep budget (default: the preset's)")
-    ap.add_argument("--wd-steps", type=int, default=3000, help="weight-decay sweep budget (seed 004: 3000)")
+    ap.add_argument("--wd-steps", type=int, default=None, help="weight-decay sweep budget (default: the base's "
+                    "steps; --full: 3000, seed 004's)")
     ap.add_argument("--stop-after-grok", type=int, default=5)
     ap.add_argument("--chunk-size", type=int, default=8)
     ap.add_argument("--skip-wd", action="store_true", help="only the beta1 sweep")
@@ -71,14 +89,17 @@ def main():
     ap.add_argument("--figures", type=Path, default=Path("figures"))
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=V",
                     help="any other config field for every member, e.g. --set eval_every=20 (repeatable)")
-    ap.add_argument("--preset", default="dynamics", help="base configuration (default: dynamics)")
+    ap.add_argument("--preset", default=None, help="base configuration (default: the small scale, or "
+                    "dynamics with --full)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.full:
         args.beta1, args.wd = ",".join(map(str, FULL_BETA1)), ",".join(map(str, FULL_WD))
         args.seeds = args.wd_seeds = 30
-    base = get_preset(args.preset)
+        args.wd_steps = args.wd_steps or 3000
+    base = small_or_preset(args.preset, args.full)
+    args.wd_steps = args.wd_steps or base.train.steps
     fixed = {"stop_after_grok": args.stop_after_grok, "device": "cpu"}
     if args.steps:
         fixed["steps"] = args.steps
@@ -92,7 +113,12 @@ def main():
     b_sum = b_pop.summary("beta1")
     save_figure(population_summary(b_sum, "beta1", title=f"beta1 sweep: {base.task.op} mod {base.task.p}, "
                                    f"{args.seeds} seeds per value (seed 004: 30)"), stem.with_name(stem.name + "_beta1"))
-    report = [f"## beta1 sweep ({len(b_pop)} members: {len(b_sum)} values x {args.seeds} seeds, "
+    setting = (f"Setting: {base.task.op} mod {base.task.p}, {base.task.frac:.0%} train, {base.model.n_layers} layer(s), "
+               f"d_model {base.model.d_model}, d_mlp {base.model.d_mlp}, AdamW lr {base.train.lr:g}, "
+               f"batch {base.train.batch_size or 'full'}, eval every {base.train.eval_every} steps "
+               f"({'dynamics preset' if args.full and args.preset is None else args.preset or 'small scale'}); "
+               f"device cpu, {args.threads} thread(s).\n")
+    report = [setting, f"## beta1 sweep ({len(b_pop)} members: {len(b_sum)} values x {args.seeds} seeds, "
               f"budget {b_pop.table['budget'].iloc[0]} steps, stop {args.stop_after_grok} evaluations after grokking)\n",
               f"Seed 004 (13 values x 30 seeds): {PUBLISHED_BETA1}.\n",
               markdown_table(b_sum.reset_index(), ["beta1", "n", "n_grokked", "delay_median", "delay_q25", "delay_q75",
