@@ -428,11 +428,11 @@ def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict
 
 @app.command()
 def plot(run_dir: Path = typer.Argument(..., help="a run directory"),
-         png: bool = PNG):
+         png: bool = PNG, progress: bool = typer.Option(True, help="show a progress bar")):
     """(Re)draw a run's figures: training curve, and analysis figures if analyze wrote progress.csv."""
     from .runs import draw_figures, load_run
 
-    for f in draw_figures(load_run(run_dir), png=png):
+    for f in draw_figures(load_run(run_dir), png=png, progress=progress):
         typer.echo(f"wrote {f}")
 
 

@@ -646,21 +646,23 @@ def every_nth_step(run: Run, every: int = 1) -> list[int] | None:
     return steps + [run.steps[-1]] if steps and steps[-1] != run.steps[-1] else steps
 
 
-def draw_figures(run: Run, analysis: bool = True, png: bool = True) -> list[Path]:
+def draw_figures(run: Run, analysis: bool = True, png: bool = True, progress: bool = False) -> list[Path]:
     """(Re)draw a run's figures from its files: the training curve from ``metrics.csv`` and,
     with ``analysis`` and a ``progress.csv`` + ``phases.json`` from ``mechgrok analyze``, the
     analysis figures (``progress.analysis_figures``), e.g. after installing Chromium for PNGs.
-    Returns the files written."""
+    ``progress``: a bar over the figures (PNG export takes seconds each). Returns the files written."""
+    from tqdm.auto import tqdm
+
     from . import plots
     from .progress import transition_metrics
 
-    written = []
+    figures = {}
     m = run.metrics
     if len(m):
         tr = transition_metrics(m)
-        fig = plots.training_curve(m, title=f"{run.path.name}: {run.task.describe()}",
-                                   marks={"memorised": tr.memorised_step, "grokked": tr.grokked_step})
-        written += plots.save_figure(fig, run.path / "training_curve", png=png)
+        figures["training_curve"] = plots.training_curve(
+            m, title=f"{run.path.name}: {run.task.describe()}",
+            marks={"memorised": tr.memorised_step, "grokked": tr.grokked_step})
     table_file, phases_file = run.path / "progress.csv", run.path / "phases.json"
     if analysis and table_file.exists() and phases_file.exists():
         from .progress import analysis_figures
@@ -668,8 +670,10 @@ def draw_figures(run: Run, analysis: bool = True, png: bool = True) -> list[Path
         table = pd.read_csv(table_file)
         ph = json.loads(phases_file.read_text())
         table.attrs.update(key_freqs=ph["key_freqs"], basis=ph["basis"], level=ph.get("level"))
-        for stem, fig in analysis_figures(run, table).items():
-            written += plots.save_figure(fig, run.path / stem, png=png)
+        figures |= analysis_figures(run, table)
+    written = []
+    for stem, fig in tqdm(figures.items(), desc="figures", unit="fig", disable=not progress, dynamic_ncols=True):
+        written += plots.save_figure(fig, run.path / stem, png=png)
     return written
 
 
