@@ -460,13 +460,13 @@ def fit_training_map(pop, n_states: int, features=None, covariance: str = "diag"
 
 def analyze_population(pop, out_dir, n_states: int | None = None, features=None, max_states: int = 8,
                        covariance: str = "diag", restarts: int = 5, seed: int = 0, png: bool = True,
-                       title: str = "", progress: bool = True) -> dict:
+                       title: str = "", progress: bool = True, plotlyjs: str | bool = "directory") -> dict:
     """Statistics, model selection (always; it picks ``n_states`` when not given), the training
     map, Viterbi paths and the detour table of ``pop``, written to ``out_dir``:
     statistics.csv, model_selection.csv, transitions.csv, states.csv (means in z units,
     occupancy, labels), paths.csv, detours.csv, and the figures model_selection, training_map
-    and ribbons (HTML, + PNG when ``png``). ``statistics.csv`` is reused when it exists and
-    covers the same runs and steps. Returns the objects and the files written."""
+    and ribbons (HTML, + PNG when ``png``; ``plotlyjs`` as in ``plots.save_figure``).
+    ``statistics.csv`` is reused when it exists and covers the same runs and steps. Returns the objects and the files written."""
     from . import plots
 
     out = Path(out_dir)
@@ -523,5 +523,5 @@ def analyze_population(pop, out_dir, n_states: int | None = None, features=None,
                                         title=f"{prefix}state of every member over training"),
     }
     for stem, fig in figs.items():
-        written += plots.save_figure(fig, out / stem, png=png)
+        written += plots.save_figure(fig, out / stem, png=png, plotlyjs=plotlyjs)
     return {"statistics": table, "selection": sel, "map": tm, "detours": det, "n_states": n, "written": written}
