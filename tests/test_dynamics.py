@@ -42,7 +42,8 @@ def test_power_iteration_finds_top_eigenvalue_of_planted_quadratic(c, expected):
         return 0.5 * w @ A @ w + 0.5 * c * (p["M"].double() ** 2).sum()
 
     params = {"w": torch.randn(5, dtype=torch.float64), "M": torch.randn(2, 3, dtype=torch.float64)}
-    lam, v, _ = dy.top_eigenvalue_of(loss, params, None, None, iters=500, tol=1e-10)
+    no_data = torch.empty(0)
+    lam, v, _ = dy.top_eigenvalue_of(loss, params, no_data, no_data, iters=500, tol=1e-10)
     assert lam == pytest.approx(expected, rel=1e-6)
     # the vector is an eigenvector: H v = lam v, with H v written out by hand
     hv = torch.cat([A @ v["w"], c * v["M"].flatten()])
