@@ -406,10 +406,11 @@ class TrainingMap:
 
 def describe_state(means: pd.Series, test_acc: float | None = None, top: int = 2, threshold: float = 0.5) -> str:
     """A label from a state's z-scored feature means: the ``top`` features furthest from the
-    member's average (|z| > ``threshold``) as "high l2" / "low var_w", plus the mean test
-    accuracy of the checkpoints in the state."""
+    member's average (|z| > ``threshold``) as "high l2 (+1.3)" / "low var_w (-0.8)", plus the
+    mean test accuracy of the checkpoints in the state."""
     strongest = means.abs().sort_values(ascending=False)
-    parts = [f"{'high' if means[f] > 0 else 'low'} {f}" for f in strongest.index[:top] if abs(means[f]) > threshold]
+    parts = [f"{'high' if means[f] > 0 else 'low'} {f} ({means[f]:+.1f})" for f in strongest.index[:top]
+             if abs(means[f]) > threshold]
     label = ", ".join(parts) if parts else "average"
     if test_acc is not None and np.isfinite(test_acc):
         label += f"; test acc {test_acc:.2f}"

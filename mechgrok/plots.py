@@ -372,9 +372,12 @@ def latent_ribbons(paths: pd.DataFrame, grokking_steps: dict, labels: dict[int, 
                              mode="markers", marker=dict(symbol="x", size=8, color="black"), name="grokking step"))
     fig.update_yaxes(autorange="reversed", title_text="member (ordered by grokking step)")
     fig.update_xaxes(title_text="step")
-    legend = "" if labels is None else "<br><sup>" + "; ".join(f"S{i}: {labels[i]}" for i in range(k)) + "</sup>"
+    lines = [] if labels is None else ["; ".join(f"S{j}: {labels[j]}" for j in range(i, min(i + 2, k)))
+                                       for i in range(0, k, 2)]
+    legend = "".join(f"<br><sup>{line}</sup>" for line in lines)
     fig.update_layout(title=title + legend, template="plotly_white", width=1100,
-                      height=max(320, 140 + 22 * len(order)), legend=dict(orientation="h", y=-0.15))
+                      height=max(320, 140 + 22 * len(order) + 18 * len(lines)),
+                      margin=dict(t=80 + 18 * len(lines)), legend=dict(orientation="h", y=-0.15))
     return fig
 
 
