@@ -310,14 +310,15 @@ def latent_training_map(transitions: pd.DataFrame, occupancy: pd.Series, labels:
                         x: list[float], y: list[float], min_prob: float = 0.05,
                         title: str = "training map") -> go.Figure:
     """States as nodes (area ~ occupancy, placed at ``x`` = mean relative time of occupancy and
-    ``y`` = mean test accuracy), transitions between states as arrows whose width and label
-    give the probability; arrows below ``min_prob`` and self-transitions are not drawn (the
+    ``y`` = mean test accuracy; overlapping nodes are nudged apart), transitions between
+    states as arrows whose width and label give the probability; arrows below ``min_prob`` and self-transitions are not drawn (the
     self-transition probability is in each node's hover text)."""
     fig = go.Figure()
     k = len(transitions)
     T = transitions.to_numpy()
     occ = occupancy.to_numpy(float)
     sizes = 18 + 50 * (occ / max(occ.max(), 1)) ** 0.5
+    x, y = _spread(list(x), list(y), min_dist=0.14)
     for i in range(k):
         for j in range(k):
             if i == j or T[i, j] < min_prob:
@@ -347,6 +348,28 @@ def latent_training_map(transitions: pd.DataFrame, occupancy: pd.Series, labels:
     fig.update_layout(title=title, template="plotly_white", width=1000, height=620,
                       legend=dict(orientation="h", y=-0.18))
     return fig
+
+
+def _spread(x: list[float], y: list[float], min_dist: float, rounds: int = 200) -> tuple[list[float], list[float]]:
+    """Nudge points apart (mostly vertically) until no two are closer than ``min_dist``, so that
+    states at the same time and accuracy stay readable; positions are approximate after this."""
+    x, y = [float(v) for v in x], [float(v) for v in y]
+    for _ in range(rounds):
+        moved = False
+        for i in range(len(x)):
+            for j in range(i + 1, len(x)):
+                dx, dy = x[j] - x[i], y[j] - y[i]
+                d = (dx * dx + dy * dy) ** 0.5
+                if d < min_dist:
+                    push = (min_dist - d) / 2 + 1e-3
+                    uy = dy / d if d > 1e-9 else 1.0
+                    ux = dx / d if d > 1e-9 else 0.0
+                    x[i], x[j] = x[i] - 0.3 * push * ux, x[j] + 0.3 * push * ux
+                    y[i], y[j] = y[i] - push * (uy if abs(uy) > 0.2 else 1.0), y[j] + push * (uy if abs(uy) > 0.2 else 1.0)
+                    moved = True
+        if not moved:
+            break
+    return x, y
 
 
 def latent_ribbons(paths: pd.DataFrame, grokking_steps: dict, labels: dict[int, str] | None = None,
