@@ -370,7 +370,7 @@ def _check_measures(measures: Sequence[str]) -> tuple[str, ...]:
     return measures
 
 
-def make_probe(cfg, task: Task | None = None, measures: Sequence[str] = ("hessian", "agreement", "momentum"),
+def make_probe(cfg, task: Task | None = None, measures: Sequence[str] = MEASURES,
                hessian_iters: int = 3, rank_n: int = 32, split: str = "train", seed: int = 0,
                names: Sequence[str] | None = None) -> Callable[[int, Params, Params | None], dict[str, float]]:
     """The callable the trainer runs every ``probe_every`` steps:
@@ -380,9 +380,11 @@ def make_probe(cfg, task: Task | None = None, measures: Sequence[str] = ("hessia
     ``ModelConfig`` (then pass ``task``). Columns: ``hessian_top`` (+ ``hessian_iters``),
     ``agreement``, ``momentum_cos`` (NaN while there is no ``exp_avg``), ``grad_erank``.
     Cheap by construction: the power iteration runs ``hessian_iters`` steps (default 3) warm-
-    started from the previous probe's vector (the first probe runs 20); the full-batch gradient
-    for momentum is the weighted mean of the two half gradients that agreement computes
-    anyway; the effective rank uses ``rank_n`` examples (default 32)."""
+    started from the previous probe's vector (the first probe runs up to 20); each Hessian-vector
+    product is taken as the size-weighted mean of the two halves' products, and ``jvp`` of the
+    halves' ``grad`` returns the half gradients alongside, so agreement and the momentum's
+    full-batch gradient (the weighted mean of the half gradients) come with the first product at
+    no extra cost; the effective rank uses ``rank_n`` examples (default 32)."""
     measures = _check_measures(measures)
     if hasattr(cfg, "model") and hasattr(cfg, "train"):
         task = task or Task(cfg.task)
@@ -395,30 +397,43 @@ def make_probe(cfg, task: Task | None = None, measures: Sequence[str] = ("hessia
     loss = model_loss(mcfg)
     x, y = examples(task, split)
     rows_a, rows_b = halves(len(y), seed)
+    na, nb = len(rows_a), len(rows_b)
     xr, yr = examples(task, split, min(rank_n, len(y)), seed)
     state: dict[str, Params] = {}
 
     def probe(step: int, params: Params, exp_avg: Params | None = None) -> dict[str, float]:
         chosen = list(names) if names is not None else (list(exp_avg) if exp_avg else trainable_names(params, frozen))
-        p = {k: v.detach() for k, v in params.items()}
+        diff, fixed = _detached(params, chosen)
+        grad_a = grad(_bind(loss, fixed, x[rows_a], y[rows_a]))
+        grad_b = grad(_bind(loss, fixed, x[rows_b], y[rows_b]))
         out: dict[str, float] = {}
+        halves_seen: list[tuple[Params, Params]] = []
+
+        def hvp(v: Params) -> Params:
+            ga, ha = jvp(grad_a, (diff,), (v,))
+            gb, hb = jvp(grad_b, (diff,), (v,))
+            if not halves_seen:
+                halves_seen.append((ga, gb))
+            return {k: (na * ha[k] + nb * hb[k]) / (na + nb) for k in ha}
+
         if "hessian" in measures:
             v0 = state.get("v")
-            lam, v, n_it = top_eigenvalue_of(loss, p, x, y, iters=hessian_iters if v0 is not None else 20,
-                                             tol=1e-3, v0=v0, seed=seed, names=chosen)
+            start = v0 if v0 is not None else _random_like(diff, seed)
+            lam, v, n_it = power_iteration(hvp, {k: start[k].to(diff[k]) for k in diff},
+                                           hessian_iters if v0 is not None else 20, tol=1e-3)
             state["v"] = v
             out["hessian_top"], out["hessian_iters"] = lam, n_it
         if "agreement" in measures or "momentum" in measures:
-            ga, gb = half_gradients(loss, p, x, y, split_rows=(rows_a, rows_b), names=chosen)
+            ga, gb = halves_seen[0] if halves_seen else (grad_a(diff), grad_b(diff))
             if "agreement" in measures:
                 out["agreement"] = cosine(ga, gb)
             if "momentum" in measures:
                 # the half means weighted by size: the gradient of the mean loss over both halves
-                na, nb = len(rows_a), len(rows_b)
                 g = {k: (na * ga[k] + nb * gb[k]) / (na + nb) for k in ga}
                 out["momentum_cos"] = (cosine({k: exp_avg[k].to(g[k]) for k in g}, g)
                                        if exp_avg else float("nan"))
         if "rank" in measures:
+            p = {k: v.detach() for k, v in params.items()}
             out["grad_erank"] = effective_rank(per_sample_gradients(loss, p, xr, yr, names=chosen))
         return out
 
