@@ -170,7 +170,7 @@ def train(
     progress: bool = typer.Option(True, help="show a progress bar"),
     probe: Optional[str] = typer.Option(None, "--probe", help="measure optimizer dynamics while training -> "
                                         "dynamics.csv: every=N[,measures=hessian+agreement+momentum+rank]"
-                                        "[,iters=3][,rank_n=32]"),
+                                        "[,iters=2][,rank_n=16]"),
     png: bool = PNG,
 ):
     """Train a run (a preset with any field overridden), or --resume a stopped one."""
@@ -360,7 +360,7 @@ def freeze(run_dir: Path = typer.Argument(..., help="a run directory"),
     run = load_run(run_dir)
     with _json_only(as_json):
         table = iv.freeze_sweep(run, _ints(from_step), interventions, steps,
-                                out_dir=out or run.path / "interventions" / "freeze", optimizer=_value(optimizer),
+                                out_dir=out, optimizer=_value(optimizer),
                                 progress=progress, on_result=show)
     if as_json:
         typer.echo(json.dumps(table.to_dict("records"), indent=2))
@@ -388,8 +388,7 @@ def transplant(donor: Path = typer.Option(..., help="donor run directory"),
     with _json_only(as_json):
         res = iv.transplant_experiment(d, d_step, r, recipient_step, steps, neurons=_ints(neurons),
                                        freqs=_ints(freqs), layer=layer,
-                                       out_dir=out or r.path / "interventions" / f"transplant_{recipient_step}",
-                                       progress=progress)
+                                       out_dir=out, progress=progress)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return

@@ -404,8 +404,8 @@ def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Seque
                  progress: bool = True, on_result: Callable[[dict], None] | None = None,
                  trajectories: bool = False) -> pd.DataFrame:
     """``freeze_and_continue`` for every (checkpoint, intervention); one row each, with the
-    seconds it took. Continuation runs go to ``out_dir/step_{s}/{name}`` (default: temporary
-    directories). Resumable: with ``out_dir`` every finished continuation is appended to
+    seconds it took. Continuation runs go to ``out_dir/step_{s}/{name}`` (default ``out_dir``:
+    ``RUN/interventions/freeze``). Resumable: every finished continuation is appended to
     ``out_dir/results.jsonl`` as it ends, and a later call with the same ``out_dir`` skips what
     is there (a continuation cut off half-way is trained again from its checkpoint).
     ``trajectories``: keep each continuation's metrics in the rows (column ``trajectory``)."""
@@ -418,9 +418,10 @@ def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Seque
     names = parse_interventions(interventions, run.model_cfg.n_layers)
     for s in from_steps:
         run.resolve_step(s)  # fail before hours of training, not after
-    log = None if out_dir is None else Path(out_dir) / "results.jsonl"
+    out_dir = Path(out_dir) if out_dir is not None else run.path / "interventions" / "freeze"
+    log = out_dir / "results.jsonl"
     done = {}
-    if log is not None and log.exists():
+    if log.exists():
         for line in log.read_text().splitlines():
             r = json.loads(line)
             done[(r["from_step"], r["name"])] = r
@@ -430,17 +431,15 @@ def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Seque
     for s, name in todo:
         if (s, name) in done:
             continue
-        out = None if out_dir is None else Path(out_dir) / f"step_{s}" / name
-        if out is not None:
-            shutil.rmtree(out, ignore_errors=True)
+        out = out_dir / f"step_{s}" / name
+        shutil.rmtree(out, ignore_errors=True)
         t = time.time()
         res = freeze_and_continue(run, s, name, steps, out=out, optimizer=optimizer)
         row = res.to_dict(trajectory=True) | {"seconds": round(time.time() - t, 1)}
         done[(s, name)] = row
-        if log is not None:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:
+            f.write(json.dumps(row) + "\n")
         if on_result:
             on_result(row)
         bar.set_postfix(last=f"{name}@{s}: test {res.final_test_acc:.2f}", refresh=False)
@@ -462,13 +461,15 @@ def transplant_experiment(donor: Run, donor_step: int, recipient: Run, recipient
     """Seed 004: transplant the donor's Fourier neurons (``neurons``, or the clusters ``freqs``,
     default every clustered neuron) into the recipient checkpoint, train on ``steps`` steps, and
     compare with the untouched recipient trained on from the same checkpoint (same seed, same
-    minibatches, fresh optimiser for both)."""
+    minibatches, fresh optimiser for both). The two arms are run directories under ``out_dir``
+    (default ``RECIPIENT/interventions/transplant_{recipient_step}``)."""
     if neurons is None:
         neurons = select_neurons(donor, donor.task, freqs, layer, step=donor_step)
         if not neurons:
             raise ValueError(f"{donor.path} step {donor_step} has no clustered neurons to transplant")
     params = transplant_neurons(donor, recipient, neurons, layer, donor_step, recipient_step)
-    sub = (lambda n: None) if out_dir is None else (lambda n: Path(out_dir) / n)
+    out_dir = Path(out_dir) if out_dir is not None else recipient.path / "interventions" / f"transplant_{recipient_step}"
+    sub = (lambda n: out_dir / n)
     treated = continue_training(recipient, recipient_step, steps, params=params, out=sub("transplant"),
                                 name="transplant", progress=progress)
     control = continue_training(recipient, recipient_step, steps, out=sub("control"), name="control",

@@ -563,7 +563,7 @@ def analyze_run(run, out_dir=None, freqs: list[int] | None = None, steps: list[i
     nf.to_frame().to_csv(written[2], index=False, float_format="%.6g")
 
     figs = analysis_figures(run, table, ph, nf)
-    for stem, fig in figs.items():
+    for stem, fig in tqdm(figs.items(), desc="figures", unit="fig", disable=not progress, dynamic_ncols=True):
         written += plots.save_figure(fig, out / stem, png=png)
     return table, ph, written
 
