@@ -371,7 +371,7 @@ def _check_measures(measures: Sequence[str]) -> tuple[str, ...]:
 
 
 def make_probe(cfg, task: Task | None = None, measures: Sequence[str] = MEASURES,
-               hessian_iters: int = 3, rank_n: int = 32, split: str = "train", seed: int = 0,
+               hessian_iters: int = 2, rank_n: int = 16, split: str = "train", seed: int = 0,
                names: Sequence[str] | None = None) -> Callable[[int, Params, Params | None], dict[str, float]]:
     """The callable the trainer runs every ``probe_every`` steps:
     ``probe(step, params, exp_avg_or_None) -> {column: value}`` (rows of ``dynamics.csv``).
@@ -379,12 +379,12 @@ def make_probe(cfg, task: Task | None = None, measures: Sequence[str] = MEASURES
     ``cfg``: a ``RunConfig`` (its trainable parameters are differentiated) or a resolved
     ``ModelConfig`` (then pass ``task``). Columns: ``hessian_top`` (+ ``hessian_iters``),
     ``agreement``, ``momentum_cos`` (NaN while there is no ``exp_avg``), ``grad_erank``.
-    Cheap by construction: the power iteration runs ``hessian_iters`` steps (default 3) warm-
+    Cheap by construction: the power iteration runs ``hessian_iters`` steps (default 2) warm-
     started from the previous probe's vector (the first probe runs up to 20); each Hessian-vector
     product is taken as the size-weighted mean of the two halves' products, and ``jvp`` of the
     halves' ``grad`` returns the half gradients alongside, so agreement and the momentum's
     full-batch gradient (the weighted mean of the half gradients) come with the first product at
-    no extra cost; the effective rank uses ``rank_n`` examples (default 32)."""
+    no extra cost; the effective rank uses ``rank_n`` examples (default 16)."""
     measures = _check_measures(measures)
     if hasattr(cfg, "model") and hasattr(cfg, "train"):
         task = task or Task(cfg.task)
@@ -441,7 +441,7 @@ def make_probe(cfg, task: Task | None = None, measures: Sequence[str] = MEASURES
 
 
 def parse_probe(spec: str) -> dict:
-    """``every=10[,measures=hessian+agreement+momentum+rank][,iters=3][,rank_n=32]`` -> kwargs
+    """``every=10[,measures=hessian+agreement+momentum+rank][,iters=2][,rank_n=16]`` -> kwargs
     (``every`` plus ``make_probe``'s keywords)."""
     out: dict = {}
     for part in filter(None, (s.strip() for s in spec.split(","))):
