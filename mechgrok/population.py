@@ -34,6 +34,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -211,22 +212,11 @@ class SweepConfig:
                    chunk_size=d["chunk_size"])
 
 
-def _ensemble_key(cfg: RunConfig):
-    """Which members may share an ensemble: the population trainer's ``ensemble_key`` when it is
-    there, else everything but the seeds, lr, weight decay and betas."""
-    key = globals().get("ensemble_key")
-    if key is not None:
-        return key(cfg)
-    t = cfg.train
-    return (repr(replace(cfg.task, seed=0, frac=0.5, train_idx=None)), repr(replace(cfg.model, seed=0)),
-            t.batch_size, t.eval_every, t.checkpoint_every, t.frozen, t.device)
-
-
 def plan_chunks(members: Sequence[Member], chunk_size: int) -> list[list[str]]:
     """Member ids grouped by ensemble key (in sweep order), cut into chunks of ``chunk_size``."""
     groups: dict[Any, list[str]] = {}
     for m in members:
-        groups.setdefault(_ensemble_key(m.config), []).append(m.id)
+        groups.setdefault(ensemble_key(m.config), []).append(m.id)
     return [ids[i:i + chunk_size] for ids in groups.values() for i in range(0, len(ids), chunk_size)]
 
 
@@ -238,24 +228,16 @@ def _has_run(out: Path) -> bool:
 
 
 def _train_members(cfgs: list[RunConfig], outs: list[Path], progress: bool) -> None:
-    """Train (or finish) the members of one chunk: one ensemble with the population trainer;
-    members whose directories already hold a run are resumed, not restarted."""
-    if "train_ensemble" in globals():
-        if any(_has_run(o) for o in outs):
-            try:
-                globals()["resume_ensemble"](outs, progress=progress)
-                return
-            except (ValueError, FileNotFoundError, KeyError):
-                for o in outs:  # unreadable remains of a crash: start the chunk over
-                    shutil.rmtree(o, ignore_errors=True)
-        globals()["train_ensemble"](cfgs, outs, progress=progress)
-        return
-    from .train import train  # until the ensemble trainer exists: members one after another
-
-    for cfg, out in zip(cfgs, outs):
-        if _has_run(out):
-            shutil.rmtree(out)
-        train(cfg, out, progress=progress, figure=False)
+    """Train the members of one chunk as one ensemble; a chunk a crash left behind is resumed
+    (``resume_ensemble`` skips its finished members), or started over if it cannot be."""
+    if any(_has_run(o) for o in outs):
+        try:
+            resume_ensemble(outs, progress=progress)
+            return
+        except (ValueError, FileNotFoundError, KeyError):
+            for o in outs:  # unreadable or incomplete remains of a crash
+                shutil.rmtree(o, ignore_errors=True)
+    train_ensemble(cfgs, outs, progress=progress)
 
 
 def member_record(run: Run) -> dict:
@@ -283,7 +265,8 @@ def train_chunk(sweep_dir: str, ids: list[str], configs: list[dict], progress: b
     outs = [Path(sweep_dir) / MEMBERS_DIR / i for i in ids]
     _train_members([RunConfig.from_dict(c) for c in configs], outs, progress)
     seconds = time.time() - t0
-    return [{"id": i, "seconds": seconds / len(ids)} | member_record(Run(o)) for i, o in zip(ids, outs)]
+    where = {"host": socket.gethostname(), "pid": os.getpid()}  # which machine and process trained it
+    return [{"id": i, "seconds": seconds / len(ids)} | where | member_record(Run(o)) for i, o in zip(ids, outs)]
 
 
 # --- running a sweep -----------------------------------------------------------------------
@@ -325,7 +308,8 @@ def run_sweep(sweep: SweepConfig | None, out: str | Path, resume: bool = False, 
               ray_address: str | None = None, cpus_per_chunk: float = 1, gpus_per_chunk: float = 0,
               progress: bool = True) -> "Population":
     """Train every member of ``sweep`` into the sweep directory ``out`` (``resume``: finish the
-    sweep stored in ``out``; members in the manifest are skipped) and return the population.
+    sweep stored in ``out``, which must equal ``sweep`` if one is given; members in the manifest
+    are skipped) and return the population.
 
     ``backend``: ``local`` trains the chunks one after another in this process (torch uses all
     cores inside a step); ``ray`` submits each chunk as a Ray task with ``cpus_per_chunk`` CPUs
@@ -340,8 +324,11 @@ def run_sweep(sweep: SweepConfig | None, out: str | Path, resume: bool = False, 
         if not (out / SWEEP_FILE).exists():
             raise FileNotFoundError(f"{out} is not a sweep directory: {SWEEP_FILE} is missing")
         spec = json.loads((out / SWEEP_FILE).read_text())
-        sweep = SweepConfig.from_dict(spec)
-        chunks = spec["chunks"]
+        stored = SweepConfig.from_dict(spec)
+        if sweep is not None and json.dumps(sweep.to_dict()) != json.dumps(stored.to_dict()):
+            raise ValueError(f"{out} holds a different sweep than the one given; resume it without a sweep "
+                             f"(mechgrok sweep --resume {out}) or choose another --out")
+        sweep, chunks = stored, spec["chunks"]
     else:
         if sweep is None:
             raise ValueError("give a SweepConfig (or resume=True to finish the sweep in out)")
@@ -372,7 +359,7 @@ def run_sweep(sweep: SweepConfig | None, out: str | Path, resume: bool = False, 
 
     if ray is None:
         for chunk in todo:
-            finished(train_chunk(*args(chunk)))
+            finished(train_chunk(*args(chunk), progress=progress))  # the ensemble's bar over steps
     else:
         task = ray.remote(num_cpus=cpus_per_chunk, num_gpus=gpus_per_chunk)(train_chunk)
         pending = [task.remote(*args(chunk)) for chunk in todo]
@@ -456,21 +443,21 @@ class Population:
             self._table = table
         return self._table
 
-    def summary(self, field: str | None = None) -> pd.DataFrame:
-        """Per value of ``field`` (default: the one swept field): n, n_grokked, grok_rate,
-        delay median and quartiles (over members that memorised and grokked), grokking and
-        memorisation step medians, how many generalised before memorising, mean final test
-        accuracy."""
-        if field is None:
-            if len(self.fields) != 1:
-                raise ValueError(f"summary needs a field: this population varies {self.fields or 'nothing'}")
-            field = self.fields[0]
-        if field not in self.table.columns:
-            raise ValueError(f"summary field {field!r} is not a column; swept fields: {self.fields}")
-        return summarise(self.table, field)
+    def summary(self, field: str | Sequence[str] | None = None) -> pd.DataFrame:
+        """Per value of ``field`` (or per combination of several fields; default: every swept
+        field): n, n_grokked, grok_rate, delay median and quartiles (over members that
+        memorised and grokked), grokking and memorisation step medians, how many generalised
+        before memorising, mean final test accuracy."""
+        names = list(self.fields) if field is None else [field] if isinstance(field, str) else list(field)
+        if not names:
+            raise ValueError("summary needs a field: this population varies nothing but the seed")
+        bad = [f for f in names if f not in self.table.columns]
+        if bad:
+            raise ValueError(f"summary field {bad[0]!r} is not a column; swept fields: {self.fields}")
+        return summarise(self.table, names[0] if len(names) == 1 else names)
 
 
-def summarise(table: pd.DataFrame, field: str) -> pd.DataFrame:
+def summarise(table: pd.DataFrame, field: str | list[str]) -> pd.DataFrame:
     """The per-value statistics of ``Population.summary`` for any population table."""
     def stats(g: pd.DataFrame) -> pd.Series:
         delay = g["delay"].dropna().to_numpy(dtype=float)
@@ -486,10 +473,14 @@ def summarise(table: pd.DataFrame, field: str) -> pd.DataFrame:
             "final_test_acc_mean": float(g["final_test_acc"].mean()),
             "last_step_mean": float(g["last_step"].astype(float).mean())})
 
-    key = table[field].map(lambda v: "none" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
-    out = table.groupby(key, sort=True)[table.columns].apply(stats)
-    out.index.name = field
-    return out
+    def label(v):
+        return "none" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    names = [field] if isinstance(field, str) else list(field)
+    keys = [table[f].map(label).rename(f) for f in names]
+    out = table.groupby(keys if len(keys) > 1 else keys[0], sort=True)[table.columns].apply(stats)
+    counts = ["n", "n_grokked", "n_delay", "n_grokked_before_memorising"]
+    return out.astype({c: int for c in counts})
 
 
 def load_population(source: str | Path | Sequence[str | Path], finished_only: bool = True) -> Population:

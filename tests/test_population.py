@@ -4,6 +4,7 @@ seed 001's definitions on planted runs, and the CLI commands."""
 
 import json
 import math
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -142,7 +143,9 @@ def test_ray_backend_on_a_local_two_cpu_cluster_matches_the_local_sweep(local_sw
     ref = _metrics(local_sweep)
     for i, m in _metrics(pop).items():
         np.testing.assert_allclose(m[METRIC_COLUMNS].to_numpy(), ref[i][METRIC_COLUMNS].to_numpy(), rtol=2e-4, atol=1e-6)
-    assert ray_local.available_resources().get("CPU") == 2  # the tasks gave their CPUs back
+    workers = {r["pid"] for r in read_manifest(tmp_path / "ray").values()}
+    assert os.getpid() not in workers, "chunks ran as Ray tasks in worker processes, not in the driver"
+    assert ray_local.cluster_resources()["CPU"] == 2
 
 
 def test_ray_backend_without_ray_says_how_to_install(tmp_path, monkeypatch):
