@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def main():
             f"d_model {base.model.d_model}, lr {base.train.lr:g} ({args.preset or ('dynamics' if args.full else 'small scale')}), "
             f"{args.seeds} seeds per arm, "
             f"budget {budget} steps, stop {args.stop_after_grok} evaluations after grokking; {seconds / 60:.1f} min.\n\n"
-            + markdown_table(rows))
+            + markdown_table(rows, floatfmt=".4g")
+            + f"\nCommand: `OMP_NUM_THREADS=1 python analyses/grokfast_vs_momentum.py {' '.join(sys.argv[1:])}`\n")
     stem.with_suffix(".md").write_text(text)
     stem.with_suffix(".json").write_text(json.dumps({
         "args": {k: str(v) for k, v in vars(args).items()}, "base": base.to_dict(), "seconds": round(seconds, 1),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -118,11 +119,12 @@ def main():
                f"batch {base.train.batch_size or 'full'}, eval every {base.train.eval_every} steps "
                f"({'dynamics preset' if args.full and args.preset is None else args.preset or 'small scale'}); "
                f"device cpu, {args.threads} thread(s).\n")
-    report = [setting, f"## beta1 sweep ({len(b_pop)} members: {len(b_sum)} values x {args.seeds} seeds, "
+    command = "python analyses/momentum_sweep.py " + " ".join(sys.argv[1:])
+    report = [f"Command: `OMP_NUM_THREADS=1 {command.strip()}`\n", setting, f"## beta1 sweep ({len(b_pop)} members: {len(b_sum)} values x {args.seeds} seeds, "
               f"budget {b_pop.table['budget'].iloc[0]} steps, stop {args.stop_after_grok} evaluations after grokking)\n",
               f"Seed 004 (13 values x 30 seeds): {PUBLISHED_BETA1}.\n",
               markdown_table(b_sum.reset_index(), ["beta1", "n", "n_grokked", "delay_median", "delay_q25", "delay_q75",
-                                                   "memorised_step_median", "grokked_step_median"])]
+                                                   "memorised_step_median", "grokked_step_median"], floatfmt=".4g")]
     done, budget = steps_saved(b_pop)
     report.append(f"\nSteps trained {done:,} of {budget:,} ({1 - done / budget:.0%} saved by stop-after-grok); "
                   f"{b_s / 60:.1f} min.\n")
@@ -143,7 +145,7 @@ def main():
         report += [f"\n## weight-decay sweep at beta1 = 0 ({len(w_pop)} members, budget {args.wd_steps} steps)\n",
                    markdown_table(pd.DataFrame(rows), ["weight_decay", "grokked", "delay_median", "delay_q25",
                                                        "delay_q75", "n_grokked_before_memorising",
-                                                       "final_test_acc_mean", "seed 004"]),
+                                                       "final_test_acc_mean", "seed 004"], floatfmt=".4g"),
                    f"\n{w_s / 60:.1f} min.\n"]
         done, budget = steps_saved(w_pop)
         result |= {"wd": w_sum.reset_index().to_dict("records"), "wd_seconds": round(w_s, 1),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def main():
                                   title=f"{t.n_bits}-bit parity, {t.frac:.0%} train: with and without weight decay"), stem)
     text = (f"Parity with and without weight decay (seed 002): {args.preset} preset ({t.n_bits} bits, {t.frac:.0%} train), "
             f"{pop.table['budget'].iloc[0]} steps, {args.seeds} seeds per arm, {seconds / 60:.1f} min.\n\n"
-            + markdown_table(rows))
+            + markdown_table(rows, floatfmt=".4g")
+            + f"\nCommand: `OMP_NUM_THREADS=1 python analyses/parity_two_basins.py {' '.join(sys.argv[1:])}`\n")
     stem.with_suffix(".md").write_text(text)
     stem.with_suffix(".json").write_text(json.dumps({
         "args": {k: str(v) for k, v in vars(args).items()}, "base": base.to_dict(), "seconds": round(seconds, 1),
