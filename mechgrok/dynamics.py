@@ -652,9 +652,10 @@ def _at(dyn: pd.DataFrame, col: str, step: int | None) -> float:
 def series_summary(dyn: pd.DataFrame, memorised: int | None, grokked: int | None) -> dict:
     """What each probed series did around the transition (the numbers seed 004 quotes):
     ``hessian_rise`` = largest top eigenvalue / the first probe's, and where it peaked;
-    agreement at the first probe and at memorisation; the mean momentum cosine between
-    memorisation and grokking (``momentum_cos_plateau``); the effective rank at memorisation
-    and at grokking and ``erank_drop`` = 1 - erank(grokked) / erank(memorised)."""
+    agreement at the first probe, at memorisation and at grokking; the mean (and least) momentum
+    cosine between memorisation and grokking (``momentum_cos_plateau``); and ``erank_drop`` =
+    1 - (least effective rank within one gap after grokking, [grokked, grokked + (grokked -
+    memorised)]) / (median effective rank on the plateau [memorised, grokked])."""
     out: dict = {}
     if "hessian_top" in dyn and len(dyn):
         h = dyn["hessian_top"].to_numpy()
@@ -672,9 +673,14 @@ def series_summary(dyn: pd.DataFrame, memorised: int | None, grokked: int | None
         w = dyn[(dyn["step"] >= memorised) & (dyn["step"] <= end)]["momentum_cos"]
         out |= {"momentum_cos_plateau": float(w.mean()) if len(w) else float("nan"),
                 "momentum_cos_plateau_min": float(w.min()) if len(w) else float("nan")}
-    if "grad_erank" in dyn:
-        a, b = _at(dyn, "grad_erank", memorised), _at(dyn, "grad_erank", grokked)
-        out |= {"erank_at_memorised": a, "erank_at_grokked": b, "erank_drop": 1 - b / a if a else float("nan")}
+    if "grad_erank" in dyn and memorised is not None and grokked is not None and grokked > memorised:
+        st, e = dyn["step"], dyn["grad_erank"]
+        plateau = e[(st >= memorised) & (st <= grokked)]
+        after = e[(st >= grokked) & (st <= 2 * grokked - memorised)]
+        if len(plateau) and len(after):
+            i = after.idxmin()
+            out |= {"erank_plateau": float(plateau.median()), "erank_min_after_grokked": float(after.min()),
+                    "erank_min_step": int(st[i]), "erank_drop": float(1 - after.min() / plateau.median())}
     return out
 
 

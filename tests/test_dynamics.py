@@ -338,3 +338,20 @@ def test_dynamics_command_on_a_population_and_on_an_unprobed_run(probed_populati
     last = dy.hessian_top_eigenvalue(plain.params(40), plain.model_cfg, plain.task, iters=100, tol=1e-6)
     assert ckpt["hessian_top"].iloc[-1] == pytest.approx(last, rel=2e-2)
     assert ckpt["momentum_cos"].iloc[-1] == pytest.approx(dy.momentum_alignment(plain), abs=1e-6)
+
+
+def test_series_summary_on_planted_series():
+    steps = np.arange(10, 1001, 10)
+    hessian = np.where(steps <= 100, steps / 10.0, 10.0 * np.exp(-(steps - 100) / 200))  # 1 -> 10, then decays
+    erank = np.where((steps >= 400) & (steps <= 500), 15.0, 20.0)  # plateau 20, dip to 15 after grokking
+    erank = np.where(steps == 200, 24.0, erank)
+    momentum = np.where((steps >= 100) & (steps <= 300), -0.2, 0.5)
+    dyn = pd.DataFrame({"step": steps, "hessian_top": hessian, "agreement": np.linspace(-0.8, 0.2, len(steps)),
+                        "momentum_cos": momentum, "grad_erank": erank})
+    out = dy.series_summary(dyn, memorised=100, grokked=300)
+    assert out["hessian_rise"] == pytest.approx(10.0) and out["hessian_peak_step"] == 100
+    assert out["agreement_first"] == pytest.approx(-0.8)
+    assert out["momentum_cos_plateau"] == pytest.approx(-0.2)
+    # window after grokking: [300, 500] (one gap); plateau [100, 300] has median 20
+    assert out["erank_plateau"] == pytest.approx(20.0) and out["erank_drop"] == pytest.approx(0.25)
+    assert out["erank_min_step"] == 400
