@@ -3,8 +3,9 @@
     python analyses/parity_two_basins.py              # 2 arms x 2 seeds (see figures/parity_two_basins.md)
     python analyses/parity_two_basins.py --seeds 10   # more seeds
 
-The ``parity`` preset (10-bit parity, seed 002's example 2) trained with its weight decay and
-with none, weight norm recorded at every evaluation (sqrt of the summed squared weights).
+10-bit parity (seed 002's example 2; by default the ``demo`` preset's 1-layer model on half of
+the 1024 strings, 3000 full-batch steps, ``SMALL`` below; ``--preset parity`` for the preset)
+trained with the base's weight decay and with none, weight norm recorded at every evaluation (sqrt of the summed squared weights).
 Seed 002's claim (qualitative, no numbers): memorising solutions sit at a higher weight norm;
 with weight decay the model eventually generalises as the norm falls, without it the model can
 stay in the memorisation basin indefinitely. One sweep; resumable (re-run the command).
@@ -27,11 +28,15 @@ import torch
 
 from mechgrok.plots import markdown_table, population_curves, save_figure
 from mechgrok.population import SweepConfig, run_sweep
-from mechgrok.presets import get_preset
+from mechgrok.presets import configure, get_preset
 from mechgrok.runs import provenance
 
 PUBLISHED = {True: "eventually generalises (weight norm falls into the low-norm basin)",
              False: "can stay memorised indefinitely"}
+
+# default: seed 002's 10-bit parity (half of the 1024 strings for training) on the demo preset's 1-layer
+# model (d_model 128, AdamW lr 1e-3, wd 1, betas (0.9, 0.98)), 3000 full-batch steps
+SMALL = dict(op="parity", n_bits=10, frac=0.5, steps=3000, eval_every=20, checkpoint_every=500)
 
 
 def main():
@@ -43,11 +48,12 @@ def main():
     ap.add_argument("--figures", type=Path, default=Path("figures"))
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=V",
                     help="any other config field for every member, e.g. --set eval_every=20 (repeatable)")
-    ap.add_argument("--preset", default="parity", help="base configuration (default: parity)")
+    ap.add_argument("--preset", default=None, help="base configuration (default: SMALL, the demo preset on "
+                    "10-bit parity; e.g. --preset parity)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    base = get_preset(args.preset)
+    base = get_preset(args.preset) if args.preset else configure("demo", **SMALL)
     wd = args.wd if args.wd is not None else base.train.weight_decay
     fixed = {"device": "cpu"} | ({"steps": args.steps} if args.steps else {}) | dict(a.split("=", 1) for a in args.set)
     spec = SweepConfig(base, grid={"weight_decay": (wd, 0.0)}, seeds=args.seeds, fixed=fixed)
