@@ -10,7 +10,8 @@ geometry re-measured with mechgrok's probes, next to the seed's number.
    and fall, agreement during memorisation, the momentum cosine between memorisation and
    grokking, the effective-rank drop at the transition, the limit cycle, and over the seeds
    the correlation of agreement dips with the grokking gap.
-2. The limit cycle at weight decay 0.25 / 1 / 2 (``--wds``; the first seed; wd 1 is the probed run).
+2. The limit cycle at weight decay 0.25 / 1 / 2 (``--wds``; the first seed; wd 1 is the probed run;
+   wd 0.25 gets 6000 steps: at 3000 it has not grokked yet in the small setting).
 
 ``--setting preset`` is the ``dynamics`` preset (a+b mod 113, 2 layers); ``small`` (default) is
 a+b mod 23 on a 1-layer d_model 64 model (70% train, lr 3e-3), which memorises within ~100 steps
@@ -119,7 +120,8 @@ def main():
     ap.add_argument("--seeds", default="0-7", help="probed runs at wd 1, e.g. 0-7 or 0,3,5")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--probe-every", type=int, default=10)
-    ap.add_argument("--wds", default="0.25,1,2", help="weight decays of the limit-cycle figure (wd 1: the probed run)")
+    ap.add_argument("--wds", default="0.25:6000,1,2", help="weight decays of the limit-cycle figure, each with an "
+                    "optional :steps budget (default --steps); wd 1 is the probed run")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: probed, wd")
     ap.add_argument("--out", type=Path, default=Path("runs/dynamics"))
     ap.add_argument("--figures", type=Path, default=Path("figures/dynamics"))
@@ -194,22 +196,23 @@ def main():
     # 2. the limit cycle across weight decays
     if "wd" not in skip:
         series, grokked, lc_rows = {}, {}, []
-        for wd in sorted({float(w) for w in args.wds.split(",") if w}):
+        budgets = {float(w.partition(":")[0]): int(w.partition(":")[2] or args.steps) for w in args.wds.split(",") if w}
+        for wd, budget in sorted(budgets.items()):
             t = time.time()
             if wd == 1.0:  # the probed run of part 1
                 run = probed(seeds[0])
             else:
-                run = get_run(seeded(base, seeds[0], steps=args.steps, weight_decay=wd), root / f"wd{wd:g}_s{seeds[0]}",
+                run = get_run(seeded(base, seeds[0], steps=budget, weight_decay=wd), root / f"wd{wd:g}_s{seeds[0]}",
                               None, args.probe_every)
             timing[f"wd{wd:g}"] = round(time.time() - t)
             lc = dy.limit_cycle(run)
             label = f"wd {wd:g}"
             series[label], grokked[label] = run.metrics, lc.grokked_step
             lc_rows.append({"weight_decay": wd, "seed 004": SEED_004.get(f"limit_wd{wd:g}", "-"), **lc.to_dict()})
-        save_figure(limit_cycle_figure(series, grokked, title=f"after grokking ({args.setting} setting, seed {seeds[0]}, "
-                                       f"{args.steps} steps)"), args.figures / "limit_cycle")
+        save_figure(limit_cycle_figure(series, grokked, title=f"after grokking ({args.setting} setting, seed {seeds[0]}; "
+                                       f"budgets {budgets})"), args.figures / "limit_cycle")
         result["limit_cycle"] = lc_rows
-        report += [f"## Limit cycle after grokking: {scale}; seed {seeds[0]}, {args.steps} steps\n",
+        report += [f"## Limit cycle after grokking: {scale}; seed {seeds[0]}; steps per weight decay {budgets}\n",
                    markdown_table(pd.DataFrame(lc_rows), ["weight_decay", "seed 004", "verdict", "grokked_step",
                                                           "test_acc_period", "test_acc_amplitude",
                                                           "weight_norm_period", "weight_norm_amplitude", "collapses"]),
