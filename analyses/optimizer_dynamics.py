@@ -92,7 +92,7 @@ def get_run(cfg: mg.RunConfig, out: Path, probe_kw: dict | None, every: int) -> 
         resume_config(run.config, cfg)  # refuses a run of other settings in the same directory
         if run.steps and run.steps[-1] >= cfg.train.steps:
             return run
-        return resume_run(out, progress=True, **kw)
+        return resume_run(out, cfg, progress=True, **kw)
     return train_run(cfg, out, progress=True, **kw)
 
 
