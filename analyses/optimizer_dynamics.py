@@ -181,7 +181,11 @@ def main():
         corr = dy.pearson(col("agreement_dips"), pd.to_numeric(pd.Series(col("delay")), errors="coerce"))
         claims.append(("agreement dips vs grokking gap, Pearson", SEED_004["dips_vs_gap"],
                        f"r = {corr.r:.3f}, n = {corr.n}, p = {corr.p:.3g}"))
-        result["dips_vs_gap"] = corr.to_dict()
+        corr_before = dy.pearson(col("agreement_dips_before_grokked"),
+                                 pd.to_numeric(pd.Series(col("delay")), errors="coerce"))
+        claims.append(("dips up to the grokking step vs gap (window grows with the gap)", "-",
+                       f"r = {corr_before.r:.3f}, n = {corr_before.n}, p = {corr_before.p:.3g}"))
+        result["dips_vs_gap"] = corr.to_dict() | {"before_grokked": corr_before.to_dict()}
         save_figure(dips_vs_gap_scatter(t, corr.r, corr.n, corr.p, title=f"agreement dips vs gap ({args.setting})"),
                     args.figures / "dips_vs_gap")
         report += [f"## Probed runs: {scale}; wd 1, betas (0.9, 0.98), seeds {seeds}, {args.steps} steps, every "
@@ -190,7 +194,8 @@ def main():
                    markdown_table(pd.DataFrame(claims, columns=["claim", "seed 004", "ours"])), "",
                    markdown_table(t.reindex(columns=["seed", "memorised_step", "grokked_step", "delay", "hessian_rise",
                                      "hessian_peak_step", "agreement_first", "agreement_at_memorised",
-                                     "momentum_cos_plateau", "erank_drop", "agreement_dips", "limit_verdict",
+                                     "momentum_cos_plateau", "erank_drop", "agreement_dips",
+                                     "agreement_dips_before_grokked", "limit_verdict",
                                      "limit_test_acc_period", "limit_weight_norm_period", "limit_collapses"])), ""]
 
     # 2. the limit cycle across weight decays
@@ -208,12 +213,15 @@ def main():
             lc = dy.limit_cycle(run)
             label = f"wd {wd:g}"
             series[label], grokked[label] = run.metrics, lc.grokked_step
-            lc_rows.append({"weight_decay": wd, "seed 004": SEED_004.get(f"limit_wd{wd:g}", "-"), **lc.to_dict()})
+            lc_rows.append({"weight_decay": wd, "seed 004": SEED_004.get(f"limit_wd{wd:g}", "-"), **lc.to_dict(),
+                            "steps": budget})
         save_figure(limit_cycle_figure(series, grokked, title=f"after grokking ({args.setting} setting, seed {seeds[0]}; "
                                        f"budgets {budgets})"), args.figures / "limit_cycle")
         result["limit_cycle"] = lc_rows
         report += [f"## Limit cycle after grokking: {scale}; seed {seeds[0]}; steps per weight decay {budgets}\n",
-                   markdown_table(pd.DataFrame(lc_rows), ["weight_decay", "seed 004", "verdict", "grokked_step",
+                   markdown_table(pd.DataFrame([r | {"grokked_step": "-" if r["grokked_step"] is None else
+                                                     str(r["grokked_step"])} for r in lc_rows]),
+                                  ["weight_decay", "steps", "seed 004", "verdict", "grokked_step",
                                                           "test_acc_period", "test_acc_amplitude",
                                                           "weight_norm_period", "weight_norm_amplitude", "collapses"]),
                    ""]

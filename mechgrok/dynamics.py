@@ -686,7 +686,7 @@ def series_summary(dyn: pd.DataFrame, memorised: int | None, grokked: int | None
 
 def run_summary(run, dyn: pd.DataFrame | None = None, prominence: float = 0.1) -> dict:
     """One row per run: transition metrics, the series summary (``series_summary``), agreement
-    dips (count, over the whole run), and the limit cycle. ``dyn`` defaults to ``dynamics.csv``."""
+    dips (count over the whole run, and up to the grokking step), and the limit cycle. ``dyn`` defaults to ``dynamics.csv``."""
     from .progress import transition_metrics
 
     tr = transition_metrics(run.metrics)
@@ -697,6 +697,10 @@ def run_summary(run, dyn: pd.DataFrame | None = None, prominence: float = 0.1) -
         row |= series_summary(dyn, tr.memorised_step, tr.grokked_step)
         if "agreement" in dyn:
             row["agreement_dips"] = len(agreement_dips(dyn["step"], dyn["agreement"], prominence))
+            # up to grokking only: a window as long as the gap itself (so the count grows with it)
+            row["agreement_dips_before_grokked"] = (
+                len(agreement_dips(dyn["step"], dyn["agreement"], prominence, until=tr.grokked_step))
+                if tr.grokked_step is not None else None)
     row |= {f"limit_{k}": v for k, v in limit_cycle(run).to_dict().items() if k != "grokked_step"}
     return row
 
