@@ -372,7 +372,8 @@ def _check_measures(measures: Sequence[str]) -> tuple[str, ...]:
 
 def make_probe(cfg, task: Task | None = None, measures: Sequence[str] = MEASURES,
                hessian_iters: int = 2, rank_n: int = 16, split: str = "train", seed: int = 0,
-               names: Sequence[str] | None = None) -> Callable[[int, Params, Params | None], dict[str, float]]:
+               names: Sequence[str] | None = None, first_iters: int = 20
+               ) -> Callable[[int, Params, Params | None], dict[str, float]]:
     """The callable the trainer runs every ``probe_every`` steps:
     ``probe(step, params, exp_avg_or_None) -> {column: value}`` (rows of ``dynamics.csv``).
 
@@ -380,7 +381,7 @@ def make_probe(cfg, task: Task | None = None, measures: Sequence[str] = MEASURES
     ``ModelConfig`` (then pass ``task``). Columns: ``hessian_top`` (+ ``hessian_iters``),
     ``agreement``, ``momentum_cos`` (NaN while there is no ``exp_avg``), ``grad_erank``.
     Cheap by construction: the power iteration runs ``hessian_iters`` steps (default 2) warm-
-    started from the previous probe's vector (the first probe runs up to 20); each Hessian-vector
+    started from the previous probe's vector (the first, cold, up to ``first_iters``); each Hessian-vector
     product is taken as the size-weighted mean of the two halves' products, and ``jvp`` of the
     halves' ``grad`` returns the half gradients alongside, so agreement and the momentum's
     full-batch gradient (the weighted mean of the half gradients) come with the first product at
@@ -420,7 +421,7 @@ def make_probe(cfg, task: Task | None = None, measures: Sequence[str] = MEASURES
             v0 = state.get("v")
             start = v0 if v0 is not None else _random_like(diff, seed)
             lam, v, n_it = power_iteration(hvp, {k: start[k].to(diff[k]) for k in diff},
-                                           hessian_iters if v0 is not None else 20, tol=1e-3)
+                                           hessian_iters if v0 is not None else first_iters, tol=1e-3)
             state["v"] = v
             out["hessian_top"], out["hessian_iters"] = lam, n_it
         if "agreement" in measures or "momentum" in measures:

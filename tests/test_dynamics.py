@@ -2,6 +2,7 @@
 written from the definition (never the measure's own code path)."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -286,7 +287,7 @@ def _random_init(cfg, seed):
 
 @pytest.fixture(scope="module")
 def probed_population(tmp_path_factory):
-    """Two probed runs (every 5 steps, every measure) and one unprobed run, 40 steps each; the
+    """Two probed runs (every 10 steps, every measure) and one unprobed run, 40 steps each; the
     weights start from seeded random draws (no TransformerLens boot)."""
     from mechgrok.train import train_run
 
@@ -294,10 +295,10 @@ def probed_population(tmp_path_factory):
     runs = []
     for seed in (0, 1):
         cfg = _tiny_cfg(seed)
-        probe = dy.make_probe(cfg, measures=dy.MEASURES, rank_n=8)
+        probe = dy.make_probe(cfg, measures=dy.MEASURES, rank_n=8, first_iters=5)
         runs.append(train_run(cfg, root / "sweep" / f"m{seed}", progress=False, init=_random_init(cfg, seed),
-                              probe=probe, probe_every=5))
-    cfg = _tiny_cfg(2)
+                              probe=probe, probe_every=10))
+    cfg = replace(_tiny_cfg(2), train=replace(_tiny_cfg(2).train, checkpoint_every=40))  # checkpoints 0 and 40
     plain = train_run(cfg, root / "plain", progress=False, init=_random_init(cfg, 2))
     return root, runs, plain
 
@@ -305,7 +306,7 @@ def probed_population(tmp_path_factory):
 def test_trainer_probe_rows_and_momentum_from_resume_state(probed_population):
     _, runs, _ = probed_population
     dyn = pd.read_csv(runs[0].path / "dynamics.csv")
-    assert dyn["step"].tolist() == list(range(5, 41, 5))
+    assert dyn["step"].tolist() == [10, 20, 30, 40]
     assert {"hessian_top", "agreement", "momentum_cos", "grad_erank"} <= set(dyn.columns)
     # the probe's momentum cosine at the last step (live AdamW state, half-gradient mean) equals the
     # one recomputed afterwards from resume.safetensors (stored moments, full-batch gradient)
