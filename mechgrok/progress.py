@@ -66,7 +66,7 @@ from tqdm.auto import tqdm
 from . import fourier
 from .fourier import FrequencyProjection
 from .model import (Hook, ModelConfig, Params, activation_fn, as_params, attn_scale, forward, is_tl_model,
-                    layer_index, split_metrics, token_position_table, weight_sq)
+                    layer_index, per_example_loss, split_metrics, token_position_table, weight_sq)
 from .tasks import Task
 
 LEVELS = ("logits", "neurons")
@@ -147,12 +147,6 @@ def hooked_logits(model, task: Task, fwd_hooks=(), cfg: ModelConfig | None = Non
     return forward(params, mcfg, task.inputs.to(device), fwd_hooks=list(fwd_hooks))
 
 
-def _split_loss(logits: Float[Tensor, "n_examples d_vocab_out"], task: Task, split: str) -> float:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return split_metrics(logits, task, (split,))[f"{split}_loss"]
-
-
 def restricted_loss(model, task: Task, freqs, level: str = "logits", split: str | None = None,
                     basis: str = "auto", layer: int | None = None, cfg: ModelConfig | None = None,
                     step: int | None = None) -> float:
@@ -204,11 +198,15 @@ def spectrum_gini(norms: Float[Tensor, " n_freq"]) -> float:
     return gini(torch.as_tensor(norms)[1:])
 
 
-def weight_measures(params: Params, cfg: ModelConfig, task: Task, basis: str = "auto") -> dict[str, float]:
+def weight_measures(params: Params, cfg: ModelConfig, task: Task, basis: str = "auto",
+                    W_L: Float[Tensor, "d_mlp d_vocab_out"] | None = None) -> dict[str, float]:
     """Gini (``spectrum_gini``) of the W_E and W_L frequency norms, the sum of squared weights,
-    and the norms per frequency (columns ``W_E_k{k}``, ``W_L_k{k}``)."""
-    e = fourier.embedding_spectrum(params, task, basis, cfg=cfg)
-    wl = fourier.W_L_spectrum(params, task, basis, cfg=cfg)
+    and the norms per frequency (columns ``W_E_k{k}``, ``W_L_k{k}``). ``W_L``: the last layer's
+    ``W_out @ W_U`` if the caller has it already."""
+    c = fourier.coords(task, basis)
+    e = fourier.freq_norms(c.basis @ params["embed.W_E"][c.elements].float())
+    W_L = fourier.W_L(params, cfg) if W_L is None else W_L
+    wl = fourier.freq_norms(c.basis @ W_L[:, c.elements].T.float())
     out = {"gini_W_E": spectrum_gini(e), "gini_W_L": spectrum_gini(wl), "weight_sq": weight_sq(params)}
     out |= {f"W_E_k{k}": float(v) for k, v in enumerate(e)}
     out |= {f"W_L_k{k}": float(v) for k, v in enumerate(wl)}
@@ -218,9 +216,20 @@ def weight_measures(params: Params, cfg: ModelConfig, task: Task, basis: str = "
 # --- one checkpoint ------------------------------------------------------------------------
 
 
+def _split_loss(logits: Float[Tensor, "n_examples d_vocab_out"], task: Task, split: str) -> float:
+    """Mean loss over one split (``model.per_example_loss``, the one cross-entropy)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    labels = task.labels.to(logits.device)
+    if split != "all":
+        idx = (task.train_idx if split == "train" else task.test_idx).to(logits.device)
+        logits, labels = logits[idx], labels[idx]
+    return float(per_example_loss(logits, labels).mean())
+
+
 def _loss_measures(full, restricted, excluded, task: Task, level: str) -> dict[str, float]:
     """Train/test loss and accuracy of ``full``, restricted loss on its definition's split,
-    excluded loss on the train pairs -- all through ``model.per_example_loss``."""
+    excluded loss on the train pairs."""
     return (split_metrics(full, task)
             | {"restricted_loss": _split_loss(restricted, task, RESTRICTED_SPLIT[level]),
                "excluded_loss": _split_loss(excluded, task, "train")})
@@ -298,15 +307,17 @@ def measure_grid(params: Params, cfg: ModelConfig, task: Task, projections: tupl
     """Every measure for one checkpoint through ``grid_forward`` and the ``(keep, remove)``
     projections, by linearity (module docstring)."""
     base, post = grid_forward(params, cfg, task)
-    contrib = post @ fourier.W_L(params, cfg)
-    full = base + contrib
+    W_L = fourier.W_L(params, cfg)
     keep, remove = (pr.project for pr in projections)
     if level == "logits":
+        full = torch.addmm(base, post, W_L)
         restricted, excluded = keep(full), remove(full)
     else:  # the direct path mean-ablated for restricted, kept for excluded
+        contrib = post @ W_L
+        full = base + contrib
         restricted = base.mean(0, keepdim=True) + keep(contrib)
         excluded = base + remove(contrib)
-    return _loss_measures(full, restricted, excluded, task, level) | weight_measures(params, cfg, task, basis)
+    return _loss_measures(full, restricted, excluded, task, level) | weight_measures(params, cfg, task, basis, W_L)
 
 
 # --- a whole run ---------------------------------------------------------------------------
