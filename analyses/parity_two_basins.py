@@ -79,7 +79,8 @@ def main():
     save_figure(population_curves(curves, ("test_acc", "train_acc", "weight_norm"),
                                   ("test accuracy", "train accuracy", "weight norm"),
                                   title=f"{t.n_bits}-bit parity, {t.frac:.0%} train: with and without weight decay"), stem)
-    text = (f"Parity with and without weight decay (seed 002): {args.preset} preset ({t.n_bits} bits, {t.frac:.0%} train), "
+    text = (f"Parity with and without weight decay (seed 002): {args.preset + ' preset' if args.preset else 'demo model (SMALL)'} "
+            f"({t.n_bits} bits, {t.frac:.0%} train), "
             f"{pop.table['budget'].iloc[0]} steps, {args.seeds} seeds per arm, {seconds / 60:.1f} min.\n\n"
             + markdown_table(rows, floatfmt=".4g")
             + f"\nCommand: `OMP_NUM_THREADS=1 python analyses/parity_two_basins.py {' '.join(sys.argv[1:])}`\n")
