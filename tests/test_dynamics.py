@@ -356,3 +356,19 @@ def test_series_summary_on_planted_series():
     # window after grokking: [300, 500] (one gap); plateau [100, 300] has median 20
     assert out["erank_plateau"] == pytest.approx(20.0) and out["erank_drop"] == pytest.approx(0.25)
     assert out["erank_min_step"] == 400
+
+
+def test_momentum_alignment_reads_kept_moments_files(probed_population, tmp_path):
+    import shutil
+
+    from mechgrok.runs import save_tensors
+
+    _, _, plain = probed_population
+    run_dir = tmp_path / "copy"
+    shutil.copytree(plain.path, run_dir)
+    run = mg.load_run(run_dir)
+    g = _autograd_gradient({k: v.double() for k, v in run.params(0).items()}, run.model_cfg,
+                           *dy.examples(run.task))
+    save_tensors(dy.moments_path(run_dir, 0), {f"opt.{k}.exp_avg": -v.float() for k, v in g.items()}
+                 | {f"opt.{k}.exp_avg_sq": (v * v).float() for k, v in g.items()})
+    assert dy.momentum_alignment(run, 0) == pytest.approx(-1.0, abs=1e-5)
