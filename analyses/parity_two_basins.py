@@ -1,6 +1,7 @@
 """Seed 002 ("Grokking as a phase transition"): 10-bit parity with and without weight decay.
 
-    python analyses/parity_two_basins.py              # 2 arms x 2 seeds (see figures/parity_two_basins.md)
+    python analyses/parity_two_basins.py              # 2 arms x 2 seeds, 30% train
+    python analyses/parity_two_basins.py --set frac=0.1 --steps 3000 --out sweeps/parity_f10   # figures/parity_two_basins.md
     python analyses/parity_two_basins.py --seeds 10   # more seeds
 
 10-bit parity (seed 002's example 2; by default the ``demo`` preset's 1-layer model on 30% of
@@ -27,7 +28,7 @@ import pandas as pd
 import torch
 
 from mechgrok.plots import markdown_table, population_curves, save_figure
-from mechgrok.population import SweepConfig, run_sweep
+from mechgrok.population import SweepConfig, read_manifest, run_sweep
 from mechgrok.presets import configure, get_preset
 from mechgrok.runs import provenance
 
@@ -61,6 +62,7 @@ def main():
     t0 = time.time()
     pop = run_sweep(spec, args.out, resume=(args.out / "sweep.json").exists())
     seconds = time.time() - t0
+    trained = sum(r["seconds"] for r in read_manifest(args.out).values())  # training time, over all invocations
     curves, rows = {}, []
     for r in pop.table.itertuples():
         m = pop.run(r.id).metrics.assign(weight_norm=lambda d: d["weight_sq"] ** 0.5)
@@ -75,13 +77,14 @@ def main():
                      "seed 002": PUBLISHED[r.weight_decay > 0]})
     stem = args.figures / "parity_two_basins"
     args.figures.mkdir(parents=True, exist_ok=True)
-    t = base.task
+    t = pop.run(0).config.task  # the members' task (--set may change the base's)
     save_figure(population_curves(curves, ("test_acc", "train_acc", "weight_norm"),
                                   ("test accuracy", "train accuracy", "weight norm"),
                                   title=f"{t.n_bits}-bit parity, {t.frac:.0%} train: with and without weight decay"), stem)
     text = (f"Parity with and without weight decay (seed 002): {args.preset + ' preset' if args.preset else 'demo model (SMALL)'} "
             f"({t.n_bits} bits, {t.frac:.0%} train), "
-            f"{pop.table['budget'].iloc[0]} steps, {args.seeds} seeds per arm, {seconds / 60:.1f} min.\n\n"
+            f"{pop.table['budget'].iloc[0]} steps, {args.seeds} seeds per arm; training {trained / 60:.1f} min "
+            f"(this invocation {seconds / 60:.1f} min).\n\n"
             + markdown_table(rows, floatfmt=".4g")
             + f"\nCommand: `OMP_NUM_THREADS=1 python analyses/parity_two_basins.py {' '.join(sys.argv[1:])}`\n")
     stem.with_suffix(".md").write_text(text)
