@@ -14,5 +14,7 @@ from .presets import PRESETS, get_preset
 from .runs import Run, RunConfig, TrainConfig, import_run, load_hooked_transformer, load_run
 from .tasks import Task, TaskConfig, make_task
 from .train import TrainingDiverged, resume_run, train_run  # mg.train is the module; train_run the entry point
+from . import population  # sweeps and population tables (issue 9)
+from .population import SweepConfig, load_population, run_sweep
 
 __version__ = "0.1.0"
