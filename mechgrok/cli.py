@@ -93,7 +93,11 @@ def _print_summary(run):
     typer.echo(f"final: train acc {s['train_acc']:.4f}, test acc {s['test_acc']:.4f}, "
                f"train loss {s['train_loss']:.3e}, test loss {s['test_loss']:.3e}")
     typer.echo(f"memorised (train acc > {MEMORISED_TRAIN_ACC}) at step: {s['memorised_step']}")
-    typer.echo(f"grokked (test acc > {GROKKED_TEST_ACC}) at step: {s['grokked_step']}")
+    typer.echo(f"grokked (test acc > {GROKKED_TEST_ACC}) at step: {s['grokked_step']}"
+               + ("" if s["grokked"] else f" (not within the run's {s['last_step']} steps)"))
+    typer.echo(f"delay (grokked - memorised): {s['delay']}, max acceleration of test acc at step: "
+               f"{s['max_acceleration_step']}, final gap (train - test acc): {s['final_gap']:.4f}"
+               if s["final_gap"] is not None else "no evaluations yet")
     fig = run.path / "training_curve.html"
     if fig.exists():
         typer.echo(f"figure: {fig}" + (" (+ .png)" if fig.with_suffix(".png").exists() else ""))

@@ -342,3 +342,14 @@ def test_spectrum_evolution_explains_key_markers_and_keeps_them_off_the_data():
     assert sorted(int(a.text.split()[-1]) for a in marks) == [2, 7] and [a.y for a in marks] == [2, 7]
     assert all(a.xref == "paper" and a.x >= 1.0 and a.xanchor == "left" for a in marks)  # right margin
     assert any("key frequency" in (t.name or "") for t in fig.data) and fig.layout.showlegend
+
+
+def test_info_shows_the_transition_metrics_read_off_metrics_csv(grokked_run):
+    m = grokked_run.metrics
+    memorised = int(m.loc[m["train_acc"] > 0.99, "step"].iloc[0])  # seed 001's definitions, by hand
+    grokked = int(m.loc[m["test_acc"] > 0.9, "step"].iloc[0])
+    gap = float(m["train_acc"].iloc[-1] - m["test_acc"].iloc[-1])
+    out = ok("info", grokked_run.path).output
+    assert f"memorised (train acc > 0.99) at step: {memorised}" in out
+    assert f"grokked (test acc > 0.9) at step: {grokked}\n" in out
+    assert f"delay (grokked - memorised): {grokked - memorised}," in out and f"final gap (train - test acc): {gap:.4f}" in out
