@@ -10,6 +10,8 @@ population table of grokking statistics (issue 9).
 from __future__ import annotations
 
 # --- ensemble trainer and Grokfast (issue 9 parts 1, 5; population helper) ---
+# The ensemble trainer lives in ensemble.py (Grokfast in train.py); its API is re-exported here.
+from .ensemble import check_ensemble, ensemble_key, member_status, resume_ensemble, train_ensemble  # noqa: E402,F401
 
 
 # --- sweeps and population tables (issue 9 parts 2-4) ---

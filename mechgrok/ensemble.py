@@ -1,0 +1,421 @@
+"""Ensembles: many runs of one model shape trained together in one process.
+
+    from mechgrok.ensemble import train_ensemble      # also re-exported by mechgrok.population
+    cfgs = [replace(base, model=replace(base.model, seed=s), task=replace(base.task, seed=s)) for s in range(8)]
+    runs = train_ensemble(cfgs, [f"sweeps/x/seed{s}" for s in range(8)])
+
+The N members' trainable weights live in one ``[N, n_params]`` tensor (the parameter dict is
+a set of views into it); ``torch.func.vmap`` maps the solo loss (``train.loss_fn``) over the
+members and ``torch.func.grad`` differentiates it, so one step is one batched forward and
+backward, one batched AdamW update over that tensor and, if asked for, one batched Grokfast
+filter -- no Python loop over members and no host synchronisation inside a step. On a CPU the
+gain is the per-step overhead shared by N members; on a GPU it is the parallelism.
+
+Per member: the split (``task.seed``, or an explicit ``task.train_idx`` of the same size),
+the initialisation (``model.seed``), the minibatch order (``train.seed``), ``lr``,
+``weight_decay``, ``betas``, ``warmup_steps``, the step budget (``steps``),
+``stop_after_grok`` and Grokfast's ``alpha``/``lambda``. Everything else (``ensemble_key``)
+must agree.
+
+Each member writes an ordinary run directory (``runs.RunWriter``): ``mg.load_run`` and every
+analysis work on it, and its ``resume.safetensors`` has the solo format, so a member can even
+be resumed alone. ``member.json`` records whether it is still running. A member leaves the
+ensemble when it reaches its budget, ``stop_after_grok`` evaluations after it groks, or when
+its loss stops being finite (``diverged``); the stacked tensors are then compacted, so the
+remaining members' steps get cheaper (masking would keep paying for the stopped ones).
+
+Equality with a solo run: a member computes what its solo run computes, in another order.
+The batched matmuls of vmap (and the per-member AdamW written here over stacked tensors
+rather than ``torch.optim.AdamW``'s foreach kernels) round differently in the last bit, so a
+member is not bit-identical to its solo run; the difference starts at ~1e-7 relative and
+training amplifies it slowly. ``tests/test_population.py`` pins the loss curves of members and
+their solo runs to a relative 1e-4 over the first 300 steps. Two ensembles of the same
+members are bit-identical, and so is an ensemble resumed after SIGKILL.
+
+Crash safety: at a checkpoint every member's files are written first with the resume state
+under ``resume.next.safetensors``; only then are they all renamed to ``resume.safetensors``.
+``resume_ensemble`` rolls a half-finished rename forward (or a half-written checkpoint back),
+so the members always resume from one common step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torch.func import grad_and_value, vmap
+from tqdm.auto import tqdm
+
+from .model import forward, init_params, per_example_loss
+from .runs import (METRIC_COLUMNS, RESUME_FILE, ResumeState, Run, RunConfig, RunWriter, check_new_run_dir,
+                   read_resume_state, write_json)
+from .tasks import Task
+from .train import EVAL_CHUNK, GradientFilter, resolve_device, should_stop, trainable_names
+
+MEMBER_FILE = "member.json"
+NEXT_RESUME_FILE = "resume.next.safetensors"
+# Fields that may differ between the members of one ensemble; every other field must agree.
+PER_MEMBER = {"task": ("seed", "train_idx"), "model": ("seed",),
+              "train": ("seed", "lr", "weight_decay", "betas", "warmup_steps", "steps", "stop_after_grok",
+                        "grokfast_alpha", "grokfast_lambda")}
+EPS = 1e-8  # AdamW's eps (torch's default, as the solo trainer uses)
+
+
+def ensemble_key(cfg: RunConfig) -> tuple:
+    """What members of one ensemble share: every config field but those in ``PER_MEMBER``
+    (and ``preset``, a label). Group a sweep's members by this key to chunk it."""
+    key = []
+    for part in ("task", "model", "train"):
+        c = getattr(cfg, part)
+        key += [(f"{part}.{f.name}", getattr(c, f.name)) for f in fields(c) if f.name not in PER_MEMBER[part]]
+    if cfg.task.train_idx is not None:
+        key.append(("task.n_train", len(cfg.task.train_idx)))
+    return tuple(key)
+
+
+def check_ensemble(cfgs: Sequence[RunConfig]):
+    """Fail naming the first field on which a member differs from the first member."""
+    if not cfgs:
+        raise ValueError("an ensemble needs at least one member")
+    first = dict(ensemble_key(cfgs[0]))
+    for i, c in enumerate(cfgs[1:], 1):
+        for name, value in ensemble_key(c):
+            if first.get(name, value) != value or name not in first:
+                raise ValueError(f"ensemble member {i} differs in {name} ({value!r} vs {first.get(name)!r}); "
+                                 f"members may differ only in {_per_member_names()}")
+
+
+def _per_member_names() -> str:
+    return ", ".join(f"{part}.{f}" for part, names in PER_MEMBER.items() for f in names)
+
+
+def member_status(out: str | os.PathLike) -> dict | None:
+    """The ``member.json`` of an ensemble member: ``status`` (running, done,
+    stopped_after_grok, diverged), ``last_step``, ``grokked_step``, ``ensemble_size``;
+    None for a directory that is not a member."""
+    f = Path(out) / MEMBER_FILE
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def _write_status(out: Path, status: str, last_step: int, rows: list[dict], n: int):
+    from .progress import GROKKED_TEST_ACC
+
+    grok = next((int(r["step"]) for r in rows if r["test_acc"] > GROKKED_TEST_ACC), None)
+    write_json(out / MEMBER_FILE, {"status": status, "last_step": int(last_step), "grokked_step": grok,
+                                   "ensemble_size": n})
+
+
+# --- entry points ---------------------------------------------------------------------------
+
+
+def train_ensemble(cfgs: Sequence[RunConfig], outs: Sequence[str | os.PathLike], *,
+                   progress: bool = True) -> list[Run]:
+    """Train every ``cfgs[i]`` into the new run directory ``outs[i]`` as one ensemble; return
+    the members' ``Run`` objects. Nothing is written unless every member is valid."""
+    cfgs, outs = list(cfgs), [Path(o) for o in outs]
+    if len(cfgs) != len(outs):
+        raise ValueError(f"{len(cfgs)} configs but {len(outs)} output directories")
+    if len(set(map(str, outs))) != len(outs):
+        raise ValueError("two ensemble members share an output directory")
+    check_ensemble(cfgs)
+    for o in outs:
+        check_new_run_dir(o)
+    tasks = [Task(c.task) for c in cfgs]
+    device = resolve_device(cfgs[0].train.device)
+    writers, states = [], []
+    for c, t, o in zip(cfgs, tasks, outs):
+        writers.append(RunWriter.create(o, c, device))
+        _write_status(o, "running", 0, [], len(cfgs))
+        states.append(ResumeState(0, init_params(c.model.resolve(t))))
+    _train_members(cfgs, tasks, writers, states, fresh=True, progress=progress)
+    return [Run(o) for o in outs]
+
+
+def resume_ensemble(outs: Sequence[str | os.PathLike], *, progress: bool = True) -> list[Run]:
+    """Continue an ensemble after a crash or SIGKILL. Finished members are left as they are;
+    the others resume from their common last checkpoint and end as an uninterrupted ensemble
+    would have."""
+    outs = [Path(o) for o in outs]
+    running = [o for o in outs if (member_status(o) or {}).get("status", "running") == "running"]
+    _recover_checkpoint(running)
+    by_step: dict[int, list[tuple[Path, ResumeState]]] = {}
+    for o in running:
+        st = read_resume_state(o)
+        by_step.setdefault(st.step, []).append((o, st))
+    for step in sorted(by_step):
+        group = by_step[step]
+        cfgs = [Run(o).config for o, _ in group]
+        check_ensemble(cfgs)
+        tasks = [Task(c.task) for c in cfgs]
+        writers = [RunWriter.reopen(o, step) for o, _ in group]
+        _train_members(cfgs, tasks, writers, [st for _, st in group], fresh=False, progress=progress)
+    return [Run(o) for o in outs]
+
+
+def _recover_checkpoint(outs: list[Path]):
+    """Finish or undo a checkpoint that a kill interrupted (see the module docstring)."""
+    pending = [o for o in outs if (o / NEXT_RESUME_FILE).exists()]
+    if not pending:
+        return
+    nxt = {o: read_resume_state(o, NEXT_RESUME_FILE).step for o in pending}
+    target = max(nxt.values())
+    complete = all(nxt.get(o) == target or ((o / RESUME_FILE).exists() and read_resume_state(o).step == target)
+                   for o in outs)
+    for o in pending:
+        if complete and nxt[o] == target:
+            os.replace(o / NEXT_RESUME_FILE, o / RESUME_FILE)
+        else:
+            os.unlink(o / NEXT_RESUME_FILE)
+
+
+# --- the batched step -----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def adamw_(p: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, lr: Tensor, wd: Tensor, b1: Tensor, b2: Tensor):
+    """``torch.optim.AdamW``'s update (decoupled weight decay, bias-corrected moments) on
+    stacked members, in place: ``p, g, m, v`` are ``[N, n_params]``, the hyper-parameters
+    ``[N, 1]`` float64 (one per member), ``t`` the step count after this step."""
+    f32 = p.dtype
+    p.mul_((1 - lr * wd).to(f32))
+    m.lerp_(g, (1 - b1).to(f32))
+    v.mul_(b2.to(f32)).addcmul_(g * (1 - b2).to(f32), g)
+    step_size = (lr / (1 - b1 ** t)).to(f32)
+    denom = (v.sqrt() / (1 - b2 ** t).sqrt().to(f32)).add_(EPS)
+    p.addcdiv_(m * -step_size, denom)
+
+
+class _Members:
+    """The stacked state of the members still training: trainable weights ``flat [N, P]``
+    (``params`` are views into it), frozen weights, AdamW moments, per-member settings and data."""
+
+    def __init__(self, cfgs, tasks, writers, states, device):
+        self.cfgs, self.tasks, self.writers = list(cfgs), list(tasks), list(writers)
+        c0 = cfgs[0]
+        self.mcfg = c0.model.resolve(tasks[0])
+        self.names = trainable_names(states[0].params, c0.train.frozen)
+        if not self.names:
+            raise ValueError(f"TrainConfig.frozen={c0.train.frozen} freezes every parameter")
+        self.order = list(states[0].params)  # the state dict's own key order, for the files
+        self.frozen_names = [k for k in self.order if k not in self.names]
+        self.shapes = {k: tuple(states[0].params[k].shape) for k in self.names}
+        self.slices, off = {}, 0
+        for k in self.names:
+            n = int(torch.Size(self.shapes[k]).numel())
+            self.slices[k], off = slice(off, off + n), off + n
+
+        def flat(get):
+            return torch.stack([torch.cat([get(s, k).reshape(-1) for k in self.names]) for s in states]).to(device)
+
+        self.flat = flat(lambda s, k: s.params[k]).float().contiguous()
+        self.frozen = {k: torch.stack([s.params[k] for s in states]).to(device) for k in self.frozen_names}
+        has_opt = [bool(s.optimizer) for s in states]
+        if any(has_opt) and not all(has_opt):
+            raise ValueError("ensemble members disagree on whether AdamW has state")
+        if all(has_opt):
+            self.m = flat(lambda s, k: s.optimizer[k]["exp_avg"])
+            self.v = flat(lambda s, k: s.optimizer[k]["exp_avg_sq"])
+            counts = {int(s.optimizer[self.names[0]]["step"]) for s in states}
+            if len(counts) != 1:
+                raise ValueError(f"ensemble members are at different AdamW steps {sorted(counts)}")
+            self.t = counts.pop()
+        else:
+            self.m, self.v, self.t = torch.zeros_like(self.flat), torch.zeros_like(self.flat), 0
+
+        def col(get):
+            return torch.tensor([float(get(c.train)) for c in cfgs], dtype=torch.float64, device=device)[:, None]
+
+        self.lr, self.wd = col(lambda t: t.lr), col(lambda t: t.weight_decay)
+        self.b1, self.b2 = col(lambda t: t.betas[0]), col(lambda t: t.betas[1])
+        self.warmup = col(lambda t: t.warmup_steps)
+        self.gfilter = GradientFilter.from_config(c0.train)
+        if self.gfilter is not None:
+            self.gfilter.alpha = col(lambda t: t.grokfast_alpha).float()
+            self.gfilter.lam = col(lambda t: t.grokfast_lambda).float()
+            if states[0].grokfast:
+                self.gfilter.count = int(states[0].grokfast["count"])
+                key = "ema" if self.gfilter.mode == "ema" else "window"
+                if key == "ema":
+                    self.gfilter.state["flat.ema"] = flat(lambda s, k: s.grokfast[f"{k}.ema"])
+                else:  # window axis first: [window, N, P]
+                    self.gfilter.state["flat.window"] = torch.stack(
+                        [torch.cat([s.grokfast[f"{k}.window"].reshape(self.gfilter.window, -1) for k in self.names], 1)
+                         for s in states], 1).to(device)
+        self.train_idx = torch.stack([t.train_idx for t in tasks]).to(device)  # [N, n_train]
+        self.is_train = torch.stack([t.is_train for t in tasks]).to(device)  # [N, n_examples]
+        self.inputs, self.labels = tasks[0].inputs.to(device), tasks[0].labels.to(device)
+
+    def __len__(self):
+        return len(self.cfgs)
+
+    @property
+    def params(self) -> dict[str, Tensor]:
+        n = len(self)
+        return {k: self.flat[:, sl].view(n, *self.shapes[k]) for k, sl in self.slices.items()}
+
+    def member_state(self, i: int, step: int) -> ResumeState:
+        """Member ``i``'s resume state in the solo format (per-name tensors)."""
+        def cut(x):  # copies: safetensors refuses tensors that share memory
+            return {k: x[i, sl].view(self.shapes[k]).clone() for k, sl in self.slices.items()}
+
+        params = cut(self.flat) | {k: v[i].clone() for k, v in self.frozen.items()}
+        m, v = cut(self.m), cut(self.v)
+        optimizer = ({k: {"step": torch.tensor(float(self.t)), "exp_avg": m[k], "exp_avg_sq": v[k]}
+                      for k in self.names} if self.t else {})
+        grokfast = {}
+        if self.gfilter is not None and self.gfilter.state:
+            if self.gfilter.mode == "ema":
+                grokfast = {f"{k}.ema": e for k, e in cut(self.gfilter.state["flat.ema"]).items()}
+            else:
+                w = self.gfilter.state["flat.window"]
+                grokfast = {f"{k}.window": w[:, i, sl].reshape(self.gfilter.window, *self.shapes[k]).clone()
+                            for k, sl in self.slices.items()}
+            grokfast["count"] = torch.tensor(self.gfilter.count)
+        return ResumeState(step, {k: params[k] for k in self.order}, optimizer, grokfast)
+
+    def keep(self, idx: list[int]):
+        """Compact the ensemble to members ``idx`` (the others have left it)."""
+        sel = torch.tensor(idx, dtype=torch.long, device=self.flat.device)
+        self.cfgs = [self.cfgs[i] for i in idx]
+        self.tasks = [self.tasks[i] for i in idx]
+        self.writers = [self.writers[i] for i in idx]
+        self.flat, self.m, self.v = self.flat[sel].contiguous(), self.m[sel], self.v[sel]
+        self.frozen = {k: v[sel] for k, v in self.frozen.items()}
+        for name in ("lr", "wd", "b1", "b2", "warmup", "train_idx", "is_train"):
+            setattr(self, name, getattr(self, name)[sel])
+        if self.gfilter is not None:
+            self.gfilter.alpha, self.gfilter.lam = self.gfilter.alpha[sel], self.gfilter.lam[sel]
+            for k, s in list(self.gfilter.state.items()):
+                self.gfilter.state[k] = s[sel] if k == "flat.ema" else s[:, sel]
+
+
+def _batch(members: _Members, step: int, cache: dict) -> Tensor:
+    """``[N, batch]`` rows of the example table each member trains on at ``step``: its whole
+    train split (full batch), or its minibatch in the order ``train.batch_indices`` gives a
+    solo run (one shuffle per member per epoch, made once per epoch)."""
+    bs = members.cfgs[0].train.batch_size
+    n_train = members.train_idx.shape[1]
+    if bs is None or bs >= n_train:
+        return members.train_idx
+    import math
+
+    per_epoch = math.ceil(n_train / bs)
+    epoch, i = divmod(step, per_epoch)
+    seeds = tuple(c.train.seed for c in members.cfgs)
+    if cache.get("key") != (epoch, seeds):
+        perms = torch.stack([torch.randperm(n_train, generator=torch.Generator().manual_seed(s * 1_000_003 + epoch))
+                             for s in seeds]).to(members.train_idx.device)
+        cache.update(key=(epoch, seeds), rows=members.train_idx.gather(1, perms))
+    return cache["rows"][:, i * bs:(i + 1) * bs]
+
+
+def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool):
+    c0 = cfgs[0]
+    device = resolve_device(c0.train.device)
+    mem = _Members(cfgs, tasks, writers, states, device)
+    n_total = len(mem)
+    start = states[0].step
+    eval_every, ckpt_every = c0.train.eval_every, c0.train.checkpoint_every
+    mcfg = mem.mcfg
+
+    def member_loss(P: dict[str, Tensor], frozen: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return per_example_loss(forward(P | frozen, mcfg, x), y).mean()
+
+    def total_loss(P, frozen, x, y):
+        losses = vmap(member_loss)(P, frozen, x, y)
+        return losses.sum(), losses
+
+    step_grad = grad_and_value(total_loss, has_aux=True)
+
+    @torch.no_grad()
+    def evaluate(step: int) -> list[dict]:
+        n = len(mem)
+        chunk = max(1, EVAL_CHUNK // n)
+        nll, correct = [], []
+        for s in range(0, len(mem.labels), chunk):
+            x, y = mem.inputs[s:s + chunk], mem.labels[s:s + chunk]
+            logits = vmap(lambda P, Fz: forward(P | Fz, mcfg, x))(mem.params, mem.frozen)  # [N, b, vocab]
+            nll.append(per_example_loss(logits.flatten(0, 1), y.repeat(n)).view(n, -1))
+            correct.append((logits.argmax(-1) == y).double())
+        nll, correct = torch.cat(nll, 1), torch.cat(correct, 1)
+        tr, te = mem.is_train.double(), (~mem.is_train).double()
+        wsq = sum((v.double() ** 2).flatten(1).sum(1) for v in [mem.flat, *mem.frozen.values()])
+        table = torch.stack([(nll * tr).sum(1) / tr.sum(1), (nll * te).sum(1) / te.sum(1),
+                             (correct * tr).sum(1) / tr.sum(1), (correct * te).sum(1) / te.sum(1), wsq], 1).cpu()
+        return [dict(zip(METRIC_COLUMNS, (step, *map(float, row)))) for row in table]
+
+    def checkpoint(step: int, which: list[int]):
+        for i in which:  # phase 1: every member's files, resume state under its "next" name
+            mem.writers[i].checkpoint(mem.member_state(i, step), resume_name=NEXT_RESUME_FILE)
+        for i in which:  # phase 2: commit
+            os.replace(mem.writers[i].path / NEXT_RESUME_FILE, mem.writers[i].path / RESUME_FILE)
+
+    def leave(step: int, rows_done: list[tuple[int, str]], checkpointed: bool):
+        """Members that are done at ``step``: final checkpoint, member.json, compaction."""
+        if not rows_done:
+            return
+        if not checkpointed:
+            checkpoint(step, [i for i, status in rows_done if status != "diverged"])
+        for i, status in rows_done:
+            w = mem.writers[i]
+            last = step if status != "diverged" else read_resume_state(w.path).step
+            _write_status(w.path, status, last, w.rows, n_total)
+        gone = {i for i, _ in rows_done}
+        mem.keep([i for i in range(len(mem)) if i not in gone])
+
+    def finished(i: int, step: int) -> str | None:
+        tc = mem.cfgs[i].train
+        if should_stop(mem.writers[i].rows, tc.stop_after_grok):
+            return "stopped_after_grok"
+        return "done" if step >= tc.steps else None
+
+    if fresh:
+        for i, row in enumerate(evaluate(start)):
+            mem.writers[i].record(row)
+        checkpoint(start, list(range(len(mem))))
+    leave(start, [(i, s) for i in range(len(mem)) if (s := finished(i, start))], checkpointed=True)
+
+    end = max((c.train.steps for c in mem.cfgs), default=start)
+    bar = tqdm(total=end, initial=start, disable=not progress, unit="step", dynamic_ncols=True, mininterval=0.5,
+               desc=f"ensemble of {n_total}")
+    cache: dict = {}
+    nonfinite = torch.zeros(len(mem), dtype=torch.bool, device=device)
+    step = start
+    while len(mem) and step < end:
+        rows = _batch(mem, step, cache)
+        x, y = mem.inputs[rows], mem.labels[rows]
+        grads, (_, losses) = step_grad(mem.params, mem.frozen, x, y)
+        nonfinite |= ~torch.isfinite(losses)
+        g = torch.cat([grads[k].flatten(1) for k in mem.names], 1)
+        if mem.gfilter is not None:
+            g = mem.gfilter({"flat": g})["flat"]
+        mem.t += 1
+        lr = mem.lr * torch.where(mem.warmup > 0, ((step + 1) / mem.warmup.clamp(min=1)).clamp(max=1.0), 1.0)
+        adamw_(mem.flat, g, mem.m, mem.v, mem.t, lr, mem.wd, mem.b1, mem.b2)
+        step += 1
+        budgets = [c.train.steps for c in mem.cfgs]
+        is_eval = step % eval_every == 0 or step in budgets
+        is_ckpt = step % ckpt_every == 0
+        if is_eval:
+            bad = nonfinite.cpu().tolist()
+            for i, row in enumerate(evaluate(step)):
+                if not bad[i]:
+                    mem.writers[i].record(row)
+            done = [(i, "diverged") if bad[i] else (i, s) for i in range(len(mem))
+                    if bad[i] or (s := finished(i, step))]
+            if is_ckpt:
+                checkpoint(step, [i for i in range(len(mem)) if not bad[i]])
+            keep_flags = [i for i in range(len(mem)) if i not in {j for j, _ in done}]
+            leave(step, done, checkpointed=is_ckpt)
+            nonfinite = nonfinite[torch.tensor(keep_flags, dtype=torch.long, device=device)]
+            n_grok = sum(1 for w in mem.writers if any(r["test_acc"] > 0.9 for r in w.rows))
+            bar.set_postfix(members=len(mem), grokked=n_grok, refresh=False)
+        elif is_ckpt:
+            checkpoint(step, list(range(len(mem))))
+        bar.update(1)
+    bar.close()
