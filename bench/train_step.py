@@ -5,6 +5,11 @@ through the TransformerLens 4 model, same weights, same optimiser, measured in o
 
 Prints milliseconds per step for each and the ratio (TL / mechgrok). Steps alternate between
 the two so that whatever else the machine is doing slows both alike; the median is reported.
+A third timing, alternated with them, is the floor: the step's own matrix products alone, with
+the same shapes and nothing else (the attention output W_O, the MLP's W_in and W_out and the
+unembedding W_U at the last position, each forward and its two backward products: 12 matmuls).
+The gap between the step and that floor is what is left to optimise (cross-entropy, softmax,
+element-wise ops, the optimiser, allocation).
 """
 
 from __future__ import annotations
@@ -68,11 +73,26 @@ def main():
         l_tl = F.cross_entropy(model(x)[:, -1].double(), y).item()
     assert abs(l_ours - l_tl) < 1e-5, (l_ours, l_tl)
 
-    times = {"mechgrok": [], "transformer_lens": []}
+    # the floor: the same matmuls with the same shapes and nothing around them
+    n, d, m, v = len(y), mcfg.d_model, mcfg.d_mlp, mcfg.d_vocab_out
+    g = torch.Generator(device="cpu").manual_seed(0)
+    A = {name: torch.randn(*shape, generator=g).to(dev) for name, shape in
+         (("z", (n, d)), ("W_O", (d, d)), ("x", (n, d)), ("W_in", (d, m)), ("post", (n, m)), ("W_out", (m, d)),
+          ("r", (n, d)), ("W_U", (d, v)), ("dlogits", (n, v)), ("dr", (n, d)), ("dpre", (n, m)), ("dx", (n, d)))}
+
+    def matmuls_only():
+        a = A
+        a["z"] @ a["W_O"], a["x"] @ a["W_in"], a["post"] @ a["W_out"], a["r"] @ a["W_U"]  # forward
+        a["dlogits"] @ a["W_U"].T, a["r"].T @ a["dlogits"]  # unembed: d input, d weight
+        a["dr"] @ a["W_out"].T, a["post"].T @ a["dr"]  # W_out
+        a["dpre"] @ a["W_in"].T, a["x"].T @ a["dpre"]  # W_in
+        a["dx"] @ a["W_O"].T, a["z"].T @ a["dx"]  # W_O
+
+    times = {"mechgrok": [], "transformer_lens": [], "floor": []}
     for _ in range(3):
-        step_ours(), step_tl()
+        step_ours(), step_tl(), matmuls_only()
     for _ in range(args.repeats):
-        for name, fn in (("mechgrok", step_ours), ("transformer_lens", step_tl)):
+        for name, fn in (("mechgrok", step_ours), ("transformer_lens", step_tl), ("floor", matmuls_only)):
             sync()
             t = time.perf_counter()
             fn()
@@ -84,6 +104,8 @@ def main():
     print(f"  TL 4 model + AdamW      {med['transformer_lens']:8.1f} ms/step")
     print(f"  mechgrok trainer step   {med['mechgrok']:8.1f} ms/step")
     print(f"  speed-up (TL / mechgrok) {med['transformer_lens'] / med['mechgrok']:7.1f}x   (target >= 10x)")
+    print(f"  floor: the step's 12 matmuls alone {med['floor']:6.1f} ms; mechgrok step / floor "
+          f"{med['mechgrok'] / med['floor']:.2f}x   (target <= 1.25x)")
 
 
 if __name__ == "__main__":
