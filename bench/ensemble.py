@@ -1,0 +1,108 @@
+"""Members per second: an ensemble of N runs in one process vs the same N runs trained solo one
+after another, measured in one run, with each member's step against its matmul floor.
+
+    python bench/ensemble.py                         # demo config, N = 1, 8; nanda config, N = 8
+    python bench/ensemble.py --n 1,8,32 --steps 100  # more members
+
+Both sides train the same configs (seeds 0..N-1, everything else the preset's) for ``--steps``
+steps with the preset's evaluation and checkpoint schedule shortened to the run, writing real
+run directories (evaluation and checkpoints are part of what a sweep pays). The floor is one
+member's step's own matrix products alone (W_O, W_in, W_out, W_U at the last position, forward and
+both backward products) with the same shapes, timed in the same process. The last line reads
+``N=8 speed-up: <ratio>x`` (per-member speed of the demo ensemble of 8 over its solo runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+import mechgrok as mg
+from mechgrok.ensemble import train_ensemble
+
+
+def configs(preset: str, n: int, steps: int) -> list[mg.RunConfig]:
+    base = mg.get_preset(preset)
+    base = replace(base, train=replace(base.train, steps=steps, eval_every=max(1, steps // 10),
+                                       checkpoint_every=steps, device="cpu"))
+    return [replace(base, task=replace(base.task, seed=s), model=replace(base.model, seed=s),
+                    train=replace(base.train, seed=s)) for s in range(n)]
+
+
+def floor_ms(cfg: mg.RunConfig, repeats: int = 20) -> float:
+    """One member's step's matmuls alone (median ms)."""
+    task = mg.Task(cfg.task)
+    mcfg = cfg.model.resolve(task)
+    n, d, m, v = len(task.train_idx), mcfg.d_model, mcfg.d_mlp, mcfg.d_vocab_out
+    g = torch.Generator().manual_seed(0)
+    a = {k: torch.randn(*s, generator=g) for k, s in
+         (("z", (n, d)), ("W_O", (d, d)), ("x", (n, d)), ("W_in", (d, m)), ("post", (n, m)), ("W_out", (m, d)),
+          ("r", (n, d)), ("W_U", (d, v)), ("dl", (n, v)), ("dr", (n, d)), ("dpre", (n, m)), ("dx", (n, d)))}
+
+    def once():
+        a["z"] @ a["W_O"], a["x"] @ a["W_in"], a["post"] @ a["W_out"], a["r"] @ a["W_U"]
+        a["dl"] @ a["W_U"].T, a["r"].T @ a["dl"], a["dr"] @ a["W_out"].T, a["post"].T @ a["dr"]
+        a["dpre"] @ a["W_in"].T, a["x"].T @ a["dpre"], a["dx"] @ a["W_O"].T, a["z"].T @ a["dx"]
+
+    once()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def measure(preset: str, n: int, steps: int, root: Path) -> dict:
+    cfgs = configs(preset, n, steps)
+    t = time.perf_counter()
+    for i, c in enumerate(cfgs):
+        mg.train_run(c, root / f"{preset}_solo{n}_{i}", progress=False)
+    solo = time.perf_counter() - t
+    t = time.perf_counter()
+    train_ensemble(cfgs, [root / f"{preset}_ens{n}_{i}" for i in range(n)], progress=False)
+    ens = time.perf_counter() - t
+    return {"preset": preset, "n": n, "solo_s": solo, "ensemble_s": ens,
+            "solo_ms_per_member_step": 1e3 * solo / (n * steps), "ens_ms_per_member_step": 1e3 * ens / (n * steps),
+            "speedup": solo / ens, "floor_ms": floor_ms(cfgs[0])}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", default="1,8", help="ensemble sizes for the demo config")
+    ap.add_argument("--nanda-n", default="8", help="ensemble sizes for the nanda config ('' to skip)")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    plan = [("demo", int(n)) for n in args.n.split(",")] + [("nanda", int(n)) for n in args.nanda_n.split(",") if n]
+    print(f"{torch.get_num_threads()} threads, {args.steps} steps per member, "
+          f"torch {torch.__version__}, {mg.runs.provenance()['machine']}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in dict.fromkeys(p for p, _ in plan):  # first-call costs (TL boot, torch.func) out of the timings
+            warm = configs(preset, 2, 2)
+            mg.train_run(warm[0], Path(tmp) / f"warm_{preset}", progress=False)
+            train_ensemble(warm, [Path(tmp) / f"warm_{preset}_{i}" for i in range(2)], progress=False)
+        for preset, n in plan:
+            r = measure(preset, n, args.steps, Path(tmp))
+            rows.append(r)
+            print(f"{preset:6s} N={n:3d}: solo {r['solo_s']:6.1f} s ({r['solo_ms_per_member_step']:6.1f} ms per member-step), "
+                  f"ensemble {r['ensemble_s']:6.1f} s ({r['ens_ms_per_member_step']:6.1f} ms per member-step), "
+                  f"members/s x{r['speedup']:.2f}; member step / matmul floor ({r['floor_ms']:.1f} ms): "
+                  f"solo {r['solo_ms_per_member_step'] / r['floor_ms']:.2f}x, "
+                  f"ensemble {r['ens_ms_per_member_step'] / r['floor_ms']:.2f}x", flush=True)
+    eight = next((r for r in rows if r["preset"] == "demo" and r["n"] == 8), None)
+    if eight is not None:
+        print(f"N=8 speed-up: {eight['speedup']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
