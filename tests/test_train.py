@@ -276,3 +276,31 @@ def test_probe_rows_go_to_dynamics_csv_and_survive_resume(tiny_cfg, tmp_path):
     mg.train_run(short, tmp_path / "b", progress=False, probe=probe, probe_every=10)
     mg.resume_run(tmp_path / "b", tiny_cfg, progress=False, probe=probe, probe_every=10)
     assert pd.read_csv(tmp_path / "b" / "dynamics.csv").equals(dyn)
+
+
+def test_grokfast_ema_filter_is_the_closed_form_of_its_recursion():
+    from mechgrok.train import GradientFilter
+
+    g = [torch.randn(3, 2, generator=torch.Generator().manual_seed(t)) for t in range(6)]
+    alpha, lam = 0.9, 2.0
+    f = GradientFilter("ema", alpha=alpha, lam=lam)
+    for t in range(1, 7):
+        out = f({"w": g[t - 1]})["w"]
+        # e_t = alpha^(t-1) g_1 + sum_{s=2..t} (1 - alpha) alpha^(t-s) g_s (e_1 = g_1)
+        e = alpha ** (t - 1) * g[0] + sum((1 - alpha) * alpha ** (t - s) * g[s - 1] for s in range(2, t + 1))
+        assert torch.allclose(out, g[t - 1] + lam * e, atol=1e-6), t
+
+
+def test_grokfast_ma_filter_adds_the_window_mean_once_full_and_resumes_exactly():
+    from mechgrok.train import GradientFilter
+
+    g = [torch.full((2,), float(t)) for t in range(1, 9)]  # gradients 1, 2, ..., 8
+    f = GradientFilter("ma", lam=5.0, window=3)
+    outs = [f({"w": x})["w"] for x in g[:4]]
+    assert [o[0].item() for o in outs] == [1.0, 2.0, 3 + 5 * 2.0, 4 + 5 * 3.0]  # window full from the 3rd
+    # state round trip (what resume.safetensors carries): the continuation is the uninterrupted one
+    again = GradientFilter("ma", lam=5.0, window=3)
+    again.load({k: v.clone() for k, v in f.state_tensors().items()})
+    for x in g[4:]:
+        assert torch.equal(again({"w": x})["w"], f({"w": x})["w"])
+    assert f({"w": torch.tensor([9.0, 9.0])})["w"][0].item() == 9 + 5 * 8.0  # mean of 7, 8, 9
