@@ -47,6 +47,19 @@ PRESETS: dict[str, tuple[str, RunConfig]] = {
                                     checkpoint_every=500, frozen=("unembed.b_U",)),
                   preset="division4"),
     ),
+    "dynamics": (
+        "Seed 004 (optimizer dynamics): a+b mod 113, 50% train, 2 layers of Nanda's width (d_model 128, "
+        "4x32 heads, d_mlp 512, ReLU, no LayerNorm), full-batch AdamW lr 2e-3, wd 1, betas (0.9, 0.98), "
+        "1500 steps. Seed 004 gives the task and depth, not the rest: frac and lr were chosen by measurement "
+        "(seed 0, solo, one thread of a 2-core CPU): memorised at step 140, grokked (test acc > 0.9) at 560, "
+        "delay 420 (seed 004: ~300); lr 1e-3 groks at ~1550 and lr 3e-3 at 280. About 0.1 s per step on "
+        "one core.",
+        RunConfig(task=TaskConfig(op="add", p=113, frac=0.5, seed=0),
+                  model=ModelConfig(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, act_fn="relu"),
+                  train=TrainConfig(steps=1500, lr=2e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10,
+                                    eval_every=10, checkpoint_every=50),
+                  preset="dynamics"),
+    ),
     "parity": (
         "Seed 002 (weight decay and two basins): 10-bit parity, 10% of the 1024 strings for training, "
         "Nanda's 1-layer model, full-batch AdamW lr 1e-3 wd 1, 3000 steps. Seed 002 gives no config; this "
