@@ -12,7 +12,7 @@ The default (small) scale: the published setting (a+b mod 113, 2 layers, ~1000 s
 costs minutes per member on the 2 shared CPU cores this was run on, so the small scale uses the
 test suite's grokking setting instead: a+b mod 23, 70% train, Nanda's 1-layer model at d_model 64
 (4 heads x 16, d_mlp 256), full-batch AdamW lr 3e-3, wd 1, 1500 steps, evaluated every 10 steps
-(``SMALL`` below; the ``demo`` preset with those fields). ``--full`` uses the ``dynamics`` preset.
+(``SMALL`` of momentum_sweep.py: the ``demo`` preset with those fields). ``--full`` uses the ``dynamics`` preset.
 
 Members stop ``--stop-after-grok`` evaluations after grokking. Resumable (re-run the command).
 Outputs (``--figures``): grokfast_vs_momentum.html/.png (grokking step per member and arm),
@@ -32,8 +32,8 @@ import torch
 
 from mechgrok.plots import grokking_step_distributions, markdown_table, save_figure
 from mechgrok.population import SweepConfig, run_sweep
-from mechgrok.presets import configure, get_preset
 from mechgrok.runs import provenance
+from momentum_sweep import small_or_preset  # the same small setting (analyses/ is on sys.path when run)
 
 ARMS = {  # name -> settings; seed 004's grokking step
     "AdamW (beta1 0.9)": ({"grokfast": "none", "beta1": 0.9}, "- (the slow baseline)"),
@@ -41,17 +41,6 @@ ARMS = {  # name -> settings; seed 004's grokking step
     "beta1 = 0.5": ({"grokfast": "none", "beta1": 0.5}, "~700"),
     "Grokfast EMA + beta1 = 0.5": ({"grokfast": "ema", "beta1": 0.5}, "worse than either"),
 }
-
-
-# the small scale: the test suite's grokking run (tests/conftest.py grokked_run), demo preset otherwise
-SMALL = dict(p=23, frac=0.7, d_model=64, n_heads=4, d_head=16, d_mlp=256, lr=3e-3, weight_decay=1.0, warmup_steps=10,
-             steps=1500, eval_every=10, checkpoint_every=500)
-
-
-def small_or_preset(preset: str | None, full: bool):
-    if preset is not None:
-        return get_preset(preset)
-    return get_preset("dynamics") if full else configure("demo", **SMALL)
 
 
 def main():
