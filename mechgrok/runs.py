@@ -791,11 +791,13 @@ class RunWriter:
             _atomic(self.path / DYNAMICS_FILE, lambda tmp: df.to_csv(tmp, index=False, float_format="%.9g"))
 
     def checkpoint(self, state: ResumeState, resume_name: str = RESUME_FILE):
-        """The step's weights, then the resume state, then the tables: after a kill at any
-        point the resume state names a step whose checkpoint file exists."""
+        """The step's weights, then the tables, then the resume state: after a kill at any point
+        the resume state names a step whose checkpoint file exists and whose metric rows are all
+        in the tables (rows past it are dropped on resume). Tables after the resume state lost
+        the rows of the last interval when a kill fell between the two writes."""
         save_tensors(checkpoint_path(self.path, state.step), state.params, metadata={"step": str(state.step)})
-        write_resume_state(self.path, state, resume_name)
         self.write_tables()
+        write_resume_state(self.path, state, resume_name)
 
 
 __all__ += ["ResumeState", "read_resume_state", "write_resume_state", "check_new_run_dir", "RunWriter",
