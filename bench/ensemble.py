@@ -1,5 +1,7 @@
 """Members per second: an ensemble of N runs in one process vs the same N runs trained solo one
-after another, measured in one run, with each member's step against its matmul floor.
+after another, measured in one run, with each member's step against its matmul floor. The
+ensemble is timed both ways it computes gradients: member by member (its CPU default) and
+vectorised with vmap (its GPU default).
 
     python bench/ensemble.py                         # demo config, N = 1, 8; nanda config, N = 8
     python bench/ensemble.py --n 1,8,32 --steps 100  # more members
@@ -66,11 +68,16 @@ def measure(preset: str, n: int, steps: int, root: Path) -> dict:
         mg.train_run(c, root / f"{preset}_solo{n}_{i}", progress=False)
     solo = time.perf_counter() - t
     t = time.perf_counter()
-    train_ensemble(cfgs, [root / f"{preset}_ens{n}_{i}" for i in range(n)], progress=False)
+    train_ensemble(cfgs, [root / f"{preset}_ens{n}_{i}" for i in range(n)], progress=False, vectorize=False)
     ens = time.perf_counter() - t
-    return {"preset": preset, "n": n, "solo_s": solo, "ensemble_s": ens,
-            "solo_ms_per_member_step": 1e3 * solo / (n * steps), "ens_ms_per_member_step": 1e3 * ens / (n * steps),
-            "speedup": solo / ens, "floor_ms": floor_ms(cfgs[0])}
+    t = time.perf_counter()
+    train_ensemble(cfgs, [root / f"{preset}_vmap{n}_{i}" for i in range(n)], progress=False, vectorize=True)
+    vm = time.perf_counter() - t
+    per = 1e3 / (n * steps)
+    return {"preset": preset, "n": n, "solo_s": solo, "ensemble_s": ens, "vmap_s": vm,
+            "solo_ms_per_member_step": per * solo, "ens_ms_per_member_step": per * ens,
+            "vmap_ms_per_member_step": per * vm, "speedup": solo / ens, "vmap_speedup": solo / vm,
+            "floor_ms": floor_ms(cfgs[0])}
 
 
 def main():
@@ -90,15 +97,19 @@ def main():
         for preset in dict.fromkeys(p for p, _ in plan):  # first-call costs (TL boot, torch.func) out of the timings
             warm = configs(preset, 2, 2)
             mg.train_run(warm[0], Path(tmp) / f"warm_{preset}", progress=False)
-            train_ensemble(warm, [Path(tmp) / f"warm_{preset}_{i}" for i in range(2)], progress=False)
+            for vectorize in (False, True):
+                train_ensemble(warm, [Path(tmp) / f"warm_{preset}_{vectorize}_{i}" for i in range(2)], progress=False,
+                               vectorize=vectorize)
         for preset, n in plan:
             r = measure(preset, n, args.steps, Path(tmp))
             rows.append(r)
-            print(f"{preset:6s} N={n:3d}: solo {r['solo_s']:6.1f} s ({r['solo_ms_per_member_step']:6.1f} ms per member-step), "
-                  f"ensemble {r['ensemble_s']:6.1f} s ({r['ens_ms_per_member_step']:6.1f} ms per member-step), "
-                  f"members/s x{r['speedup']:.2f}; member step / matmul floor ({r['floor_ms']:.1f} ms): "
-                  f"solo {r['solo_ms_per_member_step'] / r['floor_ms']:.2f}x, "
-                  f"ensemble {r['ens_ms_per_member_step'] / r['floor_ms']:.2f}x", flush=True)
+            f = r["floor_ms"]
+            print(f"{preset:6s} N={n:3d} ms per member-step: solo {r['solo_ms_per_member_step']:6.1f}, "
+                  f"ensemble {r['ens_ms_per_member_step']:6.1f} (x{r['speedup']:.2f} members/s), "
+                  f"ensemble with vmap {r['vmap_ms_per_member_step']:6.1f} (x{r['vmap_speedup']:.2f}); "
+                  f"over the matmul floor ({f:.1f} ms): solo {r['solo_ms_per_member_step'] / f:.2f}x, "
+                  f"ensemble {r['ens_ms_per_member_step'] / f:.2f}x, vmap {r['vmap_ms_per_member_step'] / f:.2f}x",
+                  flush=True)
     eight = next((r for r in rows if r["preset"] == "demo" and r["n"] == 8), None)
     if eight is not None:
         print(f"N=8 speed-up: {eight['speedup']:.2f}x")

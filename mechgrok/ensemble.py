@@ -5,11 +5,18 @@
     runs = train_ensemble(cfgs, [f"sweeps/x/seed{s}" for s in range(8)])
 
 The N members' trainable weights live in one ``[N, n_params]`` tensor (the parameter dict is
-a set of views into it); ``torch.func.vmap`` maps the solo loss (``train.loss_fn``) over the
-members and ``torch.func.grad`` differentiates it, so one step is one batched forward and
-backward, one batched AdamW update over that tensor and, if asked for, one batched Grokfast
-filter -- no Python loop over members and no host synchronisation inside a step. On a CPU the
-gain is the per-step overhead shared by N members; on a GPU it is the parallelism.
+a set of views into it). One step is one AdamW update over that tensor (and, if asked for, one
+Grokfast filter) for all members. The gradients come from ``torch.func.grad`` of the solo loss,
+computed one of two ways (``vectorize``):
+
+- vectorised (the default on a GPU): ``torch.func.vmap`` maps the loss over the members, so the
+  step is one batched forward and backward -- no Python loop over members and no host
+  synchronisation inside a step, which is what fills a GPU;
+- member by member (the default on a CPU): the same solo kernels the solo trainer runs, one
+  member after another. On a CPU vmap does not pay: its batched matmuls ran at a lower rate than
+  the solo ones (255 against 185 ms of matmul per member-step on the ``dynamics`` preset) and
+  its batching rules add copies, so a vmapped member-step cost 1.5-2x a solo one
+  (``bench/ensemble.py``).
 
 Per member: the split (``task.seed``, or an explicit ``task.train_idx`` of the same size),
 the initialisation (``model.seed``), the minibatch order (``train.seed``), ``lr``,
@@ -114,9 +121,11 @@ def _write_status(out: Path, status: str, last_step: int, rows: list[dict], n: i
 
 
 def train_ensemble(cfgs: Sequence[RunConfig], outs: Sequence[str | os.PathLike], *,
-                   progress: bool = True) -> list[Run]:
+                   progress: bool = True, vectorize: bool | None = None) -> list[Run]:
     """Train every ``cfgs[i]`` into the new run directory ``outs[i]`` as one ensemble; return
-    the members' ``Run`` objects. Nothing is written unless every member is valid."""
+    the members' ``Run`` objects. Nothing is written unless every member is valid.
+    ``vectorize``: vmap the members' gradients (True) or compute them member by member (False);
+    None picks vmap on a GPU and member by member on a CPU (module docstring)."""
     cfgs, outs = list(cfgs), [Path(o) for o in outs]
     if len(cfgs) != len(outs):
         raise ValueError(f"{len(cfgs)} configs but {len(outs)} output directories")
@@ -132,11 +141,12 @@ def train_ensemble(cfgs: Sequence[RunConfig], outs: Sequence[str | os.PathLike],
         writers.append(RunWriter.create(o, c, device))
         _write_status(o, "running", 0, [], len(cfgs))
         states.append(ResumeState(0, init_params(c.model.resolve(t))))
-    _train_members(cfgs, tasks, writers, states, fresh=True, progress=progress)
+    _train_members(cfgs, tasks, writers, states, fresh=True, progress=progress, vectorize=vectorize)
     return [Run(o) for o in outs]
 
 
-def resume_ensemble(outs: Sequence[str | os.PathLike], *, progress: bool = True) -> list[Run]:
+def resume_ensemble(outs: Sequence[str | os.PathLike], *, progress: bool = True,
+                    vectorize: bool | None = None) -> list[Run]:
     """Continue an ensemble after a crash or SIGKILL. Finished members are left as they are;
     the others resume from their common last checkpoint and end as an uninterrupted ensemble
     would have."""
@@ -153,7 +163,8 @@ def resume_ensemble(outs: Sequence[str | os.PathLike], *, progress: bool = True)
         check_ensemble(cfgs)
         tasks = [Task(c.task) for c in cfgs]
         writers = [RunWriter.reopen(o, step) for o, _ in group]
-        _train_members(cfgs, tasks, writers, [st for _, st in group], fresh=False, progress=progress)
+        _train_members(cfgs, tasks, writers, [st for _, st in group], fresh=False, progress=progress,
+                       vectorize=vectorize)
     return [Run(o) for o in outs]
 
 
@@ -314,9 +325,10 @@ def _batch(members: _Members, step: int, cache: dict) -> Tensor:
     return cache["rows"][:, i * bs:(i + 1) * bs]
 
 
-def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool):
+def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool, vectorize: bool | None = None):
     c0 = cfgs[0]
     device = resolve_device(c0.train.device)
+    vectorize = device.type != "cpu" if vectorize is None else vectorize
     mem = _Members(cfgs, tasks, writers, states, device)
     n_total = len(mem)
     start = states[0].step
@@ -331,15 +343,40 @@ def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool):
         return losses.sum(), losses
 
     step_grad = grad_and_value(total_loss, has_aux=True)
+    solo_grad = grad_and_value(member_loss)
+
+    def member(tensors: dict[str, Tensor], i: int) -> dict[str, Tensor]:
+        return {k: v[i] for k, v in tensors.items()}
+
+    def gradients(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Every member's gradient ``[N, P]`` (in ``flat``'s layout) and loss ``[N]``."""
+        if vectorize:
+            grads, (_, losses) = step_grad(mem.params, mem.frozen, x, y)
+            return torch.cat([grads[k].flatten(1) for k in mem.names], 1), losses
+        g = torch.empty_like(mem.flat)
+        losses = []
+        params = mem.params
+        for i in range(len(mem)):
+            grads, loss = solo_grad(member(params, i), member(mem.frozen, i), x[i], y[i])
+            torch.cat([grads[k].flatten() for k in mem.names], out=g[i])
+            losses.append(loss)
+        return g, torch.stack(losses)
+
+    def logits_of(x: Tensor) -> Tensor:
+        """``[N, batch, vocab]`` logits of every member on the same inputs."""
+        if vectorize:
+            return vmap(lambda P, Fz: forward(P | Fz, mcfg, x))(mem.params, mem.frozen)
+        params = mem.params
+        return torch.stack([forward(member(params, i) | member(mem.frozen, i), mcfg, x) for i in range(len(mem))])
 
     @torch.no_grad()
     def evaluate(step: int) -> list[dict]:
         n = len(mem)
-        chunk = max(1, EVAL_CHUNK // n)
+        chunk = max(1, EVAL_CHUNK // n) if vectorize else EVAL_CHUNK
         nll, correct = [], []
         for s in range(0, len(mem.labels), chunk):
             x, y = mem.inputs[s:s + chunk], mem.labels[s:s + chunk]
-            logits = vmap(lambda P, Fz: forward(P | Fz, mcfg, x))(mem.params, mem.frozen)  # [N, b, vocab]
+            logits = logits_of(x)  # [N, b, vocab]
             nll.append(per_example_loss(logits.flatten(0, 1), y.repeat(n)).view(n, -1))
             correct.append((logits.argmax(-1) == y).double())
         nll, correct = torch.cat(nll, 1), torch.cat(correct, 1)
@@ -389,9 +426,8 @@ def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool):
     while len(mem) and step < end:
         rows = _batch(mem, step, cache)
         x, y = mem.inputs[rows], mem.labels[rows]
-        grads, (_, losses) = step_grad(mem.params, mem.frozen, x, y)
+        g, losses = gradients(x, y)
         nonfinite |= ~torch.isfinite(losses)
-        g = torch.cat([grads[k].flatten(1) for k in mem.names], 1)
         if mem.gfilter is not None:
             g = mem.gfilter({"flat": g})["flat"]
         mem.t += 1
