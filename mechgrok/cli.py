@@ -20,6 +20,7 @@ from .interventions import INTERVENTIONS, OPTIMIZER_STATES, WHERE
 from .model import ACT_FNS, NORMALIZATIONS
 from .presets import DEMO_TIME
 from .progress import GROKKED_TEST_ACC, LEVELS, MEMORISED_TRAIN_ACC
+from .runs import GROKFAST_MODES
 from .tasks import OPS
 from .train import TrainingDiverged
 
@@ -65,6 +66,7 @@ Where = _choices("Where", WHERE)
 Mode = _choices("Mode", PROJECTION_MODES)
 Device = _choices("Device", ("auto", "cpu", "cuda"))
 OptimizerState = _choices("OptimizerState", OPTIMIZER_STATES)
+Grokfast = _choices("Grokfast", GROKFAST_MODES)
 
 
 def _value(choice):
@@ -175,6 +177,13 @@ def train(
     probe: Optional[str] = typer.Option(None, "--probe", help="measure optimizer dynamics while training -> "
                                         "dynamics.csv: every=N[,measures=hessian+agreement+momentum+rank]"
                                         "[,iters=2][,rank_n=16]"),
+    grokfast: Optional[Grokfast] = typer.Option(None, help="Grokfast gradient filter between backward and step"),
+    grokfast_alpha: Optional[float] = typer.Option(None, help="ema: decay of the gradient average"),
+    grokfast_lambda: Optional[float] = typer.Option(None, help="weight of the filtered gradient (default 2 ema, 5 ma)"),
+    grokfast_window: Optional[int] = typer.Option(None, help="ma: window length in steps"),
+    stop_after_grok: Optional[int] = typer.Option(None, help="stop K evaluations after test accuracy passes 0.9"),
+    keep_moments: bool = typer.Option(False, "--keep-moments", help="also save AdamW's moments at every "
+                                      "checkpoint (checkpoints/moments_*.safetensors)"),
     png: bool = PNG,
 ):
     """Train a run (a preset with any field overridden), or --resume a stopped one."""
@@ -186,7 +195,9 @@ def train(
                     normalization=_value(normalization), steps=steps, lr=lr, weight_decay=weight_decay,
                     warmup_steps=warmup_steps, eval_every=eval_every, checkpoint_every=checkpoint_every,
                     device=_value(device), seed=seed, task_seed=task_seed, model_seed=model_seed, beta1=beta1,
-                    beta2=beta2, batch_size=batch_size)
+                    beta2=beta2, batch_size=batch_size, grokfast=_value(grokfast), grokfast_alpha=grokfast_alpha,
+                    grokfast_lambda=grokfast_lambda, grokfast_window=grokfast_window,
+                    stop_after_grok=stop_after_grok, keep_moments=keep_moments or None)
     if resume is not None:
         if out is not None or preset is not None:
             raise ValueError("--resume continues the run in its own directory with its own settings: "

@@ -82,6 +82,7 @@ from torch.func import grad, jvp, vmap
 from tqdm.auto import tqdm
 
 from .model import ModelConfig, Params, forward, loss_and_accuracy
+from .runs import moments_path  # noqa: F401  (re-exported: where kept moments live)
 from .tasks import Task
 from .train import trainable_names
 
@@ -315,11 +316,6 @@ def momentum_cosine(params: Params, exp_avg: Params, cfg: ModelConfig, task: Tas
     diff, fixed = _detached(params, list(exp_avg))
     g = grad(_bind(model_loss(cfg), fixed, x, y))(diff)
     return cosine({k: exp_avg[k].to(g[k]) for k in g}, g)
-
-
-def moments_path(run_dir, step: int) -> Path:
-    """Where a run trained with moments kept stores AdamW's state at ``step``."""
-    return Path(run_dir) / "checkpoints" / f"moments_{step:07d}.safetensors"
 
 
 def read_moments(run, step: int | None = None) -> dict[str, Params] | None:

@@ -67,6 +67,10 @@ class TrainConfig:
     # Stop this many evaluations after the first one with test accuracy above
     # progress.GROKKED_TEST_ACC (None: train to `steps`); for sweeps that need transition metrics.
     stop_after_grok: int | None = None
+    # Also write AdamW's moments at every checkpoint (checkpoints/moments_{step:07d}.safetensors),
+    # for measures that need the optimizer state after training (dynamics.momentum_alignment) and
+    # for interventions that carry it from a checkpoint other than the last.
+    keep_moments: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -96,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.grokfast_lambda must be >= 0, got {self.grokfast_lambda}")
         if int(self.grokfast_window) < 1:
             raise ValueError(f"TrainConfig.grokfast_window must be >= 1, got {self.grokfast_window}")
+        if not isinstance(self.keep_moments, bool):
+            raise ValueError(f"TrainConfig.keep_moments must be true or false, got {self.keep_moments!r}")
         if self.stop_after_grok is not None and int(self.stop_after_grok) < 0:
             raise ValueError(f"TrainConfig.stop_after_grok must be >= 0 or None, got {self.stop_after_grok}")
 
@@ -209,6 +215,11 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:07d}.safetensors"
+
+
+def moments_path(run_dir: Path, step: int) -> Path:
+    """Where a run trained with ``keep_moments`` stores AdamW's state at ``step``."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"moments_{step:07d}.safetensors"
 
 
 # --- loading runs -------------------------------------------------------------------------
@@ -763,19 +774,21 @@ class RunWriter:
     ``RunWriter.reopen`` continues one at its resume step (rows after it are dropped, as an
     uninterrupted run would not have them yet)."""
 
-    def __init__(self, path: Path, rows: list[dict], dynamics: list[dict]):
+    def __init__(self, path: Path, rows: list[dict], dynamics: list[dict], keep_moments: bool = False):
         self.path, self.rows, self.dynamics = Path(path), rows, dynamics
+        self.keep_moments = keep_moments
 
     @classmethod
     def create(cls, path: str | os.PathLike, cfg: RunConfig, device) -> "RunWriter":
         check_new_run_dir(path)
         write_json(Path(path) / "config.json", cfg.to_dict() | {"versions": versions(), "device": str(device)})
-        return cls(Path(path), [], [])
+        return cls(Path(path), [], [], cfg.train.keep_moments)
 
     @classmethod
     def reopen(cls, path: str | os.PathLike, step: int) -> "RunWriter":
         path = Path(path)
-        return cls(path, _read_rows(path / "metrics.csv", step), _read_rows(path / DYNAMICS_FILE, step))
+        return cls(path, _read_rows(path / "metrics.csv", step), _read_rows(path / DYNAMICS_FILE, step),
+                   Run(path).config.train.keep_moments)
 
     def record(self, row: dict) -> dict:
         self.rows.append({k: row[k] for k in METRIC_COLUMNS})
@@ -796,6 +809,9 @@ class RunWriter:
         in the tables (rows past it are dropped on resume). Tables after the resume state lost
         the rows of the last interval when a kill fell between the two writes."""
         save_tensors(checkpoint_path(self.path, state.step), state.params, metadata={"step": str(state.step)})
+        if self.keep_moments and state.optimizer:  # the resume state's "opt.*" keys, for this step
+            moments = {f"opt.{k}.{key}": st[key] for k, st in state.optimizer.items() for key in ("exp_avg", "exp_avg_sq")}
+            save_tensors(moments_path(self.path, state.step), moments | {"meta.step": torch.tensor(state.step)})
         self.write_tables()
         write_resume_state(self.path, state, resume_name)
 
