@@ -15,6 +15,18 @@ Per seed s (task split and initialisation both seeded by s; full batch, so no ba
      the same settings and a fresh AdamW for both, for ``--steps`` steps; compare grokking steps
      (first evaluation with test accuracy > 0.9).
 Prints both distributions and writes figures/fourier_transplant.{html,png,md,json}.
+
+    python analyses/fourier_transplant.py --preset dynamics --seeds 0-9     # seed 004's setting
+
+With ``--preset``: the setting seed 004 describes, a population of base runs of the preset
+(trained as one ensemble, ``stop_after_grok``, AdamW moments kept at every checkpoint) and
+three arms per seed from the recipient checkpoint ``--recipient-step`` on the memorising
+plateau, all carrying the recipient's own AdamW moments, so the untouched arm is the base run
+itself: (1) control, untouched; (2) the donor's Fourier-clustered last-layer neurons
+transplanted; (3) as many of the donor's NOT clustered neurons, chosen at random (seeded),
+transplanted. Arms (2) and (3) of every seed train as one ensemble until they grok (or the
+preset's budget). Writes figures/fourier_transplant_dynamics.{html,png,md,json}; runs go to
+``--out`` and a re-run resumes what is missing.
 """
 
 from __future__ import annotations
@@ -24,15 +36,18 @@ import json
 import shutil
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 import mechgrok as mg
-from mechgrok import interventions as iv
+from mechgrok import dynamics, interventions as iv
+from mechgrok.ensemble import member_status, resume_ensemble, train_ensemble
 from mechgrok.plots import grokking_step_distributions, save_figure
+from mechgrok.presets import configure
 from mechgrok.progress import transition_metrics
-from mechgrok.runs import provenance
+from mechgrok.runs import ResumeState, provenance
 
 
 def base_config(seed: int, p: int, frac: float, steps: int) -> mg.RunConfig:
@@ -60,8 +75,14 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("runs/transplant"))
     ap.add_argument("--figures", type=Path, default=Path("figures"))
     ap.add_argument("--plot-only", action="store_true", help="redraw the figure and table from the saved JSON")
+    ap.add_argument("--preset", default=None, help="seed 004's setting: a preset (dynamics), population mode")
+    ap.add_argument("--stop-after-grok", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    if args.preset:
+        plateau_main(args)
+        return
     stem = args.figures / "fourier_transplant"
     if args.plot_only:
         report(json.loads(stem.with_suffix(".json").read_text())["rows"], args, stem)
@@ -121,6 +142,132 @@ def report(rows: list[dict], args, stem: Path):
                      f"{r['transplant_grokking_step'] or end} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+# --- seed 004's setting: a population on the preset, three arms from the plateau -------------------
+
+
+def seed_list(text: str) -> list[int]:
+    if "-" in text:
+        lo, hi = map(int, text.split("-"))
+        return list(range(lo, hi + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def train_or_resume(cfgs: list, outs: list[Path], init=None):
+    """Train the ensemble, or finish what an interrupted earlier call left (run dirs resume)."""
+    if all(not (o / "config.json").exists() for o in outs):
+        return train_ensemble(cfgs, outs, init=init)
+    if any((member_status(o) or {}).get("status") == "running" for o in outs):
+        resume_ensemble(outs)
+    return [mg.load_run(o) for o in outs]
+
+
+def carried_state(run, step: int, params) -> ResumeState:
+    """Resume state at ``step`` with ``params`` and the run's own AdamW moments at that step."""
+    moments = dynamics.read_moments(run, step)
+    if moments is None:
+        raise SystemExit(f"{run.path} kept no AdamW moments at step {step}: base runs need keep_moments")
+    opt = {k: {"step": torch.tensor(float(step)), "exp_avg": moments["exp_avg"][k],
+               "exp_avg_sq": moments["exp_avg_sq"][k]} for k in moments["exp_avg"]}
+    return ResumeState(step, params, opt)
+
+
+def plateau_main(args):
+    seeds, r_step = seed_list(args.seeds), args.recipient_step
+    stem = args.figures / f"fourier_transplant_{args.preset}"
+    if args.plot_only:
+        plateau_report(json.loads(stem.with_suffix(".json").read_text()), stem)
+        return
+    t0 = time.time()
+    base_cfgs = [configure(args.preset, seed=s, stop_after_grok=args.stop_after_grok, keep_moments=True) for s in seeds]
+    bases = train_or_resume(base_cfgs, [args.out / f"seed{s}" / "base" for s in seeds])
+    print(f"base runs done ({time.time() - t0:.0f} s)", flush=True)
+
+    rows, arm_cfgs, arm_outs, arm_init = [], [], [], []
+    for s, base in zip(seeds, bases):
+        tr = transition_metrics(base.metrics)
+        m = base.metrics.set_index("step")
+        row = {"seed": s, "base_memorisation_step": tr.memorised_step, "base_grokking_step": tr.grokked_step,
+               "recipient_train_acc": float(m.loc[r_step, "train_acc"]),
+               "recipient_test_acc": float(m.loc[r_step, "test_acc"]),
+               "recipient_test_loss": float(m.loc[r_step, "test_loss"])}
+        rows.append(row)
+        if tr.grokked_step is None or tr.memorised_step is None or tr.memorised_step > r_step:
+            row["skipped"] = "base run did not memorise by the recipient step or never grokked"
+            continue
+        donor_step = base.steps[-1]
+        layer = base.model_cfg.n_layers - 1
+        donor_nf = mg.fourier.neuron_frequencies(base.params(donor_step), base.task, layer=layer, cfg=base.model_cfg)
+        recip_nf = mg.fourier.neuron_frequencies(base.params(r_step), base.task, layer=layer, cfg=base.model_cfg)
+        fourier = torch.nonzero(donor_nf.freq > 0).flatten().tolist()
+        others = torch.nonzero(donor_nf.freq <= 0).flatten()
+        pick = torch.randperm(len(others), generator=torch.Generator().manual_seed(s))[:len(fourier)]
+        non_fourier = sorted(others[pick].tolist())
+        row |= {"donor_step": donor_step, "n_fourier": len(fourier), "n_non_fourier": len(non_fourier),
+                "recipient_clustered": int((recip_nf.freq > 0).sum()),
+                "donor_key_freqs": sorted(k for k in donor_nf.cluster_sizes() if k > 0)}
+        for arm, neurons in (("fourier", fourier), ("non_fourier", non_fourier)):
+            params = iv.transplant_neurons(base, base, neurons, layer, donor_step, r_step)
+            after = iv.evaluate_with_hooks(params, base.model_cfg, base.task)
+            row[f"{arm}_after_test_acc"], row[f"{arm}_after_train_acc"] = after["test_acc"], after["train_acc"]
+            cfg = replace(base.config, train=replace(base.config.train, keep_moments=False))
+            arm_cfgs.append(cfg)
+            arm_outs.append(args.out / f"seed{s}" / f"{arm}_{r_step}")
+            arm_init.append(carried_state(base, r_step, params))
+    print(f"transplanting into {len(arm_outs)} recipients from step {r_step}", flush=True)
+    arms = train_or_resume(arm_cfgs, arm_outs, init=arm_init) if arm_outs else []
+    by_out = {str(a.path): a for a in arms}
+    for row in rows:
+        if "skipped" in row:
+            continue
+        row["control_grokking_step"] = row["base_grokking_step"]
+        for arm in ("fourier", "non_fourier"):
+            run = by_out[str(args.out / f"seed{row['seed']}" / f"{arm}_{r_step}")]
+            row[f"{arm}_grokking_step"] = transition_metrics(run.metrics).grokked_step
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "provenance": provenance(),
+              "wall_s": round(time.time() - t0), "recipient_step": r_step, "preset": args.preset,
+              "budget": base_cfgs[0].train.steps, "rows": rows}
+    args.figures.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    plateau_report(result, stem)
+
+
+def plateau_report(result: dict, stem: Path):
+    rows = [r for r in result["rows"] if "control_grokking_step" in r]
+    r_step = result["recipient_step"]
+    arms = {"control (untouched)": "control", "Fourier neurons transplanted": "fourier",
+            "as many non-Fourier neurons": "non_fourier"}
+    groups = {name: [r[f"{key}_grokking_step"] for r in rows] for name, key in arms.items()}
+    lines = [f"Recipients at step {r_step} of the `{result['preset']}` preset, {len(rows)} seeds; grokking step = "
+             f"first evaluation with test accuracy > 0.9 (budget {result['budget']} steps).", "",
+             "| arm | grokked | median grokking step | IQR | median steps after the transplant |", "|---|---|---|---|---|"]
+    for name, steps in groups.items():
+        ok = sorted(s for s in steps if s is not None)
+        if ok:
+            q = statistics.quantiles(ok, n=4) if len(ok) > 1 else [ok[0]] * 3
+            lines.append(f"| {name} | {len(ok)}/{len(steps)} | {statistics.median(ok):g} | {q[0]:g}-{q[2]:g} | "
+                         f"{statistics.median(ok) - r_step:g} |")
+        else:
+            lines.append(f"| {name} | 0/{len(steps)} | - | - | - |")
+        print(f"{name:32s} grokking steps: {describe(steps)}")
+    lines += ["", "| seed | memorised / grokked (base) | at the recipient step: train / test acc, test loss | "
+              "clustered neurons: recipient / donor | test acc right after: Fourier / non-Fourier arm | "
+              "grokking step: control / Fourier / non-Fourier |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {r['base_memorisation_step']} / {r['base_grokking_step']} | "
+                     f"{r['recipient_train_acc']:.3f} / {r['recipient_test_acc']:.3f}, {r['recipient_test_loss']:.2f} | "
+                     f"{r['recipient_clustered']} / {r['n_fourier']} | "
+                     f"{r['fourier_after_test_acc']:.3f} / {r['non_fourier_after_test_acc']:.3f} | "
+                     f"{r['control_grokking_step']} / {r['fourier_grokking_step']} / {r['non_fourier_grokking_step']} |")
+    skipped = [r for r in result["rows"] if "skipped" in r]
+    if skipped:
+        lines += ["", "Skipped: " + ", ".join(f"seed {r['seed']} ({r['skipped']})" for r in skipped)]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    save_figure(grokking_step_distributions(
+        groups, title=f"Transplant into the memorising plateau (step {r_step}), {result['preset']} preset, "
+                      f"{len(rows)} seeds"), stem)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 from tqdm.auto import tqdm
 
-from .model import forward, init_params, per_example_loss
+from .model import check_params, forward, init_params, per_example_loss
 from .runs import (METRIC_COLUMNS, RESUME_FILE, ResumeState, Run, RunConfig, RunWriter, check_new_run_dir,
                    read_resume_state, write_json)
 from .tasks import Task
@@ -121,9 +121,12 @@ def _write_status(out: Path, status: str, last_step: int, rows: list[dict], n: i
 
 
 def train_ensemble(cfgs: Sequence[RunConfig], outs: Sequence[str | os.PathLike], *,
-                   progress: bool = True, vectorize: bool | None = None) -> list[Run]:
+                   progress: bool = True, vectorize: bool | None = None,
+                   init: Sequence[ResumeState] | None = None) -> list[Run]:
     """Train every ``cfgs[i]`` into the new run directory ``outs[i]`` as one ensemble; return
     the members' ``Run`` objects. Nothing is written unless every member is valid.
+    ``init``: start member ``i`` from ``init[i]`` (weights, AdamW state, at a step common to all
+    members: e.g. a checkpoint after an intervention) instead of a fresh initialisation at step 0.
     ``vectorize``: vmap the members' gradients (True) or compute them member by member (False);
     None picks vmap on a GPU and member by member on a CPU (module docstring)."""
     cfgs, outs = list(cfgs), [Path(o) for o in outs]
@@ -136,11 +139,16 @@ def train_ensemble(cfgs: Sequence[RunConfig], outs: Sequence[str | os.PathLike],
         check_new_run_dir(o)
     tasks = [Task(c.task) for c in cfgs]
     device = resolve_device(cfgs[0].train.device)
+    if init is not None:
+        if len(init) != len(cfgs) or len({st.step for st in init}) != 1:
+            raise ValueError("init needs one ResumeState per member, all at the same step")
+        for st, c, t in zip(init, cfgs, tasks):
+            check_params(st.params, c.model.resolve(t), source="init")
     writers, states = [], []
-    for c, t, o in zip(cfgs, tasks, outs):
+    for i, (c, t, o) in enumerate(zip(cfgs, tasks, outs)):
         writers.append(RunWriter.create(o, c, device))
-        _write_status(o, "running", 0, [], len(cfgs))
-        states.append(ResumeState(0, init_params(c.model.resolve(t))))
+        _write_status(o, "running", 0 if init is None else init[i].step, [], len(cfgs))
+        states.append(ResumeState(0, init_params(c.model.resolve(t))) if init is None else init[i])
     _train_members(cfgs, tasks, writers, states, fresh=True, progress=progress, vectorize=vectorize)
     return [Run(o) for o in outs]
 

@@ -121,6 +121,30 @@ def test_both_gradient_paths_of_an_ensemble_train_each_member_as_its_solo_run(ve
         assert member.metrics["train_loss"].iloc[-1] < 0.97 * solo["train_loss"].iloc[0], "the curves are of training"
 
 
+def test_ensemble_started_from_checkpoints_with_their_moments_continues_as_the_solo_runs(tmp_path):
+    from mechgrok.runs import read_resume_state
+
+    base = configure("demo", **TINY)
+    cfgs = [replace(base, task=replace(base.task, seed=s), model=replace(base.model, seed=s),
+                    train=replace(base.train, seed=s, steps=20)) for s in (0, 1)]
+    first = [mg.train_run(c, tmp_path / f"first{i}", progress=False) for i, c in enumerate(cfgs)]
+    states = [read_resume_state(r.path) for r in first]  # step 20: weights and AdamW moments
+    longer = [replace(c, train=replace(c.train, steps=40)) for c in cfgs]
+    members = mg.ensemble.train_ensemble(longer, [tmp_path / f"m{i}" for i in range(2)], progress=False, init=states)
+    for i, (c, st, member) in enumerate(zip(longer, states, members)):
+        solo = mg.train_run(c, tmp_path / f"solo{i}", progress=False, init=st.params, start_step=20,
+                            init_opt_state=st.optimizer).metrics
+        assert member.metrics["step"].tolist() == solo["step"].tolist() == [20, 30, 40]
+        np.testing.assert_allclose(member.metrics[METRIC_COLUMNS].to_numpy(), solo[METRIC_COLUMNS].to_numpy(),
+                                   rtol=2e-4, atol=1e-6)
+    uninterrupted = mg.train_run(longer[0], tmp_path / "whole", progress=False).metrics.set_index("step")
+    assert members[0].metrics.set_index("step").loc[40, "train_loss"] == pytest.approx(
+        uninterrupted.loc[40, "train_loss"], rel=2e-4), "the moments were carried, not reset"
+    with pytest.raises(ValueError, match="same step"):
+        mg.ensemble.train_ensemble(longer, [tmp_path / "x0", tmp_path / "x1"], progress=False,
+                                   init=[states[0], replace(states[1], step=10)])
+
+
 def test_resume_after_a_crash_trains_only_the_unfinished_members(local_sweep, tmp_path, monkeypatch):
     real, trained = popm._train_members, []
 
