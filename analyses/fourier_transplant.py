@@ -77,6 +77,7 @@ def main():
     ap.add_argument("--plot-only", action="store_true", help="redraw the figure and table from the saved JSON")
     ap.add_argument("--preset", default=None, help="seed 004's setting: a preset (dynamics), population mode")
     ap.add_argument("--stop-after-grok", type=int, default=3)
+    ap.add_argument("--arm-steps", type=int, default=600, help="with --preset: budget of the arms after the transplant")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -211,7 +212,8 @@ def plateau_main(args):
             params = iv.transplant_neurons(base, base, neurons, layer, donor_step, r_step)
             after = iv.evaluate_with_hooks(params, base.model_cfg, base.task)
             row[f"{arm}_after_test_acc"], row[f"{arm}_after_train_acc"] = after["test_acc"], after["train_acc"]
-            cfg = replace(base.config, train=replace(base.config.train, keep_moments=False))
+            budget = min(base.config.train.steps, r_step + args.arm_steps)
+            cfg = replace(base.config, train=replace(base.config.train, keep_moments=False, steps=budget))
             arm_cfgs.append(cfg)
             arm_outs.append(args.out / f"seed{s}" / f"{arm}_{r_step}")
             arm_init.append(carried_state(base, r_step, params))
@@ -227,7 +229,7 @@ def plateau_main(args):
             row[f"{arm}_grokking_step"] = transition_metrics(run.metrics).grokked_step
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "provenance": provenance(),
               "wall_s": round(time.time() - t0), "recipient_step": r_step, "preset": args.preset,
-              "budget": base_cfgs[0].train.steps, "rows": rows}
+              "budget": min(base_cfgs[0].train.steps, r_step + args.arm_steps), "rows": rows}
     args.figures.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     plateau_report(result, stem)
@@ -240,7 +242,7 @@ def plateau_report(result: dict, stem: Path):
             "as many non-Fourier neurons": "non_fourier"}
     groups = {name: [r[f"{key}_grokking_step"] for r in rows] for name, key in arms.items()}
     lines = [f"Recipients at step {r_step} of the `{result['preset']}` preset, {len(rows)} seeds; grokking step = "
-             f"first evaluation with test accuracy > 0.9 (budget {result['budget']} steps).", "",
+             f"first evaluation with test accuracy > 0.9 (budget: step {result['budget']}).", "",
              "| arm | grokked | median grokking step | IQR | median steps after the transplant |", "|---|---|---|---|---|"]
     for name, steps in groups.items():
         ok = sorted(s for s in steps if s is not None)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import mechgrok as mg
@@ -289,3 +290,52 @@ def test_cli_sweep_resume_and_population_table_and_figure(tmp_path):
     assert [r["id"] for r in out["table"]] == pop.ids
     assert out["summary"]["weight_decay"][1]["n"] == 1
     assert pop.run(0).config.train.stop_after_grok == 2 and pop.run(0).config.train.weight_decay == 0.5
+
+
+def _sweep_cli(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # one thread in both processes: float sums must be ordered the same way to compare bit-exactly
+    code = "import torch, sys; torch.set_num_threads(1); from mechgrok.cli import app; sys.argv[0]='mechgrok'; app()"
+    return [sys.executable, "-c", code, "sweep", *map(str, args), "--no-progress"], env
+
+
+KILL_ARGS = [a for k, v in (TINY | {"steps": 240, "checkpoint_every": 20}).items() for a in ("--set", f"{k}={v}")] + [
+    "--grid", "lr=0.003,0.001", "--seeds", "1", "--chunk-size", "2"]
+
+
+def test_ensemble_killed_with_sigkill_and_resumed_ends_bit_identical(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from mechgrok.runs import read_tensors
+
+    cmd, env = _sweep_cli("--out", tmp_path / "whole", *KILL_ARGS)
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    cmd, env = _sweep_cli("--out", tmp_path / "killed", *KILL_ARGS)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    members = tmp_path / "killed" / popm.MEMBERS_DIR
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it in the middle of the ensemble, between checkpoints
+        files = list(members.glob("*/resume.safetensors"))
+        try:
+            if len(files) == 2 and min(int(read_tensors(f)["meta.step"]) for f in files) >= 80:
+                break
+        except Exception:  # a file being replaced this instant
+            pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps = [int(read_tensors(f)["meta.step"]) for f in members.glob("*/resume.safetensors")]
+    assert all(80 <= s < 240 for s in steps), f"should have been killed part-way, at {steps}"
+
+    cmd, env = _sweep_cli("--resume", tmp_path / "killed")
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    whole, resumed = load_population(tmp_path / "whole"), load_population(tmp_path / "killed")
+    assert sorted(whole.ids) == sorted(resumed.ids) and len(whole.ids) == 2
+    for i in whole.ids:
+        a, b = whole.run(i), resumed.run(i)
+        assert a.steps == b.steps and a.steps[-1] == 240
+        pa, pb = a.params(), b.params()
+        assert all(torch.equal(pa[k], pb[k]) for k in pa), f"{i}: weights differ after the resume"
+        assert a.metrics.equals(b.metrics), f"{i}: metrics differ after the resume"
