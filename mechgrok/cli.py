@@ -153,6 +153,10 @@ def train(
     frac: Optional[float] = typer.Option(None, help="fraction of all examples used for training"),
     n_bits: Optional[int] = typer.Option(None, help="parity: number of bits"),
     k_bits: Optional[int] = typer.Option(None, help="parity: XOR of the first k bits (sparse parity)"),
+    n_samples: Optional[int] = typer.Option(None, help="parity: a table of this many distinct random strings "
+                                            "instead of all 2^n_bits (needed above 20 bits)"),
+    data_seed: Optional[int] = typer.Option(None, help="parity: seed of the n_samples draw (--seed leaves the "
+                                            "table alone: it sets the split)"),
     n_layers: Optional[int] = typer.Option(None),
     d_model: Optional[int] = typer.Option(None),
     n_heads: Optional[int] = typer.Option(None),
@@ -190,7 +194,8 @@ def train(
     from .presets import configure
     from .runs import load_run
 
-    settings = dict(op=_value(op), p=p, frac=frac, n_bits=n_bits, k_bits=k_bits, n_layers=n_layers, d_model=d_model,
+    settings = dict(op=_value(op), p=p, frac=frac, n_bits=n_bits, k_bits=k_bits, n_samples=n_samples,
+                    data_seed=data_seed, n_layers=n_layers, d_model=d_model,
                     n_heads=n_heads, d_head=d_head, d_mlp=d_mlp, act_fn=_value(act_fn),
                     normalization=_value(normalization), steps=steps, lr=lr, weight_decay=weight_decay,
                     warmup_steps=warmup_steps, eval_every=eval_every, checkpoint_every=checkpoint_every,
