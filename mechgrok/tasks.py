@@ -7,7 +7,9 @@ vector over all pairs reshapes to the ``p x p`` grid that the Fourier analyses t
 Division skips ``b = 0``: its grid has ``p - 1`` columns (b = 1 .. p-1).
 
 Parity: the input is the ``n_bits`` bits followed by ``=`` (token id 2); the label is the
-XOR of the bits (or of the first ``k`` bits for sparse parity).
+XOR of the bits (or of the first ``k`` bits for sparse parity). Up to ``MAX_PARITY_BITS`` the
+table holds every bit string; longer strings (Barak et al.'s and Hu et al.'s sparse parity has
+n = 40) are a table of ``n_samples`` distinct strings drawn uniformly with ``data_seed``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ MODULAR_OPS: dict[str, tuple[str, Callable[[Tensor, Tensor, int], Tensor]]] = {
 OP_ALIASES = {"+": "add", "-": "sub", "*": "mul", "x": "mul", "/": "div"}
 OPS = tuple(MODULAR_OPS) + ("parity",)
 MAX_PARITY_BITS = 20  # 2^20 sequences; beyond that the full dataset stops fitting in a batch
+MAX_SAMPLED_BITS = 62  # a bit string must fit an int64 code (to draw distinct strings)
 
 
 def _inverses(p: int) -> Tensor:
@@ -56,6 +59,11 @@ class TaskConfig:
     # test set is every other example. Given, it overrides ``frac``/``seed``: ``frac`` is set to
     # the fraction it implies. Checkpoints trained elsewhere are analysed with their own split.
     train_idx: Sequence[int] | None = None  # stored as a tuple
+    # Parity only: a table of this many distinct random bit strings instead of all 2^n_bits
+    # (required above MAX_PARITY_BITS bits). Drawn with ``data_seed``, not ``seed``: members of a
+    # population that differ in their split seed must share one table.
+    n_samples: int | None = None
+    data_seed: int = 0
 
     def __post_init__(self):
         op = OP_ALIASES.get(self.op, self.op)
@@ -66,12 +74,21 @@ class TaskConfig:
         if not 0.0 < self.frac < 1.0:
             raise ValueError(f"TaskConfig.frac must be in (0, 1), got {self.frac}")
         if op == "parity":
-            if not 2 <= self.n_bits <= MAX_PARITY_BITS:
-                raise ValueError(f"TaskConfig.n_bits must be in [2, {MAX_PARITY_BITS}], got {self.n_bits}")
+            top = MAX_PARITY_BITS if self.n_samples is None else MAX_SAMPLED_BITS
+            if not 2 <= self.n_bits <= top:
+                hint = (f"; up to {MAX_SAMPLED_BITS} with n_samples (a sampled table)"
+                        if self.n_samples is None and self.n_bits > MAX_PARITY_BITS else "")
+                raise ValueError(f"TaskConfig.n_bits must be in [2, {top}], got {self.n_bits}{hint}")
+            if self.n_samples is not None and not 2 <= self.n_samples <= 2 ** self.n_bits:
+                raise ValueError(f"TaskConfig.n_samples must be in [2, 2^n_bits = {2 ** self.n_bits}] or None, "
+                                 f"got {self.n_samples}")
             if self.k_bits is not None and not 1 <= self.k_bits <= self.n_bits:
                 raise ValueError(f"TaskConfig.k_bits must be in [1, n_bits={self.n_bits}] or None, "
                                  f"got {self.k_bits}")
         else:
+            if self.n_samples is not None:
+                raise ValueError(f"TaskConfig.n_samples applies to parity only (modular tasks enumerate "
+                                 f"every pair), got n_samples={self.n_samples} for op {op!r}")
             if self.p < 3 or not is_prime(self.p):
                 raise ValueError(f"TaskConfig.p must be a prime >= 3 (modular ops need a field), got {self.p}")
         if self.train_idx is not None:
@@ -91,9 +108,9 @@ class TaskConfig:
 
     @property
     def n_examples(self) -> int:
-        """Size of the full example table (every pair, or every bit string)."""
+        """Size of the full example table (every pair, every bit string, or the sampled strings)."""
         if self.op == "parity":
-            return 2 ** self.n_bits
+            return 2 ** self.n_bits if self.n_samples is None else self.n_samples
         return self.p * (self.p - 1) if self.op == "div" else self.p * self.p
 
     def to_dict(self) -> dict:
@@ -112,7 +129,7 @@ class Task:
         self.cfg = cfg
         if cfg.op == "parity":
             n = cfg.n_bits
-            codes = torch.arange(2**n)
+            codes = torch.arange(2**n) if cfg.n_samples is None else sample_codes(n, cfg.n_samples, cfg.data_seed)
             bits = (codes[:, None] >> torch.arange(n - 1, -1, -1)) & 1
             k = n if cfg.k_bits is None else cfg.k_bits
             self.labels = bits[:, :k].sum(1) % 2
@@ -201,12 +218,28 @@ class Task:
     def describe(self) -> str:
         if self.cfg.op == "parity":
             k = self.cfg.k_bits or self.cfg.n_bits
-            return f"parity of {k} of {self.cfg.n_bits} bits"
+            drawn = "" if self.cfg.n_samples is None else f", {self.cfg.n_samples} strings drawn (data seed {self.cfg.data_seed})"
+            return f"parity of {k} of {self.cfg.n_bits} bits{drawn}"
         return f"{MODULAR_OPS[self.cfg.op][0]} mod {self.cfg.p}"
 
     def __repr__(self) -> str:
         split = "explicit split" if self.cfg.train_idx is not None else f"seed {self.cfg.seed}"
         return f"Task({self.describe()}, {len(self.train_idx)} train / {len(self.test_idx)} test, {split})"
+
+
+def sample_codes(n_bits: int, n: int, seed: int) -> Int[Tensor, " n"]:
+    """``n`` distinct ``n_bits``-bit strings as integer codes, uniform without replacement, in
+    the order drawn: draw with replacement and drop repeats until there are ``n``."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.empty(0, dtype=torch.long)
+    while len(codes) < n:
+        bits = torch.randint(0, 2, (2 * (n - len(codes)) + 16, n_bits), generator=g)
+        new = (bits * (1 << torch.arange(n_bits - 1, -1, -1))).sum(1)
+        both = torch.cat([codes, new])
+        _, inverse = torch.unique(both, return_inverse=True)
+        first = torch.full((int(inverse.max()) + 1,), len(both)).scatter_reduce(0, inverse, torch.arange(len(both)), "amin")
+        codes = both[first.sort().values]  # each distinct code once, at its first draw
+    return codes[:n]
 
 
 def make_task(op: str = "add", p: int = 113, frac: float = 0.3, seed: int = 0, train_idx=None, **kw) -> Task:
