@@ -126,11 +126,10 @@ def _probe_kwargs(spec: Optional[str], cfg) -> dict:
     """--probe every=N[,measures=...] -> train_run's probe= and probe_every= (issue 10)."""
     if spec is None:
         return {}
-    from .dynamics import make_probe, parse_probe
+    from .dynamics import probe_from_spec
 
-    kw = parse_probe(spec)
-    every = kw.pop("every")
-    return {"probe": make_probe(cfg, **kw), "probe_every": every}
+    factory, every = probe_from_spec(spec)
+    return {"probe": factory(cfg), "probe_every": every}
 
 
 @app.command(help=f"Train the embedded demo (a+b mod 53) until it groks: {DEMO_TIME}.")
@@ -530,6 +529,8 @@ def sweep(
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. auto); default: a local Ray"),
     cpus_per_chunk: float = typer.Option(1.0, help="Ray: CPUs per chunk task"),
     gpus_per_chunk: float = typer.Option(0.0, help="Ray: GPUs per chunk task"),
+    probe: Optional[str] = typer.Option(None, "--probe", help="optimizer-dynamics probes in every member -> "
+                                        "dynamics.csv: every=N[,measures=...] (as for train)"),
     progress: bool = typer.Option(True, help="show a progress bar over members"),
 ):
     """Train a grid (or list) of settings x seeds as chunks of ensembles; --resume finishes one."""
@@ -545,7 +546,7 @@ def sweep(
             fixed["stop_after_grok"] = stop_after_grok
         settings = [dict(_assignments(s.split(","), "--setting", lists=False)) for s in setting]
         sw = SweepConfig(get_preset(preset), grid=tuple((n, tuple(v)) for n, v in _assignments(grid, "--grid", True)),
-                         settings=tuple(settings), seeds=seeds, fixed=fixed, chunk_size=chunk_size)
+                         settings=tuple(settings), seeds=seeds, fixed=fixed, chunk_size=chunk_size, probe=probe)
         typer.echo(f"sweep: {len(sw.members())} members ({len(sw.points())} settings x {len(sw.seeds)} seeds) "
                    f"-> {out}")
     try:

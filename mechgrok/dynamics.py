@@ -460,6 +460,14 @@ def parse_probe(spec: str) -> dict:
     return out
 
 
+def probe_from_spec(spec: str):
+    """A ``--probe`` spec as ``(factory, every)``: ``factory(run_config)`` makes that run's probe
+    (what ``train_run(probe=...)`` and, per member, ``train_ensemble(probe=factory)`` take)."""
+    kw = parse_probe(spec)
+    every = kw.pop("every")
+    return (lambda cfg: make_probe(cfg, **kw)), every
+
+
 def measure_run(run, steps: Sequence[int] | None = None, measures: Sequence[str] = MEASURES,
                 hessian_iters: int = 20, rank_n: int = 128, split: str = "train", seed: int = 0,
                 progress: bool = True) -> pd.DataFrame:

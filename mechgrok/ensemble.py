@@ -51,7 +51,7 @@ import json
 import os
 from dataclasses import fields
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -71,6 +71,8 @@ PER_MEMBER = {"task": ("seed", "train_idx"), "model": ("seed",),
               "train": ("seed", "lr", "weight_decay", "betas", "warmup_steps", "steps", "stop_after_grok",
                         "grokfast_alpha", "grokfast_lambda")}
 EPS = 1e-8  # AdamW's eps (torch's default, as the solo trainer uses)
+# A member's probe, made per member from its config: probe(cfg)(step, params, exp_avg) -> {column: value}
+ProbeFactory = Callable[[RunConfig], Callable[[int, dict, dict], dict]]
 
 
 def ensemble_key(cfg: RunConfig) -> tuple:
@@ -122,11 +124,15 @@ def _write_status(out: Path, status: str, last_step: int, rows: list[dict], n: i
 
 def train_ensemble(cfgs: Sequence[RunConfig], outs: Sequence[str | os.PathLike], *,
                    progress: bool = True, vectorize: bool | None = None,
-                   init: Sequence[ResumeState] | None = None) -> list[Run]:
+                   init: Sequence[ResumeState] | None = None, probe: ProbeFactory | None = None,
+                   probe_every: int = 100) -> list[Run]:
     """Train every ``cfgs[i]`` into the new run directory ``outs[i]`` as one ensemble; return
     the members' ``Run`` objects. Nothing is written unless every member is valid.
     ``init``: start member ``i`` from ``init[i]`` (weights, AdamW state, at a step common to all
     members: e.g. a checkpoint after an intervention) instead of a fresh initialisation at step 0.
+    ``probe``: ``probe(cfg) -> probe function`` (e.g. ``lambda c: dynamics.make_probe(c)``), called
+    once per member; each member's probe runs at the steps, with the arguments, that
+    ``train.train_run`` gives a solo run's probe, and its rows go to the member's dynamics.csv.
     ``vectorize``: vmap the members' gradients (True) or compute them member by member (False);
     None picks vmap on a GPU and member by member on a CPU (module docstring)."""
     cfgs, outs = list(cfgs), [Path(o) for o in outs]
@@ -149,12 +155,14 @@ def train_ensemble(cfgs: Sequence[RunConfig], outs: Sequence[str | os.PathLike],
         writers.append(RunWriter.create(o, c, device))
         _write_status(o, "running", 0 if init is None else init[i].step, [], len(cfgs))
         states.append(ResumeState(0, init_params(c.model.resolve(t))) if init is None else init[i])
-    _train_members(cfgs, tasks, writers, states, fresh=True, progress=progress, vectorize=vectorize)
+    _train_members(cfgs, tasks, writers, states, fresh=True, progress=progress, vectorize=vectorize,
+                   probe=probe, probe_every=probe_every)
     return [Run(o) for o in outs]
 
 
 def resume_ensemble(outs: Sequence[str | os.PathLike], *, progress: bool = True,
-                    vectorize: bool | None = None) -> list[Run]:
+                    vectorize: bool | None = None, probe: ProbeFactory | None = None,
+                    probe_every: int = 100) -> list[Run]:
     """Continue an ensemble after a crash or SIGKILL. Finished members are left as they are;
     the others resume from their common last checkpoint and end as an uninterrupted ensemble
     would have."""
@@ -172,7 +180,7 @@ def resume_ensemble(outs: Sequence[str | os.PathLike], *, progress: bool = True,
         tasks = [Task(c.task) for c in cfgs]
         writers = [RunWriter.reopen(o, step) for o, _ in group]
         _train_members(cfgs, tasks, writers, [st for _, st in group], fresh=False, progress=progress,
-                       vectorize=vectorize)
+                       vectorize=vectorize, probe=probe, probe_every=probe_every)
     return [Run(o) for o in outs]
 
 
@@ -277,6 +285,11 @@ class _Members:
         n = len(self)
         return {k: self.flat[:, sl].view(n, *self.shapes[k]) for k, sl in self.slices.items()}
 
+    def moment_views(self) -> dict[str, Tensor]:
+        """AdamW's first moment per trainable name, ``[N, *shape]`` views into ``m``."""
+        n = len(self)
+        return {k: self.m[:, sl].view(n, *self.shapes[k]) for k, sl in self.slices.items()}
+
     def member_state(self, i: int, step: int) -> ResumeState:
         """Member ``i``'s resume state in the solo format (per-name tensors)."""
         def cut(x):  # copies: safetensors refuses tensors that share memory
@@ -333,11 +346,15 @@ def _batch(members: _Members, step: int, cache: dict) -> Tensor:
     return cache["rows"][:, i * bs:(i + 1) * bs]
 
 
-def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool, vectorize: bool | None = None):
+def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool, vectorize: bool | None = None,
+                   probe: ProbeFactory | None = None, probe_every: int = 100):
     c0 = cfgs[0]
     device = resolve_device(c0.train.device)
     vectorize = device.type != "cpu" if vectorize is None else vectorize
+    if probe is not None and probe_every < 1:
+        raise ValueError(f"probe_every must be >= 1, got {probe_every}")
     mem = _Members(cfgs, tasks, writers, states, device)
+    probes = {w.path: probe(c) for w, c in zip(writers, cfgs)} if probe is not None else {}
     n_total = len(mem)
     start = states[0].step
     eval_every, ckpt_every = c0.train.eval_every, c0.train.checkpoint_every
@@ -442,6 +459,11 @@ def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool, ve
         lr = mem.lr * torch.where(mem.warmup > 0, ((step + 1) / mem.warmup.clamp(min=1)).clamp(max=1.0), 1.0)
         adamw_(mem.flat, g, mem.m, mem.v, mem.t, lr, mem.wd, mem.b1, mem.b2)
         step += 1
+        if probes and step % probe_every == 0:
+            params, exp_avg = mem.params, mem.moment_views()
+            for i, w in enumerate(mem.writers):
+                row = probes[w.path](step, member(params, i) | member(mem.frozen, i), member(exp_avg, i))
+                w.record_dynamics({"step": step} | dict(row))
         budgets = [c.train.steps for c in mem.cfgs]
         is_eval = step % eval_every == 0 or step in budgets
         is_ckpt = step % ckpt_every == 0

@@ -150,7 +150,9 @@ class SweepConfig:
     member's seed goes to ``configure(seed=...)`` (split, init and batch order), which
     ``task_seed`` etc. in ``fixed`` or a setting override. Every member's config is built and
     validated at construction: a bad value fails before anything trains, naming the field and
-    the allowed values. ``chunk_size``: members per ensemble (one unit of work)."""
+    the allowed values. ``chunk_size``: members per ensemble (one unit of work). ``probe``: a
+    ``--probe`` spec (``every=10[,measures=...]``): every member writes optimizer-dynamics
+    probes to its dynamics.csv as it trains (``dynamics.probe_from_spec``)."""
 
     base: RunConfig
     grid: tuple[tuple[str, tuple], ...] = ()
@@ -158,8 +160,13 @@ class SweepConfig:
     seeds: tuple[int, ...] = (0,)
     fixed: dict = field(default_factory=dict)
     chunk_size: int = 8
+    probe: str | None = None
 
     def __post_init__(self):
+        if self.probe is not None:
+            from .dynamics import parse_probe
+
+            parse_probe(self.probe)  # fails now, naming the bad key, not after training
         grid = self.grid.items() if isinstance(self.grid, dict) else self.grid
         grid = tuple((name, tuple(parse_value(name, v, self.base) for v in values)) for name, values in grid)
         for name, values in grid:
@@ -205,13 +212,13 @@ class SweepConfig:
     def to_dict(self) -> dict:
         return {"base": self.base.to_dict(), "grid": {n: list(v) for n, v in self.grid},
                 "settings": [dict(s) for s in self.settings], "seeds": list(self.seeds),
-                "fixed": dict(self.fixed), "chunk_size": self.chunk_size}
+                "fixed": dict(self.fixed), "chunk_size": self.chunk_size, "probe": self.probe}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SweepConfig":
         return cls(base=RunConfig.from_dict(d["base"]), grid=tuple((n, tuple(v)) for n, v in d["grid"].items()),
                    settings=tuple(d["settings"]), seeds=tuple(d["seeds"]), fixed=d["fixed"],
-                   chunk_size=d["chunk_size"])
+                   chunk_size=d["chunk_size"], probe=d.get("probe"))
 
 
 def plan_chunks(members: Sequence[Member], chunk_size: int) -> list[list[str]]:
@@ -229,17 +236,22 @@ def _has_run(out: Path) -> bool:
     return (out / "config.json").exists()
 
 
-def _train_members(cfgs: list[RunConfig], outs: list[Path], progress: bool) -> None:
+def _train_members(cfgs: list[RunConfig], outs: list[Path], progress: bool, probe: str | None = None) -> None:
     """Train the members of one chunk as one ensemble; a chunk a crash left behind is resumed
     (``resume_ensemble`` skips its finished members), or started over if it cannot be."""
+    kw = {}
+    if probe is not None:
+        from .dynamics import probe_from_spec
+
+        kw["probe"], kw["probe_every"] = probe_from_spec(probe)
     if any(_has_run(o) for o in outs):
         try:
-            resume_ensemble(outs, progress=progress)
+            resume_ensemble(outs, progress=progress, **kw)
             return
         except (ValueError, FileNotFoundError, KeyError):
             for o in outs:  # unreadable or incomplete remains of a crash
                 shutil.rmtree(o, ignore_errors=True)
-    train_ensemble(cfgs, outs, progress=progress)
+    train_ensemble(cfgs, outs, progress=progress, **kw)
 
 
 def member_record(run: Run) -> dict:
@@ -255,7 +267,8 @@ def member_record(run: Run) -> dict:
         "budget": run.config.train.steps}
 
 
-def train_chunk(sweep_dir: str, ids: list[str], configs: list[dict], progress: bool = False) -> list[dict]:
+def train_chunk(sweep_dir: str, ids: list[str], configs: list[dict], progress: bool = False,
+                probe: str | None = None) -> list[dict]:
     """Train one chunk of a sweep into ``sweep_dir/members/<id>`` and return one record per
     member (id, seconds, transition metrics). A plain function of plain data: the same call runs
     in the driver (backend local) and as a Ray task (backend ray)."""
@@ -265,7 +278,7 @@ def train_chunk(sweep_dir: str, ids: list[str], configs: list[dict], progress: b
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     t0 = time.time()
     outs = [Path(sweep_dir) / MEMBERS_DIR / i for i in ids]
-    _train_members([RunConfig.from_dict(c) for c in configs], outs, progress)
+    _train_members([RunConfig.from_dict(c) for c in configs], outs, progress, probe)
     seconds = time.time() - t0
     where = {"host": socket.gethostname(), "pid": os.getpid()}  # which machine and process trained it
     return [{"id": i, "seconds": seconds / len(ids)} | where | member_record(Run(o)) for i, o in zip(ids, outs)]
@@ -361,10 +374,10 @@ def run_sweep(sweep: SweepConfig | None, out: str | Path, resume: bool = False, 
 
     if ray is None:
         for chunk in todo:
-            finished(train_chunk(*args(chunk), progress=progress))  # the ensemble's bar over steps
+            finished(train_chunk(*args(chunk), progress=progress, probe=sweep.probe))  # the ensemble's bar over steps
     else:
         task = ray.remote(num_cpus=cpus_per_chunk, num_gpus=gpus_per_chunk)(train_chunk)
-        pending = [task.remote(*args(chunk)) for chunk in todo]
+        pending = [task.remote(*args(chunk), probe=sweep.probe) for chunk in todo]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             finished(ray.get(ready[0]))
