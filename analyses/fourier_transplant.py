@@ -70,7 +70,8 @@ def main():
     ap.add_argument("--p", type=int, default=23)
     ap.add_argument("--frac", type=float, default=0.7)
     ap.add_argument("--base-steps", type=int, default=1200)
-    ap.add_argument("--recipient-step", type=int, default=150)
+    ap.add_argument("--recipient-step", type=int, default=None,
+                    help="default: 150 (small setting); with --preset, half-way along each seed's plateau")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--out", type=Path, default=Path("runs/transplant"))
     ap.add_argument("--figures", type=Path, default=Path("figures"))
@@ -78,12 +79,15 @@ def main():
     ap.add_argument("--preset", default=None, help="seed 004's setting: a preset (dynamics), population mode")
     ap.add_argument("--stop-after-grok", type=int, default=3)
     ap.add_argument("--arm-steps", type=int, default=600, help="with --preset: budget of the arms after the transplant")
+    ap.add_argument("--min-delay", type=int, default=150,
+                    help="with --preset: a seed has a plateau if it groks at least this many steps after memorising")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.preset:
         plateau_main(args)
         return
+    args.recipient_step = 150 if args.recipient_step is None else args.recipient_step
     stem = args.figures / "fourier_transplant"
     if args.plot_only:
         report(json.loads(stem.with_suffix(".json").read_text())["rows"], args, stem)
@@ -156,12 +160,29 @@ def seed_list(text: str) -> list[int]:
 
 
 def train_or_resume(cfgs: list, outs: list[Path], init=None):
-    """Train the ensemble, or finish what an interrupted earlier call left (run dirs resume)."""
-    if all(not (o / "config.json").exists() for o in outs):
-        return train_ensemble(cfgs, outs, init=init)
-    if any((member_status(o) or {}).get("status") == "running" for o in outs):
-        resume_ensemble(outs)
+    """Train the members not started yet as one ensemble and finish the ones an interrupted
+    earlier call left (their run directories resume)."""
+    new = [i for i, o in enumerate(outs) if not (o / "config.json").exists()]
+    old = [o for i, o in enumerate(outs) if i not in new]
+    if any((member_status(o) or {}).get("status") == "running" for o in old):
+        resume_ensemble(old)
+    if new:
+        train_ensemble([cfgs[i] for i in new], [outs[i] for i in new],
+                       init=None if init is None else [init[i] for i in new])
     return [mg.load_run(o) for o in outs]
+
+
+def plateau_step(base, tr, min_delay: int, fixed: int | None) -> int | None:
+    """The recipient checkpoint on the memorising plateau: ``fixed`` if it lies between
+    memorisation and grokking, else the checkpoint nearest half-way between them; None when
+    the run has no plateau (it grokked within ``min_delay`` steps of memorising, or never)."""
+    if tr.grokked_step is None or tr.memorised_step is None or tr.delay < min_delay:
+        return None
+    inside = [s for s in base.steps if tr.memorised_step <= s < tr.grokked_step]
+    if fixed is not None:
+        return fixed if fixed in inside else None
+    mid = tr.memorised_step + tr.delay / 2
+    return min(inside, key=lambda s: abs(s - mid), default=None)
 
 
 def carried_state(run, step: int, params) -> ResumeState:
@@ -175,7 +196,7 @@ def carried_state(run, step: int, params) -> ResumeState:
 
 
 def plateau_main(args):
-    seeds, r_step = seed_list(args.seeds), args.recipient_step
+    seeds = seed_list(args.seeds)
     stem = args.figures / f"fourier_transplant_{args.preset}"
     if args.plot_only:
         plateau_report(json.loads(stem.with_suffix(".json").read_text()), stem)
@@ -185,18 +206,21 @@ def plateau_main(args):
     bases = train_or_resume(base_cfgs, [args.out / f"seed{s}" / "base" for s in seeds])
     print(f"base runs done ({time.time() - t0:.0f} s)", flush=True)
 
-    rows, arm_cfgs, arm_outs, arm_init = [], [], [], []
+    rows, groups = [], {}  # groups: recipient step -> (configs, outs, initial states) of its arms
     for s, base in zip(seeds, bases):
         tr = transition_metrics(base.metrics)
-        m = base.metrics.set_index("step")
         row = {"seed": s, "base_memorisation_step": tr.memorised_step, "base_grokking_step": tr.grokked_step,
-               "recipient_train_acc": float(m.loc[r_step, "train_acc"]),
-               "recipient_test_acc": float(m.loc[r_step, "test_acc"]),
-               "recipient_test_loss": float(m.loc[r_step, "test_loss"])}
+               "base_delay": tr.delay}
         rows.append(row)
-        if tr.grokked_step is None or tr.memorised_step is None or tr.memorised_step > r_step:
-            row["skipped"] = "base run did not memorise by the recipient step or never grokked"
+        r_step = plateau_step(base, tr, args.min_delay, args.recipient_step)
+        if r_step is None:
+            row["skipped"] = (f"no plateau: grokked {tr.delay} steps after memorising (< {args.min_delay})"
+                              if tr.delay is not None else "did not memorise and grok within the budget")
             continue
+        m = base.metrics.set_index("step")
+        row |= {"recipient_step": r_step, "recipient_train_acc": float(m.loc[r_step, "train_acc"]),
+                "recipient_test_acc": float(m.loc[r_step, "test_acc"]),
+                "recipient_test_loss": float(m.loc[r_step, "test_loss"])}
         donor_step = base.steps[-1]
         layer = base.model_cfg.n_layers - 1
         donor_nf = mg.fourier.neuron_frequencies(base.params(donor_step), base.task, layer=layer, cfg=base.model_cfg)
@@ -214,22 +238,24 @@ def plateau_main(args):
             row[f"{arm}_after_test_acc"], row[f"{arm}_after_train_acc"] = after["test_acc"], after["train_acc"]
             budget = min(base.config.train.steps, r_step + args.arm_steps)
             cfg = replace(base.config, train=replace(base.config.train, keep_moments=False, steps=budget))
-            arm_cfgs.append(cfg)
-            arm_outs.append(args.out / f"seed{s}" / f"{arm}_{r_step}")
-            arm_init.append(carried_state(base, r_step, params))
-    print(f"transplanting into {len(arm_outs)} recipients from step {r_step}", flush=True)
-    arms = train_or_resume(arm_cfgs, arm_outs, init=arm_init) if arm_outs else []
-    by_out = {str(a.path): a for a in arms}
+            group = groups.setdefault(r_step, ([], [], []))
+            group[0].append(cfg)
+            group[1].append(args.out / f"seed{s}" / f"{arm}_{r_step}")
+            group[2].append(carried_state(base, r_step, params))
+    by_out = {}
+    for r_step, (cfgs, outs, init) in sorted(groups.items()):  # one ensemble per recipient step
+        print(f"transplanting into {len(outs)} recipients at step {r_step}", flush=True)
+        by_out |= {str(a.path): a for a in train_or_resume(cfgs, outs, init=init)}
     for row in rows:
         if "skipped" in row:
             continue
         row["control_grokking_step"] = row["base_grokking_step"]
         for arm in ("fourier", "non_fourier"):
-            run = by_out[str(args.out / f"seed{row['seed']}" / f"{arm}_{r_step}")]
+            run = by_out[str(args.out / f"seed{row['seed']}" / f"{arm}_{row['recipient_step']}")]
             row[f"{arm}_grokking_step"] = transition_metrics(run.metrics).grokked_step
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "provenance": provenance(),
-              "wall_s": round(time.time() - t0), "recipient_step": r_step, "preset": args.preset,
-              "budget": min(base_cfgs[0].train.steps, r_step + args.arm_steps), "rows": rows}
+              "wall_s": round(time.time() - t0), "preset": args.preset, "arm_steps": args.arm_steps,
+              "min_delay": args.min_delay, "rows": rows}
     args.figures.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     plateau_report(result, stem)
@@ -237,40 +263,41 @@ def plateau_main(args):
 
 def plateau_report(result: dict, stem: Path):
     rows = [r for r in result["rows"] if "control_grokking_step" in r]
-    r_step = result["recipient_step"]
     arms = {"control (untouched)": "control", "Fourier neurons transplanted": "fourier",
             "as many non-Fourier neurons": "non_fourier"}
     groups = {name: [r[f"{key}_grokking_step"] for r in rows] for name, key in arms.items()}
-    lines = [f"Recipients at step {r_step} of the `{result['preset']}` preset, {len(rows)} seeds; grokking step = "
-             f"first evaluation with test accuracy > 0.9 (budget: step {result['budget']}).", "",
-             "| arm | grokked | median grokking step | IQR | median steps after the transplant |", "|---|---|---|---|---|"]
+    lines = [f"`{result['preset']}` preset, {len(result['rows'])} seeds, {len(rows)} with a memorising plateau "
+             f"(grokked >= {result['min_delay']} steps after memorising); recipient = the checkpoint half-way "
+             f"along each plateau; grokking step = first evaluation with test accuracy > 0.9; arms trained up to "
+             f"{result['arm_steps']} steps past the recipient.", "",
+             "| arm | grokked | median grokking step | IQR | median steps after the recipient step |", "|---|---|---|---|---|"]
     for name, steps in groups.items():
-        ok = sorted(s for s in steps if s is not None)
+        ok = [s for s in steps if s is not None]
+        after = sorted(s - r["recipient_step"] for s, r in zip(steps, rows) if s is not None)
         if ok:
-            q = statistics.quantiles(ok, n=4) if len(ok) > 1 else [ok[0]] * 3
+            q = statistics.quantiles(ok, n=4, method="inclusive") if len(ok) > 1 else [ok[0]] * 3
             lines.append(f"| {name} | {len(ok)}/{len(steps)} | {statistics.median(ok):g} | {q[0]:g}-{q[2]:g} | "
-                         f"{statistics.median(ok) - r_step:g} |")
+                         f"{statistics.median(after):g} |")
         else:
             lines.append(f"| {name} | 0/{len(steps)} | - | - | - |")
         print(f"{name:32s} grokking steps: {describe(steps)}")
-    lines += ["", "| seed | memorised / grokked (base) | at the recipient step: train / test acc, test loss | "
+    lines += ["", "| seed | memorised / grokked (base) | recipient step: train / test acc, test loss | "
               "clustered neurons: recipient / donor | test acc right after: Fourier / non-Fourier arm | "
               "grokking step: control / Fourier / non-Fourier |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['seed']} | {r['base_memorisation_step']} / {r['base_grokking_step']} | "
+        lines.append(f"| {r['seed']} | {r['base_memorisation_step']} / {r['base_grokking_step']} | {r['recipient_step']}: "
                      f"{r['recipient_train_acc']:.3f} / {r['recipient_test_acc']:.3f}, {r['recipient_test_loss']:.2f} | "
                      f"{r['recipient_clustered']} / {r['n_fourier']} | "
                      f"{r['fourier_after_test_acc']:.3f} / {r['non_fourier_after_test_acc']:.3f} | "
                      f"{r['control_grokking_step']} / {r['fourier_grokking_step']} / {r['non_fourier_grokking_step']} |")
     skipped = [r for r in result["rows"] if "skipped" in r]
     if skipped:
-        lines += ["", "Skipped: " + ", ".join(f"seed {r['seed']} ({r['skipped']})" for r in skipped)]
+        lines += ["", "Seeds without a plateau (no recipient): " + "; ".join(
+            f"seed {r['seed']}: memorised {r['base_memorisation_step']}, grokked {r['base_grokking_step']}" for r in skipped)]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     save_figure(grokking_step_distributions(
-        groups, title=f"Transplant into the memorising plateau (step {r_step}), {result['preset']} preset, "
-                      f"{len(rows)} seeds"), stem)
-
+        groups, title=f"Transplant into the memorising plateau, {result['preset']} preset, {len(rows)} seeds"), stem)
 
 if __name__ == "__main__":
     main()
