@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-import mechgrok as mg
 from mechgrok.tasks import Task, TaskConfig, make_task
 
 
@@ -107,74 +106,3 @@ def test_measures_honour_an_explicit_split():
     rest = torch.tensor([i for i in range(121) if i not in set(seeded.test_idx[:40].tolist())])
     assert m["test_loss"] == pytest.approx(float(-logits.log_softmax(-1)[rest, given.labels[rest]].mean()), rel=1e-9)
 
-
-# --- sampled parity tables (sparse parity, n = 40) ------------------------------------------------
-
-
-def _sparse(**kw):
-    return mg.TaskConfig(**({"op": "parity", "n_bits": 40, "k_bits": 3, "n_samples": 500, "frac": 0.5} | kw))
-
-
-def test_sampled_parity_labels_are_the_xor_of_the_first_k_bits_of_distinct_strings():
-    import numpy as np
-
-    task = mg.Task(_sparse())
-    bits = task.inputs[:, :40].numpy()
-    assert task.inputs.shape == (500, 41) and (task.inputs[:, 40] == 2).all()
-    assert len(np.unique(bits, axis=0)) == 500, "strings are distinct"
-    assert np.array_equal(task.labels.numpy(), np.bitwise_xor.reduce(bits[:, :3], axis=1))
-    assert 0.3 < bits.mean() < 0.7 and 0.3 < task.labels.float().mean() < 0.7, "uniform bits, balanced labels"
-
-
-def test_a_sample_of_every_string_is_the_whole_table_in_some_order():
-    from mechgrok.tasks import sample_codes
-
-    assert sorted(sample_codes(3, 8, seed=5).tolist()) == list(range(8))
-
-
-def test_data_seed_draws_the_table_and_the_split_seed_only_splits_it():
-    a, b = mg.Task(_sparse(seed=0)), mg.Task(_sparse(seed=1))
-    assert torch.equal(a.inputs, b.inputs) and not torch.equal(a.train_idx, b.train_idx)
-    assert not torch.equal(a.inputs, mg.Task(_sparse(data_seed=1)).inputs)
-    assert torch.equal(a.inputs, mg.Task(_sparse()).inputs), "deterministic"
-
-
-@pytest.mark.parametrize("kw, msg", [
-    ({"n_samples": None}, "n_samples"),
-    ({"n_bits": 70}, "TaskConfig.n_bits"),
-    ({"n_bits": 4, "n_samples": 17}, "TaskConfig.n_samples"),
-    ({"op": "add", "p": 7}, "parity only"),
-])
-def test_bad_sampled_parity_config_fails_naming_the_field(kw, msg):
-    with pytest.raises(ValueError, match=msg):
-        _sparse(**kw)
-
-
-def test_sampled_task_round_trips_through_a_run_and_old_configs_still_load(tmp_path):
-    from mechgrok.runs import RunConfig
-
-    cfg = mg.get_preset("sparse_parity")
-    small = RunConfig.from_dict(cfg.to_dict())
-    assert small == cfg and small.task.n_samples == 2000
-    old = cfg.to_dict()
-    old["task"] = {k: v for k, v in old["task"].items() if k not in ("n_samples", "data_seed")} | {"n_bits": 10}
-    assert RunConfig.from_dict(old).task.n_examples == 1024
-
-
-def test_sparse_parity_preset_trains_from_the_cli_and_as_an_ensemble(tmp_path):
-    from dataclasses import replace
-
-    from typer.testing import CliRunner
-
-    from mechgrok.cli import app
-
-    r = CliRunner().invoke(app, ["train", "--preset", "sparse_parity", "--steps", "4", "--eval-every", "2",
-                                 "--d-model", "32", "--d-mlp", "64", "--n-heads", "2", "--out", str(tmp_path / "cli"),
-                                 "--no-progress", "--no-png"])
-    assert r.exit_code == 0, r.output
-    run = mg.load_run(tmp_path / "cli")
-    assert run.task.cfg.n_bits == 40 and len(run.task.labels) == 2000 and run.steps[-1] == 4
-    cfg = run.config
-    cfgs = [replace(cfg, task=replace(cfg.task, seed=s)) for s in (0, 1)]
-    members = mg.ensemble.train_ensemble(cfgs, [tmp_path / "m0", tmp_path / "m1"], progress=False)
-    assert [len(m.metrics) for m in members] == [3, 3]
