@@ -26,7 +26,14 @@ itself: (1) control, untouched; (2) the donor's Fourier-clustered last-layer neu
 transplanted; (3) as many of the donor's NOT clustered neurons, chosen at random (seeded),
 transplanted. Arms (2) and (3) of every seed train as one ensemble until they grok (or the
 preset's budget). Writes figures/fourier_transplant_dynamics.{html,png,md,json}; runs go to
-``--out`` and a re-run resumes what is missing.
+``--out`` and a re-run resumes what is missing. ``--summarise`` trains nothing: it writes the
+figure and table from whatever the run directories hold (unfinished base runs and arms are
+listed as such), so a run cut short still gives its partial result.
+
+Evidence that the recipient is on a plateau with Fourier features already forming, per seed at
+step 0, the recipient step and the donor step: the Gini sparsity of the embedding's spectrum
+(k >= 1) and the number of last-layer neurons clustered on one frequency (and of those, how
+many on a frequency the donor uses).
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from mechgrok import dynamics, interventions as iv
 from mechgrok.ensemble import member_status, resume_ensemble, train_ensemble
 from mechgrok.plots import grokking_step_distributions, save_figure
 from mechgrok.presets import configure
-from mechgrok.progress import transition_metrics
+from mechgrok.progress import spectrum_gini, transition_metrics
 from mechgrok.runs import ResumeState, provenance
 
 
@@ -81,6 +88,8 @@ def main():
     ap.add_argument("--arm-steps", type=int, default=600, help="with --preset: budget of the arms after the transplant")
     ap.add_argument("--min-delay", type=int, default=150,
                     help="with --preset: a seed has a plateau if it groks at least this many steps after memorising")
+    ap.add_argument("--summarise", action="store_true",
+                    help="with --preset: train nothing, report what the run directories under --out hold")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -195,6 +204,23 @@ def carried_state(run, step: int, params) -> ResumeState:
     return ResumeState(step, params, opt)
 
 
+def finished(out: Path) -> bool:
+    """An ensemble member that is not still training (an interrupted one says "running")."""
+    status = member_status(out)
+    return (out / "config.json").exists() and (status or {}).get("status") != "running"
+
+
+def fourier_evidence(run, step: int, layer: int, key_freqs: list[int]) -> dict:
+    """How far the Fourier features have formed at ``step``: the embedding spectrum's Gini
+    (k >= 1), the MLP ``layer``'s neurons clustered on one frequency, and of those the ones on
+    a frequency in ``key_freqs`` (the donor's)."""
+    params = run.params(step)
+    nf = mg.fourier.neuron_frequencies(params, run.task, layer=layer, cfg=run.model_cfg)
+    return {"embedding_gini": round(spectrum_gini(mg.fourier.embedding_spectrum(params, run.task, cfg=run.model_cfg)), 4),
+            "clustered": int((nf.freq > 0).sum()),
+            "on_donor_freqs": int(torch.isin(nf.freq, torch.tensor(key_freqs, dtype=nf.freq.dtype)).sum())}
+
+
 def plateau_main(args):
     seeds = seed_list(args.seeds)
     stem = args.figures / f"fourier_transplant_{args.preset}"
@@ -202,12 +228,20 @@ def plateau_main(args):
         plateau_report(json.loads(stem.with_suffix(".json").read_text()), stem)
         return
     t0 = time.time()
-    base_cfgs = [configure(args.preset, seed=s, stop_after_grok=args.stop_after_grok, keep_moments=True) for s in seeds]
-    bases = train_or_resume(base_cfgs, [args.out / f"seed{s}" / "base" for s in seeds])
-    print(f"base runs done ({time.time() - t0:.0f} s)", flush=True)
+    base_outs = [args.out / f"seed{s}" / "base" for s in seeds]
+    if args.summarise:
+        bases = [mg.load_run(o) if finished(o) else None for o in base_outs]
+    else:
+        base_cfgs = [configure(args.preset, seed=s, stop_after_grok=args.stop_after_grok, keep_moments=True)
+                     for s in seeds]
+        bases = train_or_resume(base_cfgs, base_outs)
+        print(f"base runs done ({time.time() - t0:.0f} s)", flush=True)
 
     rows, groups = [], {}  # groups: recipient step -> (configs, outs, initial states) of its arms
     for s, base in zip(seeds, bases):
+        if base is None:
+            rows.append({"seed": s, "skipped": "base run not finished"})
+            continue
         tr = transition_metrics(base.metrics)
         row = {"seed": s, "base_memorisation_step": tr.memorised_step, "base_grokking_step": tr.grokked_step,
                "base_delay": tr.delay}
@@ -229,9 +263,11 @@ def plateau_main(args):
         others = torch.nonzero(donor_nf.freq <= 0).flatten()
         pick = torch.randperm(len(others), generator=torch.Generator().manual_seed(s))[:len(fourier)]
         non_fourier = sorted(others[pick].tolist())
+        key_freqs = sorted(k for k in donor_nf.cluster_sizes() if k > 0)
         row |= {"donor_step": donor_step, "n_fourier": len(fourier), "n_non_fourier": len(non_fourier),
-                "recipient_clustered": int((recip_nf.freq > 0).sum()),
-                "donor_key_freqs": sorted(k for k in donor_nf.cluster_sizes() if k > 0)}
+                "recipient_clustered": int((recip_nf.freq > 0).sum()), "donor_key_freqs": key_freqs,
+                "evidence": {name: fourier_evidence(base, step, layer, key_freqs)
+                             for name, step in (("init", 0), ("recipient", r_step), ("donor", donor_step))}}
         for arm, neurons in (("fourier", fourier), ("non_fourier", non_fourier)):
             params = iv.transplant_neurons(base, base, neurons, layer, donor_step, r_step)
             after = iv.evaluate_with_hooks(params, base.model_cfg, base.task)
@@ -244,60 +280,93 @@ def plateau_main(args):
             group[2].append(carried_state(base, r_step, params))
     by_out = {}
     for r_step, (cfgs, outs, init) in sorted(groups.items()):  # one ensemble per recipient step
+        if args.summarise:
+            by_out |= {str(o): mg.load_run(o) for o in outs if finished(o)}
+            continue
         print(f"transplanting into {len(outs)} recipients at step {r_step}", flush=True)
         by_out |= {str(a.path): a for a in train_or_resume(cfgs, outs, init=init)}
     for row in rows:
         if "skipped" in row:
             continue
+        arms = {arm: by_out.get(str(args.out / f"seed{row['seed']}" / f"{arm}_{row['recipient_step']}"))
+                for arm in ("fourier", "non_fourier")}
+        if None in arms.values():
+            row["skipped"] = "transplant arms not finished"
+            continue
         row["control_grokking_step"] = row["base_grokking_step"]
-        for arm in ("fourier", "non_fourier"):
-            run = by_out[str(args.out / f"seed{row['seed']}" / f"{arm}_{row['recipient_step']}")]
+        for arm, run in arms.items():
             row[f"{arm}_grokking_step"] = transition_metrics(run.metrics).grokked_step
+            row[f"{arm}_last_step"] = int(run.metrics["step"].max())
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "provenance": provenance(),
-              "wall_s": round(time.time() - t0), "preset": args.preset, "arm_steps": args.arm_steps,
-              "min_delay": args.min_delay, "rows": rows}
+              "wall_s": None if args.summarise else round(time.time() - t0), "preset": args.preset,
+              "arm_steps": args.arm_steps, "min_delay": args.min_delay, "rows": rows}
     args.figures.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     plateau_report(result, stem)
+
+
+def quartiles(xs: list) -> str:
+    """median (IQR) of the finite entries, or '-' when there are none."""
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return "-"
+    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
+    return f"{statistics.median(xs):g} ({q[0]:g} to {q[2]:g})"
 
 
 def plateau_report(result: dict, stem: Path):
     rows = [r for r in result["rows"] if "control_grokking_step" in r]
     arms = {"control (untouched)": "control", "Fourier neurons transplanted": "fourier",
             "as many non-Fourier neurons": "non_fourier"}
-    groups = {name: [r[f"{key}_grokking_step"] for r in rows] for name, key in arms.items()}
+    steps = {name: [r[f"{key}_grokking_step"] for r in rows] for name, key in arms.items()}
+    after = {name: [None if g is None else g - r["recipient_step"] for g, r in zip(v, rows)] for name, v in steps.items()}
     lines = [f"`{result['preset']}` preset, {len(result['rows'])} seeds, {len(rows)} with a memorising plateau "
-             f"(grokked >= {result['min_delay']} steps after memorising); recipient = the checkpoint half-way "
-             f"along each plateau; grokking step = first evaluation with test accuracy > 0.9; arms trained up to "
-             f"{result['arm_steps']} steps past the recipient.", "",
-             "| arm | grokked | median grokking step | IQR | median steps after the recipient step |", "|---|---|---|---|---|"]
-    for name, steps in groups.items():
-        ok = [s for s in steps if s is not None]
-        after = sorted(s - r["recipient_step"] for s, r in zip(steps, rows) if s is not None)
-        if ok:
-            q = statistics.quantiles(ok, n=4, method="inclusive") if len(ok) > 1 else [ok[0]] * 3
-            lines.append(f"| {name} | {len(ok)}/{len(steps)} | {statistics.median(ok):g} | {q[0]:g}-{q[2]:g} | "
-                         f"{statistics.median(after):g} |")
-        else:
-            lines.append(f"| {name} | 0/{len(steps)} | - | - | - |")
-        print(f"{name:32s} grokking steps: {describe(steps)}")
-    lines += ["", "| seed | memorised / grokked (base) | recipient step: train / test acc, test loss | "
-              "clustered neurons: recipient / donor | test acc right after: Fourier / non-Fourier arm | "
-              "grokking step: control / Fourier / non-Fourier |", "|---|---|---|---|---|---|"]
-    for r in rows:
+             f"(grokked >= {result['min_delay']} steps after memorising) and all three arms finished; recipient = the "
+             f"checkpoint nearest half-way along each plateau; grokking step = first evaluation with test accuracy "
+             f"> 0.9; arms trained up to {result['arm_steps']} steps past the recipient (or the preset's step budget), "
+             f"stopping 3 evaluations after grokking. Delay = grokking step minus the recipient step; paired = "
+             f"the arm's delay minus the control's, per seed (seeds where both grokked).", "",
+             "| arm | grokked within budget | grokking step: median (IQR) | delay after the recipient step: "
+             "median (IQR) | paired vs control: median (IQR) |", "|---|---|---|---|---|"]
+    control = after["control (untouched)"]
+    for name in arms:
+        ok = [x for x in steps[name] if x is not None]
+        paired = [a - c for a, c in zip(after[name], control) if a is not None and c is not None]
+        lines.append(f"| {name} | {len(ok)}/{len(rows)} | {quartiles(steps[name])} | {quartiles(after[name])} | "
+                     f"{'-' if name.startswith('control') else quartiles(paired)} |")
+        print(f"{name:32s} grokking steps: {describe(steps[name])}")
+    lines += ["", "Per seed (recipient = the base run's checkpoint; donor = its last checkpoint; clustered = "
+              "last-layer neurons with > 85% of their variance on one frequency, of 512; Gini = embedding "
+              "spectrum's Gini over k >= 1):", "",
+              "| seed | memorised / grokked (base) | recipient step: train / test acc, test loss | "
+              "embedding Gini: init / recipient / donor | clustered neurons: init / recipient (on donor's freqs) / donor | "
+              "moved: Fourier / non-Fourier | test acc right after: Fourier / non-Fourier arm | "
+              "grokking step: control / Fourier / non-Fourier |", "|---|---|---|---|---|---|---|---|"]
+    for r in (r for r in result["rows"] if "recipient_step" in r):  # arms unfinished: evidence only
+        ev = r.get("evidence")
+        gini_cell = " / ".join(f"{ev[k]['embedding_gini']:.2f}" for k in ("init", "recipient", "donor")) if ev else "-"
+        clus_cell = (f"{ev['init']['clustered']} / {ev['recipient']['clustered']} ({ev['recipient']['on_donor_freqs']}) "
+                     f"/ {ev['donor']['clustered']}" if ev else f"- / {r['recipient_clustered']} / {r['n_fourier']}")
+        ends = [r[f"{a}_grokking_step"] or f"not by {r.get(f'{a}_last_step')}" if f"{a}_grokking_step" in r
+                else "unfinished" for a in ("control", "fourier", "non_fourier")]
         lines.append(f"| {r['seed']} | {r['base_memorisation_step']} / {r['base_grokking_step']} | {r['recipient_step']}: "
                      f"{r['recipient_train_acc']:.3f} / {r['recipient_test_acc']:.3f}, {r['recipient_test_loss']:.2f} | "
-                     f"{r['recipient_clustered']} / {r['n_fourier']} | "
+                     f"{gini_cell} | {clus_cell} | {r['n_fourier']} / {r['n_non_fourier']} | "
                      f"{r['fourier_after_test_acc']:.3f} / {r['non_fourier_after_test_acc']:.3f} | "
-                     f"{r['control_grokking_step']} / {r['fourier_grokking_step']} / {r['non_fourier_grokking_step']} |")
+                     f"{' / '.join(map(str, ends))} |")
     skipped = [r for r in result["rows"] if "skipped" in r]
     if skipped:
-        lines += ["", "Seeds without a plateau (no recipient): " + "; ".join(
-            f"seed {r['seed']}: memorised {r['base_memorisation_step']}, grokked {r['base_grokking_step']}" for r in skipped)]
+        lines += ["", "Seeds not in the arms: " + "; ".join(
+            f"seed {r['seed']}: {r['skipped']}" + (f" (memorised {r['base_memorisation_step']}, grokked "
+                                                   f"{r['base_grokking_step']})" if "base_grokking_step" in r else "")
+            for r in skipped)]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    save_figure(grokking_step_distributions(
-        groups, title=f"Transplant into the memorising plateau, {result['preset']} preset, {len(rows)} seeds"), stem)
+    fig = grokking_step_distributions(
+        after, title=f"Transplant into the memorising plateau, {result['preset']} preset, {len(rows)} seeds")
+    fig.update_yaxes(title_text="grokking step minus recipient step")
+    save_figure(fig, stem)
+
 
 if __name__ == "__main__":
     main()
