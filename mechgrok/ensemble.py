@@ -15,7 +15,7 @@ computed one of two ways (``vectorize``):
 - member by member (the default on a CPU): the same solo kernels the solo trainer runs, one
   member after another. On a CPU vmap does not pay: its batched matmuls ran at a lower rate than
   the solo ones (255 against 185 ms of matmul per member-step on the ``dynamics`` preset) and
-  its batching rules add copies, so a vmapped member-step cost 1.5-2x a solo one
+  its batching rules add copies, so a vmapped member-step cost 1.3-2x a solo one
   (``bench/ensemble.py``).
 
 Per member: the split (``task.seed``, or an explicit ``task.train_idx`` of the same size),
