@@ -28,7 +28,12 @@ transplanted. Arms (2) and (3) of every seed train as one ensemble until they gr
 preset's budget). Writes figures/fourier_transplant_dynamics.{html,png,md,json}; runs go to
 ``--out`` and a re-run resumes what is missing. ``--summarise`` trains nothing: it writes the
 figure and table from whatever the run directories hold (unfinished base runs and arms are
-listed as such), so a run cut short still gives its partial result.
+listed as such), so a run cut short still gives its partial result. ``--merge`` adds this
+invocation's seeds to the rows already in the JSON (earlier seeds whose run directories are
+gone keep their recorded rows; each invocation's command and wall time are kept), e.g.
+
+    python analyses/fourier_transplant.py --preset dynamics --seeds 0-19
+    python analyses/fourier_transplant.py --preset dynamics --seeds 20-29 --merge
 
 Evidence that the recipient is on a plateau with Fourier features already forming, per seed at
 step 0, the recipient step and the donor step: the Gini sparsity of the embedding's spectrum
@@ -91,6 +96,8 @@ def main():
     ap.add_argument("--summarise", action="store_true",
                     help="with --preset: train nothing, report what the run directories under --out hold")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--merge", action="store_true",
+                    help="with --preset: keep the JSON's rows of seeds not given here and add these")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.preset:
@@ -300,6 +307,16 @@ def plateau_main(args):
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "provenance": provenance(),
               "wall_s": None if args.summarise else round(time.time() - t0), "preset": args.preset,
               "arm_steps": args.arm_steps, "min_delay": args.min_delay, "rows": rows}
+    if args.merge and stem.with_suffix(".json").exists():
+        old = json.loads(stem.with_suffix(".json").read_text())
+        if (old.get("preset"), old.get("arm_steps"), old.get("min_delay")) != (args.preset, args.arm_steps,
+                                                                               args.min_delay):
+            raise SystemExit(f"--merge: {stem}.json was made with preset/arm_steps/min_delay "
+                             f"{old.get('preset')}/{old.get('arm_steps')}/{old.get('min_delay')}, not these")
+        kept = [r for r in old["rows"] if r["seed"] not in seeds]
+        result["rows"] = sorted(kept + rows, key=lambda r: r["seed"])
+        result["invocations"] = old.get("invocations") or [{k: old.get(k) for k in ("args", "provenance", "wall_s")}]
+        result["invocations"].append({k: result[k] for k in ("args", "provenance", "wall_s")})
     args.figures.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     plateau_report(result, stem)
@@ -335,6 +352,17 @@ def plateau_report(result: dict, stem: Path):
         lines.append(f"| {name} | {len(ok)}/{len(rows)} | {quartiles(steps[name])} | {quartiles(after[name])} | "
                      f"{'-' if name.startswith('control') else quartiles(paired)} |")
         print(f"{name:32s} grokking steps: {describe(steps[name])}")
+    diff = [r["fourier_grokking_step"] - r["non_fourier_grokking_step"] for r in rows
+            if r["fourier_grokking_step"] is not None and r["non_fourier_grokking_step"] is not None]
+    if diff:
+        from scipy.stats import wilcoxon
+
+        nonzero = [d for d in diff if d]
+        p = wilcoxon(nonzero).pvalue if len(nonzero) >= 2 else float("nan")
+        lines += ["", f"Fourier arm minus non-Fourier arm, grokking step per seed: median {statistics.median(diff):g}; "
+                      f"the Fourier arm sooner in {sum(d < 0 for d in diff)}, equal in {diff.count(0)}, later in "
+                      f"{sum(d > 0 for d in diff)} of {len(diff)} seeds (Wilcoxon signed-rank over the unequal "
+                      f"pairs: p = {p:.2g})."]
     lines += ["", "Per seed (recipient = the base run's checkpoint; donor = its last checkpoint; clustered = "
               "last-layer neurons with > 85% of their variance on one frequency, of 512; Gini = embedding "
               "spectrum's Gini over k >= 1):", "",
@@ -354,6 +382,14 @@ def plateau_report(result: dict, stem: Path):
                      f"{gini_cell} | {clus_cell} | {r['n_fourier']} / {r['n_non_fourier']} | "
                      f"{r['fourier_after_test_acc']:.3f} / {r['non_fourier_after_test_acc']:.3f} | "
                      f"{' / '.join(map(str, ends))} |")
+    for inv in result.get("invocations", []):
+        a = inv["args"]
+        wall = (f"{inv['wall_s']} s" if inv["wall_s"] is not None else
+                "a --summarise pass (training time in figures/README.md)")
+        lines += ["", f"Rows of seeds {a['seeds']}: `python analyses/fourier_transplant.py --preset {a['preset']} "
+                      f"--seeds {a['seeds']}{' --merge' if a.get('merge') == 'True' else ''}`, "
+                      f"{wall} on {inv['provenance'].get('cpu_cores')} CPU cores, made "
+                      f"{inv['provenance'].get('made')}."]
     skipped = [r for r in result["rows"] if "skipped" in r]
     if skipped:
         lines += ["", "Seeds not in the arms: " + "; ".join(

@@ -502,6 +502,22 @@ class Backend(str, Enum):
     ray = "ray"
 
 
+def seed_list(text: str) -> int | tuple[int, ...]:
+    """``--seeds``: "N" (seeds 0..N-1), "A-B" (A..B inclusive) or "a,b,c"."""
+    text = text.strip()
+    try:
+        if "," in text:
+            return tuple(int(t) for t in text.split(",") if t.strip())
+        lo, sep, hi = text.partition("-")
+        if sep:
+            if int(hi) < int(lo):
+                raise ValueError
+            return tuple(range(int(lo), int(hi) + 1))
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--seeds expects N, A-B or a,b,c (non-negative integers, A <= B), got {text!r}") from None
+
+
 def _assignments(texts: list[str], option: str, lists: bool) -> list[tuple[str, object]]:
     """FIELD=V (or FIELD=V1,V2,... with ``lists``) strings -> (field, value or [values])."""
     out = []
@@ -522,7 +538,8 @@ def sweep(
     setting: list[str] = typer.Option([], "--setting", help="one explicit setting FIELD=V[,FIELD=V...] "
                                       "(repeatable; added to the grid's points)"),
     set_: list[str] = typer.Option([], "--set", help="FIELD=VALUE for every member, e.g. steps=3000 (repeatable)"),
-    seeds: int = typer.Option(1, help="seeds 0..N-1 per setting (each sets split, init and batch order)"),
+    seeds: str = typer.Option("1", help="N: seeds 0..N-1 per setting; A-B: seeds A..B; or a,b,c (each sets split, "
+                              "init and batch order)"),
     stop_after_grok: Optional[int] = typer.Option(None, help="stop a member K evaluations after it groks"),
     chunk_size: int = typer.Option(8, help="members trained together in one ensemble"),
     backend: Backend = typer.Option(Backend.local, help="local: chunks one after another here; ray: Ray tasks"),
@@ -546,7 +563,7 @@ def sweep(
             fixed["stop_after_grok"] = stop_after_grok
         settings = [dict(_assignments(s.split(","), "--setting", lists=False)) for s in setting]
         sw = SweepConfig(get_preset(preset), grid=tuple((n, tuple(v)) for n, v in _assignments(grid, "--grid", True)),
-                         settings=tuple(settings), seeds=seeds, fixed=fixed, chunk_size=chunk_size, probe=probe)
+                         settings=tuple(settings), seeds=seed_list(seeds), fixed=fixed, chunk_size=chunk_size, probe=probe)
         typer.echo(f"sweep: {len(sw.members())} members ({len(sw.points())} settings x {len(sw.seeds)} seeds) "
                    f"-> {out}")
     try:
@@ -623,12 +640,16 @@ def dynamics(path: Path = typer.Argument(..., help="a run directory, or a sweep 
     table, corr, written = analyze(path, out, measure=measure, prominence=prominence, png=png, progress=progress)
     cols = [c for c in ("run", "weight_decay", "memorised_step", "grokked_step", "delay", "hessian_rise",
                         "hessian_peak_step", "agreement_first", "agreement_at_memorised", "momentum_cos_plateau",
-                        "erank_drop", "agreement_dips", "limit_verdict", "limit_test_acc_period",
+                        "erank_drop", "agreement_dips", "agreement_dips_plateau", "limit_verdict", "limit_test_acc_period",
                         "limit_weight_norm_period", "limit_collapses") if c in table]
     shown = table[cols].assign(run=[Path(r).name for r in table["run"]])
     typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     if corr is not None:
+        from .dynamics import DIP_COUNTS, dips_vs_gap_all
+
         typer.echo(f"agreement dips vs grokking gap: Pearson r = {corr.r:.3f}, n = {corr.n}, p = {corr.p:.3g}")
+        for name, c in list(dips_vs_gap_all(table).items())[1:]:
+            typer.echo(f"  {DIP_COUNTS[name]} vs gap: r = {c.r:.3f}, n = {c.n}, p = {c.p:.3g}")
     for f in written:
         typer.echo(f"wrote {f}")
 

@@ -57,13 +57,19 @@ highest autocorrelation peak after the first zero crossing. A series oscillates 
 is >= ``min_acf`` (0.3), at least two periods fit in the window, and the amplitude (half the
 5-95 percentile range of the detrended series) is at least ``min_amplitude`` (test accuracy:
 0.01; weight norm: 0.1% of its mean). Collapses: downward crossings of test accuracy below
-``collapse_below`` (0.5) after grokking. Otherwise the answer is "none".
+``collapse_below`` (0.5) after grokking. Otherwise the answer is "none" -- unless the window
+after grokking spans fewer than ``min_window`` steps (300: two periods of the ~150 steps seed
+004 reports), where an absent oscillation says nothing and the answer is "too short".
 
 An agreement dip is a local minimum of the probed agreement series with topographic
 prominence >= ``prominence`` (0.1, cosine units; ``scipy.signal.find_peaks`` on the negated
 series): a drop of at least 0.1 below the lower of the two neighbouring maxima between which
 it lies. ``dips_vs_gap`` correlates the count per run with the grokking gap (grokked_step -
 memorised_step) over a population: Pearson r, n, two-sided p (``scipy.stats.pearsonr``).
+A count depends on the window it is taken over, and a run stopped soon after grokking (or the
+plateau itself) is longer when the gap is; ``dips_vs_gap_all`` therefore also correlates the
+gap with the dips between memorisation and grokking and with the dips per 100 probed steps,
+the rate, which a constant rate of dips leaves uncorrelated with the gap.
 """
 
 from __future__ import annotations
@@ -560,7 +566,8 @@ def oscillation(steps, values, min_acf: float = 0.3, min_amplitude: float = 0.0,
 class LimitCycle:
     """What happens after grokking. ``verdict``: "none", "oscillation" (test accuracy or weight
     norm oscillates without collapsing), "collapses" (test accuracy falls below the threshold
-    again), or "not grokked"."""
+    again), "too short" (no oscillation, but the window is too short to rule one out), or
+    "not grokked"."""
 
     verdict: str
     grokked_step: int | None
@@ -583,11 +590,12 @@ class LimitCycle:
 
 def limit_cycle(run_or_metrics, collapse_below: float = 0.5, min_acf: float = 0.3,
                 min_acc_amplitude: float = 0.01, min_norm_amplitude: float = 1e-3,
-                after: int | None = None) -> LimitCycle:
+                after: int | None = None, min_window: int = 300) -> LimitCycle:
     """Oscillation of test accuracy and weight norm after the grokking step (or ``after``) of a
     run (or its ``metrics`` table): period by autocorrelation, amplitude, and collapses (test
     accuracy falling below ``collapse_below`` again). ``min_norm_amplitude`` is relative to the
-    mean weight norm. Says "none" when neither series oscillates and nothing collapses."""
+    mean weight norm. Says "none" when neither series oscillates and nothing collapses over at
+    least ``min_window`` steps after grokking ("too short" over fewer)."""
     from .progress import transition_metrics
 
     m = run_or_metrics.metrics if hasattr(run_or_metrics, "metrics") else run_or_metrics
@@ -602,8 +610,10 @@ def limit_cycle(run_or_metrics, collapse_below: float = 0.5, min_acf: float = 0.
     osc_norm = oscillation(steps, norm, min_acf, min_norm_amplitude * float(np.mean(norm)) if len(norm) else 0)
     above = acc >= collapse_below
     collapses = int(np.sum(above[:-1] & ~above[1:]))
-    verdict = "collapses" if collapses else ("oscillation" if osc_acc.found or osc_norm.found else "none")
     window = (int(steps[0]), int(steps[-1])) if len(steps) else None
+    short = window is None or window[1] - window[0] < min_window
+    verdict = ("collapses" if collapses else "oscillation" if osc_acc.found or osc_norm.found
+               else "too short" if short else "none")
     return LimitCycle(verdict, None if after is not None else start, window, osc_acc, osc_norm, collapses,
                       collapse_below)
 
@@ -611,9 +621,11 @@ def limit_cycle(run_or_metrics, collapse_below: float = 0.5, min_acf: float = 0.
 # --- agreement dips and the grokking gap --------------------------------------------------
 
 
-def agreement_dips(steps, agreement, prominence: float = 0.1, until: int | None = None) -> list[int]:
+def agreement_dips(steps, agreement, prominence: float = 0.1, until: int | None = None,
+                   since: int | None = None) -> list[int]:
     """Steps of the dips of an agreement series: local minima with prominence >= ``prominence``
-    (scipy.signal.find_peaks on the negated series), optionally only up to step ``until``."""
+    (scipy.signal.find_peaks on the negated series over the whole series), optionally only
+    those at steps in [``since``, ``until``]."""
     from scipy.signal import find_peaks
 
     s, a = np.asarray(steps, dtype=float), np.asarray(agreement, dtype=float)
@@ -622,7 +634,7 @@ def agreement_dips(steps, agreement, prominence: float = 0.1, until: int | None 
     if len(a) < 3:
         return []
     idx, _ = find_peaks(-a, prominence=prominence)
-    return [int(s[i]) for i in idx]
+    return [int(s[i]) for i in idx if since is None or s[i] >= since]
 
 
 @dataclass(frozen=True)
@@ -706,6 +718,13 @@ def run_summary(run, dyn: pd.DataFrame | None = None, prominence: float = 0.1) -
             row["agreement_dips_before_grokked"] = (
                 len(agreement_dips(dyn["step"], dyn["agreement"], prominence, until=tr.grokked_step))
                 if tr.grokked_step is not None else None)
+            plateau = tr.memorised_step is not None and tr.grokked_step is not None
+            row["agreement_dips_plateau"] = (
+                len(agreement_dips(dyn["step"], dyn["agreement"], prominence, until=tr.grokked_step,
+                                   since=tr.memorised_step)) if plateau else None)
+            span = float(dyn["step"].max() - dyn["step"].min()) if len(dyn) > 1 else 0.0
+            # a count grows with the window it is counted over; its rate does not
+            row["agreement_dips_per_100_steps"] = 100 * row["agreement_dips"] / span if span else None
     row |= {f"limit_{k}": v for k, v in limit_cycle(run).to_dict().items() if k != "grokked_step"}
     return row
 
@@ -717,10 +736,23 @@ def dips_vs_gap(runs, prominence: float = 0.1) -> tuple[pd.DataFrame, Correlatio
     return table, _dips_correlation(table)
 
 
-def _dips_correlation(table: pd.DataFrame) -> Correlation:
-    if "agreement_dips" not in table:
+def _dips_correlation(table: pd.DataFrame, column: str = "agreement_dips") -> Correlation:
+    if column not in table:
         return Correlation(float("nan"), 0, float("nan"))
-    return pearson(table["agreement_dips"], pd.to_numeric(table["delay"], errors="coerce"))
+    return pearson(pd.to_numeric(table[column], errors="coerce"), pd.to_numeric(table["delay"], errors="coerce"))
+
+
+DIP_COUNTS = {"agreement_dips": "dips over the run",
+              "agreement_dips_plateau": "dips between memorisation and grokking",
+              "agreement_dips_per_100_steps": "dips per 100 probed steps (length control)"}
+
+
+def dips_vs_gap_all(table: pd.DataFrame) -> dict[str, Correlation]:
+    """Pearson r of the grokking gap with each dip count in ``DIP_COUNTS``. The rate is the
+    control: a window that grows with the gap (a run stopped soon after grokking; the plateau
+    itself) collects more dips at a constant rate, so a count can correlate with the gap
+    while the rate does not."""
+    return {c: _dips_correlation(table, c) for c in DIP_COUNTS}
 
 
 def analyze(path, out=None, measure: bool = True, prominence: float = 0.1, png: bool = True,
@@ -763,7 +795,8 @@ def analyze(path, out=None, measure: bool = True, prominence: float = 0.1, png: 
     if len(runs) > 1:
         corr = _dips_correlation(table)
         if "agreement_dips" in table:
-            fig = plots.dips_vs_gap_scatter(table, corr.r, corr.n, corr.p)
+            fig = plots.dips_vs_gap_scatter(table, corr.r, corr.n, corr.p, rate=dips_vs_gap_all(table)[
+                "agreement_dips_per_100_steps"])
             written += plots.save_figure(fig, out / "dynamics_dips_vs_gap", png=png)
     return table, corr, written
 

@@ -570,14 +570,28 @@ def limit_cycle_figure(series: dict[str, pd.DataFrame], grokked: dict[str, int |
 
 
 def dips_vs_gap_scatter(table: pd.DataFrame, r: float | None = None, n: int | None = None, p: float | None = None,
-                        title: str = "agreement dips vs grokking gap") -> go.Figure:
+                        title: str = "agreement dips vs grokking gap", rate=None) -> go.Figure:
     """One point per run: count of gradient-agreement dips (x) against the grokking gap
-    (``delay``: grokked - memorised step, y), with Pearson r, n and p in the title."""
-    fig = go.Figure(go.Scatter(x=table["agreement_dips"], y=table["delay"], mode="markers",
-                               text=[str(v) for v in table.get("run", [""] * len(table))],
-                               hovertemplate="%{text}<br>dips %{x}, gap %{y}", marker=dict(color=COLORS["train"])))
+    (``delay``: grokked - memorised step, y), with Pearson r, n and p in the title. With
+    ``rate`` (a ``dynamics.Correlation``) and an ``agreement_dips_per_100_steps`` column, a
+    second panel plots the dip rate against the gap: the control for window length."""
+    text = [str(v) for v in table.get("run", [""] * len(table))]
     stats = "" if r is None else f" (Pearson r = {r:.3f}, n = {n}, p = {p:.3g})"
-    fig.update_layout(title=title + stats, template="plotly_white", width=700, height=480,
-                      xaxis_title="agreement dips", yaxis_title="grokking gap (steps)")
+    two = rate is not None and "agreement_dips_per_100_steps" in table
+    fig = make_subplots(rows=1, cols=2 if two else 1, subplot_titles=(
+        [f"count: r = {r:.2f}" if r is not None else "count",
+         f"per 100 probed steps: r = {rate.r:.2f}, p = {rate.p:.2g}"] if two else None))
+    fig.add_trace(go.Scatter(x=table["agreement_dips"], y=table["delay"], mode="markers", text=text, name="count",
+                             hovertemplate="%{text}<br>dips %{x}, gap %{y}", marker=dict(color=COLORS["train"])),
+                  row=1, col=1)
+    fig.update_xaxes(title_text="agreement dips", row=1, col=1)
+    fig.update_yaxes(title_text="grokking gap (steps)", row=1, col=1)
+    if two:
+        fig.add_trace(go.Scatter(x=table["agreement_dips_per_100_steps"], y=table["delay"], mode="markers", text=text,
+                                 name="rate", hovertemplate="%{text}<br>%{x:.2f} dips / 100 steps, gap %{y}",
+                                 marker=dict(color=COLORS["test"])), row=1, col=2)
+        fig.update_xaxes(title_text="agreement dips per 100 probed steps", row=1, col=2)
+    fig.update_layout(title=title + stats, template="plotly_white", width=1100 if two else 700, height=480,
+                      showlegend=False)
     return fig
 

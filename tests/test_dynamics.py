@@ -2,6 +2,7 @@
 written from the definition (never the measure's own code path)."""
 
 import math
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -233,6 +234,15 @@ def test_limit_cycle_says_none_for_flat_or_noisy_series():
     assert dy.limit_cycle(_metrics(np.zeros(len(steps)), norm, steps)).verdict == "not grokked"
 
 
+def test_limit_cycle_says_too_short_when_the_run_ends_soon_after_grokking():
+    steps = np.arange(0, 701, 10)  # grokked at 500: 200 steps after it, under two periods of 150
+    phase = 2 * np.pi * steps / 150
+    acc = np.where(steps < 500, 0.01, 0.95 + 0.03 * np.sin(phase))
+    lc = dy.limit_cycle(_metrics(acc, np.full(len(steps), 30.0), steps))
+    assert lc.verdict == "too short" and lc.window == (500, 700)
+    assert dy.limit_cycle(_metrics(acc, np.full(len(steps), 30.0), steps), min_window=150).verdict == "none"
+
+
 def test_limit_cycle_counts_collapses():
     steps = np.arange(0, 3001, 10)
     acc = np.where(steps < 500, 0.01, 0.97)
@@ -254,6 +264,38 @@ def test_agreement_dips_on_planted_series():
     dips = dy.agreement_dips(steps, a, prominence=0.1)
     assert len(dips) == 3 and all(abs(d - s) <= 10 for d, s in zip(dips, planted))
     assert dy.agreement_dips(steps, a, prominence=0.1, until=1000) == dips[:2]
+    assert dy.agreement_dips(steps, a, prominence=0.1, since=500, until=1200) == dips[1:2]
+
+
+def test_run_summary_counts_dips_on_the_plateau_and_their_rate():
+    from types import SimpleNamespace
+
+    steps = np.arange(0, 1001, 10)  # memorised at 100, grokked at 500
+    metrics = _metrics(np.where(steps >= 500, 0.95, 0.1), np.full(len(steps), 30.0), steps)
+    metrics["train_acc"] = np.where(steps >= 100, 1.0, 0.5)
+    a = np.full(len(steps), 0.5)
+    for s in (50, 250, 400, 800):  # one before memorisation, two on the plateau, one after grokking
+        a = a - 0.3 * np.exp(-((steps - s) / 15.0) ** 2)
+    run = SimpleNamespace(metrics=metrics, path=Path("planted"),
+                          config=SimpleNamespace(train=SimpleNamespace(weight_decay=1.0, betas=(0.9, 0.98))))
+    row = dy.run_summary(run, pd.DataFrame({"step": steps, "agreement": a}))
+    assert (row["memorised_step"], row["grokked_step"]) == (100, 500)
+    assert row["agreement_dips"] == 4 and row["agreement_dips_plateau"] == 2
+    assert row["agreement_dips_per_100_steps"] == pytest.approx(0.4)
+
+
+def test_dip_rate_separates_window_length_from_the_gap():
+    # dips at one per 100 steps of the window, the window as long as the gap: the count tracks
+    # the gap exactly, the rate not at all
+    gap = np.array([40.0, 80, 150, 220, 330, 420])
+    rng = np.random.default_rng(0)
+    rate = 1.0 + 0.1 * rng.standard_normal(len(gap))
+    table = pd.DataFrame({"delay": gap, "agreement_dips": gap / 100, "agreement_dips_plateau": gap / 100,
+                          "agreement_dips_per_100_steps": rate})
+    c = dy.dips_vs_gap_all(table)
+    assert c["agreement_dips"].r == pytest.approx(1.0) and c["agreement_dips_plateau"].r == pytest.approx(1.0)
+    assert c["agreement_dips_per_100_steps"].r == pytest.approx(np.corrcoef(rate, gap)[0, 1])
+    assert c["agreement_dips_per_100_steps"].p > 0.05
 
 
 def test_pearson_matches_closed_form():
@@ -323,7 +365,7 @@ def test_dynamics_command_on_a_population_and_on_an_unprobed_run(probed_populati
     root, runs, plain = probed_population
     res = CliRunner().invoke(app, ["dynamics", str(root / "sweep"), "--no-png", "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert "Pearson r" in res.output
+    assert "Pearson r" in res.output and "dips per 100 probed steps" in res.output
     table = pd.read_csv(root / "sweep" / "dynamics_summary.csv")
     assert len(table) == 2
     for run, row in zip(runs, table.itertuples()):

@@ -292,6 +292,18 @@ def test_cli_sweep_resume_and_population_table_and_figure(tmp_path):
     assert pop.run(0).config.train.stop_after_grok == 2 and pop.run(0).config.train.weight_decay == 0.5
 
 
+def test_sweep_seeds_option_takes_a_count_a_range_or_a_list(tmp_path):
+    from mechgrok.cli import seed_list
+
+    assert seed_list("3") == 3 and seed_list("12-14") == (12, 13, 14) and seed_list("0,5") == (0, 5)
+    assert SweepConfig(mg.get_preset("demo"), seeds=seed_list("12-13")).seeds == (12, 13)
+    for bad in ("5-2", "x", "1-"):
+        with pytest.raises(ValueError, match="--seeds expects"):
+            seed_list(bad)
+    res = CliRunner().invoke(app, ["sweep", "--out", str(tmp_path / "sw"), "--seeds", "5-2", "--no-progress"])
+    assert res.exit_code != 0 and "--seeds expects" in res.output and not (tmp_path / "sw").exists()
+
+
 def _sweep_cli(*args):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # one thread in both processes: float sums must be ordered the same way to compare bit-exactly
