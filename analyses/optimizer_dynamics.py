@@ -3,6 +3,10 @@ geometry re-measured with mechgrok's probes, next to the seed's number.
 
     python analyses/optimizer_dynamics.py                     # small setting, 8 seeds (see the caption)
     python analyses/optimizer_dynamics.py --setting preset --seeds 0,1,2   # the `dynamics` preset
+    mechgrok sweep --preset dynamics --seeds 12 --stop-after-grok 5 --probe every=10 --out runs/dyn_probed
+    mechgrok sweep --preset dynamics --seeds 12-19 --stop-after-grok 5 --probe every=10 --out runs/dyn_probed2
+    python analyses/optimizer_dynamics.py --setting preset --population runs/dyn_probed runs/dyn_probed2 \
+        --steps 1500 --wds 0.25:3000,1,2 --figures figures/dynamics/preset    # the preset's population
 
 1. Probed runs at weight decay 1, one per seed (``--seeds``), probed every ``--probe-every``
    steps with every measure (Hessian top eigenvalue by 3 warm-started power iterations, gradient
@@ -12,6 +16,11 @@ geometry re-measured with mechgrok's probes, next to the seed's number.
    the correlation of agreement dips with the grokking gap.
 2. The limit cycle at weight decay 0.25 / 1 / 2 (``--wds``; the first seed; wd 1 is the probed run;
    wd 0.25 gets 6000 steps: at 3000 it has not grokked yet in the small setting).
+
+``--population DIR ...`` takes the probed runs from sweeps trained with ``--probe`` (the population
+trainer; its members' seeds replace ``--seeds``) instead of training them here; the limit-cycle
+runs then start from the first member's seed, and at wd 1 an unprobed run is trained when the
+probed one is shorter than its budget (a sweep with ``--stop-after-grok`` ends soon after grokking).
 
 ``--setting preset`` is the ``dynamics`` preset (a+b mod 113, 2 layers); ``small`` (default) is
 a+b mod 23 on a 1-layer d_model 64 model (70% train, lr 3e-3), which memorises within ~100 steps
@@ -114,6 +123,16 @@ def spread(values, fmt: str = "{:.3g}") -> str:
     return f"{fmt.format(np.median(v))} [{fmt.format(v.min())}, {fmt.format(v.max())}]"
 
 
+def _sweep_note(path: Path) -> str:
+    """Seeds, stop_after_grok and probe of a sweep, from its sweep.json (what the report must say)."""
+    try:
+        sw = json.loads((path / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return "sweep.json unreadable"
+    sw = sw.get("sweep", sw)
+    return f"seeds {sw.get('seeds')}, probe {sw.get('probe')!r}, fixed {sw.get('fixed')}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setting", choices=("small", "preset"), default="small")
@@ -126,6 +145,11 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("runs/dynamics"))
     ap.add_argument("--figures", type=Path, default=Path("figures/dynamics"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--population", type=Path, nargs="+", default=None,
+                    help="probed runs from these sweep directories (mechgrok sweep ... --probe every=N) instead of "
+                         "training them")
+    ap.add_argument("--hardware-note", default=", shared with other jobs",
+                    help="appended to the hardware line of the report (what else ran on the machine)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
@@ -133,11 +157,18 @@ def main():
     args.figures.mkdir(parents=True, exist_ok=True)
     base, scale = setting_config(args.setting)
     root = args.out / args.setting
-    seeds = parse_seeds(args.seeds)
+    population = [r for p in args.population for r in dy.find_runs(p)] if args.population else None
+    if population:
+        population.sort(key=lambda r: r.config.train.seed)
+        seeds = [r.config.train.seed for r in population]
+    else:
+        seeds = parse_seeds(args.seeds)
     probe_kw = dict(measures=dy.MEASURES, hessian_iters=3, rank_n=32)
     report, result, timing = [], {}, {}
 
     def probed(s: int) -> mg.Run:
+        if population:
+            return population[seeds.index(s)]
         t = time.time()
         run = get_run(seeded(base, s, steps=args.steps, weight_decay=1.0), root / f"probed_wd1_s{s}", probe_kw,
                       args.probe_every)
@@ -185,17 +216,24 @@ def main():
                                  pd.to_numeric(pd.Series(col("delay")), errors="coerce"))
         claims.append(("dips up to the grokking step vs gap (window grows with the gap)", "-",
                        f"r = {corr_before.r:.3f}, n = {corr_before.n}, p = {corr_before.p:.3g}"))
-        result["dips_vs_gap"] = corr.to_dict() | {"before_grokked": corr_before.to_dict()}
-        save_figure(dips_vs_gap_scatter(t, corr.r, corr.n, corr.p, title=f"agreement dips vs gap ({args.setting})"),
-                    args.figures / "dips_vs_gap")
-        report += [f"## Probed runs: {scale}; wd 1, betas (0.9, 0.98), seeds {seeds}, {args.steps} steps, every "
-                   f"measure probed every {args.probe_every} steps\n",
+        every = dy.dips_vs_gap_all(t)
+        claims += [(f"{dy.DIP_COUNTS[c]} vs gap", "-", f"r = {every[c].r:.3f}, n = {every[c].n}, p = {every[c].p:.3g}")
+                   for c in ("agreement_dips_plateau", "agreement_dips_per_100_steps")]
+        result["dips_vs_gap"] = corr.to_dict() | {"before_grokked": corr_before.to_dict()} | {
+            c: every[c].to_dict() for c in ("agreement_dips_plateau", "agreement_dips_per_100_steps")}
+        save_figure(dips_vs_gap_scatter(t, corr.r, corr.n, corr.p, title=f"agreement dips vs gap ({args.setting})",
+                                        rate=every["agreement_dips_per_100_steps"]), args.figures / "dips_vs_gap")
+        made = (f"the members of the sweeps {', '.join(f'`{p}` ({_sweep_note(p)})' for p in args.population)}, "
+                f"{len(seeds)} seeds" if population else
+                f"{args.steps} steps, every measure probed every {args.probe_every} steps")
+        report += [f"## Probed runs: {scale}; wd 1, betas (0.9, 0.98), seeds {seeds}, {made}\n",
                    "Ours: median [min, max] over the seeds. Seed 004: its own scale (mod 113, 2 layers, 30 seeds).\n",
                    markdown_table(pd.DataFrame(claims, columns=["claim", "seed 004", "ours"])), "",
                    markdown_table(t.reindex(columns=["seed", "memorised_step", "grokked_step", "delay", "hessian_rise",
                                      "hessian_peak_step", "agreement_first", "agreement_at_memorised",
                                      "momentum_cos_plateau", "erank_drop", "agreement_dips",
-                                     "agreement_dips_before_grokked", "limit_verdict",
+                                     "agreement_dips_before_grokked", "agreement_dips_plateau",
+                                     "agreement_dips_per_100_steps", "limit_verdict",
                                      "limit_test_acc_period", "limit_weight_norm_period", "limit_collapses"])), ""]
 
     # 2. the limit cycle across weight decays
@@ -204,7 +242,7 @@ def main():
         budgets = {float(w.partition(":")[0]): int(w.partition(":")[2] or args.steps) for w in args.wds.split(",") if w}
         for wd, budget in sorted(budgets.items()):
             t = time.time()
-            if wd == 1.0:  # the probed run of part 1
+            if wd == 1.0 and (not population or probed(seeds[0]).steps[-1] >= budget):  # the probed run of part 1
                 run = probed(seeds[0])
             else:
                 run = get_run(seeded(base, seeds[0], steps=budget, weight_decay=wd), root / f"wd{wd:g}_s{seeds[0]}",
@@ -231,7 +269,7 @@ def main():
     caption = (f"# Optimizer dynamics (seed 004), re-measured\n\nCommand: `python analyses/optimizer_dynamics.py "
                f"{' '.join(sys.argv[1:])}`\n\nSetting ({args.setting}): {json.dumps(base.to_dict(), default=str)}\n\n"
                f"Hardware: {prov['cpu_cores']}-core CPU VM, no GPU, torch {prov['torch']}, {prov['torch_threads']} "
-               f"thread(s), shared with other jobs. Made {prov['made']}; this invocation took {minutes:.1f} min "
+               f"thread(s){args.hardware_note}. Made {prov['made']}; this invocation took {minutes:.1f} min "
                f"(runs already on disk are reused; seconds per part in this invocation: {timing}).\n\n")
     text = caption + "\n".join(report)
     (args.figures / "optimizer_dynamics.md").write_text(text)

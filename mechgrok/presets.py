@@ -53,8 +53,8 @@ PRESETS: dict[str, tuple[str, RunConfig]] = {
         "1500 steps. Seed 004 gives the task and depth, not the rest: frac and lr were chosen by measurement "
         "(seed 0, solo, one thread of a 2-core CPU): memorised at step 140, grokked (test acc > 0.9) at 560, "
         "delay 420 (seed 004: ~300); lr 1e-3 groks at ~1550 and lr 3e-3 at 280. Seed 0 is one of the slow "
-        "ones: over seeds 0-19 (figures/fourier_transplant_dynamics.md) all grokked, memorising at a median "
-        "step 120 (IQR 110-145) and grokking at 250 (190-338), delay median 90 (IQR 72-225); 8 of 20 seeds had "
+        "ones: over seeds 0-29 (figures/fourier_transplant_dynamics.md) all grokked, memorising at a median "
+        "step 110 (IQR 110-138) and grokking at 270 (190-320), delay median 120 (IQR 58-208); 14 of 30 seeds had "
         "a plateau of >= 150 steps. About 0.3 s per step on 2 cores.",
         RunConfig(task=TaskConfig(op="add", p=113, frac=0.5, seed=0),
                   model=ModelConfig(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, act_fn="relu"),
