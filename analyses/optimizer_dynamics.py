@@ -218,9 +218,9 @@ def main():
                        f"r = {corr_before.r:.3f}, n = {corr_before.n}, p = {corr_before.p:.3g}"))
         every = dy.dips_vs_gap_all(t)
         claims += [(f"{dy.DIP_COUNTS[c]} vs gap", "-", f"r = {every[c].r:.3f}, n = {every[c].n}, p = {every[c].p:.3g}")
-                   for c in ("agreement_dips_plateau", "agreement_dips_per_100_steps")]
+                   for c in list(dy.DIP_COUNTS)[1:]]
         result["dips_vs_gap"] = corr.to_dict() | {"before_grokked": corr_before.to_dict()} | {
-            c: every[c].to_dict() for c in ("agreement_dips_plateau", "agreement_dips_per_100_steps")}
+            c: every[c].to_dict() for c in list(dy.DIP_COUNTS)[1:]}
         save_figure(dips_vs_gap_scatter(t, corr.r, corr.n, corr.p, title=f"agreement dips vs gap ({args.setting})",
                                         rate=every["agreement_dips_per_100_steps"]), args.figures / "dips_vs_gap")
         made = (f"the members of the sweeps {', '.join(f'`{p}` ({_sweep_note(p)})' for p in args.population)}, "
@@ -233,7 +233,8 @@ def main():
                                      "hessian_peak_step", "agreement_first", "agreement_at_memorised",
                                      "momentum_cos_plateau", "erank_drop", "agreement_dips",
                                      "agreement_dips_before_grokked", "agreement_dips_plateau",
-                                     "agreement_dips_per_100_steps", "limit_verdict",
+                                     "agreement_dips_per_100_steps", "agreement_dips_plateau_per_100_steps",
+                                     "limit_verdict",
                                      "limit_test_acc_period", "limit_weight_norm_period", "limit_collapses"])), ""]
 
     # 2. the limit cycle across weight decays

@@ -68,8 +68,9 @@ it lies. ``dips_vs_gap`` correlates the count per run with the grokking gap (gro
 memorised_step) over a population: Pearson r, n, two-sided p (``scipy.stats.pearsonr``).
 A count depends on the window it is taken over, and a run stopped soon after grokking (or the
 plateau itself) is longer when the gap is; ``dips_vs_gap_all`` therefore also correlates the
-gap with the dips between memorisation and grokking and with the dips per 100 probed steps,
-the rate, which a constant rate of dips leaves uncorrelated with the gap.
+gap with the dips between memorisation and grokking and with two rates, dips per 100 probed
+steps and per 100 steps of the plateau, which a constant rate of dips leaves uncorrelated
+with the gap.
 """
 
 from __future__ import annotations
@@ -722,6 +723,8 @@ def run_summary(run, dyn: pd.DataFrame | None = None, prominence: float = 0.1) -
             row["agreement_dips_plateau"] = (
                 len(agreement_dips(dyn["step"], dyn["agreement"], prominence, until=tr.grokked_step,
                                    since=tr.memorised_step)) if plateau else None)
+            row["agreement_dips_plateau_per_100_steps"] = (
+                100 * row["agreement_dips_plateau"] / tr.delay if plateau and tr.delay > 0 else None)
             span = float(dyn["step"].max() - dyn["step"].min()) if len(dyn) > 1 else 0.0
             # a count grows with the window it is counted over; its rate does not
             row["agreement_dips_per_100_steps"] = 100 * row["agreement_dips"] / span if span else None
@@ -744,7 +747,8 @@ def _dips_correlation(table: pd.DataFrame, column: str = "agreement_dips") -> Co
 
 DIP_COUNTS = {"agreement_dips": "dips over the run",
               "agreement_dips_plateau": "dips between memorisation and grokking",
-              "agreement_dips_per_100_steps": "dips per 100 probed steps (length control)"}
+              "agreement_dips_per_100_steps": "dips per 100 probed steps (length control)",
+              "agreement_dips_plateau_per_100_steps": "dips per 100 steps between memorisation and grokking"}
 
 
 def dips_vs_gap_all(table: pd.DataFrame) -> dict[str, Correlation]:

@@ -282,6 +282,7 @@ def test_run_summary_counts_dips_on_the_plateau_and_their_rate():
     assert (row["memorised_step"], row["grokked_step"]) == (100, 500)
     assert row["agreement_dips"] == 4 and row["agreement_dips_plateau"] == 2
     assert row["agreement_dips_per_100_steps"] == pytest.approx(0.4)
+    assert row["agreement_dips_plateau_per_100_steps"] == pytest.approx(0.5)  # 2 dips in 400 steps
 
 
 def test_dip_rate_separates_window_length_from_the_gap():
@@ -291,7 +292,7 @@ def test_dip_rate_separates_window_length_from_the_gap():
     rng = np.random.default_rng(0)
     rate = 1.0 + 0.1 * rng.standard_normal(len(gap))
     table = pd.DataFrame({"delay": gap, "agreement_dips": gap / 100, "agreement_dips_plateau": gap / 100,
-                          "agreement_dips_per_100_steps": rate})
+                          "agreement_dips_per_100_steps": rate, "agreement_dips_plateau_per_100_steps": rate})
     c = dy.dips_vs_gap_all(table)
     assert c["agreement_dips"].r == pytest.approx(1.0) and c["agreement_dips_plateau"].r == pytest.approx(1.0)
     assert c["agreement_dips_per_100_steps"].r == pytest.approx(np.corrcoef(rate, gap)[0, 1])
