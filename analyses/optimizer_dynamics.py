@@ -4,9 +4,9 @@ geometry re-measured with mechgrok's probes, next to the seed's number.
     python analyses/optimizer_dynamics.py                     # small setting, 8 seeds (see the caption)
     python analyses/optimizer_dynamics.py --setting preset --seeds 0,1,2   # the `dynamics` preset
     mechgrok sweep --preset dynamics --seeds 12 --stop-after-grok 5 --probe every=10 --out runs/dyn_probed
-    mechgrok sweep --preset dynamics --seeds 12-19 --stop-after-grok 5 --probe every=10 --out runs/dyn_probed2
+    mechgrok sweep --preset dynamics --seeds 12-29 --stop-after-grok 5 --probe every=10 --out runs/dyn_probed2
     python analyses/optimizer_dynamics.py --setting preset --population runs/dyn_probed runs/dyn_probed2 \
-        --steps 1500 --wds 0.25:3000,1,2 --figures figures/dynamics/preset    # the preset's population
+        --steps 1500 --wds 0.25:3000,1:3000,2:3000 --figures figures/dynamics/preset   # the preset's population
 
 1. Probed runs at weight decay 1, one per seed (``--seeds``), probed every ``--probe-every``
    steps with every measure (Hessian top eigenvalue by 3 warm-started power iterations, gradient
