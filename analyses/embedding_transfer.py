@@ -28,7 +28,7 @@ import mechgrok as mg
 from mechgrok import interventions as iv
 from mechgrok.plots import grokking_step_distributions, markdown_table, save_figure
 from mechgrok.progress import transition_metrics
-from mechgrok.runs import provenance
+from mechgrok.provenance import provenance
 
 
 def config(model_seed: int, p: int, frac: float, steps: int) -> mg.RunConfig:
@@ -58,8 +58,8 @@ def main():
         shutil.rmtree(path, ignore_errors=True)
         return make(path)
 
-    src = trained(args.out / "source", lambda d: mg.train.train(config(100, args.p, args.frac, args.steps), d,
-                                                                progress=False, figure=False))
+    src = trained(args.out / "source", lambda d: mg.train(config(100, args.p, args.frac, args.steps), d,
+                                                                progress=False))
     sm = src.metrics.set_index("step")
     print(f"source: grokked at {transition_metrics(src.metrics).grokked_step}, test acc at early step "
           f"{args.early_step}: {sm.loc[args.early_step, 'test_acc']:.3f}", flush=True)
@@ -69,7 +69,7 @@ def main():
         cfg = config(seed, args.p, args.frac, args.steps)
         for arm, step in arms.items():
             d = args.out / f"seed{seed}" / (arm.replace(" ", "_") + (f"_step{step}" if arm == "early source" else ""))
-            run = trained(d, lambda d: mg.train.train(cfg, d, progress=False, figure=False) if step is None
+            run = trained(d, lambda d: mg.train(cfg, d, progress=False) if step is None
                           else iv.embedding_transfer(src, step, cfg, d, freeze=args.freeze))
             tr = transition_metrics(run.metrics)
             rows.append({"seed": seed, "arm": arm, "grokking_step": tr.grokked_step,

@@ -59,7 +59,8 @@ from mechgrok.ensemble import member_status, resume_ensemble, train_ensemble
 from mechgrok.plots import grokking_step_distributions, save_figure
 from mechgrok.presets import configure
 from mechgrok.progress import spectrum_gini, transition_metrics
-from mechgrok.runs import ResumeState, provenance
+from mechgrok.provenance import provenance
+from mechgrok.runs import ResumeState
 
 
 def base_config(seed: int, p: int, frac: float, steps: int) -> mg.RunConfig:
@@ -113,8 +114,8 @@ def main():
     for seed in (int(s) for s in args.seeds.split(",")):
         t = time.time()
         base_dir = args.out / f"seed{seed}" / "base"
-        base = mg.load_run(base_dir) if (base_dir / "config.json").exists() else mg.train.train(
-            base_config(seed, args.p, args.frac, args.base_steps), base_dir, progress=False, figure=False)
+        base = mg.load_run(base_dir) if (base_dir / "config.json").exists() else mg.train(
+            base_config(seed, args.p, args.frac, args.base_steps), base_dir, progress=False)
         m, tr = base.metrics, transition_metrics(base.metrics)
         row = {"seed": seed, "base_memorisation_step": tr.memorised_step, "base_grokking_step": tr.grokked_step,
                "recipient_test_acc": float(m.set_index("step").loc[args.recipient_step, "test_acc"])}

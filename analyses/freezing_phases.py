@@ -32,7 +32,7 @@ import mechgrok as mg
 from mechgrok import interventions as iv
 from mechgrok.plots import freezing_bars, markdown_table, save_figure, training_curve
 from mechgrok.progress import transition_metrics
-from mechgrok.runs import provenance
+from mechgrok.provenance import provenance
 
 # Seed 000's final test accuracies (its results JSON): checkpoint 7k, checkpoint 11k.
 PUBLISHED = {
@@ -77,7 +77,7 @@ def main():
     t0 = time.time()
     base_dir = args.out / "base"
     run = mg.load_run(base_dir) if (base_dir / "config.json").exists() else \
-        mg.train.train(cfg, base_dir, progress=False)
+        mg.train(cfg, base_dir, progress=False)
     base_s = time.time() - t0
     m, tr = run.metrics, transition_metrics(run.metrics)
     at = m.set_index("step")

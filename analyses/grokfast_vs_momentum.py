@@ -32,7 +32,7 @@ import torch
 
 from mechgrok.plots import grokking_step_distributions, markdown_table, save_figure
 from mechgrok.population import SweepConfig, run_sweep
-from mechgrok.runs import provenance
+from mechgrok.provenance import provenance
 from momentum_sweep import small_or_preset  # the same small setting (analyses/ is on sys.path when run)
 
 ARMS = {  # name -> settings; seed 004's grokking step

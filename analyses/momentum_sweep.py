@@ -39,7 +39,7 @@ import torch
 from mechgrok.plots import markdown_table, population_summary, save_figure
 from mechgrok.population import SweepConfig, run_sweep
 from mechgrok.presets import configure, get_preset
-from mechgrok.runs import provenance
+from mechgrok.provenance import provenance
 
 FULL_BETA1 = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)  # seed 004's 13 values (figure axis)
 SMALL_BETA1 = (0, 0.4, 0.6, 0.9, 0.95)

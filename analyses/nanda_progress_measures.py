@@ -57,7 +57,7 @@ def main():
         if args.steps:
             cfg = replace(cfg, train=replace(cfg.train, steps=args.steps))
         print(f"training {run_dir} ({cfg.train.steps} steps, preset nanda) ...")
-        mg.train.train(cfg, run_dir)
+        mg.train(cfg, run_dir)
     run = mg.load_run(run_dir)
     planned, last = run.config.train.steps, run.steps[-1]
     if last < planned:
@@ -89,7 +89,7 @@ def main():
     }
     lines = ["| measure | Nanda et al. (40k epochs) | ours |", "|---|---|---|"]
     lines += [f"| {k} | {PUBLISHED[k]} | {ours[k]} |" for k in PUBLISHED]
-    prov = mg.runs.provenance()
+    prov = mg.provenance.provenance()
     extra = (f"\nmemorised at step {tr.memorised_step}, grokked at {tr.grokked_step} (evaluation grid), delay "
              f"{tr.delay}, max acceleration {tr.max_acceleration_step}; final restricted loss "
              f"{final['restricted_loss']:.3g} (Nanda et al.'s definition: logits, all pairs; the TL demo's "

@@ -49,7 +49,7 @@ from mechgrok import dynamics as dy
 from mechgrok.plots import (dips_vs_gap_scatter, dynamics_geometry, limit_cycle_figure, markdown_table,
                             save_figure)
 from mechgrok.progress import transition_metrics
-from mechgrok.runs import provenance
+from mechgrok.provenance import provenance
 
 SEED_004 = {
     "hessian_rise": "~20x during memorisation",
@@ -91,11 +91,12 @@ def seeded(cfg: mg.RunConfig, seed: int, **train) -> mg.RunConfig:
 
 def get_run(cfg: mg.RunConfig, out: Path, probe_kw: dict | None, every: int) -> mg.Run:
     """The finished run in ``out``; resumed if unfinished, trained if absent."""
-    from mechgrok.train import resume_run, train_run
+    from mechgrok.trainer import resume as resume_run
+from mechgrok.trainer import train as train_run
 
     kw = {} if probe_kw is None else {"probe": dy.make_probe(cfg, **probe_kw), "probe_every": every}
     if (out / "config.json").exists():
-        from mechgrok.train import resume_config
+        from mechgrok.trainer import resume_config
 
         run = mg.load_run(out)
         resume_config(run.config, cfg)  # refuses a run of other settings in the same directory

@@ -30,7 +30,7 @@ import torch
 from mechgrok.plots import markdown_table, population_curves, save_figure
 from mechgrok.population import SweepConfig, read_manifest, run_sweep
 from mechgrok.presets import configure, get_preset
-from mechgrok.runs import provenance
+from mechgrok.provenance import provenance
 
 PUBLISHED = {True: "eventually generalises (weight norm falls into the low-norm basin)",
              False: "can stay memorised indefinitely"}

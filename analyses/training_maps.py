@@ -39,7 +39,8 @@ import torch
 import mechgrok as mg
 from mechgrok import latent
 from mechgrok.presets import configure
-from mechgrok.train import resume_run, train_run
+from mechgrok.trainer import resume as resume_run
+from mechgrok.trainer import train as train_run
 
 # name: (preset, overrides at the small scale, HMM features: Hu et al.'s best subset for the task)
 SMALL = {

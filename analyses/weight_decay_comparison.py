@@ -27,7 +27,7 @@ import torch
 from mechgrok.plots import markdown_table, population_curves, save_figure
 from mechgrok.population import SweepConfig, run_sweep
 from mechgrok.presets import get_preset
-from mechgrok.runs import provenance
+from mechgrok.provenance import provenance
 
 PUBLISHED = {0.01: (1.000, 0.131), 0.1: (1.000, 0.141), 1.0: (1.000, 0.480), 2.0: (1.000, 1.000)}
 STEPS_PER_EPOCH = 10  # ceil(4704 / 512)

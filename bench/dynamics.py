@@ -23,7 +23,10 @@ import torch
 
 import mechgrok as mg
 from mechgrok import dynamics as dy
-from mechgrok.train import loss_fn, make_optimizer, train_run, trainable_names
+from mechgrok.optim import make_optimizer
+from mechgrok.schedule import trainable_names
+from mechgrok.trainer import loss_fn
+from mechgrok.trainer import train as train_run
 
 
 def config(name: str) -> mg.RunConfig:

@@ -65,7 +65,7 @@ def measure(preset: str, n: int, steps: int, root: Path) -> dict:
     cfgs = configs(preset, n, steps)
     t = time.perf_counter()
     for i, c in enumerate(cfgs):
-        mg.train_run(c, root / f"{preset}_solo{n}_{i}", progress=False)
+        mg.train(c, root / f"{preset}_solo{n}_{i}", progress=False)
     solo = time.perf_counter() - t
     t = time.perf_counter()
     train_ensemble(cfgs, [root / f"{preset}_ens{n}_{i}" for i in range(n)], progress=False, vectorize=False)
@@ -91,12 +91,12 @@ def main():
         torch.set_num_threads(args.threads)
     plan = [("demo", int(n)) for n in args.n.split(",")] + [("nanda", int(n)) for n in args.nanda_n.split(",") if n]
     print(f"{torch.get_num_threads()} threads, {args.steps} steps per member, "
-          f"torch {torch.__version__}, {mg.runs.provenance()['machine']}")
+          f"torch {torch.__version__}, {mg.provenance.provenance()['machine']}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in dict.fromkeys(p for p, _ in plan):  # first-call costs (TL boot, torch.func) out of the timings
             warm = configs(preset, 2, 2)
-            mg.train_run(warm[0], Path(tmp) / f"warm_{preset}", progress=False)
+            mg.train(warm[0], Path(tmp) / f"warm_{preset}", progress=False)
             for vectorize in (False, True):
                 train_ensemble(warm, [Path(tmp) / f"warm_{preset}_{vectorize}_{i}" for i in range(2)], progress=False,
                                vectorize=vectorize)

@@ -30,7 +30,8 @@ import torch
 
 import mechgrok as mg
 from mechgrok import progress
-from mechgrok.runs import checkpoint_path, save_tensors, write_json
+from mechgrok.files import save_tensors, write_json
+from mechgrok.runs import checkpoint_path
 
 NANDA_FREQS = [14, 35, 41, 42, 52]
 

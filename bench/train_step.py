@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 import mechgrok as mg
-from mechgrok.train import loss_fn, make_optimizer
+from mechgrok.optim import make_optimizer
+from mechgrok.trainer import loss_fn
 
 
 def main():

@@ -19,10 +19,11 @@ from .fourier import BASES, PROJECTION_MODES
 from .interventions import INTERVENTIONS, OPTIMIZER_STATES, WHERE
 from .model import ACT_FNS, NORMALIZATIONS
 from .presets import DEMO_TIME
-from .progress import GROKKED_TEST_ACC, LEVELS, MEMORISED_TRAIN_ACC
-from .runs import GROKFAST_MODES
+from .milestones import GROKKED_TEST_ACC, MEMORISED_TRAIN_ACC
+from .progress import LEVELS
+from .grokfast import MODES as GROKFAST_MODES
 from .tasks import OPS
-from .train import TrainingDiverged
+from .trainer import TrainingDiverged
 
 
 # Errors a user can cause (a bad value, a missing or occupied path, a diverging run) end as one
@@ -106,14 +107,14 @@ def _print_summary(run):
 
 
 def _train_new(cfg, out: Path, progress: bool, probe: Optional[str] = None, png: bool = True):
-    from .train import train_run
+    from .trainer import train as train_run
 
     _trained(train_run(cfg, out, progress=progress, **_probe_kwargs(probe, cfg)), png)
 
 
 def _trained(run, png: bool):
     """Draw the training curve of a run just trained, then summarise it."""
-    from .runs import draw_figures
+    from .report import draw_figures
 
     draw_figures(run, analysis=False, png=png)
     _print_summary(run)
@@ -206,7 +207,8 @@ def train(
         if out is not None or preset is not None:
             raise ValueError("--resume continues the run in its own directory with its own settings: "
                              "drop --out/--preset")
-        from .train import resume_config, resume_run
+        from .trainer import resume as resume_run
+        from .trainer import resume_config
 
         run = load_run(resume)
         if "imported" in run.meta:
@@ -435,10 +437,12 @@ def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict
             step: Optional[int] = typer.Option(None, help="a single state dict's step (default: 0)"),
             progress: bool = typer.Option(True, help="show a progress bar"), png: bool = PNG):
     """Turn a checkpoint series trained elsewhere into a run directory; nothing in SRC is executed."""
-    from .runs import import_run
+    from .foreign import import_run
+    from .report import draw_figures
 
     run = import_run(src, out, op=_value(op), p=p, act_fn=_value(act_fn), split=split, step=step,
-                     progress=progress, png=png)
+                     progress=progress)
+    draw_figures(run, analysis=False, png=png)
     for note in run.meta["imported"]["notes"]:
         typer.echo(f"note: {note}")
     _print_summary(run)
@@ -448,7 +452,8 @@ def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict
 def plot(run_dir: Path = typer.Argument(..., help="a run directory"),
          png: bool = PNG, progress: bool = typer.Option(True, help="show a progress bar")):
     """(Re)draw a run's figures: training curve, and analysis figures if analyze wrote progress.csv."""
-    from .runs import draw_figures, load_run
+    from .report import draw_figures
+    from .runs import load_run
 
     for f in draw_figures(load_run(run_dir), png=png, progress=progress):
         typer.echo(f"wrote {f}")

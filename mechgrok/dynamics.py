@@ -89,11 +89,11 @@ from torch.func import grad, jvp, vmap
 from tqdm.auto import tqdm
 
 from .model import ModelConfig, Params, forward, loss_and_accuracy
-from .runs import moments_path  # noqa: F401  (re-exported: where kept moments live)
+from .runs import read_optimizer_state
 from .tasks import Task
-from .train import trainable_names
+from .evaluation import SPLITS, split_index
+from .schedule import trainable_names
 
-SPLITS = ("train", "test", "all")
 MEASURES = ("hessian", "agreement", "momentum", "rank")
 DYNAMICS_CSV = "dynamics.csv"
 # A loss over a batch of examples, as a function of the parameters: the measures' internals
@@ -115,9 +115,8 @@ def examples(task: Task, split: str = "train", batch: int | Sequence[int] | Tens
              seed: int = 0) -> tuple[Int[Tensor, "n pos"], Int[Tensor, " n"]]:
     """Inputs and labels of ``split``; ``batch``: a seeded sample of that many of its examples,
     or explicit rows of the split."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    idx = {"train": task.train_idx, "test": task.test_idx, "all": torch.arange(len(task.labels))}[split]
+    idx = split_index(task, split)
+    idx = torch.arange(len(task.labels)) if idx is None else idx
     if batch is not None:
         if isinstance(batch, int):
             if not 1 <= batch:
@@ -309,7 +308,8 @@ def gradient_effective_rank(params: Params, cfg: ModelConfig, task: Task, n: int
 
 
 def _split_size(task: Task, split: str) -> int:
-    return {"train": len(task.train_idx), "test": len(task.test_idx), "all": len(task.labels)}[split]
+    idx = split_index(task, split)
+    return len(task.labels) if idx is None else len(idx)
 
 
 # --- momentum alignment -------------------------------------------------------------------
@@ -327,27 +327,11 @@ def momentum_cosine(params: Params, exp_avg: Params, cfg: ModelConfig, task: Tas
 
 def read_moments(run, step: int | None = None) -> dict[str, Params] | None:
     """AdamW's moments at a checkpoint, ``{"exp_avg": {...}, "exp_avg_sq": {...}}`` keyed by
-    parameter name, from ``checkpoints/moments_*.safetensors`` or, for the run's newest
-    checkpoint, ``resume.safetensors``; None when the run kept none for that step."""
-    from .runs import read_tensors
-
-    step = run.resolve_step(step)
-    f = moments_path(run.path, step)
-    if f.exists():
-        tensors = read_tensors(f)
-    else:
-        resume = run.path / "resume.safetensors"
-        if not resume.exists():
-            return None
-        tensors = read_tensors(resume)
-        if "meta.step" in tensors and int(tensors["meta.step"].item()) != step:
-            return None
-    out: dict[str, Params] = {"exp_avg": {}, "exp_avg_sq": {}}
-    for k, v in tensors.items():
-        if k.startswith("opt.") and k.endswith((".exp_avg", ".exp_avg_sq")):
-            name, kind = k[len("opt."):].rsplit(".", 1)
-            out[kind][name] = v
-    return out if out["exp_avg"] else None
+    parameter name (``runs.read_optimizer_state``); None when the run kept none for that step."""
+    state = read_optimizer_state(run, step)
+    if not state or not any("exp_avg" in st for st in state.values()):
+        return None
+    return {key: {k: st[key] for k, st in state.items() if key in st} for key in ("exp_avg", "exp_avg_sq")}
 
 
 def momentum_alignment(run, step: int | None = None, split: str = "train") -> float:
@@ -597,7 +581,7 @@ def limit_cycle(run_or_metrics, collapse_below: float = 0.5, min_acf: float = 0.
     accuracy falling below ``collapse_below`` again). ``min_norm_amplitude`` is relative to the
     mean weight norm. Says "none" when neither series oscillates and nothing collapses over at
     least ``min_window`` steps after grokking ("too short" over fewer)."""
-    from .progress import transition_metrics
+    from .milestones import transition_metrics
 
     m = run_or_metrics.metrics if hasattr(run_or_metrics, "metrics") else run_or_metrics
     m = m.sort_values("step")
@@ -705,7 +689,7 @@ def series_summary(dyn: pd.DataFrame, memorised: int | None, grokked: int | None
 def run_summary(run, dyn: pd.DataFrame | None = None, prominence: float = 0.1) -> dict:
     """One row per run: transition metrics, the series summary (``series_summary``), agreement
     dips (count over the whole run, and up to the grokking step), and the limit cycle. ``dyn`` defaults to ``dynamics.csv``."""
-    from .progress import transition_metrics
+    from .milestones import transition_metrics
 
     tr = transition_metrics(run.metrics)
     row = {"run": str(run.path), "weight_decay": run.config.train.weight_decay,
@@ -768,7 +752,7 @@ def analyze(path, out=None, measure: bool = True, prominence: float = 0.1, png: 
     (``measure_run``, written to ``dynamics_checkpoints.csv``) unless ``measure=False``.
     Returns ``(table, correlation or None, files written)``."""
     from . import plots
-    from .progress import transition_metrics
+    from .milestones import transition_metrics
 
     runs = find_runs(path)
     out = Path(out) if out is not None else Path(path)

@@ -58,11 +58,15 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 from tqdm.auto import tqdm
 
-from .model import check_params, forward, init_params, per_example_loss
-from .runs import (METRIC_COLUMNS, RESUME_FILE, ResumeState, Run, RunConfig, RunWriter, check_new_run_dir,
-                   read_resume_state, write_json)
+from .config import RunConfig, resolve_device
+from .evaluation import EVAL_CHUNK, split_metrics
+from .files import write_json
+from .grokfast import GradientFilter
+from .milestones import grokked_step, should_stop
+from .model import check_params, forward, init_params, per_example_loss, weight_sq
+from .runs import METRIC_COLUMNS, RESUME_FILE, ResumeState, Run, RunWriter, check_new_run_dir, read_resume_state
+from .schedule import batch_position, epoch_permutation, trainable_names, warmup_factor
 from .tasks import Task
-from .train import EVAL_CHUNK, GradientFilter, resolve_device, should_stop, trainable_names
 
 MEMBER_FILE = "member.json"
 NEXT_RESUME_FILE = "resume.next.safetensors"
@@ -88,9 +92,14 @@ def ensemble_key(cfg: RunConfig) -> tuple:
 
 
 def check_ensemble(cfgs: Sequence[RunConfig]):
-    """Fail naming the first field on which a member differs from the first member."""
+    """Fail naming the first field on which a member differs from the first member, or naming
+    what the ensemble cannot train."""
     if not cfgs:
         raise ValueError("an ensemble needs at least one member")
+    if cfgs[0].train.optimizer != "adamw":
+        raise ValueError(f"ensembles train with AdamW only (its update is written over the stacked members); "
+                         f"train.optimizer={cfgs[0].train.optimizer!r} needs solo runs (mg.train, or sweep "
+                         f"--chunk-size 1)")
     first = dict(ensemble_key(cfgs[0]))
     for i, c in enumerate(cfgs[1:], 1):
         for name, value in ensemble_key(c):
@@ -112,10 +121,7 @@ def member_status(out: str | os.PathLike) -> dict | None:
 
 
 def _write_status(out: Path, status: str, last_step: int, rows: list[dict], n: int):
-    from .progress import GROKKED_TEST_ACC
-
-    grok = next((int(r["step"]) for r in rows if r["test_acc"] > GROKKED_TEST_ACC), None)
-    write_json(out / MEMBER_FILE, {"status": status, "last_step": int(last_step), "grokked_step": grok,
+    write_json(out / MEMBER_FILE, {"status": status, "last_step": int(last_step), "grokked_step": grokked_step(rows),
                                    "ensemble_size": n})
 
 
@@ -226,8 +232,6 @@ class _Members:
         c0 = cfgs[0]
         self.mcfg = c0.model.resolve(tasks[0])
         self.names = trainable_names(states[0].params, c0.train.frozen)
-        if not self.names:
-            raise ValueError(f"TrainConfig.frozen={c0.train.frozen} freezes every parameter")
         self.order = list(states[0].params)  # the state dict's own key order, for the files
         self.frozen_names = [k for k in self.order if k not in self.names]
         self.shapes = {k: tuple(states[0].params[k].shape) for k in self.names}
@@ -274,7 +278,6 @@ class _Members:
                         [torch.cat([s.grokfast[f"{k}.window"].reshape(self.gfilter.window, -1) for k in self.names], 1)
                          for s in states], 1).to(device)
         self.train_idx = torch.stack([t.train_idx for t in tasks]).to(device)  # [N, n_train]
-        self.is_train = torch.stack([t.is_train for t in tasks]).to(device)  # [N, n_examples]
         self.inputs, self.labels = tasks[0].inputs.to(device), tasks[0].labels.to(device)
 
     def __len__(self):
@@ -318,7 +321,7 @@ class _Members:
         self.writers = [self.writers[i] for i in idx]
         self.flat, self.m, self.v = self.flat[sel].contiguous(), self.m[sel], self.v[sel]
         self.frozen = {k: v[sel] for k, v in self.frozen.items()}
-        for name in ("lr", "wd", "b1", "b2", "warmup", "train_idx", "is_train"):
+        for name in ("lr", "wd", "b1", "b2", "warmup", "train_idx"):
             setattr(self, name, getattr(self, name)[sel])
         if self.gfilter is not None:
             self.gfilter.alpha, self.gfilter.lam = self.gfilter.alpha[sel], self.gfilter.lam[sel]
@@ -328,22 +331,18 @@ class _Members:
 
 def _batch(members: _Members, step: int, cache: dict) -> Tensor:
     """``[N, batch]`` rows of the example table each member trains on at ``step``: its whole
-    train split (full batch), or its minibatch in the order ``train.batch_indices`` gives a
+    train split (full batch), or its minibatch in the order ``schedule.batch_indices`` gives a
     solo run (one shuffle per member per epoch, made once per epoch)."""
     bs = members.cfgs[0].train.batch_size
     n_train = members.train_idx.shape[1]
     if bs is None or bs >= n_train:
         return members.train_idx
-    import math
-
-    per_epoch = math.ceil(n_train / bs)
-    epoch, i = divmod(step, per_epoch)
+    epoch, rows = batch_position(step, n_train, bs)
     seeds = tuple(c.train.seed for c in members.cfgs)
     if cache.get("key") != (epoch, seeds):
-        perms = torch.stack([torch.randperm(n_train, generator=torch.Generator().manual_seed(s * 1_000_003 + epoch))
-                             for s in seeds]).to(members.train_idx.device)
+        perms = torch.stack([epoch_permutation(s, epoch, n_train) for s in seeds]).to(members.train_idx.device)
         cache.update(key=(epoch, seeds), rows=members.train_idx.gather(1, perms))
-    return cache["rows"][:, i * bs:(i + 1) * bs]
+    return cache["rows"][:, rows]
 
 
 def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool, vectorize: bool | None = None,
@@ -396,20 +395,12 @@ def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool, ve
 
     @torch.no_grad()
     def evaluate(step: int) -> list[dict]:
+        """Every member's metrics row (``evaluation.split_metrics`` of its logits on every example)."""
         n = len(mem)
         chunk = max(1, EVAL_CHUNK // n) if vectorize else EVAL_CHUNK
-        nll, correct = [], []
-        for s in range(0, len(mem.labels), chunk):
-            x, y = mem.inputs[s:s + chunk], mem.labels[s:s + chunk]
-            logits = logits_of(x)  # [N, b, vocab]
-            nll.append(per_example_loss(logits.flatten(0, 1), y.repeat(n)).view(n, -1))
-            correct.append((logits.argmax(-1) == y).double())
-        nll, correct = torch.cat(nll, 1), torch.cat(correct, 1)
-        tr, te = mem.is_train.double(), (~mem.is_train).double()
-        wsq = sum((v.double() ** 2).flatten(1).sum(1) for v in [mem.flat, *mem.frozen.values()])
-        table = torch.stack([(nll * tr).sum(1) / tr.sum(1), (nll * te).sum(1) / te.sum(1),
-                             (correct * tr).sum(1) / tr.sum(1), (correct * te).sum(1) / te.sum(1), wsq], 1).cpu()
-        return [dict(zip(METRIC_COLUMNS, (step, *map(float, row)))) for row in table]
+        logits = torch.cat([logits_of(mem.inputs[s:s + chunk]) for s in range(0, len(mem.labels), chunk)], 1)
+        wsq = weight_sq({"flat": mem.flat} | mem.frozen, batch_dims=1).tolist()
+        return [dict(step=step, **split_metrics(logits[i], mem.tasks[i]), weight_sq=wsq[i]) for i in range(n)]
 
     def checkpoint(step: int, which: list[int]):
         for i in which:  # phase 1: every member's files, resume state under its "next" name
@@ -456,7 +447,7 @@ def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool, ve
         if mem.gfilter is not None:
             g = mem.gfilter({"flat": g})["flat"]
         mem.t += 1
-        lr = mem.lr * torch.where(mem.warmup > 0, ((step + 1) / mem.warmup.clamp(min=1)).clamp(max=1.0), 1.0)
+        lr = mem.lr * warmup_factor(step, mem.warmup)
         adamw_(mem.flat, g, mem.m, mem.v, mem.t, lr, mem.wd, mem.b1, mem.b2)
         step += 1
         if probes and step % probe_every == 0:
@@ -479,7 +470,7 @@ def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool, ve
             keep_flags = [i for i in range(len(mem)) if i not in {j for j, _ in done}]
             leave(step, done, checkpointed=is_ckpt)
             nonfinite = nonfinite[torch.tensor(keep_flags, dtype=torch.long, device=device)]
-            n_grok = sum(1 for w in mem.writers if any(r["test_acc"] > 0.9 for r in w.rows))
+            n_grok = sum(1 for w in mem.writers if grokked_step(w.rows) is not None)
             bar.set_postfix(members=len(mem), grokked=n_grok, refresh=False)
         elif is_ckpt:
             checkpoint(step, list(range(len(mem))))

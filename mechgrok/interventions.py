@@ -64,10 +64,12 @@ from torch import Tensor
 
 from . import fourier
 from .fourier import FrequencyProjection, check_frequencies, valid_frequencies
-from .model import (HOOK_POINTS, ModelConfig, Params, as_params, check_params, hook_name, layer_index,
-                    run_with_hooks, split_metrics)
-from .progress import transition_metrics
-from .runs import Run, RunConfig, read_resume_state, write_json
+from .config import RunConfig
+from .evaluation import evaluate
+from .model import HOOK_POINTS, ModelConfig, Params, as_params, check_params, hook_name, layer_index
+from .files import write_json
+from .milestones import transition_metrics
+from .runs import Run, read_resume_state
 from .tasks import Task
 
 WHERE = HOOK_POINTS
@@ -136,8 +138,7 @@ def frequency_hook(task: Task, freqs: Sequence[int], mode: str = "remove", where
 def evaluate_with_hooks(params: Params, cfg: ModelConfig, task: Task, fwd_hooks=()) -> dict[str, float]:
     """Loss and accuracy on train, test and all examples of the model run on every example
     with ``fwd_hooks``."""
-    logits, _ = run_with_hooks(params, cfg, task.inputs, fwd_hooks=fwd_hooks)
-    return split_metrics(logits[:, -1], task, ("train", "test", "all"))
+    return evaluate(params, cfg, task, ("train", "test", "all"), fwd_hooks=fwd_hooks)
 
 
 @dataclass(frozen=True)
@@ -292,7 +293,7 @@ class Continuation:
 
 
 def _count(params: Params, frozen: Sequence[str]) -> tuple[int, int]:
-    from .train import trainable_names
+    from .schedule import trainable_names
 
     trainable = set(trainable_names(params, tuple(frozen)))
     return sum(v.numel() for k, v in params.items() if k in trainable), sum(v.numel() for v in params.values())
@@ -310,7 +311,7 @@ def continue_training(run: Run, from_step: int, steps: int, params: Params | Non
     ``optimizer``: "fresh" AdamW state, or "carry" the moments in ``resume.safetensors``.
     ``out``: the new run directory (default: a fresh temporary one).
     """
-    from .train import train_run
+    from .trainer import train as train_run
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -504,7 +505,7 @@ def embedding_transfer(source: Run, source_step: int | None, cfg: RunConfig, out
     and position embeddings, taken from ``source`` at ``source_step``; ``freeze`` keeps them
     fixed. Returns the new run."""
     from .model import init_params
-    from .train import train_run
+    from .trainer import train as train_run
 
     mcfg = cfg.model.resolve(Task(cfg.task))
     init = transfer_embeddings(source, (init_params(mcfg), mcfg), source_step=source_step)

@@ -135,7 +135,7 @@ def checkpoint_grid(run: Run, min_checkpoints: int = MIN_CHECKPOINTS) -> list[in
 
 
 def _grokking_step(metrics: pd.DataFrame) -> float:
-    from .progress import transition_metrics
+    from .milestones import transition_metrics
 
     step = transition_metrics(metrics).grokked_step
     return float("nan") if step is None else float(step)

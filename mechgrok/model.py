@@ -467,22 +467,8 @@ def loss_and_accuracy(logits: Float[Tensor, "batch d_vocab_out"], labels: Int[Te
     return per_example_loss(logits, labels).mean(), (logits.argmax(-1) == labels).float().mean()
 
 
-def split_metrics(logits: Float[Tensor, "n_examples d_vocab_out"], task, splits=("train", "test")
-                  ) -> dict[str, float]:
-    """``{split}_loss`` and ``{split}_acc`` for each of ``splits`` ("train", "test", "all") from
-    last-position logits over every example of ``task`` in task order."""
-    labels = task.labels.to(logits.device)
-    out = {}
-    for split in splits:
-        if split not in ("train", "test", "all"):
-            raise ValueError(f"split must be train, test or all, got {split!r}")
-        idx = {"train": task.train_idx, "test": task.test_idx, "all": None}[split]
-        x, y = (logits, labels) if idx is None else (logits[idx.to(logits.device)], labels[idx.to(logits.device)])
-        out[f"{split}_loss"] = float(per_example_loss(x, y).mean())
-        out[f"{split}_acc"] = float((x.argmax(-1) == y).double().mean())
-    return out
-
-
-def weight_sq(params: Params) -> float:
-    """Sum of squared weights over every parameter (float64)."""
-    return float(sum((v.detach().double() ** 2).sum() for v in params.values()))
+def weight_sq(params: Params, batch_dims: int = 0):
+    """Sum of squared weights over every parameter (float64): a float, or with ``batch_dims=1``
+    one value per member of stacked parameters (``[N, ...]`` tensors) as a ``[N]`` tensor."""
+    total = sum((v.detach().double() ** 2).flatten(batch_dims).sum(-1) for v in params.values())
+    return float(total) if batch_dims == 0 else total

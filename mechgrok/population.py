@@ -46,7 +46,9 @@ import numpy as np
 import pandas as pd
 
 from .model import ModelConfig
-from .runs import Run, RunConfig, TrainConfig, write_json
+from .config import RunConfig, TrainConfig
+from .files import write_json
+from .runs import Run
 from .tasks import TaskConfig
 
 SWEEP_FILE = "sweep.json"
@@ -257,7 +259,7 @@ def _train_members(cfgs: list[RunConfig], outs: list[Path], progress: bool, prob
 def member_record(run: Run) -> dict:
     """Transition metrics (``progress.transition_metrics``, the one definition) and final
     accuracies of a run, flat."""
-    from .progress import transition_metrics
+    from .milestones import transition_metrics
 
     m = run.metrics
     last = m.iloc[-1] if len(m) else None

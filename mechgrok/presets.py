@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .model import ModelConfig
-from .runs import RunConfig, TrainConfig
+from .config import RunConfig, TrainConfig
 from .tasks import TaskConfig
 
 # What `mechgrok demo` costs: 1 min 38 s wall measured on an idle 2-core AMD EPYC VM, torch CPU,

@@ -65,17 +65,16 @@ from tqdm.auto import tqdm
 
 from . import fourier
 from .fourier import FrequencyProjection
+from .evaluation import SPLITS, split_metrics
+from .milestones import Transitions, transition_metrics
 from .model import (Hook, ModelConfig, Params, activation_fn, as_params, attn_scale, forward, is_tl_model,
-                    layer_index, per_example_loss, split_metrics, token_position_table, weight_sq)
+                    layer_index, per_example_loss, token_position_table, weight_sq)
 from .tasks import Task
 
 LEVELS = ("logits", "neurons")
-SPLITS = ("all", "train", "test")
 ENGINES = ("auto", "grid", "hooks")
 # each definition's own split for restricted loss (see the module docstring)
 RESTRICTED_SPLIT = {"logits": "all", "neurons": "test"}
-MEMORISED_TRAIN_ACC = 0.99  # seed 001: memorised at the first evaluation with train accuracy above this
-GROKKED_TEST_ACC = 0.90  # seed 001: grokked at the first evaluation with test accuracy above this
 
 
 # --- the hooks -----------------------------------------------------------------------------
@@ -217,14 +216,8 @@ def weight_measures(params: Params, cfg: ModelConfig, task: Task, basis: str = "
 
 
 def _split_loss(logits: Float[Tensor, "n_examples d_vocab_out"], task: Task, split: str) -> float:
-    """Mean loss over one split (``model.per_example_loss``, the one cross-entropy)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    labels = task.labels.to(logits.device)
-    if split != "all":
-        idx = (task.train_idx if split == "train" else task.test_idx).to(logits.device)
-        logits, labels = logits[idx], labels[idx]
-    return float(per_example_loss(logits, labels).mean())
+    """Mean loss over one split (``evaluation.split_metrics``, the one cross-entropy)."""
+    return split_metrics(logits, task, (split,))[f"{split}_loss"]
 
 
 def _loss_measures(full, restricted, excluded, task: Task, level: str) -> dict[str, float]:
@@ -358,64 +351,6 @@ def measure_run(run, freqs=None, steps: list[int] | None = None, level: str = "l
     table = pd.DataFrame(rows)
     table.attrs.update(key_freqs=freqs, basis=fourier.resolve_basis(task, basis), level=level)
     return table
-
-
-# --- transition metrics --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Transitions:
-    """Seed 001's transition metrics of one run, read from its evaluation grid.
-
-    ``memorised_step``: first evaluation with train accuracy > ``MEMORISED_TRAIN_ACC`` (0.99);
-    ``grokked_step``: first with test accuracy > ``GROKKED_TEST_ACC`` (0.9); ``delay`` = grokked -
-    memorised (negative when a run generalises before it memorises); ``max_acceleration_step``:
-    where test accuracy's second derivative in steps is largest; ``final_gap``: train - test
-    accuracy at the last evaluation; ``grokked``: grokked within the run's budget. None where
-    the run does not show it."""
-
-    memorised_step: int | None
-    grokked_step: int | None
-    delay: int | None
-    max_acceleration_step: int | None
-    final_gap: float | None
-    grokked: bool
-    last_step: int | None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _first(mask: np.ndarray, steps: np.ndarray) -> int | None:
-    hits = np.flatnonzero(mask)
-    return int(steps[hits[0]]) if len(hits) else None
-
-
-def max_acceleration_step(steps, values) -> int | None:
-    """Step where ``values``' second derivative with respect to the step is largest. Derivatives
-    are divided differences (slopes between evaluations, then slopes of those between interval
-    midpoints), so uneven evaluation spacing does not bias the argmax; on an even grid this is
-    the argmax of the second difference."""
-    s, v = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
-    if len(s) < 3:
-        return None
-    slope = np.diff(v) / np.diff(s)
-    mid = (s[:-1] + s[1:]) / 2
-    curvature = np.diff(slope) / np.diff(mid)
-    return int(s[1:-1][np.argmax(curvature)])
-
-
-def transition_metrics(metrics: pd.DataFrame, memorised_above: float = MEMORISED_TRAIN_ACC,
-                       grokked_above: float = GROKKED_TEST_ACC) -> Transitions:
-    """The transition metrics of a run's ``metrics.csv`` table (``run.metrics``: columns step,
-    train_acc, test_acc). The one definition every command and table uses."""
-    m = metrics.sort_values("step")
-    if not len(m):
-        return Transitions(None, None, None, None, None, False, None)
-    steps, train, test = m["step"].to_numpy(), m["train_acc"].to_numpy(), m["test_acc"].to_numpy()
-    mem, grok = _first(train > memorised_above, steps), _first(test > grokked_above, steps)
-    return Transitions(mem, grok, None if None in (mem, grok) else grok - mem, max_acceleration_step(steps, test),
-                       float(train[-1] - test[-1]), grok is not None, int(steps[-1]))
 
 
 # --- phases --------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ def tiny_cfg():
 
 
 def _train_shared(cfg, out):
-    from mechgrok.train import train
+    from mechgrok.trainer import train
 
-    return train(cfg, out, progress=False, figure=False)
+    return train(cfg, out, progress=False)
 
 
 @pytest.fixture(scope="session")

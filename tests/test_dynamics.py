@@ -332,7 +332,7 @@ def _random_init(cfg, seed):
 def probed_population(tmp_path_factory):
     """Two probed runs (every 10 steps, every measure) and one unprobed run, 40 steps each; the
     weights start from seeded random draws (no TransformerLens boot)."""
-    from mechgrok.train import train_run
+    from mechgrok.trainer import train as train_run
 
     root = tmp_path_factory.mktemp("dyn")
     runs = []
@@ -404,7 +404,7 @@ def test_series_summary_on_planted_series():
 def test_momentum_alignment_reads_kept_moments_files(probed_population, tmp_path):
     import shutil
 
-    from mechgrok.runs import save_tensors
+    from mechgrok.files import save_tensors
 
     _, _, plain = probed_population
     run_dir = tmp_path / "copy"
@@ -412,6 +412,6 @@ def test_momentum_alignment_reads_kept_moments_files(probed_population, tmp_path
     run = mg.load_run(run_dir)
     g = _autograd_gradient({k: v.double() for k, v in run.params(0).items()}, run.model_cfg,
                            *dy.examples(run.task))
-    save_tensors(dy.moments_path(run_dir, 0), {f"opt.{k}.exp_avg": -v.float() for k, v in g.items()}
+    save_tensors(mg.runs.moments_path(run_dir, 0), {f"opt.{k}.exp_avg": -v.float() for k, v in g.items()}
                  | {f"opt.{k}.exp_avg_sq": (v * v).float() for k, v in g.items()})
     assert dy.momentum_alignment(run, 0) == pytest.approx(-1.0, abs=1e-5)

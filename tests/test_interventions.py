@@ -35,7 +35,7 @@ def grokked(grokked_run):
 
 @pytest.fixture(scope="module")
 def tiny4(tmp_path_factory):
-    return mg.train.train(tiny_cfg(n_layers=4), tmp_path_factory.mktemp("t4") / "run", progress=False, figure=False)
+    return mg.train(tiny_cfg(n_layers=4), tmp_path_factory.mktemp("t4") / "run", progress=False)
 
 
 # --- frequency ablation ----------------------------------------------------------------------
@@ -284,8 +284,8 @@ def test_intervention_errors(tiny4, grokked):
 def test_continuing_with_carried_optimizer_replays_the_run(tmp_path):
     # the step count, warm-up, minibatch order and AdamW moments all carry over, so training
     # 20 steps and continuing 10 is the same as training 30
-    short = mg.train.train(tiny_cfg(steps=20, warmup_steps=5), tmp_path / "short", progress=False, figure=False)
-    full = mg.train.train(tiny_cfg(steps=30, warmup_steps=5), tmp_path / "full", progress=False, figure=False)
+    short = mg.train(tiny_cfg(steps=20, warmup_steps=5), tmp_path / "short", progress=False)
+    full = mg.train(tiny_cfg(steps=30, warmup_steps=5), tmp_path / "full", progress=False)
     carried = iv.continue_training(short, 20, 10, out=tmp_path / "carry", optimizer="carry")
     fresh = iv.continue_training(short, 20, 10, out=tmp_path / "fresh")
     target = full.params(30)

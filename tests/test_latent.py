@@ -99,13 +99,13 @@ def _tiny(seed: int, steps: int = 60, every: int = 10):
 
 @pytest.fixture(scope="session")
 def tiny_population(tmp_path_factory):
-    from mechgrok.train import train
+    from mechgrok.trainer import train
 
     root = tmp_path_factory.mktemp("latent_pop")
     for s in range(4):
-        train(_tiny(s), root / "pop" / f"seed{s}", progress=False, figure=False)
-    train(_tiny(9, steps=60, every=20), root / "few", progress=False, figure=False)
-    train(_tiny(8, steps=60, every=12), root / "other_spacing", progress=False, figure=False)
+        train(_tiny(s), root / "pop" / f"seed{s}", progress=False)
+    train(_tiny(9, steps=60, every=20), root / "few", progress=False)
+    train(_tiny(8, steps=60, every=12), root / "other_spacing", progress=False)
     return root
 
 

@@ -20,7 +20,8 @@ from mechgrok import population as popm
 from mechgrok.cli import app
 from mechgrok.population import SweepConfig, load_population, plan_chunks, read_manifest, run_sweep
 from mechgrok.presets import configure
-from mechgrok.runs import METRIC_COLUMNS, write_json, write_metrics
+from mechgrok.files import write_json
+from mechgrok.runs import METRIC_COLUMNS, write_metrics
 
 # a member trains in well under a second: a+b mod 11 on a 16-wide model, 30 full-batch steps
 TINY = dict(p=11, frac=0.6, d_model=16, n_heads=2, d_head=8, d_mlp=32, steps=30, lr=3e-3, warmup_steps=0,
@@ -97,7 +98,7 @@ def test_sweep_member_is_the_solo_run_of_its_settings(local_sweep, tmp_path):
     base = configure("demo", **TINY)
     cfg = replace(base, task=replace(base.task, seed=1), model=replace(base.model, seed=1),
                   train=replace(base.train, seed=1, betas=(0.9, base.train.betas[1])))
-    solo = mg.train.train(cfg, tmp_path / "solo", progress=False, figure=False).metrics
+    solo = mg.train(cfg, tmp_path / "solo", progress=False).metrics
     member = local_sweep.run("beta1=0.9_seed=1")
     assert member.config == cfg
     # ensembles batch the same float ops differently: equal to float32 rounding, not bit for bit
@@ -116,7 +117,7 @@ def test_both_gradient_paths_of_an_ensemble_train_each_member_as_its_solo_run(ve
     members = mg.ensemble.train_ensemble(cfgs, [tmp_path / f"m{i}" for i in range(2)], progress=False,
                                          vectorize=vectorize)
     for i, (cfg, member) in enumerate(zip(cfgs, members)):
-        solo = mg.train_run(cfg, tmp_path / f"solo{i}", progress=False).metrics
+        solo = mg.train(cfg, tmp_path / f"solo{i}", progress=False).metrics
         np.testing.assert_allclose(member.metrics[METRIC_COLUMNS].to_numpy(), solo[METRIC_COLUMNS].to_numpy(),
                                    rtol=2e-4, atol=1e-6)
         assert member.metrics["train_loss"].iloc[-1] < 0.97 * solo["train_loss"].iloc[0], "the curves are of training"
@@ -128,17 +129,17 @@ def test_ensemble_started_from_checkpoints_with_their_moments_continues_as_the_s
     base = configure("demo", **TINY)
     cfgs = [replace(base, task=replace(base.task, seed=s), model=replace(base.model, seed=s),
                     train=replace(base.train, seed=s, steps=20)) for s in (0, 1)]
-    first = [mg.train_run(c, tmp_path / f"first{i}", progress=False) for i, c in enumerate(cfgs)]
+    first = [mg.train(c, tmp_path / f"first{i}", progress=False) for i, c in enumerate(cfgs)]
     states = [read_resume_state(r.path) for r in first]  # step 20: weights and AdamW moments
     longer = [replace(c, train=replace(c.train, steps=40)) for c in cfgs]
     members = mg.ensemble.train_ensemble(longer, [tmp_path / f"m{i}" for i in range(2)], progress=False, init=states)
     for i, (c, st, member) in enumerate(zip(longer, states, members)):
-        solo = mg.train_run(c, tmp_path / f"solo{i}", progress=False, init=st.params, start_step=20,
+        solo = mg.train(c, tmp_path / f"solo{i}", progress=False, init=st.params, start_step=20,
                             init_opt_state=st.optimizer).metrics
         assert member.metrics["step"].tolist() == solo["step"].tolist() == [20, 30, 40]
         np.testing.assert_allclose(member.metrics[METRIC_COLUMNS].to_numpy(), solo[METRIC_COLUMNS].to_numpy(),
                                    rtol=2e-4, atol=1e-6)
-    uninterrupted = mg.train_run(longer[0], tmp_path / "whole", progress=False).metrics.set_index("step")
+    uninterrupted = mg.train(longer[0], tmp_path / "whole", progress=False).metrics.set_index("step")
     assert members[0].metrics.set_index("step").loc[40, "train_loss"] == pytest.approx(
         uninterrupted.loc[40, "train_loss"], rel=2e-4), "the moments were carried, not reset"
     with pytest.raises(ValueError, match="same step"):
@@ -320,7 +321,7 @@ def test_ensemble_killed_with_sigkill_and_resumed_ends_bit_identical(tmp_path):
     import subprocess
     import time
 
-    from mechgrok.runs import read_tensors
+    from mechgrok.files import read_tensors
 
     cmd, env = _sweep_cli("--out", tmp_path / "whole", *KILL_ARGS)
     subprocess.run(cmd, env=env, check=True, capture_output=True)
@@ -363,7 +364,7 @@ def test_probed_sweep_members_write_the_dynamics_rows_their_solo_runs_write(tmp_
     factory, every = dynamics.probe_from_spec("every=10,measures=hessian+agreement+momentum")
     for i in pop.ids:
         member = pop.run(i)
-        solo = mg.train_run(member.config, tmp_path / f"solo_{i}", progress=False, probe=factory(member.config),
+        solo = mg.train(member.config, tmp_path / f"solo_{i}", progress=False, probe=factory(member.config),
                             probe_every=every)
         a, b = pd.read_csv(member.path / "dynamics.csv"), pd.read_csv(solo.path / "dynamics.csv")
         assert a["step"].tolist() == b["step"].tolist() == [10, 20, 30]

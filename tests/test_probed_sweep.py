@@ -13,7 +13,8 @@ from mechgrok.cli import app
 from mechgrok.ensemble import train_ensemble
 from mechgrok.population import SweepConfig, run_sweep
 from mechgrok.presets import configure
-from mechgrok.runs import moments_path, read_resume_state, read_tensors
+from mechgrok.files import read_tensors
+from mechgrok.runs import moments_path, read_resume_state
 
 # a member trains in well under a second: a+b mod 11 on a 16-wide model, 30 full-batch steps
 TINY = dict(p=11, frac=0.6, d_model=16, n_heads=2, d_head=8, d_mlp=32, steps=30, lr=3e-3, warmup_steps=0,
@@ -48,7 +49,7 @@ def test_ensemble_members_keep_moments_equal_to_their_resume_state_and_to_the_so
             assert torch.equal(kept[f"opt.{name}.exp_avg_sq"], st["exp_avg_sq"])
         # second path: the solo trainer's torch.optim.AdamW, same config; members round differently
         # in the last bit (ensemble.py's docstring), which ten steps of Adam leave near 1e-4 relative
-        solo = mg.train_run(cfg, tmp_path / f"solo_{member.path.name}", progress=False)
+        solo = mg.train(cfg, tmp_path / f"solo_{member.path.name}", progress=False)
         for step in (10, 20, 30):
             a, b = read_tensors(moments_path(member.path, step)), read_tensors(moments_path(solo.path, step))
             assert sorted(a) == sorted(b)

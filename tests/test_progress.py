@@ -179,7 +179,7 @@ def test_restricted_loss_at_the_neurons_is_the_tl_demos_definition_and_drops_the
     assert progress.restricted_loss(params, task, freqs, level="neurons", cfg=cfg) == pytest.approx(expected, rel=1e-5)
     # letting the per-example direct path through (the old hook) is a different, higher number here
     leaky = progress.hooked_logits(tl, task, [("blocks.0.mlp.hook_post", _keep(task, freqs))])
-    leaky_loss = mg.model.split_metrics(leaky, task, ("test",))["test_loss"]
+    leaky_loss = mg.evaluation.split_metrics(leaky, task, ("test",))["test_loss"]
     assert leaky_loss - got > 0.1  # 0.17 here: the direct path carries non-key content
 
 
@@ -309,5 +309,5 @@ def test_markdown_table_and_provenance_for_analyses():
     md = mg.plots.markdown_table([{"seed": 0, "grokked": None, "loss": 0.000123456}, {"seed": 1, "grokked": 250, "loss": 2.0}],
                                  columns=["seed", "grokked", "loss"])
     assert md.splitlines() == ["| seed | grokked | loss |", "|---|---|---|", "| 0 | - | 0.000123 |", "| 1 | 250 | 2 |"]
-    prov = mg.runs.provenance()
+    prov = mg.provenance.provenance()
     assert prov["torch"] == torch.__version__ and prov["torch_threads"] == torch.get_num_threads()

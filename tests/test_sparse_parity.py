@@ -102,7 +102,7 @@ def test_the_n_bits_error_above_20_says_that_n_samples_lifts_the_limit():
 def _tiny_run(task_cfg, out):
     cfg = mg.RunConfig(task=task_cfg, model=SMALL_MODEL,
                        train=mg.TrainConfig(steps=4, lr=1e-3, eval_every=2, checkpoint_every=4, device="cpu"))
-    return cfg, mg.train_run(cfg, out, progress=False)
+    return cfg, mg.train(cfg, out, progress=False)
 
 
 def test_a_sampled_config_round_trips_through_config_json(tmp_path):

@@ -102,7 +102,7 @@ def test_measures_honour_an_explicit_split():
     logits = mg.forward(params, cfg, given.inputs).double()
     by_hand = -logits.log_softmax(-1)[seeded.test_idx[:40], given.labels[seeded.test_idx[:40]]].mean()
     assert progress.excluded_loss(params, given, [], cfg=cfg) == pytest.approx(float(by_hand), rel=1e-9)
-    m = mg.model.split_metrics(logits, given)
+    m = mg.evaluation.split_metrics(logits, given)
     rest = torch.tensor([i for i in range(121) if i not in set(seeded.test_idx[:40].tolist())])
     assert m["test_loss"] == pytest.approx(float(-logits.log_softmax(-1)[rest, given.labels[rest]].mean()), rel=1e-9)
 

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 import mechgrok as mg
-from mechgrok.runs import checkpoint_path, read_tensors, save_tensors
-from mechgrok.train import TrainingDiverged, batch_indices, lr_at, train
+from mechgrok.files import read_tensors, save_tensors
+from mechgrok.runs import checkpoint_path
+from mechgrok.schedule import batch_indices, lr_at
+from mechgrok.trainer import TrainingDiverged, train
 
 
 def _same_params(a, b):
@@ -21,14 +23,14 @@ def _same_params(a, b):
 
 
 def test_training_is_deterministic_for_a_seed(tiny_cfg, tmp_path):
-    r1 = train(tiny_cfg, tmp_path / "a", progress=False, figure=False)
-    r2 = train(tiny_cfg, tmp_path / "b", progress=False, figure=False)
+    r1 = train(tiny_cfg, tmp_path / "a", progress=False)
+    r2 = train(tiny_cfg, tmp_path / "b", progress=False)
     assert _same_params(r1.params(), r2.params())
     assert r1.metrics.equals(r2.metrics)
 
 
 def test_run_directory_loads_back_with_checkpoints_metrics_and_tl_model(tiny_cfg, tmp_path):
-    run = train(tiny_cfg, tmp_path / "run", progress=False, figure=False)
+    run = train(tiny_cfg, tmp_path / "run", progress=False)
     run = mg.load_run(tmp_path / "run")
     assert run.steps == [0, 20, 40, 60]
     assert list(run.metrics.columns[:5]) == ["step", "train_loss", "test_loss", "train_acc", "test_acc"]
@@ -46,13 +48,13 @@ def test_run_directory_loads_back_with_checkpoints_metrics_and_tl_model(tiny_cfg
 
 
 def test_missing_step_lists_nearby_checkpoints(tiny_cfg, tmp_path):
-    run = train(tiny_cfg, tmp_path / "run", progress=False, figure=False)
+    run = train(tiny_cfg, tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match=r"no checkpoint at step 25.*nearest: \[0, 20, 40\]"):
         run.params(25)
 
 
 def test_truncated_checkpoint_fails_naming_the_file(tiny_cfg, tmp_path):
-    run = train(tiny_cfg, tmp_path / "run", progress=False, figure=False)
+    run = train(tiny_cfg, tmp_path / "run", progress=False)
     f = checkpoint_path(run.path, 20)
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(ValueError, match=r"step_0000020\.safetensors.*truncated"):
@@ -60,7 +62,7 @@ def test_truncated_checkpoint_fails_naming_the_file(tiny_cfg, tmp_path):
 
 
 def test_checkpoint_with_wrong_shape_fails_naming_file_and_key(tiny_cfg, tmp_path):
-    run = train(tiny_cfg, tmp_path / "run", progress=False, figure=False)
+    run = train(tiny_cfg, tmp_path / "run", progress=False)
     params = run.params(40)
     params["unembed.W_U"] = torch.zeros(32, 24)
     save_tensors(checkpoint_path(run.path, 40), params)
@@ -71,14 +73,14 @@ def test_checkpoint_with_wrong_shape_fails_naming_file_and_key(tiny_cfg, tmp_pat
 def test_nonfinite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path):
     cfg = replace(tiny_cfg, train=replace(tiny_cfg.train, lr=1e6, warmup_steps=0))
     with pytest.raises(TrainingDiverged, match=r"last good checkpoint is step \d+"):
-        train(cfg, tmp_path / "run", progress=False, figure=False)
+        train(cfg, tmp_path / "run", progress=False)
     run = mg.load_run(tmp_path / "run")
     assert run.steps and all(torch.isfinite(v).all() for v in run.params().values())
 
 
 def test_frozen_parameters_do_not_move(tiny_cfg, tmp_path):
     cfg = replace(tiny_cfg, train=replace(tiny_cfg.train, frozen=("blocks.0.attn.*", "embed.W_E")))
-    run = train(cfg, tmp_path / "run", progress=False, figure=False)
+    run = train(cfg, tmp_path / "run", progress=False)
     first, last = run.params(0), run.params()
     for k in first:
         frozen = k.startswith("blocks.0.attn.") or k == "embed.W_E"
@@ -100,9 +102,9 @@ def test_warmup_is_linear_then_constant():
 
 
 def test_refuses_to_overwrite_a_run(tiny_cfg, tmp_path):
-    train(tiny_cfg, tmp_path / "run", progress=False, figure=False)
+    train(tiny_cfg, tmp_path / "run", progress=False)
     with pytest.raises(FileExistsError, match="--resume"):
-        train(tiny_cfg, tmp_path / "run", progress=False, figure=False)
+        train(tiny_cfg, tmp_path / "run", progress=False)
 
 
 def test_run_writes_a_training_curve_and_degrades_to_html_without_a_browser(tiny_cfg, tmp_path, monkeypatch):
@@ -112,8 +114,10 @@ def test_run_writes_a_training_curve_and_degrades_to_html_without_a_browser(tiny
         raise RuntimeError("Kaleido requires Google Chrome to be installed")
 
     monkeypatch.setattr(go.Figure, "write_image", no_browser)
+    run = train(tiny_cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "training_curve.html").exists(), "the trainer draws nothing"
     with pytest.warns(UserWarning, match="PNG export skipped"):
-        train(tiny_cfg, tmp_path / "run", progress=False)
+        mg.draw_figures(run, analysis=False)
     assert (tmp_path / "run" / "training_curve.html").stat().st_size > 1000
     assert not (tmp_path / "run" / "training_curve.png").exists()
 
@@ -156,7 +160,7 @@ def test_run_killed_with_sigkill_and_resumed_ends_bit_identical(tmp_path):
 
 
 def test_legacy_hookedtransformer_state_dict_loads_with_weights_only(tiny_cfg, tmp_path):
-    run = train(tiny_cfg, tmp_path / "run", progress=False, figure=False)
+    run = train(tiny_cfg, tmp_path / "run", progress=False)
     sd = run.params()
     legacy = dict(sd, **{"blocks.0.attn.mask": torch.ones(3, 3).tril().bool(), "blocks.0.attn.IGNORE": torch.tensor(-1e5)})
     torch.save(legacy, tmp_path / "legacy.pth")
@@ -187,14 +191,14 @@ def test_loss_fn_maps_over_stacked_models_with_vmap():
     # The capability that trains many seeds at once stacks parameter dicts and vmaps the step.
     from torch.func import grad, vmap
 
-    from mechgrok.train import loss_fn
+    from mechgrok.trainer import loss_fn
 
     task = mg.make_task("add", p=13, frac=0.5)
     cfgs = [mg.ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32, seed=s).resolve(task) for s in (0, 1, 2)]
     ps = [mg.init_params(c) for c in cfgs]
     stacked = {k: torch.stack([p[k] for p in ps]) for k in ps[0]}
     x, y = task.train_inputs, task.train_labels
-    loss = lambda P: loss_fn(P, cfgs[0], x, y)[0]  # noqa: E731
+    loss = lambda P: loss_fn(P, cfgs[0], x, y)  # noqa: E731
     batched = vmap(grad(loss))(stacked)
     for i, p in enumerate(ps):
         single = grad(loss)(p)
@@ -207,9 +211,9 @@ def test_loss_fn_maps_over_stacked_models_with_vmap():
 
 def test_resume_with_more_steps_extends_a_finished_run_bit_identically(tiny_cfg, tmp_path):
     longer = replace(tiny_cfg, train=replace(tiny_cfg.train, steps=100))
-    whole = mg.train_run(longer, tmp_path / "whole", progress=False)
-    mg.train_run(tiny_cfg, tmp_path / "ext", progress=False)  # finished at 60
-    extended = mg.resume_run(tmp_path / "ext", longer, progress=False)
+    whole = mg.train(longer, tmp_path / "whole", progress=False)
+    mg.train(tiny_cfg, tmp_path / "ext", progress=False)  # finished at 60
+    extended = mg.resume(tmp_path / "ext", longer, progress=False)
     assert extended.config.train.steps == 100 and mg.load_run(tmp_path / "ext").config == longer
     assert extended.steps == whole.steps == [0, 20, 40, 60, 80, 100]
     assert _same_params(whole.params(), extended.params())
@@ -217,7 +221,7 @@ def test_resume_with_more_steps_extends_a_finished_run_bit_identically(tiny_cfg,
 
 
 def test_resume_refuses_any_other_changed_setting_naming_the_field(tiny_cfg):
-    from mechgrok.train import resume_config
+    from mechgrok.trainer import resume_config
 
     for changed, field in [(replace(tiny_cfg, train=replace(tiny_cfg.train, lr=1e-2)), "train.lr"),
                            (replace(tiny_cfg, task=replace(tiny_cfg.task, p=29)), "task.p"),
@@ -234,15 +238,15 @@ def test_refuses_out_that_is_a_nonempty_directory_but_not_a_run(tiny_cfg, tmp_pa
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("user's file")
     with pytest.raises(FileExistsError, match="not an empty directory or a mechgrok run"):
-        mg.train_run(tiny_cfg, tmp_path / "mine", progress=False)
+        mg.train(tiny_cfg, tmp_path / "mine", progress=False)
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
     (tmp_path / "empty").mkdir()  # an empty directory is fine
-    assert mg.train_run(tiny_cfg, tmp_path / "empty", progress=False).steps[-1] == 60
+    assert mg.train(tiny_cfg, tmp_path / "empty", progress=False).steps[-1] == 60
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
 def test_run_files_are_written_with_the_users_umask(tmp_path, umask):
-    from mechgrok.runs import write_json
+    from mechgrok.files import write_json
 
     old = os.umask(umask)
     try:
@@ -263,7 +267,7 @@ def test_probe_rows_go_to_dynamics_csv_and_survive_resume(tiny_cfg, tmp_path):
         return {"w_sq": float(sum((v.detach().double() ** 2).sum() for v in params.values())),
                 "m_sq": float(sum((m.double() ** 2).sum() for m in exp_avg.values()))}
 
-    run = mg.train_run(tiny_cfg, tmp_path / "a", progress=False, probe=probe, probe_every=10)
+    run = mg.train(tiny_cfg, tmp_path / "a", progress=False, probe=probe, probe_every=10)
     dyn = pd.read_csv(tmp_path / "a" / "dynamics.csv")
     assert dyn["step"].tolist() == [10, 20, 30, 40, 50, 60]
     # against the files written independently of the probe: the checkpoint and AdamW's moments
@@ -273,13 +277,13 @@ def test_probe_rows_go_to_dynamics_csv_and_survive_resume(tiny_cfg, tmp_path):
     assert dyn.loc[dyn.step == 60, "m_sq"].item() == pytest.approx(sum(float((s["exp_avg"].double() ** 2).sum()) for s in m.values()), rel=1e-9)
     # stopped at 40 and resumed to 60: the same rows as the uninterrupted run
     short = replace(tiny_cfg, train=replace(tiny_cfg.train, steps=40))
-    mg.train_run(short, tmp_path / "b", progress=False, probe=probe, probe_every=10)
-    mg.resume_run(tmp_path / "b", tiny_cfg, progress=False, probe=probe, probe_every=10)
+    mg.train(short, tmp_path / "b", progress=False, probe=probe, probe_every=10)
+    mg.resume(tmp_path / "b", tiny_cfg, progress=False, probe=probe, probe_every=10)
     assert pd.read_csv(tmp_path / "b" / "dynamics.csv").equals(dyn)
 
 
 def test_grokfast_ema_filter_is_the_closed_form_of_its_recursion():
-    from mechgrok.train import GradientFilter
+    from mechgrok.grokfast import GradientFilter
 
     g = [torch.randn(3, 2, generator=torch.Generator().manual_seed(t)) for t in range(6)]
     alpha, lam = 0.9, 2.0
@@ -292,7 +296,7 @@ def test_grokfast_ema_filter_is_the_closed_form_of_its_recursion():
 
 
 def test_grokfast_ma_filter_adds_the_window_mean_once_full_and_resumes_exactly():
-    from mechgrok.train import GradientFilter
+    from mechgrok.grokfast import GradientFilter
 
     g = [torch.full((2,), float(t)) for t in range(1, 9)]  # gradients 1, 2, ..., 8
     f = GradientFilter("ma", lam=5.0, window=3)
@@ -314,7 +318,7 @@ def test_kept_moments_are_adams_state_at_each_checkpoint(tiny_cfg, tmp_path):
 
     cfg = replace(tiny_cfg, train=replace(tiny_cfg.train, keep_moments=True))
     probe = dynamics.make_probe(cfg, measures=("momentum",))
-    run = mg.train_run(cfg, tmp_path / "r", progress=False, probe=probe, probe_every=tiny_cfg.train.checkpoint_every)
+    run = mg.train(cfg, tmp_path / "r", progress=False, probe=probe, probe_every=tiny_cfg.train.checkpoint_every)
     assert not moments_path(run.path, 0).exists(), "no AdamW state exists before the first step"
     dyn = pd.read_csv(run.path / "dynamics.csv").set_index("step")
     later = [s for s in run.steps if s > 0]

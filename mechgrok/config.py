@@ -1,0 +1,132 @@
+"""The settings of a run: what to learn (``tasks.TaskConfig``), the model
+(``model.ModelConfig``) and how to optimise (``TrainConfig``), together a ``RunConfig``, which
+is what ``config.json`` stores. Each is validated at construction, so a mistake fails in one
+line naming the field before anything is allocated or written."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .grokfast import MODES as GROKFAST_MODES
+from .model import ModelConfig
+from .optim import check_optimizer
+from .tasks import TaskConfig
+
+# --- configs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to optimise. Validated at construction."""
+
+    steps: int = 3000
+    lr: float = 1e-3
+    weight_decay: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    # one of optim.OPTIMIZERS; its other arguments (optim.OPTIMIZER_ARGS) in optimizer_args,
+    # given as a dict and kept as sorted (key, value) pairs so the config stays hashable
+    optimizer: str = "adamw"
+    optimizer_args: tuple[tuple[str, object], ...] = ()
+    warmup_steps: int = 10
+    batch_size: int | None = None  # None: full batch
+    eval_every: int = 10
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    # fnmatch patterns over parameter names kept fixed (e.g. "blocks.*.attn.b_*"); frozen
+    # parameters stay out of the optimiser, so weight decay does not touch them either.
+    frozen: tuple[str, ...] = ()
+    # Grokfast gradient filter between backward and step (Lee et al. 2024, grokfast.py):
+    # "ema": e <- alpha e + (1 - alpha) g, g <- g + lambda e; "ma": g <- g + lambda mean(last
+    # `window` gradients) once the window is full. lambda None: 2 for ema, 5 for ma.
+    grokfast: str = "none"
+    grokfast_alpha: float = 0.98
+    grokfast_lambda: float | None = None
+    grokfast_window: int = 100
+    # Stop this many evaluations after the first one with test accuracy above
+    # milestones.GROKKED_TEST_ACC (None: train to `steps`); for sweeps that need transition metrics.
+    stop_after_grok: int | None = None
+    # Also write the optimizer's state at every checkpoint (checkpoints/moments_{step:07d}.safetensors),
+    # for measures that need the optimizer state after training (dynamics.momentum_alignment) and
+    # for interventions that carry it from a checkpoint other than the last.
+    keep_moments: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "frozen", tuple(self.frozen))
+        args = self.optimizer_args
+        if isinstance(args, dict):
+            args = args.items()
+        try:
+            args = dict((str(k), v) for k, v in args)
+        except (TypeError, ValueError):
+            raise ValueError(f"TrainConfig.optimizer_args must be a dict of argument: value, got {self.optimizer_args!r}") from None
+        check_optimizer(self.optimizer, args)
+        object.__setattr__(self, "optimizer_args", tuple(sorted(args.items())))
+        for name in ("steps", "eval_every", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"TrainConfig.batch_size must be >= 1 or None (full batch), got {self.batch_size}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"TrainConfig.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.grokfast not in GROKFAST_MODES:
+            raise ValueError(f"TrainConfig.grokfast must be one of {GROKFAST_MODES}, got {self.grokfast!r}")
+        if not 0 <= self.grokfast_alpha < 1:
+            raise ValueError(f"TrainConfig.grokfast_alpha must be in [0, 1), got {self.grokfast_alpha}")
+        if self.grokfast_lambda is None and self.grokfast != "none":
+            object.__setattr__(self, "grokfast_lambda", {"ema": 2.0, "ma": 5.0}[self.grokfast])
+        if self.grokfast_lambda is not None and self.grokfast_lambda < 0:
+            raise ValueError(f"TrainConfig.grokfast_lambda must be >= 0, got {self.grokfast_lambda}")
+        if int(self.grokfast_window) < 1:
+            raise ValueError(f"TrainConfig.grokfast_window must be >= 1, got {self.grokfast_window}")
+        if not isinstance(self.keep_moments, bool):
+            raise ValueError(f"TrainConfig.keep_moments must be true or false, got {self.keep_moments!r}")
+        if self.stop_after_grok is not None and int(self.stop_after_grok) < 0:
+            raise ValueError(f"TrainConfig.stop_after_grok must be >= 0 or None, got {self.stop_after_grok}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str | None = None
+
+    def to_dict(self) -> dict:
+        train = asdict(self.train) | {"optimizer_args": dict(self.train.optimizer_args)}
+        return {"task": asdict(self.task), "model": asdict(self.model), "train": train, "preset": self.preset}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        def build(klass, values):
+            known = {f.name for f in fields(klass)}
+            unknown = set(values) - known
+            if unknown:
+                raise ValueError(f"{klass.__name__}: unknown field(s) {sorted(unknown)}; "
+                                 f"allowed: {sorted(known)}")
+            return klass(**values)
+
+        return cls(task=build(TaskConfig, d.get("task", {})), model=build(ModelConfig, d.get("model", {})),
+                   train=build(TrainConfig, d.get("train", {})), preset=d.get("preset"))
+
+
+def resolve_device(device: str):
+    """The torch device of ``TrainConfig.device`` ("auto": CUDA when torch sees a GPU)."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was requested but torch sees no CUDA GPU "
+                           f"(torch {torch.__version__}); use --device cpu")
+    return torch.device(device)
+

@@ -1,0 +1,112 @@
+"""Every file mechgrok writes goes through here: atomic replacement for whole files, fsynced
+appends for logs, and safetensors for tensors.
+
+A whole file is written to a temp file in the same directory, fsynced, then renamed over the
+target: a reader (or a resume after SIGKILL) sees the old file or the new one, never half of
+one, and a full disk leaves the old file as it was. An append-only log (JSON lines) is appended
+and fsynced line by line; a line cut short by a crash is reported and skipped when read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` to fill a temp file, then put it in place of ``path`` at once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:
+        write(tmp)
+        # The mode open() would give (0666 less the umask): collaborators on a shared filesystem
+        # read checkpoints as they read figures. (Writers such as safetensors may replace the
+        # temp file with a 0600 one of their own, so the mode is set after writing.)
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    def w(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    return atomic_write(path, w)
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_csv(path: str | os.PathLike, table: pd.DataFrame, float_format: str = "%.9g", **kw) -> Path:
+    """``table.to_csv`` through the atomic writer (``index=False`` unless ``index_label`` is given)."""
+    kw.setdefault("index", "index_label" in kw)
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, float_format=float_format, **kw))
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
+
+
+def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read checkpoint ({e}); the file may be truncated or "
+                         f"not a safetensors file") from e
+
+
+# --- append-only logs (JSON lines) -----------------------------------------------------------
+
+
+def append_jsonl(path: str | os.PathLike, records: list[dict]):
+    """Append one JSON line per record and fsync, so a finished record survives a crash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        for rec in records:
+            f.write(json.dumps(rec) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON-lines log; a line cut short by a crash (the last one) is skipped
+    with a warning naming the file."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}: line {i} is not complete JSON (a write cut short?); skipped", stacklevel=2)
+    return out

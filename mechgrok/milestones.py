@@ -1,0 +1,86 @@
+"""Milestones of a run, read from its evaluation rows (``metrics.csv``): when it memorised,
+when it grokked, and the stop rule built on them. The one definition every trainer, command,
+table and figure uses.
+
+Thresholds follow Kumar et al.'s transition metrics: memorised at the first evaluation with
+train accuracy above 0.99, grokked at the first with test accuracy above 0.9 (strictly above).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+MEMORISED_TRAIN_ACC = 0.99
+GROKKED_TEST_ACC = 0.90
+
+@dataclass(frozen=True)
+class Transitions:
+    """Seed 001's transition metrics of one run, read from its evaluation grid.
+
+    ``memorised_step``: first evaluation with train accuracy > ``MEMORISED_TRAIN_ACC`` (0.99);
+    ``grokked_step``: first with test accuracy > ``GROKKED_TEST_ACC`` (0.9); ``delay`` = grokked -
+    memorised (negative when a run generalises before it memorises); ``max_acceleration_step``:
+    where test accuracy's second derivative in steps is largest; ``final_gap``: train - test
+    accuracy at the last evaluation; ``grokked``: grokked within the run's budget. None where
+    the run does not show it."""
+
+    memorised_step: int | None
+    grokked_step: int | None
+    delay: int | None
+    max_acceleration_step: int | None
+    final_gap: float | None
+    grokked: bool
+    last_step: int | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _first(mask: np.ndarray, steps: np.ndarray) -> int | None:
+    hits = np.flatnonzero(mask)
+    return int(steps[hits[0]]) if len(hits) else None
+
+
+def max_acceleration_step(steps, values) -> int | None:
+    """Step where ``values``' second derivative with respect to the step is largest. Derivatives
+    are divided differences (slopes between evaluations, then slopes of those between interval
+    midpoints), so uneven evaluation spacing does not bias the argmax; on an even grid this is
+    the argmax of the second difference."""
+    s, v = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    if len(s) < 3:
+        return None
+    slope = np.diff(v) / np.diff(s)
+    mid = (s[:-1] + s[1:]) / 2
+    curvature = np.diff(slope) / np.diff(mid)
+    return int(s[1:-1][np.argmax(curvature)])
+
+
+def transition_metrics(metrics: pd.DataFrame, memorised_above: float = MEMORISED_TRAIN_ACC,
+                       grokked_above: float = GROKKED_TEST_ACC) -> Transitions:
+    """The transition metrics of a run's ``metrics.csv`` table (``run.metrics``: columns step,
+    train_acc, test_acc). The one definition every command and table uses."""
+    m = metrics.sort_values("step")
+    if not len(m):
+        return Transitions(None, None, None, None, None, False, None)
+    steps, train, test = m["step"].to_numpy(), m["train_acc"].to_numpy(), m["test_acc"].to_numpy()
+    mem, grok = _first(train > memorised_above, steps), _first(test > grokked_above, steps)
+    return Transitions(mem, grok, None if None in (mem, grok) else grok - mem, max_acceleration_step(steps, test),
+                       float(train[-1] - test[-1]), grok is not None, int(steps[-1]))
+
+
+def grokked_step(rows: Iterable[Mapping], above: float = GROKKED_TEST_ACC) -> int | None:
+    """Step of the first evaluation row with test accuracy above ``above`` (None: not yet)."""
+    return next((int(r["step"]) for r in rows if r["test_acc"] > above), None)
+
+
+def should_stop(rows: list[Mapping], stop_after_grok: int | None) -> bool:
+    """The stop rule: whether a run with these evaluation rows has had ``stop_after_grok``
+    evaluations since the first one with test accuracy above ``GROKKED_TEST_ACC``."""
+    if stop_after_grok is None:
+        return False
+    grok = next((i for i, r in enumerate(rows) if r["test_acc"] > GROKKED_TEST_ACC), None)
+    return grok is not None and len(rows) - 1 - grok >= stop_after_grok

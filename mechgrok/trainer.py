@@ -1,0 +1,237 @@
+"""The trainer: one run on the functional forward, with checkpoint series and exact resume.
+
+    run = mg.train(cfg, "runs/x")                 # a new run directory
+    run = mg.resume("runs/x")                     # continue it after a crash or a stop
+    run = mg.resume("runs/x", replace(cfg, train=replace(cfg.train, steps=8000)))  # extend it
+
+Its collaborators are passed in: the optimizer (``TrainConfig.optimizer``, or ``optimizer=``
+a factory, ``optim.py``), the loss (``loss=``, default the float64 cross-entropy of
+``model.per_example_loss``), a probe run during training (``probe=``), and the storage
+(``runs.RunWriter``). What a step does -- learning rate, minibatch, trainable parameters -- is
+``schedule.py``'s, shared with the ensemble trainer (``ensemble.py``); evaluation is
+``evaluation.py``'s; the stop rule is ``milestones.should_stop``. The trainer draws nothing.
+
+Determinism: the initial weights come from ``model.seed``, the split from ``task.seed``, the
+minibatch order from ``train.seed`` and the step number alone (no RNG state carried between
+steps), so a resumed run replays exactly what an uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .config import RunConfig, resolve_device
+from .evaluation import loss_and_accuracy_on
+from .files import write_json
+from .grokfast import GradientFilter
+from .milestones import should_stop
+from .model import ModelConfig, Params, forward, init_params, per_example_loss, weight_sq
+from .optim import OptimizerFactory, load_state_by_name, make_optimizer, set_lr, state_by_name
+from .runs import (METRIC_COLUMNS, ResumeState, Run, RunWriter, checkpoint_path, optimizer_state,
+                   read_resume_state)
+from .schedule import batch_indices, trainable_names, warmup_factor
+from .tasks import Task
+
+# probe(step, params, exp_avg) -> {column: value}: see train.
+Probe = Callable[[int, Params, "dict[str, Tensor] | None"], "dict[str, float]"]
+# loss(logits [batch, d_vocab_out], labels [batch]) -> scalar tensor to minimise
+Loss = Callable[[Tensor, Tensor], Tensor]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run directory keeps the last good checkpoint."""
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """The default loss: mean float64 cross-entropy (``model.per_example_loss``)."""
+    return per_example_loss(logits, labels).mean()
+
+
+def loss_fn(params: Params, cfg: ModelConfig, tokens, labels, loss: Loss = cross_entropy) -> Tensor:
+    """The training loss of the model on a batch: the whole of what one step differentiates."""
+    return loss(forward(params, cfg, tokens), labels)
+
+
+def _label(fn) -> str | None:
+    return None if fn is None else f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def train(cfg: RunConfig, out: str | Path, *, progress: bool = True, init: Params | None = None,
+          start_step: int = 0, init_opt_state=None, loss: Loss | None = None,
+          optimizer: OptimizerFactory | None = None, probe: Probe | None = None, probe_every: int = 100) -> Run:
+    """Train ``cfg`` into a new run directory ``out`` and return the loaded ``Run``.
+
+    ``init``: start from these weights instead of a fresh initialisation (interventions).
+    ``start_step``: with ``init``, the step those weights were taken at: training runs steps
+    ``start_step .. cfg.train.steps``, so warm-up and minibatch order continue where the source
+    run was. ``init_opt_state``: optimizer state to start from, by parameter name
+    (``runs.read_resume_state(d).optimizer``); entries of frozen names are ignored.
+
+    ``loss``: ``loss(logits, labels) -> scalar`` to minimise instead of the cross-entropy
+    (metrics.csv still reports the cross-entropy, so runs stay comparable).
+    ``optimizer``: a factory ``named_params -> torch.optim.Optimizer`` instead of the one
+    ``cfg.train.optimizer`` names (``optim.py``). A run trained with either records its name in
+    config.json, and resuming it needs the same one passed again.
+
+    ``probe``: ``probe(step, params, exp_avg) -> dict[str, float]``, called after the optimizer
+    step at every step divisible by ``probe_every`` (``step`` counts completed steps, so the
+    first call is at ``probe_every``), with the live parameter dict (trainable tensors have
+    ``requires_grad``; do not modify them in place, detach what you keep) and the optimizer's
+    first moment per trainable parameter name (``None`` when it keeps none). Each returned dict
+    becomes a row ``{"step": step, **values}`` of ``dynamics.csv`` in the run directory,
+    written at every checkpoint and kept across resume (rows after the resume step dropped).
+    """
+    out = Path(out)
+    if start_step and init is None:
+        raise ValueError("start_step needs init: the weights at that step")
+    if not 0 <= start_step < cfg.train.steps:
+        raise ValueError(f"start_step={start_step} must be in [0, steps={cfg.train.steps})")
+    if probe is not None and probe_every < 1:
+        raise ValueError(f"probe_every must be >= 1, got {probe_every}")
+    task = Task(cfg.task)
+    mcfg = cfg.model.resolve(task)
+    device = resolve_device(cfg.train.device)
+    params = {k: v.clone() for k, v in (init if init is not None else init_params(mcfg)).items()}
+    trainable_names(params, cfg.train.frozen)  # fail before anything is written
+    custom = {k: v for k, v in (("loss", _label(loss)), ("optimizer_factory", _label(optimizer))) if v}
+    writer = RunWriter.create(out, cfg, device, extra=custom)
+    opt_state = dict(init_opt_state or {})
+    if opt_state and not all(isinstance(v, dict) for v in opt_state.values()):
+        opt_state = optimizer_state(opt_state)  # the flat opt.<name>.<key> tensors of a resume file
+    state = ResumeState(start_step, params, opt_state)
+    return _train(cfg, task, writer, state, fresh=True, progress=progress, loss=loss, optimizer=optimizer,
+                  probe=probe, probe_every=probe_every)
+
+
+def resume_config(stored: RunConfig, asked: RunConfig) -> RunConfig:
+    """The config a resumed run continues with: ``stored``, with a larger ``train.steps`` (the
+    run is extended) or another ``train.device`` from ``asked``. Any other difference fails
+    with the field's name: a resumed run must stay the run it was."""
+    if asked.train.steps < stored.train.steps:
+        raise ValueError(f"cannot resume with train.steps={asked.train.steps}: the run was set to "
+                         f"{stored.train.steps} steps; give more to extend it")
+    for part in ("task", "model", "train"):
+        a, s = getattr(asked, part), getattr(stored, part)
+        for f in fields(s):
+            if f.name in ("steps", "device") and part == "train":
+                continue
+            if getattr(a, f.name) != getattr(s, f.name):
+                raise ValueError(f"cannot change {part}.{f.name} when resuming (the run has "
+                                 f"{getattr(s, f.name)!r}, asked {getattr(a, f.name)!r}); only "
+                                 f"train.steps may grow. Start a new run for other settings")
+    return replace(stored, train=replace(stored.train, steps=asked.train.steps, device=asked.train.device))
+
+
+def resume(out: str | Path, cfg: RunConfig | None = None, *, progress: bool = True, loss: Loss | None = None,
+           optimizer: OptimizerFactory | None = None, probe: Probe | None = None, probe_every: int = 100) -> Run:
+    """Continue the run in ``out`` from its resume state (its newest checkpoint). ``cfg``: the
+    settings asked for (``resume_config``: only more steps, or another device, are accepted);
+    with more steps a finished run is extended and its config.json updated. ``loss``,
+    ``optimizer``: the same ones the run was trained with, if it was trained with its own.
+    ``probe``: as in ``train`` (pass the same one to keep ``dynamics.csv`` consistent)."""
+    out = Path(out)
+    run = Run(out)
+    for key, given in (("loss", loss), ("optimizer_factory", optimizer)):
+        if run.meta.get(key) and given is None:
+            raise ValueError(f"{out} was trained with its own {key.split('_')[0]} ({run.meta[key]}): pass "
+                             f"{key.split('_')[0]}= to resume it")
+    if cfg is not None:
+        new = resume_config(run.config, cfg)
+        if new != run.config:
+            write_json(out / "config.json", run.meta | new.to_dict())
+        run = Run(out)
+    state = read_resume_state(out)
+    writer = RunWriter.reopen(out, state.step)
+    return _train(run.config, run.task, writer, state, fresh=False, progress=progress, loss=loss,
+                  optimizer=optimizer, probe=probe, probe_every=probe_every)
+
+
+def _train(cfg: RunConfig, task: Task, writer: RunWriter, state: ResumeState, fresh: bool, progress: bool,
+           loss: Loss | None, optimizer: OptimizerFactory | None, probe: Probe | None, probe_every: int) -> Run:
+    """Steps ``state.step .. cfg.train.steps`` from ``state``; ``fresh``: record and checkpoint
+    the starting point first."""
+    out, tcfg = writer.path, cfg.train
+    mcfg = cfg.model.resolve(task)
+    device = resolve_device(tcfg.device)
+    loss = cross_entropy if loss is None else loss
+    if probe is not None and probe_every < 1:
+        raise ValueError(f"probe_every must be >= 1, got {probe_every}")
+    params = {k: v.to(device) for k, v in state.params.items()}
+    names = trainable_names(params, tcfg.frozen)
+    for k, v in params.items():
+        v.requires_grad_(k in names)
+    opt = make_optimizer(params, names, tcfg, optimizer)
+    if state.optimizer:
+        load_state_by_name(opt, params, {k: v for k, v in state.optimizer.items() if k in names})
+    gfilter = GradientFilter.from_config(tcfg)
+    if gfilter is not None and state.grokfast:
+        gfilter.load(state.grokfast, device)
+
+    inputs, labels = task.inputs.to(device), task.labels.to(device)
+    train_x, train_y = inputs[task.train_idx.to(device)], labels[task.train_idx.to(device)]
+    test_x, test_y = inputs[task.test_idx.to(device)], labels[task.test_idx.to(device)]
+
+    def record(step: int) -> dict:
+        tr_loss, tr_acc = loss_and_accuracy_on(params, mcfg, train_x, train_y)
+        te_loss, te_acc = loss_and_accuracy_on(params, mcfg, test_x, test_y)
+        return writer.record(dict(zip(METRIC_COLUMNS, (step, tr_loss, te_loss, tr_acc, te_acc, weight_sq(params)))))
+
+    def checkpoint(step: int):
+        writer.checkpoint(ResumeState(step, params, state_by_name(opt, params),
+                                      gfilter.state_tensors() if gfilter is not None else {}))
+
+    start = state.step
+    if fresh:
+        record(start)
+        checkpoint(start)
+    last_good = start
+    stopped = should_stop(writer.rows, tcfg.stop_after_grok)
+    bar = tqdm(total=tcfg.steps, initial=start, disable=not progress, desc=out.name, unit="step",
+               dynamic_ncols=True, mininterval=0.5)
+    t0 = time.time()
+    for step in range(start, tcfg.steps if not stopped else start):
+        idx = batch_indices(step, len(train_y), tcfg.batch_size, tcfg.seed)
+        x, y = (train_x, train_y) if idx is None else (train_x[idx.to(device)], train_y[idx.to(device)])
+        set_lr(opt, warmup_factor(step, tcfg.warmup_steps))
+        value = loss_fn(params, mcfg, x, y, loss)
+        if not torch.isfinite(value):
+            bar.close()
+            raise TrainingDiverged(
+                f"loss became {value.item()} at step {step}: training stopped. The last good "
+                f"checkpoint is step {last_good} in {out} (resume.safetensors and "
+                f"{checkpoint_path(out, last_good).name}); try a lower lr or more warm-up.")
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        if gfilter is not None:
+            filtered = gfilter({k: params[k].grad for k in names})
+            for k in names:
+                params[k].grad = filtered[k]
+        opt.step()
+        done = step + 1
+        if probe is not None and done % probe_every == 0:
+            moments = state_by_name(opt, params)
+            exp_avg = {k: st["exp_avg"] for k, st in moments.items() if "exp_avg" in st} or None
+            writer.record_dynamics({"step": done} | dict(probe(done, params, exp_avg)))
+        stop = False
+        if done % tcfg.eval_every == 0 or done == tcfg.steps:
+            r = record(done)
+            bar.set_postfix(train_acc=f"{r['train_acc']:.3f}", test_acc=f"{r['test_acc']:.3f}",
+                            test_loss=f"{r['test_loss']:.2e}", refresh=False)
+            stop = should_stop(writer.rows, tcfg.stop_after_grok)
+        if done % tcfg.checkpoint_every == 0 or done == tcfg.steps or stop:
+            checkpoint(done)
+            last_good = done
+        bar.update(1)
+        if stop:
+            break
+    bar.close()
+    if progress and start < tcfg.steps and not stopped:
+        print(f"trained {bar.n - start} steps in {time.time() - t0:.1f} s on {device}")
+    return Run(out)
