@@ -150,7 +150,8 @@ def normalise_table(table) -> tuple[tuple[int, ...], ...]:
     or a one-line ValueError naming ``TaskConfig.table``: it must be square, n x n with
     2 <= n <= ``MAX_TABLE_N``, of integers in [0, n)."""
     if table is None:
-        raise ValueError("TaskConfig.table is required for op='table' (an n x n list of rows T[a][b])")
+        raise ValueError("TaskConfig.table is required for op='table' (an n x n list of rows T[a][b]; "
+                         "on the command line `--table FILE`)")
     if hasattr(table, "tolist"):  # numpy array or tensor
         table = table.tolist()
     if isinstance(table, (str, bytes)) or not isinstance(table, Sequence):
