@@ -27,6 +27,7 @@ import itertools
 import numbers
 from dataclasses import asdict, dataclass
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -79,7 +80,7 @@ class TaskConfig:
     data_seed: int = 0
     # op="table" only: the n x n operation table T[a, b] (ints in [0, n)); stored as a tuple of
     # tuples (lists, numpy arrays and tensors are accepted and normalised).
-    table: Sequence[Sequence[int]] | None = None
+    table: Any = None  # Any: normalised below from any nested sequence, array or tensor
 
     def __post_init__(self):
         op = OP_ALIASES.get(self.op, self.op)
