@@ -142,6 +142,27 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="run directory to crea
     _train_new(configure("demo", device=_value(device)), out, progress, png=png)
 
 
+def _table_settings(path: Optional[Path], op: Optional[str], p: Optional[int]) -> dict:
+    """--table FILE -> the task settings op="table", table=..., p=n (p is derived from the table)."""
+    if path is None:
+        return {}
+    if op not in (None, "table"):
+        raise ValueError(f"--table gives an operation table: it cannot be combined with --op {op}")
+    try:
+        rows = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--table {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--table {path}: not a JSON file ({e})") from None
+    from .tasks import normalise_table
+
+    try:
+        rows = normalise_table(rows)
+    except ValueError as e:
+        raise ValueError(f"--table {path}: {e}") from None
+    return {"op": "table", "table": rows, "p": len(rows) if p is None else p}
+
+
 @app.command()
 def train(
     out: Optional[Path] = typer.Option(None, help="run directory to create"),
@@ -157,6 +178,8 @@ def train(
                                             "instead of all 2^n_bits (needed above 20 bits)"),
     data_seed: Optional[int] = typer.Option(None, help="parity: seed of the n_samples draw (--seed leaves the "
                                             "table alone: it sets the split)"),
+    table: Optional[Path] = typer.Option(None, "--table", help="op table: a JSON file holding the n x n operation "
+                                         "table T[a][b] (a list of n rows of ints in [0, n)); implies --op table"),
     n_layers: Optional[int] = typer.Option(None),
     d_model: Optional[int] = typer.Option(None),
     n_heads: Optional[int] = typer.Option(None),
@@ -203,6 +226,7 @@ def train(
                     beta2=beta2, batch_size=batch_size, grokfast=_value(grokfast), grokfast_alpha=grokfast_alpha,
                     grokfast_lambda=grokfast_lambda, grokfast_window=grokfast_window,
                     stop_after_grok=stop_after_grok, keep_moments=keep_moments or None)
+    settings |= _table_settings(table, settings["op"], p)
     if resume is not None:
         if out is not None or preset is not None:
             raise ValueError("--resume continues the run in its own directory with its own settings: "
@@ -272,6 +296,17 @@ def analyze(run_dir: Path = typer.Argument(..., help="a run directory"),
                                      level=_value(level), basis=_value(basis), progress=progress, png=png)
     tr = ph.transitions
     typer.echo(f"run: {run.path}  ({run.task.describe()}, {len(table)} checkpoints)")
+    if table.attrs.get("fourier") is False:  # no Fourier basis: the generic measures only
+        last = table.iloc[-1]
+        typer.echo(f"note: {table.attrs['note']}; phases, key frequencies and the Fourier figures are skipped")
+        typer.echo(f"final: train loss {last['train_loss']:.3e}, test loss {last['test_loss']:.3e}, "
+                   f"train acc {last['train_acc']:.4f}, test acc {last['test_acc']:.4f}, "
+                   f"weight_sq {last['weight_sq']:.4g}")
+        typer.echo(f"memorised {tr.memorised_step}, grokked {tr.grokked_step}, delay {tr.delay} "
+                   f"(evaluation grid of metrics.csv)")
+        for f in written:
+            typer.echo(f"wrote {f}")
+        return
     typer.echo(f"key frequencies ({table.attrs['basis']} basis): {table.attrs['key_freqs']}")
     last = table.iloc[-1]
     typer.echo(f"final: train loss {last['train_loss']:.3e}, test loss {last['test_loss']:.3e}, "

@@ -33,6 +33,11 @@ Bases of a task (``basis=``)
   pairs with a = 0.
 * ``"auto"`` (the default everywhere): ``"dlog"`` for mul and div tasks, ``"add"`` otherwise.
 
+A table task (``op="table"``) has these measures only when its table is literally addition mod
+n (then in the additive basis); any other table -- a non-abelian group, a relabelled cyclic
+group, a non-group -- and parity are refused in one line by ``resolve_basis`` (every function
+here goes through it), pointing at ``mechgrok.progress.generic_measures``.
+
 The grid of a division task has columns b = 1 .. p-1 only (see ``mechgrok.tasks``). In the
 additive basis its missing b = 0 column is filled with zeros after centring (no variance
 there), so the 2D transform still runs over p x p points; in the dlog basis nothing is
@@ -59,7 +64,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .model import ModelConfig, Params, as_params, last_position_acts, layer_index
-from .tasks import Task
+from .tasks import Task, is_cyclic_add_table
 
 BASES = ("auto", "add", "dlog")
 KEY_RULES = ("neurons", "W_L", "embedding")
@@ -174,11 +179,35 @@ class Coords:
         return n_freqs(self.n)
 
 
+NON_FOURIER_HINT = ("use the non-Fourier measures (train/test loss and accuracy, weight norm, the weight "
+                    "statistics: mechgrok.progress.generic_measures, which `mechgrok analyze` writes for such a run)")
+
+
+def fourier_unsupported(task: Task, basis: str = "auto") -> str | None:
+    """Why the Fourier measures do not apply to ``task`` in ``basis`` (one line), or None when
+    they do. A table task is accepted only when it is literally addition mod n
+    (``tasks.is_cyclic_add_table``), and then in the additive basis only."""
+    if task.op == "table":
+        if is_cyclic_add_table(task.cfg.table):
+            if basis in ("auto", "add"):
+                return None
+            return (f"task {task.describe()} is addition mod {task.p}: only the add basis applies, "
+                    f"got basis {basis!r}")
+        return (f"Fourier measures need a cyclic group (add/sub/mul/div mod p); task {task.describe()} is not one: "
+                + NON_FOURIER_HINT)
+    if not task.is_modular:
+        return f"Fourier analysis needs a modular task, got {task.describe()}: " + NON_FOURIER_HINT
+    return None
+
+
 def resolve_basis(task: Task, basis: str = "auto") -> str:
+    """The basis ``"add"`` or ``"dlog"`` that ``basis`` names for ``task``; a one-line ValueError
+    for a task without one (parity, a table that is not addition mod n)."""
     if basis not in BASES:
         raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
-    if not task.is_modular:
-        raise ValueError(f"Fourier analysis needs a modular task, got {task.describe()}")
+    why = fourier_unsupported(task, basis)
+    if why is not None:
+        raise ValueError(why)
     if basis == "auto":
         return "dlog" if task.op in ("mul", "div") else "add"
     return basis
@@ -471,7 +500,7 @@ def spectrum_peaks(norms: Float[Tensor, " n_freq"], threshold: float = 0.25) -> 
 
 
 __all__ = ["fourier_basis", "freq_rows", "freq_index", "freq_norms", "n_freqs", "primitive_root", "Coords",
-           "coords", "resolve_basis", "example_index", "to_grid", "valid_frequencies", "check_frequencies",
+           "coords", "resolve_basis", "fourier_unsupported", "example_index", "to_grid", "valid_frequencies", "check_frequencies",
            "answer_directions", "FrequencyProjection", "PROJECTION_MODES", "W_L",
            "embedding_fourier", "W_L_fourier", "embedding_spectrum", "W_L_spectrum", "neuron_acts",
            "fourier_2d", "neuron_fourier", "frequency_shares", "NeuronFrequencies", "neuron_frequencies",

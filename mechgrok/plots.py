@@ -188,6 +188,19 @@ def gini_and_weight_norm(table: pd.DataFrame, phases: dict | None = None, title:
     return fig
 
 
+def weight_statistics(table: pd.DataFrame, columns=("weight_sq", "l2", "spectral", "var_w"),
+                      title: str = "weight statistics") -> go.Figure:
+    """One small panel per column of ``table`` (e.g. ``progress.generic_measures``) against step."""
+    columns = [c for c in columns if c in table]
+    fig = make_subplots(rows=1, cols=len(columns), subplot_titles=columns, horizontal_spacing=0.06)
+    for i, col in enumerate(columns, start=1):
+        fig.add_trace(go.Scatter(x=table["step"], y=table[col], name=col, line=dict(color=COLORS["other"]),
+                                 showlegend=False), row=1, col=i)
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(title=title, template="plotly_white", width=300 * len(columns) + 100, height=380)
+    return fig
+
+
 def spectrum_evolution(steps, norms, key_freqs=(), title: str = "embedding spectrum over training",
                        zlabel: str = "norm of W_E") -> go.Figure:
     """Heat map of a norm per frequency (rows k = 0 ..) at each step (columns). Each key

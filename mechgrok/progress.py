@@ -327,6 +327,7 @@ def measure_run(run, freqs=None, steps: list[int] | None = None, level: str = "l
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     _check_level(level)
     task, cfg = run.task, run.model_cfg
+    fourier.resolve_basis(task, basis)  # a task without a Fourier basis fails here, in one line
     steps = run.steps if steps is None else list(steps)
     if not steps:
         raise ValueError(f"{run.path}: no checkpoints to measure")
@@ -351,6 +352,57 @@ def measure_run(run, freqs=None, steps: list[int] | None = None, level: str = "l
     table = pd.DataFrame(rows)
     table.attrs.update(key_freqs=freqs, basis=fourier.resolve_basis(task, basis), level=level)
     return table
+
+
+# --- tasks without a Fourier basis ----------------------------------------------------------
+
+
+GENERIC_COLUMNS = ("train_loss", "test_loss", "train_acc", "test_acc", "weight_sq")
+
+
+@torch.no_grad()
+def generic_measures(run, steps: list[int] | None = None, progress: bool = True, device=None) -> pd.DataFrame:
+    """The measures that need no Fourier basis, at every checkpoint of ``run`` (or ``steps``):
+    ``step``, train/test loss and accuracy of a forward over every example, ``weight_sq`` (sum of
+    squared weights) and the 14 weight statistics of ``latent.weight_statistics``. Any task: a
+    table (``op="table"``), parity, or a modular one. ``table.attrs["fourier"]`` is whether the
+    Fourier measures (``measure_run``) apply; if not, ``attrs["note"]`` says why."""
+    from .latent import STATISTICS, weight_statistics
+
+    task, cfg = run.task, run.model_cfg
+    steps = run.steps if steps is None else list(steps)
+    if not steps:
+        raise ValueError(f"{run.path}: no checkpoints to measure")
+    rows, stats = [], []
+    for step in tqdm(steps, desc="measures", unit="ckpt", disable=not progress, dynamic_ncols=True):
+        params = run.params(step, device=device)
+        logits = forward(params, cfg, task.inputs.to(next(iter(params.values())).device))
+        rows.append({"step": step} | split_metrics(logits, task) | {"weight_sq": weight_sq(params)})
+        stats.append(weight_statistics({k: v.detach().cpu()[None] for k, v in params.items()}, cfg.n_layers))
+    table = pd.concat([pd.DataFrame(rows), pd.concat(stats, ignore_index=True)[list(STATISTICS)]], axis=1)
+    note = fourier.fourier_unsupported(task)
+    table.attrs.update(fourier=note is None, note=note)
+    return table
+
+
+def _analyze_generic(run, out, steps, progress: bool, png: bool) -> tuple[pd.DataFrame, "Phases", list]:
+    """``analyze_run`` for a task without a Fourier basis: ``progress.csv`` of
+    ``generic_measures`` and the figures that need no basis (losses, weight statistics); no
+    phases, key frequencies or Fourier figures (``table.attrs["note"]`` says why)."""
+    from . import plots
+
+    table = generic_measures(run, steps=steps, progress=progress)
+    written = [out / "progress.csv"]
+    table.to_csv(written[0], index=False, float_format="%.9g")
+    name = f"{run.path.name}: {run.task.describe()}"
+    figs = {"progress_losses": plots.progress_losses(table, None, f"{name}: train and test loss"),
+            "weight_statistics": plots.weight_statistics(table, ("weight_sq", "l2", "spectral", "var_w"),
+                                                         f"{name}: weight statistics")}
+    for stem, fig in figs.items():
+        written += plots.save_figure(fig, out / stem, png=png)
+    steps_done = table["step"].to_numpy()
+    ph = Phases(transition_metrics(run.metrics), None, None, None, int(steps_done[-1]))
+    return table, ph, written
 
 
 # --- phases --------------------------------------------------------------------------------
@@ -487,7 +539,12 @@ def analyze_run(run, out_dir=None, freqs: list[int] | None = None, steps: list[i
     frequencies), ``neurons.csv`` (the final checkpoint's neuron frequencies) and the figures
     ``progress_losses``, ``gini_weight_norm``, ``spectrum`` (final W_E), ``spectrum_W_L``,
     ``neuron_frequencies``, ``spectrum_evolution`` (HTML, and PNG unless ``png=False``).
-    Returns the table, its ``Phases`` and the paths written."""
+    Returns the table, its ``Phases`` and the paths written.
+
+    A task without a Fourier basis (a table that is not addition mod n, parity) gets the
+    non-Fourier measures instead (``generic_measures``) in ``progress.csv`` and the figures
+    ``progress_losses`` and ``weight_statistics``; its ``Phases`` carries the transition metrics
+    only (no boundaries), and ``table.attrs["note"]`` says what was skipped and why."""
     import json
     from pathlib import Path
 
@@ -496,6 +553,8 @@ def analyze_run(run, out_dir=None, freqs: list[int] | None = None, steps: list[i
     out = Path(out_dir or run.path)
     out.mkdir(parents=True, exist_ok=True)
     task, cfg = run.task, run.model_cfg
+    if basis in fourier.BASES and fourier.fourier_unsupported(task, basis) is not None and freqs is None:
+        return _analyze_generic(run, out, steps, progress, png)
     table = measure_run(run, freqs=freqs, steps=steps, level=level, basis=basis, key_rule=key_rule,
                         progress=progress)
     ph = phases(table, run.metrics)

@@ -10,12 +10,24 @@ Parity: the input is the ``n_bits`` bits followed by ``=`` (token id 2); the lab
 XOR of the bits (or of the first ``k`` bits for sparse parity). Up to ``MAX_PARITY_BITS`` the
 table holds every bit string; longer strings (Barak et al.'s and Hu et al.'s sparse parity has
 n = 40) are a table of ``n_samples`` distinct strings drawn uniformly with ``data_seed``.
+
+Tables (``op="table"``): any finite binary operation on n elements, given as its n x n table
+``T[a, b]`` of ints in [0, n). The layout is the modular one with p = n: the input is
+``[a, b, =]``, tokens 0..n-1 are the elements and token n is ``=``, ``d_vocab = n + 1``,
+``d_vocab_out = n``, pairs enumerated a-major over the full n x n grid. ``p`` is derived from the
+table (leave it None; a different value is refused). ``permutation_group_table(k)`` (S_k) and
+``table_from_function(n, f)`` build common tables. Fourier measures need a cyclic group: a
+table is analysed in the additive basis only if it is literally (a + b) mod n
+(``is_cyclic_add_table``); every other table has the non-Fourier measures only.
 """
 
 from __future__ import annotations
 
+import itertools
+import numbers
 from dataclasses import asdict, dataclass
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -29,8 +41,10 @@ MODULAR_OPS: dict[str, tuple[str, Callable[[Tensor, Tensor, int], Tensor]]] = {
     "quad": ("a^2 + ab + b^2", lambda a, b, p: (a * a + a * b + b * b) % p),
 }
 OP_ALIASES = {"+": "add", "-": "sub", "*": "mul", "x": "mul", "/": "div"}
-OPS = tuple(MODULAR_OPS) + ("parity",)
+OPS = tuple(MODULAR_OPS) + ("parity", "table")
 MAX_PARITY_BITS = 20  # 2^20 sequences; beyond that the full dataset stops fitting in a batch
+MAX_TABLE_N = 1024  # n^2 = 2^20 pairs, the same cap on the example table as parity's
+DEFAULT_P = 113
 MAX_SAMPLED_BITS = 62  # a bit string must fit an int64 code (to draw distinct strings)
 
 
@@ -50,7 +64,7 @@ class TaskConfig:
     """What to learn and how to split it. Validated at construction."""
 
     op: str = "add"
-    p: int = 113
+    p: int | None = None  # None: 113 for the modular ops; for a table always n (derived from it)
     frac: float = 0.3
     seed: int = 0
     n_bits: int = 10  # parity only
@@ -64,6 +78,9 @@ class TaskConfig:
     # population that differ in their split seed must share one table.
     n_samples: int | None = None
     data_seed: int = 0
+    # op="table" only: the n x n operation table T[a, b] (ints in [0, n)); stored as a tuple of
+    # tuples (lists, numpy arrays and tensors are accepted and normalised).
+    table: Any = None  # Any: normalised below from any nested sequence, array or tensor
 
     def __post_init__(self):
         op = OP_ALIASES.get(self.op, self.op)
@@ -71,6 +88,18 @@ class TaskConfig:
         if op not in OPS:
             raise ValueError(f"TaskConfig.op: unknown op {self.op!r}; allowed: {', '.join(OPS)} "
                              f"(or the symbols {', '.join(OP_ALIASES)})")
+        if op == "table":
+            rows = normalise_table(self.table)
+            n = len(rows)
+            if self.p is not None and self.p != n:
+                raise ValueError(f"TaskConfig.p is derived from the table (n = {n}): leave it None or give {n}, "
+                                 f"got p={self.p}")
+            object.__setattr__(self, "table", rows)
+            object.__setattr__(self, "p", n)
+        elif self.table is not None:
+            raise ValueError(f"TaskConfig.table applies to op='table' only, got a table for op {op!r}")
+        elif self.p is None:
+            object.__setattr__(self, "p", DEFAULT_P)
         if not 0.0 < self.frac < 1.0:
             raise ValueError(f"TaskConfig.frac must be in (0, 1), got {self.frac}")
         if op == "parity":
@@ -89,7 +118,7 @@ class TaskConfig:
             if self.n_samples is not None:
                 raise ValueError(f"TaskConfig.n_samples applies to parity only (modular tasks enumerate "
                                  f"every pair), got n_samples={self.n_samples} for op {op!r}")
-            if self.p < 3 or not is_prime(self.p):
+            if op != "table" and (self.p < 3 or not is_prime(self.p)):
                 raise ValueError(f"TaskConfig.p must be a prime >= 3 (modular ops need a field), got {self.p}")
         if self.train_idx is not None:
             idx = tuple(int(i) for i in self.train_idx)
@@ -117,6 +146,73 @@ class TaskConfig:
         return asdict(self)
 
 
+def normalise_table(table) -> tuple[tuple[int, ...], ...]:
+    """``table`` (nested lists or tuples, a numpy array or a tensor) as a tuple of tuples of ints,
+    or a one-line ValueError naming ``TaskConfig.table``: it must be square, n x n with
+    2 <= n <= ``MAX_TABLE_N``, of integers in [0, n)."""
+    if table is None:
+        raise ValueError("TaskConfig.table is required for op='table' (an n x n list of rows T[a][b]; "
+                         "on the command line `--table FILE`)")
+    if hasattr(table, "tolist"):  # numpy array or tensor
+        table = table.tolist()
+    if isinstance(table, (str, bytes)) or not isinstance(table, Sequence):
+        raise ValueError(f"TaskConfig.table must be an n x n list of rows, got {type(table).__name__}")
+    n = len(table)
+    if n < 2:
+        raise ValueError(f"TaskConfig.table must have n >= 2 elements, got n={n}")
+    if n > MAX_TABLE_N:
+        raise ValueError(f"TaskConfig.table has n={n} elements; at most {MAX_TABLE_N} ({MAX_TABLE_N}^2 pairs "
+                         f"is the largest example table that fits a batch)")
+    rows = []
+    for a, row in enumerate(table):
+        if hasattr(row, "tolist"):
+            row = row.tolist()
+        if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
+            raise ValueError(f"TaskConfig.table must be square (n x n rows of n entries): row {a} is not a list")
+        if len(row) != n:
+            raise ValueError(f"TaskConfig.table must be square: {n} rows but row {a} has {len(row)} entries")
+        out = []
+        for b, v in enumerate(row):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not float(v).is_integer():
+                raise ValueError(f"TaskConfig.table entries must be integers: T[{a}][{b}] = {v!r}")
+            if not 0 <= v < n:
+                raise ValueError(f"TaskConfig.table entries must be in [0, {n}) (n = {n} elements): "
+                                 f"T[{a}][{b}] = {v!r}")
+            out.append(int(v))
+        rows.append(tuple(out))
+    return tuple(rows)
+
+
+def table_from_function(n: int, f: Callable[[int, int], int]) -> tuple[tuple[int, ...], ...]:
+    """The table ``T[a][b] = f(a, b)`` over the elements 0..n-1 (for ``TaskConfig(op="table",
+    table=...)``; validated there)."""
+    return tuple(tuple(int(f(a, b)) for b in range(n)) for a in range(n))
+
+
+def permutation_group_table(k: int) -> tuple[tuple[int, ...], ...]:
+    """The composition table of the symmetric group S_k (k! elements).
+
+    Elements are the permutations of (0, .., k-1) in lexicographic order
+    (``itertools.permutations(range(k))``: element 0 is the identity); a permutation is the
+    tuple of images, ``s[i]`` = where i goes. ``T[a][b]`` is the index of ``a ∘ b``, the
+    composition "first b, then a": ``(a ∘ b)[i] = a[b[i]]``. For k >= 3 the group is not
+    abelian, so T is not symmetric."""
+    if not 2 <= k <= 6:
+        raise ValueError(f"permutation_group_table: k must be in [2, 6] (S_7 has 5040 elements, more than "
+                         f"MAX_TABLE_N = {MAX_TABLE_N}), got {k}")
+    perms = list(itertools.permutations(range(k)))
+    index = {s: i for i, s in enumerate(perms)}
+    return tuple(tuple(index[tuple(a[b[i]] for i in range(k))] for b in perms) for a in perms)
+
+
+def is_cyclic_add_table(table) -> bool:
+    """Whether ``table`` is addition mod n, ``T[a][b] = (a + b) mod n``, element for element (the
+    one table the Fourier measures' additive basis applies to; an isomorphic relabelling is not
+    recognised)."""
+    n = len(table)
+    return all(table[a][b] == (a + b) % n for a in range(n) for b in range(n))
+
+
 class Task:
     """A dataset with a fixed seeded split. Everything lives on CPU; move slices as needed."""
 
@@ -136,6 +232,13 @@ class Task:
             eq = torch.full((len(codes), 1), 2)
             self.inputs = torch.cat([bits, eq], dim=1)
             self.a = self.b = None
+        elif cfg.op == "table":
+            n = cfg.p
+            a = torch.arange(n).repeat_interleave(n)
+            b = torch.arange(n).repeat(n)
+            self.a, self.b = a, b
+            self.labels = torch.tensor(cfg.table, dtype=torch.long).flatten()
+            self.inputs = torch.stack([a, b, torch.full_like(a, n)], dim=1)
         else:
             p = cfg.p
             bs = torch.arange(1, p) if cfg.op == "div" else torch.arange(p)
@@ -171,7 +274,15 @@ class Task:
 
     @property
     def is_modular(self) -> bool:
-        return self.cfg.op != "parity"
+        """A modular-arithmetic task (add/sub/mul/div/quad mod p); a table and parity are not."""
+        return self.cfg.op not in ("parity", "table")
+
+    @property
+    def table(self) -> Tensor:
+        """The n x n operation table (op="table" only)."""
+        if self.cfg.op != "table":
+            raise AttributeError(f"{self.describe()} is not a table task")
+        return torch.tensor(self.cfg.table, dtype=torch.long)
 
     @property
     def d_vocab(self) -> int:
@@ -220,6 +331,8 @@ class Task:
             k = self.cfg.k_bits or self.cfg.n_bits
             drawn = "" if self.cfg.n_samples is None else f", {self.cfg.n_samples} strings drawn (data seed {self.cfg.data_seed})"
             return f"parity of {k} of {self.cfg.n_bits} bits{drawn}"
+        if self.cfg.op == "table":
+            return f"table (n={self.cfg.p})"
         return f"{MODULAR_OPS[self.cfg.op][0]} mod {self.cfg.p}"
 
     def __repr__(self) -> str:
@@ -242,7 +355,7 @@ def sample_codes(n_bits: int, n: int, seed: int) -> Int[Tensor, " n"]:
     return codes[:n]
 
 
-def make_task(op: str = "add", p: int = 113, frac: float = 0.3, seed: int = 0, train_idx=None, **kw) -> Task:
+def make_task(op: str = "add", p: int | None = None, frac: float = 0.3, seed: int = 0, train_idx=None, **kw) -> Task:
     """A task; ``train_idx`` (any sequence or tensor of example rows) gives an explicit split
     (test = the rest) instead of the seeded ``frac`` split."""
     if train_idx is not None:
