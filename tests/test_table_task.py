@@ -40,7 +40,7 @@ def _cfg(steps=30, table=None):
 
 @pytest.fixture(scope="module")
 def s3_run(tmp_path_factory):
-    return mg.train_run(_cfg(), tmp_path_factory.mktemp("table") / "s3", progress=False)
+    return mg.train(_cfg(), tmp_path_factory.mktemp("table") / "s3", progress=False)
 
 
 # --- the table ---------------------------------------------------------------------------------
@@ -144,9 +144,9 @@ def test_a_table_run_reloads_with_its_task(s3_run):
 
 def test_a_table_run_resumed_with_more_steps_is_bit_identical_to_one_uninterrupted_run(tmp_path):
     longer = _cfg(steps=50)
-    whole = mg.train_run(longer, tmp_path / "whole", progress=False)
-    mg.train_run(_cfg(steps=30), tmp_path / "ext", progress=False)
-    extended = mg.resume_run(tmp_path / "ext", longer, progress=False)
+    whole = mg.train(longer, tmp_path / "whole", progress=False)
+    mg.train(_cfg(steps=30), tmp_path / "ext", progress=False)
+    extended = mg.resume(tmp_path / "ext", longer, progress=False)
     assert mg.load_run(tmp_path / "ext").config == longer
     assert extended.steps == whole.steps == [0, 10, 20, 30, 40, 50]
     a, b = whole.params(), extended.params()
