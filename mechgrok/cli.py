@@ -22,6 +22,7 @@ from .presets import DEMO_TIME
 from .milestones import GROKKED_TEST_ACC, MEMORISED_TRAIN_ACC
 from .progress import LEVELS
 from .grokfast import MODES as GROKFAST_MODES
+from .optim import OPTIMIZERS
 from .tasks import OPS
 from .trainer import TrainingDiverged
 
@@ -68,6 +69,24 @@ Mode = _choices("Mode", PROJECTION_MODES)
 Device = _choices("Device", ("auto", "cpu", "cuda"))
 OptimizerState = _choices("OptimizerState", OPTIMIZER_STATES)
 Grokfast = _choices("Grokfast", GROKFAST_MODES)
+OptimizerName = _choices("OptimizerName", OPTIMIZERS)
+
+
+def _key_values(texts: Optional[list[str]], option: str) -> Optional[dict]:
+    """``["momentum=0.9", "nesterov=true"]`` -> ``{"momentum": 0.9, "nesterov": True}`` (values
+    read as JSON where they parse, else kept as strings)."""
+    if not texts:
+        return None
+    out = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{option}: expected KEY=VALUE, got {text!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _value(choice):
@@ -192,6 +211,11 @@ def train(
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", "--wd"),
     beta1: Optional[float] = typer.Option(None),
     beta2: Optional[float] = typer.Option(None),
+    optimizer: Optional[OptimizerName] = typer.Option(None, help="adamw (default), adam, sgd, or muon (Muon on "
+                                                      "the MLP matrices, AdamW on the rest)"),
+    optimizer_arg: Optional[list[str]] = typer.Option(None, "--optimizer-arg", help="KEY=VALUE, repeatable: the "
+                                                      "optimizer's other arguments (sgd: momentum, nesterov, "
+                                                      "dampening; muon: momentum, nesterov, ns_steps, adamw_lr)"),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", "--warmup"),
     batch_size: Optional[int] = typer.Option(None, help="minibatch size (default: the preset's; 0 = full batch)"),
     eval_every: Optional[int] = typer.Option(None),
@@ -225,7 +249,8 @@ def train(
                     device=_value(device), seed=seed, task_seed=task_seed, model_seed=model_seed, beta1=beta1,
                     beta2=beta2, batch_size=batch_size, grokfast=_value(grokfast), grokfast_alpha=grokfast_alpha,
                     grokfast_lambda=grokfast_lambda, grokfast_window=grokfast_window,
-                    stop_after_grok=stop_after_grok, keep_moments=keep_moments or None)
+                    stop_after_grok=stop_after_grok, keep_moments=keep_moments or None,
+                    optimizer=_value(optimizer), optimizer_args=_key_values(optimizer_arg, "--optimizer-arg"))
     settings |= _table_settings(table, settings["op"], p)
     if resume is not None:
         if out is not None or preset is not None:

@@ -163,7 +163,10 @@ def _train(cfg: RunConfig, task: Task, writer: RunWriter, state: ResumeState, fr
     loss = cross_entropy if loss is None else loss
     if probe is not None and probe_every < 1:
         raise ValueError(f"probe_every must be >= 1, got {probe_every}")
-    params = {k: v.to(device) for k, v in state.params.items()}
+    # contiguous copies: init_params builds the attention weights as strided views, and a file
+    # gives them back contiguous; CPU matmul kernels round differently on the two layouts, so
+    # training on the strided ones would make a resumed run drift from an uninterrupted one
+    params = {k: v.to(device, memory_format=torch.contiguous_format, copy=True) for k, v in state.params.items()}
     names = trainable_names(params, tcfg.frozen)
     for k, v in params.items():
         v.requires_grad_(k in names)
