@@ -9,7 +9,7 @@ from . import model, plots, presets, runs, tasks, train
 from . import fourier, progress
 from . import interventions
 from . import latent  # latent-state training maps (issue 11)
-from .model import ModelConfig, forward, init_params, run_with_hooks, to_tl_model
+from .model import ModelConfig, forward, init_params, run_with_cache, run_with_hooks, to_tl_model
 from .presets import PRESETS, get_preset
 from .runs import Run, RunConfig, TrainConfig, import_run, load_hooked_transformer, load_run
 from .tasks import Task, TaskConfig, make_task

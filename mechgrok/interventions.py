@@ -136,7 +136,7 @@ def frequency_hook(task: Task, freqs: Sequence[int], mode: str = "remove", where
 def evaluate_with_hooks(params: Params, cfg: ModelConfig, task: Task, fwd_hooks=()) -> dict[str, float]:
     """Loss and accuracy on train, test and all examples of the model run on every example
     with ``fwd_hooks``."""
-    logits, _ = run_with_hooks(params, cfg, task.inputs, fwd_hooks=fwd_hooks)
+    logits = run_with_hooks(params, cfg, task.inputs, fwd_hooks=fwd_hooks)
     return split_metrics(logits[:, -1], task, ("train", "test", "all"))
 
 
