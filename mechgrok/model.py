@@ -250,6 +250,34 @@ def as_params(model, cfg: ModelConfig | None = None, step: int | None = None) ->
     return {k: v.detach() for k, v in params.items()}, cfg
 
 
+def as_model(model, cfg: ModelConfig | None = None, step: int | None = None) -> tuple[object, ModelConfig]:
+    """``(target, cfg)`` for a measure that runs the model: a TL model stays itself (its own
+    forward runs, so hooks attached to it with ``model.add_hook`` take effect); anything else
+    ``as_params`` accepts becomes ``(params, cfg)`` for the fast path."""
+    if is_tl_model(model) and not isinstance(model, (dict, tuple)):
+        if step is not None:
+            raise ValueError("step= only applies to a Run; a model or params dict is one checkpoint")
+        return model, cfg or config_from_tl(model.cfg)
+    params, cfg = as_params(model, cfg, step)
+    return (params, cfg), cfg
+
+
+def run_target(target, tokens: Int[Tensor, "batch pos"], fwd_hooks: Sequence[Hook] = (),
+               last_only: bool = False) -> Float[Tensor, "batch pos_out d_vocab_out"]:
+    """Logits of an ``as_model`` target with ``fwd_hooks``: the TL model's ``run_with_hooks``
+    for a TL model, the fast path for ``(params, cfg)``. ``last_only``: the last position only
+    (``[batch, 1, d_vocab_out]``; the fast path then computes the final block there only)."""
+    if isinstance(target, tuple):
+        params, cfg = target
+        tokens = tokens.to(next(iter(params.values())).device)
+        if last_only:
+            return forward(params, cfg, tokens, fwd_hooks)[:, None]
+        return run_with_hooks(params, cfg, tokens, fwd_hooks)
+    tokens = tokens.to(next(target.parameters()).device)
+    logits = target.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
+    return logits[:, -1:] if last_only else logits
+
+
 def layer_index(cfg: ModelConfig, layer: int | None = None) -> int:
     """A layer argument as an index: None is the last layer, negatives count from the end
     (-1 .. -n_layers); anything else out of range fails instead of wrapping."""

@@ -258,3 +258,30 @@ def test_shape_mismatch_names_the_key():
 def test_bad_model_config_fails_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"ModelConfig\.{field}"):
         ModelConfig(**kwargs)
+
+
+def test_one_resolver_turns_every_form_of_where_into_a_tl_hook_name():
+    from transformer_lens.utilities import get_act_name
+
+    from mechgrok.model import hook_name, hook_names
+
+    task = make_task("add", p=11, frac=0.5)
+    cfg = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, normalization="LN").resolve(task)
+    cases = {"embed": "hook_embed", "logits": "unembed.hook_out", "neurons": "blocks.1.mlp.hook_post",
+             ("post", 0): "blocks.0.mlp.hook_post", ("post", -1): "blocks.1.mlp.hook_post",
+             get_act_name("post", 0): "blocks.0.mlp.hook_post", "post0": "blocks.0.mlp.hook_post",
+             ("scale", 1, "ln2"): "blocks.1.ln2.hook_scale", "hook_unembed": "hook_unembed",
+             "blocks.0.hook_resid_mid": "blocks.0.hook_resid_mid"}
+    for where, name in cases.items():
+        assert hook_name(where, cfg=cfg) == name, where
+        assert name in hook_names(cfg)
+    assert hook_name("neurons", 0, cfg) == hook_name("post", 0, cfg) == "blocks.0.mlp.hook_post"
+    assert hook_name("neurons") == "blocks.0.mlp.hook_post"  # without a config: layer 0
+    for bad in ("attention", "blocks.2.mlp.hook_post", ("post", 2), 3, "hook_nope"):
+        with pytest.raises(ValueError) as err:
+            hook_name(bad, cfg=cfg)
+        assert "\n" not in str(err.value), bad
+    with pytest.raises(ValueError, match=r"where must be a TL hook name .*get_act_name.*'embed', 'neurons', 'logits'"):
+        hook_name("attention", cfg=cfg)
+    with pytest.raises(ValueError, match="gated off"):
+        hook_name("blocks.0.hook_q_input", cfg=cfg)
