@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "TaskConfig": "tasks", "Task": "tasks", "make_task": "tasks",
     "ModelConfig": "model", "init_params": "model", "forward": "model", "run_with_hooks": "model",
-    "to_tl_model": "model",
+    "run_with_cache": "model",    "to_tl_model": "model",
     "TrainConfig": "config", "RunConfig": "config",
     "PRESETS": "presets", "get_preset": "presets", "configure": "presets",
     "Run": "runs", "load_run": "runs", "find_runs": "runs", "is_run_dir": "runs",

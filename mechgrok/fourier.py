@@ -46,9 +46,13 @@ missing.
 Models
 ------
 Every function takes either a TransformerLens model (``run.model(step)``) or a
-HookedTransformer-format params dict (``run.params(step)``, what the fast path uses) and
-reads weights and activations through the same code. For a params dict the architecture is
-inferred from the shapes; pass ``cfg=`` when the activation is not ReLU.
+HookedTransformer-format params dict (``run.params(step)``, what the fast path uses). What
+reads activations (``neuron_acts`` and everything built on it: ``neuron_fourier``,
+``neuron_frequencies``, ``key_frequencies(rule="neurons")``) runs a TL model's own forward, so
+hooks attached to it (``model.add_hook``: an SAE, a patch) take effect, and runs params on the
+fast path. The spectra of W_E and W_L read the weights only: hooks on the model do not affect
+them. For a params dict the architecture is inferred from the shapes; pass ``cfg=`` when the
+activation is not ReLU.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .model import ModelConfig, Params, as_params, last_position_acts, layer_index
+from .model import ModelConfig, Params, as_model, as_params, hook_name, last_position_acts, layer_index
 from .tasks import Task, is_cyclic_add_table
 
 BASES = ("auto", "add", "dlog")
@@ -324,8 +328,10 @@ class FrequencyProjection:
         qk = q[:, 1:]  # the mean stays
         return torch.addmm(x, qk, qk.T @ x, alpha=-1)
 
-    def __call__(self, activation: Float[Tensor, "batch pos d"], hook=None) -> Float[Tensor, "batch pos d"]:
-        last = self.project(activation[:, -1])[:, None]
+    def __call__(self, activation: Float[Tensor, "batch pos *rest"], hook=None) -> Float[Tensor, "batch pos *rest"]:
+        # every channel after the position axis (heads x d_head for hook_q) is one column
+        x = activation[:, -1]
+        last = self.project(x.reshape(x.shape[0], -1)).view(x.shape)[:, None]
         if activation.shape[1] == 1:
             return last
         return torch.cat([activation[:, :-1], last], dim=1)
@@ -342,7 +348,8 @@ def W_L(params: Params, cfg: ModelConfig, layer: int | None = None) -> Float[Ten
 
 def embedding_fourier(model, task: Task, basis: str = "auto", cfg: ModelConfig | None = None
                       ) -> Float[Tensor, "n d_model"]:
-    """W_E's residue rows (the ``=`` row dropped) transformed along the vocabulary axis."""
+    """W_E's residue rows (the ``=`` row dropped) transformed along the vocabulary axis. Reads
+    the weights only: hooks on the model do not affect it."""
     params, _ = as_params(model, cfg)
     c = coords(task, basis)
     return c.basis @ params["embed.W_E"][c.elements].float()
@@ -350,7 +357,8 @@ def embedding_fourier(model, task: Task, basis: str = "auto", cfg: ModelConfig |
 
 def W_L_fourier(model, task: Task, basis: str = "auto", layer: int | None = None, cfg: ModelConfig | None = None
                 ) -> Float[Tensor, "n d_mlp"]:
-    """W_L = W_out @ W_U transformed along the logit (answer) axis."""
+    """W_L = W_out @ W_U transformed along the logit (answer) axis. Reads the weights only:
+    hooks on the model do not affect it."""
     params, mcfg = as_params(model, cfg)
     c = coords(task, basis)
     wl = W_L(params, mcfg, layer)
@@ -359,13 +367,15 @@ def W_L_fourier(model, task: Task, basis: str = "auto", layer: int | None = None
 
 def embedding_spectrum(model, task: Task, basis: str = "auto", cfg: ModelConfig | None = None
                        ) -> Float[Tensor, " n_freq"]:
-    """Norm of W_E per frequency k = 0 .. n//2 (index = k)."""
+    """Norm of W_E per frequency k = 0 .. n//2 (index = k). Reads the weights only: hooks on
+    the model do not affect it."""
     return freq_norms(embedding_fourier(model, task, basis, cfg))
 
 
 def W_L_spectrum(model, task: Task, basis: str = "auto", layer: int | None = None, cfg: ModelConfig | None = None
                  ) -> Float[Tensor, " n_freq"]:
-    """Norm of W_L = W_out @ W_U per frequency k = 0 .. n//2 of the answer."""
+    """Norm of W_L = W_out @ W_U per frequency k = 0 .. n//2 of the answer. Reads the weights
+    only: hooks on the model do not affect it."""
     return freq_norms(W_L_fourier(model, task, basis, layer, cfg))
 
 
@@ -375,9 +385,16 @@ def W_L_spectrum(model, task: Task, basis: str = "auto", layer: int | None = Non
 @torch.no_grad()
 def neuron_acts(model, task: Task, layer: int | None = None, cfg: ModelConfig | None = None
                 ) -> Float[Tensor, "n_examples d_mlp"]:
-    """``blocks.{layer}.mlp.hook_post`` at the last position for every example of ``task``."""
-    params, mcfg = as_params(model, cfg)
-    return last_position_acts(params, mcfg, task.inputs, f"blocks.{layer_index(mcfg, layer)}.mlp.hook_post")
+    """``blocks.{layer}.mlp.hook_post`` at the last position for every example of ``task``:
+    the TL model's own forward for a TL model (hooks attached to it take effect), the fast path
+    for params."""
+    target, mcfg = as_model(model, cfg)
+    name = hook_name("neurons", layer, mcfg)
+    if isinstance(target, tuple):
+        params = target[0]
+        return last_position_acts(params, mcfg, task.inputs.to(next(iter(params.values())).device), name)
+    _, cache = target.run_with_cache(task.inputs.to(next(target.parameters()).device), names_filter=name)
+    return cache[name][:, -1]
 
 
 def fourier_2d(grid: Float[Tensor, "n n *rest"], basis: Float[Tensor, "n n"]) -> Float[Tensor, "n n *rest"]:

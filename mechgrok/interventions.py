@@ -5,8 +5,11 @@ dict, or a ``(params, cfg)`` pair) and returning numbers:
 
 * **Key-frequency ablation** (``ablate_frequencies``, ``frequency_sweep``): TL-signature hooks
   ``fn(activation, hook)`` that remove a set of Fourier frequencies from an activation, or keep
-  only them, at the embedding, the MLP neurons or the logits. The same hook runs on the TL model
-  (``model.run_with_hooks``) and on ``mechgrok.model.run_with_hooks``.
+  only them, at any hook point of ``[batch, pos, ...]`` activations (``where=``: a TL hook name,
+  a ``get_act_name`` shorthand, or "embed", "neurons", "logits"). The same hook runs on the TL
+  model (``model.run_with_hooks``) and on ``mechgrok.model.run_with_hooks``. Given a TL model,
+  they run its own forward, so hooks already attached to it (``model.add_hook``) stay in force;
+  given params, the fast path.
 * **Neuron transplantation** (``transplant_neurons``, ``transplant_experiment``): copy neurons
   (W_in columns, b_in, W_out rows) from a donor checkpoint into a recipient, then train on.
 * **Training on from a checkpoint** (``continue_training``, ``freeze_and_continue``,
@@ -25,8 +28,9 @@ log, for mul/div). Residues outside the group (0 in the dlog basis) are never to
   P the projector (over residues) onto {cos k, sin k} (mode "keep": onto const + the kept
   frequencies; mode "remove": the complement of the removed frequencies). The ``=`` position
   and token 0 in the dlog basis are left as they are. Positional embeddings are untouched.
-* ``where="neurons"`` (``blocks.{L}.mlp.hook_post``) and ``where="logits"``
-  (``unembed.hook_out``): at the last position each channel is a function over the examples.
+* ``where="neurons"`` (``blocks.{L}.mlp.hook_post``), ``where="logits"`` (``unembed.hook_out``)
+  and any other hook point but the embedding, the token and position ids and the attention
+  pattern and scores: at the last position each channel is a function over the examples.
   Frequency k is the two directions cos(w_k c), sin(w_k c) over the examples, c the answer's
   group coordinate (for addition: cos(w_k (a + b)), sin(w_k (a + b)) -- Nanda's restricted /
   excluded directions, two per frequency, so no cross-frequency terms). "remove" subtracts the
@@ -65,10 +69,11 @@ from torch import Tensor
 from . import fourier
 from .fourier import FrequencyProjection, check_frequencies, valid_frequencies
 from .config import RunConfig
-from .evaluation import evaluate
-from .model import HOOK_POINTS, ModelConfig, Params, as_params, check_params, hook_name, layer_index
+from .evaluation import evaluate, split_metrics
 from .files import write_json
 from .milestones import transition_metrics
+from .model import HOOK_POINTS, ModelConfig, Params, as_model, as_params, check_params, hook_name, layer_index
+from .progress import hooked_logits
 from .runs import Run, read_resume_state
 from .tasks import Task
 
@@ -96,16 +101,24 @@ def token_projector(task: Task, freqs: Sequence[int], mode: str = "remove", basi
     return M.float()
 
 
-def frequency_hook(task: Task, freqs: Sequence[int], mode: str = "remove", where: str = "embed",
-                   layer: int = 0, basis: str = "auto") -> tuple[str, Callable]:
+# hook points a frequency hook cannot act on: integer ids, and [batch, head, q, k] attention
+_NOT_PROJECTABLE = ("embed.hook_in", "pos_embed.hook_in", "attn.hook_pattern", "attn.hook_attn_scores")
+
+
+def frequency_hook(task: Task, freqs: Sequence[int], mode: str = "remove", where="embed",
+                   layer: int | None = None, basis: str = "auto", cfg: ModelConfig | None = None
+                   ) -> tuple[str, Callable]:
     """``(hook_name, fn)`` that removes ``freqs`` from the activation (or keeps only them); see
-    the module docstring for what that means at each point. Pure: returns a new tensor. At the
-    neurons and logits it is ``fourier.FrequencyProjection``, the projection restricted and
-    excluded loss use."""
+    the module docstring for what that means at each point. ``where``: anything
+    ``model.hook_name`` resolves (``layer`` applies to shorthands; ``cfg`` checks the name
+    against the model). Pure: returns a new tensor. Away from the embedding it is
+    ``fourier.FrequencyProjection``, the projection restricted and excluded loss use."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    name = hook_name(where, layer)
-    if where != "embed":
+    name = hook_name(where, layer, cfg)
+    if name.endswith(_NOT_PROJECTABLE):
+        raise ValueError(f"a frequency hook acts on [batch, pos, ...] activations, not on {name!r}")
+    if name not in ("hook_embed", "embed.hook_out"):
         return name, FrequencyProjection(task, freqs, mode, basis)
     M = token_projector(task, freqs, mode, basis)
     operand_positions = (0, 1)
@@ -137,8 +150,19 @@ def frequency_hook(task: Task, freqs: Sequence[int], mode: str = "remove", where
 @torch.no_grad()
 def evaluate_with_hooks(params: Params, cfg: ModelConfig, task: Task, fwd_hooks=()) -> dict[str, float]:
     """Loss and accuracy on train, test and all examples of the model run on every example
-    with ``fwd_hooks``."""
+    with ``fwd_hooks`` (the fast path; ``evaluate_model`` takes any model form)."""
     return evaluate(params, cfg, task, ("train", "test", "all"), fwd_hooks=fwd_hooks)
+
+
+@torch.no_grad()
+def evaluate_model(model, task: Task, fwd_hooks=(), cfg: ModelConfig | None = None) -> dict[str, float]:
+    """``evaluate_with_hooks`` for a TL model (its own forward: hooks attached to it take
+    effect) or ``(params, cfg)`` (the fast path)."""
+    return split_metrics(hooked_logits(model, task, fwd_hooks, cfg), task, ("train", "test", "all"))
+
+
+def _where_label(where, cfg: ModelConfig) -> str:
+    return where if isinstance(where, str) else hook_name(where, cfg=cfg)
 
 
 @dataclass(frozen=True)
@@ -159,57 +183,63 @@ class AblationResult:
 
 
 def ablate_frequencies(model, task: Task, freqs: Sequence[int] | None = None, mode: str = "remove",
-                       where: str = "embed", layer: int | None = None, step: int | None = None,
+                       where: str | tuple = "embed", layer: int | None = None, step: int | None = None,
                        basis: str = "auto", cfg: ModelConfig | None = None) -> AblationResult:
     """Remove ``freqs`` (default: ``fourier.key_frequencies``) at ``where``, or keep only them,
-    and measure loss and accuracy before and after. ``layer``: the MLP for ``where="neurons"``
-    (default the last). The model's weights are not changed."""
-    params, cfg = as_params(model, cfg, step)
+    and measure loss and accuracy before and after. ``where``: a TL hook name, a
+    ``get_act_name`` shorthand or "embed", "neurons", "logits" (``model.hook_name``); ``layer``:
+    the MLP for ``where="neurons"`` (default the last). A TL model runs its own forward (hooks
+    attached to it take effect, before and after); params run the fast path. The model's
+    weights are not changed."""
+    target, cfg = as_model(model, cfg, step)
     layer = layer_index(cfg, layer)
     if freqs is None:
-        freqs = fourier.key_frequencies(params, task, basis=basis, layer=layer, cfg=cfg)
+        freqs = fourier.key_frequencies(target[0] if isinstance(target, tuple) else target, task, basis=basis,
+                                        layer=layer, cfg=cfg)
         if not freqs:
             raise ValueError("the model has no key frequencies (no clustered neurons): pass freqs")
-    hook = frequency_hook(task, freqs, mode, where, layer, basis)
-    before = evaluate_with_hooks(params, cfg, task)
-    after = evaluate_with_hooks(params, cfg, task, [hook])
-    return AblationResult(where, mode, tuple(int(k) for k in freqs), before, after)
+    hook = frequency_hook(task, freqs, mode, where, layer, basis, cfg)
+    before = evaluate_model(target, task)
+    after = evaluate_model(target, task, [hook])
+    return AblationResult(_where_label(where, cfg), mode, tuple(int(k) for k in freqs), before, after)
 
 
-def frequency_sweep(model, task: Task, where: str = "embed", mode: str = "remove",
+def frequency_sweep(model, task: Task, where: str | tuple = "embed", mode: str = "remove",
                     key_freqs: Sequence[int] | None = None, layer: int | None = None, step: int | None = None,
                     basis: str = "auto", cfg: ModelConfig | None = None, progress: bool = False) -> pd.DataFrame:
     """One frequency at a time: a row per k with the metrics after ablating k alone, ``is_key``
     (``key_freqs``, default ``fourier.key_frequencies``), and ``attrs["baseline"]``."""
     from tqdm.auto import tqdm
 
-    params, cfg = as_params(model, cfg, step)
+    target, cfg = as_model(model, cfg, step)
     layer = layer_index(cfg, layer)
     if key_freqs is None:
-        key_freqs = fourier.key_frequencies(params, task, basis=basis, layer=layer, cfg=cfg)
+        key_freqs = fourier.key_frequencies(target[0] if isinstance(target, tuple) else target, task, basis=basis,
+                                            layer=layer, cfg=cfg)
     rows = []
-    for k in tqdm(valid_frequencies(task, basis), desc=f"ablate each frequency at {where}", unit="freq",
-                  disable=not progress, dynamic_ncols=True):
-        hook = frequency_hook(task, [k], mode, where, layer, basis)
-        rows.append({"freq": k, "is_key": k in key_freqs} | evaluate_with_hooks(params, cfg, task, [hook]))
+    for k in tqdm(valid_frequencies(task, basis), desc=f"ablate each frequency at {_where_label(where, cfg)}",
+                  unit="freq", disable=not progress, dynamic_ncols=True):
+        hook = frequency_hook(task, [k], mode, where, layer, basis, cfg)
+        rows.append({"freq": k, "is_key": k in key_freqs} | evaluate_model(target, task, [hook]))
     df = pd.DataFrame(rows)
-    df.attrs.update(baseline=evaluate_with_hooks(params, cfg, task), where=where, mode=mode,
+    df.attrs.update(baseline=evaluate_model(target, task), where=_where_label(where, cfg), mode=mode,
                     key_freqs=sorted(int(k) for k in key_freqs))
     return df
 
 
-def ablation_table(model, task: Task, freqs: Sequence[int] | None = None, where: str = "embed",
+def ablation_table(model, task: Task, freqs: Sequence[int] | None = None, where: str | tuple = "embed",
                    layer: int | None = None, step: int | None = None, basis: str = "auto",
                    cfg: ModelConfig | None = None) -> pd.DataFrame:
     """Baseline, key frequencies removed, and only key frequencies kept, side by side."""
-    params, cfg = as_params(model, cfg, step)
+    target, cfg = as_model(model, cfg, step)
     layer = layer_index(cfg, layer)
     if freqs is None:
-        freqs = fourier.key_frequencies(params, task, basis=basis, layer=layer, cfg=cfg)
-    rm = ablate_frequencies((params, cfg), task, freqs, "remove", where, layer, basis=basis)
-    keep = ablate_frequencies((params, cfg), task, freqs, "keep", where, layer, basis=basis)
+        freqs = fourier.key_frequencies(target[0] if isinstance(target, tuple) else target, task, basis=basis,
+                                        layer=layer, cfg=cfg)
+    rm = ablate_frequencies(target, task, freqs, "remove", where, layer, basis=basis, cfg=cfg)
+    keep = ablate_frequencies(target, task, freqs, "keep", where, layer, basis=basis, cfg=cfg)
     df = pd.DataFrame([rm.before, rm.after, keep.after], index=["baseline", "remove key", "keep only key"])
-    df.attrs.update(freqs=[int(k) for k in freqs], where=where)
+    df.attrs.update(freqs=[int(k) for k in freqs], where=_where_label(where, cfg))
     return df
 
 
@@ -226,10 +256,11 @@ def select_neurons(model, task: Task, freqs: Sequence[int] | None = None, layer:
                    basis: str = "auto", cfg: ModelConfig | None = None) -> list[int]:
     """Neurons of the frequency clusters ``freqs`` (default: every clustered neuron), by
     Nanda's rule (``fourier.neuron_frequencies``: one frequency holds >= ``threshold`` of the
-    neuron's variance over the grid)."""
-    params, cfg = as_params(model, cfg, step)
+    neuron's variance over the grid; a TL model's own forward, hooks included)."""
+    target, cfg = as_model(model, cfg, step)
     layer = layer_index(cfg, layer)
-    nf = fourier.neuron_frequencies(params, task, basis=basis, layer=layer, threshold=threshold, cfg=cfg)
+    nf = fourier.neuron_frequencies(target[0] if isinstance(target, tuple) else target, task, basis=basis,
+                                    layer=layer, threshold=threshold, cfg=cfg)
     f = nf.freq
     chosen = (f > 0) if freqs is None else torch.isin(f, torch.tensor(check_frequencies(freqs, task, basis)))
     return torch.nonzero(chosen).flatten().tolist()
@@ -518,7 +549,8 @@ def embedding_transfer(source: Run, source_step: int | None, cfg: RunConfig, out
 
 
 __all__ = ["WHERE", "MODES", "INTERVENTIONS", "valid_frequencies",
-           "check_frequencies", "token_projector", "frequency_hook", "evaluate_with_hooks", "AblationResult", "ablate_frequencies", "frequency_sweep",
+           "check_frequencies", "token_projector", "frequency_hook", "evaluate_with_hooks", "evaluate_model",
+           "AblationResult", "ablate_frequencies", "frequency_sweep",
            "ablation_table", "select_neurons", "transplant_neurons", "Continuation", "continue_training",
            "intervention_groups", "parse_interventions", "freeze_and_continue", "freeze_sweep",
            "transplant_experiment", "transfer_embeddings", "embedding_transfer", "EMBEDDING_KEYS"]

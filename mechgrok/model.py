@@ -16,7 +16,9 @@ intervention written once runs on both.
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from dataclasses import asdict, dataclass, replace
 from collections.abc import Callable, Iterable, Sequence
 
@@ -27,7 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 Params = dict[str, Tensor]
-Hook = tuple[str, Callable]
+Hook = tuple[str | Callable[[str], bool], Callable]  # (hook name or TL name filter, fn)
 
 ACT_FNS = ("relu", "gelu")
 _SMALL_CTX = 8
@@ -248,6 +250,34 @@ def as_params(model, cfg: ModelConfig | None = None, step: int | None = None) ->
     return {k: v.detach() for k, v in params.items()}, cfg
 
 
+def as_model(model, cfg: ModelConfig | None = None, step: int | None = None) -> tuple[object, ModelConfig]:
+    """``(target, cfg)`` for a measure that runs the model: a TL model stays itself (its own
+    forward runs, so hooks attached to it with ``model.add_hook`` take effect); anything else
+    ``as_params`` accepts becomes ``(params, cfg)`` for the fast path."""
+    if is_tl_model(model) and not isinstance(model, (dict, tuple)):
+        if step is not None:
+            raise ValueError("step= only applies to a Run; a model or params dict is one checkpoint")
+        return model, cfg or config_from_tl(model.cfg)
+    params, cfg = as_params(model, cfg, step)
+    return (params, cfg), cfg
+
+
+def run_target(target, tokens: Int[Tensor, "batch pos"], fwd_hooks: Sequence[Hook] = (),
+               last_only: bool = False) -> Float[Tensor, "batch pos_out d_vocab_out"]:
+    """Logits of an ``as_model`` target with ``fwd_hooks``: the TL model's ``run_with_hooks``
+    for a TL model, the fast path for ``(params, cfg)``. ``last_only``: the last position only
+    (``[batch, 1, d_vocab_out]``; the fast path then computes the final block there only)."""
+    if isinstance(target, tuple):
+        params, cfg = target
+        tokens = tokens.to(next(iter(params.values())).device)
+        if last_only:
+            return forward(params, cfg, tokens, fwd_hooks)[:, None]
+        return run_with_hooks(params, cfg, tokens, fwd_hooks)
+    tokens = tokens.to(next(target.parameters()).device)
+    logits = target.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
+    return logits[:, -1:] if last_only else logits
+
+
 def layer_index(cfg: ModelConfig, layer: int | None = None) -> int:
     """A layer argument as an index: None is the last layer, negatives count from the end
     (-1 .. -n_layers); anything else out of range fails instead of wrapping."""
@@ -259,22 +289,127 @@ def layer_index(cfg: ModelConfig, layer: int | None = None) -> int:
     return layer % cfg.n_layers
 
 
-# Where an intervention or a progress measure acts: the names users pass (``where=``) and the TL
-# hook each one means.
+# --- hook names ---------------------------------------------------------------------------
+
+# The hook points of the TL model (a TransformerBridge in compatibility mode) for the models
+# mechgrok builds, in the order its run_with_cache lists them. Several are aliases of one
+# HookPoint (``hook_embed`` and ``embed.hook_out``): a hook on either name acts at the same
+# point. ``_ALIASES`` maps each second name onto the one the fast path computes.
+_ALIASES = {
+    "embed.hook_out": "hook_embed", "pos_embed.hook_out": "hook_pos_embed", "hook_unembed": "unembed.hook_out",
+    "hook_in": "hook_resid_pre", "hook_out": "hook_resid_post", "ln2.hook_in": "hook_resid_mid",
+    "attn.hook_out": "hook_attn_out", "mlp.hook_out": "hook_mlp_out", "attn.q.hook_out": "attn.hook_q",
+    "attn.k.hook_out": "attn.hook_k", "attn.v.hook_out": "attn.hook_v", "attn.o.hook_in": "attn.hook_z",
+    "mlp.in.hook_out": "mlp.hook_pre", "mlp.out.hook_in": "mlp.hook_post",
+}
+_BLOCK_LN = ("hook_in", "hook_scale", "hook_normalized", "hook_out")
+# Hook points the TL model has but gates off for these models (use_split_qkv_input,
+# use_attn_result, use_hook_mlp_in are False): run_with_cache never lists them and
+# run_with_hooks refuses them; the fast path does the same.
+_GATED = ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in", "attn.hook_attn_in",
+          "attn.hook_q_input", "attn.hook_k_input", "attn.hook_v_input", "attn.hook_result",
+          "attn.hook_hidden_states")
+
+
+def _ln_names(prefix: str, ln: bool) -> list[str]:
+    return [f"{prefix}.{h}" for h in (_BLOCK_LN if ln else ("hook_in", "hook_out"))]
+
+
+@functools.lru_cache(maxsize=64)
+def _hook_names(n_layers: int, ln: bool) -> tuple[str, ...]:
+    names = ["embed.hook_in", "hook_embed", "embed.hook_out", "pos_embed.hook_in", "hook_pos_embed",
+             "pos_embed.hook_out"]
+    for layer in range(n_layers):
+        b = f"blocks.{layer}"
+        names += [f"{b}.hook_in", f"{b}.hook_resid_pre", *_ln_names(f"{b}.ln1", ln), f"{b}.attn.hook_in"]
+        for x in "qkv":
+            names += [f"{b}.attn.{x}.hook_in", f"{b}.attn.hook_{x}", f"{b}.attn.{x}.hook_out"]
+        names += [f"{b}.attn.hook_pattern", f"{b}.attn.hook_z", f"{b}.attn.o.hook_in", f"{b}.attn.o.hook_out",
+                  f"{b}.hook_attn_out", f"{b}.attn.hook_out", f"{b}.attn.hook_attn_scores", f"{b}.hook_resid_mid",
+                  *_ln_names(f"{b}.ln2", ln), f"{b}.mlp.hook_in", f"{b}.mlp.in.hook_in", f"{b}.mlp.hook_pre",
+                  f"{b}.mlp.in.hook_out", f"{b}.mlp.hook_post", f"{b}.mlp.out.hook_in", f"{b}.mlp.out.hook_out",
+                  f"{b}.hook_mlp_out", f"{b}.mlp.hook_out", f"{b}.hook_out", f"{b}.hook_resid_post"]
+    names += [*_ln_names("ln_final", ln), "unembed.hook_in", "hook_unembed", "unembed.hook_out"]
+    return tuple(names)
+
+
+def hook_names(cfg: ModelConfig) -> tuple[str, ...]:
+    """Every hook name the TL model's ``run_with_cache`` lists for ``cfg``, in its order
+    (aliases included: ``hook_embed`` and ``embed.hook_out`` name one hook point)."""
+    return _hook_names(cfg.n_layers, cfg.normalization == "LN")
+
+
+def _canonical_name(name: str) -> str:
+    """The name the fast path computes a hook point under (aliases mapped onto it)."""
+    if name.startswith("blocks."):
+        _, layer, rest = name.split(".", 2)
+        return f"blocks.{layer}.{_ALIASES.get(rest, rest)}"
+    return _ALIASES.get(name, name)
+
+
+def _check_hook_name(name: str, cfg: ModelConfig) -> str:
+    if name in hook_names(cfg):
+        return name
+    rest = name.split(".", 2)[2] if name.startswith("blocks.") and name.count(".") >= 2 else name
+    if rest in _GATED:
+        raise ValueError(f"hook {name!r} is gated off in the TL model of this config (use_split_qkv_input, "
+                         f"use_attn_result and use_hook_mlp_in are False) and the fast path does not compute it")
+    raise ValueError(f"no hook point {name!r} on a {cfg.n_layers}-layer model "
+                     f"(normalization {cfg.normalization}); mechgrok.model.hook_names(cfg) lists them")
+
+
+# Shorthands for where an intervention or a progress measure acts, each mapped onto a TL hook.
 HOOK_POINTS = ("embed", "neurons", "logits")
+_WHERE_FORMS = ("a TL hook name ('blocks.0.mlp.hook_post', 'hook_embed', 'unembed.hook_out'), "
+                "a get_act_name shorthand (('post', 0), 'post0', or 'post' with layer=0) "
+                f"or one of {HOOK_POINTS}")
 
 
-def hook_name(where: str, layer: int | None = None, cfg: ModelConfig | None = None) -> str:
-    """TL hook name of a hook point: ``embed`` -> ``hook_embed``; ``neurons`` ->
-    ``blocks.{layer}.mlp.hook_post`` (default the last layer); ``logits`` -> ``unembed.hook_out``."""
-    if where not in HOOK_POINTS:
-        raise ValueError(f"where must be one of {HOOK_POINTS} (the hook points), got {where!r}")
-    if where == "neurons":
-        idx = layer_index(cfg, layer) if cfg is not None else (0 if layer is None else layer)
-        if idx < 0:
-            raise ValueError("a negative layer needs the model config")
-        return f"blocks.{idx}.mlp.hook_post"
-    return {"embed": "hook_embed", "logits": "unembed.hook_out"}[where]
+def hook_name(where, layer: int | None = None, cfg: ModelConfig | None = None) -> str:
+    """The TL hook name that ``where`` means -- the one resolver every ``where=`` goes through.
+
+    ``where`` may be a TL hook name (``"blocks.0.mlp.hook_post"``, ``"hook_embed"``,
+    ``"unembed.hook_out"``; returned as it is), a ``transformer_lens.utilities.get_act_name``
+    shorthand (``("post", 0)``, ``"post0"``, or ``"post"`` with ``layer=0``; negative layers
+    count from the end with ``cfg``), or a mechgrok shorthand: ``"embed"`` -> ``hook_embed``,
+    ``"neurons"`` -> ``blocks.{layer}.mlp.hook_post`` (default the last layer, the first without
+    ``cfg``), ``"logits"`` -> ``unembed.hook_out``. ``layer`` only applies to shorthands. With
+    ``cfg`` the name must be a hook point of that model (``hook_names(cfg)``)."""
+    from transformer_lens.utilities import get_act_name
+
+    def idx(layer):
+        if cfg is not None:
+            return layer_index(cfg, layer)
+        if layer is not None and layer < 0:
+            raise ValueError("a negative layer needs the model config (cfg=)")
+        return 0 if layer is None else layer
+
+    if isinstance(where, tuple) and 1 <= len(where) <= 3 and isinstance(where[0], str):
+        parts = list(where)
+        if len(parts) > 1 and parts[1] is not None:
+            if isinstance(parts[1], bool) or not isinstance(parts[1], int):
+                raise ValueError(f"where must be {_WHERE_FORMS}; got {where!r}")
+            parts[1] = idx(parts[1])
+        name = get_act_name(*parts)
+    elif not isinstance(where, str) or not where:
+        raise ValueError(f"where must be {_WHERE_FORMS}; got {where!r}")
+    elif where == "neurons":
+        name = f"blocks.{idx(layer)}.mlp.hook_post"
+    elif where in ("embed", "logits"):
+        name = {"embed": "hook_embed", "logits": "unembed.hook_out"}[where]
+    elif "." in where or where.startswith("hook_"):
+        name = where
+    else:
+        name = get_act_name(where, None if layer is None else idx(layer))
+    known = hook_names(cfg) if cfg is not None else _hook_names(1, True)
+    generic = name if cfg is not None else re.sub(r"^blocks\.\d+\.", "blocks.0.", name)
+    if generic not in known:
+        rest = name.split(".", 2)[-1] if name.startswith("blocks.") else name
+        if cfg is not None and rest in _GATED:
+            _check_hook_name(name, cfg)
+        raise ValueError(f"where must be {_WHERE_FORMS}; got {where!r} (no hook point {name!r}"
+                         + (f" on this {cfg.n_layers}-layer model)" if cfg is not None else ")"))
+    return name
 
 
 # --- the functional fast path -------------------------------------------------------------
@@ -304,8 +439,11 @@ def token_position_table(params: Params, n_pos: int) -> Float[Tensor, "d_vocab p
     return params["embed.W_E"][:, None] + params["pos_embed.W_pos"][None, :n_pos]
 
 
+_LN_EPS = 1e-5
+
+
 def _layer_norm(x: Tensor, params: Params, prefix: str) -> Tensor:
-    return F.layer_norm(x, x.shape[-1:], params[f"{prefix}.w"], params[f"{prefix}.b"], eps=1e-5)
+    return F.layer_norm(x, x.shape[-1:], params[f"{prefix}.w"], params[f"{prefix}.b"], eps=_LN_EPS)
 
 
 def _affine(x: Float[Tensor, "... d_in"], W: Float[Tensor, "d_in d_out"], b: Float[Tensor, " d_out"]):
@@ -322,7 +460,40 @@ def last_position_hook(fn: Callable) -> Callable:
 
 
 def _final_block_point(name: str, cfg: ModelConfig) -> bool:
-    return name.startswith((f"blocks.{cfg.n_layers - 1}.", "ln_final", "unembed"))
+    return _canonical_name(name).startswith((f"blocks.{cfg.n_layers - 1}.", "ln_final", "unembed"))
+
+
+NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
+
+
+def _cache_names(cfg: ModelConfig, names_filter: NamesFilter) -> list[str]:
+    """The names ``run_with_cache`` stores, as TL's ``names_filter`` selects them: None is every
+    hook point; a name (or a list) is that hook point under each of its names; a callable
+    selects by name."""
+    every = hook_names(cfg)
+    if names_filter is None:
+        return list(every)
+    if callable(names_filter) and not isinstance(names_filter, str):
+        return [n for n in every if names_filter(n)]
+    requested = [names_filter] if isinstance(names_filter, str) else list(names_filter)
+    points = {_canonical_name(_check_hook_name(n, cfg)) for n in requested}
+    return [n for n in every if _canonical_name(n) in points]
+
+
+def _resolve_hooks(cfg: ModelConfig, fwd_hooks: Sequence[Hook]) -> list[Hook]:
+    """``fwd_hooks`` on the names the fast path computes; a callable name (TL: a name filter)
+    becomes one hook per hook point it selects."""
+    out = []
+    for name, fn in fwd_hooks:
+        if callable(name) and not isinstance(name, str):
+            seen = []
+            for n in hook_names(cfg):
+                if name(n) and _canonical_name(n) not in seen:
+                    seen.append(_canonical_name(n))
+            out += [(n, fn) for n in seen]
+        else:
+            out.append((_canonical_name(_check_hook_name(name, cfg)), fn))
+    return out
 
 
 def run_with_hooks(
@@ -330,19 +501,75 @@ def run_with_hooks(
     cfg: ModelConfig,
     tokens: Int[Tensor, "batch pos"],
     fwd_hooks: Sequence[Hook] = (),
-    cache_names: Iterable[str] = (),
-) -> tuple[Float[Tensor, "batch pos d_vocab_out"], dict[str, Tensor]]:
-    """Functional forward with TL hook names and TL's shapes: ``(logits, cache)`` with logits
-    ``[batch, pos, d_vocab_out]`` and every hooked or cached activation shaped as in the TL
-    model's ``run_with_cache`` (``blocks.0.mlp.hook_post``: ``[batch, pos, d_mlp]``), so a hook
-    written for the TL model runs here unchanged. ``forward`` is the cheaper call when only the
-    last position's logits are needed."""
-    return _run(params, cfg, tokens, fwd_hooks, cache_names, last_only=False)
+) -> Float[Tensor, "batch pos d_vocab_out"]:
+    """Functional forward with TL hook names and TL's shapes, like the TL model's
+    ``run_with_hooks``: logits ``[batch, pos, d_vocab_out]``. Every hooked activation is shaped
+    as in the TL model (``blocks.0.mlp.hook_post``: ``[batch, pos, d_mlp]``), so a hook written
+    for the TL model runs here unchanged. Hook names are those of ``hook_names(cfg)`` (aliases
+    act at the same point) or a callable name filter. ``forward`` is the cheaper call when only
+    the last position's logits are needed; ``run_with_cache`` also returns activations."""
+    return _run(params, cfg, tokens, fwd_hooks, last_only=False)[0]
+
+
+def run_with_cache(
+    params: Params,
+    cfg: ModelConfig,
+    tokens: Int[Tensor, "batch pos"],
+    names_filter: NamesFilter = None,
+    fwd_hooks: Sequence[Hook] = (),
+) -> tuple[Float[Tensor, "batch pos d_vocab_out"], object]:
+    """The TL model's ``run_with_cache`` on the fast path: ``(logits, cache)``, logits
+    ``[batch, pos, d_vocab_out]`` and ``cache`` a ``transformer_lens.ActivationCache``
+    (``cache["post", 0]``, ``cache.accumulated_resid()``, ``cache.decompose_resid()``).
+
+    ``names_filter`` as in TL: None (every hook point in ``hook_names(cfg)``), a name, a list
+    of names, or a callable ``name -> bool``. ``fwd_hooks`` run first; the cache holds what they
+    leave. Activations are detached, as TL's are. Every value equals the TL model's cache but
+    one: ``blocks.L.attn.hook_attn_scores`` holds HookedTransformer's scores (scaled, masked
+    to -inf above the diagonal, before the softmax), where the TL 4 bridge stores the pattern
+    again (and discards edits there); a hook editing the scores here changes the pattern.
+
+    The cache's model (what ``apply_ln``, ``logit_attrs`` and head or neuron results read) is
+    the TL model of ``params``, built the first time a cache method needs more than its config.
+    """
+    from transformer_lens import ActivationCache
+
+    names = _cache_names(cfg, names_filter)
+    logits, computed = _run(params, cfg, tokens, fwd_hooks, {_canonical_name(n) for n in names}, last_only=False)
+    cache = {n: computed[_canonical_name(n)].detach() for n in names}
+    return logits, ActivationCache(cache, _CacheModel(params, cfg))
+
+
+class _CacheModel:
+    """What an ``ActivationCache`` of the fast path holds as its model: the TL config at once
+    (indexing, ``accumulated_resid`` and ``decompose_resid`` read only that), and for anything
+    else the TL model of the same weights, built on first use."""
+
+    def __init__(self, params: Params, cfg: ModelConfig):
+        self._params, self._cfg, self._model = params, cfg, None
+        self.cfg = tl_config(cfg)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._model is None:
+            device = next(iter(self._params.values())).device
+            self._model = to_tl_model(self._params, self._cfg, device=device)
+        return getattr(self._model, name)
 
 
 def _can_skip_positions(cfg: ModelConfig, fwd_hooks: Sequence[Hook]) -> bool:
     # The final block may run at the last position only when no hook there could tell.
-    return all(getattr(fn, "last_position_only", False) for n, fn in fwd_hooks if _final_block_point(n, cfg))
+    return all(getattr(fn, "last_position_only", False) for n, fn in _resolve_hooks(cfg, fwd_hooks)
+               if _final_block_point(n, cfg))
+
+
+# Hook points the block-0 token table never materialises: hooking or caching one of them
+# runs the plain computation instead.
+_TABLE_POINTS = frozenset(
+    ["embed.hook_in", "hook_embed", "pos_embed.hook_in", "hook_pos_embed", "blocks.0.hook_resid_pre",
+     "blocks.0.attn.hook_in"] + _ln_names("blocks.0.ln1", True)
+    + [f"blocks.0.attn.{x}.hook_in" for x in "qkv"] + [f"blocks.0.attn.hook_{x}" for x in "qkv"])
 
 
 def _run(
@@ -353,16 +580,19 @@ def _run(
     cache_names: Iterable[str] = (),
     last_only: bool = True,
 ) -> tuple[Float[Tensor, "batch pos_out d_vocab_out"], dict[str, Tensor]]:
-    """The forward itself. With ``last_only`` the final block computes its attention query,
-    MLP, unembedding and everything downstream at the last position only: those activations
-    have a position axis of length 1. Earlier blocks always see every position. Pure in
-    ``params`` (no in-place writes), so ``torch.func.vmap`` can map it over stacked checkpoints.
+    """The forward itself. ``cache_names``: hook points to return, by the names the fast path
+    computes them under (``_canonical_name``). With ``last_only`` the final block computes its
+    attention query, MLP, unembedding and everything downstream at the last position only:
+    those activations have a position axis of length 1. Earlier blocks always see every
+    position. Pure in ``params`` (no in-place writes), so ``torch.func.vmap`` can map it over
+    stacked checkpoints.
     """
     hooks: dict[str, list[Callable]] = {}
-    for name, fn in fwd_hooks:
+    for name, fn in _resolve_hooks(cfg, fwd_hooks):
         hooks.setdefault(name, []).append(fn)
     wanted = set(cache_names)
     cache: dict[str, Tensor] = {}
+    touched = set(hooks) | wanted
 
     def hook_point(name: str, x: Tensor) -> Tensor:
         for fn in hooks.get(name, ()):
@@ -372,26 +602,41 @@ def _run(
             cache[name] = x
         return x
 
-    h, n = cfg.n_heads, tokens.shape[1]
     ln = cfg.normalization == "LN"
+
+    def norm(x: Tensor, prefix: str, fire_in: bool = True) -> Tensor:
+        if fire_in:
+            x = hook_point(f"{prefix}.hook_in", x)
+        if ln:
+            if {f"{prefix}.hook_scale", f"{prefix}.hook_normalized"} & touched:
+                xc = x - x.mean(-1, keepdim=True)
+                scale = hook_point(f"{prefix}.hook_scale", (xc.pow(2).mean(-1, keepdim=True) + _LN_EPS).sqrt())
+                x = hook_point(f"{prefix}.hook_normalized", xc / scale) * params[f"{prefix}.w"] + params[f"{prefix}.b"]
+            else:
+                x = _layer_norm(x, params, prefix)
+        return hook_point(f"{prefix}.hook_out", x)
+
+    h, n, dk = cfg.n_heads, tokens.shape[1], cfg.d_head
     act = activation_fn(cfg)
     # Block 0 up to attention sees each token through (token id, position) alone, so its
     # residual, LayerNorm, queries, keys and values can be computed once per (token, position)
     # pair (d_vocab * n_ctx rows) and gathered, instead of once per example. Skipped when the
     # caller hooks or caches the activations this shortcut never materialises.
-    use_token_table = not ({"hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre"} & (set(hooks) | wanted))
+    use_token_table = not (_TABLE_POINTS & touched)
     if use_token_table:
         pair = tokens * n + torch.arange(n, device=tokens.device)  # row of (token, position)
         x_table = einops.rearrange(token_position_table(params, n), "v p d -> (v p) d")
     else:
-        x = hook_point("hook_embed", params["embed.W_E"][tokens]) + hook_point("hook_pos_embed", params["pos_embed.W_pos"][:n])
+        tok = hook_point("embed.hook_in", tokens)
+        pos = hook_point("pos_embed.hook_in", torch.arange(n, device=tokens.device).expand(tokens.shape[0], n))
+        x = hook_point("hook_embed", params["embed.W_E"][tok]) + hook_point("hook_pos_embed", params["pos_embed.W_pos"][pos])
     for layer in range(cfg.n_layers):
         b = f"blocks.{layer}"
         last = last_only and layer == cfg.n_layers - 1
         W_Q = einops.rearrange(params[f"{b}.attn.W_Q"], "h d k -> d (h k)")
+        b_Q = params[f"{b}.attn.b_Q"].flatten()
         W_KV = einops.rearrange(torch.stack([params[f"{b}.attn.W_K"], params[f"{b}.attn.W_V"]]), "two h d k -> d (two h k)")
         b_KV = torch.stack([params[f"{b}.attn.b_K"], params[f"{b}.attn.b_V"]]).flatten()
-        b_Q = params[f"{b}.attn.b_Q"].flatten()
         if layer == 0 and use_token_table:
             xn_table = _layer_norm(x_table, params, f"{b}.ln1") if ln else x_table
             kv = F.embedding(pair, _affine(xn_table, W_KV, b_KV))
@@ -399,14 +644,22 @@ def _run(
             x = F.embedding(pair[:, -1:] if last else pair, x_table)
         else:
             x = hook_point(f"{b}.hook_resid_pre", x)
-            xn = _layer_norm(x, params, f"{b}.ln1") if ln else x
+            attn_in = hook_point(f"{b}.attn.hook_in", norm(x, f"{b}.ln1"))
+            q_in = hook_point(f"{b}.attn.q.hook_in", attn_in[:, -1:] if last else attn_in)
+            k_in = hook_point(f"{b}.attn.k.hook_in", attn_in)
+            v_in = hook_point(f"{b}.attn.v.hook_in", attn_in)
             # One matmul per projection with heads flattened: far cheaper on CPU than per-head
-            # batched matmuls for these tiny sequences.
-            kv = _affine(xn, W_KV, b_KV)
-            q = _affine(xn[:, -1:] if last else xn, W_Q, b_Q)
+            # batched matmuls for these tiny sequences; keys and values share one.
+            if k_in is v_in:
+                kv = _affine(k_in, W_KV, b_KV)
+            else:
+                kv = torch.cat([_affine(k_in, W_KV[:, :h * dk], b_KV[:h * dk]),
+                                _affine(v_in, W_KV[:, h * dk:], b_KV[h * dk:])], dim=-1)
+            q = _affine(q_in, W_Q, b_Q)
             x = x[:, -1:] if last else x
-        q = einops.rearrange(q, "b q (h k) -> b h q k", h=h)
-        k, v = einops.rearrange(kv, "b p (two h k) -> two b h p k", two=2, h=h)
+        q = hook_point(f"{b}.attn.hook_q", q.unflatten(-1, (h, dk))).transpose(1, 2)  # [batch head q d_head]
+        k = hook_point(f"{b}.attn.hook_k", kv[..., :h * dk].unflatten(-1, (h, dk))).transpose(1, 2)
+        v = hook_point(f"{b}.attn.hook_v", kv[..., h * dk:].unflatten(-1, (h, dk))).transpose(1, 2)
         if n <= _SMALL_CTX:  # broadcast-and-sum beats bmm on thousands of 3x3 problems
             scores = (q[:, :, :, None, :] * k[:, :, None, :, :]).sum(-1)
         else:
@@ -415,25 +668,27 @@ def _run(
         if not last:  # the last query sees every key, so only full-sequence queries need a mask
             mask = torch.ones(n, n, dtype=torch.bool, device=tokens.device).triu(1)
             scores = scores.masked_fill(mask, float("-inf"))
+        scores = hook_point(f"{b}.attn.hook_attn_scores", scores)
         pattern = hook_point(f"{b}.attn.hook_pattern", scores.softmax(-1))
         if n <= _SMALL_CTX:
             z = (pattern[..., None] * v[:, :, None, :, :]).sum(-2)
         else:
             z = pattern @ v  # [batch head q d_head]
-        z = einops.rearrange(z, "b h q k -> b q (h k)")
+        z = hook_point(f"{b}.attn.hook_z", z.transpose(1, 2)).flatten(-2)
         attn_out = _affine(z, einops.rearrange(params[f"{b}.attn.W_O"], "h k d -> (h k) d"), params[f"{b}.attn.b_O"])
-        x = x + hook_point(f"{b}.hook_attn_out", attn_out)
-        x = hook_point(f"{b}.hook_resid_mid", x)
-        xn = _layer_norm(x, params, f"{b}.ln2") if ln else x
-        pre = hook_point(f"{b}.mlp.hook_pre", _affine(xn, params[f"{b}.mlp.W_in"], params[f"{b}.mlp.b_in"]))
+        x = x + hook_point(f"{b}.hook_attn_out", hook_point(f"{b}.attn.o.hook_out", attn_out))
+        # As on the TL 4 bridge, hook_resid_mid is the MLP's input (ln2.hook_in): an edit there
+        # reaches the MLP, while the skip connection carries the unedited residual.
+        mid = hook_point(f"{b}.hook_resid_mid", x)
+        mlp_in = hook_point(f"{b}.mlp.in.hook_in", hook_point(f"{b}.mlp.hook_in", norm(mid, f"{b}.ln2", fire_in=False)))
+        pre = hook_point(f"{b}.mlp.hook_pre", _affine(mlp_in, params[f"{b}.mlp.W_in"], params[f"{b}.mlp.b_in"]))
         post = hook_point(f"{b}.mlp.hook_post", act(pre))
-        x = x + hook_point(f"{b}.hook_mlp_out", _affine(post, params[f"{b}.mlp.W_out"], params[f"{b}.mlp.b_out"]))
+        mlp_out = hook_point(f"{b}.mlp.out.hook_out", _affine(post, params[f"{b}.mlp.W_out"], params[f"{b}.mlp.b_out"]))
+        x = x + hook_point(f"{b}.hook_mlp_out", mlp_out)
         x = hook_point(f"{b}.hook_resid_post", x)
-    if ln:
-        x = _layer_norm(x, params, "ln_final")
+    x = hook_point("unembed.hook_in", norm(x, "ln_final"))
     logits = hook_point("unembed.hook_out", _affine(x, params["unembed.W_U"], params["unembed.b_U"]))
     return logits, cache
-
 
 def forward(params: Params, cfg: ModelConfig, tokens: Int[Tensor, "batch pos"],
             fwd_hooks: Sequence[Hook] = ()) -> Float[Tensor, "batch d_vocab_out"]:
@@ -448,7 +703,8 @@ def last_position_acts(params: Params, cfg: ModelConfig, tokens: Int[Tensor, "ba
     """The activation ``name`` at the last position (e.g. every neuron of
     ``blocks.0.mlp.hook_post`` for every example), computing the final block there only."""
     last_only = _can_skip_positions(cfg, fwd_hooks)
-    return _run(params, cfg, tokens, fwd_hooks, cache_names=[name], last_only=last_only)[1][name][:, -1]
+    point = _canonical_name(_check_hook_name(name, cfg))
+    return _run(params, cfg, tokens, fwd_hooks, cache_names=[point], last_only=last_only)[1][point][:, -1]
 
 
 # --- the one loss ---------------------------------------------------------------------------

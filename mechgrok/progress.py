@@ -67,8 +67,8 @@ from . import fourier
 from .fourier import FrequencyProjection
 from .evaluation import SPLITS, split_metrics
 from .milestones import Transitions, transition_metrics
-from .model import (Hook, ModelConfig, Params, activation_fn, as_params, attn_scale, forward, is_tl_model,
-                    layer_index, per_example_loss, token_position_table, weight_sq)
+from .model import (Hook, ModelConfig, Params, activation_fn, as_model, as_params, attn_scale, hook_name,
+                    is_tl_model, layer_index, per_example_loss, run_target, token_position_table, weight_sq)
 from .tasks import Task
 
 LEVELS = ("logits", "neurons")
@@ -116,9 +116,9 @@ def restricted_hooks(task: Task, freqs, cfg: ModelConfig, level: str = "logits",
     _check_level(level)
     keep = FrequencyProjection(task, freqs, "keep", basis)
     if level == "logits":
-        return [("unembed.hook_out", keep)]
+        return [(hook_name("logits"), keep)]
     L = layer_index(cfg, layer)
-    return [(f"blocks.{L}.mlp.hook_post", keep)] + DirectPathMeanAblation(L).hooks()
+    return [(hook_name("neurons", L, cfg), keep)] + DirectPathMeanAblation(L).hooks()
 
 
 def excluded_hooks(task: Task, freqs, cfg: ModelConfig, level: str = "logits", layer: int | None = None,
@@ -126,8 +126,7 @@ def excluded_hooks(task: Task, freqs, cfg: ModelConfig, level: str = "logits", l
     """The TL hook of excluded loss at ``level``: the key directions removed."""
     _check_level(level)
     remove = FrequencyProjection(task, freqs, "remove", basis)
-    name = "unembed.hook_out" if level == "logits" else f"blocks.{layer_index(cfg, layer)}.mlp.hook_post"
-    return [(name, remove)]
+    return [(hook_name(level, layer, cfg), remove)]
 
 
 # --- losses through the hooks --------------------------------------------------------------
@@ -137,13 +136,10 @@ def excluded_hooks(task: Task, freqs, cfg: ModelConfig, level: str = "logits", l
 def hooked_logits(model, task: Task, fwd_hooks=(), cfg: ModelConfig | None = None
                   ) -> Float[Tensor, "n_examples d_vocab_out"]:
     """Last-position logits for every example of ``task`` with ``fwd_hooks``: through the TL
-    model's ``run_with_hooks`` for a TL model, through the fast path otherwise."""
-    if is_tl_model(model):
-        device = next(model.parameters()).device
-        return model.run_with_hooks(task.inputs.to(device), fwd_hooks=list(fwd_hooks))[:, -1]
-    params, mcfg = as_params(model, cfg)
-    device = next(iter(params.values())).device
-    return forward(params, mcfg, task.inputs.to(device), fwd_hooks=list(fwd_hooks))
+    model's own ``run_with_hooks`` for a TL model (hooks attached to it take effect), through
+    the fast path otherwise (``model.as_model``)."""
+    target, _ = as_model(model, cfg)
+    return run_target(target, task.inputs, list(fwd_hooks), last_only=True)[:, -1]
 
 
 def restricted_loss(model, task: Task, freqs, level: str = "logits", split: str | None = None,
@@ -154,11 +150,9 @@ def restricted_loss(model, task: Task, freqs, level: str = "logits", split: str 
     ``level="neurons"`` the TransformerLens Grokking demo's, measured on the test pairs.
     ``split`` overrides the definition's own split."""
     _check_level(level)
-    if not is_tl_model(model):
-        model = as_params(model, cfg, step)
-    mcfg = model[1] if isinstance(model, tuple) else as_params(model)[1]
+    target, mcfg = as_model(model, cfg, step)
     hooks = restricted_hooks(task, freqs, mcfg, level, layer, basis)
-    return _split_loss(hooked_logits(model, task, hooks), task, split or RESTRICTED_SPLIT[level])
+    return _split_loss(hooked_logits(target, task, hooks), task, split or RESTRICTED_SPLIT[level])
 
 
 def excluded_loss(model, task: Task, freqs, level: str = "logits", split: str = "train", basis: str = "auto",
@@ -166,10 +160,8 @@ def excluded_loss(model, task: Task, freqs, level: str = "logits", split: str = 
     """Loss (train pairs by default) with the key-frequency directions removed from the logits
     (``level="logits"``, Nanda et al.) or from the neurons (``level="neurons"``, TL demo)."""
     _check_level(level)
-    if not is_tl_model(model):
-        model = as_params(model, cfg, step)
-    mcfg = model[1] if isinstance(model, tuple) else as_params(model)[1]
-    return _split_loss(hooked_logits(model, task, excluded_hooks(task, freqs, mcfg, level, layer, basis)),
+    target, mcfg = as_model(model, cfg, step)
+    return _split_loss(hooked_logits(target, task, excluded_hooks(task, freqs, mcfg, level, layer, basis)),
                        task, split)
 
 
@@ -200,7 +192,8 @@ def spectrum_gini(norms: Float[Tensor, " n_freq"]) -> float:
 def weight_measures(params: Params, cfg: ModelConfig, task: Task, basis: str = "auto",
                     W_L: Float[Tensor, "d_mlp d_vocab_out"] | None = None) -> dict[str, float]:
     """Gini (``spectrum_gini``) of the W_E and W_L frequency norms, the sum of squared weights,
-    and the norms per frequency (columns ``W_E_k{k}``, ``W_L_k{k}``). ``W_L``: the last layer's
+    and the norms per frequency (columns ``W_E_k{k}``, ``W_L_k{k}``). Reads the weights only:
+    hooks on a model do not affect it. ``W_L``: the last layer's
     ``W_out @ W_U`` if the caller has it already."""
     c = fourier.coords(task, basis)
     e = fourier.freq_norms(c.basis @ params["embed.W_E"][c.elements].float())
@@ -231,7 +224,8 @@ def _loss_measures(full, restricted, excluded, task: Task, level: str) -> dict[s
 def measure_checkpoint(model, task: Task, freqs, level: str = "logits", basis: str = "auto",
                        cfg: ModelConfig | None = None) -> dict[str, float]:
     """Every measure for one model by three hooked forwards: through the TL model's own
-    ``run_with_hooks`` when given one, through the fast path otherwise."""
+    ``run_with_hooks`` when given one (hooks attached to it take effect), through the fast path
+    otherwise. The weight measures read the weights only."""
     params, mcfg = as_params(model, cfg)
     forward_of = model if is_tl_model(model) else (params, mcfg)
     full = hooked_logits(forward_of, task)

@@ -77,6 +77,61 @@ def test_hooks_run_on_tl_and_fast_path_and_leave_the_model_unchanged(grokked):
     assert torch.allclose(model(task.inputs)[:, -1], plain)
 
 
+def test_where_takes_tl_hook_names_and_get_act_name_shorthands(grokked):
+    from transformer_lens.utilities import get_act_name
+
+    task = grokked.task
+    key = fourier.key_frequencies(grokked.params(), task, cfg=grokked.model_cfg)
+    by_shorthand = iv.ablate_frequencies(grokked, task, key, where="neurons")
+    for where in ("blocks.0.mlp.hook_post", ("post", 0), ("post", -1), get_act_name("post", 0), "post0"):
+        other = iv.ablate_frequencies(grokked, task, key, where=where)
+        assert other.after == pytest.approx(by_shorthand.after, rel=1e-6), where
+    assert iv.ablate_frequencies(grokked, task, key, where="unembed.hook_out").after == pytest.approx(
+        iv.ablate_frequencies(grokked, task, key, where="logits").after, rel=1e-6)
+    # a hook point no shorthand names: the residual stream after the block
+    resid = iv.ablate_frequencies(grokked, task, key, where=("resid_post", 0))
+    assert resid.where == "blocks.0.hook_resid_post" and resid.after["test_acc"] < 0.5
+
+
+def test_a_hook_attached_to_the_tl_model_takes_effect_in_every_measure(grokked):
+    from mechgrok import progress
+
+    task, params, cfg = grokked.task, grokked.params(), grokked.model_cfg
+    model = grokked.model()
+    name, freqs = "blocks.0.mlp.hook_post", [1, 2]
+    # with no hooks attached, the TL model and its params give the same numbers
+    assert (fourier.neuron_acts(model, task) - fourier.neuron_acts((params, cfg), task)).abs().max() <= 1e-5
+    assert (progress.hooked_logits(model, task) - progress.hooked_logits((params, cfg), task)).abs().max() <= 1e-4
+    for where in iv.WHERE:
+        a = iv.ablate_frequencies(model, task, freqs, where=where)
+        b = iv.ablate_frequencies((params, cfg), task, freqs, where=where)
+        assert a.before == pytest.approx(b.before, rel=1e-4, abs=1e-6)
+        assert a.after == pytest.approx(b.after, rel=1e-4, abs=1e-6), where
+    assert fourier.key_frequencies(model, task) == fourier.key_frequencies(params, task, cfg=cfg)
+
+    def halve_neurons(act, hook):
+        return act * 0.5
+
+    expected_logits = mg.forward(params, cfg, task.inputs, [(name, halve_neurons)])
+    expected_after = iv.evaluate_with_hooks(params, cfg, task, [(name, halve_neurons),
+                                                                iv.frequency_hook(task, freqs, where="logits")])
+    model.add_hook(name, halve_neurons)
+    try:
+        acts = fourier.neuron_acts(model, task)
+        assert (acts - 0.5 * fourier.neuron_acts((params, cfg), task)).abs().max() <= 1e-5
+        logits = progress.hooked_logits(model, task)
+        assert (logits - expected_logits).abs().max() <= 1e-4
+        assert (logits - progress.hooked_logits((params, cfg), task)).abs().max() > 1e-2
+        ablated = iv.ablate_frequencies(model, task, freqs, where="logits")
+        assert ablated.before == pytest.approx(iv.evaluate_with_hooks(params, cfg, task, [(name, halve_neurons)]),
+                                               rel=1e-4, abs=1e-6)
+        assert ablated.after == pytest.approx(expected_after, rel=1e-4, abs=1e-6)
+        # the weight spectra read the weights only
+        assert torch.equal(fourier.embedding_spectrum(model, task), fourier.embedding_spectrum(params, task))
+    finally:
+        model.reset_hooks()
+
+
 def test_answer_directions_are_cos_sin_of_a_plus_b():
     task = mg.make_task("add", p=11, frac=0.5)
     q, inside = fourier.answer_directions(task, [3])
@@ -170,8 +225,10 @@ def test_ablation_errors(grokked):
         iv.frequency_hook(task, [0], "remove", "logits")
     with pytest.raises(ValueError, match="no checkpoint at step 13"):
         iv.ablate_frequencies(grokked, task, [3], step=13)
-    with pytest.raises(ValueError, match="where must be one of"):
+    with pytest.raises(ValueError, match="where must be a TL hook name"):
         iv.frequency_hook(task, [3], "remove", "attention")
+    with pytest.raises(ValueError, match="acts on \\[batch, pos, ...\\] activations"):
+        iv.frequency_hook(task, [3], "remove", ("pattern", 0))
     with pytest.raises(ValueError, match="mode must be one of"):
         iv.frequency_hook(task, [3], "drop", "embed")
     _, fn = iv.frequency_hook(task, [3], "remove", "neurons")

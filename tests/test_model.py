@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mechgrok.model import (ModelConfig, check_params, init_params, params_from_tl, param_shapes,
-                            run_with_hooks, forward, to_tl_model, n_params)
+                            run_with_cache, run_with_hooks, forward, to_tl_model, n_params)
 from mechgrok.tasks import make_task
 
 
@@ -23,7 +23,7 @@ def test_fast_forward_equals_transformerlens_forward(n_layers, normalization, ac
     params = _random_params(cfg, seed=n_layers)
     model = to_tl_model(params, cfg)
     tl_logits = model(task.inputs)
-    full, _ = run_with_hooks(params, cfg, task.inputs)
+    full = run_with_hooks(params, cfg, task.inputs)
     assert (full - tl_logits).abs().max() <= 1e-5
     assert (forward(params, cfg, task.inputs) - tl_logits[:, -1]).abs().max() <= 1e-5
 
@@ -35,11 +35,90 @@ def test_fast_path_activations_match_the_tl_cache_by_hook_name():
     _, cache = to_tl_model(params, cfg).run_with_cache(task.inputs)
     names = ["hook_embed", "blocks.0.attn.hook_pattern", "blocks.0.hook_resid_mid", "blocks.1.mlp.hook_post",
              "blocks.1.hook_resid_post"]
-    _, ours = run_with_hooks(params, cfg, task.inputs, cache_names=names)
+    _, ours = run_with_cache(params, cfg, task.inputs, names_filter=names)
     for name in names:
         assert (ours[name] - cache[name]).abs().max() <= 1e-5, name
     # the post-MLP activations of the final block at the last position, in the shape users read
     assert cache["post", 1, "mlp"].shape == (13 * 13, 3, 64)
+
+
+@pytest.mark.parametrize("n_layers,normalization", [(1, "none"), (2, "LN")])
+def test_run_with_cache_of_everything_equals_the_tl_models_own_cache(n_layers, normalization):
+    from transformer_lens import ActivationCache
+
+    task = make_task("add", p=13, frac=0.5)
+    cfg = ModelConfig(n_layers=n_layers, d_model=32, n_heads=4, d_head=8, d_mlp=64,
+                      normalization=normalization).resolve(task)
+    params = {k: v.requires_grad_() for k, v in _random_params(cfg, seed=1).items()}
+    tl_logits, theirs = to_tl_model(params, cfg).run_with_cache(task.inputs)
+    logits, ours = run_with_cache(params, cfg, task.inputs)
+    assert isinstance(ours, ActivationCache)
+    assert (logits - tl_logits).abs().max() <= 1e-5
+    assert list(ours.keys()) == list(theirs.keys())  # every hook name, aliases included, in TL's order
+    for name in theirs.keys():
+        if name.endswith("hook_attn_scores"):
+            # the TL 4 bridge stores the pattern under this name; ours are the scores before it
+            assert (ours[name].softmax(-1) - theirs[name]).abs().max() <= 1e-5, name
+            continue
+        assert ours[name].shape == theirs[name].shape, name
+        assert (ours[name].double() - theirs[name].double()).abs().max() <= 1e-5, name
+        assert not ours[name].requires_grad
+    assert torch.equal(ours["post", -1], ours[f"blocks.{n_layers - 1}.mlp.hook_post"])
+    for kw in (dict(), dict(apply_ln=True), dict(incl_mid=True, layer=1), dict(mlp_input=True, layer=0)):
+        a, la = ours.accumulated_resid(return_labels=True, **kw)
+        b, lb = theirs.accumulated_resid(return_labels=True, **kw)
+        assert la == lb and (a - b).abs().max() <= 1e-5, kw
+    for kw in (dict(), dict(apply_ln=True), dict(mode="mlp"), dict(layer=n_layers - 1, mlp_input=True)):
+        a, la = ours.decompose_resid(return_labels=True, **kw)
+        b, lb = theirs.decompose_resid(return_labels=True, **kw)
+        assert la == lb and (a - b).abs().max() <= 1e-5, kw
+
+
+def test_run_with_cache_names_filter_selects_as_tl_does():
+    from transformer_lens.utilities import get_act_name
+
+    task = make_task("add", p=11, frac=0.5)
+    cfg = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, normalization="LN").resolve(task)
+    params = _random_params(cfg, seed=2)
+    tl = to_tl_model(params, cfg)
+    for names_filter in ("blocks.0.mlp.hook_post", get_act_name("embed"), ["unembed.hook_out", "blocks.1.hook_resid_mid"],
+                         lambda name: name.endswith("hook_scale")):
+        _, ours = run_with_cache(params, cfg, task.inputs, names_filter=names_filter)
+        _, theirs = tl.run_with_cache(task.inputs, names_filter=names_filter)
+        assert sorted(ours.keys()) == sorted(theirs.keys()), names_filter
+        for name in theirs.keys():
+            assert (ours[name] - theirs[name]).abs().max() <= 1e-5, name
+    with pytest.raises(ValueError, match="no hook point 'blocks.0.mlp.hook_nope'"):
+        run_with_cache(params, cfg, task.inputs, names_filter="blocks.0.mlp.hook_nope")
+    with pytest.raises(ValueError, match="gated off"):
+        run_with_hooks(params, cfg, task.inputs, fwd_hooks=[("blocks.0.hook_q_input", lambda x, hook: x)])
+
+
+def test_a_hook_at_any_hook_point_acts_as_it_does_on_the_tl_model():
+    # A hook that rescales (or, for token and position ids, shifts) the activation, at every
+    # hook point the TL model lets users edit: same logits, and the cache shows the edit.
+    task = make_task("add", p=11, frac=0.5)
+    cfg = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, normalization="LN",
+                      act_fn="gelu").resolve(task)
+    params = _random_params(cfg, seed=5)
+    tl = to_tl_model(params, cfg)
+    plain = tl(task.inputs)
+
+    def edit(act, hook):
+        if act.dtype == torch.long:  # token or position ids
+            return act.flip(1)
+        return act * torch.linspace(0.5, 1.5, act.shape[-1])
+
+    from mechgrok.model import hook_names
+
+    for name in hook_names(cfg):
+        if name.endswith("hook_attn_scores"):  # read-only on the TL 4 bridge (see run_with_cache)
+            continue
+        theirs = tl.run_with_hooks(task.inputs, fwd_hooks=[(name, edit)])
+        ours = run_with_hooks(params, cfg, task.inputs, fwd_hooks=[(name, edit)])
+        assert (theirs - plain).abs().max() > 1e-4, f"{name}: the hook did nothing on the TL model"
+        assert (ours - theirs).abs().max() <= 1e-4, name
+        assert (forward(params, cfg, task.inputs, [(name, edit)]) - theirs[:, -1]).abs().max() <= 1e-4, name
 
 
 def test_embedding_table_shortcut_equals_the_plain_computation():
@@ -85,10 +164,10 @@ def test_public_fast_path_gives_tl_shapes_so_a_tl_hook_indexing_a_position_runs_
 
     tl = to_tl_model(params, cfg)
     tl_logits, tl_cache = tl.run_with_cache(task.inputs)
-    logits, cache = run_with_hooks(params, cfg, task.inputs, cache_names=[name])
+    logits, cache = run_with_cache(params, cfg, task.inputs, names_filter=name)
     assert logits.shape == tl_logits.shape == (121, 3, 11)
     assert cache[name].shape == tl_cache[name].shape == (121, 3, 32)
-    ours = run_with_hooks(params, cfg, task.inputs, fwd_hooks=[(name, halve_the_equals_position)])[0]
+    ours = run_with_hooks(params, cfg, task.inputs, fwd_hooks=[(name, halve_the_equals_position)])
     theirs = tl.run_with_hooks(task.inputs, fwd_hooks=[(name, halve_the_equals_position)])
     assert (ours - theirs).abs().max() <= 1e-5
     assert (forward(params, cfg, task.inputs, [(name, halve_the_equals_position)]) - theirs[:, -1]).abs().max() <= 1e-5
@@ -179,3 +258,30 @@ def test_shape_mismatch_names_the_key():
 def test_bad_model_config_fails_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"ModelConfig\.{field}"):
         ModelConfig(**kwargs)
+
+
+def test_one_resolver_turns_every_form_of_where_into_a_tl_hook_name():
+    from transformer_lens.utilities import get_act_name
+
+    from mechgrok.model import hook_name, hook_names
+
+    task = make_task("add", p=11, frac=0.5)
+    cfg = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, normalization="LN").resolve(task)
+    cases = {"embed": "hook_embed", "logits": "unembed.hook_out", "neurons": "blocks.1.mlp.hook_post",
+             ("post", 0): "blocks.0.mlp.hook_post", ("post", -1): "blocks.1.mlp.hook_post",
+             get_act_name("post", 0): "blocks.0.mlp.hook_post", "post0": "blocks.0.mlp.hook_post",
+             ("scale", 1, "ln2"): "blocks.1.ln2.hook_scale", "hook_unembed": "hook_unembed",
+             "blocks.0.hook_resid_mid": "blocks.0.hook_resid_mid"}
+    for where, name in cases.items():
+        assert hook_name(where, cfg=cfg) == name, where
+        assert name in hook_names(cfg)
+    assert hook_name("neurons", 0, cfg) == hook_name("post", 0, cfg) == "blocks.0.mlp.hook_post"
+    assert hook_name("neurons") == "blocks.0.mlp.hook_post"  # without a config: layer 0
+    for bad in ("attention", "blocks.2.mlp.hook_post", ("post", 2), 3, "hook_nope"):
+        with pytest.raises(ValueError) as err:
+            hook_name(bad, cfg=cfg)
+        assert "\n" not in str(err.value), bad
+    with pytest.raises(ValueError, match=r"where must be a TL hook name .*get_act_name.*'embed', 'neurons', 'logits'"):
+        hook_name("attention", cfg=cfg)
+    with pytest.raises(ValueError, match="gated off"):
+        hook_name("blocks.0.hook_q_input", cfg=cfg)

@@ -108,7 +108,7 @@ def test_restricted_loss_with_every_frequency_is_the_loss_of_the_a_plus_b_averag
     p = 13
     task = make_task("add", p=p, frac=0.5)
     params, cfg = _random_params(task, seed=1)
-    logits = run_with_hooks(params, cfg, task.inputs)[0][:, -1].double()
+    logits = run_with_hooks(params, cfg, task.inputs)[:, -1].double()
     s = (task.a + task.b) % p
     mean_by_sum = torch.zeros(p, p, dtype=torch.float64).index_add_(0, s, logits) / p
     expected = float(loss_and_accuracy(mean_by_sum[s], task.labels)[0])
@@ -227,7 +227,7 @@ def test_grid_engine_equals_the_hooked_forward(op):
     task = make_task(op, p=13, frac=0.5)
     params, cfg = _random_params(task, seed=2)
     base, post = progress.grid_forward(params, cfg, task)
-    logits, cache = run_with_hooks(params, cfg, task.inputs, cache_names=["blocks.0.mlp.hook_post"])
+    logits, cache = to_tl_model(params, cfg).run_with_cache(task.inputs, names_filter="blocks.0.mlp.hook_post")
     assert torch.allclose(post, cache["blocks.0.mlp.hook_post"][:, -1], atol=1e-4)
     assert torch.allclose(base + post @ fourier.W_L(params, cfg), logits[:, -1], atol=1e-4)
     freqs = [1, 3]
