@@ -67,7 +67,7 @@ from . import fourier
 from .fourier import FrequencyProjection
 from .evaluation import SPLITS, split_metrics
 from .milestones import Transitions, transition_metrics
-from .model import (Hook, ModelConfig, Params, activation_fn, as_model, as_params, attn_scale, hook_name,
+from .model import (Hook, ModelConfig, Params, activation_fn, as_model, as_params, attn_scale, forward, hook_name,
                     is_tl_model, layer_index, per_example_loss, run_target, token_position_table, weight_sq)
 from .tasks import Task
 
