@@ -34,18 +34,19 @@ from .runs import RESUME_FILE, Run, is_run_dir
 from .trainer import resume, resume_config, train
 
 __all__ = ["parser", "parse_args", "parse_seeds", "parse_overrides", "apply_overrides", "train_or_resume",
-           "train_or_resume_ensemble", "is_finished", "command_line", "write_report"]
+           "train_or_resume_ensemble", "sweep_or_resume", "is_finished", "command_line", "write_report"]
 
 # --- the command line every script shares ---------------------------------------------------
 
 
-def parser(doc: str, *, out: str, figures: str = "figures", seeds: str | None = None, seeds_help: str | None = None,
+def parser(doc: str, *, out: str | None, figures: str = "figures", seeds: str | None = None, seeds_help: str | None = None,
            full: str | None = None, overrides: bool = False, threads: int = 1) -> argparse.ArgumentParser:
-    """An argument parser with the flags the scripts share: ``--out`` (runs), ``--figures``,
+    """An argument parser with the flags the scripts share: ``--out`` (runs; None: none), ``--figures``,
     ``--threads``, and when asked ``--seeds`` (text for ``parse_seeds``, default ``seeds``),
     ``--full`` (help text ``full``) and ``--set FIELD=VALUE`` (repeatable, ``apply_overrides``)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path(out), help="where the runs go (re-running reuses them)")
+    if out is not None:
+        ap.add_argument("--out", type=Path, default=Path(out), help="where the runs go (re-running reuses them)")
     ap.add_argument("--figures", type=Path, default=Path(figures), help="where figures and the report go")
     ap.add_argument("--threads", type=int, default=threads, help="torch threads")
     if seeds is not None:
@@ -115,6 +116,14 @@ def train_or_resume_ensemble(cfgs: Sequence[RunConfig], outs: Sequence[str | Pat
         train_ensemble([cfgs[i] for i in new], [outs[i] for i in new], progress=progress,
                        init=None if init is None else [init[i] for i in new])
     return [Run(o) for o in outs]
+
+
+def sweep_or_resume(spec, out: str | Path, **kw):
+    """``population.run_sweep`` of ``spec`` into ``out``, finishing the sweep ``out`` already
+    holds (which must be the same sweep); returns the population."""
+    from .population import SWEEP_FILE, run_sweep
+
+    return run_sweep(spec, out, resume=(Path(out) / SWEEP_FILE).exists(), **kw)
 
 
 # --- the report next to the figures ----------------------------------------------------------
