@@ -16,19 +16,14 @@ writes figures/embedding_transfer.{html,png,md,json}.
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 import statistics
-from pathlib import Path
-
-import torch
 
 import mechgrok as mg
 from mechgrok import interventions as iv
+from mechgrok.experiment import parse_args, parse_seeds, parser, train_or_resume, write_report
 from mechgrok.plots import grokking_step_distributions, markdown_table, save_figure
 from mechgrok.progress import transition_metrics
-from mechgrok.provenance import provenance
 
 
 def config(model_seed: int, p: int, frac: float, steps: int) -> mg.RunConfig:
@@ -40,37 +35,28 @@ def config(model_seed: int, p: int, frac: float, steps: int) -> mg.RunConfig:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="0,1,2")
+    ap = parser(__doc__, out="runs/embedding_transfer", seeds="0,1,2")
     ap.add_argument("--p", type=int, default=23)
     ap.add_argument("--frac", type=float, default=0.7)
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--early-step", type=int, default=100)
     ap.add_argument("--freeze", action="store_true", help="keep the transferred embeddings fixed")
-    ap.add_argument("--out", type=Path, default=Path("runs/embedding_transfer"))
-    ap.add_argument("--figures", type=Path, default=Path("figures"))
-    args = ap.parse_args()
-    torch.set_num_threads(1)
+    args = parse_args(ap)
+    seeds = parse_seeds(args.seeds)
 
-    def trained(path: Path, make):
-        if (path / "metrics.csv").exists() and mg.load_run(path).steps[-1:] == [args.steps]:
-            return mg.load_run(path)
-        shutil.rmtree(path, ignore_errors=True)
-        return make(path)
-
-    src = trained(args.out / "source", lambda d: mg.train(config(100, args.p, args.frac, args.steps), d,
-                                                                progress=False))
+    src = train_or_resume(config(100, args.p, args.frac, args.steps), args.out / "source")
     sm = src.metrics.set_index("step")
     print(f"source: grokked at {transition_metrics(src.metrics).grokked_step}, test acc at early step "
           f"{args.early_step}: {sm.loc[args.early_step, 'test_acc']:.3f}", flush=True)
     arms = {"control": None, "grokked source": src.steps[-1], "early source": args.early_step}
     rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in seeds:
         cfg = config(seed, args.p, args.frac, args.steps)
         for arm, step in arms.items():
             d = args.out / f"seed{seed}" / (arm.replace(" ", "_") + (f"_step{step}" if arm == "early source" else ""))
-            run = trained(d, lambda d: mg.train(cfg, d, progress=False) if step is None
-                          else iv.embedding_transfer(src, step, cfg, d, freeze=args.freeze))
+            run = train_or_resume(cfg, d) if step is None else (
+                train_or_resume(mg.load_run(d).config, d) if mg.is_run_dir(d)  # its config freezes what it froze
+                else iv.embedding_transfer(src, step, cfg, d, freeze=args.freeze))
             tr = transition_metrics(run.metrics)
             rows.append({"seed": seed, "arm": arm, "grokking_step": tr.grokked_step,
                          "memorisation_step": tr.memorised_step, "final_test_acc": float(run.metrics["test_acc"].iloc[-1])})
@@ -80,7 +66,6 @@ def main():
     for arm, steps in groups.items():
         ok = [s for s in steps if s is not None]
         print(f"{arm:16s} grokking steps {steps}  median {statistics.median(ok) if ok else None}")
-    args.figures.mkdir(parents=True, exist_ok=True)
     stem = args.figures / "embedding_transfer"
     save_figure(grokking_step_distributions(groups, title=f"Embedding transfer: a+b mod {args.p}, "
                                                           f"{len(groups['control'])} target seeds"), stem)
@@ -90,9 +75,7 @@ def main():
         table.append({"seed": seed} | {f"{a}: grok / memorise": f"{c['grokking_step']} / {c['memorisation_step']}"
                                        for a, c in cells.items()})
     md = markdown_table(table)
-    stem.with_suffix(".md").write_text(md)
-    stem.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                     "provenance": provenance(), "rows": rows}, indent=1) + "\n")
+    write_report(stem, md, {"args": vars(args), "rows": rows}, seeds=seeds)
     print(md)
 
 

@@ -43,7 +43,6 @@ many on a frequency the donor uses).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -54,13 +53,15 @@ from pathlib import Path
 import torch
 
 import mechgrok as mg
-from mechgrok import dynamics, interventions as iv
-from mechgrok.ensemble import member_status, resume_ensemble, train_ensemble
+from mechgrok import interventions as iv
+from mechgrok.ensemble import member_status
+from mechgrok.experiment import (parse_args, parse_seeds, parser, train_or_resume, train_or_resume_ensemble,
+                                 write_report)
+from mechgrok.files import write_text
 from mechgrok.plots import grokking_step_distributions, save_figure
-from mechgrok.presets import configure
 from mechgrok.progress import spectrum_gini, transition_metrics
 from mechgrok.provenance import provenance
-from mechgrok.runs import ResumeState
+from mechgrok.runs import ResumeState, read_optimizer_state
 
 
 def base_config(seed: int, p: int, frac: float, steps: int) -> mg.RunConfig:
@@ -78,16 +79,13 @@ def describe(steps: list) -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="0,1,2,3,4,5")
+    ap = parser(__doc__, out="runs/transplant", seeds="0,1,2,3,4,5")
     ap.add_argument("--p", type=int, default=23)
     ap.add_argument("--frac", type=float, default=0.7)
     ap.add_argument("--base-steps", type=int, default=1200)
     ap.add_argument("--recipient-step", type=int, default=None,
                     help="default: 150 (small setting); with --preset, half-way along each seed's plateau")
     ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--out", type=Path, default=Path("runs/transplant"))
-    ap.add_argument("--figures", type=Path, default=Path("figures"))
     ap.add_argument("--plot-only", action="store_true", help="redraw the figure and table from the saved JSON")
     ap.add_argument("--preset", default=None, help="seed 004's setting: a preset (dynamics), population mode")
     ap.add_argument("--stop-after-grok", type=int, default=3)
@@ -96,26 +94,22 @@ def main():
                     help="with --preset: a seed has a plateau if it groks at least this many steps after memorising")
     ap.add_argument("--summarise", action="store_true",
                     help="with --preset: train nothing, report what the run directories under --out hold")
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--merge", action="store_true",
                     help="with --preset: keep the JSON's rows of seeds not given here and add these")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(ap)
     if args.preset:
         plateau_main(args)
         return
     args.recipient_step = 150 if args.recipient_step is None else args.recipient_step
     stem = args.figures / "fourier_transplant"
     if args.plot_only:
-        report(json.loads(stem.with_suffix(".json").read_text())["rows"], args, stem)
+        write_text(stem.with_suffix(".md"), report(json.loads(stem.with_suffix(".json").read_text())["rows"], args, stem))
         return
 
-    rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    rows, t0 = [], time.time()
+    for seed in parse_seeds(args.seeds):
         t = time.time()
-        base_dir = args.out / f"seed{seed}" / "base"
-        base = mg.load_run(base_dir) if (base_dir / "config.json").exists() else mg.train(
-            base_config(seed, args.p, args.frac, args.base_steps), base_dir, progress=False)
+        base = train_or_resume(base_config(seed, args.p, args.frac, args.base_steps), args.out / f"seed{seed}" / "base")
         m, tr = base.metrics, transition_metrics(base.metrics)
         row = {"seed": seed, "base_memorisation_step": tr.memorised_step, "base_grokking_step": tr.grokked_step,
                "recipient_test_acc": float(m.set_index("step").loc[args.recipient_step, "test_acc"])}
@@ -138,13 +132,12 @@ def main():
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    args.figures.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                     "provenance": provenance(), "rows": rows}, indent=1) + "\n")
-    report(rows, args, stem)
+    write_report(stem, report(rows, args, stem), {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
+                 seeds=parse_seeds(args.seeds), started=t0)
 
 
-def report(rows: list[dict], args, stem: Path):
+def report(rows: list[dict], args, stem: Path) -> str:
+    """Prints the distributions, draws the figure; returns the markdown table."""
     done = [r for r in rows if "control_grokking_step" in r]
     groups = {"base run": [r["base_grokking_step"] for r in done],
               "control (from recipient step)": [r["control_grokking_step"] for r in done],
@@ -162,31 +155,11 @@ def report(rows: list[dict], args, stem: Path):
                      f"{r['after_transplant_test_acc']:.1%} "
                      f"(recipient before: {r['recipient_test_acc']:.1%}) | {r['control_grokking_step'] or end} | "
                      f"{r['transplant_grokking_step'] or end} |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 # --- seed 004's setting: a population on the preset, three arms from the plateau -------------------
-
-
-def seed_list(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = map(int, text.split("-"))
-        return list(range(lo, hi + 1))
-    return [int(s) for s in text.split(",")]
-
-
-def train_or_resume(cfgs: list, outs: list[Path], init=None):
-    """Train the members not started yet as one ensemble and finish the ones an interrupted
-    earlier call left (their run directories resume)."""
-    new = [i for i, o in enumerate(outs) if not (o / "config.json").exists()]
-    old = [o for i, o in enumerate(outs) if i not in new]
-    if any((member_status(o) or {}).get("status") == "running" for o in old):
-        resume_ensemble(old)
-    if new:
-        train_ensemble([cfgs[i] for i in new], [outs[i] for i in new],
-                       init=None if init is None else [init[i] for i in new])
-    return [mg.load_run(o) for o in outs]
 
 
 def plateau_step(base, tr, min_delay: int, fixed: int | None) -> int | None:
@@ -204,18 +177,16 @@ def plateau_step(base, tr, min_delay: int, fixed: int | None) -> int | None:
 
 def carried_state(run, step: int, params) -> ResumeState:
     """Resume state at ``step`` with ``params`` and the run's own AdamW moments at that step."""
-    moments = dynamics.read_moments(run, step)
-    if moments is None:
+    opt = read_optimizer_state(run, step)
+    if opt is None:
         raise SystemExit(f"{run.path} kept no AdamW moments at step {step}: base runs need keep_moments")
-    opt = {k: {"step": torch.tensor(float(step)), "exp_avg": moments["exp_avg"][k],
-               "exp_avg_sq": moments["exp_avg_sq"][k]} for k in moments["exp_avg"]}
     return ResumeState(step, params, opt)
 
 
 def finished(out: Path) -> bool:
     """An ensemble member that is not still training (an interrupted one says "running")."""
     status = member_status(out)
-    return (out / "config.json").exists() and (status or {}).get("status") != "running"
+    return mg.is_run_dir(out) and (status or {}).get("status") != "running"
 
 
 def fourier_evidence(run, step: int, layer: int, key_freqs: list[int]) -> dict:
@@ -230,19 +201,19 @@ def fourier_evidence(run, step: int, layer: int, key_freqs: list[int]) -> dict:
 
 
 def plateau_main(args):
-    seeds = seed_list(args.seeds)
+    seeds = parse_seeds(args.seeds)
     stem = args.figures / f"fourier_transplant_{args.preset}"
     if args.plot_only:
-        plateau_report(json.loads(stem.with_suffix(".json").read_text()), stem)
+        write_text(stem.with_suffix(".md"), plateau_report(json.loads(stem.with_suffix(".json").read_text()), stem))
         return
     t0 = time.time()
     base_outs = [args.out / f"seed{s}" / "base" for s in seeds]
     if args.summarise:
         bases = [mg.load_run(o) if finished(o) else None for o in base_outs]
     else:
-        base_cfgs = [configure(args.preset, seed=s, stop_after_grok=args.stop_after_grok, keep_moments=True)
+        base_cfgs = [mg.configure(args.preset, seed=s, stop_after_grok=args.stop_after_grok, keep_moments=True)
                      for s in seeds]
-        bases = train_or_resume(base_cfgs, base_outs)
+        bases = train_or_resume_ensemble(base_cfgs, base_outs)
         print(f"base runs done ({time.time() - t0:.0f} s)", flush=True)
 
     rows, groups = [], {}  # groups: recipient step -> (configs, outs, initial states) of its arms
@@ -292,7 +263,7 @@ def plateau_main(args):
             by_out |= {str(o): mg.load_run(o) for o in outs if finished(o)}
             continue
         print(f"transplanting into {len(outs)} recipients at step {r_step}", flush=True)
-        by_out |= {str(a.path): a for a in train_or_resume(cfgs, outs, init=init)}
+        by_out |= {str(a.path): a for a in train_or_resume_ensemble(cfgs, outs, init=init)}
     for row in rows:
         if "skipped" in row:
             continue
@@ -318,9 +289,7 @@ def plateau_main(args):
         result["rows"] = sorted(kept + rows, key=lambda r: r["seed"])
         result["invocations"] = old.get("invocations") or [{k: old.get(k) for k in ("args", "provenance", "wall_s")}]
         result["invocations"].append({k: result[k] for k in ("args", "provenance", "wall_s")})
-    args.figures.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    plateau_report(result, stem)
+    write_report(stem, plateau_report(result, stem), result, seeds=seeds, prov=result["provenance"])
 
 
 def quartiles(xs: list) -> str:
@@ -332,7 +301,8 @@ def quartiles(xs: list) -> str:
     return f"{statistics.median(xs):g} ({q[0]:g} to {q[2]:g})"
 
 
-def plateau_report(result: dict, stem: Path):
+def plateau_report(result: dict, stem: Path) -> str:
+    """Prints the arms' distributions, draws the figure; returns the markdown report."""
     rows = [r for r in result["rows"] if "control_grokking_step" in r]
     arms = {"control (untouched)": "control", "Fourier neurons transplanted": "fourier",
             "as many non-Fourier neurons": "non_fourier"}
@@ -397,12 +367,12 @@ def plateau_report(result: dict, stem: Path):
             f"seed {r['seed']}: {r['skipped']}" + (f" (memorised {r['base_memorisation_step']}, grokked "
                                                    f"{r['base_grokking_step']})" if "base_grokking_step" in r else "")
             for r in skipped)]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     fig = grokking_step_distributions(
         after, title=f"Transplant into the memorising plateau, {result['preset']} preset, {len(rows)} seeds")
     fig.update_yaxes(title_text="grokking step minus recipient step")
     save_figure(fig, stem)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -19,20 +19,16 @@ Re-running skips the continuations already recorded in --out/results.jsonl.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pandas as pd
-import torch
 
 import mechgrok as mg
 from mechgrok import interventions as iv
+from mechgrok.experiment import parse_args, parser, train_or_resume, write_report
 from mechgrok.plots import freezing_bars, markdown_table, save_figure, training_curve
 from mechgrok.progress import transition_metrics
-from mechgrok.provenance import provenance
 
 # Seed 000's final test accuracies (its results JSON): checkpoint 7k, checkpoint 11k.
 PUBLISHED = {
@@ -54,8 +50,7 @@ def base_config(full: bool, p: int, d_model: int, lr: float, wd: float, steps: i
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--full", action="store_true", help="published scale: division4, 7000/11000, +10000")
+    ap = parser(__doc__, out="runs/freezing", full="published scale: division4, 7000/11000, +10000")
     ap.add_argument("--p", type=int, default=47)
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -64,11 +59,7 @@ def main():
     ap.add_argument("--from-steps", default="900,1200")
     ap.add_argument("--steps", type=int, default=1000, help="steps to train on after each intervention")
     ap.add_argument("--interventions", default="all")
-    ap.add_argument("--out", type=Path, default=Path("runs/freezing"))
-    ap.add_argument("--figures", type=Path, default=Path("figures"))
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(ap)
     if args.full:
         args.base_steps, args.from_steps, args.steps = 20_000, "7000,11000", 10_000
     from_steps = [int(s) for s in args.from_steps.split(",")]
@@ -76,8 +67,7 @@ def main():
     cfg = base_config(args.full, args.p, args.d_model, args.lr, args.wd, args.base_steps)
     t0 = time.time()
     base_dir = args.out / "base"
-    run = mg.load_run(base_dir) if (base_dir / "config.json").exists() else \
-        mg.train(cfg, base_dir, progress=False)
+    run = train_or_resume(cfg, base_dir)
     base_s = time.time() - t0
     m, tr = run.metrics, transition_metrics(run.metrics)
     at = m.set_index("step")
@@ -92,7 +82,6 @@ def main():
     rows = [done[(s, n)] for s in from_steps for n in names]
     published = pd.DataFrame([{"name": n, "from_step_index": i, "final_test_acc": PUBLISHED[n][i]}
                               for n in names for i in range(2)])
-    args.figures.mkdir(parents=True, exist_ok=True)
     stem = args.figures / ("freezing_phases_full" if args.full else "freezing_phases")
     title = (f"Freeze and continue: {run.task.describe()}, {run.model_cfg.n_layers} layers, d_model "
              f"{run.model_cfg.d_model}; final test accuracy {args.steps} steps after freezing")
@@ -114,10 +103,9 @@ def main():
     meta = {"config": cfg.to_dict(), "from_steps": from_steps, "steps": args.steps,
             "base_memorisation_step": tr.memorised_step, "base_grokking_step": tr.grokked_step,
             "base_test_acc_at_checkpoints": {s: float(at.loc[s, "test_acc"]) for s in from_steps},
-            "provenance": provenance(), "base_seconds": round(base_s, 1)}
-    stem.with_suffix(".md").write_text(table)
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": [
-        {k: v for k, v in r.items() if k != "trajectory"} for r in rows]}, indent=1) + "\n")
+            "base_seconds": round(base_s, 1)}
+    write_report(stem, table, {"meta": meta, "results": [{k: v for k, v in r.items() if k != "trajectory"}
+                                                          for r in rows]}, seeds=[cfg.model.seed], started=t0)
     print(table)
     print(f"wrote {stem}.html/.png/.md/.json")
 

@@ -21,18 +21,13 @@ grokfast_vs_momentum.md (table next to seed 004's numbers) and .json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
-import torch
 
+import mechgrok as mg
+from mechgrok.experiment import parse_args, parse_overrides, parse_seeds, parser, sweep_or_resume, write_report
 from mechgrok.plots import grokking_step_distributions, markdown_table, save_figure
-from mechgrok.population import SweepConfig, run_sweep
-from mechgrok.provenance import provenance
 from momentum_sweep import small_or_preset  # the same small setting (analyses/ is on sys.path when run)
 
 ARMS = {  # name -> settings; seed 004's grokking step
@@ -44,30 +39,21 @@ ARMS = {  # name -> settings; seed 004's grokking step
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--full", action="store_true", help="30 seeds per arm")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = parser(__doc__, out="sweeps/grokfast_vs_momentum", seeds="3", full="30 seeds per arm", overrides=True)
     ap.add_argument("--steps", type=int, default=None, help="budget (default: the preset's)")
     ap.add_argument("--stop-after-grok", type=int, default=5)
     ap.add_argument("--chunk-size", type=int, default=8)
-    ap.add_argument("--out", type=Path, default=Path("sweeps/grokfast_vs_momentum"))
-    ap.add_argument("--figures", type=Path, default=Path("figures"))
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=V",
-                    help="any other config field for every member, e.g. --set eval_every=20 (repeatable)")
     ap.add_argument("--preset", default=None, help="base configuration (default: the small scale, or "
                     "dynamics with --full)")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(ap)
     if args.full:
-        args.seeds = 30
-    base = small_or_preset(args.preset, args.full)
+        args.seeds = "30"
+    seeds, base = parse_seeds(args.seeds), small_or_preset(args.preset, args.full)
     fixed = {"stop_after_grok": args.stop_after_grok, "device": "cpu"} | ({"steps": args.steps} if args.steps else {})
-    fixed |= dict(a.split("=", 1) for a in args.set)
-    spec = SweepConfig(base, settings=tuple(s for s, _ in ARMS.values()), seeds=args.seeds, fixed=fixed,
-                       chunk_size=args.chunk_size)
+    spec = mg.SweepConfig(base, settings=tuple(s for s, _ in ARMS.values()), seeds=seeds,
+                          fixed=fixed | parse_overrides(args.set), chunk_size=args.chunk_size)
     t0 = time.time()
-    pop = run_sweep(spec, args.out, resume=(args.out / "sweep.json").exists())
+    pop = sweep_or_resume(spec, args.out)
     seconds = time.time() - t0
     t = pop.table
     summary = pop.summary(["grokfast", "beta1"])
@@ -81,20 +67,16 @@ def main():
                      "steps": ", ".join("-" if g is None else str(g) for g in groups[name]),
                      "delay (median)": r["delay_median"], "seed 004 grokking step": published})
     stem = args.figures / ("grokfast_vs_momentum_full" if args.full else "grokfast_vs_momentum")
-    args.figures.mkdir(parents=True, exist_ok=True)
-    save_figure(grokking_step_distributions(groups, title=f"Grokfast vs momentum: grokking step, {args.seeds} seeds "
+    save_figure(grokking_step_distributions(groups, title=f"Grokfast vs momentum: grokking step, {len(seeds)} seeds "
                                             f"per arm (seed 004: one run per arm)"), stem)
     budget = int(t["budget"].iloc[0])
     text = (f"Grokfast vs momentum: {base.task.op} mod {base.task.p}, {base.task.frac:.0%} train, {base.model.n_layers} layer(s), "
             f"d_model {base.model.d_model}, lr {base.train.lr:g} ({args.preset or ('dynamics' if args.full else 'small scale')}), "
-            f"{args.seeds} seeds per arm, "
+            f"{len(seeds)} seeds per arm, "
             f"budget {budget} steps, stop {args.stop_after_grok} evaluations after grokking; {seconds / 60:.1f} min.\n\n"
-            + markdown_table(rows, floatfmt=".4g")
-            + f"\nCommand: `OMP_NUM_THREADS=1 python analyses/grokfast_vs_momentum.py {' '.join(sys.argv[1:])}`\n")
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps({
-        "args": {k: str(v) for k, v in vars(args).items()}, "base": base.to_dict(), "seconds": round(seconds, 1),
-        "table": t.drop(columns=["path"]).to_dict("records"), "provenance": provenance()}, indent=1, default=str) + "\n")
+            + markdown_table(rows, floatfmt=".4g"))
+    write_report(stem, text, {"args": vars(args), "base": base.to_dict(), "table": t.drop(columns=["path"]).to_dict("records")},
+                 seeds=seeds, started=t0)
     print(text)
     print(f"wrote {stem}.html/.png/.md/.json")
 

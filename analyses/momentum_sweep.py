@@ -27,19 +27,13 @@ IQR band, grok rate), momentum_sweep.md (tables side by side with seed 004) and 
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
-import torch
 
+import mechgrok as mg
+from mechgrok.experiment import parse_args, parse_overrides, parse_seeds, parser, sweep_or_resume, write_report
 from mechgrok.plots import markdown_table, population_summary, save_figure
-from mechgrok.population import SweepConfig, run_sweep
-from mechgrok.presets import configure, get_preset
-from mechgrok.provenance import provenance
 
 FULL_BETA1 = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)  # seed 004's 13 values (figure axis)
 SMALL_BETA1 = (0, 0.4, 0.6, 0.9, 0.95)
@@ -48,20 +42,6 @@ SMALL_WD = (0, 1, 2, 5)
 PUBLISHED_BETA1 = "delay flat at ~280-345 steps for beta1 <= 0.4, rising sharply past 0.5 (2-3x at high beta1)"
 PUBLISHED_WD = {0.0: "5/30 grok within 3000 steps", 1.0: "30/30 grok, delay ~300",
                 2.0: "generalises without memorising first", 5.0: "nothing learns", 0.25: "slow erosion, collapses"}
-
-
-def sweep(spec: SweepConfig, out: Path):
-    t0 = time.time()
-    pop = run_sweep(spec, out, resume=(out / "sweep.json").exists())
-    return pop, time.time() - t0
-
-
-def steps_saved(pop) -> tuple[int, int]:
-    """(steps trained, steps the same members would have trained without stop-after-grok)."""
-    t = pop.table
-    return int(t["last_step"].sum()), int(t["budget"].sum())
-
-
 # the small scale: the test suite's grokking run (tests/conftest.py grokked_run), demo preset otherwise
 SMALL = dict(p=23, frac=0.7, d_model=64, n_heads=4, d_head=16, d_mlp=256, lr=3e-3, weight_decay=1.0, warmup_steps=10,
              steps=1500, eval_every=10, checkpoint_every=500)
@@ -69,76 +49,71 @@ SMALL = dict(p=23, frac=0.7, d_model=64, n_heads=4, d_head=16, d_mlp=256, lr=3e-
 
 def small_or_preset(preset: str | None, full: bool):
     if preset is not None:
-        return get_preset(preset)
-    return get_preset("dynamics") if full else configure("demo", **SMALL)
+        return mg.get_preset(preset)
+    return mg.get_preset("dynamics") if full else mg.configure("demo", **SMALL)
+
+
+def timed_sweep(spec: mg.SweepConfig, out):
+    """The population, its summary over its one swept field, the seconds it took, and (steps
+    trained, steps the same members would have trained without stop-after-grok)."""
+    t0 = time.time()
+    pop = sweep_or_resume(spec, out)
+    return pop, pop.summary(spec.fields[0]), time.time() - t0, (int(pop.table["last_step"].sum()),
+                                                             int(pop.table["budget"].sum()))
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--full", action="store_true", help="published scale: 13 beta1 x 30 seeds, 9 wd x 30 seeds")
+    ap = parser(__doc__, out="sweeps/momentum", seeds="3", seeds_help="seeds per beta1 value: N, A-B or a,b,c",
+                full="published scale: 13 beta1 x 30 seeds, 9 wd x 30 seeds", overrides=True)
     ap.add_argument("--beta1", default=",".join(map(str, SMALL_BETA1)))
     ap.add_argument("--wd", default=",".join(map(str, SMALL_WD)))
-    ap.add_argument("--seeds", type=int, default=3, help="seeds per beta1 value")
-    ap.add_argument("--wd-seeds", type=int, default=2, help="seeds per weight decay value")
+    ap.add_argument("--wd-seeds", default="2", help="seeds per weight decay value")
     ap.add_argument("--steps", type=int, default=None, help="beta1 sweep budget (default: the preset's)")
     ap.add_argument("--wd-steps", type=int, default=None, help="weight-decay sweep budget (default: the base's "
                     "steps; --full: 3000, seed 004's)")
     ap.add_argument("--stop-after-grok", type=int, default=5)
     ap.add_argument("--chunk-size", type=int, default=8)
     ap.add_argument("--skip-wd", action="store_true", help="only the beta1 sweep")
-    ap.add_argument("--out", type=Path, default=Path("sweeps/momentum"))
-    ap.add_argument("--figures", type=Path, default=Path("figures"))
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=V",
-                    help="any other config field for every member, e.g. --set eval_every=20 (repeatable)")
     ap.add_argument("--preset", default=None, help="base configuration (default: the small scale, or "
                     "dynamics with --full)")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(ap)
     if args.full:
         args.beta1, args.wd = ",".join(map(str, FULL_BETA1)), ",".join(map(str, FULL_WD))
-        args.seeds = args.wd_seeds = 30
+        args.seeds = args.wd_seeds = "30"
         args.wd_steps = args.wd_steps or 3000
     base = small_or_preset(args.preset, args.full)
     args.wd_steps = args.wd_steps or base.train.steps
-    fixed = {"stop_after_grok": args.stop_after_grok, "device": "cpu"}
-    if args.steps:
-        fixed["steps"] = args.steps
-    fixed |= dict(a.split("=", 1) for a in args.set)
+    seeds, wd_seeds = parse_seeds(args.seeds), parse_seeds(args.wd_seeds)
+    fixed = {"stop_after_grok": args.stop_after_grok, "device": "cpu"} | ({"steps": args.steps} if args.steps else {})
+    fixed |= parse_overrides(args.set)
     stem = args.figures / ("momentum_sweep_full" if args.full else "momentum_sweep")
-    args.figures.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
 
-    b_spec = SweepConfig(base, grid={"beta1": args.beta1.split(",")}, seeds=args.seeds, fixed=fixed,
-                         chunk_size=args.chunk_size)
-    b_pop, b_s = sweep(b_spec, args.out / "beta1")
-    b_sum = b_pop.summary("beta1")
+    b_pop, b_sum, b_s, (done, budget) = timed_sweep(mg.SweepConfig(
+        base, grid={"beta1": args.beta1.split(",")}, seeds=seeds, fixed=fixed, chunk_size=args.chunk_size), args.out / "beta1")
     save_figure(population_summary(b_sum, "beta1", title=f"beta1 sweep: {base.task.op} mod {base.task.p}, "
-                                   f"{args.seeds} seeds per value (seed 004: 30)"), stem.with_name(stem.name + "_beta1"))
+                                   f"{len(seeds)} seeds per value (seed 004: 30)"), stem.with_name(stem.name + "_beta1"))
     setting = (f"Setting: {base.task.op} mod {base.task.p}, {base.task.frac:.0%} train, {base.model.n_layers} layer(s), "
                f"d_model {base.model.d_model}, d_mlp {base.model.d_mlp}, AdamW lr {base.train.lr:g}, "
                f"batch {base.train.batch_size or 'full'}, eval every {base.train.eval_every} steps "
                f"({'dynamics preset' if args.full and args.preset is None else args.preset or 'small scale'}); "
                f"device cpu, {args.threads} thread(s).\n")
-    command = "python analyses/momentum_sweep.py " + " ".join(sys.argv[1:])
-    report = [f"Command: `OMP_NUM_THREADS=1 {command.strip()}`\n", setting, f"## beta1 sweep ({len(b_pop)} members: {len(b_sum)} values x {args.seeds} seeds, "
+    report = [setting, f"## beta1 sweep ({len(b_pop)} members: {len(b_sum)} values x {len(seeds)} seeds, "
               f"budget {b_pop.table['budget'].iloc[0]} steps, stop {args.stop_after_grok} evaluations after grokking)\n",
               f"Seed 004 (13 values x 30 seeds): {PUBLISHED_BETA1}.\n",
               markdown_table(b_sum.reset_index(), ["beta1", "n", "n_grokked", "delay_median", "delay_q25", "delay_q75",
-                                                   "memorised_step_median", "grokked_step_median"], floatfmt=".4g")]
-    done, budget = steps_saved(b_pop)
-    report.append(f"\nSteps trained {done:,} of {budget:,} ({1 - done / budget:.0%} saved by stop-after-grok); "
-                  f"{b_s / 60:.1f} min.\n")
+                                                   "memorised_step_median", "grokked_step_median"], floatfmt=".4g"),
+              f"\nSteps trained {done:,} of {budget:,} ({1 - done / budget:.0%} saved by stop-after-grok); "
+              f"{b_s / 60:.1f} min.\n"]
     result = {"beta1": b_sum.reset_index().to_dict("records"), "beta1_seconds": round(b_s, 1),
               "beta1_steps_trained": done, "beta1_steps_budget": budget}
 
     if not args.skip_wd:
-        w_fixed = fixed | {"beta1": 0.0, "steps": args.wd_steps}
-        w_spec = SweepConfig(base, grid={"weight_decay": args.wd.split(",")}, seeds=args.wd_seeds, fixed=w_fixed,
-                             chunk_size=args.chunk_size)
-        w_pop, w_s = sweep(w_spec, args.out / "wd")
-        w_sum = w_pop.summary("weight_decay")
+        w_pop, w_sum, w_s, (done, budget) = timed_sweep(mg.SweepConfig(
+            base, grid={"weight_decay": args.wd.split(",")}, seeds=wd_seeds, chunk_size=args.chunk_size,
+            fixed=fixed | {"beta1": 0.0, "steps": args.wd_steps}), args.out / "wd")
         save_figure(population_summary(w_sum, "weight_decay", title=f"weight-decay sweep at beta1 = 0, {args.wd_steps} "
-                                       f"steps, {args.wd_seeds} seeds per value (seed 004: 30)"),
+                                       f"steps, {len(wd_seeds)} seeds per value (seed 004: 30)"),
                     stem.with_name(stem.name + "_wd"))
         rows = [r | {"seed 004": PUBLISHED_WD.get(float(r["weight_decay"]), "-"),
                      "grokked": f"{int(r['n_grokked'])}/{int(r['n'])}"} for r in w_sum.reset_index().to_dict("records")]
@@ -147,14 +122,10 @@ def main():
                                                        "delay_q75", "n_grokked_before_memorising",
                                                        "final_test_acc_mean", "seed 004"], floatfmt=".4g"),
                    f"\n{w_s / 60:.1f} min.\n"]
-        done, budget = steps_saved(w_pop)
         result |= {"wd": w_sum.reset_index().to_dict("records"), "wd_seconds": round(w_s, 1),
                    "wd_steps_trained": done, "wd_steps_budget": budget}
     text = "\n".join(report)
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                     "base": base.to_dict(), **result,
-                                                     "provenance": provenance()}, indent=1, default=str) + "\n")
+    write_report(stem, text, {"args": vars(args), "base": base.to_dict(), **result}, seeds=seeds, started=t0)
     print(text)
     print(f"wrote {stem}.md/.json and figures")
 

@@ -15,14 +15,14 @@ numbers (also written to ``figures/nanda/summary.md``).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 import mechgrok as mg
+from mechgrok.experiment import parse_args, parser
+from mechgrok.files import write_text
+from mechgrok.provenance import hardware
 
 PUBLISHED = {
     "key frequencies": "5: [14, 35, 41, 42, 52]",
@@ -40,19 +40,16 @@ def fmt_k(step) -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__.splitlines()[0], out=None, figures="figures/nanda", threads=2)
     ap.add_argument("--run", default="runs/nanda")
-    ap.add_argument("--figures", default="figures/nanda")
     ap.add_argument("--steps", type=int, default=None, help="training steps if the run must be trained")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--readme", default="figures/README.md",
                     help="file whose nanda section (between the markers) gets the table; '' to skip")
     ap.add_argument("--command", default=None, help="the command line to quote in the README (default: this one)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(ap)
 
     run_dir = Path(args.run)
-    if not (run_dir / "config.json").exists():
+    if not mg.is_run_dir(run_dir):
         cfg = mg.get_preset("nanda")
         if args.steps:
             cfg = replace(cfg, train=replace(cfg.train, steps=args.steps))
@@ -89,17 +86,14 @@ def main():
     }
     lines = ["| measure | Nanda et al. (40k epochs) | ours |", "|---|---|---|"]
     lines += [f"| {k} | {PUBLISHED[k]} | {ours[k]} |" for k in PUBLISHED]
-    prov = mg.provenance.provenance()
     extra = (f"\nmemorised at step {tr.memorised_step}, grokked at {tr.grokked_step} (evaluation grid), delay "
              f"{tr.delay}, max acceleration {tr.max_acceleration_step}; final restricted loss "
              f"{final['restricted_loss']:.3g} (Nanda et al.'s definition: logits, all pairs; the TL demo's "
              f"definition -- neurons, test pairs -- gives {tl_demo:.3g}), excluded loss {final['excluded_loss']:.3g} "
              f"(logits, train pairs); run {run_dir} ({len(table)} checkpoints, last {last} of {planned}), seeds "
-             f"{run.config.task.seed}/{run.config.model.seed}/{run.config.train.seed}, {prov['cpu_cores']}-core "
-             f"{prov['machine']} CPU, no GPU, torch {prov['torch']}, {prov['torch_threads']} threads")
+             f"{run.config.task.seed}/{run.config.model.seed}/{run.config.train.seed}, {hardware()}")
     md = "\n".join(lines) + "\n" + extra + "\n"
-    out = Path(args.figures)
-    (out / "summary.md").write_text(md)
+    write_text(Path(args.figures) / "summary.md", md)
     print(md)
     pngs = [f for f in written if f.suffix == ".png"]
     print("figures:")
@@ -136,14 +130,12 @@ def update_readme(readme: Path, md: str, pngs: list[Path], command: str, run, la
           for p in (q.resolve() for q in pngs)],
         END,
     ])
-    readme = readme.resolve()
     text = readme.read_text() if readme.exists() else "# Figures\n"
     if BEGIN in text and END in text:
         text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
-    readme.parent.mkdir(parents=True, exist_ok=True)
-    readme.write_text(text)
+    write_text(readme, text)
     print(f"updated {readme}")
 
 

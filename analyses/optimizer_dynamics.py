@@ -33,23 +33,20 @@ Figures and the report (``optimizer_dynamics.md``: command, seeds, hardware, tim
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 import mechgrok as mg
 from mechgrok import dynamics as dy
+from mechgrok.experiment import parse_args, parse_seeds, parser, train_or_resume, write_report
 from mechgrok.plots import (dips_vs_gap_scatter, dynamics_geometry, limit_cycle_figure, markdown_table,
                             save_figure)
 from mechgrok.progress import transition_metrics
-from mechgrok.provenance import provenance
 
 SEED_004 = {
     "hessian_rise": "~20x during memorisation",
@@ -90,28 +87,9 @@ def seeded(cfg: mg.RunConfig, seed: int, **train) -> mg.RunConfig:
 
 
 def get_run(cfg: mg.RunConfig, out: Path, probe_kw: dict | None, every: int) -> mg.Run:
-    """The finished run in ``out``; resumed if unfinished, trained if absent."""
-    from mechgrok.trainer import resume as resume_run
-from mechgrok.trainer import train as train_run
-
+    """The run of ``cfg`` in ``out`` (``train_or_resume``), probed when ``probe_kw`` is given."""
     kw = {} if probe_kw is None else {"probe": dy.make_probe(cfg, **probe_kw), "probe_every": every}
-    if (out / "config.json").exists():
-        from mechgrok.trainer import resume_config
-
-        run = mg.load_run(out)
-        resume_config(run.config, cfg)  # refuses a run of other settings in the same directory
-        if run.steps and run.steps[-1] >= cfg.train.steps:
-            return run
-        return resume_run(out, cfg, progress=True, **kw)
-    return train_run(cfg, out, progress=True, **kw)
-
-
-def parse_seeds(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        a, _, b = part.partition("-")
-        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    return out
+    return train_or_resume(cfg, out, progress=True, **kw)
 
 
 def spread(values, fmt: str = "{:.3g}") -> str:
@@ -135,27 +113,22 @@ def _sweep_note(path: Path) -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, out="runs/dynamics", figures="figures/dynamics", seeds="0-7",
+                seeds_help="probed runs at wd 1, e.g. 0-7 or 0,3,5")
     ap.add_argument("--setting", choices=("small", "preset"), default="small")
-    ap.add_argument("--seeds", default="0-7", help="probed runs at wd 1, e.g. 0-7 or 0,3,5")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--probe-every", type=int, default=10)
     ap.add_argument("--wds", default="0.25:6000,1,2", help="weight decays of the limit-cycle figure, each with an "
                     "optional :steps budget (default --steps); wd 1 is the probed run")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: probed, wd")
-    ap.add_argument("--out", type=Path, default=Path("runs/dynamics"))
-    ap.add_argument("--figures", type=Path, default=Path("figures/dynamics"))
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--population", type=Path, nargs="+", default=None,
                     help="probed runs from these sweep directories (mechgrok sweep ... --probe every=N) instead of "
                          "training them")
     ap.add_argument("--hardware-note", default=", shared with other jobs",
                     help="appended to the hardware line of the report (what else ran on the machine)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(ap)
     skip = set(filter(None, args.skip.split(",")))
     t0 = time.time()
-    args.figures.mkdir(parents=True, exist_ok=True)
     base, scale = setting_config(args.setting)
     root = args.out / args.setting
     population = [r for p in args.population for r in dy.find_runs(p)] if args.population else None
@@ -163,7 +136,7 @@ def main():
         population.sort(key=lambda r: r.config.train.seed)
         seeds = [r.config.train.seed for r in population]
     else:
-        seeds = parse_seeds(args.seeds)
+        seeds = list(parse_seeds(args.seeds))
     probe_kw = dict(measures=dy.MEASURES, hessian_iters=3, rank_n=32)
     report, result, timing = [], {}, {}
 
@@ -266,18 +239,12 @@ def main():
                                                           "weight_norm_period", "weight_norm_amplitude", "collapses"]),
                    ""]
 
-    prov = provenance()
-    minutes = (time.time() - t0) / 60
-    caption = (f"# Optimizer dynamics (seed 004), re-measured\n\nCommand: `python analyses/optimizer_dynamics.py "
-               f"{' '.join(sys.argv[1:])}`\n\nSetting ({args.setting}): {json.dumps(base.to_dict(), default=str)}\n\n"
-               f"Hardware: {prov['cpu_cores']}-core CPU VM, no GPU, torch {prov['torch']}, {prov['torch_threads']} "
-               f"thread(s){args.hardware_note}. Made {prov['made']}; this invocation took {minutes:.1f} min "
-               f"(runs already on disk are reused; seconds per part in this invocation: {timing}).\n\n")
-    text = caption + "\n".join(report)
-    (args.figures / "optimizer_dynamics.md").write_text(text)
-    (args.figures / "optimizer_dynamics.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "setting": base.to_dict(), **result,
-         "seconds": timing, "provenance": prov}, indent=1, default=str) + "\n")
+    text = (f"# Optimizer dynamics (seed 004), re-measured\n\nSetting ({args.setting}): "
+            f"{json.dumps(base.to_dict(), default=str)}\n\n" + "\n".join(report))
+    note = (f"{args.hardware_note}; runs already on disk are reused; seconds per part in this invocation: "
+            f"{timing}")
+    write_report(args.figures / "optimizer_dynamics", text, {"args": vars(args), "setting": base.to_dict(),
+                 **result, "seconds_per_part": timing}, seeds=seeds, started=t0, note=note)
     print(text)
 
 

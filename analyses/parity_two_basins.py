@@ -17,20 +17,15 @@ end) and .json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
-import torch
 
+import mechgrok as mg
+from mechgrok.experiment import parse_args, parse_overrides, parse_seeds, parser, sweep_or_resume, write_report
 from mechgrok.plots import markdown_table, population_curves, save_figure
-from mechgrok.population import SweepConfig, read_manifest, run_sweep
-from mechgrok.presets import configure, get_preset
-from mechgrok.provenance import provenance
+from mechgrok.population import read_manifest
 
 PUBLISHED = {True: "eventually generalises (weight norm falls into the low-norm basin)",
              False: "can stay memorised indefinitely"}
@@ -42,25 +37,18 @@ SMALL = dict(op="parity", n_bits=10, frac=0.3, steps=2000, eval_every=20, checkp
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=2)
+    ap = parser(__doc__, out="sweeps/parity_two_basins", seeds="2", overrides=True)
     ap.add_argument("--wd", type=float, default=None, help="the weight-decay arm (default: the preset's)")
     ap.add_argument("--steps", type=int, default=None, help="budget (default: the preset's)")
-    ap.add_argument("--out", type=Path, default=Path("sweeps/parity_two_basins"))
-    ap.add_argument("--figures", type=Path, default=Path("figures"))
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=V",
-                    help="any other config field for every member, e.g. --set eval_every=20 (repeatable)")
     ap.add_argument("--preset", default=None, help="base configuration (default: SMALL, the demo preset on "
                     "10-bit parity; e.g. --preset parity)")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    base = get_preset(args.preset) if args.preset else configure("demo", **SMALL)
+    args = parse_args(ap)
+    base = mg.get_preset(args.preset) if args.preset else mg.configure("demo", **SMALL)
     wd = args.wd if args.wd is not None else base.train.weight_decay
-    fixed = {"device": "cpu"} | ({"steps": args.steps} if args.steps else {}) | dict(a.split("=", 1) for a in args.set)
-    spec = SweepConfig(base, grid={"weight_decay": (wd, 0.0)}, seeds=args.seeds, fixed=fixed)
+    seeds = parse_seeds(args.seeds)
+    fixed = {"device": "cpu"} | ({"steps": args.steps} if args.steps else {}) | parse_overrides(args.set)
     t0 = time.time()
-    pop = run_sweep(spec, args.out, resume=(args.out / "sweep.json").exists())
+    pop = sweep_or_resume(mg.SweepConfig(base, grid={"weight_decay": (wd, 0.0)}, seeds=seeds, fixed=fixed), args.out)
     seconds = time.time() - t0
     trained = sum(r["seconds"] for r in read_manifest(args.out).values())  # training time, over all invocations
     curves, rows = {}, []
@@ -76,21 +64,15 @@ def main():
                      "norm at end": at.iloc[-1], "final test acc": r.final_test_acc,
                      "seed 002": PUBLISHED[r.weight_decay > 0]})
     stem = args.figures / "parity_two_basins"
-    args.figures.mkdir(parents=True, exist_ok=True)
     t = pop.run(0).config.task  # the members' task (--set may change the base's)
     save_figure(population_curves(curves, ("test_acc", "train_acc", "weight_norm"),
                                   ("test accuracy", "train accuracy", "weight norm"),
                                   title=f"{t.n_bits}-bit parity, {t.frac:.0%} train: with and without weight decay"), stem)
     text = (f"Parity with and without weight decay (seed 002): {args.preset + ' preset' if args.preset else 'demo model (SMALL)'} "
             f"({t.n_bits} bits, {t.frac:.0%} train), "
-            f"{pop.table['budget'].iloc[0]} steps, {args.seeds} seeds per arm; training {trained / 60:.1f} min "
-            f"(this invocation {seconds / 60:.1f} min).\n\n"
-            + markdown_table(rows, floatfmt=".4g")
-            + f"\nCommand: `OMP_NUM_THREADS=1 python analyses/parity_two_basins.py {' '.join(sys.argv[1:])}`\n")
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps({
-        "args": {k: str(v) for k, v in vars(args).items()}, "base": base.to_dict(), "seconds": round(seconds, 1),
-        "rows": rows, "provenance": provenance()}, indent=1, default=str) + "\n")
+            f"{pop.table['budget'].iloc[0]} steps, {len(seeds)} seeds per arm; training {trained / 60:.1f} min "
+            f"(this invocation {seconds / 60:.1f} min).\n\n" + markdown_table(rows, floatfmt=".4g"))
+    write_report(stem, text, {"args": vars(args), "base": base.to_dict(), "rows": rows}, seeds=seeds, started=t0)
     print(text)
     print(f"wrote {stem}.html/.png/.md/.json")
 

@@ -17,8 +17,8 @@ convergence time on state occupancy. This script does the same with mechgrok's p
   chance to 100 % train and test accuracy at step ~650; at 1500 steps 3 of the first 4 seeds
   were still at chance).
 
-Members are trained one after another with ``mechgrok.train.train_run`` (resumable: finished
-members are skipped; a larger step count extends them with ``resume_run``), then
+Members are trained one after another with ``mg.experiment.train_or_resume`` (finished members
+are skipped; an interrupted one, or a larger step count, resumes), then
 ``latent.analyze_population`` writes the statistics, model selection, map, ribbons and detour
 table of each population under ``--figures/<population>/``; the comparison with the paper's
 qualitative findings and the captions go to ``--figures/README.md``.
@@ -26,21 +26,19 @@ qualitative findings and the captions go to ``--figures/README.md``.
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 import mechgrok as mg
 from mechgrok import latent
+from mechgrok.experiment import command_line, is_finished, parse_args, parser, train_or_resume
+from mechgrok.files import write_csv, write_text
 from mechgrok.presets import configure
-from mechgrok.trainer import resume as resume_run
-from mechgrok.trainer import train as train_run
+from mechgrok.provenance import hardware
 
 # name: (preset, overrides at the small scale, HMM features: Hu et al.'s best subset for the task)
 SMALL = {
@@ -75,13 +73,9 @@ def train_population(name: str, preset: str, overrides: dict, seeds: list[int], 
     for s in seeds:
         out = root / name / f"seed{s:02d}"
         cfg = configure(preset, seed=s, **overrides)
-        done = (out / "metrics.csv").exists() and mg.load_run(out).steps[-1:] == [cfg.train.steps]
-        if not done:
+        if not (mg.is_run_dir(out) and is_finished(mg.load_run(out), cfg.train.steps)):
             t0 = time.time()
-            if (out / "resume.safetensors").exists():  # interrupted, or now asked for more steps
-                resume_run(out, cfg, progress=False)
-            else:
-                train_run(cfg, out, progress=False)
+            train_or_resume(cfg, out)
             with open(timing, "a") as f:
                 f.write(f"{s},{time.time() - t0:.1f}\n")
         paths.append(out)
@@ -137,16 +131,13 @@ def findings(name: str, res: dict) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--full", action="store_true", help="the presets unchanged, 40 seeds each")
+    ap = parser(__doc__, out="runs/training_maps", figures="figures/latent", full="the presets unchanged, 40 seeds each")
     ap.add_argument("--seeds", default=None, help="seeds per population: N, or per population as "
                     "modular=8,parity=8 (default 8; 40 with --full)")
     ap.add_argument("--populations", default="modular,modular_ln,parity")
     ap.add_argument("--restarts", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=Path("runs/training_maps"))
-    ap.add_argument("--figures", type=Path, default=Path("figures/latent"))
     ap.add_argument("--note", default="", help="a sentence for the README (e.g. how the members were trained)")
-    args = ap.parse_args()
+    args = parse_args(ap)
     table = FULL if args.full else SMALL
     names = [n.strip() for n in args.populations.split(",")]
     unknown = [n for n in names if n not in table]
@@ -186,17 +177,14 @@ def main():
             f"(.html/.png), statistics.csv, model_selection.csv, transitions.csv, states.csv, paths.csv, "
             f"detours.csv.\n")
     summary = pd.DataFrame(rows)
-    summary.to_csv(args.figures / "findings.csv", index=False)
+    write_csv(args.figures / "findings.csv", summary)
     write_readme(args, summary, captions, seeds)
 
 
 def write_readme(args, summary: pd.DataFrame, captions: list[str], seeds: dict[str, int]):
     s = summary.set_index("population")
-    hw = (f"{os.cpu_count()}-core CPU VM ({platform.processor() or platform.machine()}), no GPU, "
-          f"torch {torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-    cmd = "OMP_NUM_THREADS=1 python analyses/training_maps.py" + (" --full" if args.full else "") + \
-          (f" --seeds {args.seeds}" if args.seeds else "") + \
-          (f" --populations {args.populations}" if args.populations != "modular,modular_ln,parity" else "")
+    hw = f"{hardware()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    cmd = command_line()
     lines = [
         "# Latent-state training maps (Hu et al. 2023; issue 11)", "",
         f"Command: `{cmd}`  ", f"Hardware: {hw}.  ", *([args.note + "  "] if args.note else []),
@@ -223,7 +211,7 @@ def write_readme(args, summary: pd.DataFrame, captions: list[str], seeds: dict[s
               "HMM, so state numbers are not comparable across columns. Detour coefficients are grokking "
               "steps per checkpoint spent in the state (one regression per state, members that grokked).", "",
               "## Figures", "", *captions]
-    (args.figures / "README.md").write_text("\n".join(lines) + "\n")
+    write_text(args.figures / "README.md", "\n".join(lines) + "\n")
     print(f"wrote {args.figures / 'README.md'}")
 
 

@@ -15,50 +15,36 @@ weight_decay_comparison.md (ours next to seed 001's numbers) and .json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
-import torch
 
+import mechgrok as mg
+from mechgrok.experiment import parse_args, parse_overrides, parse_seeds, parser, sweep_or_resume, write_report
 from mechgrok.plots import markdown_table, population_curves, save_figure
-from mechgrok.population import SweepConfig, run_sweep
-from mechgrok.presets import get_preset
-from mechgrok.provenance import provenance
 
 PUBLISHED = {0.01: (1.000, 0.131), 0.1: (1.000, 0.141), 1.0: (1.000, 0.480), 2.0: (1.000, 1.000)}
 STEPS_PER_EPOCH = 10  # ceil(4704 / 512)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=1, help="seeds per value (seed 001: 1, torch seed 42)")
+    ap = parser(__doc__, out="sweeps/weight_decay_comparison", seeds="1", overrides=True,
+                seeds_help="N: seeds per value, torch seeds 42.. (seed 001: 1, torch seed 42)")
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--eval-epochs", type=int, default=5, help="evaluate every N epochs (seed 001: every epoch; "
                     "each evaluation costs about six training steps here)")
-    ap.add_argument("--out", type=Path, default=Path("sweeps/weight_decay_comparison"))
-    ap.add_argument("--figures", type=Path, default=Path("figures"))
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=V",
-                    help="any other config field for every member, e.g. --set eval_every=20 (repeatable)")
     ap.add_argument("--preset", default="tutorial2", help="base configuration (default: tutorial2)")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    base = get_preset(args.preset)
-    steps = args.epochs * STEPS_PER_EPOCH
-    spec = SweepConfig(base, grid={"weight_decay": tuple(PUBLISHED)}, seeds=tuple(42 + i for i in range(args.seeds)),
-                       fixed={"steps": steps, "eval_every": args.eval_epochs * STEPS_PER_EPOCH, "checkpoint_every": steps // 5,
-                              "device": "cpu"} | dict(a.split("=", 1) for a in args.set), chunk_size=8)
+    args = parse_args(ap)
+    base = mg.get_preset(args.preset)
+    steps, seeds = args.epochs * STEPS_PER_EPOCH, tuple(42 + s for s in parse_seeds(args.seeds))
+    spec = mg.SweepConfig(base, grid={"weight_decay": tuple(PUBLISHED)}, seeds=seeds, chunk_size=8,
+                          fixed={"steps": steps, "eval_every": args.eval_epochs * STEPS_PER_EPOCH,
+                                 "checkpoint_every": steps // 5, "device": "cpu"} | parse_overrides(args.set))
     t0 = time.time()
-    pop = run_sweep(spec, args.out, resume=(args.out / "sweep.json").exists())
-    seconds = time.time() - t0
+    pop = sweep_or_resume(spec, args.out)
     t = pop.table
     curves = {f"wd {r.weight_decay:g} seed {r.seed}": pop.run(r.id).metrics for r in t.itertuples()}
     stem = args.figures / "weight_decay_comparison"
-    args.figures.mkdir(parents=True, exist_ok=True)
     save_figure(population_curves(curves, ("test_acc", "train_acc"), ("test accuracy", "train accuracy"),
                                   title=f"Weight decay, {base.task.op} mod {base.task.p} (tutorial2 preset), "
                                         f"{args.epochs} epochs of {STEPS_PER_EPOCH} steps",
@@ -69,11 +55,9 @@ def main():
              "seed 001 train acc": PUBLISHED[r.weight_decay][0], "seed 001 test acc": PUBLISHED[r.weight_decay][1]}
             for r in t.itertuples()]
     text = (f"Weight decay comparison (seed 001): tutorial2 preset, {args.epochs} epochs = {steps} steps, "
-            f"{args.seeds} seed(s) per value, {seconds / 60:.1f} min.\n\n" + markdown_table(rows))
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps({
-        "args": {k: str(v) for k, v in vars(args).items()}, "base": base.to_dict(), "seconds": round(seconds, 1),
-        "table": t.drop(columns=["path"]).to_dict("records"), "provenance": provenance()}, indent=1, default=str) + "\n")
+            f"{len(seeds)} seed(s) per value, {(time.time() - t0) / 60:.1f} min.\n\n" + markdown_table(rows))
+    write_report(stem, text, {"args": vars(args), "base": base.to_dict(), "table": t.drop(columns=["path"]).to_dict("records")},
+                 seeds=seeds, started=t0)
     print(text)
     print(f"wrote {stem}.html/.png/.md/.json")
 

@@ -22,7 +22,7 @@ _EXPORTS = {
     "ModelConfig": "model", "init_params": "model", "forward": "model", "run_with_hooks": "model",
     "run_with_cache": "model",    "to_tl_model": "model",
     "TrainConfig": "config", "RunConfig": "config",
-    "PRESETS": "presets", "get_preset": "presets", "configure": "presets",
+    "PRESETS": "presets", "get_preset": "presets", "configure": "presets", "apply_overrides": "presets",
     "Run": "runs", "load_run": "runs", "find_runs": "runs", "is_run_dir": "runs",
     "import_run": "foreign", "load_hooked_transformer": "foreign",
     "train": "trainer", "resume": "trainer", "TrainingDiverged": "trainer",
@@ -32,7 +32,7 @@ _EXPORTS = {
     "evaluate": "evaluation",
     "transition_metrics": "milestones",
 }
-_SUBMODULES = ("config", "dynamics", "ensemble", "evaluation", "files", "foreign", "fourier", "grokfast", "interventions",
+_SUBMODULES = ("config", "dynamics", "ensemble", "evaluation", "experiment", "files", "foreign", "fourier", "grokfast", "interventions",
                "latent", "milestones", "model", "optim", "plots", "population", "presets", "progress",
                "provenance", "report", "runs", "schedule", "tasks", "trainer")
 

@@ -567,30 +567,14 @@ class Backend(str, Enum):
     ray = "ray"
 
 
-def seed_list(text: str) -> int | tuple[int, ...]:
-    """``--seeds``: "N" (seeds 0..N-1), "A-B" (A..B inclusive) or "a,b,c"."""
-    text = text.strip()
-    try:
-        if "," in text:
-            return tuple(int(t) for t in text.split(",") if t.strip())
-        lo, sep, hi = text.partition("-")
-        if sep:
-            if int(hi) < int(lo):
-                raise ValueError
-            return tuple(range(int(lo), int(hi) + 1))
-        return int(text)
-    except ValueError:
-        raise ValueError(f"--seeds expects N, A-B or a,b,c (non-negative integers, A <= B), got {text!r}") from None
-
-
-def _assignments(texts: list[str], option: str, lists: bool) -> list[tuple[str, object]]:
-    """FIELD=V (or FIELD=V1,V2,... with ``lists``) strings -> (field, value or [values])."""
+def _grid(texts: list[str]) -> list[tuple[str, list[str]]]:
+    """--grid FIELD=V1,V2,... strings -> (field, [values])."""
     out = []
     for text in texts:
         name, sep, value = text.partition("=")
         if not sep or not name.strip() or not value.strip():
-            raise ValueError(f"{option} expects FIELD={'V1,V2,...' if lists else 'VALUE'}, got {text!r}")
-        out.append((name.strip(), [v for v in value.split(",") if v.strip()] if lists else value))
+            raise ValueError(f"--grid expects FIELD=V1,V2,..., got {text!r}")
+        out.append((name.strip(), [v for v in value.split(",") if v.strip()]))
     return out
 
 
@@ -616,19 +600,20 @@ def sweep(
     progress: bool = typer.Option(True, help="show a progress bar over members"),
 ):
     """Train a grid (or list) of settings x seeds as chunks of ensembles; --resume finishes one."""
+    from .config import parse_seeds
     from .population import SweepConfig, run_sweep
-    from .presets import get_preset
+    from .presets import get_preset, parse_overrides
 
     if resume is None and out is None:
         raise ValueError("give --out DIR for a new sweep (or --resume DIR to finish one)")
     sw = None
     if resume is None:
-        fixed = dict(_assignments(set_, "--set", lists=False))
+        fixed = parse_overrides(set_, "--set")
         if stop_after_grok is not None:
             fixed["stop_after_grok"] = stop_after_grok
-        settings = [dict(_assignments(s.split(","), "--setting", lists=False)) for s in setting]
-        sw = SweepConfig(get_preset(preset), grid=tuple((n, tuple(v)) for n, v in _assignments(grid, "--grid", True)),
-                         settings=tuple(settings), seeds=seed_list(seeds), fixed=fixed, chunk_size=chunk_size, probe=probe)
+        settings = [parse_overrides(s.split(","), "--setting") for s in setting]
+        sw = SweepConfig(get_preset(preset), grid=tuple((n, tuple(v)) for n, v in _grid(grid)),
+                         settings=tuple(settings), seeds=parse_seeds(seeds), fixed=fixed, chunk_size=chunk_size, probe=probe)
         typer.echo(f"sweep: {len(sw.members())} members ({len(sw.points())} settings x {len(sw.seeds)} seeds) "
                    f"-> {out}")
     try:

@@ -119,6 +119,32 @@ class RunConfig:
                    train=build(TrainConfig, d.get("train", {})), preset=d.get("preset"))
 
 
+def parse_seeds(text: str | int) -> tuple[int, ...]:
+    """Seeds from the command line (``--seeds``): "N" (seeds 0..N-1), "A-B" (A..B inclusive),
+    "a,b,c", or a mix ("0-3,7"); distinct non-negative integers. An int is a count; one seed
+    is "S-S" or "S,"."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)
+    bad = ValueError(f"--seeds expects N (seeds 0..N-1), A-B or a,b,c (distinct non-negative integers, "
+                     f"A <= B), got {text!r}")
+    parts = [t.strip() for t in str(text).split(",")]
+    try:
+        if len(parts) == 1 and "-" not in parts[0]:  # a count
+            out = tuple(range(int(parts[0])))
+        else:
+            out = ()
+            for part in filter(None, parts):
+                lo, sep, hi = part.partition("-")
+                if sep and int(hi) < int(lo):
+                    raise ValueError
+                out += tuple(range(int(lo), int(hi) + 1)) if sep else (int(part),)
+    except ValueError:
+        raise bad from None
+    if not out or min(out) < 0 or len(set(out)) != len(out):
+        raise bad
+    return out
+
+
 def resolve_device(device: str):
     """The torch device of ``TrainConfig.device`` ("auto": CUDA when torch sees a GPU)."""
     import torch

@@ -45,84 +45,17 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .model import ModelConfig
-from .config import RunConfig, TrainConfig
+from .config import RunConfig, parse_seeds
 from .files import write_json
+from .presets import CONFIG_PARTS, apply_overrides, parse_value
 from .runs import Run
-from .tasks import TaskConfig
 
 SWEEP_FILE = "sweep.json"
 MANIFEST_FILE = "finished.jsonl"
 MEMBERS_TABLE = "members.csv"
 MEMBERS_DIR = "members"
-CONFIG_PARTS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig}
-SEED_NAMES = {"seed": "model", "task_seed": "task", "model_seed": "model", "train_seed": "train"}
-UNSWEEPABLE = {"seed", "betas", "frozen", "train_idx", "d_vocab", "d_vocab_out", "n_ctx"}
 RAY_INSTALL_HINT = ("the Ray backend needs Ray: pip install 'mechgrok[ray]' (or pip install 'ray>=2.9'); "
                     "--backend local runs the same sweep without it")
-
-
-def sweepable_fields() -> list[str]:
-    """The names a sweep (grid, settings, fixed) may set: every field of the task, model and
-    train configs by its name, ``beta1``/``beta2``, and the seeds (``seed`` sets the split, init
-    and batch-order seeds at once; ``task_seed``, ``model_seed``, ``train_seed`` one each). The
-    names of ``presets.configure``, which applies them."""
-    names = [f.name for klass in CONFIG_PARTS.values() for f in fields(klass) if f.name not in UNSWEEPABLE]
-    return sorted(set(names)) + ["beta1", "beta2", *SEED_NAMES]
-
-
-def _check_name(name: str):
-    if name not in sweepable_fields():
-        raise ValueError(f"sweep field {name!r} is not a config field; allowed: {', '.join(sweepable_fields())}")
-
-
-def _current(cfg: RunConfig, name: str):
-    _check_name(name)
-    if name in SEED_NAMES:
-        return getattr(cfg, SEED_NAMES[name]).seed
-    if name in ("beta1", "beta2"):
-        return cfg.train.betas[name == "beta2"]
-    part = next(p for p, klass in CONFIG_PARTS.items() if name in {f.name for f in fields(klass)})
-    return getattr(getattr(cfg, part), name)
-
-
-def parse_value(name: str, text: Any, base: RunConfig):
-    """A sweep value for field ``name``: strings (from the command line) are converted to the
-    type of the base config's value (a number for optional fields such as ``batch_size``)."""
-    current = _current(base, name)
-    if not isinstance(text, str):
-        return text
-    t = text.strip()
-    try:
-        if isinstance(current, bool):
-            if t.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return t.lower() in ("true", "1")
-        if isinstance(current, int):
-            return int(t)
-        if isinstance(current, float):
-            return float(t)
-        if current is None:  # optional field (batch_size, k_bits, stop_after_grok ...): a number
-            return int(t) if t.lstrip("-").isdigit() else float(t)
-    except ValueError:
-        kind = type(current).__name__ if current is not None else "number"
-        raise ValueError(f"sweep field {name}: {text!r} is not a valid {kind} "
-                         f"(base value {current!r})") from None
-    return t
-
-
-def apply_settings(cfg: RunConfig, settings: dict[str, Any]) -> RunConfig:
-    """``cfg`` with ``settings`` (name -> value, names of ``sweepable_fields``) applied by
-    ``presets.configure``; every config re-validates, so a bad value fails naming the field."""
-    from .presets import configure
-
-    for name in settings:
-        _check_name(name)
-    try:
-        return configure(cfg, **settings)
-    except (TypeError, ValueError) as e:
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in settings.items())
-        raise ValueError(f"sweep setting {shown}: {e}") from None
 
 
 def _fmt(v) -> str:
@@ -148,7 +81,7 @@ class SweepConfig:
     """A sweep: ``grid`` (field -> values; every combination) and/or ``settings`` (explicit
     dicts of field -> value), each run for every seed in ``seeds`` (a count or the seeds),
     starting from ``base`` with ``fixed`` (field -> value, e.g. ``stop_after_grok``) set on
-    every member. Field names are those of ``sweepable_fields`` (``presets.configure``'s); a
+    every member. Field names are those of ``presets.sweepable_fields`` (``presets.configure``'s); a
     member's seed goes to ``configure(seed=...)`` (split, init and batch order), which
     ``task_seed`` etc. in ``fixed`` or a setting override. Every member's config is built and
     validated at construction: a bad value fails before anything trains, naming the field and
@@ -177,12 +110,13 @@ class SweepConfig:
             if len(set(map(repr, values))) != len(values):
                 raise ValueError(f"sweep field {name}: a value is listed twice: {list(values)}")
             for v in values:  # each value alone first, so the message names the one that is bad
-                apply_settings(self.base, {name: v})
+                apply_overrides(self.base, {name: v})
         object.__setattr__(self, "grid", grid)
         object.__setattr__(self, "settings", tuple({k: parse_value(k, v, self.base) for k, v in s.items()}
                                                    for s in self.settings))
         object.__setattr__(self, "fixed", {k: parse_value(k, v, self.base) for k, v in dict(self.fixed).items()})
-        seeds = tuple(range(self.seeds)) if isinstance(self.seeds, int) else tuple(int(s) for s in self.seeds)
+        seeds = (parse_seeds(self.seeds) if isinstance(self.seeds, (int, str)) and not isinstance(self.seeds, bool)
+                 else tuple(int(s) for s in self.seeds))
         if not seeds or len(set(seeds)) != len(seeds):
             raise ValueError(f"SweepConfig.seeds must be a positive count or distinct integers, got {self.seeds}")
         object.__setattr__(self, "seeds", seeds)
@@ -200,7 +134,7 @@ class SweepConfig:
         return (combos + [dict(s) for s in self.settings]) or [{}]
 
     def members(self) -> list[Member]:
-        return [Member(member_id(s, seed), s, seed, apply_settings(self.base, {"seed": seed} | self.fixed | s))
+        return [Member(member_id(s, seed), s, seed, apply_overrides(self.base, {"seed": seed} | self.fixed | s))
                 for s in self.points() for seed in self.seeds]
 
     @property
@@ -404,7 +338,7 @@ TRANSITION_COLUMNS = ["memorised_step", "grokked_step", "delay", "max_accelerati
 
 
 def _flat_config(cfg: RunConfig) -> dict:
-    """A run's settings by the names of ``sweepable_fields`` (seeds and split left out)."""
+    """A run's settings by the names of ``presets.sweepable_fields`` (seeds and split left out)."""
     d = cfg.to_dict()
     out = {}
     for part in CONFIG_PARTS:

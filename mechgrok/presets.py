@@ -6,7 +6,10 @@ Where our model family cannot express a source exactly, the difference is noted.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import fields as dc_fields
 from dataclasses import replace
+from typing import Any
 
 from .model import ModelConfig
 from .config import RunConfig, TrainConfig
@@ -111,14 +114,6 @@ def get_preset(name: str) -> RunConfig:
     return PRESETS[name][1]
 
 
-def with_overrides(cfg: RunConfig, task: dict, model: dict, train: dict) -> RunConfig:
-    """``cfg`` with the given fields replaced (None values are ignored); re-validates."""
-    def clean(d):
-        return {k: v for k, v in d.items() if v is not None}
-    return replace(cfg, task=replace(cfg.task, **clean(task)), model=replace(cfg.model, **clean(model)),
-                   train=replace(cfg.train, **clean(train)))
-
-
 # --- flat overrides: the rules `mechgrok train` used to own (issue 8 finding 6) --------------
 
 
@@ -132,8 +127,6 @@ def configure(base: str | RunConfig = "demo", *, seed: int | None = None, task_s
     ``train_seed`` override one each); ``beta1``/``beta2`` replace one of AdamW's betas;
     ``batch_size=0`` means full batch; changing ``d_model`` or ``n_heads`` without ``d_head``
     keeps ``d_head = d_model // n_heads``."""
-    from dataclasses import fields as dc_fields
-
     cfg = get_preset(base) if isinstance(base, str) else base
     parts = {"task": cfg.task, "model": cfg.model, "train": cfg.train}
     owner = {f.name: part for part, c in parts.items() for f in dc_fields(c) if f.name != "seed"}
@@ -158,6 +151,94 @@ def configure(base: str | RunConfig = "demo", *, seed: int | None = None, task_s
         m["d_head"] = max(1, m.get("d_model", cfg.model.d_model) // m.get("n_heads", cfg.model.n_heads))
     return replace(cfg, task=replace(cfg.task, **changes["task"]), model=replace(cfg.model, **changes["model"]),
                    train=replace(cfg.train, **changes["train"]))
+
+
+# --- key=value overrides: the one parser of --set, sweep grids and analyses' settings -------
+
+CONFIG_PARTS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig}
+SEED_NAMES = {"seed": "model", "task_seed": "task", "model_seed": "model", "train_seed": "train"}
+UNSWEEPABLE = {"seed", "betas", "frozen", "train_idx", "d_vocab", "d_vocab_out", "n_ctx"}
+
+
+def sweepable_fields() -> list[str]:
+    """The names an override (``--set``, a sweep's grid, settings and fixed) may set: every
+    field of the task, model and train configs by its name, ``beta1``/``beta2``, and the seeds
+    (``seed`` sets the split, init and batch-order seeds at once; ``task_seed``, ``model_seed``,
+    ``train_seed`` one each): the names of ``configure``, which applies them."""
+    names = [f.name for klass in CONFIG_PARTS.values() for f in dc_fields(klass) if f.name not in UNSWEEPABLE]
+    return sorted(set(names)) + ["beta1", "beta2", *SEED_NAMES]
+
+
+def _field(name: str) -> str:
+    """``name`` as ``configure`` knows it: "train.lr" -> "lr" (the part must own the field)."""
+    part, dot, short = name.partition(".")
+    if dot and (part not in CONFIG_PARTS or short not in {f.name for f in dc_fields(CONFIG_PARTS[part])}):
+        raise ValueError(f"{name!r} is not a config field; allowed: {', '.join(sweepable_fields())} "
+                         f"(optionally as task.X, model.X, train.X)")
+    name = short if dot else name
+    if name not in sweepable_fields():
+        raise ValueError(f"{name!r} is not a config field; allowed: {', '.join(sweepable_fields())}")
+    return name
+
+
+def _current(cfg: RunConfig, name: str):
+    if name in SEED_NAMES:
+        return getattr(cfg, SEED_NAMES[name]).seed
+    if name in ("beta1", "beta2"):
+        return cfg.train.betas[name == "beta2"]
+    part = next(p for p, klass in CONFIG_PARTS.items() if name in {f.name for f in dc_fields(klass)})
+    return getattr(getattr(cfg, part), name)
+
+
+def parse_value(name: str, text: Any, base: RunConfig):
+    """The value of field ``name``: a string (from the command line) is converted to the type of
+    the base config's value (a number for optional fields such as ``batch_size``); anything
+    else is returned as it is."""
+    current = _current(base, _field(name))
+    if not isinstance(text, str):
+        return text
+    t = text.strip()
+    try:
+        if isinstance(current, bool):
+            if t.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return t.lower() in ("true", "1")
+        if isinstance(current, int):
+            return int(t)
+        if isinstance(current, float):
+            return float(t)
+        if current is None:  # optional field (batch_size, k_bits, stop_after_grok ...): a number
+            return int(t) if t.lstrip("-").isdigit() else float(t)
+    except ValueError:
+        kind = type(current).__name__ if current is not None else "number"
+        raise ValueError(f"{name}: {text!r} is not a valid {kind} (base value {current!r})") from None
+    return t
+
+
+def parse_overrides(texts: Iterable[str], option: str = "--set") -> dict[str, str]:
+    """``["lr=1e-3", "train.weight_decay=0.5"]`` -> ``{"lr": "1e-3", "train.weight_decay": "0.5"}``
+    (values stay strings: ``parse_value`` types them against a config)."""
+    out = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"{option} expects FIELD=VALUE, got {text!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def apply_overrides(cfg: RunConfig, overrides: Iterable[str] | Mapping[str, Any]) -> RunConfig:
+    """``cfg`` with overrides applied by ``configure``: "FIELD=VALUE" strings or a mapping of
+    field -> value (strings are typed by ``parse_value``); field names are those of
+    ``sweepable_fields``, optionally as part.field. Every config re-validates, so a bad name or
+    value fails in one line naming it."""
+    given = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    values = {_field(k): parse_value(k, v, cfg) for k, v in given.items()}
+    try:
+        return configure(cfg, **values)
+    except (TypeError, ValueError) as e:
+        shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+        raise ValueError(f"{shown}: {e}") from None
 
 
 # --- latent-state training maps (issue 11) ---

@@ -294,13 +294,14 @@ def test_cli_sweep_resume_and_population_table_and_figure(tmp_path):
 
 
 def test_sweep_seeds_option_takes_a_count_a_range_or_a_list(tmp_path):
-    from mechgrok.cli import seed_list
+    from mechgrok.config import parse_seeds
 
-    assert seed_list("3") == 3 and seed_list("12-14") == (12, 13, 14) and seed_list("0,5") == (0, 5)
-    assert SweepConfig(mg.get_preset("demo"), seeds=seed_list("12-13")).seeds == (12, 13)
+    assert parse_seeds("3") == (0, 1, 2) and parse_seeds("12-14") == (12, 13, 14) and parse_seeds("0,5") == (0, 5)
+    assert SweepConfig(mg.get_preset("demo"), seeds=parse_seeds("12-13")).seeds == (12, 13)
+    assert SweepConfig(mg.get_preset("demo"), seeds="3").seeds == (0, 1, 2)
     for bad in ("5-2", "x", "1-"):
         with pytest.raises(ValueError, match="--seeds expects"):
-            seed_list(bad)
+            parse_seeds(bad)
     res = CliRunner().invoke(app, ["sweep", "--out", str(tmp_path / "sw"), "--seeds", "5-2", "--no-progress"])
     assert res.exit_code != 0 and "--seeds expects" in res.output and not (tmp_path / "sw").exists()
 
