@@ -88,11 +88,21 @@ def append_jsonl(path: str | os.PathLike, records: list[dict]):
     """Append one JSON line per record and fsync, so a finished record survives a crash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # a line a crash cut short must not swallow the next record: start on a line of our own
+    torn = path.exists() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
     with open(path, "a") as f:
+        if torn:
+            f.write("\n")
         for rec in records:
             f.write(json.dumps(rec) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -70,7 +70,7 @@ from . import fourier
 from .fourier import FrequencyProjection, check_frequencies, valid_frequencies
 from .config import RunConfig
 from .evaluation import evaluate, split_metrics
-from .files import write_json
+from .files import append_jsonl, read_jsonl, write_json
 from .milestones import transition_metrics
 from .model import HOOK_POINTS, ModelConfig, Params, as_model, as_params, check_params, hook_name, layer_index
 from .progress import hooked_logits
@@ -441,7 +441,6 @@ def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Seque
     ``out_dir/results.jsonl`` as it ends, and a later call with the same ``out_dir`` skips what
     is there (a continuation cut off half-way is trained again from its checkpoint).
     ``trajectories``: keep each continuation's metrics in the rows (column ``trajectory``)."""
-    import json
     import shutil
     import time
 
@@ -452,11 +451,7 @@ def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Seque
         run.resolve_step(s)  # fail before hours of training, not after
     out_dir = Path(out_dir) if out_dir is not None else run.path / "interventions" / "freeze"
     log = out_dir / "results.jsonl"
-    done = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["from_step"], r["name"])] = r
+    done = {(r["from_step"], r["name"]): r for r in read_jsonl(log)}
     todo = [(s, n) for s in from_steps for n in names]
     bar = tqdm(total=len(todo), initial=sum(k in done for k in todo), desc="freeze and continue",
                unit="run", disable=not progress, dynamic_ncols=True)
@@ -469,9 +464,7 @@ def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Seque
         res = freeze_and_continue(run, s, name, steps, out=out, optimizer=optimizer)
         row = res.to_dict(trajectory=True) | {"seconds": round(time.time() - t, 1)}
         done[(s, name)] = row
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(log, [row])
         if on_result:
             on_result(row)
         bar.set_postfix(last=f"{name}@{s}: test {res.final_test_acc:.2f}", refresh=False)

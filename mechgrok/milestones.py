@@ -72,6 +72,13 @@ def transition_metrics(metrics: pd.DataFrame, memorised_above: float = MEMORISED
                        float(train[-1] - test[-1]), grok is not None, int(steps[-1]))
 
 
+def final_metrics(metrics: pd.DataFrame) -> dict[str, float]:
+    """Loss and accuracy at a run's last evaluation (NaN before the first)."""
+    m = metrics.sort_values("step")
+    keys = ("train_loss", "test_loss", "train_acc", "test_acc")
+    return {k: float(m[k].iloc[-1]) if len(m) else float("nan") for k in keys}
+
+
 def grokked_step(rows: Iterable[Mapping], above: float = GROKKED_TEST_ACC) -> int | None:
     """Step of the first evaluation row with test accuracy above ``above`` (None: not yet)."""
     return next((int(r["step"]) for r in rows if r["test_acc"] > above), None)

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig, parse_seeds
-from .files import write_json
+from .files import append_jsonl, read_jsonl, write_json
 from .presets import CONFIG_PARTS, apply_overrides, parse_value
 from .runs import Run
 
@@ -191,16 +191,14 @@ def _train_members(cfgs: list[RunConfig], outs: list[Path], progress: bool, prob
 
 
 def member_record(run: Run) -> dict:
-    """Transition metrics (``progress.transition_metrics``, the one definition) and final
+    """Transition metrics (``milestones.transition_metrics``, the one definition) and final
     accuracies of a run, flat."""
-    from .milestones import transition_metrics
+    from .milestones import final_metrics, transition_metrics
 
     m = run.metrics
-    last = m.iloc[-1] if len(m) else None
-    return transition_metrics(m).to_dict() | {
-        "final_train_acc": float(last["train_acc"]) if last is not None else math.nan,
-        "final_test_acc": float(last["test_acc"]) if last is not None else math.nan,
-        "budget": run.config.train.steps}
+    final = final_metrics(m)
+    return transition_metrics(m).to_dict() | {"final_train_acc": final["train_acc"], "final_test_acc": final["test_acc"],
+                                              "budget": run.config.train.steps}
 
 
 def train_chunk(sweep_dir: str, ids: list[str], configs: list[dict], progress: bool = False,
@@ -225,24 +223,11 @@ def train_chunk(sweep_dir: str, ids: list[str], configs: list[dict], progress: b
 
 def read_manifest(sweep_dir: str | Path) -> dict[str, dict]:
     """Finished members of a sweep: id -> record. A line cut short by a crash is ignored."""
-    f = Path(sweep_dir) / MANIFEST_FILE
-    out = {}
-    if f.exists():
-        for line in f.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            out[rec["id"]] = rec
-    return out
+    return {rec["id"]: rec for rec in read_jsonl(Path(sweep_dir) / MANIFEST_FILE)}
 
 
 def _append_manifest(sweep_dir: Path, records: list[dict]):
-    with open(sweep_dir / MANIFEST_FILE, "a") as f:
-        for rec in records:
-            f.write(json.dumps(rec) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(sweep_dir / MANIFEST_FILE, records)
 
 
 def _init_ray(address: str | None):

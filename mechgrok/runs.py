@@ -132,16 +132,12 @@ class Run:
     def summary(self) -> dict:
         """Checkpoint count, final metrics and the transition metrics
         (``progress.transition_metrics`` of ``metrics.csv``: memorised_step, grokked_step, ...)."""
-        from .milestones import transition_metrics  # pure: reads the rows, imports nothing of mechgrok
+        from .milestones import final_metrics, transition_metrics  # pure: they read the rows only
 
         m, steps = self.metrics, self.steps
-        last = m.iloc[-1] if len(m) else {}
-        return {
-            "n_checkpoints": len(steps), "first_step": steps[0] if steps else None,
-            "last_step": steps[-1] if steps else None,
-            **{k: float(last[k]) if len(m) else float("nan")
-               for k in ("train_loss", "test_loss", "train_acc", "test_acc")},
-        } | transition_metrics(m).to_dict()
+        return ({"n_checkpoints": len(steps), "first_step": steps[0] if steps else None,
+                 "last_step": steps[-1] if steps else None}
+                | final_metrics(m) | transition_metrics(m).to_dict())
 
     def stacked_params(self, steps: list[int] | None = None) -> Params:
         """Weights of many checkpoints stacked on a leading axis (for vmap'd analyses)."""
