@@ -106,10 +106,10 @@ def _print_summary(run):
         typer.echo(f"figure: {fig}" + (" (+ .png)" if fig.with_suffix(".png").exists() else ""))
 
 
-def _train_new(cfg, out: Path, progress: bool, probe: Optional[str] = None, png: bool = True):
+def _train_new(cfg, out: Path, progress: bool, measure_kw: Optional[dict] = None, png: bool = True):
     from .trainer import train as train_run
 
-    _trained(train_run(cfg, out, progress=progress, **_probe_kwargs(probe, cfg)), png)
+    _trained(train_run(cfg, out, progress=progress, **(measure_kw or {})), png)
 
 
 def _trained(run, png: bool):
@@ -123,14 +123,23 @@ def _trained(run, png: bool):
 PNG = typer.Option(True, "--png/--no-png", help="also write PNG figures (needs Chromium; HTML is always written)")
 
 
-def _probe_kwargs(spec: Optional[str], cfg) -> dict:
-    """--probe every=N[,measures=...] -> train_run's probe= and probe_every= (issue 10)."""
-    if spec is None:
-        return {}
-    from .dynamics import probe_from_spec
+def _measure_kwargs(probe: Optional[str], measures: list[str], every: Optional[int]) -> dict:
+    """--probe SPEC and --measure SPEC... --measure-every N -> the trainers' measures= and
+    measure_every= (a --probe spec is one more measure, with its own every=N); every spec is
+    resolved here, so a bad one fails before training."""
+    from .measures import resolve
 
-    factory, every = probe_from_spec(spec)
-    return {"probe": factory(cfg), "probe_every": every}
+    specs = ([probe] if probe is not None else []) + list(measures)
+    for spec in specs:
+        resolve(spec)
+    if every is not None and every < 1:
+        raise ValueError(f"--measure-every must be >= 1, got {every}")
+    return {"measures": specs, "measure_every": every} if specs else {}
+
+
+MEASURE_HELP = ("a measure taken during training -> dynamics.csv (repeatable): a built-in (hessian, agreement, "
+                "momentum, rank, weight_norm, weight_statistics, fourier, losses), pkg.module:function or "
+                "file.py:function")
 
 
 @app.command(help=f"Train the embedded demo (a+b mod 53) until it groks: {DEMO_TIME}.")
@@ -204,6 +213,9 @@ def train(
     probe: Optional[str] = typer.Option(None, "--probe", help="measure optimizer dynamics while training -> "
                                         "dynamics.csv: every=N[,measures=hessian+agreement+momentum+rank]"
                                         "[,iters=2][,rank_n=16]"),
+    measure: list[str] = typer.Option([], "--measure", help=MEASURE_HELP),
+    measure_every: Optional[int] = typer.Option(None, "--measure-every", help="steps between measures "
+                                                "(default: the measure's own, else 100)"),
     grokfast: Optional[Grokfast] = typer.Option(None, help="Grokfast gradient filter between backward and step"),
     grokfast_alpha: Optional[float] = typer.Option(None, help="ema: decay of the gradient average"),
     grokfast_lambda: Optional[float] = typer.Option(None, help="weight of the filtered gradient (default 2 ema, 5 ma)"),
@@ -241,11 +253,12 @@ def train(
                              f"trains on from a checkpoint")
         cfg = resume_config(run.config, configure(run.config, **settings))  # refuses all but more steps
         typer.echo(f"resuming {resume} from step {run.steps[-1] if run.steps else 0} to step {cfg.train.steps}")
-        _trained(resume_run(resume, cfg, progress=progress, **_probe_kwargs(probe, cfg)), png)
+        _trained(resume_run(resume, cfg, progress=progress, **_measure_kwargs(probe, measure, measure_every)), png)
         return
     if out is None:
         raise ValueError("give --out DIR for a new run (or --resume DIR to continue one)")
-    _train_new(configure(preset or "demo", **settings), out, progress, probe, png)
+    _train_new(configure(preset or "demo", **settings), out, progress, _measure_kwargs(probe, measure, measure_every),
+               png)
 
 
 @app.command()
@@ -588,6 +601,8 @@ def sweep(
     gpus_per_chunk: float = typer.Option(0.0, help="Ray: GPUs per chunk task"),
     probe: Optional[str] = typer.Option(None, "--probe", help="optimizer-dynamics probes in every member -> "
                                         "dynamics.csv: every=N[,measures=...] (as for train)"),
+    measure: list[str] = typer.Option([], "--measure", help=MEASURE_HELP.replace("during training", "in every member")),
+    measure_every: Optional[int] = typer.Option(None, "--measure-every", help="steps between measures"),
     progress: bool = typer.Option(True, help="show a progress bar over members"),
 ):
     """Train a grid (or list) of settings x seeds as chunks of ensembles; --resume finishes one."""
@@ -603,7 +618,8 @@ def sweep(
             fixed["stop_after_grok"] = stop_after_grok
         settings = [dict(_assignments(s.split(","), "--setting", lists=False)) for s in setting]
         sw = SweepConfig(get_preset(preset), grid=tuple((n, tuple(v)) for n, v in _assignments(grid, "--grid", True)),
-                         settings=tuple(settings), seeds=seed_list(seeds), fixed=fixed, chunk_size=chunk_size, probe=probe)
+                         settings=tuple(settings), seeds=seed_list(seeds), fixed=fixed, chunk_size=chunk_size, probe=probe,
+                         measures=tuple(measure), measure_every=measure_every)
         typer.echo(f"sweep: {len(sw.members())} members ({len(sw.points())} settings x {len(sw.seeds)} seeds) "
                    f"-> {out}")
     try:
