@@ -299,14 +299,18 @@ def analyze(run_dir: Path = typer.Argument(..., help="a run directory"),
                                         "(Nanda et al.) or neurons (TransformerLens Grokking demo)"),
             basis: Basis = typer.Option(Basis.auto, help="dlog: mul/div runs; auto picks it"),
             every: int = typer.Option(1, help="measure every N-th checkpoint"),
+            measure: list[str] = typer.Option([], "--measure", help="more columns for progress.csv (repeatable): "
+                                              "a built-in (weight_norm, weight_statistics, fourier, losses, hessian, "
+                                              "agreement, momentum, rank), pkg.module:function or file.py:function"),
             progress: bool = typer.Option(True, help="show a progress bar"), png: bool = PNG):
     """Progress measures at every checkpoint -> progress.csv, phases.json and figures."""
-    from .progress import analyze_run
+    from .report import analysis
     from .runs import every_nth_step, load_run
 
     run = load_run(run_dir)
-    table, ph, written = analyze_run(run, out, freqs=_ints(freqs), steps=every_nth_step(run, every),
-                                     level=_value(level), basis=_value(basis), progress=progress, png=png)
+    res, written = analysis(run, out, freqs=_ints(freqs), steps=every_nth_step(run, every), level=_value(level),
+                            basis=_value(basis), measures=measure, progress_bar=progress, png=png)
+    table, ph = res.table, res.phases
     tr = ph.transitions
     typer.echo(f"run: {run.path}  ({run.task.describe()}, {len(table)} checkpoints)")
     if table.attrs.get("fourier") is False:  # no Fourier basis: the generic measures only
@@ -339,10 +343,10 @@ def spectrum(run_dir: Path = typer.Argument(..., help="a run directory"),
              out: Optional[Path] = typer.Option(None, help="where to write (default: the run directory)"),
              basis: Basis = typer.Option(Basis.auto)):
     """Fourier spectrum of W_E and W_L at one checkpoint, with the key frequencies of each rule."""
-    from .progress import analyze_spectrum
+    from .report import spectrum as write_spectrum
     from .runs import load_run
 
-    table, written = analyze_spectrum(load_run(run_dir), step, out, basis=_value(basis))
+    table, written = write_spectrum(load_run(run_dir), step, out, basis=_value(basis))
     typer.echo(f"step {table.attrs['step']}, {table.attrs['basis']} basis")
     for rule, ks in table.attrs["key_freqs"].items():
         typer.echo(f"key frequencies ({rule} rule): {ks}")
@@ -522,13 +526,12 @@ def latent(population: Path = typer.Argument(..., help="a sweep directory, or a 
            out: Optional[Path] = typer.Option(None, help="output directory (default: POPULATION/latent)"),
            png: bool = typer.Option(True, "--png/--no-png", help="also write PNG figures")):
     """Latent-state training map of a population (Hu et al.): statistics, model selection, map, detours."""
-    from . import latent as lt
+    from .report import latent as write_latent
 
     out = out or population / "latent"
     try:
-        res = lt.analyze_population(population, out, n_states=states, features=features, max_states=max_states,
-                                    covariance=covariance, restarts=restarts, seed=seed, png=png,
-                                    title=population.name)
+        res = write_latent(population, out, n_states=states, features=features, max_states=max_states,
+                           covariance=covariance, restarts=restarts, seed=seed, png=png, title=population.name)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     sel, tm, det = res["selection"], res["map"], res["detours"]
@@ -653,8 +656,8 @@ def population(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ):
     """Population table (transition metrics per member) and figure: delay median/IQR and grok rate per value."""
-    from . import plots
     from .population import load_population
+    from .report import population as write_population
 
     pop = load_population(paths[0] if len(paths) == 1 else paths)
     if not len(pop):
@@ -667,13 +670,9 @@ def population(
         return
     _print_population(pop, field)
     out = out or (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path("."))
-    out.mkdir(parents=True, exist_ok=True)
-    pop.table.to_csv(out / "population.csv", index=False)
-    typer.echo(f"\nwrote {out / 'population.csv'}")
-    for f in fields:
-        fig = plots.population_summary(pop.summary(f), f, title=f"{Path(str(pop.root or out)).name}: per {f}")
-        for w in plots.save_figure(fig, out / f"population_{f}", png=png):
-            typer.echo(f"wrote {w}")
+    typer.echo("")
+    for w in write_population(pop, out, fields, png=png):
+        typer.echo(f"wrote {w}")
 
 
 
@@ -691,9 +690,10 @@ def dynamics(path: Path = typer.Argument(..., help="a run directory, or a sweep 
              png: bool = typer.Option(True, "--png/--no-png", help="also write PNG figures"),
              progress: bool = typer.Option(True, help="show a progress bar")):
     """Optimizer dynamics of a run or a population: summary table, geometry figure, limit cycle, dips vs gap."""
-    from .dynamics import analyze
+    from .report import dynamics as write_dynamics
 
-    table, corr, written = analyze(path, out, measure=measure, prominence=prominence, png=png, progress=progress)
+    table, corr, written = write_dynamics(path, out, measure=measure, prominence=prominence, png=png,
+                                          progress_bar=progress)
     cols = [c for c in ("run", "weight_decay", "memorised_step", "grokked_step", "delay", "hessian_rise",
                         "hessian_peak_step", "agreement_first", "agreement_at_memorised", "momentum_cos_plateau",
                         "erank_drop", "agreement_dips", "agreement_dips_plateau", "limit_verdict", "limit_test_acc_period",
@@ -701,7 +701,7 @@ def dynamics(path: Path = typer.Argument(..., help="a run directory, or a sweep 
     shown = table[cols].assign(run=[Path(r).name for r in table["run"]])
     typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     if corr is not None:
-        from .dynamics import DIP_COUNTS, dips_vs_gap_all
+        from .cycles import DIP_COUNTS, dips_vs_gap_all
 
         typer.echo(f"agreement dips vs grokking gap: Pearson r = {corr.r:.3f}, n = {corr.n}, p = {corr.p:.3g}")
         for name, c in list(dips_vs_gap_all(table).items())[1:]:

@@ -265,10 +265,10 @@ def dips_vs_gap(runs, prominence: float = 0.1) -> tuple[pd.DataFrame, Correlatio
     """Per probed run: agreement dips and the grokking gap (``delay``: grokked - memorised
     step); and their Pearson correlation over the runs where both exist."""
     table = pd.DataFrame([run_summary(r, prominence=prominence) for r in runs])
-    return table, _dips_correlation(table)
+    return table, dips_correlation(table)
 
 
-def _dips_correlation(table: pd.DataFrame, column: str = "agreement_dips") -> Correlation:
+def dips_correlation(table: pd.DataFrame, column: str = "agreement_dips") -> Correlation:
     if column not in table:
         return Correlation(float("nan"), 0, float("nan"))
     return pearson(pd.to_numeric(table[column], errors="coerce"), pd.to_numeric(table["delay"], errors="coerce"))
@@ -285,4 +285,4 @@ def dips_vs_gap_all(table: pd.DataFrame) -> dict[str, Correlation]:
     control: a window that grows with the gap (a run stopped soon after grokking; the plateau
     itself) collects more dips at a constant rate, so a count can correlate with the gap
     while the rate does not."""
-    return {c: _dips_correlation(table, c) for c in DIP_COUNTS}
+    return {c: dips_correlation(table, c) for c in DIP_COUNTS}

@@ -48,7 +48,7 @@ import pandas as pd
 from .model import ModelConfig
 from .config import RunConfig, TrainConfig
 from .files import write_json
-from .runs import Run
+from .runs import Run, is_run_dir
 from .tasks import TaskConfig
 
 SWEEP_FILE = "sweep.json"
@@ -252,7 +252,7 @@ def plan_chunks(members: Sequence[Member], chunk_size: int) -> list[list[str]]:
 
 
 def _has_run(out: Path) -> bool:
-    return (out / "config.json").exists()
+    return is_run_dir(out)
 
 
 def _train_members(cfgs: list[RunConfig], outs: list[Path], progress: bool, measures=None,
@@ -524,10 +524,10 @@ def load_population(source: str | Path | Sequence[str | Path], finished_only: bo
         root = Path(source)
         spec_file = root / SWEEP_FILE
         if not spec_file.exists():
-            if (root / "config.json").exists():
+            if is_run_dir(root):
                 raise ValueError(f"{root} is a single run, not a population (a sweep directory, a directory of "
                                  f"run directories, or a list of them)")
-            runs = sorted(p.parent for p in root.glob("*/config.json"))
+            runs = sorted(p for p in root.iterdir() if is_run_dir(p)) if root.is_dir() else []
             if not runs:
                 raise FileNotFoundError(f"{root}: neither a sweep directory ({SWEEP_FILE}) nor a directory of run "
                                         f"directories (sub-directories with a config.json)")
