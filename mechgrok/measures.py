@@ -334,10 +334,17 @@ def measure_series(run, measures, steps: Sequence[int] | None = None, progress: 
 
 
 def add_columns(table: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with ``extra``'s columns joined on ``step``; a column both have fails, naming it."""
-    clash = [c for c in extra.columns if c != "step" and c in table.columns]
-    if clash:
-        raise ValueError(f"measure column {clash[0]!r} is already in the table; give the measure a prefix")
+    """``table`` with ``extra``'s columns joined on ``step``. A column both have is kept once
+    when the values agree (the same quantity, e.g. ``weight_sq``), and fails, naming it, when
+    they do not."""
+    import numpy as np
+
+    both = table[["step"]].merge(extra, on="step", how="left")
+    for c in [c for c in extra.columns if c != "step" and c in table.columns]:
+        if not np.allclose(both[c].to_numpy(float), table[c].to_numpy(float), rtol=1e-6, equal_nan=True):
+            raise ValueError(f"measure column {c!r} is already in the table with other values; give the measure "
+                             f"a prefix")
+        extra = extra.drop(columns=c)
     out = table.merge(extra, on="step", how="left")
     out.attrs.update(table.attrs)
     return out

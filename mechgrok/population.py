@@ -47,7 +47,7 @@ import pandas as pd
 
 from .model import ModelConfig
 from .config import RunConfig, TrainConfig
-from .files import write_json
+from .files import write_csv, write_json
 from .runs import Run, is_run_dir
 from .tasks import TaskConfig
 
@@ -409,7 +409,7 @@ def write_members_table(sweep_dir: str | Path) -> Path:
     manifest's records: no run is re-read)."""
     pop = load_population(sweep_dir, finished_only=True)
     f = Path(sweep_dir) / MEMBERS_TABLE
-    pop.table.to_csv(f, index=False)
+    write_csv(f, pop.table, float_format=None)
     return f
 
 
