@@ -6,7 +6,7 @@
     model = run.model(step=run.steps[-1])      # TransformerLens 4 model, HookedTransformer hook names
 
 The names in ``__all__`` are the public surface. Submodules (``mg.fourier``, ``mg.progress``,
-``mg.dynamics``, ``mg.interventions``, ...) load on first use, so ``import mechgrok`` and the
+``mg.dynamics``, ``mg.measures``, ``mg.report``, ``mg.interventions``, ...) load on first use, so ``import mechgrok`` and the
 CLI start without importing what a command does not need.
 """
 
@@ -31,9 +31,11 @@ _EXPORTS = {
     "draw_figures": "report",
     "evaluate": "evaluation",
     "transition_metrics": "milestones",
+    "MeasureContext": "measures", "measure_series": "measures",
 }
-_SUBMODULES = ("config", "dynamics", "ensemble", "evaluation", "experiment", "files", "foreign", "fourier", "grokfast", "interventions",
-               "latent", "milestones", "model", "optim", "plots", "population", "presets", "progress",
+_SUBMODULES = ("config", "cycles", "dynamics", "ensemble", "evaluation", "experiment", "files", "foreign", "fourier",
+               "grokfast", "interventions", "latent", "measures", "milestones", "model", "optim", "plots", "population",
+               "presets", "progress",
                "provenance", "report", "runs", "schedule", "tasks", "trainer")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)

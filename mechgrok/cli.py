@@ -125,10 +125,10 @@ def _print_summary(run):
         typer.echo(f"figure: {fig}" + (" (+ .png)" if fig.with_suffix(".png").exists() else ""))
 
 
-def _train_new(cfg, out: Path, progress: bool, probe: Optional[str] = None, png: bool = True):
+def _train_new(cfg, out: Path, progress: bool, measure_kw: Optional[dict] = None, png: bool = True):
     from .trainer import train as train_run
 
-    _trained(train_run(cfg, out, progress=progress, **_probe_kwargs(probe, cfg)), png)
+    _trained(train_run(cfg, out, progress=progress, **(measure_kw or {})), png)
 
 
 def _trained(run, png: bool):
@@ -142,14 +142,23 @@ def _trained(run, png: bool):
 PNG = typer.Option(True, "--png/--no-png", help="also write PNG figures (needs Chromium; HTML is always written)")
 
 
-def _probe_kwargs(spec: Optional[str], cfg) -> dict:
-    """--probe every=N[,measures=...] -> train_run's probe= and probe_every= (issue 10)."""
-    if spec is None:
-        return {}
-    from .dynamics import probe_from_spec
+def _measure_kwargs(probe: Optional[str], measures: list[str], every: Optional[int]) -> dict:
+    """--probe SPEC and --measure SPEC... --measure-every N -> the trainers' measures= and
+    measure_every= (a --probe spec is one more measure, with its own every=N); every spec is
+    resolved here, so a bad one fails before training."""
+    from .measures import resolve
 
-    factory, every = probe_from_spec(spec)
-    return {"probe": factory(cfg), "probe_every": every}
+    specs = ([probe] if probe is not None else []) + list(measures)
+    for spec in specs:
+        resolve(spec)
+    if every is not None and every < 1:
+        raise ValueError(f"--measure-every must be >= 1, got {every}")
+    return {"measures": specs, "measure_every": every} if specs else {}
+
+
+MEASURE_HELP = ("a measure taken during training -> dynamics.csv (repeatable): a built-in (hessian, agreement, "
+                "momentum, rank, weight_norm, weight_statistics, fourier, losses), pkg.module:function or "
+                "file.py:function")
 
 
 @app.command(help=f"Train the embedded demo (a+b mod 53) until it groks: {DEMO_TIME}.")
@@ -228,6 +237,9 @@ def train(
     probe: Optional[str] = typer.Option(None, "--probe", help="measure optimizer dynamics while training -> "
                                         "dynamics.csv: every=N[,measures=hessian+agreement+momentum+rank]"
                                         "[,iters=2][,rank_n=16]"),
+    measure: list[str] = typer.Option([], "--measure", help=MEASURE_HELP),
+    measure_every: Optional[int] = typer.Option(None, "--measure-every", help="steps between measures "
+                                                "(default: the measure's own, else 100)"),
     grokfast: Optional[Grokfast] = typer.Option(None, help="Grokfast gradient filter between backward and step"),
     grokfast_alpha: Optional[float] = typer.Option(None, help="ema: decay of the gradient average"),
     grokfast_lambda: Optional[float] = typer.Option(None, help="weight of the filtered gradient (default 2 ema, 5 ma)"),
@@ -266,11 +278,12 @@ def train(
                              f"trains on from a checkpoint")
         cfg = resume_config(run.config, configure(run.config, **settings))  # refuses all but more steps
         typer.echo(f"resuming {resume} from step {run.steps[-1] if run.steps else 0} to step {cfg.train.steps}")
-        _trained(resume_run(resume, cfg, progress=progress, **_probe_kwargs(probe, cfg)), png)
+        _trained(resume_run(resume, cfg, progress=progress, **_measure_kwargs(probe, measure, measure_every)), png)
         return
     if out is None:
         raise ValueError("give --out DIR for a new run (or --resume DIR to continue one)")
-    _train_new(configure(preset or "demo", **settings), out, progress, probe, png)
+    _train_new(configure(preset or "demo", **settings), out, progress, _measure_kwargs(probe, measure, measure_every),
+               png)
 
 
 @app.command()
@@ -311,14 +324,18 @@ def analyze(run_dir: Path = typer.Argument(..., help="a run directory"),
                                         "(Nanda et al.) or neurons (TransformerLens Grokking demo)"),
             basis: Basis = typer.Option(Basis.auto, help="dlog: mul/div runs; auto picks it"),
             every: int = typer.Option(1, help="measure every N-th checkpoint"),
+            measure: list[str] = typer.Option([], "--measure", help="more columns for progress.csv (repeatable): "
+                                              "a built-in (weight_norm, weight_statistics, fourier, losses, hessian, "
+                                              "agreement, momentum, rank), pkg.module:function or file.py:function"),
             progress: bool = typer.Option(True, help="show a progress bar"), png: bool = PNG):
     """Progress measures at every checkpoint -> progress.csv, phases.json and figures."""
-    from .progress import analyze_run
+    from .report import analysis
     from .runs import every_nth_step, load_run
 
     run = load_run(run_dir)
-    table, ph, written = analyze_run(run, out, freqs=_ints(freqs), steps=every_nth_step(run, every),
-                                     level=_value(level), basis=_value(basis), progress=progress, png=png)
+    res, written = analysis(run, out, freqs=_ints(freqs), steps=every_nth_step(run, every), level=_value(level),
+                            basis=_value(basis), measures=measure, progress_bar=progress, png=png)
+    table, ph = res.table, res.phases
     tr = ph.transitions
     typer.echo(f"run: {run.path}  ({run.task.describe()}, {len(table)} checkpoints)")
     if table.attrs.get("fourier") is False:  # no Fourier basis: the generic measures only
@@ -351,10 +368,10 @@ def spectrum(run_dir: Path = typer.Argument(..., help="a run directory"),
              out: Optional[Path] = typer.Option(None, help="where to write (default: the run directory)"),
              basis: Basis = typer.Option(Basis.auto)):
     """Fourier spectrum of W_E and W_L at one checkpoint, with the key frequencies of each rule."""
-    from .progress import analyze_spectrum
+    from .report import spectrum as write_spectrum
     from .runs import load_run
 
-    table, written = analyze_spectrum(load_run(run_dir), step, out, basis=_value(basis))
+    table, written = write_spectrum(load_run(run_dir), step, out, basis=_value(basis))
     typer.echo(f"step {table.attrs['step']}, {table.attrs['basis']} basis")
     for rule, ks in table.attrs["key_freqs"].items():
         typer.echo(f"key frequencies ({rule} rule): {ks}")
@@ -534,13 +551,12 @@ def latent(population: Path = typer.Argument(..., help="a sweep directory, or a 
            out: Optional[Path] = typer.Option(None, help="output directory (default: POPULATION/latent)"),
            png: bool = typer.Option(True, "--png/--no-png", help="also write PNG figures")):
     """Latent-state training map of a population (Hu et al.): statistics, model selection, map, detours."""
-    from . import latent as lt
+    from .report import latent as write_latent
 
     out = out or population / "latent"
     try:
-        res = lt.analyze_population(population, out, n_states=states, features=features, max_states=max_states,
-                                    covariance=covariance, restarts=restarts, seed=seed, png=png,
-                                    title=population.name)
+        res = write_latent(population, out, n_states=states, features=features, max_states=max_states,
+                           covariance=covariance, restarts=restarts, seed=seed, png=png, title=population.name)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     sel, tm, det = res["selection"], res["map"], res["detours"]
@@ -597,6 +613,8 @@ def sweep(
     gpus_per_chunk: float = typer.Option(0.0, help="Ray: GPUs per chunk task"),
     probe: Optional[str] = typer.Option(None, "--probe", help="optimizer-dynamics probes in every member -> "
                                         "dynamics.csv: every=N[,measures=...] (as for train)"),
+    measure: list[str] = typer.Option([], "--measure", help=MEASURE_HELP.replace("during training", "in every member")),
+    measure_every: Optional[int] = typer.Option(None, "--measure-every", help="steps between measures"),
     progress: bool = typer.Option(True, help="show a progress bar over members"),
 ):
     """Train a grid (or list) of settings x seeds as chunks of ensembles; --resume finishes one."""
@@ -613,7 +631,8 @@ def sweep(
             fixed["stop_after_grok"] = stop_after_grok
         settings = [parse_overrides(s.split(","), "--setting") for s in setting]
         sw = SweepConfig(get_preset(preset), grid=tuple((n, tuple(v)) for n, v in _grid(grid)),
-                         settings=tuple(settings), seeds=parse_seeds(seeds), fixed=fixed, chunk_size=chunk_size, probe=probe)
+                         settings=tuple(settings), seeds=parse_seeds(seeds), fixed=fixed, chunk_size=chunk_size, probe=probe,
+                         measures=tuple(measure), measure_every=measure_every)
         typer.echo(f"sweep: {len(sw.members())} members ({len(sw.points())} settings x {len(sw.seeds)} seeds) "
                    f"-> {out}")
     try:
@@ -647,8 +666,8 @@ def population(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ):
     """Population table (transition metrics per member) and figure: delay median/IQR and grok rate per value."""
-    from . import plots
     from .population import load_population
+    from .report import population as write_population
 
     pop = load_population(paths[0] if len(paths) == 1 else paths)
     if not len(pop):
@@ -661,13 +680,9 @@ def population(
         return
     _print_population(pop, field)
     out = out or (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path("."))
-    out.mkdir(parents=True, exist_ok=True)
-    pop.table.to_csv(out / "population.csv", index=False)
-    typer.echo(f"\nwrote {out / 'population.csv'}")
-    for f in fields:
-        fig = plots.population_summary(pop.summary(f), f, title=f"{Path(str(pop.root or out)).name}: per {f}")
-        for w in plots.save_figure(fig, out / f"population_{f}", png=png):
-            typer.echo(f"wrote {w}")
+    typer.echo("")
+    for w in write_population(pop, out, fields, png=png):
+        typer.echo(f"wrote {w}")
 
 
 
@@ -685,9 +700,10 @@ def dynamics(path: Path = typer.Argument(..., help="a run directory, or a sweep 
              png: bool = typer.Option(True, "--png/--no-png", help="also write PNG figures"),
              progress: bool = typer.Option(True, help="show a progress bar")):
     """Optimizer dynamics of a run or a population: summary table, geometry figure, limit cycle, dips vs gap."""
-    from .dynamics import analyze
+    from .report import dynamics as write_dynamics
 
-    table, corr, written = analyze(path, out, measure=measure, prominence=prominence, png=png, progress=progress)
+    table, corr, written = write_dynamics(path, out, measure=measure, prominence=prominence, png=png,
+                                          progress_bar=progress)
     cols = [c for c in ("run", "weight_decay", "memorised_step", "grokked_step", "delay", "hessian_rise",
                         "hessian_peak_step", "agreement_first", "agreement_at_memorised", "momentum_cos_plateau",
                         "erank_drop", "agreement_dips", "agreement_dips_plateau", "limit_verdict", "limit_test_acc_period",
@@ -695,7 +711,7 @@ def dynamics(path: Path = typer.Argument(..., help="a run directory, or a sweep 
     shown = table[cols].assign(run=[Path(r).name for r in table["run"]])
     typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     if corr is not None:
-        from .dynamics import DIP_COUNTS, dips_vs_gap_all
+        from .cycles import DIP_COUNTS, dips_vs_gap_all
 
         typer.echo(f"agreement dips vs grokking gap: Pearson r = {corr.r:.3f}, n = {corr.n}, p = {corr.p:.3g}")
         for name, c in list(dips_vs_gap_all(table).items())[1:]:

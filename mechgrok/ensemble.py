@@ -62,6 +62,7 @@ from .config import RunConfig, resolve_device
 from .evaluation import EVAL_CHUNK, split_metrics
 from .files import write_json
 from .grokfast import GradientFilter
+from .measures import training_probe
 from .milestones import grokked_step, should_stop
 from .model import check_params, forward, init_params, per_example_loss, weight_sq
 from .runs import METRIC_COLUMNS, RESUME_FILE, ResumeState, Run, RunWriter, check_new_run_dir, read_resume_state
@@ -131,7 +132,7 @@ def _write_status(out: Path, status: str, last_step: int, rows: list[dict], n: i
 def train_ensemble(cfgs: Sequence[RunConfig], outs: Sequence[str | os.PathLike], *,
                    progress: bool = True, vectorize: bool | None = None,
                    init: Sequence[ResumeState] | None = None, probe: ProbeFactory | None = None,
-                   probe_every: int = 100) -> list[Run]:
+                   probe_every: int = 100, measures=None, measure_every: int | None = None) -> list[Run]:
     """Train every ``cfgs[i]`` into the new run directory ``outs[i]`` as one ensemble; return
     the members' ``Run`` objects. Nothing is written unless every member is valid.
     ``init``: start member ``i`` from ``init[i]`` (weights, AdamW state, at a step common to all
@@ -139,6 +140,8 @@ def train_ensemble(cfgs: Sequence[RunConfig], outs: Sequence[str | os.PathLike],
     ``probe``: ``probe(cfg) -> probe function`` (e.g. ``lambda c: dynamics.make_probe(c)``), called
     once per member; each member's probe runs at the steps, with the arguments, that
     ``train.train_run`` gives a solo run's probe, and its rows go to the member's dynamics.csv.
+    ``measures``, ``measure_every``: as in ``trainer.train``; each member makes its own (a
+    stateful measure keeps one state per member).
     ``vectorize``: vmap the members' gradients (True) or compute them member by member (False);
     None picks vmap on a GPU and member by member on a CPU (module docstring)."""
     cfgs, outs = list(cfgs), [Path(o) for o in outs]
@@ -162,13 +165,13 @@ def train_ensemble(cfgs: Sequence[RunConfig], outs: Sequence[str | os.PathLike],
         _write_status(o, "running", 0 if init is None else init[i].step, [], len(cfgs))
         states.append(ResumeState(0, init_params(c.model.resolve(t))) if init is None else init[i])
     _train_members(cfgs, tasks, writers, states, fresh=True, progress=progress, vectorize=vectorize,
-                   probe=probe, probe_every=probe_every)
+                   probe=probe, probe_every=probe_every, measures=measures, measure_every=measure_every)
     return [Run(o) for o in outs]
 
 
 def resume_ensemble(outs: Sequence[str | os.PathLike], *, progress: bool = True,
                     vectorize: bool | None = None, probe: ProbeFactory | None = None,
-                    probe_every: int = 100) -> list[Run]:
+                    probe_every: int = 100, measures=None, measure_every: int | None = None) -> list[Run]:
     """Continue an ensemble after a crash or SIGKILL. Finished members are left as they are;
     the others resume from their common last checkpoint and end as an uninterrupted ensemble
     would have."""
@@ -186,7 +189,8 @@ def resume_ensemble(outs: Sequence[str | os.PathLike], *, progress: bool = True,
         tasks = [Task(c.task) for c in cfgs]
         writers = [RunWriter.reopen(o, step) for o, _ in group]
         _train_members(cfgs, tasks, writers, [st for _, st in group], fresh=False, progress=progress,
-                       vectorize=vectorize, probe=probe, probe_every=probe_every)
+                       vectorize=vectorize, probe=probe, probe_every=probe_every, measures=measures,
+                       measure_every=measure_every)
     return [Run(o) for o in outs]
 
 
@@ -346,14 +350,20 @@ def _batch(members: _Members, step: int, cache: dict) -> Tensor:
 
 
 def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool, vectorize: bool | None = None,
-                   probe: ProbeFactory | None = None, probe_every: int = 100):
+                   probe: ProbeFactory | None = None, probe_every: int = 100, measures=None,
+                   measure_every: int | None = None):
     c0 = cfgs[0]
     device = resolve_device(c0.train.device)
     vectorize = device.type != "cpu" if vectorize is None else vectorize
     if probe is not None and probe_every < 1:
         raise ValueError(f"probe_every must be >= 1, got {probe_every}")
     mem = _Members(cfgs, tasks, writers, states, device)
-    probes = {w.path: probe(c) for w, c in zip(writers, cfgs)} if probe is not None else {}
+    probes, every = {}, probe_every
+    for w, c in zip(writers, cfgs):
+        one, every = training_probe(c, measures, measure_every, probe(c) if probe is not None else None, probe_every)
+        if one is not None:
+            probes[w.path] = one
+    probe_every = every
     n_total = len(mem)
     start = states[0].step
     eval_every, ckpt_every = c0.train.eval_every, c0.train.checkpoint_every

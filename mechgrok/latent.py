@@ -34,7 +34,7 @@ from scipy import stats as sps
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .runs import Run
+from .runs import Run, find_runs, is_run_dir
 
 STATISTICS = ("l1", "l2", "trace", "spectral", "code_sparsity", "computational_sparsity",
               "mean_lambda", "variance_lambda", "mean_w", "median_w", "var_w", "mean_b", "median_b",
@@ -165,13 +165,13 @@ def checkpoint_statistics(run: Run | str | os.PathLike, steps: list[int] | None 
 
 def population_runs(pop) -> list[Run]:
     """The member runs of ``pop``: a sweep directory (``mechgrok.population.load_population``
-    when it can read it, otherwise every sub-directory holding a config.json), a population
-    object with ``.run(i)`` and ``len()``, or a list of run directories / ``Run`` objects."""
+    when it can read it, otherwise every run directory below it, ``runs.find_runs``), a
+    population object with ``.run(i)`` and ``len()``, or a list of run directories / ``Run`` objects."""
     if isinstance(pop, (str, os.PathLike)):
         path = Path(pop)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such population directory")
-        if (path / "config.json").exists():
+        if is_run_dir(path):
             raise ValueError(f"{path} is a single run; a latent-state model needs a population "
                              f"(a sweep directory or a list of run directories)")
         try:
@@ -179,10 +179,10 @@ def population_runs(pop) -> list[Run]:
             return population_runs(load_population(path))
         except (ImportError, AttributeError, FileNotFoundError, ValueError):
             pass
-        dirs = sorted({p.parent for p in path.glob("*/config.json")} | {p.parent for p in path.glob("*/*/config.json")})
-        if not dirs:
-            raise FileNotFoundError(f"{path}: no run directories (sub-directories with a config.json)")
-        return [Run(d) for d in dirs]
+        try:
+            return find_runs(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no run directories (sub-directories with a config.json)") from None
     if hasattr(pop, "run") and hasattr(pop, "__len__"):
         return [pop.run(i) for i in range(len(pop))]
     runs = [r if isinstance(r, Run) else Run(r) for r in pop]
@@ -456,35 +456,32 @@ def fit_training_map(pop, n_states: int, features=None, covariance: str = "diag"
     return TrainingMap(model, features, paths, steps, transitions, means, occupancy, labels, grok, state_metrics)
 
 
-# --- everything for one population, written to a directory -------------------------------
+# --- everything for one population ---------------------------------------------------------
 
 
-def analyze_population(pop, out_dir, n_states: int | None = None, features=None, max_states: int = 8,
-                       covariance: str = "diag", restarts: int = 5, seed: int = 0, png: bool = True,
-                       title: str = "", progress: bool = True, plotlyjs: str | bool = "directory") -> dict:
-    """Statistics, model selection (always; it picks ``n_states`` when not given), the training
-    map, Viterbi paths and the detour table of ``pop``, written to ``out_dir``:
-    statistics.csv, model_selection.csv, transitions.csv, states.csv (means in z units,
-    occupancy, labels), paths.csv, detours.csv, and the figures model_selection, training_map
-    and ribbons (HTML, + PNG when ``png``; ``plotlyjs`` as in ``plots.save_figure``).
-    ``statistics.csv`` is reused when it exists and covers the same runs and steps. Returns the objects and the files written."""
-    from . import plots
+def cached_statistics(pop, table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """``table`` (a ``statistics.csv`` read back) when it covers exactly ``pop``'s runs and
+    checkpoint grids, else None."""
+    if table is None:
+        return None
+    runs = population_runs(pop)
+    same = sorted(table.run.unique()) == sorted(str(r.path) for r in runs) and all(
+        table.loc[table.run == str(r.path), "step"].tolist() == checkpoint_grid(r) for r in runs)
+    return table if same else None
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = out / "statistics.csv"
-    table = None
-    if isinstance(pop, pd.DataFrame):
-        table = pop
-    elif cache.exists():
-        runs = population_runs(pop)
-        cached = pd.read_csv(cache)
-        same = sorted(cached.run.unique()) == sorted(str(r.path) for r in runs) and all(
-            cached.loc[cached.run == str(r.path), "step"].tolist() == checkpoint_grid(r) for r in runs)
-        table = cached if same else None
+
+def analyze_population(pop, n_states: int | None = None, features=None, max_states: int = 8,
+                       covariance: str = "diag", restarts: int = 5, seed: int = 0, progress: bool = True,
+                       statistics: pd.DataFrame | None = None) -> dict:
+    """Statistics (``statistics`` when given, e.g. a cache that ``cached_statistics`` accepted),
+    model selection (always; it picks ``n_states`` when not given: lowest BIC first, the next
+    lowest if every restart empties a state), the training map, Viterbi paths and the detour
+    table of ``pop``. Returns ``statistics``, ``selection``, ``map``, ``detours``, ``states``
+    (means in z units, occupancy, labels, per-state metrics), ``features`` and ``n_states``;
+    ``report.latent`` writes them."""
+    table = pop if isinstance(pop, pd.DataFrame) else statistics
     if table is None:
         table = population_statistics(pop, progress=progress)
-    table.to_csv(cache, index=False, float_format="%.9g")
     features = _features(features, table)
     sel = select_states(table, max_states=max_states, features=features, covariance=covariance,
                         restarts=restarts, seed=seed, progress=progress)
@@ -492,7 +489,7 @@ def analyze_population(pop, out_dir, n_states: int | None = None, features=None,
         n = n_states
         tm = fit_training_map(table, n, features=features, covariance=covariance, restarts=restarts, seed=seed,
                               progress=progress)
-    else:  # lowest BIC first; if every restart on all members empties a state, the next lowest
+    else:
         for n in sel.table.dropna(subset=["bic"]).sort_values("bic").n_states.astype(int):
             try:
                 tm = fit_training_map(table, n, features=features, covariance=covariance, restarts=restarts,
@@ -500,29 +497,7 @@ def analyze_population(pop, out_dir, n_states: int | None = None, features=None,
                 break
             except ValueError:
                 continue
-    det = tm.detours()
-    sel.table.to_csv(out / "model_selection.csv", index=False)
-    tm.transitions.to_csv(out / "transitions.csv", index_label="from")
     states = tm.means.add_prefix("z_").assign(checkpoints=tm.occupancy, label=pd.Series(tm.labels))
     states = pd.concat([states, tm.state_metrics], axis=1)
-    states.to_csv(out / "states.csv", index_label="state")
-    tm.paths_table().to_csv(out / "paths.csv", index=False)
-    det.to_csv(out / "detours.csv", index=False)
-    written = [out / f for f in ("statistics.csv", "model_selection.csv", "transitions.csv", "states.csv",
-                                 "paths.csv", "detours.csv")]
-    prefix = f"{title}: " if title else ""
-    feats = ", ".join(features) if len(features) < 14 else "all 14 statistics"
-    figs = {
-        "model_selection": plots.latent_model_selection(
-            sel.table, best=n, title=f"{prefix}HMM model selection ({feats}; {sel.covariance} covariance; "
-                                     f"{len(sel.fit_members)} fit / {len(sel.heldout_members)} held-out members)"),
-        "training_map": plots.latent_training_map(
-            tm.transitions, tm.occupancy, tm.labels, tm.state_metrics["when"].tolist(),
-            tm.state_metrics["test_acc"].fillna(0).tolist() if "test_acc" in tm.state_metrics else [0.5] * n,
-            title=f"{prefix}training map, {n} states ({feats})"),
-        "ribbons": plots.latent_ribbons(tm.paths_table(), tm.grokking_steps, tm.labels,
-                                        title=f"{prefix}state of every member over training"),
-    }
-    for stem, fig in figs.items():
-        written += plots.save_figure(fig, out / stem, png=png, plotlyjs=plotlyjs)
-    return {"statistics": table, "selection": sel, "map": tm, "detours": det, "n_states": n, "written": written}
+    return {"statistics": table, "selection": sel, "map": tm, "detours": tm.detours(), "states": states,
+            "features": features, "n_states": n}

@@ -10,6 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .files import atomic_write
+
 COLORS = {"train": "#1f77b4", "test": "#d62728", "restricted": "#2ca02c", "excluded": "#9467bd",
           "other": "#7f7f7f"}
 
@@ -30,11 +32,12 @@ def save_figure(fig: go.Figure, stem: str | Path, png: bool = True, scale: float
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     html = stem.with_suffix(".html")
-    fig.write_html(html, include_plotlyjs=plotlyjs)
+    # the temp file sits in the figure's directory, so "directory" puts plotly.min.js beside it
+    atomic_write(html, lambda tmp: fig.write_html(tmp, include_plotlyjs=plotlyjs))
     written = [html]
     if png:
         try:
-            fig.write_image(stem.with_suffix(".png"), scale=scale)
+            atomic_write(stem.with_suffix(".png"), lambda tmp: fig.write_image(tmp, format="png", scale=scale))
             written.append(stem.with_suffix(".png"))
         except Exception as e:  # kaleido raises several types for "no browser"
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]

@@ -46,9 +46,9 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig, parse_seeds
-from .files import append_jsonl, read_jsonl, write_json
+from .files import append_jsonl, read_jsonl, write_csv, write_json
 from .presets import CONFIG_PARTS, apply_overrides, parse_value
-from .runs import Run
+from .runs import Run, is_run_dir
 
 SWEEP_FILE = "sweep.json"
 MANIFEST_FILE = "finished.jsonl"
@@ -87,7 +87,10 @@ class SweepConfig:
     validated at construction: a bad value fails before anything trains, naming the field and
     the allowed values. ``chunk_size``: members per ensemble (one unit of work). ``probe``: a
     ``--probe`` spec (``every=10[,measures=...]``): every member writes optimizer-dynamics
-    probes to its dynamics.csv as it trains (``dynamics.probe_from_spec``)."""
+    probes to its dynamics.csv as it trains. ``measures``: measure specs (``measures.resolve``:
+    built-in names, ``"pkg.mod:fn"``, ``"file.py:fn"``), taken every ``measure_every`` steps
+    into each member's dynamics.csv. Specs, not callables: a sweep's settings are plain data
+    (sweep.json, Ray tasks)."""
 
     base: RunConfig
     grid: tuple[tuple[str, tuple], ...] = ()
@@ -96,12 +99,20 @@ class SweepConfig:
     fixed: dict = field(default_factory=dict)
     chunk_size: int = 8
     probe: str | None = None
+    measures: tuple[str, ...] = ()
+    measure_every: int | None = None
 
     def __post_init__(self):
-        if self.probe is not None:
-            from .dynamics import parse_probe
+        from .measures import resolve
 
-            parse_probe(self.probe)  # fails now, naming the bad key, not after training
+        object.__setattr__(self, "measures", (self.measures,) if isinstance(self.measures, str)
+                           else tuple(self.measures))
+        if not all(isinstance(m, str) for m in self.measures):
+            raise ValueError("SweepConfig.measures takes spec strings ('pkg.mod:fn', 'file.py:fn', built-in names)")
+        if self.measure_every is not None and int(self.measure_every) < 1:
+            raise ValueError(f"SweepConfig.measure_every must be >= 1, got {self.measure_every}")
+        for spec in ((self.probe,) if self.probe is not None else ()) + self.measures:
+            resolve(spec)  # fails now, naming the bad key or spec, not after training
         grid = self.grid.items() if isinstance(self.grid, dict) else self.grid
         grid = tuple((name, tuple(parse_value(name, v, self.base) for v in values)) for name, values in grid)
         for name, values in grid:
@@ -148,13 +159,19 @@ class SweepConfig:
     def to_dict(self) -> dict:
         return {"base": self.base.to_dict(), "grid": {n: list(v) for n, v in self.grid},
                 "settings": [dict(s) for s in self.settings], "seeds": list(self.seeds),
-                "fixed": dict(self.fixed), "chunk_size": self.chunk_size, "probe": self.probe}
+                "fixed": dict(self.fixed), "chunk_size": self.chunk_size, "probe": self.probe,
+                "measures": list(self.measures), "measure_every": self.measure_every}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SweepConfig":
         return cls(base=RunConfig.from_dict(d["base"]), grid=tuple((n, tuple(v)) for n, v in d["grid"].items()),
                    settings=tuple(d["settings"]), seeds=tuple(d["seeds"]), fixed=d["fixed"],
-                   chunk_size=d["chunk_size"], probe=d.get("probe"))
+                   chunk_size=d["chunk_size"], probe=d.get("probe"), measures=tuple(d.get("measures", ())),
+                   measure_every=d.get("measure_every"))
+
+    def measure_specs(self) -> list[str]:
+        """The probe spec and the measure specs every member takes."""
+        return ([self.probe] if self.probe is not None else []) + list(self.measures)
 
 
 def plan_chunks(members: Sequence[Member], chunk_size: int) -> list[list[str]]:
@@ -169,17 +186,15 @@ def plan_chunks(members: Sequence[Member], chunk_size: int) -> list[list[str]]:
 
 
 def _has_run(out: Path) -> bool:
-    return (out / "config.json").exists()
+    return is_run_dir(out)
 
 
-def _train_members(cfgs: list[RunConfig], outs: list[Path], progress: bool, probe: str | None = None) -> None:
+def _train_members(cfgs: list[RunConfig], outs: list[Path], progress: bool, measures=None,
+                   measure_every: int | None = None) -> None:
     """Train the members of one chunk as one ensemble; a chunk a crash left behind is resumed
-    (``resume_ensemble`` skips its finished members), or started over if it cannot be."""
-    kw = {}
-    if probe is not None:
-        from .dynamics import probe_from_spec
-
-        kw["probe"], kw["probe_every"] = probe_from_spec(probe)
+    (``resume_ensemble`` skips its finished members), or started over if it cannot be.
+    ``measures``: spec strings (``measures.resolve``) every member takes."""
+    kw = {"measures": list(measures or ()), "measure_every": measure_every}
     if any(_has_run(o) for o in outs):
         try:
             resume_ensemble(outs, progress=progress, **kw)
@@ -202,7 +217,7 @@ def member_record(run: Run) -> dict:
 
 
 def train_chunk(sweep_dir: str, ids: list[str], configs: list[dict], progress: bool = False,
-                probe: str | None = None) -> list[dict]:
+                measures: list[str] | None = None, measure_every: int | None = None) -> list[dict]:
     """Train one chunk of a sweep into ``sweep_dir/members/<id>`` and return one record per
     member (id, seconds, transition metrics). A plain function of plain data: the same call runs
     in the driver (backend local) and as a Ray task (backend ray)."""
@@ -212,7 +227,7 @@ def train_chunk(sweep_dir: str, ids: list[str], configs: list[dict], progress: b
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     t0 = time.time()
     outs = [Path(sweep_dir) / MEMBERS_DIR / i for i in ids]
-    _train_members([RunConfig.from_dict(c) for c in configs], outs, progress, probe)
+    _train_members([RunConfig.from_dict(c) for c in configs], outs, progress, measures, measure_every)
     seconds = time.time() - t0
     where = {"host": socket.gethostname(), "pid": os.getpid()}  # which machine and process trained it
     return [{"id": i, "seconds": seconds / len(ids)} | where | member_record(Run(o)) for i, o in zip(ids, outs)]
@@ -295,10 +310,11 @@ def run_sweep(sweep: SweepConfig | None, out: str | Path, resume: bool = False, 
 
     if ray is None:
         for chunk in todo:
-            finished(train_chunk(*args(chunk), progress=progress, probe=sweep.probe))  # the ensemble's bar over steps
+            finished(train_chunk(*args(chunk), progress=progress, measures=sweep.measure_specs(),
+                                 measure_every=sweep.measure_every))  # the ensemble's bar over steps
     else:
         task = ray.remote(num_cpus=cpus_per_chunk, num_gpus=gpus_per_chunk)(train_chunk)
-        pending = [task.remote(*args(chunk), probe=sweep.probe) for chunk in todo]
+        pending = [task.remote(*args(chunk), measures=sweep.measure_specs(), measure_every=sweep.measure_every) for chunk in todo]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             finished(ray.get(ready[0]))
@@ -312,7 +328,7 @@ def write_members_table(sweep_dir: str | Path) -> Path:
     manifest's records: no run is re-read)."""
     pop = load_population(sweep_dir, finished_only=True)
     f = Path(sweep_dir) / MEMBERS_TABLE
-    pop.table.to_csv(f, index=False)
+    write_csv(f, pop.table, float_format=None)
     return f
 
 
@@ -427,10 +443,10 @@ def load_population(source: str | Path | Sequence[str | Path], finished_only: bo
         root = Path(source)
         spec_file = root / SWEEP_FILE
         if not spec_file.exists():
-            if (root / "config.json").exists():
+            if is_run_dir(root):
                 raise ValueError(f"{root} is a single run, not a population (a sweep directory, a directory of "
                                  f"run directories, or a list of them)")
-            runs = sorted(p.parent for p in root.glob("*/config.json"))
+            runs = sorted(p for p in root.iterdir() if is_run_dir(p)) if root.is_dir() else []
             if not runs:
                 raise FileNotFoundError(f"{root}: neither a sweep directory ({SWEEP_FILE}) nor a directory of run "
                                         f"directories (sub-directories with a config.json)")

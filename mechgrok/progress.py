@@ -352,51 +352,24 @@ def measure_run(run, freqs=None, steps: list[int] | None = None, level: str = "l
 
 
 GENERIC_COLUMNS = ("train_loss", "test_loss", "train_acc", "test_acc", "weight_sq")
+# the built-in measures (measures.BUILTIN) that need no Fourier basis
+GENERIC_MEASURES = ("losses", "weight_norm", "weight_statistics")
 
 
-@torch.no_grad()
 def generic_measures(run, steps: list[int] | None = None, progress: bool = True, device=None) -> pd.DataFrame:
     """The measures that need no Fourier basis, at every checkpoint of ``run`` (or ``steps``):
     ``step``, train/test loss and accuracy of a forward over every example, ``weight_sq`` (sum of
-    squared weights) and the 14 weight statistics of ``latent.weight_statistics``. Any task: a
-    table (``op="table"``), parity, or a modular one. ``table.attrs["fourier"]`` is whether the
-    Fourier measures (``measure_run``) apply; if not, ``attrs["note"]`` says why."""
-    from .latent import STATISTICS, weight_statistics
+    squared weights) and ``weight_norm``, and the 14 weight statistics of
+    ``latent.weight_statistics`` -- the built-in measures ``GENERIC_MEASURES`` through
+    ``measures.measure_series``. Any task: a table (``op="table"``), parity, or a modular one.
+    ``table.attrs["fourier"]`` is whether the Fourier measures (``measure_run``) apply; if not,
+    ``attrs["note"]`` says why."""
+    from .measures import measure_series
 
-    task, cfg = run.task, run.model_cfg
-    steps = run.steps if steps is None else list(steps)
-    if not steps:
-        raise ValueError(f"{run.path}: no checkpoints to measure")
-    rows, stats = [], []
-    for step in tqdm(steps, desc="measures", unit="ckpt", disable=not progress, dynamic_ncols=True):
-        params = run.params(step, device=device)
-        logits = forward(params, cfg, task.inputs.to(next(iter(params.values())).device))
-        rows.append({"step": step} | split_metrics(logits, task) | {"weight_sq": weight_sq(params)})
-        stats.append(weight_statistics({k: v.detach().cpu()[None] for k, v in params.items()}, cfg.n_layers))
-    table = pd.concat([pd.DataFrame(rows), pd.concat(stats, ignore_index=True)[list(STATISTICS)]], axis=1)
-    note = fourier.fourier_unsupported(task)
+    table = measure_series(run, GENERIC_MEASURES, steps=steps, progress=progress, device=device)
+    note = fourier.fourier_unsupported(run.task)
     table.attrs.update(fourier=note is None, note=note)
     return table
-
-
-def _analyze_generic(run, out, steps, progress: bool, png: bool) -> tuple[pd.DataFrame, "Phases", list]:
-    """``analyze_run`` for a task without a Fourier basis: ``progress.csv`` of
-    ``generic_measures`` and the figures that need no basis (losses, weight statistics); no
-    phases, key frequencies or Fourier figures (``table.attrs["note"]`` says why)."""
-    from . import plots
-
-    table = generic_measures(run, steps=steps, progress=progress)
-    written = [out / "progress.csv"]
-    table.to_csv(written[0], index=False, float_format="%.9g")
-    name = f"{run.path.name}: {run.task.describe()}"
-    figs = {"progress_losses": plots.progress_losses(table, None, f"{name}: train and test loss"),
-            "weight_statistics": plots.weight_statistics(table, ("weight_sq", "l2", "spectral", "var_w"),
-                                                         f"{name}: weight statistics")}
-    for stem, fig in figs.items():
-        written += plots.save_figure(fig, out / stem, png=png)
-    steps_done = table["step"].to_numpy()
-    ph = Phases(transition_metrics(run.metrics), None, None, None, int(steps_done[-1]))
-    return table, ph, written
 
 
 # --- phases --------------------------------------------------------------------------------
@@ -495,14 +468,10 @@ def spectrum_columns(table: pd.DataFrame, which: str = "W_E") -> tuple[list[int]
     return [int(c.split("_k")[-1]) for c in cols], cols
 
 
-def analyze_spectrum(run, step: int | None = None, out_dir=None, basis: str = "auto"
-                     ) -> tuple[pd.DataFrame, list]:
+def spectrum(run, step: int | None = None, basis: str = "auto") -> pd.DataFrame:
     """W_E and W_L norms per frequency at one checkpoint (default: the last), with the key
-    frequencies of all three rules; writes ``spectrum_step{N}.csv`` and its bar charts."""
-    from pathlib import Path
-
-    from . import plots
-
+    frequencies of all three rules (columns ``key_<rule>``; ``attrs``: ``step``, ``key_freqs``,
+    ``basis``). ``report.spectrum`` writes it."""
     step = run.steps[-1] if step in (None, -1) else step  # run.params names the nearest steps if absent
     params, task, cfg = run.params(step), run.task, run.model_cfg
     e = fourier.embedding_spectrum(params, task, basis, cfg=cfg)
@@ -511,92 +480,53 @@ def analyze_spectrum(run, step: int | None = None, out_dir=None, basis: str = "a
     table = pd.DataFrame({"k": range(len(e)), "W_E_norm": e.tolist(), "W_L_norm": wl.tolist()})
     for rule, ks in keys.items():
         table[f"key_{rule}"] = table["k"].isin(ks)
-    out = Path(out_dir or run.path)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / f"spectrum_step{step}.csv"]
-    table.to_csv(written[0], index=False, float_format="%.6g")
-    kind = fourier.resolve_basis(task, basis)
-    label = "frequency k" + (" (discrete-log basis)" if kind == "dlog" else "")
-    written += plots.save_figure(plots.spectrum_bars(e, keys["neurons"], f"{task.describe()}, step {step}: W_E",
-                                                     "norm of W_E", label), out / f"spectrum_step{step}")
-    written += plots.save_figure(plots.spectrum_bars(wl, keys["neurons"], f"{task.describe()}, step {step}: W_L",
-                                                     "norm of W_out·W_U", label), out / f"spectrum_W_L_step{step}")
-    table.attrs.update(step=step, key_freqs=keys, basis=kind)
-    return table, written
+    table.attrs.update(step=step, key_freqs=keys, basis=fourier.resolve_basis(task, basis))
+    return table
 
 
-def analyze_run(run, out_dir=None, freqs: list[int] | None = None, steps: list[int] | None = None,
-                level: str = "logits", basis: str = "auto", key_rule: str = "neurons", progress: bool = True,
-                png: bool = True) -> tuple[pd.DataFrame, Phases, list]:
-    """Measure every checkpoint of ``run`` and write, into ``out_dir`` (default: the run
-    directory): ``progress.csv`` (``measure_run``), ``phases.json`` (``phases`` plus the key
-    frequencies), ``neurons.csv`` (the final checkpoint's neuron frequencies) and the figures
-    ``progress_losses``, ``gini_weight_norm``, ``spectrum`` (final W_E), ``spectrum_W_L``,
-    ``neuron_frequencies``, ``spectrum_evolution`` (HTML, and PNG unless ``png=False``).
-    Returns the table, its ``Phases`` and the paths written.
+@dataclass(frozen=True)
+class Analysis:
+    """What ``analyze`` returns: the table (one row per checkpoint; ``attrs``: ``key_freqs``,
+    ``basis``, ``level``, or ``fourier=False`` and ``note`` for a task without a Fourier basis),
+    its ``Phases``, and the final checkpoint's neuron frequencies (None without a basis)."""
+
+    table: pd.DataFrame
+    phases: "Phases"
+    neurons: object | None
+    level: str = "logits"
+
+    @property
+    def fourier(self) -> bool:
+        return self.table.attrs.get("fourier", True) is not False
+
+    def summary(self) -> dict:
+        """``phases.json``: key frequencies, basis, level, final step, and the phases."""
+        return ({"key_freqs": self.table.attrs["key_freqs"], "basis": self.table.attrs["basis"],
+                 "level": self.level, "final_step": int(self.table["step"].iloc[-1])} | self.phases.to_dict())
+
+
+def analyze(run, freqs: list[int] | None = None, steps: list[int] | None = None, level: str = "logits",
+            basis: str = "auto", key_rule: str = "neurons", measures=(), progress: bool = True) -> Analysis:
+    """Measure the checkpoints of ``run`` (``measure_run``), its phases (``phases``) and the
+    final checkpoint's neuron frequencies; ``measures``: more measures (``measures.resolve``
+    specs or callables) whose columns join the table (``measures.measure_series``).
 
     A task without a Fourier basis (a table that is not addition mod n, parity) gets the
-    non-Fourier measures instead (``generic_measures``) in ``progress.csv`` and the figures
-    ``progress_losses`` and ``weight_statistics``; its ``Phases`` carries the transition metrics
-    only (no boundaries), and ``table.attrs["note"]`` says what was skipped and why."""
-    import json
-    from pathlib import Path
+    non-Fourier measures instead (``generic_measures``); its ``Phases`` carries the transition
+    metrics only (no boundaries), and ``table.attrs["note"]`` says what was skipped and why.
+    ``report.analysis`` writes what this returns."""
+    from .measures import add_columns, measure_series
 
-    from . import plots
-
-    out = Path(out_dir or run.path)
-    out.mkdir(parents=True, exist_ok=True)
     task, cfg = run.task, run.model_cfg
     if basis in fourier.BASES and fourier.fourier_unsupported(task, basis) is not None and freqs is None:
-        return _analyze_generic(run, out, steps, progress, png)
-    table = measure_run(run, freqs=freqs, steps=steps, level=level, basis=basis, key_rule=key_rule,
-                        progress=progress)
-    ph = phases(table, run.metrics)
-    keys = table.attrs["key_freqs"]
-    final = int(table["step"].iloc[-1])
-    written = [out / "progress.csv", out / "phases.json", out / "neurons.csv"]
-    table.to_csv(written[0], index=False, float_format="%.9g")
-    summary = {"key_freqs": keys, "basis": table.attrs["basis"], "level": level, "final_step": final} | ph.to_dict()
-    written[1].write_text(json.dumps(summary, indent=2) + "\n")
-    nf = fourier.neuron_frequencies(run.params(final), task, basis, cfg=cfg)
-    nf.to_frame().to_csv(written[2], index=False, float_format="%.6g")
-
-    figs = analysis_figures(run, table, ph, nf)
-    for stem, fig in tqdm(figs.items(), desc="figures", unit="fig", disable=not progress, dynamic_ncols=True):
-        written += plots.save_figure(fig, out / stem, png=png)
-    return table, ph, written
-
-
-def analysis_figures(run, table: pd.DataFrame, ph: Phases | None = None, nf=None) -> dict:
-    """The figures of ``analyze_run`` (stem -> go.Figure) from its table (``progress.csv`` read
-    back works: pass ``key_freqs``/``basis`` in ``table.attrs``), without measuring again.
-    ``ph`` defaults to ``phases(table, run.metrics)``; ``nf`` (neuron frequencies of the last
-    measured checkpoint) is computed when not given."""
-    from . import plots
-
-    task, cfg = run.task, run.model_cfg
-    ph = phases(table, run.metrics) if ph is None else ph
-    keys = table.attrs["key_freqs"]
-    final = int(table["step"].iloc[-1])
-    if nf is None:
-        nf = fourier.neuron_frequencies(run.params(final), task, table.attrs.get("basis", "auto"), cfg=cfg)
-    name = f"{run.path.name}: {task.describe()}"
-    label = "frequency k" + (" (discrete-log basis)" if table.attrs["basis"] == "dlog" else "")
-    bounds = ph.intervals()
-    _, e_cols = spectrum_columns(table, "W_E")
-    _, l_cols = spectrum_columns(table, "W_L")
-    figs = {
-        "progress_losses": plots.progress_losses(
-            table, bounds, f"{name}: progress measures (" + (f"key freqs {keys})" if len(keys) <= 8
-                                                             else f"{len(keys)} key freqs)")),
-        "gini_weight_norm": plots.gini_and_weight_norm(table, bounds, f"{name}: sparsity and weight norm"),
-        "spectrum": plots.spectrum_bars(table[e_cols].iloc[-1], keys, f"{name}, step {final}: W_E",
-                                        "norm of W_E", label),
-        "spectrum_W_L": plots.spectrum_bars(table[l_cols].iloc[-1], keys, f"{name}, step {final}: W_L",
-                                            "norm of W_out·W_U", label),
-        "neuron_frequencies": plots.neuron_frequency_map(nf.shares, nf.freq, nf.cluster_sizes(), nf.threshold,
-                                                         f"{name}, step {final}: neurons by frequency"),
-        "spectrum_evolution": plots.spectrum_evolution(table["step"], table[e_cols].to_numpy(), keys,
-                                                       f"{name}: W_E spectrum over training"),
-    }
-    return figs
+        table = generic_measures(run, steps=steps, progress=progress)
+        ph = Phases(transition_metrics(run.metrics), None, None, None, int(table["step"].iloc[-1]))
+        nf = None
+    else:
+        table = measure_run(run, freqs=freqs, steps=steps, level=level, basis=basis, key_rule=key_rule,
+                            progress=progress)
+        ph = phases(table, run.metrics)
+        nf = fourier.neuron_frequencies(run.params(int(table["step"].iloc[-1])), task, basis, cfg=cfg)
+    if measures:
+        table = add_columns(table, measure_series(run, measures, steps=table["step"].tolist(), progress=progress))
+    return Analysis(table, ph, nf, level)

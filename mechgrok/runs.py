@@ -58,6 +58,12 @@ def find_runs(path: str | os.PathLike) -> list["Run"]:
     return [Run(p) for p in found]
 
 
+def read_dynamics(run: "Run | str | os.PathLike") -> pd.DataFrame | None:
+    """The rows of the measures taken during training (``dynamics.csv``), None without them."""
+    f = Path(getattr(run, "path", run)) / DYNAMICS_FILE
+    return pd.read_csv(f) if f.exists() else None
+
+
 def write_metrics(path: Path, rows: list[dict]):
     write_csv(path, pd.DataFrame(rows, columns=METRIC_COLUMNS))
 

@@ -31,6 +31,7 @@ from .config import RunConfig, resolve_device
 from .evaluation import loss_and_accuracy_on
 from .files import write_json
 from .grokfast import GradientFilter
+from .measures import training_probe
 from .milestones import should_stop
 from .model import ModelConfig, Params, forward, init_params, per_example_loss, weight_sq
 from .optim import OptimizerFactory, load_state_by_name, make_optimizer, set_lr, state_by_name
@@ -65,7 +66,8 @@ def _label(fn) -> str | None:
 
 def train(cfg: RunConfig, out: str | Path, *, progress: bool = True, init: Params | None = None,
           start_step: int = 0, init_opt_state=None, loss: Loss | None = None,
-          optimizer: OptimizerFactory | None = None, probe: Probe | None = None, probe_every: int = 100) -> Run:
+          optimizer: OptimizerFactory | None = None, probe: Probe | None = None, probe_every: int = 100,
+          measures=None, measure_every: int | None = None) -> Run:
     """Train ``cfg`` into a new run directory ``out`` and return the loaded ``Run``.
 
     ``init``: start from these weights instead of a fresh initialisation (interventions).
@@ -87,6 +89,10 @@ def train(cfg: RunConfig, out: str | Path, *, progress: bool = True, init: Param
     first moment per trainable parameter name (``None`` when it keeps none). Each returned dict
     becomes a row ``{"step": step, **values}`` of ``dynamics.csv`` in the run directory,
     written at every checkpoint and kept across resume (rows after the resume step dropped).
+
+    ``measures``: measures (``measures.py``: callables, built-in names, ``"pkg.mod:fn"`` specs)
+    taken every ``measure_every`` steps (default: each measure's own ``every``, else
+    ``probe_every``) with the same arguments as a probe; their columns go to the same rows.
     """
     out = Path(out)
     if start_step and init is None:
@@ -95,6 +101,7 @@ def train(cfg: RunConfig, out: str | Path, *, progress: bool = True, init: Param
         raise ValueError(f"start_step={start_step} must be in [0, steps={cfg.train.steps})")
     if probe is not None and probe_every < 1:
         raise ValueError(f"probe_every must be >= 1, got {probe_every}")
+    probe, probe_every = training_probe(cfg, measures, measure_every, probe, probe_every)
     task = Task(cfg.task)
     mcfg = cfg.model.resolve(task)
     device = resolve_device(cfg.train.device)
@@ -130,12 +137,13 @@ def resume_config(stored: RunConfig, asked: RunConfig) -> RunConfig:
 
 
 def resume(out: str | Path, cfg: RunConfig | None = None, *, progress: bool = True, loss: Loss | None = None,
-           optimizer: OptimizerFactory | None = None, probe: Probe | None = None, probe_every: int = 100) -> Run:
+           optimizer: OptimizerFactory | None = None, probe: Probe | None = None, probe_every: int = 100,
+           measures=None, measure_every: int | None = None) -> Run:
     """Continue the run in ``out`` from its resume state (its newest checkpoint). ``cfg``: the
     settings asked for (``resume_config``: only more steps, or another device, are accepted);
     with more steps a finished run is extended and its config.json updated. ``loss``,
     ``optimizer``: the same ones the run was trained with, if it was trained with its own.
-    ``probe``: as in ``train`` (pass the same one to keep ``dynamics.csv`` consistent)."""
+    ``probe``, ``measures``: as in ``train`` (pass the same ones to keep ``dynamics.csv`` consistent)."""
     out = Path(out)
     run = Run(out)
     for key, given in (("loss", loss), ("optimizer_factory", optimizer)):
@@ -147,6 +155,7 @@ def resume(out: str | Path, cfg: RunConfig | None = None, *, progress: bool = Tr
         if new != run.config:
             write_json(out / "config.json", run.meta | new.to_dict())
         run = Run(out)
+    probe, probe_every = training_probe(run.config, measures, measure_every, probe, probe_every)
     state = read_resume_state(out)
     writer = RunWriter.reopen(out, state.step)
     return _train(run.config, run.task, writer, state, fresh=False, progress=progress, loss=loss,

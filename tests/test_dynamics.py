@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import mechgrok as mg
+from mechgrok import cycles as cy
 from mechgrok import dynamics as dy
+from mechgrok import measures as ms
 
 
 @pytest.fixture(scope="module")
@@ -191,13 +193,13 @@ def test_probe_columns_warm_start_and_momentum(small):
 
 
 def test_parse_probe_spec():
-    assert dy.parse_probe("every=10") == {"every": 10}
-    assert dy.parse_probe("every=5,measures=hessian+rank,iters=2") == {
+    assert ms.parse_probe("every=10") == {"every": 10}
+    assert ms.parse_probe("every=5,measures=hessian+rank,iters=2") == {
         "every": 5, "measures": ("hessian", "rank"), "hessian_iters": 2}
     with pytest.raises(ValueError, match="measures"):
-        dy.parse_probe("every=5,measures=curvature")
+        ms.parse_probe("every=5,measures=curvature")
     with pytest.raises(ValueError, match="every"):
-        dy.parse_probe("measures=hessian")
+        ms.parse_probe("measures=hessian")
 
 
 # --- limit cycle --------------------------------------------------------------------------
@@ -214,7 +216,7 @@ def test_limit_cycle_finds_planted_period_and_amplitude():
     phase = 2 * np.pi * steps / 150
     acc = np.where(steps < 500, 0.01, 0.95 + 0.03 * np.sin(phase))
     norm = np.where(steps < 500, 40.0, 30.0 + 2.0 * np.cos(phase)) - steps / 1000  # plus a slow decay
-    lc = dy.limit_cycle(_metrics(acc, norm, steps))
+    lc = cy.limit_cycle(_metrics(acc, norm, steps))
     assert lc.verdict == "oscillation" and lc.grokked_step == 500 and lc.collapses == 0
     assert lc.test_acc.period == pytest.approx(150, rel=0.07)
     assert lc.weight_norm.period == pytest.approx(150, rel=0.07)
@@ -227,20 +229,20 @@ def test_limit_cycle_says_none_for_flat_or_noisy_series():
     rng = np.random.default_rng(0)
     acc = np.where(steps < 500, 0.01, 0.99)
     norm = 30 * np.exp(-steps / 5000)
-    assert dy.limit_cycle(_metrics(acc, norm, steps)).verdict == "none"
+    assert cy.limit_cycle(_metrics(acc, norm, steps)).verdict == "none"
     noisy = np.where(steps < 500, 0.01, 0.99 + 0.002 * rng.standard_normal(len(steps)))
-    lc = dy.limit_cycle(_metrics(noisy, norm, steps))
+    lc = cy.limit_cycle(_metrics(noisy, norm, steps))
     assert lc.verdict == "none" and lc.test_acc.period is None
-    assert dy.limit_cycle(_metrics(np.zeros(len(steps)), norm, steps)).verdict == "not grokked"
+    assert cy.limit_cycle(_metrics(np.zeros(len(steps)), norm, steps)).verdict == "not grokked"
 
 
 def test_limit_cycle_says_too_short_when_the_run_ends_soon_after_grokking():
     steps = np.arange(0, 701, 10)  # grokked at 500: 200 steps after it, under two periods of 150
     phase = 2 * np.pi * steps / 150
     acc = np.where(steps < 500, 0.01, 0.95 + 0.03 * np.sin(phase))
-    lc = dy.limit_cycle(_metrics(acc, np.full(len(steps), 30.0), steps))
+    lc = cy.limit_cycle(_metrics(acc, np.full(len(steps), 30.0), steps))
     assert lc.verdict == "too short" and lc.window == (500, 700)
-    assert dy.limit_cycle(_metrics(acc, np.full(len(steps), 30.0), steps), min_window=150).verdict == "none"
+    assert cy.limit_cycle(_metrics(acc, np.full(len(steps), 30.0), steps), min_window=150).verdict == "none"
 
 
 def test_limit_cycle_counts_collapses():
@@ -248,7 +250,7 @@ def test_limit_cycle_counts_collapses():
     acc = np.where(steps < 500, 0.01, 0.97)
     acc = np.where((steps >= 1000) & (steps < 1100), 0.25, acc)
     acc = np.where((steps >= 2000) & (steps < 2050), 0.3, acc)
-    lc = dy.limit_cycle(_metrics(acc, np.full(len(steps), 30.0), steps), collapse_below=0.5)
+    lc = cy.limit_cycle(_metrics(acc, np.full(len(steps), 30.0), steps), collapse_below=0.5)
     assert lc.verdict == "collapses" and lc.collapses == 2
 
 
@@ -261,10 +263,10 @@ def test_agreement_dips_on_planted_series():
     planted = [300, 900, 1500]
     for s in planted:
         a = a - 0.3 * np.exp(-((steps - s) / 20.0) ** 2)
-    dips = dy.agreement_dips(steps, a, prominence=0.1)
+    dips = cy.agreement_dips(steps, a, prominence=0.1)
     assert len(dips) == 3 and all(abs(d - s) <= 10 for d, s in zip(dips, planted))
-    assert dy.agreement_dips(steps, a, prominence=0.1, until=1000) == dips[:2]
-    assert dy.agreement_dips(steps, a, prominence=0.1, since=500, until=1200) == dips[1:2]
+    assert cy.agreement_dips(steps, a, prominence=0.1, until=1000) == dips[:2]
+    assert cy.agreement_dips(steps, a, prominence=0.1, since=500, until=1200) == dips[1:2]
 
 
 def test_run_summary_counts_dips_on_the_plateau_and_their_rate():
@@ -278,7 +280,7 @@ def test_run_summary_counts_dips_on_the_plateau_and_their_rate():
         a = a - 0.3 * np.exp(-((steps - s) / 15.0) ** 2)
     run = SimpleNamespace(metrics=metrics, path=Path("planted"),
                           config=SimpleNamespace(train=SimpleNamespace(weight_decay=1.0, betas=(0.9, 0.98))))
-    row = dy.run_summary(run, pd.DataFrame({"step": steps, "agreement": a}))
+    row = cy.run_summary(run, pd.DataFrame({"step": steps, "agreement": a}))
     assert (row["memorised_step"], row["grokked_step"]) == (100, 500)
     assert row["agreement_dips"] == 4 and row["agreement_dips_plateau"] == 2
     assert row["agreement_dips_per_100_steps"] == pytest.approx(0.4)
@@ -293,7 +295,7 @@ def test_dip_rate_separates_window_length_from_the_gap():
     rate = 1.0 + 0.1 * rng.standard_normal(len(gap))
     table = pd.DataFrame({"delay": gap, "agreement_dips": gap / 100, "agreement_dips_plateau": gap / 100,
                           "agreement_dips_per_100_steps": rate, "agreement_dips_plateau_per_100_steps": rate})
-    c = dy.dips_vs_gap_all(table)
+    c = cy.dips_vs_gap_all(table)
     assert c["agreement_dips"].r == pytest.approx(1.0) and c["agreement_dips_plateau"].r == pytest.approx(1.0)
     assert c["agreement_dips_per_100_steps"].r == pytest.approx(np.corrcoef(rate, gap)[0, 1])
     assert c["agreement_dips_per_100_steps"].p > 0.05
@@ -303,7 +305,7 @@ def test_pearson_matches_closed_form():
     rng = np.random.default_rng(1)
     x = rng.normal(size=20)
     y = 2 * x + rng.normal(size=20)
-    c = dy.pearson(np.append(x, np.nan), np.append(y, 1.0))  # the NaN pair is dropped
+    c = cy.pearson(np.append(x, np.nan), np.append(y, 1.0))  # the NaN pair is dropped
     xc, yc = x - x.mean(), y - y.mean()
     r = (xc @ yc) / np.sqrt((xc @ xc) * (yc @ yc))
     assert c.n == 20 and c.r == pytest.approx(r, abs=1e-12)
@@ -392,7 +394,7 @@ def test_series_summary_on_planted_series():
     momentum = np.where((steps >= 100) & (steps <= 300), -0.2, 0.5)
     dyn = pd.DataFrame({"step": steps, "hessian_top": hessian, "agreement": np.linspace(-0.8, 0.2, len(steps)),
                         "momentum_cos": momentum, "grad_erank": erank})
-    out = dy.series_summary(dyn, memorised=100, grokked=300)
+    out = cy.series_summary(dyn, memorised=100, grokked=300)
     assert out["hessian_rise"] == pytest.approx(10.0) and out["hessian_peak_step"] == 100
     assert out["agreement_first"] == pytest.approx(-0.8)
     assert out["momentum_cos_plateau"] == pytest.approx(-0.2)

@@ -150,21 +150,21 @@ def test_ensemble_started_from_checkpoints_with_their_moments_continues_as_the_s
 def test_resume_after_a_crash_trains_only_the_unfinished_members(local_sweep, tmp_path, monkeypatch):
     real, trained = popm._train_members, []
 
-    def crash_in_second_chunk(cfgs, outs, progress, probe=None):
+    def crash_in_second_chunk(cfgs, outs, progress, *measures):
         if trained:  # second chunk: one member gets trained, then the process "dies"
-            real(cfgs[:1], outs[:1], progress, probe)
+            real(cfgs[:1], outs[:1], progress, *measures)
             raise KeyboardInterrupt
         trained.extend(o.name for o in outs)
-        real(cfgs, outs, progress, probe)
+        real(cfgs, outs, progress, *measures)
 
     monkeypatch.setattr(popm, "_train_members", crash_in_second_chunk)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(tiny_sweep(), tmp_path / "s", progress=False)
     assert sorted(read_manifest(tmp_path / "s")) == sorted(trained) and len(trained) == 2
 
-    def record(cfgs, outs, progress, probe=None):
+    def record(cfgs, outs, progress, *measures):
         trained.extend(o.name for o in outs)
-        real(cfgs, outs, progress, probe)
+        real(cfgs, outs, progress, *measures)
 
     monkeypatch.setattr(popm, "_train_members", record)
     pop = run_sweep(None, tmp_path / "s", resume=True, progress=False)
@@ -358,15 +358,12 @@ def test_ensemble_killed_with_sigkill_and_resumed_ends_bit_identical(tmp_path):
 def test_probed_sweep_members_write_the_dynamics_rows_their_solo_runs_write(tmp_path):
     import pandas as pd
 
-    from mechgrok import dynamics
-
     sweep = tiny_sweep(grid={"lr": (3e-3,)}, probe="every=10,measures=hessian+agreement+momentum")
     pop = run_sweep(sweep, tmp_path / "s", progress=False)
-    factory, every = dynamics.probe_from_spec("every=10,measures=hessian+agreement+momentum")
     for i in pop.ids:
         member = pop.run(i)
-        solo = mg.train(member.config, tmp_path / f"solo_{i}", progress=False, probe=factory(member.config),
-                            probe_every=every)
+        solo = mg.train(member.config, tmp_path / f"solo_{i}", progress=False,
+                        measures=["every=10,measures=hessian+agreement+momentum"])
         a, b = pd.read_csv(member.path / "dynamics.csv"), pd.read_csv(solo.path / "dynamics.csv")
         assert a["step"].tolist() == b["step"].tolist() == [10, 20, 30]
         # members round differently from solo runs in the last bit (module docstring of ensemble.py);

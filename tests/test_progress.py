@@ -265,7 +265,10 @@ def test_measure_run_on_a_tiny_run(tiny_run):
 
 def test_analyze_run_writes_the_table_and_figures(tmp_path, tiny_run):
     run = tiny_run
-    table, ph, written = progress.analyze_run(run, tmp_path / "out", progress=False, png=False)
+    from mechgrok import report
+
+    res, written = report.analysis(run, tmp_path / "out", progress_bar=False, png=False)
+    table, ph = res.table, res.phases
     names = {p.name for p in written}
     assert {"progress.csv", "phases.json", "neurons.csv", "progress_losses.html", "spectrum.html",
             "neuron_frequencies.html", "spectrum_evolution.html", "gini_weight_norm.html"} <= names

@@ -169,7 +169,7 @@ def test_fourier_measures_refuse_a_table_that_is_not_cyclic(s3_run):
              lambda: progress.excluded_loss(params, task, [1], cfg=cfg),
              lambda: progress.measure_run(s3_run, progress=False),
              lambda: progress.measure_run(s3_run, freqs=[1], progress=False),
-             lambda: progress.analyze_run(s3_run, freqs=[1], progress=False, png=False),
+             lambda: progress.analyze(s3_run, freqs=[1], progress=False),
              lambda: interventions.token_projector(task, [1])]
     for call in calls:
         with pytest.raises(ValueError, match=CYCLIC_ERROR + ": use the non-Fourier measures"):
@@ -209,7 +209,10 @@ def _l2_by_hand(params):
 
 
 def test_analyze_run_on_a_table_run_writes_the_generic_measures(s3_run, tmp_path):
-    table, ph, written = progress.analyze_run(s3_run, tmp_path, progress=False, png=False)
+    from mechgrok import report
+
+    res, written = report.analysis(s3_run, tmp_path, progress_bar=False, png=False)
+    table, ph = res.table, res.phases
     assert table["step"].tolist() == s3_run.steps
     assert table.attrs["fourier"] is False and "cyclic group" in table.attrs["note"]
     task = s3_run.task
