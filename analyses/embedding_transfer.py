@@ -23,7 +23,7 @@ import mechgrok as mg
 from mechgrok import interventions as iv
 from mechgrok.experiment import parse_args, parse_seeds, parser, train_or_resume, write_report
 from mechgrok.plots import grokking_step_distributions, markdown_table, save_figure
-from mechgrok.progress import transition_metrics
+from mechgrok.milestones import transition_metrics
 
 
 def config(model_seed: int, p: int, frac: float, steps: int) -> mg.RunConfig:

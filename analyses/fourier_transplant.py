@@ -59,7 +59,8 @@ from mechgrok.experiment import (parse_args, parse_seeds, parser, train_or_resum
                                  write_report)
 from mechgrok.files import write_text
 from mechgrok.plots import grokking_step_distributions, save_figure
-from mechgrok.progress import spectrum_gini, transition_metrics
+from mechgrok.milestones import transition_metrics
+from mechgrok.progress import spectrum_gini
 from mechgrok.provenance import provenance
 from mechgrok.runs import ResumeState, read_optimizer_state
 

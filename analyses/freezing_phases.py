@@ -28,7 +28,7 @@ import mechgrok as mg
 from mechgrok import interventions as iv
 from mechgrok.experiment import parse_args, parser, train_or_resume, write_report
 from mechgrok.plots import freezing_bars, markdown_table, save_figure, training_curve
-from mechgrok.progress import transition_metrics
+from mechgrok.milestones import transition_metrics
 
 # Seed 000's final test accuracies (its results JSON): checkpoint 7k, checkpoint 11k.
 PUBLISHED = {

@@ -5,7 +5,7 @@ our numbers for the nanda preset next to the published ones.
     python analyses/nanda_progress_measures.py --run runs/nanda --steps 16000
 
 Trains ``runs/nanda`` with the nanda preset (seed 0) if it does not exist (``--steps``
-overrides the preset's 40k), measures every checkpoint (``mg.progress.analyze_run``: key
+overrides the preset's 40k), measures every checkpoint (``mg.report.analysis``: key
 frequencies from the final checkpoint, restricted/excluded loss by Nanda et al.'s definition
 (the logits over all pairs), Gini, weight norm, phases), adds the final restricted loss by the
 TransformerLens demo's definition (neurons, test pairs) for comparison, writes the figures and
@@ -60,7 +60,8 @@ def main():
     if last < planned:
         print(f"WARNING: {run_dir} is not finished (last checkpoint {last} of {planned} steps)")
 
-    table, ph, written = mg.progress.analyze_run(run, out_dir=args.figures)
+    res, written = mg.report.analysis(run, out_dir=args.figures)
+    table, ph = res.table, res.phases
     tr = ph.transitions
     task, params = run.task, run.params(last)
     keys = table.attrs["key_freqs"]

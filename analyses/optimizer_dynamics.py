@@ -42,11 +42,12 @@ import numpy as np
 import pandas as pd
 
 import mechgrok as mg
+from mechgrok import cycles as cy
 from mechgrok import dynamics as dy
 from mechgrok.experiment import parse_args, parse_seeds, parser, train_or_resume, write_report
 from mechgrok.plots import (dips_vs_gap_scatter, dynamics_geometry, limit_cycle_figure, markdown_table,
                             save_figure)
-from mechgrok.progress import transition_metrics
+from mechgrok.milestones import transition_metrics
 
 SEED_004 = {
     "hessian_rise": "~20x during memorisation",
@@ -131,7 +132,7 @@ def main():
     t0 = time.time()
     base, scale = setting_config(args.setting)
     root = args.out / args.setting
-    population = [r for p in args.population for r in dy.find_runs(p)] if args.population else None
+    population = [r for p in args.population for r in mg.find_runs(p)] if args.population else None
     if population:
         population.sort(key=lambda r: r.config.train.seed)
         seeds = [r.config.train.seed for r in population]
@@ -152,10 +153,10 @@ def main():
     # 1. probed runs at wd 1
     if "probed" not in skip:
         runs = [probed(s) for s in seeds]
-        t = pd.DataFrame([dy.run_summary(r) | {"seed": s} for r, s in zip(runs, seeds)])
+        t = pd.DataFrame([cy.run_summary(r) | {"seed": s} for r, s in zip(runs, seeds)])
         for run, s in zip(runs, seeds):
             tr = transition_metrics(run.metrics)
-            fig = dynamics_geometry(run.metrics, dy.read_dynamics(run),
+            fig = dynamics_geometry(run.metrics, mg.runs.read_dynamics(run),
                                     {"memorised": tr.memorised_step, "grokked": tr.grokked_step},
                                     title=f"{run.task.describe()}, wd 1, seed {s}: what the geometry is doing")
             save_figure(fig, args.figures / f"geometry_s{s}")
@@ -183,18 +184,18 @@ def main():
             ("weight-norm period where found, steps", "~150", spread(col("limit_weight_norm_period"), "{:.0f}")),
             ("agreement dips per run (prominence 0.1)", "-", spread(col("agreement_dips"), "{:.0f}")),
         ]
-        corr = dy.pearson(col("agreement_dips"), pd.to_numeric(pd.Series(col("delay")), errors="coerce"))
+        corr = cy.pearson(col("agreement_dips"), pd.to_numeric(pd.Series(col("delay")), errors="coerce"))
         claims.append(("agreement dips vs grokking gap, Pearson", SEED_004["dips_vs_gap"],
                        f"r = {corr.r:.3f}, n = {corr.n}, p = {corr.p:.3g}"))
-        corr_before = dy.pearson(col("agreement_dips_before_grokked"),
+        corr_before = cy.pearson(col("agreement_dips_before_grokked"),
                                  pd.to_numeric(pd.Series(col("delay")), errors="coerce"))
         claims.append(("dips up to the grokking step vs gap (window grows with the gap)", "-",
                        f"r = {corr_before.r:.3f}, n = {corr_before.n}, p = {corr_before.p:.3g}"))
-        every = dy.dips_vs_gap_all(t)
-        claims += [(f"{dy.DIP_COUNTS[c]} vs gap", "-", f"r = {every[c].r:.3f}, n = {every[c].n}, p = {every[c].p:.3g}")
-                   for c in list(dy.DIP_COUNTS)[1:]]
+        every = cy.dips_vs_gap_all(t)
+        claims += [(f"{cy.DIP_COUNTS[c]} vs gap", "-", f"r = {every[c].r:.3f}, n = {every[c].n}, p = {every[c].p:.3g}")
+                   for c in list(cy.DIP_COUNTS)[1:]]
         result["dips_vs_gap"] = corr.to_dict() | {"before_grokked": corr_before.to_dict()} | {
-            c: every[c].to_dict() for c in list(dy.DIP_COUNTS)[1:]}
+            c: every[c].to_dict() for c in list(cy.DIP_COUNTS)[1:]}
         save_figure(dips_vs_gap_scatter(t, corr.r, corr.n, corr.p, title=f"agreement dips vs gap ({args.setting})",
                                         rate=every["agreement_dips_per_100_steps"]), args.figures / "dips_vs_gap")
         made = (f"the members of the sweeps {', '.join(f'`{p}` ({_sweep_note(p)})' for p in args.population)}, "
@@ -223,7 +224,7 @@ def main():
                 run = get_run(seeded(base, seeds[0], steps=budget, weight_decay=wd), root / f"wd{wd:g}_s{seeds[0]}",
                               None, args.probe_every)
             timing[f"wd{wd:g}"] = round(time.time() - t)
-            lc = dy.limit_cycle(run)
+            lc = cy.limit_cycle(run)
             label = f"wd {wd:g}"
             series[label], grokked[label] = run.metrics, lc.grokked_step
             lc_rows.append({"weight_decay": wd, "seed 004": SEED_004.get(f"limit_wd{wd:g}", "-"), **lc.to_dict(),

@@ -19,7 +19,7 @@ convergence time on state occupancy. This script does the same with mechgrok's p
 
 Members are trained one after another with ``mg.experiment.train_or_resume`` (finished members
 are skipped; an interrupted one, or a larger step count, resumes), then
-``latent.analyze_population`` writes the statistics, model selection, map, ribbons and detour
+``report.latent`` writes the statistics, model selection, map, ribbons and detour
 table of each population under ``--figures/<population>/``; the comparison with the paper's
 qualitative findings and the captions go to ``--figures/README.md``.
 """
@@ -157,8 +157,8 @@ def main():
         print(f"== {name}: {preset} {overrides} x {n_seeds} seeds", flush=True)
         paths, t_train = train_population(name, preset, overrides, list(range(n_seeds)), args.out)
         t0 = time.time()
-        res = latent.analyze_population(paths, args.figures / name, features=list(features), max_states=8,
-                                        restarts=args.restarts, title=name, progress=False,
+        res = mg.report.latent(paths, args.figures / name, features=list(features), max_states=8,
+                               restarts=args.restarts, title=name, progress_bar=False,
                                         plotlyjs="cdn")  # committed figures: no 4.8 MB plotly.min.js copies
         t_hmm = time.time() - t0
         f = findings(name, res)
