@@ -33,10 +33,10 @@ _EXPORTS = {
     "transition_metrics": "milestones",
     "MeasureContext": "measures", "measure_series": "measures",
 }
-_SUBMODULES = ("config", "cycles", "dynamics", "ensemble", "evaluation", "experiment", "files", "foreign", "fourier",
-               "grokfast", "interventions", "latent", "measures", "milestones", "model", "optim", "plots", "population",
-               "presets", "progress",
-               "provenance", "report", "runs", "schedule", "tasks", "trainer")
+_SUBMODULES = ("analysis", "config", "cycles", "dynamics", "ensemble", "evaluation", "experiment", "files", "foreign",
+               "fourier", "grokfast", "interventions", "latent", "measures", "milestones", "model", "optim", "plots",
+               "population", "presets", "progress", "provenance", "report", "runs", "schedule", "tasks", "trainer",
+               "weight_statistics")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 

@@ -46,7 +46,7 @@ Over a run
 ----------
 ``make_probe`` returns the stateful probe behind the built-in measures ``hessian``,
 ``agreement``, ``momentum`` and ``rank`` (``measures.BUILTIN``): the trainers run it every
-``measure_every`` steps and write its rows to ``dynamics.csv``; ``measure_run`` takes the same
+``measure_every`` steps and write its rows to ``dynamics.csv``; ``measures.dynamics_series`` takes the same
 measures at a run's checkpoints (``measures.measure_series``; the power iteration is
 warm-started from one checkpoint to the next).
 
@@ -401,18 +401,3 @@ def make_probe(cfg, task: Task | None = None, measures: Sequence[str] = MEASURES
         return out
 
     return probe
-
-
-def measure_run(run, steps: Sequence[int] | None = None, measures: Sequence[str] = MEASURES,
-                hessian_iters: int = 20, rank_n: int = 128, split: str = "train", seed: int = 0,
-                progress: bool = True) -> pd.DataFrame:
-    """The measures at ``run``'s checkpoints (default: all), one row per step, with columns as
-    ``make_probe``'s: ``measures.measure_series`` of ``measures.dynamics_measure``. Momentum
-    comes only where the run kept moments (``read_moments``; NaN elsewhere). The power iteration
-    is warm-started from each checkpoint's vector to the next (``hessian_iters`` is the cap per
-    checkpoint, with tol 1e-3)."""
-    from .measures import dynamics_measure, measure_series
-
-    spec = dynamics_measure(_check_measures(measures), hessian_iters=hessian_iters, first_iters=hessian_iters,
-                            rank_n=rank_n, split=split, seed=seed)
-    return measure_series(run, [spec], steps=steps, progress=progress)

@@ -36,7 +36,7 @@ Bases of a task (``basis=``)
 A table task (``op="table"``) has these measures only when its table is literally addition mod
 n (then in the additive basis); any other table -- a non-abelian group, a relabelled cyclic
 group, a non-group -- and parity are refused in one line by ``resolve_basis`` (every function
-here goes through it), pointing at ``mechgrok.progress.generic_measures``.
+here goes through it), pointing at ``mechgrok.measures.generic_series``.
 
 The grid of a division task has columns b = 1 .. p-1 only (see ``mechgrok.tasks``). In the
 additive basis its missing b = 0 column is filled with zeros after centring (no variance
@@ -184,7 +184,7 @@ class Coords:
 
 
 NON_FOURIER_HINT = ("use the non-Fourier measures (train/test loss and accuracy, weight norm, the weight "
-                    "statistics: mechgrok.progress.generic_measures, which `mechgrok analyze` writes for such a run)")
+                    "statistics: mechgrok.measures.generic_series, which `mechgrok analyze` writes for such a run)")
 
 
 def fourier_unsupported(task: Task, basis: str = "auto") -> str | None:

@@ -130,9 +130,9 @@ def losses(ctx: MeasureContext) -> dict[str, float]:
 
 
 def weight_statistics(ctx: MeasureContext) -> dict[str, float]:
-    """The 14 weight statistics of Hu et al. (``latent.weight_statistics``)."""
-    from .latent import STATISTICS
-    from .latent import weight_statistics as stats
+    """The 14 weight statistics of Hu et al. (``weight_statistics.weight_statistics``)."""
+    from .weight_statistics import STATISTICS
+    from .weight_statistics import weight_statistics as stats
 
     row = stats({k: v.detach().cpu()[None] for k, v in ctx.params.items()}, ctx.cfg.n_layers)
     return {k: float(row[k].iloc[0]) for k in STATISTICS}
@@ -348,3 +348,37 @@ def add_columns(table: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:
     out = table.merge(extra, on="step", how="left")
     out.attrs.update(table.attrs)
     return out
+
+
+# --- the built-in series ---------------------------------------------------------------------
+
+# the built-in measures that need no Fourier basis (what `mechgrok analyze` writes for a task without one)
+GENERIC = ("losses", "weight_norm", "weight_statistics")
+
+
+def generic_series(run, steps: list[int] | None = None, progress: bool = True, device=None) -> pd.DataFrame:
+    """The measures that need no Fourier basis (``GENERIC``) at every checkpoint of ``run`` (or
+    ``steps``): ``step``, train/test loss and accuracy of a forward over every example,
+    ``weight_sq`` and ``weight_norm``, and the 14 statistics of
+    ``weight_statistics.weight_statistics``. Any task: a table (``op="table"``), parity, or a
+    modular one. ``table.attrs["fourier"]`` is whether the Fourier measures
+    (``progress.measure_run``) apply; if not, ``attrs["note"]`` says why."""
+    from .fourier import fourier_unsupported
+
+    table = measure_series(run, GENERIC, steps=steps, progress=progress, device=device)
+    note = fourier_unsupported(run.task)
+    table.attrs.update(fourier=note is None, note=note)
+    return table
+
+
+def dynamics_series(run, steps: Sequence[int] | None = None, measures: Sequence[str] = DYNAMICS,
+                    hessian_iters: int = 20, rank_n: int = 128, split: str = "train", seed: int = 0,
+                    progress: bool = True) -> pd.DataFrame:
+    """The optimizer-dynamics measures at ``run``'s checkpoints (default: all), one row per
+    step, with ``dynamics.make_probe``'s columns. Momentum comes only where the run kept the
+    optimizer's state (``runs.read_optimizer_state``; NaN elsewhere). The power iteration is
+    warm-started from each checkpoint's vector to the next (``hessian_iters`` is the cap per
+    checkpoint, with tol 1e-3)."""
+    spec = dynamics_measure(_check_dynamics(measures), hessian_iters=hessian_iters, first_iters=hessian_iters,
+                            rank_n=rank_n, split=split, seed=seed)
+    return measure_series(run, [spec], steps=steps, progress=progress)

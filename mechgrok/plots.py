@@ -193,7 +193,7 @@ def gini_and_weight_norm(table: pd.DataFrame, phases: dict | None = None, title:
 
 def weight_statistics(table: pd.DataFrame, columns=("weight_sq", "l2", "spectral", "var_w"),
                       title: str = "weight statistics") -> go.Figure:
-    """One small panel per column of ``table`` (e.g. ``progress.generic_measures``) against step."""
+    """One small panel per column of ``table`` (e.g. ``measures.generic_series``) against step."""
     columns = [c for c in columns if c in table]
     fig = make_subplots(rows=1, cols=len(columns), subplot_titles=columns, horizontal_spacing=0.06)
     for i, col in enumerate(columns, start=1):

@@ -348,30 +348,6 @@ def measure_run(run, freqs=None, steps: list[int] | None = None, level: str = "l
     return table
 
 
-# --- tasks without a Fourier basis ----------------------------------------------------------
-
-
-GENERIC_COLUMNS = ("train_loss", "test_loss", "train_acc", "test_acc", "weight_sq")
-# the built-in measures (measures.BUILTIN) that need no Fourier basis
-GENERIC_MEASURES = ("losses", "weight_norm", "weight_statistics")
-
-
-def generic_measures(run, steps: list[int] | None = None, progress: bool = True, device=None) -> pd.DataFrame:
-    """The measures that need no Fourier basis, at every checkpoint of ``run`` (or ``steps``):
-    ``step``, train/test loss and accuracy of a forward over every example, ``weight_sq`` (sum of
-    squared weights) and ``weight_norm``, and the 14 weight statistics of
-    ``latent.weight_statistics`` -- the built-in measures ``GENERIC_MEASURES`` through
-    ``measures.measure_series``. Any task: a table (``op="table"``), parity, or a modular one.
-    ``table.attrs["fourier"]`` is whether the Fourier measures (``measure_run``) apply; if not,
-    ``attrs["note"]`` says why."""
-    from .measures import measure_series
-
-    table = measure_series(run, GENERIC_MEASURES, steps=steps, progress=progress, device=device)
-    note = fourier.fourier_unsupported(run.task)
-    table.attrs.update(fourier=note is None, note=note)
-    return table
-
-
 # --- phases --------------------------------------------------------------------------------
 
 
@@ -482,51 +458,3 @@ def spectrum(run, step: int | None = None, basis: str = "auto") -> pd.DataFrame:
         table[f"key_{rule}"] = table["k"].isin(ks)
     table.attrs.update(step=step, key_freqs=keys, basis=fourier.resolve_basis(task, basis))
     return table
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """What ``analyze`` returns: the table (one row per checkpoint; ``attrs``: ``key_freqs``,
-    ``basis``, ``level``, or ``fourier=False`` and ``note`` for a task without a Fourier basis),
-    its ``Phases``, and the final checkpoint's neuron frequencies (None without a basis)."""
-
-    table: pd.DataFrame
-    phases: "Phases"
-    neurons: object | None
-    level: str = "logits"
-
-    @property
-    def fourier(self) -> bool:
-        return self.table.attrs.get("fourier", True) is not False
-
-    def summary(self) -> dict:
-        """``phases.json``: key frequencies, basis, level, final step, and the phases."""
-        return ({"key_freqs": self.table.attrs["key_freqs"], "basis": self.table.attrs["basis"],
-                 "level": self.level, "final_step": int(self.table["step"].iloc[-1])} | self.phases.to_dict())
-
-
-def analyze(run, freqs: list[int] | None = None, steps: list[int] | None = None, level: str = "logits",
-            basis: str = "auto", key_rule: str = "neurons", measures=(), progress: bool = True) -> Analysis:
-    """Measure the checkpoints of ``run`` (``measure_run``), its phases (``phases``) and the
-    final checkpoint's neuron frequencies; ``measures``: more measures (``measures.resolve``
-    specs or callables) whose columns join the table (``measures.measure_series``).
-
-    A task without a Fourier basis (a table that is not addition mod n, parity) gets the
-    non-Fourier measures instead (``generic_measures``); its ``Phases`` carries the transition
-    metrics only (no boundaries), and ``table.attrs["note"]`` says what was skipped and why.
-    ``report.analysis`` writes what this returns."""
-    from .measures import add_columns, measure_series
-
-    task, cfg = run.task, run.model_cfg
-    if basis in fourier.BASES and fourier.fourier_unsupported(task, basis) is not None and freqs is None:
-        table = generic_measures(run, steps=steps, progress=progress)
-        ph = Phases(transition_metrics(run.metrics), None, None, None, int(table["step"].iloc[-1]))
-        nf = None
-    else:
-        table = measure_run(run, freqs=freqs, steps=steps, level=level, basis=basis, key_rule=key_rule,
-                            progress=progress)
-        ph = phases(table, run.metrics)
-        nf = fourier.neuron_frequencies(run.params(int(table["step"].iloc[-1])), task, basis, cfg=cfg)
-    if measures:
-        table = add_columns(table, measure_series(run, measures, steps=table["step"].tolist(), progress=progress))
-    return Analysis(table, ph, nf, level)

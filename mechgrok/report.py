@@ -20,6 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import fourier, plots, progress
+from .analysis import Analysis, analyze
 from .files import write_csv, write_json
 from .milestones import transition_metrics
 from .runs import Run, find_runs, read_dynamics
@@ -37,8 +38,8 @@ def _save(figures: dict, out: Path, png: bool, bar: bool = False, **kw) -> list[
 
 def analysis(run: Run, out_dir=None, freqs: list[int] | None = None, steps: list[int] | None = None,
              level: str = "logits", basis: str = "auto", key_rule: str = "neurons", measures=(),
-             progress_bar: bool = True, png: bool = True) -> tuple["progress.Analysis", list[Path]]:
-    """``progress.analyze`` of ``run``, written into ``out_dir`` (default: the run directory):
+             progress_bar: bool = True, png: bool = True) -> tuple[Analysis, list[Path]]:
+    """``analysis.analyze`` of ``run``, written into ``out_dir`` (default: the run directory):
     ``progress.csv`` (with the columns of ``measures``), ``phases.json`` (``phases`` plus the
     key frequencies), ``neurons.csv`` (the final checkpoint's neuron frequencies) and the
     figures ``progress_losses``, ``gini_weight_norm``, ``spectrum`` (final W_E),
@@ -47,7 +48,7 @@ def analysis(run: Run, out_dir=None, freqs: list[int] | None = None, steps: list
     and the figures ``progress_losses`` and ``weight_statistics``. Returns the analysis and the
     paths written."""
     out = Path(out_dir or run.path)
-    res = progress.analyze(run, freqs=freqs, steps=steps, level=level, basis=basis, key_rule=key_rule,
+    res = analyze(run, freqs=freqs, steps=steps, level=level, basis=basis, key_rule=key_rule,
                            measures=measures, progress=progress_bar)
     table = res.table
     written = [write_csv(out / "progress.csv", table)]
@@ -88,11 +89,11 @@ def dynamics(path, out=None, measure: bool = True, prominence: float = 0.1, png:
     (``cycles.run_summary``, ``dynamics_summary.csv``), the geometry figure per run
     (``dynamics.html``/``.png`` in the run), and the limit-cycle figure; over several runs also
     the dips-vs-gap scatter and its Pearson correlation. Runs trained without measures are
-    measured at their checkpoints (``dynamics.measure_run``, written to
+    measured at their checkpoints (``measures.dynamics_series``, written to
     ``dynamics_checkpoints.csv``) unless ``measure=False``. Returns ``(table, correlation or
     None, files written)``."""
     from . import cycles
-    from .dynamics import measure_run
+    from .measures import dynamics_series
 
     runs = find_runs(path)
     out = Path(out) if out is not None else Path(path)
@@ -101,7 +102,7 @@ def dynamics(path, out=None, measure: bool = True, prominence: float = 0.1, png:
     for run in runs:
         dyn = read_dynamics(run)
         if dyn is None and measure and run.steps:
-            dyn = measure_run(run, progress=progress_bar)
+            dyn = dynamics_series(run, progress=progress_bar)
             written.append(write_csv(run.path / "dynamics_checkpoints.csv", dyn))
         tr = transition_metrics(run.metrics)
         rows.append(cycles.run_summary(run, dyn, prominence))

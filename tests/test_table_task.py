@@ -169,7 +169,7 @@ def test_fourier_measures_refuse_a_table_that_is_not_cyclic(s3_run):
              lambda: progress.excluded_loss(params, task, [1], cfg=cfg),
              lambda: progress.measure_run(s3_run, progress=False),
              lambda: progress.measure_run(s3_run, freqs=[1], progress=False),
-             lambda: progress.analyze(s3_run, freqs=[1], progress=False),
+             lambda: mg.analysis.analyze(s3_run, freqs=[1], progress=False),
              lambda: interventions.token_projector(task, [1])]
     for call in calls:
         with pytest.raises(ValueError, match=CYCLIC_ERROR + ": use the non-Fourier measures"):
