@@ -3,7 +3,7 @@
     python bench/dynamics.py [--preset dynamics] [--repeats 5] [--threads 1] [--every 10]
 
 Prints, per measure, milliseconds and the ratio to one full-batch AdamW training step
-(``mechgrok.train``'s loss_fn + backward + AdamW step) on the same weights, then the slowdown of
+(``mechgrok.trainer``'s loss_fn + backward + AdamW step) on the same weights, then the slowdown of
 training with a probe every ``--every`` steps, predicted from those timings
 ((every * step + probe) / (every * step)) and measured end to end (``train_run`` with and
 without ``probe=``, same steps). Timings alternate between the variants and the median is
@@ -72,11 +72,11 @@ def main():
     print(f"{args.preset}: {task.describe()}, {len(y)} train examples, {mg.model.n_params(mcfg)} parameters, "
           f"torch threads {torch.get_num_threads()}")
 
-    live = {k: v.clone().requires_grad_(k in names) for k, v in params.items()}
+    live = {k: v.contiguous().clone().requires_grad_(k in names) for k, v in params.items()}  # contiguous, as the trainer
     opt = make_optimizer(live, names, cfg.train)
 
     def step():
-        loss, _ = loss_fn(live, mcfg, x, y)
+        loss = loss_fn(live, mcfg, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

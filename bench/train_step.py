@@ -44,13 +44,13 @@ def main():
     params = {k: v.to(dev) for k, v in mg.init_params(mcfg).items()}
     x, y = task.train_inputs.to(dev), task.train_labels.to(dev)
 
-    # mechgrok: the functional forward over the parameter dict, as mechgrok.train.train runs it
-    ours = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    # mechgrok: the functional forward over the parameter dict, as mechgrok.trainer runs it
+    ours = {k: v.contiguous().clone().requires_grad_(True) for k, v in params.items()}  # contiguous, as the trainer
     names = list(ours)
     opt_ours = make_optimizer(ours, names, tcfg)
 
     def step_ours():
-        loss, _ = loss_fn(ours, mcfg, x, y)
+        loss = loss_fn(ours, mcfg, x, y)
         opt_ours.zero_grad(set_to_none=True)
         loss.backward()
         opt_ours.step()
@@ -70,7 +70,7 @@ def main():
 
     # both start from the same weights: their first losses must agree
     with torch.no_grad():
-        l_ours = loss_fn(ours, mcfg, x, y)[0].item()
+        l_ours = loss_fn(ours, mcfg, x, y).item()
         l_tl = F.cross_entropy(model(x)[:, -1].double(), y).item()
     assert abs(l_ours - l_tl) < 1e-5, (l_ours, l_tl)
 
