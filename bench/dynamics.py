@@ -1,4 +1,4 @@
-"""Cost of the optimizer-dynamics probes (issue 10) relative to one training step, same config.
+"""Cost of the optimizer-dynamics probes relative to one training step, same config.
 
     python bench/dynamics.py [--preset dynamics] [--repeats 5] [--threads 1] [--every 10]
 

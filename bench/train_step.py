@@ -44,7 +44,7 @@ def main():
     params = {k: v.to(dev) for k, v in mg.init_params(mcfg).items()}
     x, y = task.train_inputs.to(dev), task.train_labels.to(dev)
 
-    # mechgrok: the functional forward over the parameter dict, as mechgrok.train.train runs it
+    # mechgrok: the functional forward over the parameter dict, as mechgrok.train runs it
     ours = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     names = list(ours)
     opt_ours = make_optimizer(ours, names, tcfg)

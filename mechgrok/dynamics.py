@@ -1,4 +1,4 @@
-"""Optimizer dynamics (seed 004, issue 10): curvature, gradient agreement, gradient rank,
+"""Optimizer dynamics (seed 004): curvature, gradient agreement, gradient rank,
 momentum alignment, and the limit cycle after grokking.
 
 Every measure is a function of ``(params, cfg, task)`` written with ``torch.func``. By default

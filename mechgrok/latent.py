@@ -123,7 +123,7 @@ def population_runs(pop) -> list[Run]:
 def population_statistics(pop, min_checkpoints: int = MIN_CHECKPOINTS, progress: bool = True) -> pd.DataFrame:
     """The long table the HMM functions take: one row per (member, checkpoint) with columns
     ``member`` (0..n-1), ``run`` (its directory), ``step``, the 14 statistics, losses and
-    accuracies, and ``grokking_step`` (``progress.transition_metrics``; NaN if it never
+    accuracies, and ``grokking_step`` (``milestones.transition_metrics``; NaN if it never
     grokked). Fails with the offending runs when a run has fewer than ``min_checkpoints``
     checkpoints or the runs' checkpoint spacings differ."""
     runs = population_runs(pop)

@@ -1,4 +1,4 @@
-"""Latent-state training maps (issue 11): statistics pinned to hand-computed values, HMM model
+"""Latent-state training maps: statistics pinned to hand-computed values, HMM model
 selection and detour regression pinned to planted synthetic sequences, population errors."""
 
 from dataclasses import replace
