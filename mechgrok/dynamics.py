@@ -58,7 +58,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor

@@ -64,7 +64,7 @@ from .grokfast import GradientFilter
 from .measures import training_probe
 from .milestones import grokked_step, should_stop
 from .model import check_params, forward, init_params, per_example_loss, weight_sq
-from .runs import METRIC_COLUMNS, RESUME_FILE, ResumeState, Run, RunWriter, check_new_run_dir, read_resume_state
+from .runs import RESUME_FILE, ResumeState, Run, RunWriter, check_new_run_dir, read_resume_state
 from .schedule import batch_position, epoch_permutation, trainable_names, warmup_factor
 from .tasks import Task
 

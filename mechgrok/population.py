@@ -10,7 +10,8 @@ population table of grokking statistics.
 from __future__ import annotations
 
 # --- the ensemble trainer ---
-# The ensemble trainer lives in ensemble.py (Grokfast in grokfast.py); its API is re-exported here.
+# The ensemble trainer lives in ensemble.py (Grokfast in grokfast.py); its API is re-exported here
+# so that ``mechgrok.population`` holds everything about populations (hence the noqa).
 from .ensemble import check_ensemble, ensemble_key, member_status, resume_ensemble, train_ensemble  # noqa: E402,F401
 
 
@@ -38,7 +39,7 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 

@@ -52,7 +52,7 @@ architectures use the hooks through the fast path (``engine="hooks"``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import einops
 import numpy as np
@@ -64,10 +64,10 @@ from tqdm.auto import tqdm
 
 from . import fourier
 from .fourier import FrequencyProjection
-from .evaluation import SPLITS, split_metrics
+from .evaluation import split_metrics
 from .milestones import Transitions, transition_metrics
-from .model import (Hook, ModelConfig, Params, activation_fn, as_model, as_params, attn_scale, forward, hook_name,
-                    is_tl_model, layer_index, per_example_loss, run_target, token_position_table, weight_sq)
+from .model import (Hook, ModelConfig, Params, activation_fn, as_model, as_params, attn_scale, hook_name,
+                    is_tl_model, layer_index, run_target, token_position_table, weight_sq)
 from .tasks import Task
 
 LEVELS = ("logits", "neurons")

@@ -263,7 +263,7 @@ def test_measure_run_on_a_tiny_run(tiny_run):
         assert ph.circuit_start >= ph.transitions.memorised_step
 
 
-def test_analyze_run_writes_the_table_and_figures(tmp_path, tiny_run):
+def test_report_analysis_writes_the_table_and_figures(tmp_path, tiny_run):
     run = tiny_run
     from mechgrok import report
 
