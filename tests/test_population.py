@@ -3,7 +3,6 @@ resume after a crash, the Ray backend on a local 2-CPU cluster, the population t
 seed 001's definitions on planted runs, and the CLI commands."""
 
 import json
-import math
 import os
 import sys
 from dataclasses import replace

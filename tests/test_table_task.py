@@ -3,7 +3,6 @@ layout, training and resuming, the CLI, the Fourier refusal and the generic anal
 
 import itertools
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest

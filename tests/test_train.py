@@ -1,10 +1,8 @@
-import math
 import os
 import signal
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
