@@ -589,7 +589,7 @@ def dips_vs_gap_scatter(table: pd.DataFrame, r: float | None = None, n: int | No
                         title: str = "agreement dips vs grokking gap", rate=None) -> go.Figure:
     """One point per run: count of gradient-agreement dips (x) against the grokking gap
     (``delay``: grokked - memorised step, y), with Pearson r, n and p in the title. With
-    ``rate`` (a ``dynamics.Correlation``) and an ``agreement_dips_per_100_steps`` column, a
+    ``rate`` (a ``cycles.Correlation``) and an ``agreement_dips_per_100_steps`` column, a
     second panel plots the dip rate against the gap: the control for window length."""
     text = [str(v) for v in table.get("run", [""] * len(table))]
     stats = "" if r is None else f" (Pearson r = {r:.3f}, n = {n}, p = {p:.3g})"

@@ -2,7 +2,6 @@
 trained run's dynamics.csv, in every ensemble member's and sweep member's, and in analyze's
 progress.csv, with the values an independent computation from the checkpoint files gives."""
 
-
 import numpy as np
 import pandas as pd
 import pytest
