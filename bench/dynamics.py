@@ -1,11 +1,11 @@
-"""Cost of the optimizer-dynamics probes (issue 10) relative to one training step, same config.
+"""Cost of the optimizer-dynamics probes relative to one training step, same config.
 
     python bench/dynamics.py [--preset dynamics] [--repeats 5] [--threads 1] [--every 10]
 
 Prints, per measure, milliseconds and the ratio to one full-batch AdamW training step
-(``mechgrok.trainer``'s loss_fn + backward + AdamW step) on the same weights, then the slowdown of
+(``trainer.loss_fn`` + backward + AdamW step) on the same weights, then the slowdown of
 training with a probe every ``--every`` steps, predicted from those timings
-((every * step + probe) / (every * step)) and measured end to end (``train_run`` with and
+((every * step + probe) / (every * step)) and measured end to end (``mg.train`` with and
 without ``probe=``, same steps). Timings alternate between the variants and the median is
 reported, so background load slows all alike.
 """
@@ -30,15 +30,9 @@ from mechgrok.trainer import train as train_run
 
 
 def config(name: str) -> mg.RunConfig:
-    if name in mg.PRESETS:
-        return mg.get_preset(name)
-    if name != "dynamics":
+    if name not in mg.PRESETS:
         raise SystemExit(f"unknown preset {name!r}")
-    # until the `dynamics` preset lands: a+b mod 113, 2 layers (seed 004's setting)
-    return mg.RunConfig(task=mg.TaskConfig(op="add", p=113, frac=0.3, seed=0),
-                        model=mg.ModelConfig(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512),
-                        train=mg.TrainConfig(steps=3000, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98),
-                                             eval_every=10, checkpoint_every=100))
+    return mg.get_preset(name)
 
 
 def timed(fn, repeats: int) -> list[float]:

@@ -381,7 +381,7 @@ def spectrum(run_dir: Path = typer.Argument(..., help="a run directory"),
         typer.echo(f"wrote {f}")
 
 
-# --- interventions (issue 4) ---------------------------------------------------------------
+# --- interventions ---------------------------------------------------------------
 
 
 @app.command()
@@ -498,7 +498,7 @@ def transplant(donor: Path = typer.Option(..., help="donor run directory"),
         typer.echo(f"{arm:10s} grokked at {a['grokking_step']}, final test acc {a['final_test_acc']:.3f} ({a['path']})")
 
 
-# --- foreign checkpoint series and figures (issue 7) --------------------------------------
+# --- foreign checkpoint series and figures --------------------------------------
 
 
 @app.command("import")
@@ -536,7 +536,7 @@ def plot(run_dir: Path = typer.Argument(..., help="a run directory"),
         typer.echo(f"wrote {f}")
 
 
-# --- latent-state training maps (issue 11) ---
+# --- latent-state training maps ---
 
 
 @app.command()
@@ -575,7 +575,7 @@ def latent(population: Path = typer.Argument(..., help="a sweep directory, or a 
     typer.echo(f"wrote {len(res['written'])} files to {out}")
 
 
-# --- populations of runs: sweeps and population tables (issue 9) ---
+# --- populations of runs: sweeps and population tables ---
 
 
 class Backend(str, Enum):
@@ -686,7 +686,7 @@ def population(
 
 
 
-# --- optimizer dynamics (issue 10) ---
+# --- optimizer dynamics ---
 
 
 @app.command()

@@ -5,7 +5,7 @@ summary of those series. Pure functions of tables; ``report.dynamics`` writes wh
 
 Limit cycle and agreement dips
 ------------------------------
-``limit_cycle`` looks after the grokking step (``progress.transition_metrics``) at test
+``limit_cycle`` looks after the grokking step (``milestones.transition_metrics``) at test
 accuracy and the weight norm sqrt(weight_sq): each series is resampled to a uniform step grid,
 its quadratic trend removed, and its autocorrelation computed; the period is the lag of the
 highest autocorrelation peak after the first zero crossing. A series oscillates when that peak

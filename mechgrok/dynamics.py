@@ -1,4 +1,4 @@
-"""Optimizer dynamics (seed 004, issue 10): curvature, gradient agreement, gradient rank,
+"""Optimizer dynamics (seed 004): curvature, gradient agreement, gradient rank,
 momentum alignment, and the limit cycle after grokking.
 
 Every measure is a function of ``(params, cfg, task)`` written with ``torch.func``. By default
@@ -58,7 +58,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor

@@ -13,10 +13,9 @@ computed one of two ways (``vectorize``):
   step is one batched forward and backward -- no Python loop over members and no host
   synchronisation inside a step, which is what fills a GPU;
 - member by member (the default on a CPU): the same solo kernels the solo trainer runs, one
-  member after another. On a CPU vmap does not pay: its batched matmuls ran at a lower rate than
-  the solo ones (255 against 185 ms of matmul per member-step on the ``dynamics`` preset) and
-  its batching rules add copies, so a vmapped member-step cost 1.3-2x a solo one
-  (``bench/ensemble.py``).
+  member after another. On a CPU vmap does not pay: its batched matmuls run at a lower rate than
+  the solo ones and its batching rules add copies, so a vmapped member-step costs more than a
+  solo one (``bench/ensemble.py``; the measurements are in bench/README.md, Ensembles).
 
 Per member: the split (``task.seed``, or an explicit ``task.train_idx`` of the same size),
 the initialisation (``model.seed``), the minibatch order (``train.seed``), ``lr``,
@@ -65,7 +64,7 @@ from .grokfast import GradientFilter
 from .measures import training_probe
 from .milestones import grokked_step, should_stop
 from .model import check_params, forward, init_params, per_example_loss, weight_sq
-from .runs import METRIC_COLUMNS, RESUME_FILE, ResumeState, Run, RunWriter, check_new_run_dir, read_resume_state
+from .runs import RESUME_FILE, ResumeState, Run, RunWriter, check_new_run_dir, read_resume_state
 from .schedule import batch_position, epoch_permutation, trainable_names, warmup_factor
 from .tasks import Task
 
@@ -139,7 +138,7 @@ def train_ensemble(cfgs: Sequence[RunConfig], outs: Sequence[str | os.PathLike],
     members: e.g. a checkpoint after an intervention) instead of a fresh initialisation at step 0.
     ``probe``: ``probe(cfg) -> probe function`` (e.g. ``lambda c: dynamics.make_probe(c)``), called
     once per member; each member's probe runs at the steps, with the arguments, that
-    ``train.train_run`` gives a solo run's probe, and its rows go to the member's dynamics.csv.
+    ``trainer.train`` gives a solo run's probe, and its rows go to the member's dynamics.csv.
     ``measures``, ``measure_every``: as in ``trainer.train``; each member makes its own (a
     stateful measure keeps one state per member).
     ``vectorize``: vmap the members' gradients (True) or compute them member by member (False);

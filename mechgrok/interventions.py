@@ -46,10 +46,11 @@ Training on from a checkpoint
 -----------------------------
 ``continue_training`` restarts the trainer from the checkpoint's weights and *step*: training
 runs steps ``from_step .. from_step + steps`` with the source run's settings, so warm-up and the
-minibatch order (``train.batch_indices`` is a function of the step) continue where the source run
-was. The AdamW moments are not kept per checkpoint (a run keeps only its newest optimiser state in
-``resume.safetensors``), so by default the optimiser starts fresh -- as in seed 000, which built a
-new AdamW for each intervention. ``optimizer="carry"`` loads the moments instead; that needs
+minibatch order (``schedule.batch_indices`` is a function of the step) continue where the source run
+was. By default the optimiser starts fresh -- as in seed 000, which built a new AdamW for each
+intervention. ``optimizer="carry"`` loads the moments of ``resume.safetensors`` instead, the
+optimiser state of the newest checkpoint (moments a run kept at other checkpoints with
+``TrainConfig.keep_moments``, ``runs.read_optimizer_state``, are not read here); that needs
 ``from_step`` to be the step of ``resume.safetensors``, and then the baseline continuation
 replays the source run exactly.
 """

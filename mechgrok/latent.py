@@ -25,16 +25,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import einops
 import numpy as np
 import pandas as pd
-import torch
-from jaxtyping import Float
 from scipy import stats as sps
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from .runs import Run, find_runs, is_run_dir
+# The weight statistics are defined in weight_statistics.py; they are re-exported here because the
+# training maps are built on them (``latent.matrix_statistics`` etc. keep working), hence the noqa.
 from .weight_statistics import MATRIX_STATISTICS, STATISTICS, block_matrices, matrix_statistics, weight_statistics  # noqa: F401
 
 METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
@@ -123,7 +121,7 @@ def population_runs(pop) -> list[Run]:
 def population_statistics(pop, min_checkpoints: int = MIN_CHECKPOINTS, progress: bool = True) -> pd.DataFrame:
     """The long table the HMM functions take: one row per (member, checkpoint) with columns
     ``member`` (0..n-1), ``run`` (its directory), ``step``, the 14 statistics, losses and
-    accuracies, and ``grokking_step`` (``progress.transition_metrics``; NaN if it never
+    accuracies, and ``grokking_step`` (``milestones.transition_metrics``; NaN if it never
     grokked). Fails with the offending runs when a run has fewer than ``min_checkpoints``
     checkpoints or the runs' checkpoint spacings differ."""
     runs = population_runs(pop)
@@ -133,7 +131,7 @@ def population_statistics(pop, min_checkpoints: int = MIN_CHECKPOINTS, progress:
         by = Counter(spacings.values())
         raise ValueError("the runs differ in checkpoint spacing ("
                          + ", ".join(f"{n} run(s) every {d} steps" for d, n in by.items())
-                         + f"): HMM time steps must mean the same thing in every run; e.g. "
+                         + "): HMM time steps must mean the same thing in every run; e.g. "
                          + ", ".join(f"{p}: {d}" for p, d in list(spacings.items())[:4]))
     tables = []
     for i, (r, g) in enumerate(tqdm(list(zip(runs, grids)), desc="statistics", disable=not progress)):

@@ -90,14 +90,14 @@ def training_curve(metrics: pd.DataFrame, title: str = "training", marks: dict[s
     return fig
 
 
-# --- Fourier analysis and progress measures (issue 3) -------------------------------------
+# --- Fourier analysis and progress measures -------------------------------------
 
 PHASE_COLORS = {"memorisation": "#1f77b4", "circuit formation": "#ff7f0e", "cleanup": "#2ca02c"}
 
 
 def _shade_phases(fig: go.Figure, phases: dict[str, tuple[float, float] | None] | None, legend: bool = True,
                   **where):
-    """Shade labelled step intervals (``Phases.boundaries()``) on ``fig``; the names go in the
+    """Shade labelled step intervals (``Phases.intervals()``) on ``fig``; the names go in the
     legend (labels on the plot collide when a phase is short)."""
     for name, span in (phases or {}).items():
         if span is None:
@@ -227,7 +227,7 @@ def spectrum_evolution(steps, norms, key_freqs=(), title: str = "embedding spect
     return fig
 
 
-# --- interventions (issue 4) ------------------------------------------------------------------
+# --- interventions ------------------------------------------------------------------
 
 
 def frequency_ablation(sweep: pd.DataFrame, baseline: float | None = None, key_freqs=None,
@@ -294,7 +294,7 @@ def grokking_step_distributions(groups: dict[str, list], title: str = "grokking 
     return fig
 
 
-# --- latent-state training maps (issue 11) ---
+# --- latent-state training maps ---
 
 STATE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                 "#bcbd22", "#17becf"]
@@ -420,7 +420,7 @@ def latent_ribbons(paths: pd.DataFrame, grokking_steps: dict, labels: dict[int, 
     return fig
 
 
-# --- populations of runs (issue 9) ---
+# --- populations of runs ---
 
 
 def generalisation_gap_area(metrics: pd.DataFrame, title: str = "generalisation gap",
@@ -502,7 +502,7 @@ def population_curves(curves: dict[str, pd.DataFrame], columns: tuple[str, ...] 
     return fig
 
 
-# --- optimizer dynamics (issue 10) ---
+# --- optimizer dynamics ---
 
 
 def _mark_steps(fig: go.Figure, marks: dict | None, rows: int):
@@ -589,7 +589,7 @@ def dips_vs_gap_scatter(table: pd.DataFrame, r: float | None = None, n: int | No
                         title: str = "agreement dips vs grokking gap", rate=None) -> go.Figure:
     """One point per run: count of gradient-agreement dips (x) against the grokking gap
     (``delay``: grokked - memorised step, y), with Pearson r, n and p in the title. With
-    ``rate`` (a ``dynamics.Correlation``) and an ``agreement_dips_per_100_steps`` column, a
+    ``rate`` (a ``cycles.Correlation``) and an ``agreement_dips_per_100_steps`` column, a
     second panel plots the dip rate against the gap: the control for window length."""
     text = [str(v) for v in table.get("run", [""] * len(table))]
     stats = "" if r is None else f" (Pearson r = {r:.3f}, n = {n}, p = {p:.3g})"

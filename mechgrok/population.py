@@ -1,5 +1,5 @@
 """Populations of runs: ensembles trained in one process, sweeps over settings x seeds, and the
-population table of grokking statistics (issue 9).
+population table of grokking statistics.
 
     pop = mg.load_population("sweeps/beta1")
     pop.table              # one row per member: settings, seed, transition metrics, final accuracies
@@ -9,12 +9,13 @@ population table of grokking statistics (issue 9).
 
 from __future__ import annotations
 
-# --- ensemble trainer and Grokfast (issue 9 parts 1, 5; population helper) ---
-# The ensemble trainer lives in ensemble.py (Grokfast in train.py); its API is re-exported here.
+# --- the ensemble trainer ---
+# The ensemble trainer lives in ensemble.py (Grokfast in grokfast.py); its API is re-exported here
+# so that ``mechgrok.population`` holds everything about populations (hence the noqa).
 from .ensemble import check_ensemble, ensemble_key, member_status, resume_ensemble, train_ensemble  # noqa: E402,F401
 
 
-# --- sweeps and population tables (issue 9 parts 2-4) ---
+# --- sweeps and population tables ---
 #
 # A sweep is a grid (and/or a list of explicit settings) over config fields x seeds. Its members
 # are grouped into chunks of members that can share one ensemble (``ensemble_key``); a chunk is
@@ -38,7 +39,7 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 

@@ -53,12 +53,8 @@ PRESETS: dict[str, tuple[str, RunConfig]] = {
     "dynamics": (
         "Seed 004 (optimizer dynamics): a+b mod 113, 50% train, 2 layers of Nanda's width (d_model 128, "
         "4x32 heads, d_mlp 512, ReLU, no LayerNorm), full-batch AdamW lr 2e-3, wd 1, betas (0.9, 0.98), "
-        "1500 steps. Seed 004 gives the task and depth, not the rest: frac and lr were chosen by measurement "
-        "(seed 0, solo, one thread of a 2-core CPU): memorised at step 140, grokked (test acc > 0.9) at 560, "
-        "delay 420 (seed 004: ~300); lr 1e-3 groks at ~1550 and lr 3e-3 at 280. Seed 0 is one of the slow "
-        "ones: over seeds 0-29 (figures/fourier_transplant_dynamics.md) all grokked, memorising at a median "
-        "step 110 (IQR 110-138) and grokking at 270 (190-320), delay median 120 (IQR 58-208); 14 of 30 seeds had "
-        "a plateau of >= 150 steps. About 0.3 s per step on 2 cores.",
+        "1500 steps. Seed 004 gives the task and depth, not the rest: frac and lr were chosen by measuring "
+        "when runs memorise and grok (figures/dynamics/preset/optimizer_dynamics.md has seeds 0-29).",
         RunConfig(task=TaskConfig(op="add", p=113, frac=0.5, seed=0),
                   model=ModelConfig(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, act_fn="relu"),
                   train=TrainConfig(steps=1500, lr=2e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10,
@@ -68,9 +64,7 @@ PRESETS: dict[str, tuple[str, RunConfig]] = {
     "parity": (
         "Seed 002 (weight decay and two basins): 10-bit parity, 10% of the 1024 strings for training, "
         "Nanda's 1-layer model, full-batch AdamW lr 1e-3 wd 1, 3000 steps. Seed 002 gives no config; this "
-        "is the setting of figures/parity_two_basins.md: trained solo, seed 0 memorises at step 240 and "
-        "generalises (test acc > 0.9) at 600, 28 s on one core (the ensemble-trained member there: 840; "
-        "without decay it never does). At 30-50% train parity generalises before it memorises.",
+        "is the setting of figures/parity_two_basins.md, which has the runs with and without weight decay.",
         RunConfig(task=TaskConfig(op="parity", n_bits=10, frac=0.1, seed=0), model=NANDA_MODEL,
                   train=TrainConfig(steps=3000, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10,
                                     eval_every=20, checkpoint_every=100),
@@ -79,14 +73,8 @@ PRESETS: dict[str, tuple[str, RunConfig]] = {
     "sparse_parity": (
         "Sparse parity (Barak et al. 2022; Hu et al. 2023): XOR of the first 3 of 40 bits, a table of 2000 "
         "distinct strings drawn with data_seed 0 (2^40 cannot be enumerated), half of them (1000) for training "
-        "as in Barak et al. and Merrill et al.; Nanda's 1-layer transformer, full-batch AdamW lr 1e-3 wd 1. "
-        "Measured (one thread of a 2-core CPU, --stop-after-grok 2): seed 0 sits on a plateau near chance, "
-        "then train and test accuracy jump together to 1.0 at step 225 (39 s); seed 1 fits train to 0.87 "
-        "while test stays near 0.5, then both jump at step 625 (81 s) -- the sudden transition after hidden "
-        "progress that Barak et al. describe, not memorisation first. Fewer training strings memorise first "
-        "but did not generalise within the steps tried (training strings: memorised at / not generalised "
-        "by): 200: 550 / 3000; 500: 1600 / 3000; 700: 2600 / 3000; 800: 1500 / 4700; 900: train acc 0.98 "
-        "/ 3000. With 500 at wd 3 and 800 at lr 3e-3 training accuracy stalled near 0.75 and 0.9.",
+        "as in Barak et al. and Merrill et al.; Nanda's 1-layer transformer, full-batch AdamW lr 1e-3 wd 1, "
+        "1500 steps (README.md, Tasks and presets, has what seeds 0 and 1 did).",
         RunConfig(task=TaskConfig(op="parity", n_bits=40, k_bits=3, n_samples=2000, frac=0.5, seed=0),
                   model=NANDA_MODEL,
                   train=TrainConfig(steps=1500, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10,
@@ -114,7 +102,7 @@ def get_preset(name: str) -> RunConfig:
     return PRESETS[name][1]
 
 
-# --- flat overrides: the rules `mechgrok train` used to own (issue 8 finding 6) --------------
+# --- flat overrides: the rules `mechgrok train` applies to its options --------------------------
 
 
 def configure(base: str | RunConfig = "demo", *, seed: int | None = None, task_seed: int | None = None,
@@ -241,7 +229,7 @@ def apply_overrides(cfg: RunConfig, overrides: Iterable[str] | Mapping[str, Any]
         raise ValueError(f"{shown}: {e}") from None
 
 
-# --- latent-state training maps (issue 11) ---
+# --- latent-state training maps ---
 
 # Hu et al. 2023 ("Latent State Models of Training Dynamics"), statistics every 10 epochs.
 PRESETS["hu_modular"] = (
@@ -254,9 +242,9 @@ PRESETS["hu_modular"] = (
               preset="hu_modular"),
 )
 PRESETS["hu_parity"] = (
-    "Hu et al. 2023 sparse parity, as far as mechgrok expresses it: parity of the first 3 of 20 bits "
-    "(they used 40 bits; mechgrok enumerates all 2^n strings and caps n at 20), 1000 training strings "
-    "(frac = 1000/2^20; the test set is every other string), Nanda's 1-layer transformer with AdamW "
+    "Hu et al. 2023 sparse parity on 20 bits instead of their 40: parity of the first 3 of 20 bits, all "
+    "2^20 strings enumerated (sparse_parity draws a table of 40-bit strings with n_samples), 1000 training "
+    "strings (frac = 1000/2^20; the test set is every other string), Nanda's 1-layer transformer with AdamW "
     "lr 1e-3 wd 0.1, minibatch 32 (they trained a 1000-unit MLP with hinge loss and SGD lr 0.1 wd 0.01; "
     "with wd 1 our transformer's weights decayed to nothing at chance accuracy on 12-bit parity), a "
     "checkpoint every 10 epochs (320 steps).",

@@ -1,5 +1,4 @@
-"""Progress measures over a checkpoint series (Nanda et al. 2023), transition metrics, and the
-phases they reveal.
+"""Progress measures over a checkpoint series (Nanda et al. 2023) and the phases they reveal.
 
 Restricted and excluded loss
 ----------------------------
@@ -25,7 +24,7 @@ Two published definitions are offered, by ``level``:
   path, as the demo adds ``resid_mid`` back; train pairs.
 
 Letting the per-example direct path through a neuron-level restriction keeps non-key content:
-on a checkpoint trained elsewhere that made restricted loss 3.6-5x too high (issue 7). Tests pin
+on a checkpoint trained elsewhere that made restricted loss 3.6-5x too high. Tests pin
 both definitions to second implementations written from these definitions.
 
 The hooks have TransformerLens's signature ``fn(activation, hook)``, act only on the last
@@ -34,9 +33,9 @@ they run unchanged on a TL model and on the fast path.
 
 Transition metrics and phases
 -----------------------------
-``transition_metrics`` is the one definition of the milestones (seed 001): memorised = first
-evaluation with train accuracy > 0.99, grokked = first with test accuracy > 0.9, read from the
-run's evaluation grid (``metrics.csv``, every ``eval_every`` steps), never from the coarser
+``milestones.transition_metrics`` is the one definition of the milestones (seed 001): memorised
+= first evaluation with train accuracy > 0.99, grokked = first with test accuracy > 0.9, read from
+the run's evaluation grid (``metrics.csv``, every ``eval_every`` steps), never from the coarser
 checkpoint grid. ``phases`` adds Nanda's three phases on the checkpoint grid of a
 ``measure_run`` table.
 
@@ -53,7 +52,7 @@ architectures use the hooks through the fast path (``engine="hooks"``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import einops
 import numpy as np
@@ -65,10 +64,10 @@ from tqdm.auto import tqdm
 
 from . import fourier
 from .fourier import FrequencyProjection
-from .evaluation import SPLITS, split_metrics
+from .evaluation import split_metrics
 from .milestones import Transitions, transition_metrics
-from .model import (Hook, ModelConfig, Params, activation_fn, as_model, as_params, attn_scale, forward, hook_name,
-                    is_tl_model, layer_index, per_example_loss, run_target, token_position_table, weight_sq)
+from .model import (Hook, ModelConfig, Params, activation_fn, as_model, as_params, attn_scale, hook_name,
+                    is_tl_model, layer_index, run_target, token_position_table, weight_sq)
 from .tasks import Task
 
 LEVELS = ("logits", "neurons")

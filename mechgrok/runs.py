@@ -137,7 +137,7 @@ class Run:
 
     def summary(self) -> dict:
         """Checkpoint count, final metrics and the transition metrics
-        (``progress.transition_metrics`` of ``metrics.csv``: memorised_step, grokked_step, ...)."""
+        (``milestones.transition_metrics`` of ``metrics.csv``: memorised_step, grokked_step, ...)."""
         from .milestones import final_metrics, transition_metrics  # pure: they read the rows only
 
         m, steps = self.metrics, self.steps

@@ -52,7 +52,7 @@ def grokked_run(tmp_path_factory):
     return _train_shared(cfg, tmp_path_factory.mktemp("shared") / "grokked")
 
 
-# --- foreign checkpoint series (cli helper, issue 7) -----------------------------------------
+# --- foreign checkpoint series (cli helper) -----------------------------------------
 
 from dataclasses import dataclass  # noqa: E402  (this section's own import)
 

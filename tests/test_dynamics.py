@@ -1,4 +1,4 @@
-"""Optimizer-dynamics measures (issue 10), each pinned to a closed form or a second computation
+"""Optimizer-dynamics measures, each pinned to a closed form or a second computation
 written from the definition (never the measure's own code path)."""
 
 import math

@@ -1,7 +1,5 @@
-"""Latent-state training maps (issue 11): statistics pinned to hand-computed values, HMM model
+"""Latent-state training maps: statistics pinned to hand-computed values, HMM model
 selection and detour regression pinned to planted synthetic sequences, population errors."""
-
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -10,6 +8,7 @@ import torch
 
 import mechgrok as mg
 from mechgrok import latent
+from mechgrok import weight_statistics as ws
 
 
 # --- statistics against closed forms ------------------------------------------------------
@@ -28,7 +27,7 @@ def test_matrix_statistics_match_known_singular_values_of_a_rotated_matrix():
     U, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
     V, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))
     W = U @ _rect_diag([3.0, 2.0, 1e-7], 3, 5) @ V.T
-    s = latent.matrix_statistics(W)
+    s = ws.matrix_statistics(W)
     assert s["spectral"].item() == pytest.approx(3.0, rel=1e-9)
     assert s["l2"].item() == pytest.approx(np.sqrt(13.0), rel=1e-9)  # Frobenius = sqrt(sum s^2)
     assert s["mean_lambda"].item() == pytest.approx(5.0 / 3, rel=1e-9)
@@ -37,7 +36,7 @@ def test_matrix_statistics_match_known_singular_values_of_a_rotated_matrix():
 
 def test_matrix_statistics_of_a_rectangular_diagonal_matrix():
     W = _rect_diag([2.0, -0.5], 4, 2)  # trace over the min(4, 2) = 2 diagonal entries
-    s = latent.matrix_statistics(W)
+    s = ws.matrix_statistics(W)
     assert s["l1"].item() == pytest.approx(2.5)
     assert s["l2"].item() == pytest.approx(np.sqrt(4.25))
     assert s["trace"].item() == pytest.approx(1.5)
@@ -65,7 +64,7 @@ def test_weight_statistics_average_over_heads_wo_and_mlp_matrices():
         "blocks.0.mlp.b_out": torch.tensor([0.0, 2.0, 2.0, 5.0], dtype=torch.float64),
     }
     stacked = {key: torch.stack([t, 2 * t]) for key, t in params.items()}  # two checkpoints
-    table = latent.weight_statistics(stacked, n_layers=1)
+    table = ws.weight_statistics(stacked, n_layers=1)
 
     diags = q + k + v + [o, w_in, w_out]  # 9 matrices
     n_entries = 6 * 8 + 16 + 12 + 12

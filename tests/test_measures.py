@@ -2,12 +2,9 @@
 trained run's dynamics.csv, in every ensemble member's and sweep member's, and in analyze's
 progress.csv, with the values an independent computation from the checkpoint files gives."""
 
-from dataclasses import replace
-
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import mechgrok as mg
@@ -168,8 +165,8 @@ def test_builtins_are_immutable_and_cheap_ones_match_their_definitions(measured_
     with pytest.raises(TypeError):
         ms.BUILTIN["mine"] = ms.BUILTIN["weight_norm"]  # type: ignore[index]
     table = ms.measure_series(measured_run, ["weight_statistics", "fourier", "losses"], steps=[30])
-    stats = mg.latent.weight_statistics({k: v[None] for k, v in measured_run.params(30).items()}, 1)
-    for c in mg.latent.STATISTICS:
+    stats = mg.weight_statistics.weight_statistics({k: v[None] for k, v in measured_run.params(30).items()}, 1)
+    for c in mg.weight_statistics.STATISTICS:
         assert table[c].iloc[0] == pytest.approx(float(stats[c].iloc[0]), rel=1e-9)
     wm = mg.progress.weight_measures(measured_run.params(30), measured_run.model_cfg, measured_run.task)
     assert table["gini_W_E"].iloc[0] == pytest.approx(wm["gini_W_E"])

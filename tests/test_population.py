@@ -1,9 +1,8 @@
-"""Sweeps and population tables (issue 9 parts 2-4): validation before training, chunking,
+"""Sweeps and population tables: validation before training, chunking,
 resume after a crash, the Ray backend on a local 2-CPU cluster, the population table against
 seed 001's definitions on planted runs, and the CLI commands."""
 
 import json
-import math
 import os
 import sys
 from dataclasses import replace

@@ -1,4 +1,4 @@
-"""Ensemble members as dynamics data (issue 10 part 2): a probed sweep's rows are what
+"""Ensemble members as dynamics data: a probed sweep's rows are what
 ``mechgrok dynamics SWEEP_DIR`` reads, and members trained with ``keep_moments`` keep AdamW's
 state at each checkpoint as solo runs do."""
 

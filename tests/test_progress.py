@@ -177,7 +177,7 @@ def test_restricted_loss_at_the_neurons_is_the_tl_demos_definition_and_drops_the
     got = progress.restricted_loss(tl, task, freqs, level="neurons")
     assert got == pytest.approx(expected, rel=1e-5)
     assert progress.restricted_loss(params, task, freqs, level="neurons", cfg=cfg) == pytest.approx(expected, rel=1e-5)
-    # letting the per-example direct path through (the old hook) is a different, higher number here
+    # a hook on the neurons alone lets the per-example direct path through: a different, higher number here
     leaky = progress.hooked_logits(tl, task, [("blocks.0.mlp.hook_post", _keep(task, freqs))])
     leaky_loss = mg.evaluation.split_metrics(leaky, task, ("test",))["test_loss"]
     assert leaky_loss - got > 0.1  # 0.17 here: the direct path carries non-key content
@@ -263,7 +263,7 @@ def test_measure_run_on_a_tiny_run(tiny_run):
         assert ph.circuit_start >= ph.transitions.memorised_step
 
 
-def test_analyze_run_writes_the_table_and_figures(tmp_path, tiny_run):
+def test_report_analysis_writes_the_table_and_figures(tmp_path, tiny_run):
     run = tiny_run
     from mechgrok import report
 

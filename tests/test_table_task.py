@@ -3,7 +3,6 @@ layout, training and resuming, the CLI, the Fourier refusal and the generic anal
 
 import itertools
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -208,7 +207,7 @@ def _l2_by_hand(params):
     return np.mean([np.linalg.norm(m) for m in mats])
 
 
-def test_analyze_run_on_a_table_run_writes_the_generic_measures(s3_run, tmp_path):
+def test_report_analysis_on_a_table_run_writes_the_generic_measures(s3_run, tmp_path):
     from mechgrok import report
 
     res, written = report.analysis(s3_run, tmp_path, progress_bar=False, png=False)

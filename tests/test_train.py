@@ -1,10 +1,8 @@
-import math
 import os
 import signal
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -206,7 +204,7 @@ def test_loss_fn_maps_over_stacked_models_with_vmap():
             assert torch.allclose(batched[k][i], single[k], atol=1e-7), k
 
 
-# --- run writer, resume state, resume rules, probe hook (issues 7 and 8) ------------------------
+# --- run writer, resume state, resume rules, probe hook ------------------------
 
 
 def test_resume_with_more_steps_extends_a_finished_run_bit_identically(tiny_cfg, tmp_path):
