@@ -19,6 +19,7 @@ grokking setting (``SMALL``: the ``demo`` preset at a+b mod 23, 70% train, d_mod
 16, d_mlp 256, full-batch AdamW lr 3e-3, wd 1, 1500 steps, evaluated every 10 steps).
 Outputs (``--figures``): momentum_sweep_beta1.*, momentum_sweep_wd.* (median delay with IQR
 band, grok rate), momentum_sweep.md (tables next to seed 004's) and .json.
+"""
 
 from __future__ import annotations
 
