@@ -52,6 +52,13 @@ from mechgrok.plots import grokking_step_distributions, markdown_table, save_fig
 from mechgrok.progress import spectrum_gini
 from mechgrok.runs import ResumeState, read_optimizer_state
 
+SMALL_COLUMNS = ["seed", "base run: memorised / grokked", "clustered neurons moved", "test acc right after transplant",
+                 "grokking step: control", "grokking step: transplant"]
+SEED_COLUMNS = ["seed", "memorised / grokked (base)", "recipient step: train / test acc, test loss",
+                "embedding Gini: init / recipient / donor", "clustered neurons: init / recipient (on donor's freqs) / donor",
+                "moved: Fourier / non-Fourier", "test acc right after: Fourier / non-Fourier arm",
+                "grokking step: control / Fourier / non-Fourier"]
+
 
 def main():
     ap = ex.parser(__doc__, out="runs/transplant", seeds="0,1,2,3,4,5")
@@ -127,12 +134,10 @@ def report(rows: list[dict], args, stem) -> str:
     end, last = f"not by {args.recipient_step + args.steps}", args.recipient_step + args.steps
     save_figure(grokking_step_distributions(groups, title=f"Fourier-neuron transplant at step {args.recipient_step}: "
                 f"a+b mod {args.p}, {len(done)} seeds<br>both arms trained to step {last}"), stem)
-    md = markdown_table([{
-        "seed": r["seed"], "base run: memorised / grokked": f"{r['base_memorisation_step']} / {r['base_grokking_step']}",
-        "clustered neurons moved": r["n_neurons"], "test acc right after transplant":
-            f"{r['after_transplant_test_acc']:.1%} (recipient before: {r['recipient_test_acc']:.1%})",
-        "grokking step: control": r["control_grokking_step"] or end,
-        "grokking step: transplant": r["transplant_grokking_step"] or end} for r in done])
+    md = markdown_table([dict(zip(SMALL_COLUMNS, (
+        r["seed"], f"{r['base_memorisation_step']} / {r['base_grokking_step']}", r["n_neurons"],
+        f"{r['after_transplant_test_acc']:.1%} (recipient before: {r['recipient_test_acc']:.1%})",
+        r["control_grokking_step"] or end, r["transplant_grokking_step"] or end))) for r in done], SMALL_COLUMNS)
     print(md.rstrip("\n"))
     return md
 
@@ -264,7 +269,7 @@ def plateau_report(result: dict, stem) -> str:
     lines += ["", "Per seed (recipient = the base run's checkpoint; donor = its last checkpoint; clustered = "
               "last-layer neurons with > 85% of their variance on one frequency, of 512; Gini = embedding "
               "spectrum's Gini over k >= 1):", "", markdown_table([seed_cells(r) for r in result["rows"]
-                                                                   if "recipient_step" in r]).rstrip("\n")]
+                                                                   if "recipient_step" in r], SEED_COLUMNS).rstrip("\n")]
     for inv in result.get("invocations", []):
         a = inv["args"]
         wall = f"{inv['wall_s']} s" if inv["wall_s"] is not None else "a --summarise pass (training time in figures/README.md)"
@@ -288,18 +293,15 @@ def seed_cells(r: dict) -> dict:
     ev = r.get("evidence")
     ends = [r[f"{a}_grokking_step"] or f"not by {r.get(f'{a}_last_step')}" if f"{a}_grokking_step" in r
             else "unfinished" for a in ("control", "fourier", "non_fourier")]
-    return {"seed": str(r["seed"]), "memorised / grokked (base)": f"{r['base_memorisation_step']} / {r['base_grokking_step']}",
-            "recipient step: train / test acc, test loss": f"{r['recipient_step']}: {r['recipient_train_acc']:.3f} / "
-                                                           f"{r['recipient_test_acc']:.3f}, {r['recipient_test_loss']:.2f}",
-            "embedding Gini: init / recipient / donor":
-                " / ".join(f"{ev[k]['embedding_gini']:.2f}" for k in ("init", "recipient", "donor")) if ev else "-",
-            "clustered neurons: init / recipient (on donor's freqs) / donor":
-                f"{ev['init']['clustered']} / {ev['recipient']['clustered']} ({ev['recipient']['on_donor_freqs']}) / "
-                f"{ev['donor']['clustered']}" if ev else f"- / {r['recipient_clustered']} / {r['n_fourier']}",
-            "moved: Fourier / non-Fourier": f"{r['n_fourier']} / {r['n_non_fourier']}",
-            "test acc right after: Fourier / non-Fourier arm":
-                f"{r['fourier_after_test_acc']:.3f} / {r['non_fourier_after_test_acc']:.3f}",
-            "grokking step: control / Fourier / non-Fourier": " / ".join(map(str, ends))}
+    return dict(zip(SEED_COLUMNS, (
+        str(r["seed"]), f"{r['base_memorisation_step']} / {r['base_grokking_step']}",
+        f"{r['recipient_step']}: {r['recipient_train_acc']:.3f} / {r['recipient_test_acc']:.3f}, "
+        f"{r['recipient_test_loss']:.2f}",
+        " / ".join(f"{ev[k]['embedding_gini']:.2f}" for k in ("init", "recipient", "donor")) if ev else "-",
+        f"{ev['init']['clustered']} / {ev['recipient']['clustered']} ({ev['recipient']['on_donor_freqs']}) / "
+        f"{ev['donor']['clustered']}" if ev else f"- / {r['recipient_clustered']} / {r['n_fourier']}",
+        f"{r['n_fourier']} / {r['n_non_fourier']}",
+        f"{r['fourier_after_test_acc']:.3f} / {r['non_fourier_after_test_acc']:.3f}", " / ".join(map(str, ends)))))
 
 
 if __name__ == "__main__":
