@@ -4,31 +4,30 @@ memorisation plateau, train on, and see whether the model still groks.
     python analyses/freezing_phases.py            # the documented small scale (~15 min, 1 core)
     python analyses/freezing_phases.py --full     # the published scale (division4, 7k/11k, +10k)
 
-The published scale is 20k + 22 x 10k steps of a 4-layer d_model-128 model at batch 64, about
-3.5 hours on one CPU core here, so the default shrinks the problem while keeping its shape:
+The published scale (20k + 22 x 10k steps of a 4-layer d_model-128 model at batch 64) takes
+about 3.5 hours on one CPU core here, so the default shrinks the problem but keeps its shape:
 division mod 47 instead of 97, d_model 64 (4 heads x 16, MLP 256) instead of 128, lr 1e-3 and
-weight decay 1.0 instead of 3e-4 and 0.3 (the plateau ends about ten times sooner), and the
-two checkpoints and the +steps placed at the same fractions of the plateau as 7k, 11k and
-+10k are of the published ~1.5k-17k plateau. Everything else is the division4 preset: 4 layers,
-GELU, pre-LN and final LN, batch 64, betas (0.9, 0.999), no warm-up, 50% train.
+weight decay 1.0 instead of 3e-4 and 0.3 (the plateau ends about ten times sooner), the two
+checkpoints and the +steps at the fractions of the plateau that 7k, 11k and +10k are of the
+published ~1.5k-17k one. The rest is the division4 preset: 4 layers, GELU, pre-LN and final LN,
+batch 64, betas (0.9, 0.999), no warm-up, 50% train.
 
-Outputs: the base run and one run per (checkpoint, intervention) under --out; the table
-(ours next to the published numbers), the paired-bar figure and the raw results in --figures.
-Re-running skips the continuations already recorded in --out/results.jsonl.
+Outputs: the base run and one run per (checkpoint, intervention) under --out (re-running skips
+the continuations recorded in --out/results.jsonl); the table (ours next to the published
+numbers), the paired-bar figure and the raw results in --figures.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import pandas as pd
 
 import mechgrok as mg
+from mechgrok import experiment as ex
 from mechgrok import interventions as iv
-from mechgrok.experiment import parse_args, parser, train_or_resume, write_report
-from mechgrok.plots import freezing_bars, markdown_table, save_figure, training_curve
 from mechgrok.milestones import transition_metrics
+from mechgrok.plots import freezing_bars, markdown_table, save_figure, training_curve
 
 # Seed 000's final test accuracies (its results JSON): checkpoint 7k, checkpoint 11k.
 PUBLISHED = {
@@ -39,18 +38,8 @@ PUBLISHED = {
 }
 
 
-def base_config(full: bool, p: int, d_model: int, lr: float, wd: float, steps: int) -> mg.RunConfig:
-    cfg = mg.get_preset("division4")
-    if full:
-        return replace(cfg, train=replace(cfg.train, device="cpu", checkpoint_every=1000))
-    return replace(cfg, task=replace(cfg.task, p=p),
-                   model=replace(cfg.model, d_model=d_model, d_head=d_model // 4, d_mlp=4 * d_model),
-                   train=replace(cfg.train, steps=steps, lr=lr, weight_decay=wd, eval_every=50,
-                                 checkpoint_every=100, device="cpu"))
-
-
 def main():
-    ap = parser(__doc__, out="runs/freezing", full="published scale: division4, 7000/11000, +10000")
+    ap = ex.parser(__doc__, out="runs/freezing", full="published scale: division4, 7000/11000, +10000")
     ap.add_argument("--p", type=int, default=47)
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -59,33 +48,31 @@ def main():
     ap.add_argument("--from-steps", default="900,1200")
     ap.add_argument("--steps", type=int, default=1000, help="steps to train on after each intervention")
     ap.add_argument("--interventions", default="all")
-    args = parse_args(ap)
+    args = ex.parse_args(ap)
     if args.full:
         args.base_steps, args.from_steps, args.steps = 20_000, "7000,11000", 10_000
+        cfg = mg.configure("division4", device="cpu", checkpoint_every=1000)
+    else:
+        cfg = mg.configure("division4", p=args.p, d_model=args.d_model, d_head=args.d_model // 4, d_mlp=4 * args.d_model,
+                           steps=args.base_steps, lr=args.lr, weight_decay=args.wd, eval_every=50,
+                           checkpoint_every=100, device="cpu")
     from_steps = [int(s) for s in args.from_steps.split(",")]
-
-    cfg = base_config(args.full, args.p, args.d_model, args.lr, args.wd, args.base_steps)
     t0 = time.time()
-    base_dir = args.out / "base"
-    run = train_or_resume(cfg, base_dir)
-    base_s = time.time() - t0
-    m, tr = run.metrics, transition_metrics(run.metrics)
+    run = ex.train_or_resume(cfg, args.out / "base")
+    base_s, m, tr = time.time() - t0, run.metrics, transition_metrics(run.metrics)
     at = m.set_index("step")
-    print(f"base run {base_dir}: {run.task.describe()}, memorised at {tr.memorised_step}, "
-          f"grokked at {tr.grokked_step}; test acc at checkpoints: "
-          + ", ".join(f"{s}: {at.loc[s, 'test_acc']:.3f}" for s in from_steps), flush=True)
-
-    # resumable: finished continuations are in args.out/results.jsonl and are not trained again
+    print(f"base run {args.out / 'base'}: {run.task.describe()}, memorised at {tr.memorised_step}, grokked at "
+          f"{tr.grokked_step}; test acc at checkpoints: " + ", ".join(f"{s}: {at.loc[s, 'test_acc']:.3f}"
+                                                                  for s in from_steps), flush=True)
     names = iv.parse_interventions(args.interventions, run.model_cfg.n_layers)
     results = iv.freeze_sweep(run, from_steps, names, args.steps, out_dir=args.out, trajectories=True)
     done = {(r["from_step"], r["name"]): r for r in results.to_dict("records")}
-    rows = [done[(s, n)] for s in from_steps for n in names]
     published = pd.DataFrame([{"name": n, "from_step_index": i, "final_test_acc": PUBLISHED[n][i]}
                               for n in names for i in range(2)])
     stem = args.figures / ("freezing_phases_full" if args.full else "freezing_phases")
-    title = (f"Freeze and continue: {run.task.describe()}, {run.model_cfg.n_layers} layers, d_model "
-             f"{run.model_cfg.d_model}; final test accuracy {args.steps} steps after freezing")
-    save_figure(freezing_bars(results, published=published, title=title), stem)
+    save_figure(freezing_bars(results, published=published, title=(
+        f"Freeze and continue: {run.task.describe()}, {run.model_cfg.n_layers} layers, d_model "
+        f"{run.model_cfg.d_model}; final test accuracy {args.steps} steps after freezing")), stem)
     save_figure(training_curve(m, title=f"freezing base run: {run.task.describe()}",
                                marks={f"ckpt {s}": s for s in from_steps}), stem.with_name(stem.name + "_base"))
 
@@ -93,21 +80,18 @@ def main():
         g = r["grokking_step"]
         return f"{r['final_test_acc']:.1%} (max {r['max_test_acc']:.0%}, {'grok ' + str(g) if g is not None else 'no grok'})"
 
+    first = {n: done[(from_steps[0], n)] for n in names}
     table = markdown_table([
-        {"intervention": n, "trainable / total": f"{done[(from_steps[0], n)]['trainable_params']:,} / "
-                                                 f"{done[(from_steps[0], n)]['total_params']:,}",
-         f"ours from {from_steps[0]}": cell(done[(from_steps[0], n)]),
-         f"ours from {from_steps[1]}": cell(done[(from_steps[1], n)]),
-         "published from 7k": f"{PUBLISHED[n][0]:.1%}", "published from 11k": f"{PUBLISHED[n][1]:.1%}"}
-        for n in names])
+        {"intervention": n, "trainable / total": f"{first[n]['trainable_params']:,} / {first[n]['total_params']:,}",
+         **{f"ours from {s}": cell(done[(s, n)]) for s in from_steps[:2]},
+         "published from 7k": f"{PUBLISHED[n][0]:.1%}", "published from 11k": f"{PUBLISHED[n][1]:.1%}"} for n in names])
     meta = {"config": cfg.to_dict(), "from_steps": from_steps, "steps": args.steps,
             "base_memorisation_step": tr.memorised_step, "base_grokking_step": tr.grokked_step,
             "base_test_acc_at_checkpoints": {s: float(at.loc[s, "test_acc"]) for s in from_steps},
             "base_seconds": round(base_s, 1)}
-    write_report(stem, table, {"meta": meta, "results": [{k: v for k, v in r.items() if k != "trajectory"}
-                                                          for r in rows]}, seeds=[cfg.model.seed], started=t0)
-    print(table)
-    print(f"wrote {stem}.html/.png/.md/.json")
+    rows = [{k: v for k, v in done[(s, n)].items() if k != "trajectory"} for s in from_steps for n in names]
+    ex.write_report(stem, table, {"meta": meta, "results": rows}, seeds=[cfg.model.seed], started=t0)
+    print(table + f"\nwrote {stem}.html/.png/.md/.json")
 
 
 if __name__ == "__main__":

@@ -35,76 +35,49 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 import mechgrok as mg
 from mechgrok import cycles as cy
 from mechgrok import dynamics as dy
-from mechgrok.experiment import parse_args, parse_seeds, parser, train_or_resume, write_report
-from mechgrok.plots import (dips_vs_gap_scatter, dynamics_geometry, limit_cycle_figure, markdown_table,
-                            save_figure)
+from mechgrok import experiment as ex
 from mechgrok.milestones import transition_metrics
+from mechgrok.plots import dips_vs_gap_scatter, dynamics_geometry, limit_cycle_figure, markdown_table, save_figure
 
 SEED_004 = {
     "hessian_rise": "~20x during memorisation",
     "hessian_peak_step": "falls from step ~600",
-    "agreement": "rises during memorisation",
     "momentum_cos_plateau": "-0.1 to -0.3 after memorisation",
     "erank_drop": "drops 30-40% at the transition",
-    "delay": "~300 steps at wd 1 (beta1 <= 0.4); larger at beta1 0.9",
-    "limit_wd1": "period ~150 steps in accuracy and weight norm",
     "limit_wd0.25": "collapses to ~0.25 accuracy, re-grokking",
+    "limit_wd1": "period ~150 steps in accuracy and weight norm",
     "limit_wd2": "gentle hovering, no crashes",
     "dips_vs_gap": "r = 0.896, n = 30, p < 0.0001",
 }
+SETTINGS = {  # name: (base, how the report names it)
+    "small": (mg.RunConfig(task=mg.TaskConfig(op="add", p=23, frac=0.7),
+                           model=mg.ModelConfig(n_layers=1, d_model=64, n_heads=4, d_head=16, d_mlp=256),
+                           train=mg.TrainConfig(steps=3000, lr=3e-3, weight_decay=1.0, betas=(0.9, 0.98),
+                                                eval_every=10, checkpoint_every=500)),
+              "a+b mod 23, 70% train, 1 layer (d_model 64, d_mlp 256), AdamW lr 3e-3 wd 1, full batch"),
+    "preset": ("dynamics", "the dynamics preset (a+b mod 113, 2 layers)"),
+}
+TABLE = ["seed", "memorised_step", "grokked_step", "delay", "hessian_rise", "hessian_peak_step", "agreement_first",
+         "agreement_at_memorised", "momentum_cos_plateau", "erank_drop", "agreement_dips", "agreement_dips_before_grokked",
+         "agreement_dips_plateau", "agreement_dips_per_100_steps", "agreement_dips_plateau_per_100_steps", "limit_verdict",
+         "limit_test_acc_period", "limit_weight_norm_period", "limit_collapses"]
+LIMIT_TABLE = ["weight_decay", "steps", "seed 004", "verdict", "grokked_step", "test_acc_period", "test_acc_amplitude",
+               "weight_norm_period", "weight_norm_amplitude", "collapses"]
 
 
-SMALL = mg.RunConfig(task=mg.TaskConfig(op="add", p=23, frac=0.7),
-                     model=mg.ModelConfig(n_layers=1, d_model=64, n_heads=4, d_head=16, d_mlp=256),
-                     train=mg.TrainConfig(steps=3000, lr=3e-3, weight_decay=1.0, betas=(0.9, 0.98), eval_every=10,
-                                          checkpoint_every=500))
+def corr_text(c) -> str:
+    return f"r = {c.r:.3f}, n = {c.n}, p = {c.p:.3g}"
 
 
-def setting_config(name: str) -> tuple[mg.RunConfig, str]:
-    if name == "small":
-        return SMALL, "a+b mod 23, 70% train, 1 layer (d_model 64, d_mlp 256), AdamW lr 3e-3 wd 1, full batch"
-    try:
-        cfg = mg.get_preset("dynamics")
-    except ValueError:  # before the preset landed: seed 004's setting as described (frac: our choice)
-        cfg = mg.RunConfig(task=mg.TaskConfig(op="add", p=113, frac=0.5, seed=0),
-                           model=mg.ModelConfig(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512),
-                           train=mg.TrainConfig(steps=3000, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98),
-                                                eval_every=10, checkpoint_every=100), preset="dynamics")
-    return cfg, "the dynamics preset (a+b mod 113, 2 layers)"
-
-
-def seeded(cfg: mg.RunConfig, seed: int, **train) -> mg.RunConfig:
-    return replace(cfg, task=replace(cfg.task, seed=seed), model=replace(cfg.model, seed=seed),
-                   train=replace(cfg.train, seed=seed, device="cpu", **train))
-
-
-def get_run(cfg: mg.RunConfig, out: Path, probe_kw: dict | None, every: int) -> mg.Run:
-    """The run of ``cfg`` in ``out`` (``train_or_resume``), probed when ``probe_kw`` is given."""
-    kw = {} if probe_kw is None else {"probe": dy.make_probe(cfg, **probe_kw), "probe_every": every}
-    return train_or_resume(cfg, out, progress=True, **kw)
-
-
-def spread(values, fmt: str = "{:.3g}") -> str:
-    """median [min, max] over seeds (one value: itself); n/a where missing."""
-    v = np.array([x for x in values if x is not None and pd.notna(x)], dtype=float)
-    if not len(v):
-        return "n/a"
-    if len(v) == 1:
-        return fmt.format(v[0])
-    return f"{fmt.format(np.median(v))} [{fmt.format(v.min())}, {fmt.format(v.max())}]"
-
-
-def _sweep_note(path: Path) -> str:
-    """Seeds, stop_after_grok and probe of a sweep, from its sweep.json (what the report must say)."""
+def sweep_note(path) -> str:
+    """Seeds, probe and fixed settings of a sweep, from its sweep.json (what the report must say)."""
     try:
         sw = json.loads((path / "sweep.json").read_text())
     except (OSError, ValueError):
@@ -114,9 +87,9 @@ def _sweep_note(path: Path) -> str:
 
 
 def main():
-    ap = parser(__doc__, out="runs/dynamics", figures="figures/dynamics", seeds="0-7",
-                seeds_help="probed runs at wd 1, e.g. 0-7 or 0,3,5")
-    ap.add_argument("--setting", choices=("small", "preset"), default="small")
+    ap = ex.parser(__doc__, out="runs/dynamics", figures="figures/dynamics", seeds="0-7",
+                   seeds_help="probed runs at wd 1, e.g. 0-7 or 0,3,5")
+    ap.add_argument("--setting", choices=tuple(SETTINGS), default="small")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--probe-every", type=int, default=10)
     ap.add_argument("--wds", default="0.25:6000,1,2", help="weight decays of the limit-cycle figure, each with an "
@@ -127,106 +100,88 @@ def main():
                          "training them")
     ap.add_argument("--hardware-note", default=", shared with other jobs",
                     help="appended to the hardware line of the report (what else ran on the machine)")
-    args = parse_args(ap)
-    skip = set(filter(None, args.skip.split(",")))
-    t0 = time.time()
-    base, scale = setting_config(args.setting)
-    root = args.out / args.setting
-    population = [r for p in args.population for r in mg.find_runs(p)] if args.population else None
-    if population:
-        population.sort(key=lambda r: r.config.train.seed)
-        seeds = [r.config.train.seed for r in population]
-    else:
-        seeds = list(parse_seeds(args.seeds))
-    probe_kw = dict(measures=dy.MEASURES, hessian_iters=3, rank_n=32)
+    args = ex.parse_args(ap)
+    skip, t0 = set(filter(None, args.skip.split(","))), time.time()
+    base, scale = SETTINGS[args.setting]
+    base, root = mg.configure(base), args.out / args.setting
+    population = sorted((r for p in args.population for r in mg.find_runs(p)), key=lambda r: r.config.train.seed) \
+        if args.population else None
+    seeds = [r.config.train.seed for r in population] if population else list(ex.parse_seeds(args.seeds))
     report, result, timing = [], {}, {}
 
-    def probed(s: int) -> mg.Run:
-        if population:
-            return population[seeds.index(s)]
-        t = time.time()
-        run = get_run(seeded(base, s, steps=args.steps, weight_decay=1.0), root / f"probed_wd1_s{s}", probe_kw,
-                      args.probe_every)
-        timing[f"probed_s{s}"] = round(time.time() - t)
+    def train(s: int, steps: int, wd: float, out: str, probe: bool) -> mg.Run:
+        t, cfg = time.time(), mg.configure(base, seed=s, device="cpu", steps=steps, weight_decay=wd)
+        kw = {"probe": dy.make_probe(cfg, measures=dy.MEASURES, hessian_iters=3, rank_n=32),
+              "probe_every": args.probe_every} if probe else {}
+        run = ex.train_or_resume(cfg, root / out, progress=True, **kw)
+        timing[f"probed_s{s}" if probe else out.partition("_")[0]] = round(time.time() - t)
         return run
 
-    # 1. probed runs at wd 1
-    if "probed" not in skip:
+    def probed(s: int) -> mg.Run:
+        return population[seeds.index(s)] if population else train(s, args.steps, 1.0, f"probed_wd1_s{s}", True)
+
+    if "probed" not in skip:  # 1. probed runs at wd 1
         runs = [probed(s) for s in seeds]
         t = pd.DataFrame([cy.run_summary(r) | {"seed": s} for r, s in zip(runs, seeds)])
         for run, s in zip(runs, seeds):
             tr = transition_metrics(run.metrics)
-            fig = dynamics_geometry(run.metrics, mg.runs.read_dynamics(run),
-                                    {"memorised": tr.memorised_step, "grokked": tr.grokked_step},
-                                    title=f"{run.task.describe()}, wd 1, seed {s}: what the geometry is doing")
-            save_figure(fig, args.figures / f"geometry_s{s}")
+            save_figure(dynamics_geometry(run.metrics, mg.runs.read_dynamics(run),
+                                          {"memorised": tr.memorised_step, "grokked": tr.grokked_step},
+                                          title=f"{run.task.describe()}, wd 1, seed {s}: what the geometry is doing"),
+                        args.figures / f"geometry_s{s}")
         result["probed"] = t.to_dict("records")
         col = lambda c: t[c] if c in t else [None] * len(t)  # noqa: E731
-        verdicts = t["limit_verdict"].value_counts().to_dict()
+        spread = lambda c, fmt: ex.median_range(col(c), fmt)  # noqa: E731
+        delay = pd.to_numeric(pd.Series(col("delay")), errors="coerce")
+        corr, before = (cy.pearson(col(c), delay) for c in ("agreement_dips", "agreement_dips_before_grokked"))
+        every = cy.dips_vs_gap_all(t)
         claims = [
             ("grokked within the budget", "all (wd 1)", f"{int(t['grokked'].sum())}/{len(t)}"),
-            ("memorised step / grokked step", "-", f"{spread(col('memorised_step'), '{:.0f}')} / "
-                                                   f"{spread(col('grokked_step'), '{:.0f}')}"),
+            ("memorised step / grokked step", "-", f"{spread('memorised_step', '{:.0f}')} / "
+                                                   f"{spread('grokked_step', '{:.0f}')}"),
             ("grokking gap (grokked - memorised), steps", "~300 at wd 1, beta1 <= 0.4 (ours: beta1 0.9)",
-             spread(col("delay"), "{:.0f}")),
-            ("Hessian top eigenvalue, peak / first probe", SEED_004["hessian_rise"], spread(col("hessian_rise"), "{:.1f}x")),
-            ("step of the Hessian peak (falls after)", SEED_004["hessian_peak_step"], spread(col("hessian_peak_step"), "{:.0f}")),
-            ("gradient agreement, first probe", "rises during memorisation", spread(col("agreement_first"), "{:.2f}")),
-            ("gradient agreement at memorisation", "(higher than at the start)", spread(col("agreement_at_memorised"), "{:.2f}")),
+             spread("delay", "{:.0f}")),
+            ("Hessian top eigenvalue, peak / first probe", SEED_004["hessian_rise"], spread("hessian_rise", "{:.1f}x")),
+            ("step of the Hessian peak (falls after)", SEED_004["hessian_peak_step"], spread("hessian_peak_step", "{:.0f}")),
+            ("gradient agreement, first probe", "rises during memorisation", spread("agreement_first", "{:.2f}")),
+            ("gradient agreement at memorisation", "(higher than at the start)", spread("agreement_at_memorised", "{:.2f}")),
             ("cos(exp_avg, gradient), mean memorised..grokked", SEED_004["momentum_cos_plateau"],
-             spread(col("momentum_cos_plateau"), "{:.2f}")),
-            ("cos(exp_avg, gradient), min memorised..grokked", "-", spread(col("momentum_cos_plateau_min"), "{:.2f}")),
+             spread("momentum_cos_plateau", "{:.2f}")),
+            ("cos(exp_avg, gradient), min memorised..grokked", "-", spread("momentum_cos_plateau_min", "{:.2f}")),
             ("effective rank: 1 - least within one gap after grokking / plateau median", SEED_004["erank_drop"],
-             spread(col("erank_drop"), "{:.0%}")),
-            ("step of that least effective rank", "-", spread(col("erank_min_step"), "{:.0f}")),
-            ("limit cycle at wd 1: verdicts", "oscillation", ", ".join(f"{k} {v}" for k, v in verdicts.items())),
-            ("test-accuracy period where found, steps", "~150", spread(col("limit_test_acc_period"), "{:.0f}")),
-            ("weight-norm period where found, steps", "~150", spread(col("limit_weight_norm_period"), "{:.0f}")),
-            ("agreement dips per run (prominence 0.1)", "-", spread(col("agreement_dips"), "{:.0f}")),
-        ]
-        corr = cy.pearson(col("agreement_dips"), pd.to_numeric(pd.Series(col("delay")), errors="coerce"))
-        claims.append(("agreement dips vs grokking gap, Pearson", SEED_004["dips_vs_gap"],
-                       f"r = {corr.r:.3f}, n = {corr.n}, p = {corr.p:.3g}"))
-        corr_before = cy.pearson(col("agreement_dips_before_grokked"),
-                                 pd.to_numeric(pd.Series(col("delay")), errors="coerce"))
-        claims.append(("dips up to the grokking step vs gap (window grows with the gap)", "-",
-                       f"r = {corr_before.r:.3f}, n = {corr_before.n}, p = {corr_before.p:.3g}"))
-        every = cy.dips_vs_gap_all(t)
-        claims += [(f"{cy.DIP_COUNTS[c]} vs gap", "-", f"r = {every[c].r:.3f}, n = {every[c].n}, p = {every[c].p:.3g}")
-                   for c in list(cy.DIP_COUNTS)[1:]]
-        result["dips_vs_gap"] = corr.to_dict() | {"before_grokked": corr_before.to_dict()} | {
+             spread("erank_drop", "{:.0%}")),
+            ("step of that least effective rank", "-", spread("erank_min_step", "{:.0f}")),
+            ("limit cycle at wd 1: verdicts", "oscillation",
+             ", ".join(f"{k} {v}" for k, v in t["limit_verdict"].value_counts().to_dict().items())),
+            ("test-accuracy period where found, steps", "~150", spread("limit_test_acc_period", "{:.0f}")),
+            ("weight-norm period where found, steps", "~150", spread("limit_weight_norm_period", "{:.0f}")),
+            ("agreement dips per run (prominence 0.1)", "-", spread("agreement_dips", "{:.0f}")),
+            ("agreement dips vs grokking gap, Pearson", SEED_004["dips_vs_gap"], corr_text(corr)),
+            ("dips up to the grokking step vs gap (window grows with the gap)", "-", corr_text(before)),
+            *[(f"{cy.DIP_COUNTS[c]} vs gap", "-", corr_text(every[c])) for c in list(cy.DIP_COUNTS)[1:]]]
+        result["dips_vs_gap"] = corr.to_dict() | {"before_grokked": before.to_dict()} | {
             c: every[c].to_dict() for c in list(cy.DIP_COUNTS)[1:]}
         save_figure(dips_vs_gap_scatter(t, corr.r, corr.n, corr.p, title=f"agreement dips vs gap ({args.setting})",
                                         rate=every["agreement_dips_per_100_steps"]), args.figures / "dips_vs_gap")
-        made = (f"the members of the sweeps {', '.join(f'`{p}` ({_sweep_note(p)})' for p in args.population)}, "
+        made = (f"the members of the sweeps {', '.join(f'`{p}` ({sweep_note(p)})' for p in args.population)}, "
                 f"{len(seeds)} seeds" if population else
                 f"{args.steps} steps, every measure probed every {args.probe_every} steps")
         report += [f"## Probed runs: {scale}; wd 1, betas (0.9, 0.98), seeds {seeds}, {made}\n",
                    "Ours: median [min, max] over the seeds. Seed 004: its own scale (mod 113, 2 layers, 30 seeds).\n",
-                   markdown_table(pd.DataFrame(claims, columns=["claim", "seed 004", "ours"])), "",
-                   markdown_table(t.reindex(columns=["seed", "memorised_step", "grokked_step", "delay", "hessian_rise",
-                                     "hessian_peak_step", "agreement_first", "agreement_at_memorised",
-                                     "momentum_cos_plateau", "erank_drop", "agreement_dips",
-                                     "agreement_dips_before_grokked", "agreement_dips_plateau",
-                                     "agreement_dips_per_100_steps", "agreement_dips_plateau_per_100_steps",
-                                     "limit_verdict",
-                                     "limit_test_acc_period", "limit_weight_norm_period", "limit_collapses"])), ""]
+                   ex.claims_table(claims, ("claim", "seed 004", "ours")), "", markdown_table(t.reindex(columns=TABLE)), ""]
 
-    # 2. the limit cycle across weight decays
-    if "wd" not in skip:
+    if "wd" not in skip:  # 2. the limit cycle across weight decays
         series, grokked, lc_rows = {}, {}, []
         budgets = {float(w.partition(":")[0]): int(w.partition(":")[2] or args.steps) for w in args.wds.split(",") if w}
         for wd, budget in sorted(budgets.items()):
-            t = time.time()
             if wd == 1.0 and (not population or probed(seeds[0]).steps[-1] >= budget):  # the probed run of part 1
+                t = time.time()
                 run = probed(seeds[0])
+                timing["wd1"] = round(time.time() - t)
             else:
-                run = get_run(seeded(base, seeds[0], steps=budget, weight_decay=wd), root / f"wd{wd:g}_s{seeds[0]}",
-                              None, args.probe_every)
-            timing[f"wd{wd:g}"] = round(time.time() - t)
+                run = train(seeds[0], budget, wd, f"wd{wd:g}_s{seeds[0]}", False)
             lc = cy.limit_cycle(run)
-            label = f"wd {wd:g}"
-            series[label], grokked[label] = run.metrics, lc.grokked_step
+            series[f"wd {wd:g}"], grokked[f"wd {wd:g}"] = run.metrics, lc.grokked_step
             lc_rows.append({"weight_decay": wd, "seed 004": SEED_004.get(f"limit_wd{wd:g}", "-"), **lc.to_dict(),
                             "steps": budget})
         save_figure(limit_cycle_figure(series, grokked, title=f"after grokking ({args.setting} setting, seed {seeds[0]}; "
@@ -234,18 +189,13 @@ def main():
         result["limit_cycle"] = lc_rows
         report += [f"## Limit cycle after grokking: {scale}; seed {seeds[0]}; steps per weight decay {budgets}\n",
                    markdown_table(pd.DataFrame([r | {"grokked_step": "-" if r["grokked_step"] is None else
-                                                     str(r["grokked_step"])} for r in lc_rows]),
-                                  ["weight_decay", "steps", "seed 004", "verdict", "grokked_step",
-                                                          "test_acc_period", "test_acc_amplitude",
-                                                          "weight_norm_period", "weight_norm_amplitude", "collapses"]),
-                   ""]
+                                                     str(r["grokked_step"])} for r in lc_rows]), LIMIT_TABLE), ""]
 
     text = (f"# Optimizer dynamics (seed 004), re-measured\n\nSetting ({args.setting}): "
             f"{json.dumps(base.to_dict(), default=str)}\n\n" + "\n".join(report))
-    note = (f"{args.hardware_note}; runs already on disk are reused; seconds per part in this invocation: "
-            f"{timing}")
-    write_report(args.figures / "optimizer_dynamics", text, {"args": vars(args), "setting": base.to_dict(),
-                 **result, "seconds_per_part": timing}, seeds=seeds, started=t0, note=note)
+    note = f"{args.hardware_note}; runs already on disk are reused; seconds per part in this invocation: {timing}"
+    ex.write_report(args.figures / "optimizer_dynamics", text, {"args": vars(args), "setting": base.to_dict(),
+                    **result, "seconds_per_part": timing}, seeds=seeds, started=t0, note=note)
     print(text)
 
 

@@ -37,19 +37,16 @@ import mechgrok as mg
 from mechgrok import latent
 from mechgrok.experiment import command_line, is_finished, parse_args, parser, train_or_resume
 from mechgrok.files import write_csv, write_text
+from mechgrok.plots import markdown_table
 from mechgrok.presets import configure
 from mechgrok.provenance import hardware
 
-# name: (preset, overrides at the small scale, HMM features: Hu et al.'s best subset for the task)
-SMALL = {
-    "modular": ("hu_modular", dict(p=53, frac=0.5, steps=4000, eval_every=50, checkpoint_every=50),
-                latent.BEST_FEATURES["modular"]),
-    "modular_ln": ("hu_modular", dict(p=53, frac=0.5, steps=4000, eval_every=50, checkpoint_every=50,
-                                      normalization="LN"), latent.BEST_FEATURES["modular"]),
-    "parity": ("hu_parity", dict(n_bits=12, frac=0.25, steps=4000, eval_every=25, checkpoint_every=25),
-               latent.BEST_FEATURES["parity"]),
+SMALL = {  # each preset at the small scale
+    "hu_modular": dict(p=53, frac=0.5, steps=4000, eval_every=50, checkpoint_every=50),
+    "hu_parity": dict(n_bits=12, frac=0.25, steps=4000, eval_every=25, checkpoint_every=25),
 }
-FULL = {
+# name: (preset, overrides at every scale, HMM features: Hu et al.'s best subset for the task)
+POPULATIONS = {
     "modular": ("hu_modular", {}, latent.BEST_FEATURES["modular"]),
     "modular_ln": ("hu_modular", dict(normalization="LN"), latent.BEST_FEATURES["modular"]),
     "parity": ("hu_parity", {}, latent.BEST_FEATURES["parity"]),
@@ -138,7 +135,7 @@ def main():
     ap.add_argument("--restarts", type=int, default=5)
     ap.add_argument("--note", default="", help="a sentence for the README (e.g. how the members were trained)")
     args = parse_args(ap)
-    table = FULL if args.full else SMALL
+    table = {n: (pr, ({} if args.full else SMALL[pr]) | o, f) for n, (pr, o, f) in POPULATIONS.items()}
     names = [n.strip() for n in args.populations.split(",")]
     unknown = [n for n in names if n not in table]
     if unknown:
@@ -191,22 +188,22 @@ def write_readme(args, summary: pd.DataFrame, captions: list[str], seeds: dict[s
         f"Scale: {'the presets unchanged' if args.full else 'the small scale of analyses/training_maps.py (see its docstring)'}, "
         "seeds per population: " + ", ".join(f"{n} {k}" for n, k in seeds.items()) + " (Hu et al.: 40).", "",
         "## Side by side with the paper's qualitative findings", "",
-        "| finding (Hu et al.) | " + " | ".join(s.index) + " |",
-        "|---|" + "---|" * len(s), "",
     ]
-    lines.pop()  # the table continues on the next lines
-    def row(label, values):
-        lines.append(f"| {label} | " + " | ".join(values) + " |")
-    row("members (grokked)", [f"{r.members} ({r.grokked})" for r in s.itertuples()])
-    row("grokking step: median, coefficient of variation", [f"{r.grok_step_median:.0f}, {r.grok_step_cv:.2f}" for r in s.itertuples()])
-    row("states (lowest BIC)", [str(r.n_states) for r in s.itertuples()])
-    row(PAPER["detour"], [r.detour_states for r in s.itertuples()])
-    row(PAPER["high_l2"], [f"highest-l2 state {r.highest_l2_state}; it is a detour: {'yes' if r.detour_is_highest_l2 else 'no'}"
-                           for r in s.itertuples()])
-    row(PAPER["transition"], [f"{r.state_change_at_grokking:.0%} of grokked members change state within 3 "
-                              f"checkpoints of their grokking step" for r in s.itertuples()])
-    row(PAPER["layernorm"], [f"{r.distinct_routes} distinct routes; the most common taken by "
-                             f"{r.most_common_route_share:.0%}" for r in s.itertuples()])
+    rows = {
+        "members (grokked)": [f"{r.members} ({r.grokked})" for r in s.itertuples()],
+        "grokking step: median, coefficient of variation": [f"{r.grok_step_median:.0f}, {r.grok_step_cv:.2f}"
+                                                             for r in s.itertuples()],
+        "states (lowest BIC)": [str(r.n_states) for r in s.itertuples()],
+        PAPER["detour"]: [r.detour_states for r in s.itertuples()],
+        PAPER["high_l2"]: [f"highest-l2 state {r.highest_l2_state}; it is a detour: "
+                           f"{'yes' if r.detour_is_highest_l2 else 'no'}" for r in s.itertuples()],
+        PAPER["transition"]: [f"{r.state_change_at_grokking:.0%} of grokked members change state within 3 "
+                              f"checkpoints of their grokking step" for r in s.itertuples()],
+        PAPER["layernorm"]: [f"{r.distinct_routes} distinct routes; the most common taken by "
+                             f"{r.most_common_route_share:.0%}" for r in s.itertuples()],
+    }
+    lines.append(markdown_table([{"finding (Hu et al.)": k, **dict(zip(s.index, v))} for k, v in rows.items()])
+                 .rstrip("\n"))
     lines += ["", "Routes are Viterbi paths with repeated states collapsed; each population has its own "
               "HMM, so state numbers are not comparable across columns. Detour coefficients are grokking "
               "steps per checkpoint spent in the state (one regression per state, members that grokked).", "",

@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -34,7 +36,9 @@ from .runs import RESUME_FILE, Run, is_run_dir
 from .trainer import resume, resume_config, train
 
 __all__ = ["parser", "parse_args", "parse_seeds", "parse_overrides", "apply_overrides", "train_or_resume",
-           "train_or_resume_ensemble", "sweep_or_resume", "is_finished", "command_line", "write_report"]
+           "train_or_resume_ensemble", "sweep_or_resume", "is_finished", "finished_runs", "command_line",
+           "write_report", "median_range", "median_iqr", "grokked_summary", "Paired", "paired_differences",
+           "claims_table", "merge_rows", "replace_section"]
 
 # --- the command line every script shares ---------------------------------------------------
 
@@ -118,6 +122,13 @@ def train_or_resume_ensemble(cfgs: Sequence[RunConfig], outs: Sequence[str | Pat
     return [Run(o) for o in outs]
 
 
+def finished_runs(outs: Sequence[str | Path]) -> list[Run | None]:
+    """The run in each of ``outs`` that is there and not still training (an ensemble member an
+    interrupted call left says "running"); None for the others. Trains nothing."""
+    done = lambda o: is_run_dir(o) and (member_status(o) or {}).get("status") != "running"  # noqa: E731
+    return [Run(o) if done(Path(o)) else None for o in outs]
+
+
 def sweep_or_resume(spec, out: str | Path, **kw):
     """``population.run_sweep`` of ``spec`` into ``out``, finishing the sweep ``out`` already
     holds (which must be the same sweep); returns the population."""
@@ -154,3 +165,98 @@ def write_report(stem: str | Path, text: str, data: dict, *, command: str | None
             "seconds": seconds, "provenance": prov}
     js = write_json(stem.with_suffix(".json"), json.loads(json.dumps(data | meta, default=str)))
     return md, js
+
+
+def replace_section(path: str | Path, begin: str, end: str, section: str) -> Path:
+    """Write ``section`` (which starts with ``begin`` and ends with ``end``) over the text between
+    those markers in ``path``, or append it when the markers are not there (a new file starts
+    with "# Figures")."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else "# Figures\n"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    return write_text(path, text)
+
+
+def merge_rows(path: str | Path, result: dict, same: Sequence[str],
+               invocation: Sequence[str] = ("args", "provenance", "wall_s")) -> dict:
+    """``result`` with the rows of the report JSON ``path`` (when it exists) whose seeds
+    ``result["rows"]`` does not have, sorted by seed, and ``invocations``: the ``invocation``
+    keys of every earlier call and this one. The JSON must agree on every key in ``same``."""
+    path = Path(path)
+    if not path.exists():
+        return result
+    old = json.loads(path.read_text())
+    if [old.get(k) for k in same] != [result.get(k) for k in same]:
+        raise SystemExit(f"--merge: {path} was made with {'/'.join(same)} "
+                         f"{'/'.join(str(old.get(k)) for k in same)}, not these")
+    seeds = {r["seed"] for r in result["rows"]}
+    rows = sorted([r for r in old["rows"] if r["seed"] not in seeds] + result["rows"], key=lambda r: r["seed"])
+    calls = old.get("invocations") or [{k: old.get(k) for k in invocation}]
+    return result | {"rows": rows, "invocations": calls + [{k: result.get(k) for k in invocation}]}
+
+
+# --- numbers for the reports: population statistics and published claims ---------------------
+
+
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if v is not None and v == v]
+
+
+def median_range(values, fmt: str = "{:.3g}") -> str:
+    """"median [min, max]" of the finite ``values`` ("n/a" when none, the value alone when one)."""
+    v = sorted(_finite(values))
+    if len(v) <= 1:
+        return fmt.format(v[0]) if v else "n/a"
+    return f"{fmt.format(statistics.median(v))} [{fmt.format(v[0])}, {fmt.format(v[-1])}]"
+
+
+def median_iqr(values, fmt: str = "{:g}") -> str:
+    """"median (q25 to q75)" of the finite ``values`` (inclusive quartiles); "-" when none."""
+    v = sorted(_finite(values))
+    if not v:
+        return "-"
+    q = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else [v[0]] * 3
+    return f"{fmt.format(statistics.median(v))} ({fmt.format(q[0])} to {fmt.format(q[2])})"
+
+
+def grokked_summary(steps: Sequence[int | None]) -> str:
+    """Grokking steps of a group (None: did not grok) as "[...] (k/n grokked, median m)"."""
+    ok = [s for s in steps if s is not None]
+    med = f"median {statistics.median(ok):g}" if ok else "no seed grokked"
+    return f"{ok} ({len(ok)}/{len(steps)} grokked, {med})"
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Per-pair differences ``a - b`` over the pairs where both are given."""
+    diffs: tuple[float, ...]
+    median: float
+    below: int  # a < b
+    equal: int
+    above: int
+    p: float  # two-sided Wilcoxon signed-rank over the unequal pairs; NaN under two of them
+
+
+def paired_differences(a: Sequence[float | None], b: Sequence[float | None]) -> Paired:
+    """``a - b`` pair by pair (pairs with a None or NaN left out), their median, how many are
+    below / at / above zero and the Wilcoxon signed-rank p of the nonzero ones."""
+    d = [x - y for x, y in zip(a, b) if _finite([x]) and _finite([y])]
+    nonzero = [x for x in d if x]
+    if len(nonzero) >= 2:
+        from scipy.stats import wilcoxon
+
+        p = float(wilcoxon(nonzero).pvalue)
+    else:
+        p = float("nan")
+    return Paired(tuple(d), statistics.median(d) if d else float("nan"), sum(x < 0 for x in d), d.count(0),
+                  sum(x > 0 for x in d), p)
+
+
+def claims_table(rows: Sequence[Sequence], columns: Sequence[str] = ("claim", "published", "ours")) -> str:
+    """A markdown table of (claim, the published number, ours) rows: a result next to the paper's."""
+    from .plots import markdown_table
+
+    return markdown_table([dict(zip(columns, r)) for r in rows], list(columns))

@@ -135,3 +135,69 @@ def test_parser_has_the_shared_flags_and_checks_seeds_and_set(capsys):
             ex.parse_args(ap, bad)
     assert "--seeds expects" in capsys.readouterr().err
     assert not hasattr(ex.parse_args(ex.parser("doc", out=None), []), "out")
+
+
+# --- report numbers ---------------------------------------------------------------------------
+
+
+def test_median_range_and_iqr_skip_missing_values_and_match_a_hand_computation():
+    assert ex.median_range([3, 1, None, 2, float("nan")], "{:.0f}") == "2 [1, 3]"
+    assert ex.median_range([0.25], "{:.0%}") == "25%" and ex.median_range([None]) == "n/a"
+    # inclusive quartiles of 1..4: 1 + 0.75 * 1, 1 + 2.25 * 1
+    assert ex.median_iqr([4, None, 1, 3, 2]) == "2.5 (1.75 to 3.25)"
+    assert ex.median_iqr([7]) == "7 (7 to 7)" and ex.median_iqr([None]) == "-"
+    assert ex.grokked_summary([300, None, 100]) == "[300, 100] (2/3 grokked, median 200)"
+    assert ex.grokked_summary([None]) == "[] (0/1 grokked, no seed grokked)"
+
+
+def test_paired_differences_count_signs_and_take_wilcoxon_over_the_unequal_pairs():
+    res = ex.paired_differences([2, 3, 5, None, 4, 1], [1, 1, 2, 4, 4, 2])
+    assert res.diffs == (1, 2, 3, 0, -1) and res.median == 1
+    assert (res.below, res.equal, res.above) == (1, 1, 3)
+    # the zero difference is left out before the test, not ranked
+    from scipy.stats import wilcoxon
+    assert res.p == pytest.approx(wilcoxon([1, 2, 3, -1]).pvalue)
+    # all three positive: the exact two-sided p is 2 / 2**3
+    assert ex.paired_differences([2, 3, 4], [1, 1, 1]).p == pytest.approx(0.25)
+    one = ex.paired_differences([1, 2], [0, 2])
+    assert one.p != one.p and (one.below, one.equal, one.above) == (0, 1, 1)
+
+
+def test_claims_table_puts_ours_next_to_the_published_number():
+    assert ex.claims_table([("delay", "~300", 280.0), ("grokked", "all", None)]) == (
+        "| claim | published | ours |\n|---|---|---|\n| delay | ~300 | 280 |\n| grokked | all | - |\n")
+    assert ex.claims_table([("a", 1)], ("x", "y")).startswith("| x | y |")
+
+
+def test_merge_rows_keeps_earlier_seeds_and_every_invocation(tmp_path):
+    path = tmp_path / "r.json"
+    first = {"preset": "p", "args": {"seeds": "0-1"}, "wall_s": 5, "rows": [{"seed": 0, "v": 1}, {"seed": 1, "v": 1}]}
+    assert ex.merge_rows(path, first, ["preset"]) is first  # nothing to merge yet
+    path.write_text(json.dumps(first))
+    again = {"preset": "p", "args": {"seeds": "1-2"}, "wall_s": 7, "rows": [{"seed": 2, "v": 2}, {"seed": 1, "v": 2}]}
+    merged = ex.merge_rows(path, again, ["preset"])
+    assert merged["rows"] == [{"seed": 0, "v": 1}, {"seed": 1, "v": 2}, {"seed": 2, "v": 2}]
+    assert [i["args"]["seeds"] for i in merged["invocations"]] == ["0-1", "1-2"]
+    assert [i["wall_s"] for i in merged["invocations"]] == [5, 7]
+    with pytest.raises(SystemExit, match="preset p, not these"):
+        ex.merge_rows(path, again | {"preset": "q"}, ["preset"])
+
+
+def test_replace_section_rewrites_between_the_markers_or_appends(tmp_path):
+    path = tmp_path / "README.md"
+    ex.replace_section(path, "<a>", "</a>", "<a>\none\n</a>")
+    assert path.read_text() == "# Figures\n\n<a>\none\n</a>\n"
+    path.write_text("top\n<a>\nold\n</a>\nbottom\n")
+    ex.replace_section(path, "<a>", "</a>", "<a>\nnew\n</a>")
+    assert path.read_text() == "top\n<a>\nnew\n</a>\nbottom\n"
+
+
+def test_finished_runs_leaves_out_missing_dirs_and_members_still_running(tiny_cfg, tmp_path):
+    run = ex.train_or_resume(_steps(tiny_cfg, 20), tmp_path / "done")
+    running = tmp_path / "running"
+    import shutil
+    shutil.copytree(run.path, running)
+    from mechgrok.ensemble import MEMBER_FILE
+    (running / MEMBER_FILE).write_text(json.dumps({"status": "running"}))
+    got = ex.finished_runs([tmp_path / "done", tmp_path / "missing", running])
+    assert got[0].path == run.path and got[1] is None and got[2] is None
