@@ -323,7 +323,8 @@ def momentum_alignment(run, step: int | None = None, split: str = "train") -> fl
 # --- over a run, and while training --------------------------------------------------------
 
 
-def _check_measures(measures: Sequence[str]) -> tuple[str, ...]:
+def check_measures(measures: Sequence[str]) -> tuple[str, ...]:
+    """``measures`` as a tuple, or one line naming what is not one of ``MEASURES``."""
     measures = tuple(measures)
     bad = [m for m in measures if m not in MEASURES]
     if bad or not measures:
@@ -347,7 +348,7 @@ def make_probe(cfg, task: Task | None = None, measures: Sequence[str] = MEASURES
     halves' ``grad`` returns the half gradients alongside, so agreement and the momentum's
     full-batch gradient (the weighted mean of the half gradients) come with the first product at
     no extra cost; the effective rank uses ``rank_n`` examples (default 16)."""
-    measures = _check_measures(measures)
+    measures = check_measures(measures)
     if hasattr(cfg, "model") and hasattr(cfg, "train"):
         task = task or Task(cfg.task)
         mcfg = cfg.model.resolve(task)

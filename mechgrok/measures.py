@@ -31,12 +31,14 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from .config import RunConfig
+from .dynamics import MEASURES as DYNAMICS  # the optimizer-dynamics measures, one built-in each
+from .dynamics import check_measures
 from .model import ModelConfig, Params
 from .tasks import Task
 
@@ -89,7 +91,6 @@ class MeasureSpec:
 # --- built-in measures ---------------------------------------------------------------------
 
 
-DYNAMICS = ("hessian", "agreement", "momentum", "rank")
 
 
 def _dynamics(measures: Sequence[str] = DYNAMICS, **kw) -> Callable[[RunConfig | None], Measure]:
@@ -166,16 +167,8 @@ BUILTIN: Mapping[str, MeasureSpec] = MappingProxyType(
 def dynamics_measure(measures: Sequence[str] = DYNAMICS, every: int | None = None, **kw) -> MeasureSpec:
     """The optimizer-dynamics measures ``measures`` as one measure (they share the first
     Hessian-vector product's half gradients); ``kw``: ``dynamics.make_probe``'s keywords."""
-    measures = _check_dynamics(measures)
+    measures = check_measures(measures)
     return MeasureSpec("+".join(measures), _dynamics(measures, **kw), every=every)
-
-
-def _check_dynamics(measures: Iterable[str]) -> tuple[str, ...]:
-    measures = tuple(measures)
-    bad = [m for m in measures if m not in DYNAMICS]
-    if bad or not measures:
-        raise ValueError(f"measures must be a non-empty subset of {DYNAMICS}, got {measures}")
-    return measures
 
 
 # --- the parser ----------------------------------------------------------------------------
@@ -192,7 +185,7 @@ def parse_probe(spec: str) -> dict:
         if key == "every":
             out["every"] = int(value)
         elif key == "measures":
-            out["measures"] = _check_dynamics(value.replace("+", " ").replace(";", " ").split())
+            out["measures"] = check_measures(value.replace("+", " ").replace(";", " ").split())
         elif key in ("iters", "hessian_iters"):
             out["hessian_iters"] = int(value)
         elif key == "rank_n":
@@ -379,6 +372,6 @@ def dynamics_series(run, steps: Sequence[int] | None = None, measures: Sequence[
     optimizer's state (``runs.read_optimizer_state``; NaN elsewhere). The power iteration is
     warm-started from each checkpoint's vector to the next (``hessian_iters`` is the cap per
     checkpoint, with tol 1e-3)."""
-    spec = dynamics_measure(_check_dynamics(measures), hessian_iters=hessian_iters, first_iters=hessian_iters,
+    spec = dynamics_measure(check_measures(measures), hessian_iters=hessian_iters, first_iters=hessian_iters,
                             rank_n=rank_n, split=split, seed=seed)
     return measure_series(run, [spec], steps=steps, progress=progress)
