@@ -14,7 +14,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -162,11 +161,11 @@ ALLOW_LARGE = typer.Option(False, "--allow-large", help="go ahead even when the 
                            "limit (80% of the memory available)")
 
 
-def _allow_large(allow: bool):
+def _allow_large(ctx: typer.Context, allow: bool):
     """Let ``budget.check_memory`` through for the rest of this command (``--allow-large``)."""
     from .budget import allowing_large
 
-    click.get_current_context().with_resource(allowing_large(allow))
+    ctx.with_resource(allowing_large(allow))
 
 
 def _stoppable(out: Path, fn):
@@ -255,6 +254,7 @@ def _table_settings(path: Optional[Path], op: Optional[str], p: Optional[int]) -
 
 @app.command()
 def train(
+    ctx: typer.Context,
     out: Optional[Path] = typer.Option(None, help="run directory to create"),
     preset: Optional[str] = typer.Option(None, help="starting configuration (default: demo); see `mechgrok presets`"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the stopped run in this directory; "
@@ -317,7 +317,7 @@ def train(
     from .presets import configure
     from .runs import load_run, read_resume_state
 
-    _allow_large(allow_large)
+    _allow_large(ctx, allow_large)
 
     settings = dict(op=_value(op), p=p, frac=frac, n_bits=n_bits, k_bits=k_bits, n_samples=n_samples,
                     data_seed=data_seed, n_layers=n_layers, d_model=d_model,
@@ -357,13 +357,13 @@ def train(
 
 
 @app.command()
-def info(run_dir: Path = typer.Argument(..., help="a run directory"),
+def info(ctx: typer.Context, run_dir: Path = typer.Argument(..., help="a run directory"),
          as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
          allow_large: bool = ALLOW_LARGE):
     """Steps, final train/test accuracy, memorisation and grokking steps of a run."""
     from .runs import load_run
 
-    _allow_large(allow_large)
+    _allow_large(ctx, allow_large)
 
     run = load_run(run_dir)
     if as_json:
