@@ -40,7 +40,8 @@ _TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.\d+\.[0-9a-f]{12}\.tmp$")
 _OS_HINTS = {errno.ENOSPC: "the disk is full; free some space and run it again",
              errno.EDQUOT: "the disk quota is used up; free some space and run it again",
              errno.EROFS: "the file system is read-only; choose another directory",
-             errno.EACCES: "choose a directory you may write to", errno.EPERM: "choose a directory you may write to"}
+             errno.EACCES: "check the permissions of the file and its directory",
+             errno.EPERM: "check the permissions of the file and its directory"}
 
 
 def _file_name(name) -> str:
@@ -77,8 +78,9 @@ class _Commands(TyperGroup):
                 raise
             if isinstance(e, OSError) and e.errno == errno.EPIPE:
                 raise  # a closed pipe (`mechgrok info RUN | head`): typer exits quietly
-            if isinstance(e, MemoryError):
-                _fail(f"out of memory{': ' + str(e) if str(e) else ''} (a smaller task, model or batch_size fits)")
+            if isinstance(e, MemoryError):  # past the estimate (--allow-large, or memory taken meanwhile)
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                _fail(f"out of memory{': ' + first if first else ''} (try a smaller task, model or --batch-size)")
             _fail(_os_error(e) if isinstance(e, OSError) else str(e))
 
 

@@ -139,6 +139,20 @@ def test_info_on_a_config_too_large_refuses_in_one_line(tiny_run, tmp_path, memo
         mg.load_run(run)
 
 
+def test_running_out_of_memory_past_the_estimate_is_one_line(tmp_path, monkeypatch):
+    import mechgrok.trainer
+
+    def oom(*a, **k):
+        raise MemoryError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 14400000000 bytes.\n"
+                          "Error code 12")
+
+    monkeypatch.setattr(mechgrok.trainer, "train", oom)
+    r = invoke("train", "--out", tmp_path / "run", "--allow-large", "--steps", "10", *MODEL)
+    assert r.exit_code == 1
+    assert error_line(r) == ("error: out of memory: DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                             "14400000000 bytes. (try a smaller task, model or --batch-size)")
+
+
 # --- 2. OSError: one line naming the file ----------------------------------------------------------
 
 
@@ -160,7 +174,7 @@ def test_a_read_only_directory_is_one_line_naming_the_file(tmp_path):
     finally:
         ro.chmod(0o755)
     assert r.exit_code == 1
-    assert error_line(r).startswith(f"error: {ro / 'run'}: Permission denied")
+    assert error_line(r).startswith(f"error: {ro / 'run'}: Permission denied (check the permissions")
 
 
 def test_a_full_disk_is_one_line_naming_the_file_not_its_temp_copy(tmp_path, monkeypatch):
