@@ -96,6 +96,17 @@ def test_a_task_too_large_is_refused_before_its_table_is_allocated(memory, monke
     mg.Task(mg.TaskConfig(p=23))
 
 
+def test_on_a_gpu_the_model_is_held_against_its_free_memory_and_the_table_against_the_host(memory, monkeypatch):
+    monkeypatch.setattr(budget, "_gpu_free", lambda device: GB)
+    big_model = mg.ModelConfig(d_model=1024, d_mlp=16384, d_head=256)  # about 3 GB: 0.6 GB of weights and state, 2.4 of activations
+    with pytest.raises(budget.MemoryBudgetError, match=r"of GPU memory, more than the limit of 0\.8 GB \(80% of "
+                                                       r"the 1\.0 GB of GPU memory"):
+        budget.check_memory(mg.TaskConfig(), big_model, mg.TrainConfig(device="cuda"))
+    budget.check_memory(mg.TaskConfig(), big_model, mg.TrainConfig(device="cpu"))  # 8 GB of host memory
+    with pytest.raises(budget.MemoryBudgetError, match=r"8\.0 GB of memory available"):
+        budget.check_memory(mg.TaskConfig(p=20011), mg.ModelConfig(), mg.TrainConfig(device="cuda"))
+
+
 @pytest.mark.parametrize("args, says", [
     (["--p", "20011"], "examples table 32.0 GB"),
     (["--d-model", "60000", "--d-mlp", "60000"], "(21,606,960,053 parameters) needs about 355.8 GB"),
