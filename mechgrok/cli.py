@@ -5,8 +5,10 @@ place (``_Commands.invoke``) as one red line and exit code 1."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -27,10 +29,37 @@ from .tasks import OPS
 from .trainer import TrainingDiverged
 
 
-# Errors a user can cause (a bad value, a missing or occupied path, a diverging run) end as one
-# line and exit code 1; anything else is a bug and keeps its traceback. MECHGROK_TRACEBACK=1
-# shows the traceback of user errors too.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TrainingDiverged)
+# Errors a user can cause (a bad value, a missing or occupied path, a diverging run, a full disk
+# or a directory they may not write, a run too large for the memory) end as one line and exit
+# code 1; anything else is a bug and keeps its traceback. MECHGROK_TRACEBACK=1 shows the
+# traceback of user errors too.
+USER_ERRORS = (ValueError, OSError, MemoryError, TrainingDiverged)
+
+# files.atomic_write's temp file: ".NAME.PID.HEX12.tmp" beside NAME
+_TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.\d+\.[0-9a-f]{12}\.tmp$")
+_OS_HINTS = {errno.ENOSPC: "the disk is full; free some space and run it again",
+             errno.EDQUOT: "the disk quota is used up; free some space and run it again",
+             errno.EROFS: "the file system is read-only; choose another directory",
+             errno.EACCES: "check the permissions of the file and its directory",
+             errno.EPERM: "check the permissions of the file and its directory"}
+
+
+def _file_name(name) -> str:
+    """The file a user knows: the target of an atomic write rather than its temp file."""
+    path = Path(os.fsdecode(name))
+    m = _TEMP_FILE.match(path.name)
+    return str(path.with_name(m["name"]) if m else path)
+
+
+def _os_error(e: OSError) -> str:
+    """One line naming the file (``OSError.filename``), the reason and what to do."""
+    if e.strerror is None:  # raised by mechgrok with its own message
+        return str(e)
+    where = "" if e.filename is None else _file_name(e.filename)
+    if e.filename2 is not None:
+        where += f" -> {_file_name(e.filename2)}"
+    hint = _OS_HINTS.get(e.errno)
+    return f"{where + ': ' if where else ''}{e.strerror}" + (f" ({hint})" if hint else "")
 
 
 def _fail(msg: str):
@@ -47,7 +76,12 @@ class _Commands(TyperGroup):
         except USER_ERRORS as e:
             if os.environ.get("MECHGROK_TRACEBACK"):
                 raise
-            _fail(str(e))
+            if isinstance(e, OSError) and e.errno == errno.EPIPE:
+                raise  # a closed pipe (`mechgrok info RUN | head`): typer exits quietly
+            if isinstance(e, MemoryError):  # past the estimate (--allow-large, or memory taken meanwhile)
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                _fail(f"out of memory{': ' + first if first else ''} (try a smaller task, model or --batch-size)")
+            _fail(_os_error(e) if isinstance(e, OSError) else str(e))
 
 
 app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -125,10 +159,39 @@ def _print_summary(run):
         typer.echo(f"figure: {fig}" + (" (+ .png)" if fig.with_suffix(".png").exists() else ""))
 
 
+ALLOW_LARGE = typer.Option(False, "--allow-large", help="go ahead even when the memory estimate is over the "
+                           "limit (80% of the memory available)")
+
+
+def _allow_large(ctx: typer.Context, allow: bool):
+    """Let ``budget.check_memory`` through for the rest of this command (``--allow-large``)."""
+    from .budget import allowing_large
+
+    ctx.with_resource(allowing_large(allow))
+
+
+def _stoppable(out: Path, fn):
+    """``fn()``; on Ctrl-C, say where the run stopped and how to go on, then exit 130."""
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        from .runs import read_resume_state
+
+        try:
+            step = read_resume_state(out).step  # what --resume starts from
+        except (OSError, ValueError):
+            typer.echo(f"stopped before the first checkpoint: nothing in {out} to resume", err=True)
+        else:
+            typer.echo(f"stopped at step {step}; resume with `mechgrok train --resume {out}`", err=True)
+        raise
+
+
 def _train_new(cfg, out: Path, progress: bool, measure_kw: Optional[dict] = None, png: bool = True):
+    from .budget import check_run
     from .trainer import train as train_run
 
-    _trained(train_run(cfg, out, progress=progress, **(measure_kw or {})), png)
+    check_run(cfg)  # before the run directory is made: a refused run leaves nothing behind
+    _trained(_stoppable(out, lambda: train_run(cfg, out, progress=progress, **(measure_kw or {}))), png)
 
 
 def _trained(run, png: bool):
@@ -193,6 +256,7 @@ def _table_settings(path: Optional[Path], op: Optional[str], p: Optional[int]) -
 
 @app.command()
 def train(
+    ctx: typer.Context,
     out: Optional[Path] = typer.Option(None, help="run directory to create"),
     preset: Optional[str] = typer.Option(None, help="starting configuration (default: demo); see `mechgrok presets`"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the stopped run in this directory; "
@@ -247,11 +311,15 @@ def train(
     stop_after_grok: Optional[int] = typer.Option(None, help="stop K evaluations after test accuracy passes 0.9"),
     keep_moments: bool = typer.Option(False, "--keep-moments", help="also save AdamW's moments at every "
                                       "checkpoint (checkpoints/moments_*.safetensors)"),
+    allow_large: bool = ALLOW_LARGE,
     png: bool = PNG,
 ):
     """Train a run (a preset with any field overridden), or --resume a stopped one."""
+    from .budget import check_run
     from .presets import configure
-    from .runs import load_run
+    from .runs import load_run, read_resume_state
+
+    _allow_large(ctx, allow_large)
 
     settings = dict(op=_value(op), p=p, frac=frac, n_bits=n_bits, k_bits=k_bits, n_samples=n_samples,
                     data_seed=data_seed, n_layers=n_layers, d_model=d_model,
@@ -277,8 +345,12 @@ def train(
                              f"to resume; `mechgrok freeze {resume} --from-step S --steps N --interventions baseline` "
                              f"trains on from a checkpoint")
         cfg = resume_config(run.config, configure(run.config, **settings))  # refuses all but more steps
-        typer.echo(f"resuming {resume} from step {run.steps[-1] if run.steps else 0} to step {cfg.train.steps}")
-        _trained(resume_run(resume, cfg, progress=progress, **_measure_kwargs(probe, measure, measure_every)), png)
+        check_run(cfg)
+        measure_kw = _measure_kwargs(probe, measure, measure_every)
+        # the resume state's step, not the newest checkpoint's: a stop between writing a
+        # checkpoint and the resume state leaves the checkpoint one interval ahead of it
+        typer.echo(f"resuming {resume} from step {read_resume_state(resume).step} to step {cfg.train.steps}")
+        _trained(_stoppable(resume, lambda: resume_run(resume, cfg, progress=progress, **measure_kw)), png)
         return
     if out is None:
         raise ValueError("give --out DIR for a new run (or --resume DIR to continue one)")
@@ -287,10 +359,13 @@ def train(
 
 
 @app.command()
-def info(run_dir: Path = typer.Argument(..., help="a run directory"),
-         as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+def info(ctx: typer.Context, run_dir: Path = typer.Argument(..., help="a run directory"),
+         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+         allow_large: bool = ALLOW_LARGE):
     """Steps, final train/test accuracy, memorisation and grokking steps of a run."""
     from .runs import load_run
+
+    _allow_large(ctx, allow_large)
 
     run = load_run(run_dir)
     if as_json:

@@ -22,7 +22,16 @@ from safetensors.torch import load_file, save_file
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    # Linux reports the umask in /proc/self/status; setting it to read it would change it for
+    # every thread for a moment (a file another thread creates then gets the wrong mode)
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere reading the umask means setting it; put it straight back
     os.umask(mask)
     return mask
 

@@ -122,7 +122,8 @@ def population_statistics(pop, min_checkpoints: int = MIN_CHECKPOINTS, progress:
     """The long table the HMM functions take: one row per (member, checkpoint) with columns
     ``member`` (0..n-1), ``run`` (its directory), ``step``, the 14 statistics, losses and
     accuracies, and ``grokking_step`` (``milestones.transition_metrics``; NaN if it never
-    grokked). Fails with the offending runs when a run has fewer than ``min_checkpoints``
+    grokked), and ``checkpoint_stamp`` (``checkpoint_stamps``, which ``cached_statistics`` checks).
+    Fails with the offending runs when a run has fewer than ``min_checkpoints``
     checkpoints or the runs' checkpoint spacings differ."""
     runs = population_runs(pop)
     grids = [checkpoint_grid(r, min_checkpoints) for r in runs]
@@ -135,12 +136,29 @@ def population_statistics(pop, min_checkpoints: int = MIN_CHECKPOINTS, progress:
                          + ", ".join(f"{p}: {d}" for p, d in list(spacings.items())[:4]))
     tables = []
     for i, (r, g) in enumerate(tqdm(list(zip(runs, grids)), desc="statistics", disable=not progress)):
+        stamps = checkpoint_stamps(r, g)  # before reading: a file rewritten meanwhile then looks stale
         t = checkpoint_statistics(r, g)
         t.insert(0, "run", str(r.path))
         t.insert(0, "member", i)
         t["grokking_step"] = _grokking_step(r.metrics)
+        t[STAMP] = stamps
         tables.append(t)
     return pd.concat(tables, ignore_index=True)
+
+
+STAMP = "checkpoint_stamp"  # the statistics table's column of checkpoint_stamps
+
+
+def checkpoint_stamps(run: Run, steps: list[int]) -> list[str]:
+    """``"size:mtime_ns"`` of each checkpoint file at ``steps``: what a cached statistics row
+    was computed from (a member retrained in place rewrites them)."""
+    from .runs import checkpoint_path
+
+    out = []
+    for s in steps:
+        st = checkpoint_path(run.path, s).stat()
+        out.append(f"{st.st_size}:{st.st_mtime_ns}")
+    return out
 
 
 def _as_table(pop, progress: bool = True) -> pd.DataFrame:
@@ -150,7 +168,7 @@ def _as_table(pop, progress: bool = True) -> pd.DataFrame:
 def _features(features, table: pd.DataFrame) -> list[str]:
     features = list(STATISTICS) if features is None else (
         [f.strip() for f in features.split(",") if f.strip()] if isinstance(features, str) else list(features))
-    allowed = [c for c in table.columns if c not in ("member", "run", "step", "grokking_step")]
+    allowed = [c for c in table.columns if c not in ("member", "run", "step", "grokking_step", STAMP)]
     bad = [f for f in features if f not in allowed]
     if bad or not features:
         raise ValueError(f"unknown feature(s) {bad}; allowed: {', '.join(allowed)}")
@@ -388,13 +406,22 @@ def fit_training_map(pop, n_states: int, features=None, covariance: str = "diag"
 
 def cached_statistics(pop, table: pd.DataFrame | None) -> pd.DataFrame | None:
     """``table`` (a ``statistics.csv`` read back) when it covers exactly ``pop``'s runs and
-    checkpoint grids, else None."""
-    if table is None:
+    checkpoint grids, computed from the checkpoint files there now (their sizes and mtimes,
+    ``checkpoint_stamps``), else None."""
+    if table is None or STAMP not in table:
         return None
     runs = population_runs(pop)
-    same = sorted(table.run.unique()) == sorted(str(r.path) for r in runs) and all(
-        table.loc[table.run == str(r.path), "step"].tolist() == checkpoint_grid(r) for r in runs)
-    return table if same else None
+    if sorted(table.run.unique()) != sorted(str(r.path) for r in runs):
+        return None
+    for r in runs:
+        rows, grid = table.loc[table.run == str(r.path)], checkpoint_grid(r)
+        try:
+            stamps = checkpoint_stamps(r, grid)
+        except FileNotFoundError:  # a checkpoint went away between listing and looking
+            return None
+        if rows["step"].tolist() != grid or rows[STAMP].astype(str).tolist() != stamps:
+            return None
+    return table
 
 
 def analyze_population(pop, n_states: int | None = None, features=None, max_states: int = 8,

@@ -32,7 +32,11 @@ def save_figure(fig: go.Figure, stem: str | Path, png: bool = True, scale: float
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     html = stem.with_suffix(".html")
-    # the temp file sits in the figure's directory, so "directory" puts plotly.min.js beside it
+    if plotlyjs == "directory":
+        # ours first, so plotly (which writes its copy only where none exists, and not
+        # atomically) finds it in place and leaves it alone
+        ensure_plotlyjs(stem.parent)
+    # the temp file sits in the figure's directory, so "directory" refers to the plotly.min.js beside it
     atomic_write(html, lambda tmp: fig.write_html(tmp, include_plotlyjs=plotlyjs))
     written = [html]
     if png:
@@ -46,6 +50,41 @@ def save_figure(fig: go.Figure, stem: str | Path, png: bool = True, scale: float
             warnings.warn(f"PNG export skipped ({reason}); the HTML figures are written. Install Chromium "
                           f"(apt-get install chromium), then `mechgrok plot RUN` adds the PNGs.", stacklevel=2)
     return written
+
+
+PLOTLY_JS = "plotly.min.js"
+_checked_plotlyjs: dict[Path, tuple[int, int, int]] = {}  # file -> (inode, size, mtime) found intact
+
+
+def _plotlyjs_bytes() -> bytes:
+    import pkgutil
+
+    # the copy plotly ships, which its write_html(include_plotlyjs="directory") writes
+    return pkgutil.get_data("plotly", "package_data/plotly.min.js")
+
+
+def ensure_plotlyjs(directory: str | Path) -> Path:
+    """``directory/plotly.min.js``, made equal to the copy plotly ships: written (atomically)
+    where it is missing, and replaced where it differs, e.g. cut short by a full disk, which
+    would leave every figure in the directory blank offline."""
+    path = Path(directory) / PLOTLY_JS
+    try:
+        st = path.stat()
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    except FileNotFoundError:
+        stamp = None
+    if stamp is not None and _checked_plotlyjs.get(path) == stamp:
+        return path
+    want = _plotlyjs_bytes()
+    if stamp is None or stamp[1] != len(want) or path.read_bytes() != want:
+        def w(tmp):
+            with open(tmp, "wb") as f:
+                f.write(want)
+        atomic_write(path, w)
+        st = path.stat()
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    _checked_plotlyjs[path] = stamp
+    return path
 
 
 def markdown_table(rows, columns: list[str] | None = None, floatfmt: str = ".3g") -> str:

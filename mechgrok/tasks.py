@@ -142,6 +142,20 @@ class TaskConfig:
             return 2 ** self.n_bits if self.n_samples is None else self.n_samples
         return self.p * (self.p - 1) if self.op == "div" else self.p * self.p
 
+    # The sizes a model needs, known before the example table is built (budget.py sizes a run
+    # from them without allocating it).
+    @property
+    def n_ctx(self) -> int:
+        return self.n_bits + 1 if self.op == "parity" else 3
+
+    @property
+    def d_vocab(self) -> int:
+        return 3 if self.op == "parity" else self.p + 1
+
+    @property
+    def d_vocab_out(self) -> int:
+        return 2 if self.op == "parity" else self.p
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -221,7 +235,12 @@ class Task:
     train_idx: Int[Tensor, " n_train"]
     test_idx: Int[Tensor, " n_test"]
 
-    def __init__(self, cfg: TaskConfig):
+    def __init__(self, cfg: TaskConfig, allow_large: bool | None = None):
+        """``allow_large``: build the table even when ``budget.check_memory`` says it will not
+        fit (default: ``budget.allowing_large`` or ``MECHGROK_ALLOW_LARGE``)."""
+        from .budget import check_memory
+
+        check_memory(cfg, allow_large=allow_large)  # before a byte of the table is allocated
         self.cfg = cfg
         if cfg.op == "parity":
             n = cfg.n_bits
@@ -286,11 +305,11 @@ class Task:
 
     @property
     def d_vocab(self) -> int:
-        return 3 if self.cfg.op == "parity" else self.cfg.p + 1
+        return self.cfg.d_vocab
 
     @property
     def d_vocab_out(self) -> int:
-        return 2 if self.cfg.op == "parity" else self.cfg.p
+        return self.cfg.d_vocab_out
 
     @property
     def n_ctx(self) -> int:
