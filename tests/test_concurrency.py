@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = dict(p=11, frac=0.6, d_model=16, n_heads=2, d_head=8, d_mlp=32, lr=3e-3, warmup_steps=0, device="cpu")
 TINY_TRAIN = ["--p", "11", "--frac", "0.6", "--d-model", "16", "--n-heads", "2", "--d-head", "8", "--d-mlp", "32",
               "--warmup-steps", "0", "--device", "cpu", "--eval-every", "10", "--checkpoint-every", "20"]
-TIMEOUT = 180  # safety only
+TIMEOUT = int(os.environ.get("MECHGROK_TEST_TIMEOUT", 180))  # safety only
 
 
 def _env():
