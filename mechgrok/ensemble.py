@@ -66,7 +66,8 @@ from .locks import lock_dirs
 from .measures import training_probe
 from .milestones import grokked_step, should_stop
 from .model import check_params, forward, init_params, per_example_loss, weight_sq
-from .runs import METRIC_COLUMNS, RESUME_FILE, ResumeState, Run, RunWriter, check_new_run_dir, read_resume_state
+from .runs import (METRIC_COLUMNS, RESUME_FILE, ResumeState, Run, RunWriter, check_new_run_dir, lock_new_run_dir,
+                   read_resume_state)
 from .schedule import batch_position, epoch_permutation, trainable_names, warmup_factor
 from .tasks import Task
 
@@ -162,7 +163,7 @@ def train_ensemble(cfgs: Sequence[RunConfig], outs: Sequence[str | os.PathLike],
             check_params(st.params, c.model.resolve(t), source="init")
     # every member's lock before the first config.json: a member held elsewhere fails the
     # ensemble before it has written anything
-    with lock_dirs(outs, new_run=True):
+    with lock_dirs(outs, lock=lock_new_run_dir):
         writers, states = [], []
         try:
             for i, (c, t, o) in enumerate(zip(cfgs, tasks, outs)):

@@ -141,15 +141,13 @@ class DirLocks:
         self.release()
 
 
-def lock_dirs(paths, create: bool = False, new_run: bool = False) -> DirLocks:
-    """``lock_dir`` of every path (``new_run``: ``runs.lock_new_run_dir``, for a new run in
-    each); when one fails, the ones taken are let go again."""
-    from .runs import lock_new_run_dir
-
+def lock_dirs(paths, create: bool = False, lock=None) -> DirLocks:
+    """``lock_dir`` of every path (or ``lock(path)``, e.g. ``runs.lock_new_run_dir``); when
+    one fails, the ones taken are let go again."""
     taken: list[DirLock] = []
     try:
         for p in paths:
-            taken.append(lock_new_run_dir(p) if new_run else lock_dir(p, create=create))
+            taken.append(lock(p) if lock is not None else lock_dir(p, create=create))
     except BaseException:
         DirLocks(taken).release()
         raise
