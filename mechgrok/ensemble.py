@@ -61,10 +61,11 @@ from .config import RunConfig, resolve_device
 from .evaluation import EVAL_CHUNK, split_metrics
 from .files import write_json
 from .grokfast import GradientFilter
+from .locks import lock_dirs
 from .measures import training_probe
 from .milestones import grokked_step, should_stop
 from .model import check_params, forward, init_params, per_example_loss, weight_sq
-from .runs import RESUME_FILE, ResumeState, Run, RunWriter, check_new_run_dir, read_resume_state
+from .runs import RESUME_FILE, ResumeState, Run, RunWriter, check_new_run_dir, lock_new_run_dir, read_resume_state
 from .schedule import batch_position, epoch_permutation, trainable_names, warmup_factor
 from .tasks import Task
 
@@ -158,13 +159,20 @@ def train_ensemble(cfgs: Sequence[RunConfig], outs: Sequence[str | os.PathLike],
             raise ValueError("init needs one ResumeState per member, all at the same step")
         for st, c, t in zip(init, cfgs, tasks):
             check_params(st.params, c.model.resolve(t), source="init")
-    writers, states = [], []
-    for i, (c, t, o) in enumerate(zip(cfgs, tasks, outs)):
-        writers.append(RunWriter.create(o, c, device))
-        _write_status(o, "running", 0 if init is None else init[i].step, [], len(cfgs))
-        states.append(ResumeState(0, init_params(c.model.resolve(t))) if init is None else init[i])
-    _train_members(cfgs, tasks, writers, states, fresh=True, progress=progress, vectorize=vectorize,
-                   probe=probe, probe_every=probe_every, measures=measures, measure_every=measure_every)
+    # every member's lock before the first config.json: a member held elsewhere fails the
+    # ensemble before it has written anything
+    with lock_dirs(outs, lock=lock_new_run_dir):
+        writers, states = [], []
+        try:
+            for i, (c, t, o) in enumerate(zip(cfgs, tasks, outs)):
+                writers.append(RunWriter.create(o, c, device))
+                _write_status(o, "running", 0 if init is None else init[i].step, [], len(cfgs))
+                states.append(ResumeState(0, init_params(c.model.resolve(t))) if init is None else init[i])
+            _train_members(cfgs, tasks, writers, states, fresh=True, progress=progress, vectorize=vectorize,
+                           probe=probe, probe_every=probe_every, measures=measures, measure_every=measure_every)
+        finally:
+            for w in writers:
+                w.close()
     return [Run(o) for o in outs]
 
 
@@ -175,21 +183,30 @@ def resume_ensemble(outs: Sequence[str | os.PathLike], *, progress: bool = True,
     the others resume from their common last checkpoint and end as an uninterrupted ensemble
     would have."""
     outs = [Path(o) for o in outs]
-    running = [o for o in outs if (member_status(o) or {}).get("status", "running") == "running"]
-    _recover_checkpoint(running)
-    by_step: dict[int, list[tuple[Path, ResumeState]]] = {}
-    for o in running:
-        st = read_resume_state(o)
-        by_step.setdefault(st.step, []).append((o, st))
-    for step in sorted(by_step):
-        group = by_step[step]
-        cfgs = [Run(o).config for o, _ in group]
-        check_ensemble(cfgs)
-        tasks = [Task(c.task) for c in cfgs]
-        writers = [RunWriter.reopen(o, step) for o, _ in group]
-        _train_members(cfgs, tasks, writers, [st for _, st in group], fresh=False, progress=progress,
-                       vectorize=vectorize, probe=probe, probe_every=probe_every, measures=measures,
-                       measure_every=measure_every)
+    for o in outs:
+        Run(o)  # not a run: say so before taking any lock
+    # every member's lock (finished ones too: no solo resume may extend one meanwhile) before
+    # the half-finished checkpoint is rolled forward or back
+    with lock_dirs(outs):
+        running = [o for o in outs if (member_status(o) or {}).get("status", "running") == "running"]
+        _recover_checkpoint(running)
+        by_step: dict[int, list[tuple[Path, ResumeState]]] = {}
+        for o in running:
+            st = read_resume_state(o)
+            by_step.setdefault(st.step, []).append((o, st))
+        for step in sorted(by_step):
+            group = by_step[step]
+            cfgs = [Run(o).config for o, _ in group]
+            check_ensemble(cfgs)
+            tasks = [Task(c.task) for c in cfgs]
+            writers = [RunWriter.reopen(o, step) for o, _ in group]
+            try:
+                _train_members(cfgs, tasks, writers, [st for _, st in group], fresh=False, progress=progress,
+                               vectorize=vectorize, probe=probe, probe_every=probe_every, measures=measures,
+                               measure_every=measure_every)
+            finally:
+                for w in writers:
+                    w.close()
     return [Run(o) for o in outs]
 
 
@@ -447,6 +464,13 @@ def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool, ve
                desc=f"ensemble of {n_total}")
     cache: dict = {}
     nonfinite = torch.zeros(len(mem), dtype=torch.bool, device=device)
+
+    def diverged() -> list[bool]:
+        """Per member: a loss so far, or a weight now, is not finite. The weights are checked
+        too: the update after the last finite loss can overflow them, and such weights must
+        not become a checkpoint."""
+        return (nonfinite | ~torch.isfinite(mem.flat).all(1)).cpu().tolist()
+
     step = start
     while len(mem) and step < end:
         rows = _batch(mem, step, cache)
@@ -468,7 +492,7 @@ def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool, ve
         is_eval = step % eval_every == 0 or step in budgets
         is_ckpt = step % ckpt_every == 0
         if is_eval:
-            bad = nonfinite.cpu().tolist()
+            bad = diverged()
             for i, row in enumerate(evaluate(step)):
                 if not bad[i]:
                     mem.writers[i].record(row)
@@ -481,7 +505,8 @@ def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool, ve
             nonfinite = nonfinite[torch.tensor(keep_flags, dtype=torch.long, device=device)]
             n_grok = sum(1 for w in mem.writers if grokked_step(w.rows) is not None)
             bar.set_postfix(members=len(mem), grokked=n_grok, refresh=False)
-        elif is_ckpt:
-            checkpoint(step, list(range(len(mem))))
+        elif is_ckpt:  # a diverged member keeps its last good checkpoint; it leaves at the next evaluation
+            bad = diverged()
+            checkpoint(step, [i for i in range(len(mem)) if not bad[i]])
         bar.update(1)
     bar.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 import warnings
 from pathlib import Path
@@ -129,3 +130,37 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             warnings.warn(f"{path}: line {i} is not complete JSON (a write cut short?); skipped", stacklevel=2)
     return out
+
+
+# --- temp files a killed writer left (atomic_write's ".{name}.{pid}.{uuid}.tmp") ----------------
+
+_TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{12}\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temp files of ``atomic_write`` calls whose process is gone, in ``directory``
+    and its sub-directories one level down (a run's ``checkpoints/``); return them. A temp file
+    of a live process is left alone: a reader such as ``analyze`` may be writing its figures
+    into the run while it trains. Called by the writer that has just taken the directory's lock."""
+    directory = Path(directory)
+    removed = []
+    for d in [directory, *(p for p in directory.iterdir() if p.is_dir() and not p.is_symlink())]:
+        for f in d.iterdir():
+            m = _TEMP_RE.match(f.name)
+            if m and f.is_file() and not _pid_alive(int(m.group(1))):
+                try:
+                    f.unlink()
+                    removed.append(f)
+                except FileNotFoundError:
+                    pass
+    return removed

@@ -37,7 +37,9 @@ import json
 import math
 import os
 import shutil
+import re
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +49,11 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig, parse_seeds
+from .ensemble import NEXT_RESUME_FILE
 from .files import append_jsonl, read_jsonl, write_csv, write_json
+from .locks import LOCK_FILE, lock_dir, lock_dirs
 from .presets import CONFIG_PARTS, apply_overrides, parse_value
-from .runs import Run, is_run_dir
+from .runs import CONFIG_FILE, RESUME_FILE, Run, is_run_dir
 
 SWEEP_FILE = "sweep.json"
 MANIFEST_FILE = "finished.jsonl"
@@ -67,6 +71,35 @@ def member_id(settings: dict[str, Any], seed: int) -> str:
     """Directory name of a member: its settings and seed, e.g. ``beta1=0.9_seed=3``."""
     parts = [f"{k}={_fmt(v)}" for k, v in settings.items()] + [f"seed={seed}"]
     return "_".join(parts).replace("/", "-").replace(" ", "")
+
+
+# A member id names a directory under members/: one path component, never "." or "..", never
+# hidden (it could then pass for a temp or lock file), no separators or control characters.
+SAFE_ID = re.compile(r"(?!\.)[^/\\\x00-\x1f]{1,255}")
+
+
+def _check_ids(spec: dict, source: Path, chunks: bool = True):
+    """Fail with one line when ``sweep.json`` (``spec``) names a member id that is not a safe
+    directory name, or (``chunks``) a chunk that names no member of the sweep."""
+    members = spec.get("members")
+    if not isinstance(members, list) or not all(isinstance(m, dict) and "id" in m for m in members):
+        raise ValueError(f"{source}: 'members' must be a list of members with an 'id'")
+    ids = [m["id"] for m in members]
+    for i in ids:
+        if not isinstance(i, str) or not SAFE_ID.fullmatch(i):
+            raise ValueError(f"{source}: member id {i!r} is not a plain directory name (one path component, "
+                             f"not starting with '.'); the file was edited or is not a mechgrok sweep")
+    if not chunks:
+        return
+    known = set(ids)
+    plan = spec.get("chunks")
+    if not isinstance(plan, list) or not all(isinstance(c, list) for c in plan):
+        raise ValueError(f"{source}: 'chunks' must be a list of lists of member ids")
+    for n, chunk in enumerate(plan):
+        bad = next((i for i in chunk if not isinstance(i, str) or i not in known), None)
+        if bad is not None or not chunk:
+            raise ValueError(f"{source}: chunk {n} names {bad!r}, not a member of the sweep; the file was "
+                             f"edited or is not a mechgrok sweep")
 
 
 @dataclass(frozen=True)
@@ -190,20 +223,55 @@ def _has_run(out: Path) -> bool:
     return is_run_dir(out)
 
 
+def _restart_reason(out: Path) -> str | None:
+    """Why the unfinished member ``out`` cannot be resumed and starts over, or None: it can be
+    resumed, or it is finished (a finished member is never started over), or it does not exist."""
+    if not out.exists():
+        return None
+    if not is_run_dir(out):
+        if any(p.name != LOCK_FILE for p in out.iterdir()):
+            return f"it holds no {CONFIG_FILE}: the process was stopped before the run began"
+        return None  # empty (or only its lock file): trained as a new member
+    status = member_status(out)
+    if status is not None and status.get("status") != "running":
+        return None
+    if not (out / RESUME_FILE).exists() and not (out / NEXT_RESUME_FILE).exists():
+        return "it never reached its first checkpoint"
+    return None
+
+
+def _clear(out: Path):
+    """Remove a member's files, leaving the directory and its lock file (which this process holds)."""
+    for p in out.iterdir():
+        if p.name == LOCK_FILE:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 def _train_members(cfgs: list[RunConfig], outs: list[Path], progress: bool, measures=None,
                    measure_every: int | None = None) -> None:
-    """Train the members of one chunk as one ensemble; a chunk a crash left behind is resumed
-    (``resume_ensemble`` skips its finished members), or started over if it cannot be.
+    """Train the members of one chunk as one ensemble. Members a crash left behind are resumed
+    from their checkpoints (``resume_ensemble``; finished members are left as they are); a
+    member is started over only when it never reached its first checkpoint (the reason is
+    printed), and any other failure to resume is raised, deleting nothing.
     ``measures``: spec strings (``measures.resolve``) every member takes."""
     kw = {"measures": list(measures or ()), "measure_every": measure_every}
-    if any(_has_run(o) for o in outs):
-        try:
-            resume_ensemble(outs, progress=progress, **kw)
-            return
-        except (ValueError, FileNotFoundError, KeyError):
-            for o in outs:  # unreadable or incomplete remains of a crash
-                shutil.rmtree(o, ignore_errors=True)
-    train_ensemble(cfgs, outs, progress=progress, **kw)
+    # this process writes every member of the chunk: hold their locks from the decision on
+    with lock_dirs(outs, create=True):
+        for o in outs:
+            why = _restart_reason(o)
+            if why is not None:
+                print(f"{o}: starting this member over: {why}", file=sys.stderr)
+                _clear(o)
+        old = [o for o in outs if _has_run(o)]
+        new = [i for i, o in enumerate(outs) if not _has_run(o)]
+        if old:
+            resume_ensemble(old, progress=progress, **kw)
+        if new:
+            train_ensemble([cfgs[i] for i in new], [outs[i] for i in new], progress=progress, **kw)
 
 
 def member_record(run: Run) -> dict:
@@ -267,23 +335,40 @@ def run_sweep(sweep: SweepConfig | None, out: str | Path, resume: bool = False, 
     cores inside a step); ``ray`` submits each chunk as a Ray task with ``cpus_per_chunk`` CPUs
     and ``gpus_per_chunk`` GPUs, on a local Ray instance (``ray.init()``) or the cluster at
     ``ray_address`` (e.g. ``auto``). Every node must see ``out`` at the same path."""
-    from tqdm.auto import tqdm
-
     out = Path(out)
     if backend not in ("local", "ray"):
         raise ValueError(f"backend must be local or ray, got {backend!r}")
+    if resume and not (out / SWEEP_FILE).exists():
+        raise FileNotFoundError(f"{out} is not a sweep directory: {SWEEP_FILE} is missing")
+    if not resume:
+        if sweep is None:
+            raise ValueError("give a SweepConfig (or resume=True to finish the sweep in out)")
+        if (out / SWEEP_FILE).exists():
+            raise FileExistsError(f"{out} already holds a sweep; use --resume to finish it, or choose another --out")
+    # one driver per sweep: it alone appends to finished.jsonl and decides what each member
+    # needs; the lock is taken before sweep.json is read (or written) for the last time
+    with lock_dir(out, create=not resume):
+        return _run_sweep(sweep, out, resume, backend, ray_address, cpus_per_chunk, gpus_per_chunk, progress)
+
+
+def _run_sweep(sweep: SweepConfig | None, out: Path, resume: bool, backend: str, ray_address: str | None,
+               cpus_per_chunk: float, gpus_per_chunk: float, progress: bool) -> "Population":
+    from tqdm.auto import tqdm
+
     if resume:
-        if not (out / SWEEP_FILE).exists():
-            raise FileNotFoundError(f"{out} is not a sweep directory: {SWEEP_FILE} is missing")
         spec = json.loads((out / SWEEP_FILE).read_text())
+        _check_ids(spec, out / SWEEP_FILE)
         stored = SweepConfig.from_dict(spec)
         if sweep is not None and json.dumps(sweep.to_dict()) != json.dumps(stored.to_dict()):
             raise ValueError(f"{out} holds a different sweep than the one given; resume it without a sweep "
                              f"(mechgrok sweep --resume {out}) or choose another --out")
         sweep, chunks = stored, spec["chunks"]
+        ours = {m.id for m in sweep.members()}
+        strange = next((c for chunk in chunks for c in chunk if c not in ours), None)
+        if strange is not None:
+            raise ValueError(f"{out / SWEEP_FILE}: chunk member {strange!r} is not a member of the stored sweep's "
+                             f"settings; the file was edited or is not a mechgrok sweep")
     else:
-        if sweep is None:
-            raise ValueError("give a SweepConfig (or resume=True to finish the sweep in out)")
         if (out / SWEEP_FILE).exists():
             raise FileExistsError(f"{out} already holds a sweep; use --resume to finish it, or choose another --out")
         members = sweep.members()
@@ -453,6 +538,7 @@ def load_population(source: str | Path | Sequence[str | Path], finished_only: bo
                                         f"directories (sub-directories with a config.json)")
             return load_population(runs)
         spec = json.loads(spec_file.read_text())
+        _check_ids(spec, spec_file, chunks=False)
         done = read_manifest(root) if finished_only else None
         ms = [m for m in spec["members"] if done is None or m["id"] in done]
         return Population([root / MEMBERS_DIR / m["id"] for m in ms], [m["settings"] for m in ms],

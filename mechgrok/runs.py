@@ -26,6 +26,7 @@ import torch
 
 from .config import RunConfig
 from .files import read_tensors, save_tensors, write_csv, write_json
+from .locks import LOCK_FILE, DirLock, lock_dir
 from .model import Params, check_params, to_tl_model
 from .provenance import versions
 from .tasks import Task
@@ -262,9 +263,25 @@ def check_new_run_dir(out: str | os.PathLike):
     out = Path(out)
     if is_run_dir(out):
         raise FileExistsError(f"{out} already holds a run; use --resume to continue it, or choose another --out")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty directory or a mechgrok run: "
                               f"choose a new --out")
+
+
+def lock_new_run_dir(out: str | os.PathLike) -> DirLock:
+    """The write lock of ``out`` for a new run in it, or ``RunLocked`` naming the process that
+    writes it, or ``check_new_run_dir``'s error; the directory is checked again under the lock
+    (another process may have started a run there since)."""
+    out = Path(out)
+    if not (out / LOCK_FILE).exists():
+        check_new_run_dir(out)  # before a lock file exists: a refused directory is left as it was
+    lock = lock_dir(out, create=True)
+    try:
+        check_new_run_dir(out)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _read_rows(path: Path, upto: int) -> list[dict]:
@@ -278,25 +295,50 @@ class RunWriter:
     evaluation rows (``metrics.csv``) and probe rows (``dynamics.csv``), and at each checkpoint
     the step's weights and the resume state. ``RunWriter.create`` starts a new directory;
     ``RunWriter.reopen`` continues one at its resume step (rows after it are dropped, as an
-    uninterrupted run would not have them yet)."""
+    uninterrupted run would not have them yet).
 
-    def __init__(self, path: Path, rows: list[dict], dynamics: list[dict], keep_moments: bool = False):
+    Both take the directory's write lock (``locks.lock_dir``: ``RunLocked`` names the process
+    that holds it) and hold it until ``close()`` or the end of a ``with`` block."""
+
+    def __init__(self, path: Path, rows: list[dict], dynamics: list[dict], keep_moments: bool = False,
+                 lock: DirLock | None = None):
         self.path, self.rows, self.dynamics = Path(path), rows, dynamics
-        self.keep_moments = keep_moments
+        self.keep_moments, self.lock = keep_moments, lock
 
     @classmethod
     def create(cls, path: str | os.PathLike, cfg: RunConfig, device, extra: dict | None = None) -> "RunWriter":
         """A new run directory; ``extra``: more top-level keys for config.json."""
-        check_new_run_dir(path)
-        write_json(Path(path) / CONFIG_FILE, cfg.to_dict() | {"versions": versions(), "device": str(device)}
-                   | dict(extra or {}))
-        return cls(Path(path), [], [], cfg.train.keep_moments)
+        path = Path(path)
+        lock = lock_new_run_dir(path)
+        try:
+            write_json(path / CONFIG_FILE, cfg.to_dict() | {"versions": versions(), "device": str(device)}
+                       | dict(extra or {}))
+        except BaseException:
+            lock.release()
+            raise
+        return cls(path, [], [], cfg.train.keep_moments, lock)
 
     @classmethod
     def reopen(cls, path: str | os.PathLike, step: int) -> "RunWriter":
         path = Path(path)
-        return cls(path, _read_rows(path / METRICS_FILE, step), _read_rows(path / DYNAMICS_FILE, step),
-                   Run(path).config.train.keep_moments)
+        lock = lock_dir(path)
+        try:
+            return cls(path, _read_rows(path / METRICS_FILE, step), _read_rows(path / DYNAMICS_FILE, step),
+                       Run(path).config.train.keep_moments, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    def close(self):
+        """Let go of the directory's write lock."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def record(self, row: dict) -> dict:
         self.rows.append({k: row[k] for k in METRIC_COLUMNS})

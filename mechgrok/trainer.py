@@ -31,6 +31,7 @@ from .config import RunConfig, resolve_device
 from .evaluation import loss_and_accuracy_on
 from .files import write_json
 from .grokfast import GradientFilter
+from .locks import lock_dir
 from .measures import training_probe
 from .milestones import should_stop
 from .model import ModelConfig, Params, forward, init_params, per_example_loss, weight_sq
@@ -108,13 +109,13 @@ def train(cfg: RunConfig, out: str | Path, *, progress: bool = True, init: Param
     params = {k: v.clone() for k, v in (init if init is not None else init_params(mcfg)).items()}
     trainable_names(params, cfg.train.frozen)  # fail before anything is written
     custom = {k: v for k, v in (("loss", _label(loss)), ("optimizer_factory", _label(optimizer))) if v}
-    writer = RunWriter.create(out, cfg, device, extra=custom)
     opt_state = dict(init_opt_state or {})
     if opt_state and not all(isinstance(v, dict) for v in opt_state.values()):
         opt_state = optimizer_state(opt_state)  # the flat opt.<name>.<key> tensors of a resume file
     state = ResumeState(start_step, params, opt_state)
-    return _train(cfg, task, writer, state, fresh=True, progress=progress, loss=loss, optimizer=optimizer,
-                  probe=probe, probe_every=probe_every)
+    with RunWriter.create(out, cfg, device, extra=custom) as writer:  # holds the run's write lock
+        return _train(cfg, task, writer, state, fresh=True, progress=progress, loss=loss, optimizer=optimizer,
+                      probe=probe, probe_every=probe_every)
 
 
 def resume_config(stored: RunConfig, asked: RunConfig) -> RunConfig:
@@ -145,21 +146,25 @@ def resume(out: str | Path, cfg: RunConfig | None = None, *, progress: bool = Tr
     ``optimizer``: the same ones the run was trained with, if it was trained with its own.
     ``probe``, ``measures``: as in ``train`` (pass the same ones to keep ``dynamics.csv`` consistent)."""
     out = Path(out)
-    run = Run(out)
-    for key, given in (("loss", loss), ("optimizer_factory", optimizer)):
-        if run.meta.get(key) and given is None:
-            raise ValueError(f"{out} was trained with its own {key.split('_')[0]} ({run.meta[key]}): pass "
-                             f"{key.split('_')[0]}= to resume it")
-    if cfg is not None:
-        new = resume_config(run.config, cfg)
-        if new != run.config:
-            write_json(out / "config.json", run.meta | new.to_dict())
+    Run(out)  # not a run: say so before anything else
+    # the lock before config.json is read for the last time: a second resume must neither
+    # rewrite config.json nor see one that a live resume is about to change
+    with lock_dir(out):
         run = Run(out)
-    probe, probe_every = training_probe(run.config, measures, measure_every, probe, probe_every)
-    state = read_resume_state(out)
-    writer = RunWriter.reopen(out, state.step)
-    return _train(run.config, run.task, writer, state, fresh=False, progress=progress, loss=loss,
-                  optimizer=optimizer, probe=probe, probe_every=probe_every)
+        for key, given in (("loss", loss), ("optimizer_factory", optimizer)):
+            if run.meta.get(key) and given is None:
+                raise ValueError(f"{out} was trained with its own {key.split('_')[0]} ({run.meta[key]}): pass "
+                                 f"{key.split('_')[0]}= to resume it")
+        if cfg is not None:
+            new = resume_config(run.config, cfg)
+            if new != run.config:
+                write_json(out / "config.json", run.meta | new.to_dict())
+            run = Run(out)
+        probe, probe_every = training_probe(run.config, measures, measure_every, probe, probe_every)
+        state = read_resume_state(out)
+        with RunWriter.reopen(out, state.step) as writer:
+            return _train(run.config, run.task, writer, state, fresh=False, progress=progress, loss=loss,
+                          optimizer=optimizer, probe=probe, probe_every=probe_every)
 
 
 def _train(cfg: RunConfig, task: Task, writer: RunWriter, state: ResumeState, fresh: bool, progress: bool,
