@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .budget import check_run
 from .config import RunConfig, resolve_device
 from .evaluation import loss_and_accuracy_on
 from .files import write_json
@@ -103,6 +104,7 @@ def train(cfg: RunConfig, out: str | Path, *, progress: bool = True, init: Param
     if probe is not None and probe_every < 1:
         raise ValueError(f"probe_every must be >= 1, got {probe_every}")
     probe, probe_every = training_probe(cfg, measures, measure_every, probe, probe_every)
+    check_run(cfg)  # refuse what will not fit before anything is allocated or written
     task = Task(cfg.task)
     mcfg = cfg.model.resolve(task)
     device = resolve_device(cfg.train.device)

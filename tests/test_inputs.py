@@ -337,3 +337,13 @@ def test_a_member_retrained_in_place_invalidates_the_cached_statistics(tiny_cfg,
     fresh = latent.population_statistics(members, progress=False)
     assert not fresh.loc[fresh.member == 1, "l2"].equals(table.loc[table.member == 1, "l2"])
     assert latent.cached_statistics(members, fresh) is fresh
+
+
+def test_python_train_refuses_a_model_that_will_not_fit_and_writes_nothing(tmp_path, monkeypatch):
+    import mechgrok as mg
+
+    monkeypatch.setattr(mg.trainer, "init_params", lambda *a, **k: pytest.fail("allocated before the check"))
+    cfg = mg.configure("demo", d_model=60000, d_mlp=60000, n_heads=1)
+    with pytest.raises(ValueError, match="GB"):
+        mg.train(cfg, tmp_path / "huge", progress=False)
+    assert not (tmp_path / "huge").exists()
