@@ -109,18 +109,7 @@ def test_sweep_member_is_the_solo_run_of_its_settings(local_sweep, tmp_path):
     assert row["beta1"] == 0.9 and row["seed"] == 1 and row["last_step"] == 30
 
 
-@pytest.mark.parametrize("vectorize", [True, False], ids=["vmap", "member_by_member"])
-def test_both_gradient_paths_of_an_ensemble_train_each_member_as_its_solo_run(vectorize, tmp_path):
-    base = configure("demo", **TINY)
-    cfgs = [replace(base, task=replace(base.task, seed=s), model=replace(base.model, seed=s),
-                    train=replace(base.train, seed=s, lr=lr)) for s, lr in ((0, 3e-3), (1, 1e-3))]
-    members = mg.ensemble.train_ensemble(cfgs, [tmp_path / f"m{i}" for i in range(2)], progress=False,
-                                         vectorize=vectorize)
-    for i, (cfg, member) in enumerate(zip(cfgs, members)):
-        solo = mg.train(cfg, tmp_path / f"solo{i}", progress=False).metrics
-        np.testing.assert_allclose(member.metrics[METRIC_COLUMNS].to_numpy(), solo[METRIC_COLUMNS].to_numpy(),
-                                   rtol=2e-4, atol=1e-6)
-        assert member.metrics["train_loss"].iloc[-1] < 0.97 * solo["train_loss"].iloc[0], "the curves are of training"
+# both gradient paths against solo runs, to ensemble.py's stated 1e-4: tests/test_ensemble.py
 
 
 def test_ensemble_started_from_checkpoints_with_their_moments_continues_as_the_solo_runs(tmp_path):
