@@ -309,24 +309,20 @@ KILL_ARGS = [a for k, v in (TINY | {"steps": 240, "checkpoint_every": 20}).items
 def test_ensemble_killed_with_sigkill_and_resumed_ends_bit_identical(tmp_path):
     import signal
     import subprocess
-    import time
 
     from mechgrok.files import read_tensors
+    from mechgrok.runs import checkpoint_path
+    from test_train import wait_for_files
 
     cmd, env = _sweep_cli("--out", tmp_path / "whole", *KILL_ARGS)
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     cmd, env = _sweep_cli("--out", tmp_path / "killed", *KILL_ARGS)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     members = tmp_path / "killed" / popm.MEMBERS_DIR
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill it in the middle of the ensemble, between checkpoints
-        files = list(members.glob("*/resume.safetensors"))
-        try:
-            if len(files) == 2 and min(int(read_tensors(f)["meta.step"]) for f in files) >= 80:
-                break
-        except Exception:  # a file being replaced this instant
-            pass
-        time.sleep(0.02)
+    # kill on a file event, not a clock: once both members' step-100 checkpoints exist (atomic
+    # renames). Those are phase 1 of the step-100 checkpoint, which starts only after step 80's
+    # commit (ensemble.py), so every resume.safetensors is at step 80 or later; 140 steps from the end
+    wait_for_files(proc, [checkpoint_path(members / f"lr={lr}_seed=0", 100) for lr in ("0.003", "0.001")])
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     steps = [int(read_tensors(f)["meta.step"]) for f in members.glob("*/resume.safetensors")]
