@@ -155,9 +155,10 @@ def test_run_killed_with_sigkill_and_resumed_ends_bit_identical(tmp_path):
     cmd, env = _cli(tmp_path / "killed", *RESUME_ARGS)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     resume_file = tmp_path / "killed" / "resume.safetensors"
-    # kill on a file event, not a clock: once the step-120 checkpoint exists (written by atomic
-    # rename, so its existence means it is complete), well into training and 280 steps from the end
-    wait_for_files(proc, [checkpoint_path(tmp_path / "killed", 120)])
+    # kill on a file event, not a clock: once the step-160 checkpoint file exists. A checkpoint
+    # writes its step file before its resume state (RunWriter.checkpoint), so step 160's file
+    # means step 120's resume state is committed; 240 steps from the end
+    wait_for_files(proc, [checkpoint_path(tmp_path / "killed", 160)])
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = int(read_tensors(resume_file)["meta.step"])
