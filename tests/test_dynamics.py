@@ -122,7 +122,14 @@ def test_agreement_of_the_model_on_the_same_rows_twice_is_one(small):
     x, y = dy.examples(task)
     rows = torch.arange(len(y) // 2)
     assert dy.agreement_of(dy.model_loss(cfg), params, x, y, split_rows=(rows, rows)) == pytest.approx(1.0, abs=1e-6)
-    assert -1 < dy.gradient_agreement(params, cfg, task) < 1
+    # gradient_agreement by its definition: cosine of autograd gradients of the two seeded halves
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    ga = _autograd_gradient(params, cfg, x[perm[:len(y) // 2]], y[perm[:len(y) // 2]])
+    gb = _autograd_gradient(params, cfg, x[perm[len(y) // 2:]], y[perm[len(y) // 2:]])
+    va, vb = torch.cat([ga[k].flatten() for k in ga]), torch.cat([gb[k].flatten() for k in gb])
+    expected = float(va @ vb / (va.norm() * vb.norm()))
+    assert abs(expected) < 0.999, "two different halves: not trivially +-1"
+    assert dy.gradient_agreement(params, cfg, task) == pytest.approx(expected, abs=1e-6)
 
 
 # --- effective rank -----------------------------------------------------------------------

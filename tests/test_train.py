@@ -132,6 +132,20 @@ def _cli(out, *extra):
     return [sys.executable, "-c", code, "train", *(["--out", str(out)] if out else []), *extra], env
 
 
+def wait_for_files(proc, files, safety_net_s=900):
+    """Block until every path in ``files`` exists. The trigger is the files, not the clock: the
+    timeout is only a safety net against a hung child, and a child that exits first fails the
+    test with its exit code rather than being killed at an arbitrary point."""
+    end = time.monotonic() + safety_net_s
+    while not all(Path(f).exists() for f in files):
+        if proc.poll() is not None:
+            pytest.fail(f"the child exited (rc {proc.returncode}) before {[str(f) for f in files]} appeared")
+        if time.monotonic() > end:
+            proc.kill()
+            pytest.fail(f"safety net: {[str(f) for f in files]} did not appear within {safety_net_s} s")
+        time.sleep(0.01)
+
+
 def test_run_killed_with_sigkill_and_resumed_ends_bit_identical(tmp_path):
     cmd, env = _cli(tmp_path / "whole", *RESUME_ARGS)
     subprocess.run(cmd, env=env, check=True, capture_output=True)
@@ -139,11 +153,10 @@ def test_run_killed_with_sigkill_and_resumed_ends_bit_identical(tmp_path):
     cmd, env = _cli(tmp_path / "killed", *RESUME_ARGS)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     resume_file = tmp_path / "killed" / "resume.safetensors"
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill it once it is well into training, between checkpoints
-        if resume_file.exists() and int(read_tensors(resume_file)["meta.step"]) >= 120:
-            break
-        time.sleep(0.05)
+    # kill on a file event, not a clock: once the step-160 checkpoint file exists. A checkpoint
+    # writes its step file before its resume state (RunWriter.checkpoint), so step 160's file
+    # means step 120's resume state is committed; 240 steps from the end
+    wait_for_files(proc, [checkpoint_path(tmp_path / "killed", 160)])
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = int(read_tensors(resume_file)["meta.step"])

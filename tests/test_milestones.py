@@ -1,0 +1,53 @@
+"""Milestones on planted evaluation rows: the thresholds are strict (train accuracy exactly
+0.99, or test accuracy exactly 0.9, does not count; the next float above does), and the stop
+rule stops exactly ``stop_after_grok`` evaluations after the first grokked one."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mechgrok import milestones as ms
+
+ABOVE_99, ABOVE_90 = np.nextafter(0.99, 1.0), np.nextafter(0.9, 1.0)
+
+
+def _table(train_acc, test_acc, every=10):
+    n = len(train_acc)
+    return pd.DataFrame({"step": np.arange(n) * every, "train_acc": train_acc, "test_acc": test_acc})
+
+
+def test_thresholds_are_the_documented_constants():
+    assert (ms.MEMORISED_TRAIN_ACC, ms.GROKKED_TEST_ACC) == (0.99, 0.9)
+
+
+@pytest.mark.parametrize("just_above_99, just_above_90", [(ABOVE_99, ABOVE_90), (0.991, 0.901)],
+                         ids=["next_float", "a_thousandth"])
+def test_memorised_and_grokked_need_strictly_more_than_the_threshold(just_above_99, just_above_90):
+    train = [0.5, 0.99, 0.99, just_above_99, 1.0, 1.0]
+    test = [0.1, 0.5, 0.9, 0.9, just_above_90, 1.0]
+    tr = ms.transition_metrics(_table(train, test))
+    # from the definition: the first row strictly above, by hand
+    assert tr.memorised_step == 30 and tr.grokked_step == 40 and tr.delay == 10 and tr.grokked
+    rows = _table(train, test).to_dict("records")
+    assert ms.grokked_step(rows) == 40
+
+
+def test_accuracy_exactly_at_the_threshold_never_counts():
+    tr = ms.transition_metrics(_table([0.5, 0.99, 0.99], [0.9, 0.9, 0.9]))
+    assert tr.memorised_step is None and tr.grokked_step is None and not tr.grokked and tr.delay is None
+    rows = _table([0.5, 0.99, 0.99], [0.9, 0.9, 0.9]).to_dict("records")
+    assert ms.grokked_step(rows) is None
+    assert not any(ms.should_stop(rows[:k], 0) for k in range(1, 4)), "0.9 is not grokked, even with 0 to wait"
+
+
+@pytest.mark.parametrize("wait", [0, 1, 2, 3])
+def test_should_stop_exactly_stop_after_grok_evaluations_after_the_first_grokked_one(wait):
+    # rows 0..2 below (0.9 exactly at row 2), first grokked row at index 3, then more rows
+    test = [0.1, 0.5, 0.9, ABOVE_90, 0.95, 0.85, 1.0, 1.0, 1.0]
+    rows = _table([1.0] * len(test), test).to_dict("records")
+    first = 3
+    stops = [ms.should_stop(rows[:k], wait) for k in range(1, len(rows) + 1)]
+    # the rule by hand: the k-th prefix ends at row k-1, which is (k-1) - first evaluations after it
+    assert stops == [(k - 1) - first >= wait for k in range(1, len(rows) + 1)]
+    assert stops.index(True) == first + wait  # stops at the row `wait` evaluations after the first grokked one
+    assert not any(ms.should_stop(rows[:k], None) for k in range(1, len(rows) + 1))
