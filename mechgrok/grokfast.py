@@ -42,7 +42,13 @@ class GradientFilter:
         if self.mode == "ema":
             for k, g in grads.items():
                 e = self.state.get(f"{k}.ema")
-                e = g.clone() if e is None else e * self.alpha + g * (1 - self.alpha)
+                a = self.alpha
+                if isinstance(a, Tensor):
+                    # 1 - alpha in float64, then cast: float32(1 - 0.98) is what a solo run's
+                    # Python float gives; 1 - float32(0.98) is off by 1e-6 relative every step
+                    e = g.clone() if e is None else e * a.to(g.dtype) + g * (1 - a).to(g.dtype)
+                else:
+                    e = g.clone() if e is None else e * a + g * (1 - a)
                 self.state[f"{k}.ema"] = e
                 out[k] = g + self.lam * e
         else:

@@ -67,7 +67,7 @@ def test_minibatch_members_with_an_uneven_last_batch_equal_their_solo_runs(tmp_p
 @pytest.mark.parametrize("mode", ["ema", "ma"])
 def test_grokfast_members_equal_their_solo_runs(mode, tmp_path):
     # a short MA window, so the filter acts for most of the run; member 1 has its own alpha and
-    # lambda. Member 0's alpha is 0.875, whose 1 - alpha is exact in float32 (see the xfail below)
+    # lambda. Member 0's alpha is 0.875 (the default's own test is below)
     cfgs = _members(300, grokfast=mode, grokfast_window=10, grokfast_alpha=0.875)
     cfgs[1] = replace(cfgs[1], train=replace(cfgs[1].train, grokfast_lambda=1.0, grokfast_alpha=0.9))
     members = train_ensemble(cfgs, [tmp_path / f"m{i}" for i in range(2)], progress=False)
@@ -78,11 +78,9 @@ def test_grokfast_members_equal_their_solo_runs(mode, tmp_path):
     assert abs(plain["train_loss"].iloc[-1] / members[0].metrics["train_loss"].iloc[-1] - 1) > 100 * RTOL
 
 
-@pytest.mark.xfail(strict=True, reason="ensemble bug: the EMA's 1 - alpha is taken in float32 from float32(alpha) "
-                   "(ensemble._Members sets gfilter.alpha = col(...).float()); the solo filter takes it in float64. "
-                   "For alpha 0.98 that is 9.5e-7 relative per step, 6.5e-3 on the loss by step 260")
 def test_grokfast_ema_member_with_the_default_alpha_equals_its_solo_run(tmp_path):
-    cfgs = _members(300, grokfast="ema")[:1]  # alpha 0.98: 1 - float32(0.98) != float32(1 - 0.98)
+    # alpha 0.98: 1 - float32(0.98) != float32(1 - 0.98); the filter must take 1 - alpha as a solo run does
+    cfgs = _members(300, grokfast="ema")[:1]
     members = train_ensemble(cfgs, [tmp_path / "m0"], progress=False, vectorize=False)
     _check_against_solo(cfgs, members, tmp_path)
 
