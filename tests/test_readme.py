@@ -67,3 +67,11 @@ def test_readme_code_runs_as_written(grokked_run, tl_demo_bundle, tmp_path, monk
     tl_demo = mg.load_run("runs/tl_demo")
     assert tl_demo.config.task.train_idx == tuple(tl_demo_bundle[1]["train_indices"].tolist())
     assert (Path("runs/demo") / "progress.csv").exists() and (Path("runs/transfer") / "config.json").exists()
+
+
+def test_every_skip_marker_stands_right_before_a_code_block():
+    # a marker left behind when its block moved would silently skip whatever block came next
+    lines = README.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("<!-- readme-test: skip"):
+            assert i + 1 < len(lines) and lines[i + 1].startswith("```"), f"README line {i + 1}: marker without a block"
