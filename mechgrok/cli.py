@@ -308,7 +308,7 @@ def train(
     grokfast_alpha: Optional[float] = typer.Option(None, help="ema: decay of the gradient average"),
     grokfast_lambda: Optional[float] = typer.Option(None, help="weight of the filtered gradient (default 2 ema, 5 ma)"),
     grokfast_window: Optional[int] = typer.Option(None, help="ma: window length in steps"),
-    stop_after_grok: Optional[int] = typer.Option(None, help="stop K evaluations after test accuracy passes 0.9"),
+    stop_after_grok: Optional[int] = typer.Option(None, help=f"stop K evaluations after test accuracy passes {GROKKED_TEST_ACC}"),
     keep_moments: bool = typer.Option(False, "--keep-moments", help="also save AdamW's moments at every "
                                       "checkpoint (checkpoints/moments_*.safetensors)"),
     allow_large: bool = ALLOW_LARGE,

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .files import atomic_write
+from .milestones import GROKKED_TEST_ACC
 
 COLORS = {"train": "#1f77b4", "test": "#d62728", "restricted": "#2ca02c", "excluded": "#9467bd",
           "other": "#7f7f7f"}
@@ -328,7 +329,7 @@ def grokking_step_distributions(groups: dict[str, list], title: str = "grokking 
             fig.add_trace(go.Scatter(x=[name], y=[top], mode="markers+text", showlegend=False,
                                      marker=dict(symbol="x", size=10, color="black"), textposition="middle right",
                                      text=[f"{missed} did not grok"]))
-    fig.update_yaxes(title_text="grokking step (first eval with test acc > 0.9)")
+    fig.update_yaxes(title_text=f"grokking step (first eval with test acc > {GROKKED_TEST_ACC})")
     fig.update_layout(title=title, template="plotly_white", width=700, height=450, showlegend=False)
     return fig
 
