@@ -294,8 +294,10 @@ def train(
     eval_every: Optional[int] = typer.Option(None),
     checkpoint_every: Optional[int] = typer.Option(None),
     seed: Optional[int] = typer.Option(None, help="sets the split, init and batch-order seeds at once"),
-    task_seed: Optional[int] = typer.Option(None),
-    model_seed: Optional[int] = typer.Option(None),
+    task_seed: Optional[int] = typer.Option(None, help="the split's seed alone (overrides --seed there)"),
+    model_seed: Optional[int] = typer.Option(None, help="the initial weights' seed alone (overrides --seed there)"),
+    train_seed: Optional[int] = typer.Option(None, help="the minibatch order's seed alone (overrides --seed there; "
+                                             "no effect with a full batch)"),
     device: Optional[Device] = typer.Option(None),
     progress: bool = typer.Option(True, help="show a progress bar"),
     probe: Optional[str] = typer.Option(None, "--probe", help="measure optimizer dynamics while training -> "
@@ -326,7 +328,8 @@ def train(
                     n_heads=n_heads, d_head=d_head, d_mlp=d_mlp, act_fn=_value(act_fn),
                     normalization=_value(normalization), steps=steps, lr=lr, weight_decay=weight_decay,
                     warmup_steps=warmup_steps, eval_every=eval_every, checkpoint_every=checkpoint_every,
-                    device=_value(device), seed=seed, task_seed=task_seed, model_seed=model_seed, beta1=beta1,
+                    device=_value(device), seed=seed, task_seed=task_seed, model_seed=model_seed,
+                    train_seed=train_seed, beta1=beta1,
                     beta2=beta2, batch_size=batch_size, grokfast=_value(grokfast), grokfast_alpha=grokfast_alpha,
                     grokfast_lambda=grokfast_lambda, grokfast_window=grokfast_window,
                     stop_after_grok=stop_after_grok, keep_moments=keep_moments or None,
