@@ -580,8 +580,9 @@ def transplant(donor: Path = typer.Option(..., help="donor run directory"),
 
 
 @app.command("import")
-def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict (.pth/.pt/.safetensors) or a "
-                                       "TransformerLens Grokking-demo bundle (.pth)"),
+def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict (.pth/.pt/.safetensors), a "
+                                       "folder of them (one per step, the step in the name: step_100.pt, ...), "
+                                       "or a TransformerLens Grokking-demo bundle (.pth)"),
             out: Path = typer.Option(..., help="run directory to create"),
             op: Optional[Op] = typer.Option(None, help="the task the weights were trained on (default: add)"),
             p: Optional[int] = typer.Option(None, help="prime modulus (default: the unembedding's width)"),
@@ -589,7 +590,7 @@ def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict
             split: Optional[Path] = typer.Option(None, help="train indices into mechgrok's a-major example table: "
                                                  "a JSON list, or integers separated by commas/whitespace "
                                                  "(default: the bundle's train_indices)"),
-            step: Optional[int] = typer.Option(None, help="a single state dict's step (default: 0)"),
+            step: Optional[int] = typer.Option(None, help="a single state dict's step (default: 0; a folder's come from its file names)"),
             progress: bool = typer.Option(True, help="show a progress bar"), png: bool = PNG):
     """Turn a checkpoint series trained elsewhere into a run directory; nothing in SRC is executed."""
     from .foreign import import_run
