@@ -32,6 +32,7 @@ _EXPORTS = {
     "evaluate": "evaluation",
     "transition_metrics": "milestones",
     "MeasureContext": "measures", "measure_series": "measures",
+    "attention_grids": "fourier", "neuron_grids": "fourier",
 }
 _SUBMODULES = ("analysis", "budget", "config", "cycles", "dynamics", "ensemble", "evaluation", "experiment", "files", "foreign",
                "fourier", "grokfast", "interventions", "latent", "measures", "milestones", "model", "optim", "plots",

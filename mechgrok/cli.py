@@ -798,5 +798,31 @@ def dynamics(path: Path = typer.Argument(..., help="a run directory, or a sweep 
     for f in written:
         typer.echo(f"wrote {f}")
 
+
+# --- the TL Grokking demo's (a, b) grids, and runs side by side ---
+
+
+@app.command()
+def grids(run_dir: Path = typer.Argument(..., help="a run directory"),
+          step: Optional[int] = typer.Option(None, help="checkpoint step (default: the last)"),
+          neurons: Optional[str] = typer.Option(None, help="neuron indices, comma-separated (default: 0..5)"),
+          layer: Optional[int] = typer.Option(None, help="layer (default: the last)"),
+          out: Optional[Path] = typer.Option(None, help="where to write (default: the run directory)"),
+          png: bool = PNG):
+    """Attention of '=' to a and b per head, and neuron activations, over the (a, b) grid (the TL demo's figures)."""
+    from .report import grids as write_grids
+    from .runs import load_run
+
+    run = load_run(run_dir)
+    res, written = write_grids(run, step, _ints(neurons), layer, out, png=png)
+    att = res["attention"]
+    typer.echo(f"run: {run.path}  step {res['step']}, layer {res['layer']}, {att.shape[0]} heads, "
+               f"neurons {res['neurons']}")
+    for h in range(att.shape[0]):  # NaN cells: no example there (div's b = 0)
+        typer.echo(f"head {h}: mean attention of '=' to a {float(att[h, 0].nanmean()):.3f}, "
+                   f"to b {float(att[h, 1].nanmean()):.3f}")
+    for f in written:
+        typer.echo(f"wrote {f}")
+
 if __name__ == "__main__":
     app()

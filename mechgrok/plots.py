@@ -651,3 +651,43 @@ def dips_vs_gap_scatter(table: pd.DataFrame, r: float | None = None, n: int | No
                       showlegend=False)
     return fig
 
+
+
+# --- (a, b) grids: the TL Grokking demo's attention and neuron figures ---
+
+
+def _grid_figure(grids, titles: list[str], cols: int, title: str, colorbar: str | None, zmin=None, zmax=None,
+                 colorscale: str = "RdBu_r") -> go.Figure:
+    """One heatmap per ``grids[i]`` (a p x p array: rows a, columns b), ``cols`` to a row. With
+    ``colorbar`` every panel shares one colour scale (zmin..zmax); without, each panel has its
+    own (neurons differ in scale by orders of magnitude; hover shows the values)."""
+    rows = -(-len(grids) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.04,
+                        vertical_spacing=0.3 / rows)
+    for i, g in enumerate(grids):
+        shared = dict(coloraxis="coloraxis") if colorbar else dict(colorscale=colorscale, showscale=False)
+        fig.add_trace(go.Heatmap(z=g, hovertemplate="a=%{y}, b=%{x}: %{z:.3g}<extra></extra>", **shared),
+                      row=i // cols + 1, col=i % cols + 1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_yaxes(title_text="a", col=1)
+    fig.update_xaxes(title_text="b", row=rows)
+    fig.update_layout(title=title, template="plotly_white", width=260 * cols + 160, height=260 * rows + 130)
+    if colorbar:
+        fig.update_layout(coloraxis=dict(colorscale=colorscale, cmin=zmin, cmax=zmax, colorbar=dict(title=colorbar)))
+    return fig
+
+
+def attention_grid_figure(grids, positions: tuple[str, ...] = ("a", "b"), title: str = "attention from '='"
+                          ) -> go.Figure:
+    """Per head (rows), the attention of the ``=`` position to each of ``positions`` (columns;
+    0 = a, 1 = b) over the (a, b) grid: ``grids[head, position]`` (``fourier.attention_grids``)."""
+    heads, k = len(grids), len(positions)
+    panels = [grids[h][j] for h in range(heads) for j in range(k)]
+    titles = [f"head {h}: '=' -> {positions[j]}" for h in range(heads) for j in range(k)]
+    return _grid_figure(panels, titles, k, title, "attention", zmin=0.0, zmax=1.0, colorscale="Viridis")
+
+
+def neuron_grid_figure(grids, neurons: list[int], title: str = "neuron activations") -> go.Figure:
+    """The activation of each neuron over the (a, b) grid (``grids[i]`` for neuron
+    ``neurons[i]``: ``fourier.neuron_grids``), up to 4 panels a row."""
+    return _grid_figure(list(grids), [f"neuron {n}" for n in neurons], min(4, len(neurons)), title, None)

@@ -9,6 +9,7 @@ through ``plots.save_figure`` -- and the CLI calls it.
     report.latent(pop, out)       the latent-state tables and figures
     report.population(pop, out)   population.csv and a figure per swept field
     report.draw_figures(run)      (re)draw a run's figures from its files
+    report.grids(run, step)       the TL demo's attention and neuron grids over (a, b)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from . import fourier, plots, progress
 from .analysis import Analysis, analyze
 from .files import write_csv, write_json
 from .milestones import transition_metrics
+from .model import layer_index
 from .runs import Run, find_runs, read_dynamics
 
 
@@ -237,3 +239,46 @@ def analysis_figures(run, table: pd.DataFrame, ph: progress.Phases | None = None
                                                        f"{name}: W_E spectrum over training"),
     }
     return figs
+
+
+# --- (a, b) grids of one checkpoint ----------------------------------------------------------
+
+
+def _long(grids, names: tuple[str, ...], value: str) -> pd.DataFrame:
+    """A ``[..., p, p]`` grid tensor as one row per cell (``names`` index the leading axes, then
+    a, b); cells without an example (NaN) are left out."""
+    import numpy as np
+
+    g = grids.numpy()
+    index = pd.MultiIndex.from_product([range(n) for n in g.shape], names=[*names, "a", "b"])
+    return pd.DataFrame({value: g.reshape(-1)}, index=index).dropna().reset_index()
+
+
+def grids(run: Run, step: int | None = None, neurons: list[int] | None = None, layer: int | None = None,
+          out_dir=None, png: bool = True) -> tuple[dict, list[Path]]:
+    """The TL Grokking demo's figures at ``step`` (default: the last): attention of ``=`` to a
+    and b per head (``fourier.attention_grids``) and neuron activations (``fourier.neuron_grids``,
+    default the first 6 neurons) over the (a, b) grid, written to ``out_dir`` (default: the run
+    directory) as ``attention_step{N}.csv`` (head, position, a, b, attention),
+    ``neurons_step{N}.csv`` (neuron, a, b, activation) and the figures ``attention_step{N}``
+    and ``neurons_step{N}``. Returns ``({"step", "layer", "neurons", "attention", "neuron"}, written)``."""
+    step = run.resolve_step(step)
+    params, cfg = run.params(step), run.model_cfg
+    attention = fourier.attention_grids(params, run.task, layer, cfg)[:, :2]  # to a and b; '=' -> '=' is 1 - both
+    neuron = fourier.neuron_grids(params, run.task, neurons, layer, cfg)
+    neurons = list(range(len(neuron))) if neurons is None else [int(n) for n in neurons]
+    out = Path(out_dir or run.path)
+    at = _long(attention, ("head", "position"), "attention")
+    at["position"] = at["position"].map({0: "a", 1: "b"})
+    nt = _long(neuron, ("neuron",), "activation")
+    nt["neuron"] = nt["neuron"].map(dict(enumerate(neurons)))
+    written = [write_csv(out / f"attention_step{step}.csv", at, float_format="%.6g"),
+               write_csv(out / f"neurons_step{step}.csv", nt, float_format="%.6g")]
+    name = f"{run.path.name}: {run.task.describe()}, step {step}"
+    layer_name = f"layer {layer_index(cfg, layer)}"
+    figs = {f"attention_step{step}": plots.attention_grid_figure(
+                attention.numpy(), title=f"{name}: attention from '=' ({layer_name})"),
+            f"neurons_step{step}": plots.neuron_grid_figure(
+                neuron.numpy(), neurons, title=f"{name}: neuron activations ({layer_name})")}
+    written += _save(figs, out, png)
+    return {"step": step, "layer": layer_index(cfg, layer), "neurons": neurons, "attention": attention, "neuron": neuron}, written
