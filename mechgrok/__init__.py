@@ -32,9 +32,9 @@ _EXPORTS = {
     "evaluate": "evaluation",
     "transition_metrics": "milestones",
     "MeasureContext": "measures", "measure_series": "measures",
-    "attention_grids": "fourier", "neuron_grids": "fourier",
+    "attention_grids": "fourier", "neuron_grids": "fourier", "compare": "comparison",
 }
-_SUBMODULES = ("analysis", "budget", "config", "cycles", "dynamics", "ensemble", "evaluation", "experiment", "files", "foreign",
+_SUBMODULES = ("analysis", "budget", "comparison", "config", "cycles", "dynamics", "ensemble", "evaluation", "experiment", "files", "foreign",
                "fourier", "grokfast", "interventions", "latent", "measures", "milestones", "model", "optim", "plots",
                "population", "presets", "progress", "provenance", "report", "runs", "schedule", "tasks", "trainer",
                "weight_statistics")

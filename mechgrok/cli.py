@@ -824,5 +824,25 @@ def grids(run_dir: Path = typer.Argument(..., help="a run directory"),
     for f in written:
         typer.echo(f"wrote {f}")
 
+
+@app.command()
+def compare(runs: list[Path] = typer.Argument(..., help="run directories (a sweep directory gives all its members)"),
+            out: Path = typer.Option(Path("."), help="where compare.csv and the figures go"),
+            png: bool = PNG):
+    """A few runs side by side: overlaid training curves and progress measures, and their transition metrics."""
+    from .report import compare as write_compare
+
+    table, written = write_compare(runs, out, png=png)
+    fields = table.attrs["fields"]
+    typer.echo("settings that differ: " + (", ".join(fields) if fields else "none"))
+    cols = ["run", *fields, "memorised_step", "grokked_step", "delay", "final_train_loss", "final_test_loss",
+            "final_test_acc"]
+    typer.echo(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    missing = table.loc[~table["analysed"], "run"].tolist()
+    if missing:
+        typer.echo(f"no progress measures for {', '.join(missing)} (run `mechgrok analyze RUN` to add them)")
+    for f in written:
+        typer.echo(f"wrote {f}")
+
 if __name__ == "__main__":
     app()

@@ -523,19 +523,25 @@ def population_summary(summary: pd.DataFrame, field: str | None = None, title: s
 
 def population_curves(curves: dict[str, pd.DataFrame], columns: tuple[str, ...] = ("test_acc",),
                       titles: tuple[str, ...] | None = None, title: str = "members", x: str = "step",
-                      x_scale: float = 1.0, x_title: str = "step") -> go.Figure:
+                      x_scale: float = 1.0, x_title: str = "step", log: tuple[str, ...] = (),
+                      by_seed: bool = True) -> go.Figure:
     """One line per member (``curves``: label -> its metrics table), one panel per column
     (e.g. test accuracy and weight norm); members with the same label prefix before " seed"
-    share a colour. ``x_scale`` rescales the x axis (e.g. 0.1 for epochs of 10 steps)."""
+    share a colour (``by_seed=False``: a colour per member). ``x_scale`` rescales the x axis
+    (e.g. 0.1 for epochs of 10 steps); the panels of ``log`` columns have a log y axis."""
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-    groups = list(dict.fromkeys(label.split(" seed")[0] for label in curves))
+    group_of = (lambda label: label.split(" seed")[0]) if by_seed else (lambda label: label)
+    groups = list(dict.fromkeys(group_of(label) for label in curves))
     fig = make_subplots(rows=1, cols=len(columns), subplot_titles=titles or columns, horizontal_spacing=0.1)
     for label, m in curves.items():
-        g = label.split(" seed")[0]
+        g = group_of(label)
         color = palette[groups.index(g) % len(palette)]
         for col, c in enumerate(columns, start=1):
             fig.add_trace(go.Scatter(x=m[x] * x_scale, y=m[c], name=label, legendgroup=g, showlegend=col == 1,
                                      line=dict(color=color, width=1.5)), row=1, col=col)
+    for col, c in enumerate(columns, start=1):
+        if c in log:
+            fig.update_yaxes(type="log", exponentformat="power", row=1, col=col)
     fig.update_xaxes(title_text=x_title)
     fig.update_layout(title=title, template="plotly_white", width=520 * len(columns), height=430,
                       legend=dict(orientation="h", y=-0.22))

@@ -10,6 +10,7 @@ through ``plots.save_figure`` -- and the CLI calls it.
     report.population(pop, out)   population.csv and a figure per swept field
     report.draw_figures(run)      (re)draw a run's figures from its files
     report.grids(run, step)       the TL demo's attention and neuron grids over (a, b)
+    report.compare(runs, out)     compare.csv and the overlaid curves of a few runs
 """
 
 from __future__ import annotations
@@ -282,3 +283,36 @@ def grids(run: Run, step: int | None = None, neurons: list[int] | None = None, l
                 neuron.numpy(), neurons, title=f"{name}: neuron activations ({layer_name})")}
     written += _save(figs, out, png)
     return {"step": step, "layer": layer_index(cfg, layer), "neurons": neurons, "attention": attention, "neuron": neuron}, written
+
+
+# --- runs side by side -----------------------------------------------------------------------
+
+PROGRESS_PANELS = {"restricted_loss": "restricted loss", "excluded_loss": "excluded loss", "gini_W_L": "Gini of W_L",
+                   "weight_sq": "sum of squared weights"}
+
+
+def compare(runs, out_dir=".", png: bool = True) -> tuple[pd.DataFrame, list[Path]]:
+    """``comparison.compare`` of ``runs`` written to ``out_dir``: ``compare.csv`` (the table), the
+    figure ``compare_curves`` (train/test loss and accuracy of every run overlaid) and, when any
+    run was analysed, ``compare_progress`` (its progress measures: restricted and excluded
+    loss, Gini of W_L, weight norm, where every analysed run has them). Returns
+    ``(table, written)``."""
+    from . import comparison as cmp
+
+    runs = cmp.load_runs(runs)
+    table = cmp.compare(runs)
+    out = Path(out_dir)
+    written = [write_csv(out / "compare.csv", table, float_format="%.6g")]
+    title = ", ".join(table["run"][:4]) + (", ..." if len(table) > 4 else "")
+    figs = {"compare_curves": plots.population_curves(
+        cmp.curves(runs, table), ("train_loss", "test_loss", "train_acc", "test_acc"),
+        ("train loss", "test loss", "train accuracy", "test accuracy"), title=f"{title}: training curves",
+        log=("train_loss", "test_loss"), by_seed=False)}
+    progress_tables = cmp.progress_tables(runs, table)
+    if progress_tables:
+        columns = [c for c in PROGRESS_PANELS if all(c in t for t in progress_tables.values())]
+        if columns:
+            figs["compare_progress"] = plots.population_curves(
+                progress_tables, tuple(columns), tuple(PROGRESS_PANELS[c] for c in columns),
+                title=f"{title}: progress measures", log=("restricted_loss", "excluded_loss"), by_seed=False)
+    return table, written + _save(figs, out, png)
