@@ -74,3 +74,26 @@ def test_grids_command_writes_the_tables_and_figures(tiny_run, tmp_path):
         assert (tmp_path / f"{stem}.html").exists()
     r = runner.invoke(app, ["grids", str(tiny_run.path), "--neurons", "64", "--no-png", "--out", str(tmp_path)])
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and "0..63" in r.output, r.output
+
+
+def test_parity_has_no_grid_and_says_so():
+    task = mg.make_task("parity", n_bits=4, frac=0.5)
+    with pytest.raises(ValueError, match="no \\(a, b\\) grid"):
+        fourier.ab_grid(torch.zeros(len(task.labels)), task)
+
+
+def test_grid_figures_draw_each_panel_under_its_title(tiny_run):
+    import numpy as np
+
+    params, cfg = tiny_run.params(), tiny_run.model_cfg
+    att = fourier.attention_grids(params, tiny_run.task, cfg=cfg)[:, :2].numpy()
+    fig = mg.plots.attention_grid_figure(att)
+    titles = [a.text for a in fig.layout.annotations]
+    for h in range(cfg.n_heads):
+        for j, pos in enumerate("ab"):
+            i = titles.index(f"head {h}: '=' -> {pos}")
+            np.testing.assert_array_equal(np.asarray(fig.data[i].z), att[h, j])
+    grid = fourier.neuron_grids(params, tiny_run.task, [9, 4], cfg=cfg).numpy()
+    fig = mg.plots.neuron_grid_figure(grid, [9, 4])
+    assert [a.text for a in fig.layout.annotations] == ["neuron 9", "neuron 4"]
+    np.testing.assert_array_equal(np.asarray(fig.data[1].z), grid[1])
