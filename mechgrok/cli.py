@@ -590,7 +590,8 @@ def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict
             split: Optional[Path] = typer.Option(None, help="train indices into mechgrok's a-major example table: "
                                                  "a JSON list, or integers separated by commas/whitespace "
                                                  "(default: the bundle's train_indices)"),
-            step: Optional[int] = typer.Option(None, help="a single state dict's step (default: 0; a folder's come from its file names)"),
+            step: Optional[int] = typer.Option(None, help="a single state dict's step (default: 0; a folder's "
+                                               "come from its file names)"),
             progress: bool = typer.Option(True, help="show a progress bar"), png: bool = PNG):
     """Turn a checkpoint series trained elsewhere into a run directory; nothing in SRC is executed."""
     from .foreign import import_run

@@ -1,8 +1,9 @@
 """Checkpoints made by other tools, read without running any code from them.
 
 ``load_hooked_transformer`` loads one legacy HookedTransformer state dict as mechgrok's TL 4
-model. ``import_run`` turns a checkpoint series (a state dict, or a TransformerLens
-Grokking-demo bundle) into a normal run directory, so every command works on it.
+model. ``import_run`` turns a checkpoint series (a state dict, a folder of per-step state
+dicts, or a TransformerLens Grokking-demo bundle) into a normal run directory, so every
+command works on it.
 
 Reading never runs code from the file: torch.load(weights_only=True), with every class the
 pickle names that torch does not allow replaced by an inert ForeignObject registered under that

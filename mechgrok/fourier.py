@@ -517,7 +517,6 @@ def spectrum_peaks(norms: Float[Tensor, " n_freq"], threshold: float = 0.25) -> 
     return sorted(int(k) + 1 for k in torch.nonzero(tail > threshold * tail.max()).flatten())
 
 
-
 # --- plain (a, b) grids: the TL Grokking demo's attention and neuron figures ----------------
 
 
@@ -546,7 +545,8 @@ def attention_grids(model, task: Task, layer: int | None = None, cfg: ModelConfi
     name = f"blocks.{layer_index(mcfg, layer)}.attn.hook_pattern"
     if isinstance(target, tuple):
         params = target[0]
-        _, cache = run_with_cache(params, mcfg, task.inputs.to(next(iter(params.values())).device), names_filter=name)
+        tokens = task.inputs.to(next(iter(params.values())).device)
+        _, cache = run_with_cache(params, mcfg, tokens, names_filter=name)
     else:
         _, cache = target.run_with_cache(task.inputs.to(next(target.parameters()).device), names_filter=name)
     from_last = cache[name][:, :, -1].float().cpu()  # [example, head, key position]

@@ -248,8 +248,6 @@ def analysis_figures(run, table: pd.DataFrame, ph: progress.Phases | None = None
 def _long(grids, names: tuple[str, ...], value: str) -> pd.DataFrame:
     """A ``[..., p, p]`` grid tensor as one row per cell (``names`` index the leading axes, then
     a, b); cells without an example (NaN) are left out."""
-    import numpy as np
-
     g = grids.numpy()
     index = pd.MultiIndex.from_product([range(n) for n in g.shape], names=[*names, "a", "b"])
     return pd.DataFrame({value: g.reshape(-1)}, index=index).dropna().reset_index()
@@ -282,7 +280,9 @@ def grids(run: Run, step: int | None = None, neurons: list[int] | None = None, l
             f"neurons_step{step}": plots.neuron_grid_figure(
                 neuron.numpy(), neurons, title=f"{name}: neuron activations ({layer_name})")}
     written += _save(figs, out, png)
-    return {"step": step, "layer": layer_index(cfg, layer), "neurons": neurons, "attention": attention, "neuron": neuron}, written
+    res = {"step": step, "layer": layer_index(cfg, layer), "neurons": neurons, "attention": attention,
+           "neuron": neuron}
+    return res, written
 
 
 # --- runs side by side -----------------------------------------------------------------------
