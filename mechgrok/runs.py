@@ -94,7 +94,10 @@ class Run:
             self.meta = json.loads(cfg_file.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
-        self.config = RunConfig.from_dict(self.meta)
+        try:
+            self.config = RunConfig.from_dict(self.meta)
+        except (ValueError, TypeError) as e:  # a hand-edited field: name the file as well
+            raise ValueError(f"{cfg_file}: {e}") from None
         self.task = Task(self.config.task)
         self.model_cfg = self.config.model.resolve(self.task)
 
