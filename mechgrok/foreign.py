@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig, TrainConfig
 from .evaluation import loss_and_accuracy_on
-from .files import read_tensors, save_tensors, write_csv, write_json
+from .files import check_tensors, read_tensors, save_tensors, write_csv, write_json
 from .model import ModelConfig, check_params, infer_config, param_shapes, to_tl_model, weight_sq
 from .provenance import versions
 from .runs import METRIC_COLUMNS, Run, check_new_run_dir, checkpoint_path, write_metrics
@@ -58,6 +58,7 @@ def load_hooked_transformer(state_dict_or_path, config: ModelConfig | dict | Non
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]  # Nanda-style {"model": ..., "optimizer": ...} bundles
     sd = {k: v for k, v in sd.items() if not k.endswith((".mask", ".IGNORE"))}
+    check_tensors(sd, source, floating=True)
     if config is None:
         cfg = infer_config(sd, act_fn)
     elif isinstance(config, dict):
@@ -211,6 +212,10 @@ def _state_dict(obj, source: str) -> dict[str, torch.Tensor]:
         found = ", ".join(map(str, list(obj)[:6])) + (", ..." if len(obj) > 6 else "") or "nothing"
         raise ForeignFileError(f"{source}: not a HookedTransformer state dict or a TL Grokking-demo bundle: "
                                f"missing {', '.join(missing)} (and no 'checkpoints'); it holds: {found}")
+    try:
+        check_tensors(sd, source, floating=True)  # before .float(): an integer tensor is not weights
+    except ValueError as e:
+        raise ForeignFileError(str(e)) from None
     return {k: v.detach().float().contiguous() for k, v in sd.items()}
 
 

@@ -131,7 +131,7 @@ class Run:
     def params(self, step: int | None = None, device=None) -> Params:
         """The HookedTransformer-format weights at ``step`` (default: the last)."""
         f = checkpoint_path(self.path, self.resolve_step(step))
-        params = read_tensors(f)
+        params = read_tensors(f, floating=True)
         check_params(params, self.model_cfg, source=str(f))
         return params if device is None else {k: v.to(device) for k, v in params.items()}
 
