@@ -730,7 +730,7 @@ def _print_population(pop, field: Optional[str]):
     for f in fields:
         typer.echo(f"\nper {f}:")
         s = pop.summary(f)
-        typer.echo(s[["n", "n_grokked", "grok_rate", "delay_median", "delay_q25", "delay_q75", "grokked_step_median",
+        typer.echo(s[["n", *(["n_not_started"] if s["n_not_started"].any() else []), "n_grokked", "grok_rate", "delay_median", "delay_q25", "delay_q75", "grokked_step_median",
                       "n_grokked_before_memorising"]].to_string(float_format=lambda v: f"{v:.3g}"))
     return fields
 
