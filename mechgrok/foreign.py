@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import RunConfig, TrainConfig
-from .evaluation import loss_and_accuracy_on
+from .evaluation import LOSS_RTOL, loss_and_accuracy_on, loss_disagrees
 from .files import check_tensors, read_tensors, save_tensors, write_csv, write_json
 from .model import ModelConfig, check_params, infer_config, param_shapes, to_tl_model, weight_sq
 from .provenance import versions
@@ -251,15 +251,6 @@ def _state_dict(obj, source: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().contiguous() for k, v in sd.items()}
 
 
-# How closely the re-evaluated losses must match a bundle's own before the import trusts its
-# reading of the file: the same weights on the same split agree to ~1e-6 (float32 forwards on
-# other hardware, TF32 included, to ~1e-3), while a wrong op, p or split seed, or the wrong epoch
-# convention, is off by tens of percent or orders of magnitude. A loss is out of tolerance when
-# |ours - theirs| > MISMATCH_ATOL + MISMATCH_RTOL * |theirs| (the absolute part for the ~1e-7
-# losses of a memorised train set, which float32 cannot resolve relatively).
-MISMATCH_RTOL = 0.02
-MISMATCH_ATOL = 1e-3
-
 # Where a Grokking-demo bundle's checkpoint of epoch e sits: "after" its epoch's update (step
 # e + 1, as the TL demo saves them) or "before" it (step e, as variants that save at the top of
 # the loop do). The bundle's own losses say which (``_epoch_convention``).
@@ -287,7 +278,7 @@ def _loss_differences(steps: list[int], evals: list[dict], table: pd.DataFrame) 
                 ours = ev[f"{split}_loss"]
                 rows.append({"step": s, "split": split, "ours": ours, "theirs": t,
                              "rel": abs(ours - t) / abs(t) if t else float("inf"),
-                             "out": abs(ours - t) > MISMATCH_ATOL + MISMATCH_RTOL * abs(t)})
+                             "out": loss_disagrees(ours, t)})
     return pd.DataFrame(rows, columns=["step", "split", "ours", "theirs", "rel", "out"])
 
 
@@ -335,7 +326,7 @@ def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = 
     ``train_indices``. Without any, mechgrok's seeded split is used and a note says so.
 
     When the re-evaluated losses disagree with the bundle's beyond the tolerance
-    (``MISMATCH_RTOL``/``MISMATCH_ATOL``) under either convention, the weights do not compute
+    (``evaluation.loss_disagrees``) under either convention, the weights do not compute
     what ``op``/``p``/``split`` assume and nothing is written: a ``ForeignFileError`` names the
     worst loss and the likely cause; ``accept_mismatch`` imports anyway (a note records it).
 
@@ -452,7 +443,7 @@ def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = 
                 w = bad.loc[bad["rel"].idxmax()]
                 what = (f"{w['split']} loss at step {int(w['step'])}: {w['ours']:.4g} re-evaluated, {w['theirs']:.4g} "
                         f"in the bundle (relative difference {w['rel']:.2g}; {len(bad)} of {len(chosen)} losses "
-                        f"beyond the tolerance {MISMATCH_RTOL:g})")
+                        f"beyond the tolerance {LOSS_RTOL:g})")
                 if not accept_mismatch:
                     raise ForeignFileError(
                         f"{source}: the weights do not reproduce the bundle's own losses ({what}): read as op "
