@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from . import fourier
+from .evaluation import check_recorded_metrics
 from .measures import add_columns, generic_series, measure_series
 from .milestones import transition_metrics
 from .progress import Phases, measure_run, phases
@@ -45,7 +46,12 @@ def analyze(run, freqs: list[int] | None = None, steps: list[int] | None = None,
     A task without a Fourier basis (a table that is not addition mod n, parity) gets the
     non-Fourier measures instead (``measures.generic_series``); its ``Phases`` carries the transition
     metrics only (no boundaries), and ``table.attrs["note"]`` says what was skipped and why.
-    ``report.analysis`` writes what this returns."""
+    ``report.analysis`` writes what this returns.
+
+    A run whose config.json contradicts its metrics.csv (``evaluation.check_recorded_metrics``:
+    a hand-edited split) is refused before anything is measured: every measure would be taken
+    on another split than the training curve it is drawn against."""
+    check_recorded_metrics(run)
     task, cfg = run.task, run.model_cfg
     if basis in fourier.BASES and fourier.fourier_unsupported(task, basis) is not None and freqs is None:
         table = generic_series(run, steps=steps, progress=progress)

@@ -592,13 +592,16 @@ def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict
                                                  "(default: the bundle's train_indices)"),
             step: Optional[int] = typer.Option(None, help="a single state dict's step (default: 0; a folder's "
                                                "come from its file names)"),
+            accept_mismatch: bool = typer.Option(False, "--accept-mismatch", help="import even when the "
+                                                 "re-evaluated losses disagree with the bundle's own (wrong "
+                                                 "--op, --p or --split otherwise stops the import)"),
             progress: bool = typer.Option(True, help="show a progress bar"), png: bool = PNG):
     """Turn a checkpoint series trained elsewhere into a run directory; nothing in SRC is executed."""
     from .foreign import import_run
     from .report import draw_figures
 
     run = import_run(src, out, op=_value(op), p=p, act_fn=_value(act_fn), split=split, step=step,
-                     progress=progress)
+                     progress=progress, accept_mismatch=accept_mismatch)
     draw_figures(run, analysis=False, png=png)
     for note in run.meta["imported"]["notes"]:
         typer.echo(f"note: {note}")
@@ -732,7 +735,7 @@ def _print_population(pop, field: Optional[str]):
     for f in fields:
         typer.echo(f"\nper {f}:")
         s = pop.summary(f)
-        typer.echo(s[["n", "n_grokked", "grok_rate", "delay_median", "delay_q25", "delay_q75", "grokked_step_median",
+        typer.echo(s[["n", *(["n_not_started"] if s["n_not_started"].any() else []), "n_grokked", "grok_rate", "delay_median", "delay_q25", "delay_q75", "grokked_step_median",
                       "n_grokked_before_memorising"]].to_string(float_format=lambda v: f"{v:.3g}"))
     return fields
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from .fieldtypes import check_field_types, checked_values
 from .grokfast import MODES as GROKFAST_MODES
 from .model import ModelConfig
 from .optim import check_optimizer
@@ -52,6 +53,7 @@ class TrainConfig:
     keep_moments: bool = False
 
     def __post_init__(self):
+        check_field_types(self)
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         object.__setattr__(self, "frozen", tuple(self.frozen))
         args = self.optimizer_args
@@ -108,13 +110,18 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         def build(klass, values):
+            if not isinstance(values, dict):
+                raise ValueError(f"{klass.__name__}: expected an object of fields, got {values!r}")
             known = {f.name for f in fields(klass)}
             unknown = set(values) - known
             if unknown:
                 raise ValueError(f"{klass.__name__}: unknown field(s) {sorted(unknown)}; "
                                  f"allowed: {sorted(known)}")
-            return klass(**values)
+            # the types first: a hand-edited "p": "53" fails here in one line naming the field
+            return klass(**checked_values(klass, values))
 
+        if not isinstance(d, dict):
+            raise ValueError(f"RunConfig: expected an object with task, model and train, got {type(d).__name__}")
         return cls(task=build(TaskConfig, d.get("task", {})), model=build(ModelConfig, d.get("model", {})),
                    train=build(TrainConfig, d.get("train", {})), preset=d.get("preset"))
 

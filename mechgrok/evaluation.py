@@ -70,3 +70,47 @@ def evaluate(params: Params, cfg: ModelConfig, task, splits: Sequence[str] = ("t
              fwd_hooks: Sequence[Hook] = ()) -> dict[str, float]:
     """``{split}_loss`` and ``{split}_acc`` of the model on ``task``, with ``fwd_hooks`` applied."""
     return split_metrics(last_logits(params, cfg, task, fwd_hooks), task, splits)
+
+
+# --- recorded metrics against a re-evaluation ------------------------------------------------
+
+# When a loss computed again from the weights disagrees with the one recorded for them: the same
+# weights on the same split agree to ~1e-6 (float32 forwards on other hardware, TF32 included,
+# to ~1e-3); another split, task or epoch is off by tens of percent or orders of magnitude. The
+# absolute part covers the ~1e-7 losses of a memorised train set, which float32 logits cannot
+# resolve relatively. ``mechgrok import`` checks a bundle's own losses with it, ``analyze`` a
+# run's metrics.csv.
+LOSS_RTOL = 0.02
+LOSS_ATOL = 1e-3
+
+
+def loss_disagrees(ours: float, recorded: float) -> bool:
+    """Whether a re-evaluated loss is beyond the tolerance of the recorded one."""
+    return abs(ours - recorded) > LOSS_ATOL + LOSS_RTOL * abs(recorded)
+
+
+def check_recorded_metrics(run) -> None:
+    """Refuse a run whose config.json no longer describes the split its metrics.csv was
+    measured on (a hand-edited ``frac``, ``seed`` or ``train_idx``, or another ``op``): the last
+    checkpoint with a metrics row is evaluated again on the split config.json defines, and a
+    loss beyond ``loss_disagrees`` or an accuracy off by more than one example raises one
+    ValueError naming both numbers. One forward per split: cheap next to any analysis."""
+    m = run.metrics
+    recorded = set(m["step"].astype(int)) if len(m) else set()
+    steps = [s for s in run.steps if s in recorded]
+    if not steps:
+        return  # nothing recorded to contradict
+    step = steps[-1]
+    row = m[m["step"] == step].iloc[-1]
+    params, task = run.params(step), run.task
+    bad = []
+    for split, x, y in (("train", task.train_inputs, task.train_labels), ("test", task.test_inputs, task.test_labels)):
+        loss, acc = loss_and_accuracy_on(params, run.model_cfg, x, y)
+        if loss_disagrees(loss, float(row[f"{split}_loss"])):
+            bad.append(f"{split} loss {loss:.4g} here, {float(row[f'{split}_loss']):.4g} in metrics.csv")
+        elif abs(acc - float(row[f"{split}_acc"])) > 1.5 / len(y):
+            bad.append(f"{split} accuracy {acc:.4g} here, {float(row[f'{split}_acc']):.4g} in metrics.csv")
+    if bad:
+        raise ValueError(f"{run.path / 'config.json'} contradicts the run's own metrics.csv at step {step} "
+                         f"({'; '.join(bad)}): its task settings (frac, seed, train_idx, op, p) are not the "
+                         f"ones the run was trained with; restore them")

@@ -80,15 +80,43 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
 
 
-def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_tensors(path: str | os.PathLike, floating: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, refused (``check_tensors``) when a floating-point one
+    holds NaN or inf, or, with ``floating``, when one is not floating-point (weights)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read checkpoint ({e}); the file may be truncated or "
                          f"not a safetensors file") from e
+    check_tensors(tensors, str(path), floating=floating)
+    return tensors
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], source: str, floating: bool = False):
+    """Refuse tensors no analysis can use, naming ``source`` and the tensor: NaN or inf in a
+    floating-point one (a byte flipped on disk, or a run that diverged: every measure computed
+    from it would be NaN or, worse, a plausible-looking number such as an empty list of key
+    frequencies), and, with ``floating``, an integer or boolean one among weights (a state dict
+    of something else, or weights rounded on export). Every reader of weights calls this one
+    check: ``read_tensors`` for mechgrok's files, ``foreign`` for files made elsewhere."""
+    for k, v in tensors.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        if not v.is_floating_point():
+            if floating:
+                raise ValueError(f"{source}: tensor {k!r} holds {str(v.dtype).removeprefix('torch.')} values, "
+                                 f"not floating-point weights: this is not a checkpoint of a trained model's "
+                                 f"weights (or it was exported rounded); give the floating-point weights")
+            continue
+        bad = ~torch.isfinite(v)
+        if bad.any():
+            kinds = " and ".join(w for w, m in (("NaN", v.isnan()), ("inf", v.isinf())) if m.any())
+            raise ValueError(f"{source}: tensor {k!r} holds {int(bad.sum())} {kinds} value(s) of {v.numel()}: "
+                             f"the file is damaged or the run it comes from diverged; restore it from a "
+                             f"copy or use another checkpoint")
 
 
 # --- append-only logs (JSON lines) -----------------------------------------------------------

@@ -25,11 +25,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import RunConfig, TrainConfig
-from .evaluation import loss_and_accuracy_on
-from .files import read_tensors, save_tensors, write_csv, write_json
+from .evaluation import LOSS_RTOL, loss_and_accuracy_on, loss_disagrees
+from .files import check_tensors, read_tensors, save_tensors, write_csv, write_json
 from .model import ModelConfig, check_params, infer_config, param_shapes, to_tl_model, weight_sq
 from .provenance import versions
-from .runs import METRIC_COLUMNS, Run, check_new_run_dir, checkpoint_path, write_metrics
+from .runs import Run, check_new_run_dir, checkpoint_path, write_metrics
 from .tasks import Task, TaskConfig
 
 
@@ -59,6 +59,7 @@ def load_hooked_transformer(state_dict_or_path, config: ModelConfig | dict | Non
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]  # Nanda-style {"model": ..., "optimizer": ...} bundles
     sd = {k: v for k, v in sd.items() if not k.endswith((".mask", ".IGNORE"))}
+    check_tensors(sd, source, floating=True)
     if config is None:
         cfg = infer_config(sd, act_fn)
     elif isinstance(config, dict):
@@ -103,18 +104,31 @@ class ForeignObject:
         self.state = state
 
 
-def _as_data(obj):
-    """Plain data: a ForeignObject becomes a dict with its class name under "__class__"."""
-    if isinstance(obj, ForeignObject):
-        state = _as_data(obj.state)
-        if isinstance(state, dict) and not obj.args:
-            return {"__class__": obj.pickled_name, **state}
-        return {"__class__": obj.pickled_name, "args": _as_data(list(obj.args)), "state": state}
-    if isinstance(obj, dict):
-        return {k: _as_data(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_as_data(v) for v in obj)
-    return obj
+class _SelfReference(Exception):
+    """Raised inside ``_as_data`` when a container holds itself; ``read_foreign`` names the file."""
+
+
+def _as_data(obj, _open: set[int] | None = None):
+    """Plain data: a ForeignObject becomes a dict with its class name under "__class__".
+    A container that holds itself (pickle allows cycles) cannot become plain data: raises
+    ``_SelfReference`` instead of recursing for ever."""
+    if not isinstance(obj, (ForeignObject, dict, list, tuple)):
+        return obj
+    _open = set() if _open is None else _open  # the containers being converted, outermost first
+    if id(obj) in _open:
+        raise _SelfReference(type(obj).__name__ if not isinstance(obj, ForeignObject) else obj.pickled_name)
+    _open.add(id(obj))
+    try:
+        if isinstance(obj, ForeignObject):
+            state = _as_data(obj.state, _open)
+            if isinstance(state, dict) and not obj.args:
+                return {"__class__": obj.pickled_name, **state}
+            return {"__class__": obj.pickled_name, "args": _as_data(list(obj.args), _open), "state": state}
+        if isinstance(obj, dict):
+            return {k: _as_data(v, _open) for k, v in obj.items()}
+        return type(obj)(_as_data(v, _open) for v in obj)
+    finally:
+        _open.discard(id(obj))
 
 
 def _one_line(e: Exception) -> str:
@@ -164,14 +178,33 @@ def read_foreign(path: str | os.PathLike) -> tuple[object, list[str]]:
     except Exception as e:
         raise ForeignFileError(f"{path}: cannot read ({_one_line(e)})") from None
     notes = [f"{n} in {path.name} read as plain data (never constructed)" for n in names]
-    return _as_data(contents), notes
+    try:
+        return _as_data(contents), notes
+    except _SelfReference as e:
+        raise ForeignFileError(f"{path}: holds a {e} that contains itself, which no checkpoint does; "
+                               f"not imported") from None
+    except RecursionError:
+        raise ForeignFileError(f"{path}: its objects are nested too deeply to be a checkpoint; not imported") from None
 
 
-def _read_split(split, source: str) -> tuple[int, ...]:
+def _read_split(split, source: str, what: str = "train_indices") -> tuple[int, ...]:
     """Train indices from a sequence/tensor, or a file: a JSON list, a JSON object with
-    ``train_indices``/``train_idx``, or integers separated by commas or whitespace."""
+    ``train_indices``/``train_idx``, or integers separated by commas or whitespace. ``what``:
+    the bundle key it came from, for the one-line error when it holds something else."""
     if not isinstance(split, (str, os.PathLike)):
-        return tuple(int(i) for i in torch.as_tensor(split).flatten().tolist())
+        if isinstance(split, dict):  # a pickled object of some class, read as data
+            kind = split.get("__class__", "dict")
+            raise ForeignFileError(f"{source}: {what} holds a {kind} object, not a list of integers; pass the "
+                                   f"split with --split FILE")
+        try:
+            values = torch.as_tensor(split)
+        except (TypeError, ValueError, RuntimeError):
+            values = None
+        if values is None or values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+            raise ForeignFileError(f"{source}: {what} must be a list of integers (example indices), got "
+                                   f"{type(split).__name__}{'' if values is None else f' of {values.dtype}'}; "
+                                   f"pass the split with --split FILE")
+        return tuple(int(i) for i in values.flatten().tolist())
     path = Path(split)
     if not path.is_file():
         raise ForeignFileError(f"{path}: no such split file")
@@ -212,11 +245,69 @@ def _state_dict(obj, source: str) -> dict[str, torch.Tensor]:
         found = ", ".join(map(str, list(obj)[:6])) + (", ..." if len(obj) > 6 else "") or "nothing"
         raise ForeignFileError(f"{source}: not a HookedTransformer state dict or a TL Grokking-demo bundle: "
                                f"missing {', '.join(missing)} (and no 'checkpoints'); it holds: {found}")
+    try:
+        check_tensors(sd, source, floating=True)  # before .float(): an integer tensor is not weights
+    except ValueError as e:
+        raise ForeignFileError(str(e)) from None
     return {k: v.detach().float().contiguous() for k, v in sd.items()}
 
 
+# Where a Grokking-demo bundle's checkpoint of epoch e sits: "after" its epoch's update (step
+# e + 1, as the TL demo saves them) or "before" it (step e, as variants that save at the top of
+# the loop do). The bundle's own losses say which (``_epoch_convention``).
+EPOCH_CONVENTIONS = {"after": 1, "before": 0}
+
+
+def _source_loss_table(losses: dict[str, list[float]]) -> pd.DataFrame:
+    """The bundle's losses by the step of the weights they were computed on: train_losses[e]
+    before epoch e's update (the weights of step e), test_losses[e] after it (step e + 1)."""
+    n = max(len(v) for v in losses.values())
+    tr_l, te_l = losses.get("train_losses", []), losses.get("test_losses", [])
+    return pd.DataFrame({"step": range(n + 1),
+                         "train_loss": [tr_l[s] if s < len(tr_l) else float("nan") for s in range(n + 1)],
+                         "test_loss": [te_l[s - 1] if 0 < s <= len(te_l) else float("nan") for s in range(n + 1)]})
+
+
+def _loss_differences(steps: list[int], evals: list[dict], table: pd.DataFrame) -> pd.DataFrame:
+    """Our loss vs the source's at each (step, split) where the source has one."""
+    theirs = table.set_index("step")
+    rows = []
+    for s, ev in zip(steps, evals):
+        for split in ("train", "test"):
+            t = theirs[f"{split}_loss"].get(s, float("nan"))
+            if t == t:  # not NaN: the source has this loss
+                ours = ev[f"{split}_loss"]
+                rows.append({"step": s, "split": split, "ours": ours, "theirs": t,
+                             "rel": abs(ours - t) / abs(t) if t else float("inf"),
+                             "out": loss_disagrees(ours, t)})
+    return pd.DataFrame(rows, columns=["step", "split", "ours", "theirs", "rel", "out"])
+
+
+def _epoch_convention(epochs: list[int], evals: list[dict], final: tuple[int, dict] | None,
+                      table: pd.DataFrame) -> tuple[str, dict[str, pd.DataFrame]]:
+    """The convention (``EPOCH_CONVENTIONS``) under which the checkpoints' re-evaluated losses
+    agree with the bundle's: fewest losses out of tolerance, then the smaller largest relative
+    difference (the demo's "after" on a tie); with the comparisons of each convention."""
+    diffs = {}
+    for name, offset in EPOCH_CONVENTIONS.items():
+        steps = [e + offset for e in epochs] + ([final[0]] if final else [])
+        diffs[name] = _loss_differences(steps, evals + ([final[1]] if final else []), table)
+
+    def badness(name):
+        d = diffs[name]
+        return (int(d["out"].sum()), float(d["rel"].max()) if len(d) else float("inf"), name != "after")
+
+    return min(diffs, key=badness), diffs
+
+
+def _max_rel(d: pd.DataFrame, split: str) -> str:
+    rel = d.loc[d["split"] == split, "rel"]
+    return f"{rel.max():.2g}" if len(rel) else "n/a"
+
+
 def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = None, p: int | None = None,
-               act_fn: str | None = None, split=None, step: int | None = None, progress: bool = True) -> Run:
+               act_fn: str | None = None, split=None, step: int | None = None, progress: bool = True,
+               accept_mismatch: bool = False) -> Run:
     """Turn a checkpoint series trained elsewhere into the run directory ``out`` and return it.
 
     ``src`` is a folder of per-step HookedTransformer state dicts (``read_checkpoint_folder``),
@@ -224,8 +315,11 @@ def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = 
     ``{"model": state_dict, ...}`` bundle works too; ``step``: the step it was taken at,
     default 0) or a TransformerLens Grokking-demo bundle (a ``.pth`` holding ``checkpoints``,
     ``checkpoint_epochs``, and optionally ``model``, ``config``, ``train_losses``,
-    ``test_losses``, ``train_indices``, ``test_indices``). Epoch ``e`` of the demo saved the
-    weights after ``e + 1`` optimiser steps: it becomes step ``e + 1``.
+    ``test_losses``, ``train_indices``, ``test_indices``). The TL demo saves epoch ``e``'s
+    weights after its update (``e + 1`` optimiser steps: step ``e + 1``); other bundles save
+    them before it (step ``e``). The bundle's own losses decide which (the convention under
+    which the re-evaluated losses agree); a note says which, and ``imported.epoch_convention``
+    in config.json keeps it. Without losses the demo's is assumed.
 
     ``op`` (default ``add``, the demo's task), ``p`` (default: the unembedding's width) and
     ``act_fn`` (default: the bundle config's, else ``relu``) say what the weights compute.
@@ -233,22 +327,30 @@ def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = 
     a file (JSON list, or integers separated by commas/whitespace); default the bundle's
     ``train_indices``. Without any, mechgrok's seeded split is used and a note says so.
 
+    When the re-evaluated losses disagree with the bundle's beyond the tolerance
+    (``evaluation.loss_disagrees``) under either convention, the weights do not compute
+    what ``op``/``p``/``split`` assume and nothing is written: a ``ForeignFileError`` names the
+    worst loss and the likely cause; ``accept_mismatch`` imports anyway (a note records it).
+
     Writes ``config.json`` (the split in ``task.train_idx``; what was read and assumed under
     ``imported``), ``checkpoints/``, ``metrics.csv`` (each checkpoint evaluated on the split),
     and ``source_losses.csv`` (the bundle's own per-step losses, when it has them); draws no
     figures (``report.draw_figures``). Never runs code from ``src``; every failure is a one-line
-    ``ForeignFileError``."""
+    ``ForeignFileError``; weights holding NaN/inf or integers are refused (``files.check_tensors``)."""
 
     src, out = Path(src), Path(out)
     check_new_run_dir(out)
-    source = str(src)
+    source, split_name = str(src), "the split"
+    final_sd, losses, epochs, folder_steps = None, {}, None, None
     contents, notes = (None, []) if src.is_dir() else read_foreign(src)
     if src.is_dir():  # a folder of per-step state dicts: every file through the single-file reader
         if step is not None:
             raise ForeignFileError(f"{source}: a folder's steps come from its file names; drop --step")
         fmt = "folder of HookedTransformer state dicts"
         series, notes = read_checkpoint_folder(src)
-        losses, foreign_cfg, test_given = {}, None, None
+        folder_steps = sorted(series)
+        weights = [series[s] for s in folder_steps]
+        foreign_cfg, test_given = None, None
     elif isinstance(contents, dict) and "checkpoints" in contents:
         fmt = "TransformerLens Grokking-demo bundle"
         missing = [k for k in BUNDLE_REQUIRED if k not in contents]
@@ -260,27 +362,28 @@ def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = 
         if not isinstance(ckpts, list) or len(ckpts) != len(epochs):
             raise ForeignFileError(f"{source}: 'checkpoints' must be a list as long as 'checkpoint_epochs' "
                                    f"({len(epochs)})")
-        series = {int(e) + 1: _state_dict(sd, f"{source} checkpoints[{i}]")
-                  for i, (e, sd) in enumerate(zip(epochs, ckpts))}
+        epochs = [int(e) for e in epochs]
+        weights = [_state_dict(sd, f"{source} checkpoints[{i}]") for i, sd in enumerate(ckpts)]
         losses = {k: [float(v) for v in contents[k]] for k in ("train_losses", "test_losses")
                   if isinstance(contents.get(k), (list, tuple, torch.Tensor))}
         n_steps = max(len(v) for v in losses.values()) if losses else None
-        if isinstance(contents.get("model"), dict) and (n_steps is not None or not series):
+        if isinstance(contents.get("model"), dict) and (n_steps is not None or not weights):
             # the final weights: after the last epoch (len(train_losses) steps), if not saved already
-            series.setdefault(n_steps or 0, _state_dict(contents["model"], f"{source} model"))
+            final_sd = _state_dict(contents["model"], f"{source} model")
+            weights.append(final_sd)
         foreign_cfg = contents.get("config")
         if split is None and contents.get("train_indices") is not None:
-            split = contents["train_indices"]
+            split, split_name = contents["train_indices"], "train_indices"
         test_given = contents.get("test_indices")
     else:
         fmt = "HookedTransformer state dict"
-        series = {int(step or 0): _state_dict(contents, source)}
-        losses, foreign_cfg, test_given = {}, contents.get("config") if isinstance(contents, dict) else None, None
-    if not series:
+        weights = [_state_dict(contents, source)]
+        foreign_cfg, test_given = contents.get("config") if isinstance(contents, dict) else None, None
+    if not weights:
         raise ForeignFileError(f"{source}: the bundle holds no checkpoints")
     foreign_cfg = foreign_cfg if isinstance(foreign_cfg, dict) else {}
 
-    first = series[min(series)]
+    first = weights[0]
     if op is None:
         op = "add"
         notes.append("op not given: assumed add (the TL Grokking demo's task)")
@@ -298,29 +401,80 @@ def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = 
                 raise ForeignFileError(f"{source}: --p {p} does not fit the weights: unembed.W_U has {width} "
                                        f"outputs (p = {width})")
             task_kw = dict(op=op, p=width)
-        train_idx = _read_split(split, source) if split is not None else None
+        train_idx = _read_split(split, source, split_name) if split is not None else None
         if train_idx is None:
             notes.append("no split given: metrics use mechgrok's seeded split (frac 0.3, seed 0), not the "
                          "source's; pass a split file to analyse with the original one")
         task_cfg = TaskConfig(**task_kw, train_idx=train_idx)
         task = Task(task_cfg)
         if test_given is not None:
-            test_set = set(_read_split(test_given, source))
+            test_set = set(_read_split(test_given, source, "test_indices"))
             if test_set != set(task.test_idx.tolist()):
                 notes.append(f"test_indices in {src.name} are not all the examples outside train_indices: "
                              f"mechgrok tests on all {len(task.test_idx)} others")
         mcfg = dc_replace(infer_config(first, act_fn), seed=int(foreign_cfg.get("seed") or 0))
         mcfg_resolved = mcfg.resolve(task)
         shapes = param_shapes(mcfg_resolved)
-        for s, sd in series.items():
+        for i, sd in enumerate(weights):
             filled = [k for k, shape in shapes.items() if k not in sd and k.rsplit(".", 1)[-1].startswith("b_")]
             for k in filled:
                 sd[k] = torch.zeros(shapes[k])
-            if filled and s == min(series):
+            if filled and i == 0:
                 notes.append(f"biases missing in the source, filled with zeros: {', '.join(filled)}")
-            check_params(sd, mcfg_resolved, source=f"{source} (step {s})")
+            if folder_steps is not None:
+                where = f"step {folder_steps[i]}"
+            elif epochs is not None:
+                where = f"checkpoints[{i}]" if i < len(epochs) else "model"
+            else:
+                where = "weights"
+            check_params(sd, mcfg_resolved, source=f"{source} ({where})")
     except (ValueError, TypeError) as e:
         raise ForeignFileError(e if isinstance(e, ForeignFileError) else f"{source}: {_one_line(e)}") from None
+
+    # every checkpoint evaluated once, before anything is written: where the checkpoints sit
+    # (the epoch convention) and whether the file was read as what it is both depend on it
+    evals = []
+    for sd in tqdm(weights, desc=f"import {src.name}", unit="ckpt", disable=not progress, dynamic_ncols=True):
+        tr = loss_and_accuracy_on(sd, mcfg_resolved, task.train_inputs, task.train_labels)
+        te = loss_and_accuracy_on(sd, mcfg_resolved, task.test_inputs, task.test_labels)
+        evals.append({"train_loss": tr[0], "test_loss": te[0], "train_acc": tr[1], "test_acc": te[1],
+                      "weight_sq": weight_sq(sd)})
+    table, convention = (_source_loss_table(losses) if losses else None), None
+    if epochs is None:
+        steps_of = folder_steps if folder_steps is not None else [int(step or 0)]
+    else:
+        final = (n_steps or 0, evals[-1]) if final_sd is not None else None
+        if table is not None:
+            convention, diffs = _epoch_convention(epochs, evals[:len(epochs)], final, table)
+            chosen, other = diffs[convention], diffs["before" if convention == "after" else "after"]
+            how = {"after": "after their epoch's update (epoch e -> step e + 1, as the TL demo saves them)",
+                   "before": "before their epoch's update (epoch e -> step e)"}[convention]
+            notes.append(f"checkpoints saved {how}: the bundle's own losses say so; re-evaluated losses vs the "
+                         f"source's at the checkpoints: max relative difference train {_max_rel(chosen, 'train')}, "
+                         f"test {_max_rel(chosen, 'test')} (the other convention: train {_max_rel(other, 'train')}, "
+                         f"test {_max_rel(other, 'test')})")
+            bad = chosen[chosen["out"]]
+            if len(bad):
+                w = bad.loc[bad["rel"].idxmax()]
+                what = (f"{w['split']} loss at step {int(w['step'])}: {w['ours']:.4g} re-evaluated, {w['theirs']:.4g} "
+                        f"in the bundle (relative difference {w['rel']:.2g}; {len(bad)} of {len(chosen)} losses "
+                        f"beyond the tolerance {LOSS_RTOL:g})")
+                if not accept_mismatch:
+                    raise ForeignFileError(
+                        f"{source}: the weights do not reproduce the bundle's own losses ({what}): read as op "
+                        f"{op}, p {task_cfg.p}, the split from {split_name if train_idx is not None else 'mechgrok seed 0'}"
+                        f", they were likely trained on another task or split: check --op, --p and --split "
+                        f"(the split's seed), or pass --accept-mismatch to import anyway")
+                notes.append(f"imported despite a loss mismatch (--accept-mismatch): {what}")
+        else:
+            convention = "after"
+            notes.append("no losses in the bundle to tell where its checkpoints sit: assumed after their epoch's "
+                         "update (epoch e -> step e + 1, as the TL demo saves them)")
+        offset = EPOCH_CONVENTIONS[convention]
+        steps_of = [e + offset for e in epochs] + ([n_steps or 0] if final_sd is not None else [])
+    series: dict[int, tuple[dict, dict]] = {}
+    for s, sd, ev in zip(steps_of, weights, evals):
+        series.setdefault(s, (sd, ev))  # the final model duplicates the last checkpoint under "after"
 
     steps = sorted(series)
     every = min((b - a for a, b in zip(steps, steps[1:])), default=max(steps[-1], 1))
@@ -328,31 +482,18 @@ def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = 
     model_cfg = dc_replace(mcfg, d_vocab=None, d_vocab_out=None, n_ctx=None)
     config = RunConfig(task=task_cfg, model=model_cfg, train=train_cfg)
     rows = []
-    for s in tqdm(steps, desc=f"import {src.name}", unit="ckpt", disable=not progress, dynamic_ncols=True):
-        sd = series[s]
-        tr = loss_and_accuracy_on(sd, mcfg_resolved, task.train_inputs, task.train_labels)
-        te = loss_and_accuracy_on(sd, mcfg_resolved, task.test_inputs, task.test_labels)
-        rows.append(dict(zip(METRIC_COLUMNS, (s, tr[0], te[0], tr[1], te[1], weight_sq(sd)))))
+    for s in steps:
+        sd, ev = series[s]
+        rows.append({"step": s} | ev)
         save_tensors(checkpoint_path(out, s), sd, metadata={"step": str(s)})
     write_metrics(out / "metrics.csv", rows)
-    if losses:
-        # train_losses[e] was computed before epoch e's update (weights of step e), test_losses[e]
-        # after it (step e + 1): align both by the step of the weights they were computed on.
-        n = max(len(v) for v in losses.values())
-        tr_l, te_l = losses.get("train_losses", []), losses.get("test_losses", [])
-        table = pd.DataFrame({"step": range(n + 1),
-                              "train_loss": [tr_l[s] if s < len(tr_l) else float("nan") for s in range(n + 1)],
-                              "test_loss": [te_l[s - 1] if 0 < s <= len(te_l) else float("nan") for s in range(n + 1)]})
+    if table is not None:
         write_csv(out / "source_losses.csv", table)
-        ours = pd.DataFrame(rows).set_index("step")
-        theirs = table.set_index("step").reindex(ours.index)
-        rel = ((ours[["train_loss", "test_loss"]] - theirs) / theirs.abs()).abs().max(skipna=True)
-        if rel.notna().any():
-            notes.append(f"re-evaluated losses vs the source's at the checkpoints: max relative difference "
-                         f"train {rel['train_loss']:.2g}, test {rel['test_loss']:.2g}")
     imported = {"source": str(src.resolve()), "format": fmt, "notes": notes,
                 "source_config": json.loads(json.dumps(foreign_cfg, default=str)),
                 "train_settings": "unknown: only steps and the checkpoint grid come from the source"}
+    if convention is not None:
+        imported["epoch_convention"] = convention
     write_json(out / "config.json", config.to_dict() | {"versions": versions(), "device": "cpu",
                                                         "imported": imported})
     return Run(out)

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .fieldtypes import check_field_types
+
 Params = dict[str, Tensor]
 Hook = tuple[str | Callable[[str], bool], Callable]  # (hook name or TL name filter, fn)
 
@@ -54,6 +56,9 @@ class ModelConfig:
     n_ctx: int | None = None
 
     def __post_init__(self):
+        if self.normalization is None:  # HookedTransformerConfig's spelling of no normalisation
+            object.__setattr__(self, "normalization", "none")
+        check_field_types(self)
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:

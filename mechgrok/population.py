@@ -483,7 +483,9 @@ class Population:
 
     def summary(self, field: str | Sequence[str] | None = None) -> pd.DataFrame:
         """Per value of ``field`` (or per combination of several fields; default: every swept
-        field): n, n_grokked, grok_rate, delay median and quartiles (over members that
+        field): n (members with at least one evaluation), n_not_started (members without one:
+        never started, or stopped before it; outside n and the rate), n_grokked, grok_rate
+        (n_grokked / n), delay median and quartiles (over members that
         memorised and grokked), grokking and memorisation step medians, how many generalised
         before memorising, mean final test accuracy."""
         names = list(self.fields) if field is None else [field] if isinstance(field, str) else list(field)
@@ -498,11 +500,17 @@ class Population:
 def summarise(table: pd.DataFrame, field: str | list[str]) -> pd.DataFrame:
     """The per-value statistics of ``Population.summary`` for any population table."""
     def stats(g: pd.DataFrame) -> pd.Series:
+        # A member with no evaluation row (it never started, or died before its first) has no
+        # outcome: counted as "not grokked" it would lower the rate of its setting. It is left
+        # out of n and the rate, and counted apart.
+        started = g["last_step"].notna()
+        not_started, g = int((~started).sum()), g[started]
         delay = g["delay"].dropna().to_numpy(dtype=float)
         q = np.percentile(delay, [25, 50, 75]) if len(delay) else [math.nan] * 3
         first = (g["grokked"] & (g["memorised_step"].isna() | (g["delay"].fillna(1) <= 0))).sum()
         return pd.Series({
-            "n": len(g), "n_grokked": int(g["grokked"].sum()), "grok_rate": float(g["grokked"].mean()),
+            "n": len(g), "n_not_started": not_started, "n_grokked": int(g["grokked"].sum()),
+            "grok_rate": float(g["grokked"].mean()) if len(g) else math.nan,
             "n_delay": len(delay), "delay_median": q[1], "delay_q25": q[0], "delay_q75": q[2],
             "grokked_step_median": float(g["grokked_step"].dropna().median()) if g["grokked"].any() else math.nan,
             "memorised_step_median": (float(g["memorised_step"].dropna().median())
@@ -517,7 +525,7 @@ def summarise(table: pd.DataFrame, field: str | list[str]) -> pd.DataFrame:
     names = [field] if isinstance(field, str) else list(field)
     keys = [table[f].map(label).rename(f) for f in names]
     out = table.groupby(keys if len(keys) > 1 else keys[0], sort=True)[table.columns].apply(stats)
-    counts = ["n", "n_grokked", "n_delay", "n_grokked_before_memorising"]
+    counts = ["n", "n_not_started", "n_grokked", "n_delay", "n_grokked_before_memorising"]
     return out.astype({c: int for c in counts})
 
 

@@ -136,7 +136,12 @@ def configure(base: str | RunConfig = "demo", *, seed: int | None = None, task_s
         changes["train"]["batch_size"] = batch_size or None
     m = changes["model"]
     if ("d_model" in m or "n_heads" in m) and "d_head" not in m:
-        m["d_head"] = max(1, m.get("d_model", cfg.model.d_model) // m.get("n_heads", cfg.model.n_heads))
+        d_model, n_heads = m.get("d_model", cfg.model.d_model), m.get("n_heads", cfg.model.n_heads)
+        if isinstance(d_model, int) and isinstance(n_heads, int) and n_heads > 0 and d_model % n_heads:
+            # a floor would give heads of d_model // n_heads dims that no longer add up to d_model
+            raise ValueError(f"n_heads {n_heads} does not divide d_model {d_model} (d_head = d_model / n_heads "
+                             f"would be {d_model / n_heads:g}): choose n_heads dividing {d_model}, or give d_head")
+        m["d_head"] = max(1, d_model // n_heads)
     return replace(cfg, task=replace(cfg.task, **changes["task"]), model=replace(cfg.model, **changes["model"]),
                    train=replace(cfg.train, **changes["train"]))
 

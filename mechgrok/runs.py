@@ -94,7 +94,10 @@ class Run:
             self.meta = json.loads(cfg_file.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
-        self.config = RunConfig.from_dict(self.meta)
+        try:
+            self.config = RunConfig.from_dict(self.meta)
+        except (ValueError, TypeError) as e:  # a hand-edited field: name the file as well
+            raise ValueError(f"{cfg_file}: {e}") from None
         self.task = Task(self.config.task)
         self.model_cfg = self.config.model.resolve(self.task)
 
@@ -128,7 +131,7 @@ class Run:
     def params(self, step: int | None = None, device=None) -> Params:
         """The HookedTransformer-format weights at ``step`` (default: the last)."""
         f = checkpoint_path(self.path, self.resolve_step(step))
-        params = read_tensors(f)
+        params = read_tensors(f, floating=True)
         check_params(params, self.model_cfg, source=str(f))
         return params if device is None else {k: v.to(device) for k, v in params.items()}
 

@@ -33,6 +33,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from .fieldtypes import check_field_types
+
 MODULAR_OPS: dict[str, tuple[str, Callable[[Tensor, Tensor, int], Tensor]]] = {
     "add": ("a + b", lambda a, b, p: (a + b) % p),
     "sub": ("a - b", lambda a, b, p: (a - b) % p),
@@ -83,6 +85,7 @@ class TaskConfig:
     table: Any = None  # Any: normalised below from any nested sequence, array or tensor
 
     def __post_init__(self):
+        check_field_types(self)
         op = OP_ALIASES.get(self.op, self.op)
         object.__setattr__(self, "op", op)
         if op not in OPS:

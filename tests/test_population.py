@@ -356,3 +356,20 @@ def test_probed_sweep_members_write_the_dynamics_rows_their_solo_runs_write(tmp_
                                    rtol=1e-3, atol=1e-4)
     with pytest.raises(ValueError, match="unknown key"):
         tiny_sweep(probe="every=10,hession=3")
+
+
+def test_a_member_that_never_started_is_counted_apart_not_as_not_grokked(planted):
+    # wd 0: 1 of 3 members grokked; two more never got an evaluation row (one no metrics.csv at
+    # all, one only its header): they must not pull the rate down to 1/5
+    cfg = configure("demo", weight_decay=0.0, seed=7, p=11)
+    write_json(planted / "wd0.0_s7" / "config.json", cfg.to_dict())
+    write_json(planted / "wd0.0_s8" / "config.json", configure("demo", weight_decay=0.0, seed=8, p=11).to_dict())
+    write_metrics(planted / "wd0.0_s8" / "metrics.csv", [])
+    pop = load_population(planted)
+    s = pop.summary("weight_decay")
+    assert s.loc[0.0, "grok_rate"] == pytest.approx(1 / 3)
+    assert (s.loc[0.0, "n"], s.loc[0.0, "n_not_started"], s.loc[0.0, "n_grokked"]) == (3, 2, 1)
+    assert list(s["n_not_started"]) == [2, 0, 0] and s.loc[1.0, "grok_rate"] == 1.0
+    res = CliRunner().invoke(app, ["population", str(planted), "--no-png"])
+    assert res.exit_code == 0, res.output
+    assert "n_not_started" in res.output
