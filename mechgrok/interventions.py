@@ -57,6 +57,7 @@ replays the source run exactly.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -312,6 +313,7 @@ class Continuation:
     max_test_acc: float
     path: str
     metrics: pd.DataFrame = field(repr=False)
+    optimizer: str = "fresh"
 
     @property
     def grokked(self) -> bool:
@@ -375,7 +377,7 @@ def continue_training(run: Run, from_step: int, steps: int, params: Params | Non
                         total_params=total, grokking_step=transition_metrics(m).grokked_step,
                         final_train_acc=float(m["train_acc"].iloc[-1]),
                         final_test_acc=float(m["test_acc"].iloc[-1]),
-                        max_test_acc=float(m["test_acc"].max()), path=str(out), metrics=m)
+                        max_test_acc=float(m["test_acc"].max()), path=str(out), metrics=m, optimizer=optimizer)
 
 
 # --- freezing (seed 000) -----------------------------------------------------------------------
@@ -432,6 +434,26 @@ def freeze_and_continue(run: Run, from_step: int, intervention: str, steps: int,
                              optimizer=optimizer, name=name, progress=progress)
 
 
+def _cache_key(run: Run | str | None, from_step: int, name: str, steps: int, optimizer: str | None) -> dict:
+    """Every setting that produces a freeze continuation: a result in ``results.jsonl`` is
+    reused only when all of them match (``run``, ``optimizer`` None: a row written before rows
+    named them, which matches nothing)."""
+    source = None if run is None else str(Path(run.path if isinstance(run, Run) else run).resolve())
+    return {"source": source, "from_step": int(from_step), "name": name, "steps": int(steps), "optimizer": optimizer}
+
+
+def _key_fields(row: dict) -> dict:
+    """``_cache_key``'s arguments as a ``results.jsonl`` row records them."""
+    return {"run": row.get("source"), "from_step": row["from_step"], "name": row["name"],
+            "steps": row["steps"], "optimizer": row.get("optimizer")}
+
+
+def _differences(had: dict, asked: dict) -> str:
+    """The settings on which a cached result and the one asked for differ, as one phrase."""
+    return ", ".join(f"{k}={had.get(k) if had.get(k) is not None else 'unrecorded'} (asked {asked[k]})"
+                     for k in asked if had.get(k) != asked[k])
+
+
 def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Sequence[str] = "all",
                  steps: int = 10_000, out_dir: str | Path | None = None, optimizer: str = "fresh",
                  progress: bool = True, on_result: Callable[[dict], None] | None = None,
@@ -439,8 +461,11 @@ def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Seque
     """``freeze_and_continue`` for every (checkpoint, intervention); one row each, with the
     seconds it took. Continuation runs go to ``out_dir/step_{s}/{name}`` (default ``out_dir``:
     ``RUN/interventions/freeze``). Resumable: every finished continuation is appended to
-    ``out_dir/results.jsonl`` as it ends, and a later call with the same ``out_dir`` skips what
-    is there (a continuation cut off half-way is trained again from its checkpoint).
+    ``out_dir/results.jsonl`` as it ends, and a later call with the same ``out_dir`` reuses a
+    result there only when every setting that produced it matches (``_cache_key``: source run,
+    checkpoint, intervention, steps, optimizer); one trained with other settings is trained
+    again (a line on stderr says why) and its run directory replaced; a continuation cut off
+    half-way is trained again from its checkpoint.
     ``trajectories``: keep each continuation's metrics in the rows (column ``trajectory``)."""
     import shutil
     import time
@@ -452,18 +477,27 @@ def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Seque
         run.resolve_step(s)  # fail before hours of training, not after
     out_dir = Path(out_dir) if out_dir is not None else run.path / "interventions" / "freeze"
     log = out_dir / "results.jsonl"
-    done = {(r["from_step"], r["name"]): r for r in read_jsonl(log)}
-    todo = [(s, n) for s in from_steps for n in names]
+    # the newest row per continuation directory: a row trained again later supersedes the
+    # older one (whose directory it replaced)
+    newest = {(r["from_step"], r["name"]): r for r in read_jsonl(log)}
+    asked = {(s, n): _cache_key(run, s, n, steps, optimizer) for s in from_steps for n in names}
+    done = {k: r for k, r in newest.items() if k in asked and _cache_key(**_key_fields(r)) == asked[k]}
+    todo = list(asked)
     bar = tqdm(total=len(todo), initial=sum(k in done for k in todo), desc="freeze and continue",
                unit="run", disable=not progress, dynamic_ncols=True)
     for s, name in todo:
         if (s, name) in done:
             continue
+        if (s, name) in newest:
+            had = _cache_key(**_key_fields(newest[(s, name)]))
+            print(f"{log}: {name} from step {s} was trained with {_differences(had, asked[(s, name)])}: "
+                  f"training it again (its run directory is replaced)", file=sys.stderr)
         out = out_dir / f"step_{s}" / name
         shutil.rmtree(out, ignore_errors=True)
         t = time.time()
         res = freeze_and_continue(run, s, name, steps, out=out, optimizer=optimizer)
-        row = res.to_dict(trajectory=True) | {"seconds": round(time.time() - t, 1)}
+        row = res.to_dict(trajectory=True) | {"source": asked[(s, name)]["source"],
+                                               "seconds": round(time.time() - t, 1)}
         done[(s, name)] = row
         append_jsonl(log, [row])
         if on_result:
