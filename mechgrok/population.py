@@ -67,6 +67,11 @@ def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _is_seed(name: str) -> bool:
+    """Whether an override name is the member seed ``seed`` (or ``model.seed``-style spellings of it)."""
+    return name.rpartition(".")[2] == "seed"
+
+
 def member_id(settings: dict[str, Any], seed: int) -> str:
     """Directory name of a member: its settings and seed, e.g. ``beta1=0.9_seed=3``."""
     parts = [f"{k}={_fmt(v)}" for k, v in settings.items()] + [f"seed={seed}"]
@@ -117,7 +122,9 @@ class SweepConfig:
     starting from ``base`` with ``fixed`` (field -> value, e.g. ``stop_after_grok``) set on
     every member. Field names are those of ``presets.sweepable_fields`` (``presets.configure``'s); a
     member's seed goes to ``configure(seed=...)`` (split, init and batch order), which
-    ``task_seed`` etc. in ``fixed`` or a setting override. Every member's config is built and
+    ``task_seed`` etc. in ``fixed`` or a setting override (the member's seed, in its id and
+    row, is then that of the parts not overridden). ``seed`` itself is no grid or setting
+    field; in ``fixed`` (``--set seed=S``) it is the sweep's one seed, as ``seeds=(S,)``. Every member's config is built and
     validated at construction: a bad value fails before anything trains, naming the field and
     the allowed values. ``chunk_size``: members per ensemble (one unit of work). ``probe``: a
     ``--probe`` spec (``every=10[,measures=...]``): every member writes optimizer-dynamics
@@ -164,6 +171,21 @@ class SweepConfig:
                  else tuple(int(s) for s in self.seeds))
         if not seeds or len(set(seeds)) != len(seeds):
             raise ValueError(f"SweepConfig.seeds must be a positive count or distinct integers, got {self.seeds}")
+        # A member's seed is its id's, its row's and the one it trains with: a "seed" among the
+        # swept settings would train with one seed under the name of another, so it is refused,
+        # and a fixed one (--set seed=S) becomes the sweep's only seed.
+        swept = next((k for k in [n for n, _ in grid] + [k for s in self.settings for k in s] if _is_seed(k)), None)
+        if swept is not None:
+            raise ValueError(f"sweep field {swept!r}: the seed is not a grid or setting field; give the seeds "
+                             f"with --seeds (SweepConfig.seeds), e.g. --seeds 3-5")
+        fixed_seed = next((k for k in self.fixed if _is_seed(k)), None)
+        if fixed_seed is not None:
+            value = int(self.fixed[fixed_seed])
+            if len(seeds) > 1:
+                raise ValueError(f"--set {fixed_seed}={value} gives every member seed {value}, but --seeds asks "
+                                 f"for {len(seeds)} seeds {list(seeds)}: choose the seeds with --seeds alone")
+            seeds = (value,)
+            object.__setattr__(self, "fixed", {k: v for k, v in self.fixed.items() if k != fixed_seed})
         object.__setattr__(self, "seeds", seeds)
         if int(self.chunk_size) < 1:
             raise ValueError(f"SweepConfig.chunk_size must be >= 1, got {self.chunk_size}")
