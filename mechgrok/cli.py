@@ -548,8 +548,9 @@ def transplant(donor: Path = typer.Option(..., help="donor run directory"),
                neurons: Optional[str] = typer.Option(None, help="neuron indices (default: by frequency cluster)"),
                freqs: Optional[str] = typer.Option(None, help="frequency clusters to move (default: all clustered)"),
                layer: Optional[int] = typer.Option(None, help="MLP layer (default: the last)"),
-               out: Optional[Path] = typer.Option(None, help="directory for both arms "
-                                                  "(default: RECIPIENT/interventions/transplant_STEP)"),
+               out: Optional[Path] = typer.Option(None, help="directory for both arms and transplant.json "
+                                                  "(default: RECIPIENT/interventions/transplant_STEP); run again "
+                                                  "with the same settings, the result there is reused"),
                as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
                progress: bool = typer.Option(True, help="show a progress bar per arm")):
     """Copy a donor's neurons into a recipient checkpoint, train on, compare with an untouched control."""

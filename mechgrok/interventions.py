@@ -57,6 +57,7 @@ replays the source run exactly.
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
@@ -522,21 +523,61 @@ def transplant_experiment(donor: Run, donor_step: int, recipient: Run, recipient
     default every clustered neuron) into the recipient checkpoint, train on ``steps`` steps, and
     compare with the untouched recipient trained on from the same checkpoint (same seed, same
     minibatches, fresh optimiser for both). The two arms are run directories under ``out_dir``
-    (default ``RECIPIENT/interventions/transplant_{recipient_step}``)."""
+    (default ``RECIPIENT/interventions/transplant_{recipient_step}``), and the result goes to
+    ``out_dir/transplant.json`` with the settings that produced it: a call with the same
+    settings returns it without training again; one with other settings, or over arms an
+    interrupted call left, is refused (another ``out_dir``, or delete the directory)."""
     if neurons is None:
         neurons = select_neurons(donor, donor.task, freqs, layer, step=donor_step)
         if not neurons:
             raise ValueError(f"{donor.path} step {donor_step} has no clustered neurons to transplant")
     params = transplant_neurons(donor, recipient, neurons, layer, donor_step, recipient_step)
     out_dir = Path(out_dir) if out_dir is not None else recipient.path / "interventions" / f"transplant_{recipient_step}"
+    settings = {"donor": str(donor.path.resolve()), "donor_step": int(donor_step),
+                "recipient": str(recipient.path.resolve()), "recipient_step": int(recipient_step),
+                "steps": int(steps), "neurons": sorted(map(int, neurons)),
+                "layer": layer_index(recipient.model_cfg, layer)}
+    cached = _finished_transplant(out_dir, settings)
+    if cached is not None:
+        return cached
     sub = (lambda n: out_dir / n)
     treated = continue_training(recipient, recipient_step, steps, params=params, out=sub("transplant"),
                                 name="transplant", progress=progress)
     control = continue_training(recipient, recipient_step, steps, out=sub("control"), name="control",
                                 progress=progress)
     before = evaluate_with_hooks(params, recipient.model_cfg, recipient.task)
-    return {"n_neurons": len(neurons), "neurons": list(map(int, neurons)),
-            "after_transplant": before, "transplant": treated.to_dict(), "control": control.to_dict()}
+    result = {"n_neurons": len(neurons), "neurons": list(map(int, neurons)),
+              "after_transplant": before, "transplant": treated.to_dict(), "control": control.to_dict()}
+    write_json(out_dir / TRANSPLANT_FILE, {"settings": settings, "result": result})
+    return result
+
+
+TRANSPLANT_FILE = "transplant.json"
+
+
+def _finished_transplant(out_dir: Path, settings: dict) -> dict | None:
+    """The result of the transplant experiment in ``out_dir`` when it was made with
+    ``settings``; None when ``out_dir`` holds none; one clear error when it holds one made
+    otherwise, or the arms of one that never finished."""
+    f = out_dir / TRANSPLANT_FILE
+    again = f"choose another --out, or delete {out_dir} to run it again"
+    if f.exists():
+        try:
+            stored = json.loads(f.read_text())
+            had = stored["settings"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise ValueError(f"{f} is not a mechgrok transplant result: {again}") from None
+        if had == settings:
+            print(f"{f}: this transplant experiment has been run with the same settings; its result is "
+                  f"reused", file=sys.stderr)
+            return stored["result"]
+        diff = ", ".join(f"{k}={had.get(k)!r} (asked {v!r})" for k, v in settings.items() if had.get(k) != v)
+        raise ValueError(f"{out_dir} holds a transplant experiment with other settings ({diff}): {again}")
+    arms = [n for n in ("transplant", "control") if (out_dir / n).exists()]
+    if arms:
+        raise ValueError(f"{out_dir} holds the {' and '.join(arms)} arm(s) of a transplant experiment that did not "
+                         f"finish (no {TRANSPLANT_FILE}): {again}")
+    return None
 
 
 EMBEDDING_KEYS = ("embed.W_E", "pos_embed.W_pos")
