@@ -260,7 +260,8 @@ def train(
     out: Optional[Path] = typer.Option(None, help="run directory to create"),
     preset: Optional[str] = typer.Option(None, help="starting configuration (default: demo); see `mechgrok presets`"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the stopped run in this directory; "
-                                          "with --steps N, extend it to N steps (no other setting may change)"),
+                                          "with --steps N, extend it to N steps, past a --stop-after-grok stop "
+                                          "too (no other setting but --stop-after-grok may change)"),
     op: Optional[Op] = typer.Option(None, help="quad is a^2+ab+b^2"),
     p: Optional[int] = typer.Option(None, help="prime modulus"),
     frac: Optional[float] = typer.Option(None, help="fraction of all examples used for training"),
@@ -337,7 +338,7 @@ def train(
             raise ValueError("--resume continues the run in its own directory with its own settings: "
                              "drop --out/--preset")
         from .trainer import resume as resume_run
-        from .trainer import resume_config
+        from .trainer import check_resume, resume_config, stopped_after_grok
 
         run = load_run(resume)
         if "imported" in run.meta:
@@ -345,6 +346,16 @@ def train(
                              f"to resume; `mechgrok freeze {resume} --from-step S --steps N --interventions baseline` "
                              f"trains on from a checkpoint")
         cfg = resume_config(run.config, configure(run.config, **settings))  # refuses all but more steps
+        stopped = stopped_after_grok(resume)
+        if stopped is not None and steps is not None and stop_after_grok is None:
+            # --steps N on a run its stop rule ended asks for training to N: past the stop
+            from dataclasses import replace
+
+            cfg = replace(cfg, train=replace(cfg.train, stop_after_grok=None))
+            typer.echo(f"{resume} stopped after grokking at step {stopped} (--stop-after-grok "
+                       f"{run.config.train.stop_after_grok}); --steps {steps} trains on with no stop rule "
+                       f"(--stop-after-grok K sets a new one)")
+        check_resume(resume, cfg)  # a stop rule that has fired already would train nothing
         check_run(cfg)
         measure_kw = _measure_kwargs(probe, measure, measure_every)
         # the resume state's step, not the newest checkpoint's: a stop between writing a
