@@ -684,7 +684,9 @@ def _grid(texts: list[str]) -> list[tuple[str, list[str]]]:
 @app.command()
 def sweep(
     out: Optional[Path] = typer.Option(None, help="sweep directory to create"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="finish the sweep in this directory"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="finish the sweep in this directory; with "
+                                          "--set steps=N, train every member on to N (past a --stop-after-grok "
+                                          "stop too: no stop rule unless --stop-after-grok K is given)"),
     preset: str = typer.Option("demo", help="base configuration; see `mechgrok presets`"),
     grid: list[str] = typer.Option([], "--grid", help="FIELD=V1,V2,... (repeat: every combination)"),
     setting: list[str] = typer.Option([], "--setting", help="one explicit setting FIELD=V[,FIELD=V...] "
@@ -704,14 +706,44 @@ def sweep(
     measure_every: Optional[int] = typer.Option(None, "--measure-every", help="steps between measures"),
     progress: bool = typer.Option(True, help="show a progress bar over members"),
 ):
-    """Train a grid (or list) of settings x seeds as chunks of ensembles; --resume finishes one."""
+    """Train a grid (or list) of settings x seeds as chunks of ensembles; --resume finishes one,
+    and with --set steps=N (or --stop-after-grok K) trains every member on past its old end."""
     from .config import parse_seeds
-    from .population import SweepConfig, run_sweep
+    from .population import SweepConfig, extend_sweep, run_sweep
     from .presets import get_preset, parse_overrides
 
     if resume is None and out is None:
         raise ValueError("give --out DIR for a new sweep (or --resume DIR to finish one)")
     sw = None
+    backend_kw = dict(backend=_value(backend), ray_address=ray_address, cpus_per_chunk=cpus_per_chunk,
+                      gpus_per_chunk=gpus_per_chunk, progress=progress)
+    if resume is not None:
+        if out is not None:
+            raise ValueError("--resume finishes the sweep in its own directory: drop --out")
+        fixed = parse_overrides(set_, "--set")
+        new_steps = next((fixed.pop(k) for k in ("steps", "train.steps") if k in fixed), None)
+        other = [name for name, given in (("--grid", grid), ("--setting", setting), ("--probe", probe),
+                                          ("--measure", measure), ("--measure-every", measure_every)) if given]
+        other += [f"--set {k}" for k in fixed]
+        if other:
+            raise ValueError(f"--resume finishes the stored sweep (or extends it with --set steps=N and "
+                             f"--stop-after-grok K): {', '.join(other)} cannot change; start a new sweep "
+                             f"with --out for other settings")
+        if new_steps is not None or stop_after_grok is not None:
+            try:
+                steps = None if new_steps is None else int(new_steps)
+            except ValueError:
+                raise ValueError(f"--set steps: {new_steps!r} is not a whole number of steps") from None
+            typer.echo(f"extending {resume}: every member trains on to "
+                       f"{'its budget' if steps is None else f'step {steps}'} with "
+                       + ("no stop rule (--stop-after-grok K sets one)" if stop_after_grok is None
+                          else f"--stop-after-grok {stop_after_grok}"))
+            try:
+                pop = extend_sweep(resume, steps, stop_after_grok, **backend_kw)
+            except ImportError as e:
+                _fail(str(e))
+            _print_population(pop, None)
+            return
     if resume is None:
         fixed = parse_overrides(set_, "--set")
         if stop_after_grok is not None:
@@ -723,9 +755,7 @@ def sweep(
         typer.echo(f"sweep: {len(sw.members())} members ({len(sw.points())} settings x {len(sw.seeds)} seeds) "
                    f"-> {out}")
     try:
-        pop = run_sweep(sw, resume or out, resume=resume is not None, backend=_value(backend),
-                        ray_address=ray_address, cpus_per_chunk=cpus_per_chunk, gpus_per_chunk=gpus_per_chunk,
-                        progress=progress)
+        pop = run_sweep(sw, resume or out, resume=resume is not None, **backend_kw)
     except ImportError as e:
         _fail(str(e))
     _print_population(pop, None)

@@ -49,8 +49,8 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig, parse_seeds
-from .ensemble import NEXT_RESUME_FILE
-from .files import append_jsonl, read_jsonl, write_csv, write_json
+from .ensemble import MEMBER_FILE, NEXT_RESUME_FILE
+from .files import append_jsonl, read_jsonl, write_csv, write_json, write_text
 from .locks import LOCK_FILE, lock_dir, lock_dirs
 from .presets import CONFIG_PARTS, apply_overrides, parse_value
 from .runs import CONFIG_FILE, RESUME_FILE, Run, is_run_dir
@@ -429,6 +429,82 @@ def _run_sweep(sweep: SweepConfig | None, out: Path, resume: bool, backend: str,
     bar.close()
     write_members_table(out)
     return load_population(out)
+
+
+def extend_sweep(out: str | Path, steps: int | None = None, stop_after_grok: int | None = None,
+                 **run_kw) -> "Population":
+    """Train every member of the sweep in ``out`` on to ``steps`` (default: the budget it has) under the stop rule
+    ``stop_after_grok`` (default None: none, so members stopped after grokking train on past the
+    stop, e.g. to study the cleanup after grokking), then return the population.
+
+    Each member resumes from its resume state -- where it stopped, or its old budget -- exactly as
+    if it had been trained with these settings from the start (``trainer.resume``'s rule for a
+    solo run). Members that diverged, or that the new rule has stopped already, stay as they are.
+    ``sweep.json`` records the new ``steps`` and stop rule; ``run_kw``: ``run_sweep``'s backend
+    options. A sweep over ``steps`` or ``stop_after_grok`` itself is refused (extend its members
+    with ``mechgrok train --resume MEMBER --steps N``)."""
+    from dataclasses import replace
+
+    from .milestones import should_stop
+    from .runs import read_resume_state
+    from .trainer import resume_config
+
+    out = Path(out)
+    if not (out / SWEEP_FILE).exists():
+        raise FileNotFoundError(f"{out} is not a sweep directory: {SWEEP_FILE} is missing")
+    with lock_dir(out):
+        spec = json.loads((out / SWEEP_FILE).read_text())
+        _check_ids(spec, out / SWEEP_FILE)
+        stored = SweepConfig.from_dict(spec)
+        swept = next((k for k in stored.fields if _field_name(k) in ("steps", "stop_after_grok")), None)
+        if swept is not None:
+            raise ValueError(f"{out} sweeps over {swept}: extend its members one by one with "
+                             f"`mechgrok train --resume {out / MEMBERS_DIR}/ID --steps N`")
+        fixed = {k: v for k, v in stored.fixed.items() if _field_name(k) not in ("steps", "stop_after_grok")}
+        steps = stored.members()[0].config.train.steps if steps is None else int(steps)
+        base = replace(stored.base, train=replace(stored.base.train, steps=steps, stop_after_grok=stop_after_grok))
+        new = replace(stored, base=base, fixed=fixed)
+        members = {m.id: m for m in new.members()}
+        if set(members) != {m["id"] for m in spec["members"]}:
+            raise ValueError(f"{out / SWEEP_FILE}: its members are not those of its own settings; the file was "
+                             f"edited or is not a mechgrok sweep")
+        manifest = read_manifest(out)
+        # every member's write lock: no chunk or solo resume may train one while its budget changes
+        with lock_dirs([out / MEMBERS_DIR / i for i in members if is_run_dir(out / MEMBERS_DIR / i)]):
+            plan = []  # (member dir, its run, its new config, its new member.json or None)
+            for i, m in members.items():
+                d = out / MEMBERS_DIR / i
+                if not is_run_dir(d):
+                    continue  # never started: it trains with the new settings
+                run = Run(d)
+                try:
+                    cfg = resume_config(run.config, m.config)
+                except ValueError as e:
+                    raise ValueError(f"{d}: {e}") from None
+                status = member_status(d) or {}
+                if status.get("status") in ("done", "stopped_after_grok"):
+                    step = read_resume_state(d).step
+                    rows = [r for r in run.metrics.to_dict("records") if r["step"] <= step]
+                    if step < cfg.train.steps and not should_stop(rows, cfg.train.stop_after_grok):
+                        status = status | {"status": "running"}
+                plan.append((i, d, run, cfg, status))
+            # first the records of the members that change go (a kill after this only makes a
+            # plain --resume record them again), then the members, then the sweep's settings:
+            # extending again finishes whatever a kill cut short
+            gone = {i for i, d, run, cfg, status in plan
+                    if status.get("status") == "running" or manifest.get(i, {}).get("budget") != cfg.train.steps}
+            write_text(out / MANIFEST_FILE, "".join(json.dumps(r) + "\n" for i, r in manifest.items() if i not in gone))
+            for i, d, run, cfg, status in plan:
+                if cfg != run.config:
+                    write_json(d / CONFIG_FILE, run.meta | cfg.to_dict())
+                if status != (member_status(d) or {}):
+                    write_json(d / MEMBER_FILE, status)
+            write_json(out / SWEEP_FILE, spec | new.to_dict())
+    return run_sweep(None, out, resume=True, **run_kw)
+
+
+def _field_name(name: str) -> str:
+    return name.rpartition(".")[2]
 
 
 def write_members_table(sweep_dir: str | Path) -> Path:
