@@ -85,3 +85,14 @@ def test_cli_resume_with_a_new_stop_rule_and_one_that_has_fired(tmp_path):
     assert r.exit_code == 1 and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
     assert "stopped at step 90 by its stop rule (train.stop_after_grok=3" in r.output
     assert mg.load_run(b).config.train.steps == 120
+
+
+def test_train_or_resume_honours_the_stop_rule_it_is_given(never_stopped, tmp_path):
+    from mechgrok.experiment import train_or_resume
+
+    cfg = configure("demo", **TINY, steps=120)
+    b = mg.train(replace(cfg, train=replace(cfg.train, stop_after_grok=1)), tmp_path / "b", progress=False)
+    assert b.steps[-1] == GROKKED + 5
+    run = train_or_resume(cfg, b.path)  # asked: no stop rule, so the stopped run is not finished
+    assert run.steps[-1] == 120
+    assert_same_run(never_stopped, run, 120)
