@@ -352,10 +352,11 @@ def train(
             from dataclasses import replace
 
             cfg = replace(cfg, train=replace(cfg.train, stop_after_grok=None))
+        check_resume(resume, cfg)  # a stop rule that has fired already would train nothing
+        if cfg.train.stop_after_grok is None and stopped is not None:
             typer.echo(f"{resume} stopped after grokking at step {stopped} (--stop-after-grok "
                        f"{run.config.train.stop_after_grok}); --steps {steps} trains on with no stop rule "
                        f"(--stop-after-grok K sets a new one)")
-        check_resume(resume, cfg)  # a stop rule that has fired already would train nothing
         check_run(cfg)
         measure_kw = _measure_kwargs(probe, measure, measure_every)
         # the resume state's step, not the newest checkpoint's: a stop between writing a

@@ -150,9 +150,20 @@ def resume_config(stored: RunConfig, asked: RunConfig) -> RunConfig:
 
 def check_resume(out: str | Path, asked: RunConfig) -> RunConfig:
     """``resume_config`` of the run in ``out``, refusing a stop rule that has already fired at
-    its resume state while steps remain: such a resume would train nothing."""
+    its resume state while steps remain (such a resume would train nothing), and any change to
+    a member of a sweep (``population.extend_sweep`` extends those, keeping the sweep's table
+    true)."""
+    from .population import MEMBERS_DIR, SWEEP_FILE
+
+    out = Path(out)
     run = Run(out)
     new = resume_config(run.config, asked)
+    sweep = out.parent.parent
+    if new != run.config and out.parent.name == MEMBERS_DIR and (sweep / SWEEP_FILE).exists():
+        # the sweep's manifest and table would go on reporting the member as it was
+        raise ValueError(f"{out} is a member of the sweep {sweep}: extend the whole sweep with "
+                         f"`mechgrok sweep --resume {sweep} --set steps=N` (population.extend_sweep), or copy "
+                         f"the member out of it to extend it alone")
     step = read_resume_state(out).step
     rows = [r for r in run.metrics.to_dict("records") if r["step"] <= step]
     if step < new.train.steps and should_stop(rows, new.train.stop_after_grok):

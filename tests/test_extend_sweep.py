@@ -70,3 +70,15 @@ def test_extend_sweep_with_a_new_stop_rule_and_what_resume_refuses(tmp_path):
         res = CliRunner().invoke(app, ["sweep", "--resume", str(d), *args, "--no-progress"])
         assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output, res.output
     assert load_population(d).table.set_index("id")["last_step"].to_dict() == after
+
+
+def test_extending_one_member_alone_is_refused_naming_the_sweep_command(tmp_path):
+    d = tmp_path / "s"
+    pop = run_sweep(sweep(stop_after_grok=1), d, progress=False)
+    member = pop.paths[0]
+    res = CliRunner().invoke(app, ["train", "--resume", str(member), "--steps", "120", "--no-progress", "--no-png"])
+    assert res.exit_code == 1 and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert f"is a member of the sweep {d}: extend the whole sweep with `mechgrok sweep --resume {d} --set " \
+           f"steps=N`" in res.output
+    assert load_population(d).table["last_step"].tolist() == pop.table["last_step"].tolist()
+    assert pop.run(0).steps[-1] < 120  # nothing trained
