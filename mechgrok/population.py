@@ -67,9 +67,14 @@ def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _field_name(name: str) -> str:
+    """An override's field name without its part: "train.steps" -> "steps"."""
+    return name.rpartition(".")[2]
+
+
 def _is_seed(name: str) -> bool:
     """Whether an override name is the member seed ``seed`` (or ``model.seed``-style spellings of it)."""
-    return name.rpartition(".")[2] == "seed"
+    return _field_name(name) == "seed"
 
 
 def member_id(settings: dict[str, Any], seed: int) -> str:
@@ -124,9 +129,9 @@ class SweepConfig:
     member's seed goes to ``configure(seed=...)`` (split, init and batch order), which
     ``task_seed`` etc. in ``fixed`` or a setting override (the member's seed, in its id and
     row, is then that of the parts not overridden). ``seed`` itself is no grid or setting
-    field; in ``fixed`` (``--set seed=S``) it is the sweep's one seed, as ``seeds=(S,)``. Every member's config is built and
-    validated at construction: a bad value fails before anything trains, naming the field and
-    the allowed values. ``chunk_size``: members per ensemble (one unit of work). ``probe``: a
+    field; in ``fixed`` (``--set seed=S``) it is the sweep's one seed, as ``seeds=(S,)``.
+    Every member's config is built and validated at construction: a bad value fails before
+    anything trains, naming the field and the allowed values. ``chunk_size``: members per ensemble (one unit of work). ``probe``: a
     ``--probe`` spec (``every=10[,measures=...]``): every member writes optimizer-dynamics
     probes to its dynamics.csv as it trains. ``measures``: measure specs (``measures.resolve``:
     built-in names, ``"pkg.mod:fn"``, ``"file.py:fn"``), taken every ``measure_every`` steps
@@ -433,21 +438,21 @@ def _run_sweep(sweep: SweepConfig | None, out: Path, resume: bool, backend: str,
 
 def extend_sweep(out: str | Path, steps: int | None = None, stop_after_grok: int | None = None,
                  **run_kw) -> "Population":
-    """Train every member of the sweep in ``out`` on to ``steps`` (default: the budget it has) under the stop rule
-    ``stop_after_grok`` (default None: none, so members stopped after grokking train on past the
-    stop, e.g. to study the cleanup after grokking), then return the population.
+    """Train every member of the sweep in ``out`` on to ``steps`` (default: the budget it has)
+    under the stop rule ``stop_after_grok`` (default None: none, so members stopped after
+    grokking train on past the stop, e.g. to study the cleanup after grokking), then return the
+    population.
 
     Each member resumes from its resume state -- where it stopped, or its old budget -- exactly as
     if it had been trained with these settings from the start (``trainer.resume``'s rule for a
     solo run). Members that diverged, or that the new rule has stopped already, stay as they are.
     ``sweep.json`` records the new ``steps`` and stop rule; ``run_kw``: ``run_sweep``'s backend
-    options. A sweep over ``steps`` or ``stop_after_grok`` itself is refused (extend its members
-    with ``mechgrok train --resume MEMBER --steps N``)."""
+    options. A sweep over ``steps`` or ``stop_after_grok`` itself is refused: those are its
+    members' settings, named in their ids."""
     from dataclasses import replace
 
-    from .milestones import should_stop
     from .runs import read_resume_state
-    from .trainer import resume_config
+    from .trainer import resume_config, stop_rule_fired
 
     out = Path(out)
     if not (out / SWEEP_FILE).exists():
@@ -458,8 +463,9 @@ def extend_sweep(out: str | Path, steps: int | None = None, stop_after_grok: int
         stored = SweepConfig.from_dict(spec)
         swept = next((k for k in stored.fields if _field_name(k) in ("steps", "stop_after_grok")), None)
         if swept is not None:
-            raise ValueError(f"{out} sweeps over {swept}: extend its members one by one with "
-                             f"`mechgrok train --resume {out / MEMBERS_DIR}/ID --steps N`")
+            raise ValueError(f"{out} sweeps over {swept}, so its members' ids name their {swept}: start a new "
+                             f"sweep with --out for other values (or copy a member out of {out / MEMBERS_DIR} "
+                             f"and `mechgrok train --resume COPY --steps N`)")
         fixed = {k: v for k, v in stored.fixed.items() if _field_name(k) not in ("steps", "stop_after_grok")}
         steps = stored.members()[0].config.train.steps if steps is None else int(steps)
         base = replace(stored.base, train=replace(stored.base.train, steps=steps, stop_after_grok=stop_after_grok))
@@ -471,7 +477,7 @@ def extend_sweep(out: str | Path, steps: int | None = None, stop_after_grok: int
         manifest = read_manifest(out)
         # every member's write lock: no chunk or solo resume may train one while its budget changes
         with lock_dirs([out / MEMBERS_DIR / i for i in members if is_run_dir(out / MEMBERS_DIR / i)]):
-            plan = []  # (member dir, its run, its new config, its new member.json or None)
+            plan = []  # (id, member dir, its run, its new config, its new member.json)
             for i, m in members.items():
                 d = out / MEMBERS_DIR / i
                 if not is_run_dir(d):
@@ -483,9 +489,8 @@ def extend_sweep(out: str | Path, steps: int | None = None, stop_after_grok: int
                     raise ValueError(f"{d}: {e}") from None
                 status = member_status(d) or {}
                 if status.get("status") in ("done", "stopped_after_grok"):
-                    step = read_resume_state(d).step
-                    rows = [r for r in run.metrics.to_dict("records") if r["step"] <= step]
-                    if step < cfg.train.steps and not should_stop(rows, cfg.train.stop_after_grok):
+                    if (read_resume_state(d).step < cfg.train.steps
+                            and stop_rule_fired(d, cfg.train.stop_after_grok) is None):
                         status = status | {"status": "running"}
                 plan.append((i, d, run, cfg, status))
             # first the records of the members that change go (a kill after this only makes a
@@ -501,10 +506,6 @@ def extend_sweep(out: str | Path, steps: int | None = None, stop_after_grok: int
                     write_json(d / MEMBER_FILE, status)
             write_json(out / SWEEP_FILE, spec | new.to_dict())
     return run_sweep(None, out, resume=True, **run_kw)
-
-
-def _field_name(name: str) -> str:
-    return name.rpartition(".")[2]
 
 
 def write_members_table(sweep_dir: str | Path) -> Path:

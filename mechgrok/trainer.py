@@ -164,9 +164,8 @@ def check_resume(out: str | Path, asked: RunConfig) -> RunConfig:
         raise ValueError(f"{out} is a member of the sweep {sweep}: extend the whole sweep with "
                          f"`mechgrok sweep --resume {sweep} --set steps=N` (population.extend_sweep), or copy "
                          f"the member out of it to extend it alone")
-    step = read_resume_state(out).step
-    rows = [r for r in run.metrics.to_dict("records") if r["step"] <= step]
-    if step < new.train.steps and should_stop(rows, new.train.stop_after_grok):
+    step = stop_rule_fired(out, new.train.stop_after_grok)
+    if step is not None and step < new.train.steps:
         raise ValueError(f"{out} was stopped at step {step} by its stop rule (train.stop_after_grok="
                          f"{new.train.stop_after_grok}: that many evaluations after it grokked), which has fired "
                          f"already: to train on to step {new.train.steps}, resume with stop_after_grok=None or a "
@@ -174,16 +173,21 @@ def check_resume(out: str | Path, asked: RunConfig) -> RunConfig:
     return new
 
 
-def stopped_after_grok(out: str | Path) -> int | None:
-    """The step at which the run in ``out`` was stopped by its stop rule
-    (``train.stop_after_grok``: the rule has fired by its resume state, before its budget), or
-    None when it was not."""
-    run = Run(out)
+def stop_rule_fired(out: str | Path, stop_after_grok: int | None) -> int | None:
+    """The step of the resume state of the run in ``out`` when the stop rule
+    ``stop_after_grok`` has fired by then (``milestones.should_stop`` on the evaluations up to
+    it), else None."""
     step = read_resume_state(out).step
-    rows = [r for r in run.metrics.to_dict("records") if r["step"] <= step]
-    if step >= run.config.train.steps or not should_stop(rows, run.config.train.stop_after_grok):
-        return None
-    return step
+    rows = [r for r in Run(out).metrics.to_dict("records") if r["step"] <= step]
+    return step if should_stop(rows, stop_after_grok) else None
+
+
+def stopped_after_grok(out: str | Path) -> int | None:
+    """The step at which the run in ``out`` was stopped by its own stop rule
+    (``train.stop_after_grok``: fired before its budget), or None when it was not."""
+    cfg = Run(out).config.train
+    step = stop_rule_fired(out, cfg.stop_after_grok)
+    return step if step is not None and step < cfg.steps else None
 
 
 def resume(out: str | Path, cfg: RunConfig | None = None, *, progress: bool = True, loss: Loss | None = None,

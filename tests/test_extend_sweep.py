@@ -2,6 +2,8 @@
 `sweep --resume DIR --set steps=N` trains every member on past its stop to N, each exactly as the
 member of a sweep that never stopped; members.csv and the table report the new ends."""
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -82,3 +84,13 @@ def test_extending_one_member_alone_is_refused_naming_the_sweep_command(tmp_path
            f"steps=N`" in res.output
     assert load_population(d).table["last_step"].tolist() == pop.table["last_step"].tolist()
     assert pop.run(0).steps[-1] < 120  # nothing trained
+
+
+def test_a_sweep_over_steps_is_not_extended_to_one_budget(tmp_path):
+    d = tmp_path / "s"
+    sw = SweepConfig(configure("demo", **TINY), grid={"steps": (10, 20)}, seeds=1, chunk_size=2)
+    run_sweep(sw, d, progress=False)
+    with pytest.raises(ValueError, match="sweeps over steps, so its members' ids name their steps: start a new sweep"):
+        extend_sweep(d, 40, progress=False)
+    stored = SweepConfig.from_dict(json.loads((d / popm.SWEEP_FILE).read_text()))
+    assert [m.config.train.steps for m in stored.members()] == [10, 20]  # left as it was
