@@ -260,7 +260,8 @@ def train(
     out: Optional[Path] = typer.Option(None, help="run directory to create"),
     preset: Optional[str] = typer.Option(None, help="starting configuration (default: demo); see `mechgrok presets`"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the stopped run in this directory; "
-                                          "with --steps N, extend it to N steps (no other setting may change)"),
+                                          "with --steps N, extend it to N steps, past a --stop-after-grok stop "
+                                          "too (no other setting but --stop-after-grok may change)"),
     op: Optional[Op] = typer.Option(None, help="quad is a^2+ab+b^2"),
     p: Optional[int] = typer.Option(None, help="prime modulus"),
     frac: Optional[float] = typer.Option(None, help="fraction of all examples used for training"),
@@ -340,7 +341,7 @@ def train(
             raise ValueError("--resume continues the run in its own directory with its own settings: "
                              "drop --out/--preset")
         from .trainer import resume as resume_run
-        from .trainer import resume_config
+        from .trainer import check_resume, resume_config, stopped_after_grok
 
         run = load_run(resume)
         if "imported" in run.meta:
@@ -348,6 +349,17 @@ def train(
                              f"to resume; `mechgrok freeze {resume} --from-step S --steps N --interventions baseline` "
                              f"trains on from a checkpoint")
         cfg = resume_config(run.config, configure(run.config, **settings))  # refuses all but more steps
+        stopped = stopped_after_grok(resume)
+        if stopped is not None and steps is not None and stop_after_grok is None:
+            # --steps N on a run its stop rule ended asks for training to N: past the stop
+            from dataclasses import replace
+
+            cfg = replace(cfg, train=replace(cfg.train, stop_after_grok=None))
+        check_resume(resume, cfg)  # a stop rule that has fired already would train nothing
+        if cfg.train.stop_after_grok is None and stopped is not None:
+            typer.echo(f"{resume} stopped after grokking at step {stopped} (--stop-after-grok "
+                       f"{run.config.train.stop_after_grok}); --steps {steps} trains on with no stop rule "
+                       f"(--stop-after-grok K sets a new one)")
         check_run(cfg)
         measure_kw = _measure_kwargs(probe, measure, measure_every)
         # the resume state's step, not the newest checkpoint's: a stop between writing a
@@ -551,8 +563,9 @@ def transplant(donor: Path = typer.Option(..., help="donor run directory"),
                neurons: Optional[str] = typer.Option(None, help="neuron indices (default: by frequency cluster)"),
                freqs: Optional[str] = typer.Option(None, help="frequency clusters to move (default: all clustered)"),
                layer: Optional[int] = typer.Option(None, help="MLP layer (default: the last)"),
-               out: Optional[Path] = typer.Option(None, help="directory for both arms "
-                                                  "(default: RECIPIENT/interventions/transplant_STEP)"),
+               out: Optional[Path] = typer.Option(None, help="directory for both arms and transplant.json "
+                                                  "(default: RECIPIENT/interventions/transplant_STEP); run again "
+                                                  "with the same settings, the result there is reused"),
                as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
                progress: bool = typer.Option(True, help="show a progress bar per arm")):
     """Copy a donor's neurons into a recipient checkpoint, train on, compare with an untouched control."""
@@ -680,7 +693,9 @@ def _grid(texts: list[str]) -> list[tuple[str, list[str]]]:
 @app.command()
 def sweep(
     out: Optional[Path] = typer.Option(None, help="sweep directory to create"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="finish the sweep in this directory"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="finish the sweep in this directory; with "
+                                          "--set steps=N, train every member on to N (past a --stop-after-grok "
+                                          "stop too: no stop rule unless --stop-after-grok K is given)"),
     preset: str = typer.Option("demo", help="base configuration; see `mechgrok presets`"),
     grid: list[str] = typer.Option([], "--grid", help="FIELD=V1,V2,... (repeat: every combination)"),
     setting: list[str] = typer.Option([], "--setting", help="one explicit setting FIELD=V[,FIELD=V...] "
@@ -700,14 +715,44 @@ def sweep(
     measure_every: Optional[int] = typer.Option(None, "--measure-every", help="steps between measures"),
     progress: bool = typer.Option(True, help="show a progress bar over members"),
 ):
-    """Train a grid (or list) of settings x seeds as chunks of ensembles; --resume finishes one."""
+    """Train a grid (or list) of settings x seeds as chunks of ensembles; --resume finishes one,
+    and with --set steps=N (or --stop-after-grok K) trains every member on past its old end."""
     from .config import parse_seeds
-    from .population import SweepConfig, run_sweep
+    from .population import SweepConfig, extend_sweep, run_sweep
     from .presets import get_preset, parse_overrides
 
     if resume is None and out is None:
         raise ValueError("give --out DIR for a new sweep (or --resume DIR to finish one)")
     sw = None
+    backend_kw = dict(backend=_value(backend), ray_address=ray_address, cpus_per_chunk=cpus_per_chunk,
+                      gpus_per_chunk=gpus_per_chunk, progress=progress)
+    if resume is not None:
+        if out is not None:
+            raise ValueError("--resume finishes the sweep in its own directory: drop --out")
+        fixed = parse_overrides(set_, "--set")
+        new_steps = next((fixed.pop(k) for k in ("steps", "train.steps") if k in fixed), None)
+        other = [name for name, given in (("--grid", grid), ("--setting", setting), ("--probe", probe),
+                                          ("--measure", measure), ("--measure-every", measure_every)) if given]
+        other += [f"--set {k}" for k in fixed]
+        if other:
+            raise ValueError(f"--resume finishes the stored sweep (or extends it with --set steps=N and "
+                             f"--stop-after-grok K): {', '.join(other)} cannot change; start a new sweep "
+                             f"with --out for other settings")
+        if new_steps is not None or stop_after_grok is not None:
+            try:
+                steps = None if new_steps is None else int(new_steps)
+            except ValueError:
+                raise ValueError(f"--set steps: {new_steps!r} is not a whole number of steps") from None
+            typer.echo(f"extending {resume}: every member trains on to "
+                       f"{'its budget' if steps is None else f'step {steps}'} with "
+                       + ("no stop rule (--stop-after-grok K sets one)" if stop_after_grok is None
+                          else f"--stop-after-grok {stop_after_grok}"))
+            try:
+                pop = extend_sweep(resume, steps, stop_after_grok, **backend_kw)
+            except ImportError as e:
+                _fail(str(e))
+            _print_population(pop, None)
+            return
     if resume is None:
         fixed = parse_overrides(set_, "--set")
         if stop_after_grok is not None:
@@ -719,9 +764,7 @@ def sweep(
         typer.echo(f"sweep: {len(sw.members())} members ({len(sw.points())} settings x {len(sw.seeds)} seeds) "
                    f"-> {out}")
     try:
-        pop = run_sweep(sw, resume or out, resume=resume is not None, backend=_value(backend),
-                        ray_address=ray_address, cpus_per_chunk=cpus_per_chunk, gpus_per_chunk=gpus_per_chunk,
-                        progress=progress)
+        pop = run_sweep(sw, resume or out, resume=resume is not None, **backend_kw)
     except ImportError as e:
         _fail(str(e))
     _print_population(pop, None)

@@ -79,11 +79,16 @@ def parse_args(ap: argparse.ArgumentParser, argv: Sequence[str] | None = None) -
 # --- runs: train what is missing, finish what was cut short ----------------------------------
 
 
-def is_finished(run: Run, steps: int | None = None) -> bool:
-    """Whether ``run`` reached ``steps`` (default: its own budget) or its stop rule stopped it."""
+_OWN = object()  # is_finished's default stop rule: the run's own
+
+
+def is_finished(run: Run, steps: int | None = None, stop_after_grok=_OWN) -> bool:
+    """Whether ``run`` reached ``steps`` (default: its own budget) or the stop rule
+    ``stop_after_grok`` (default: its own; None: no rule) has stopped it."""
     steps = run.config.train.steps if steps is None else steps
+    rule = run.config.train.stop_after_grok if stop_after_grok is _OWN else stop_after_grok
     last = run.steps[-1] if run.steps else -1
-    return last >= steps or should_stop(run.metrics.to_dict("records"), run.config.train.stop_after_grok)
+    return last >= steps or should_stop(run.metrics.to_dict("records"), rule)
 
 
 def train_or_resume(cfg: RunConfig, out: str | Path, *, progress: bool = False, **kw) -> Run:
@@ -98,7 +103,7 @@ def train_or_resume(cfg: RunConfig, out: str | Path, *, progress: bool = False, 
         resume_config(run.config, cfg)
     except ValueError as e:
         raise ValueError(f"{out} holds a run of other settings: {e}") from None
-    if is_finished(run, cfg.train.steps):
+    if is_finished(run, cfg.train.steps, cfg.train.stop_after_grok):  # cfg's stop rule: it may differ
         return run
     if not (out / RESUME_FILE).exists():  # stopped before its first checkpoint: nothing to keep
         shutil.rmtree(out)

@@ -57,6 +57,8 @@ replays the source run exactly.
 
 from __future__ import annotations
 
+import json
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -312,6 +314,7 @@ class Continuation:
     max_test_acc: float
     path: str
     metrics: pd.DataFrame = field(repr=False)
+    optimizer: str = "fresh"
 
     @property
     def grokked(self) -> bool:
@@ -375,7 +378,7 @@ def continue_training(run: Run, from_step: int, steps: int, params: Params | Non
                         total_params=total, grokking_step=transition_metrics(m).grokked_step,
                         final_train_acc=float(m["train_acc"].iloc[-1]),
                         final_test_acc=float(m["test_acc"].iloc[-1]),
-                        max_test_acc=float(m["test_acc"].max()), path=str(out), metrics=m)
+                        max_test_acc=float(m["test_acc"].max()), path=str(out), metrics=m, optimizer=optimizer)
 
 
 # --- freezing (seed 000) -----------------------------------------------------------------------
@@ -432,6 +435,26 @@ def freeze_and_continue(run: Run, from_step: int, intervention: str, steps: int,
                              optimizer=optimizer, name=name, progress=progress)
 
 
+def _cache_key(run: Run | str | None, from_step: int, name: str, steps: int, optimizer: str | None) -> dict:
+    """Every setting that produces a freeze continuation: a result in ``results.jsonl`` is
+    reused only when all of them match (``run``, ``optimizer`` None: a row written before rows
+    named them, which matches nothing)."""
+    source = None if run is None else str(Path(run.path if isinstance(run, Run) else run).resolve())
+    return {"source": source, "from_step": int(from_step), "name": name, "steps": int(steps), "optimizer": optimizer}
+
+
+def _key_fields(row: dict) -> dict:
+    """``_cache_key``'s arguments as a ``results.jsonl`` row records them."""
+    return {"run": row.get("source"), "from_step": row["from_step"], "name": row["name"],
+            "steps": row["steps"], "optimizer": row.get("optimizer")}
+
+
+def _differences(had: dict, asked: dict) -> str:
+    """The settings on which a cached result and the one asked for differ, as one phrase."""
+    return ", ".join(f"{k}={had.get(k) if had.get(k) is not None else 'unrecorded'} (asked {asked[k]})"
+                     for k in asked if had.get(k) != asked[k])
+
+
 def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Sequence[str] = "all",
                  steps: int = 10_000, out_dir: str | Path | None = None, optimizer: str = "fresh",
                  progress: bool = True, on_result: Callable[[dict], None] | None = None,
@@ -439,8 +462,11 @@ def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Seque
     """``freeze_and_continue`` for every (checkpoint, intervention); one row each, with the
     seconds it took. Continuation runs go to ``out_dir/step_{s}/{name}`` (default ``out_dir``:
     ``RUN/interventions/freeze``). Resumable: every finished continuation is appended to
-    ``out_dir/results.jsonl`` as it ends, and a later call with the same ``out_dir`` skips what
-    is there (a continuation cut off half-way is trained again from its checkpoint).
+    ``out_dir/results.jsonl`` as it ends, and a later call with the same ``out_dir`` reuses a
+    result there only when every setting that produced it matches (``_cache_key``: source run,
+    checkpoint, intervention, steps, optimizer); one trained with other settings is trained
+    again (a line on stderr says why) and its run directory replaced; a continuation cut off
+    half-way is trained again from its checkpoint.
     ``trajectories``: keep each continuation's metrics in the rows (column ``trajectory``)."""
     import shutil
     import time
@@ -452,18 +478,27 @@ def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Seque
         run.resolve_step(s)  # fail before hours of training, not after
     out_dir = Path(out_dir) if out_dir is not None else run.path / "interventions" / "freeze"
     log = out_dir / "results.jsonl"
-    done = {(r["from_step"], r["name"]): r for r in read_jsonl(log)}
-    todo = [(s, n) for s in from_steps for n in names]
+    # the newest row per continuation directory: a row trained again later supersedes the
+    # older one (whose directory it replaced)
+    newest = {(r["from_step"], r["name"]): r for r in read_jsonl(log)}
+    asked = {(s, n): _cache_key(run, s, n, steps, optimizer) for s in from_steps for n in names}
+    done = {k: r for k, r in newest.items() if k in asked and _cache_key(**_key_fields(r)) == asked[k]}
+    todo = list(asked)
     bar = tqdm(total=len(todo), initial=sum(k in done for k in todo), desc="freeze and continue",
                unit="run", disable=not progress, dynamic_ncols=True)
     for s, name in todo:
         if (s, name) in done:
             continue
+        if (s, name) in newest:
+            had = _cache_key(**_key_fields(newest[(s, name)]))
+            print(f"{log}: {name} from step {s} was trained with {_differences(had, asked[(s, name)])}: "
+                  f"training it again (its run directory is replaced)", file=sys.stderr)
         out = out_dir / f"step_{s}" / name
         shutil.rmtree(out, ignore_errors=True)
         t = time.time()
         res = freeze_and_continue(run, s, name, steps, out=out, optimizer=optimizer)
-        row = res.to_dict(trajectory=True) | {"seconds": round(time.time() - t, 1)}
+        row = res.to_dict(trajectory=True) | {"source": asked[(s, name)]["source"],
+                                               "seconds": round(time.time() - t, 1)}
         done[(s, name)] = row
         append_jsonl(log, [row])
         if on_result:
@@ -488,21 +523,61 @@ def transplant_experiment(donor: Run, donor_step: int, recipient: Run, recipient
     default every clustered neuron) into the recipient checkpoint, train on ``steps`` steps, and
     compare with the untouched recipient trained on from the same checkpoint (same seed, same
     minibatches, fresh optimiser for both). The two arms are run directories under ``out_dir``
-    (default ``RECIPIENT/interventions/transplant_{recipient_step}``)."""
+    (default ``RECIPIENT/interventions/transplant_{recipient_step}``), and the result goes to
+    ``out_dir/transplant.json`` with the settings that produced it: a call with the same
+    settings returns it without training again; one with other settings, or over arms an
+    interrupted call left, is refused (another ``out_dir``, or delete the directory)."""
     if neurons is None:
         neurons = select_neurons(donor, donor.task, freqs, layer, step=donor_step)
         if not neurons:
             raise ValueError(f"{donor.path} step {donor_step} has no clustered neurons to transplant")
     params = transplant_neurons(donor, recipient, neurons, layer, donor_step, recipient_step)
     out_dir = Path(out_dir) if out_dir is not None else recipient.path / "interventions" / f"transplant_{recipient_step}"
+    settings = {"donor": str(donor.path.resolve()), "donor_step": int(donor_step),
+                "recipient": str(recipient.path.resolve()), "recipient_step": int(recipient_step),
+                "steps": int(steps), "neurons": sorted(map(int, neurons)),
+                "layer": layer_index(recipient.model_cfg, layer)}
+    cached = _finished_transplant(out_dir, settings)
+    if cached is not None:
+        return cached
     sub = (lambda n: out_dir / n)
     treated = continue_training(recipient, recipient_step, steps, params=params, out=sub("transplant"),
                                 name="transplant", progress=progress)
     control = continue_training(recipient, recipient_step, steps, out=sub("control"), name="control",
                                 progress=progress)
     before = evaluate_with_hooks(params, recipient.model_cfg, recipient.task)
-    return {"n_neurons": len(neurons), "neurons": list(map(int, neurons)),
-            "after_transplant": before, "transplant": treated.to_dict(), "control": control.to_dict()}
+    result = {"n_neurons": len(neurons), "neurons": list(map(int, neurons)),
+              "after_transplant": before, "transplant": treated.to_dict(), "control": control.to_dict()}
+    write_json(out_dir / TRANSPLANT_FILE, {"settings": settings, "result": result})
+    return result
+
+
+TRANSPLANT_FILE = "transplant.json"
+
+
+def _finished_transplant(out_dir: Path, settings: dict) -> dict | None:
+    """The result of the transplant experiment in ``out_dir`` when it was made with
+    ``settings``; None when ``out_dir`` holds none; one clear error when it holds one made
+    otherwise, or the arms of one that never finished."""
+    f = out_dir / TRANSPLANT_FILE
+    again = f"choose another --out, or delete {out_dir} to run it again"
+    if f.exists():
+        try:
+            stored = json.loads(f.read_text())
+            had = stored["settings"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise ValueError(f"{f} is not a mechgrok transplant result: {again}") from None
+        if had == settings:
+            print(f"{f}: this transplant experiment has been run with the same settings; its result is "
+                  f"reused", file=sys.stderr)
+            return stored["result"]
+        diff = ", ".join(f"{k}={had.get(k)!r} (asked {v!r})" for k, v in settings.items() if had.get(k) != v)
+        raise ValueError(f"{out_dir} holds a transplant experiment with other settings ({diff}): {again}")
+    arms = [n for n in ("transplant", "control") if (out_dir / n).exists()]
+    if arms:
+        raise ValueError(f"{out_dir} holds the {' and '.join(arms)} arm(s) of a transplant experiment that did not "
+                         f"finish (no {TRANSPLANT_FILE}): {again}")
+    return None
 
 
 EMBEDDING_KEYS = ("embed.W_E", "pos_embed.W_pos")

@@ -49,8 +49,8 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig, parse_seeds
-from .ensemble import NEXT_RESUME_FILE
-from .files import append_jsonl, read_jsonl, write_csv, write_json
+from .ensemble import MEMBER_FILE, NEXT_RESUME_FILE
+from .files import append_jsonl, read_jsonl, write_csv, write_json, write_text
 from .locks import LOCK_FILE, lock_dir, lock_dirs
 from .presets import CONFIG_PARTS, apply_overrides, parse_value
 from .runs import CONFIG_FILE, RESUME_FILE, Run, is_run_dir
@@ -65,6 +65,16 @@ RAY_INSTALL_HINT = ("the Ray backend needs Ray: pip install 'mechgrok[ray]' (or 
 
 def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _field_name(name: str) -> str:
+    """An override's field name without its part: "train.steps" -> "steps"."""
+    return name.rpartition(".")[2]
+
+
+def _is_seed(name: str) -> bool:
+    """Whether an override name is the member seed ``seed`` (or ``model.seed``-style spellings of it)."""
+    return _field_name(name) == "seed"
 
 
 def member_id(settings: dict[str, Any], seed: int) -> str:
@@ -117,9 +127,11 @@ class SweepConfig:
     starting from ``base`` with ``fixed`` (field -> value, e.g. ``stop_after_grok``) set on
     every member. Field names are those of ``presets.sweepable_fields`` (``presets.configure``'s); a
     member's seed goes to ``configure(seed=...)`` (split, init and batch order), which
-    ``task_seed`` etc. in ``fixed`` or a setting override. Every member's config is built and
-    validated at construction: a bad value fails before anything trains, naming the field and
-    the allowed values. ``chunk_size``: members per ensemble (one unit of work). ``probe``: a
+    ``task_seed`` etc. in ``fixed`` or a setting override (the member's seed, in its id and
+    row, is then that of the parts not overridden). ``seed`` itself is no grid or setting
+    field; in ``fixed`` (``--set seed=S``) it is the sweep's one seed, as ``seeds=(S,)``.
+    Every member's config is built and validated at construction: a bad value fails before
+    anything trains, naming the field and the allowed values. ``chunk_size``: members per ensemble (one unit of work). ``probe``: a
     ``--probe`` spec (``every=10[,measures=...]``): every member writes optimizer-dynamics
     probes to its dynamics.csv as it trains. ``measures``: measure specs (``measures.resolve``:
     built-in names, ``"pkg.mod:fn"``, ``"file.py:fn"``), taken every ``measure_every`` steps
@@ -164,6 +176,21 @@ class SweepConfig:
                  else tuple(int(s) for s in self.seeds))
         if not seeds or len(set(seeds)) != len(seeds):
             raise ValueError(f"SweepConfig.seeds must be a positive count or distinct integers, got {self.seeds}")
+        # A member's seed is its id's, its row's and the one it trains with: a "seed" among the
+        # swept settings would train with one seed under the name of another, so it is refused,
+        # and a fixed one (--set seed=S) becomes the sweep's only seed.
+        swept = next((k for k in [n for n, _ in grid] + [k for s in self.settings for k in s] if _is_seed(k)), None)
+        if swept is not None:
+            raise ValueError(f"sweep field {swept!r}: the seed is not a grid or setting field; give the seeds "
+                             f"with --seeds (SweepConfig.seeds), e.g. --seeds 3-5")
+        fixed_seed = next((k for k in self.fixed if _is_seed(k)), None)
+        if fixed_seed is not None:
+            value = int(self.fixed[fixed_seed])
+            if len(seeds) > 1:
+                raise ValueError(f"--set {fixed_seed}={value} gives every member seed {value}, but --seeds asks "
+                                 f"for {len(seeds)} seeds {list(seeds)}: choose the seeds with --seeds alone")
+            seeds = (value,)
+            object.__setattr__(self, "fixed", {k: v for k, v in self.fixed.items() if k != fixed_seed})
         object.__setattr__(self, "seeds", seeds)
         if int(self.chunk_size) < 1:
             raise ValueError(f"SweepConfig.chunk_size must be >= 1, got {self.chunk_size}")
@@ -407,6 +434,78 @@ def _run_sweep(sweep: SweepConfig | None, out: Path, resume: bool, backend: str,
     bar.close()
     write_members_table(out)
     return load_population(out)
+
+
+def extend_sweep(out: str | Path, steps: int | None = None, stop_after_grok: int | None = None,
+                 **run_kw) -> "Population":
+    """Train every member of the sweep in ``out`` on to ``steps`` (default: the budget it has)
+    under the stop rule ``stop_after_grok`` (default None: none, so members stopped after
+    grokking train on past the stop, e.g. to study the cleanup after grokking), then return the
+    population.
+
+    Each member resumes from its resume state -- where it stopped, or its old budget -- exactly as
+    if it had been trained with these settings from the start (``trainer.resume``'s rule for a
+    solo run). Members that diverged, or that the new rule has stopped already, stay as they are.
+    ``sweep.json`` records the new ``steps`` and stop rule; ``run_kw``: ``run_sweep``'s backend
+    options. A sweep over ``steps`` or ``stop_after_grok`` itself is refused: those are its
+    members' settings, named in their ids."""
+    from dataclasses import replace
+
+    from .runs import read_resume_state
+    from .trainer import resume_config, stop_rule_fired
+
+    out = Path(out)
+    if not (out / SWEEP_FILE).exists():
+        raise FileNotFoundError(f"{out} is not a sweep directory: {SWEEP_FILE} is missing")
+    with lock_dir(out):
+        spec = json.loads((out / SWEEP_FILE).read_text())
+        _check_ids(spec, out / SWEEP_FILE)
+        stored = SweepConfig.from_dict(spec)
+        swept = next((k for k in stored.fields if _field_name(k) in ("steps", "stop_after_grok")), None)
+        if swept is not None:
+            raise ValueError(f"{out} sweeps over {swept}, so its members' ids name their {swept}: start a new "
+                             f"sweep with --out for other values (or copy a member out of {out / MEMBERS_DIR} "
+                             f"and `mechgrok train --resume COPY --steps N`)")
+        fixed = {k: v for k, v in stored.fixed.items() if _field_name(k) not in ("steps", "stop_after_grok")}
+        steps = stored.members()[0].config.train.steps if steps is None else int(steps)
+        base = replace(stored.base, train=replace(stored.base.train, steps=steps, stop_after_grok=stop_after_grok))
+        new = replace(stored, base=base, fixed=fixed)
+        members = {m.id: m for m in new.members()}
+        if set(members) != {m["id"] for m in spec["members"]}:
+            raise ValueError(f"{out / SWEEP_FILE}: its members are not those of its own settings; the file was "
+                             f"edited or is not a mechgrok sweep")
+        manifest = read_manifest(out)
+        # every member's write lock: no chunk or solo resume may train one while its budget changes
+        with lock_dirs([out / MEMBERS_DIR / i for i in members if is_run_dir(out / MEMBERS_DIR / i)]):
+            plan = []  # (id, member dir, its run, its new config, its new member.json)
+            for i, m in members.items():
+                d = out / MEMBERS_DIR / i
+                if not is_run_dir(d):
+                    continue  # never started: it trains with the new settings
+                run = Run(d)
+                try:
+                    cfg = resume_config(run.config, m.config)
+                except ValueError as e:
+                    raise ValueError(f"{d}: {e}") from None
+                status = member_status(d) or {}
+                if status.get("status") in ("done", "stopped_after_grok"):
+                    if (read_resume_state(d).step < cfg.train.steps
+                            and stop_rule_fired(d, cfg.train.stop_after_grok) is None):
+                        status = status | {"status": "running"}
+                plan.append((i, d, run, cfg, status))
+            # first the records of the members that change go (a kill after this only makes a
+            # plain --resume record them again), then the members, then the sweep's settings:
+            # extending again finishes whatever a kill cut short
+            gone = {i for i, d, run, cfg, status in plan
+                    if status.get("status") == "running" or manifest.get(i, {}).get("budget") != cfg.train.steps}
+            write_text(out / MANIFEST_FILE, "".join(json.dumps(r) + "\n" for i, r in manifest.items() if i not in gone))
+            for i, d, run, cfg, status in plan:
+                if cfg != run.config:
+                    write_json(d / CONFIG_FILE, run.meta | cfg.to_dict())
+                if status != (member_status(d) or {}):
+                    write_json(d / MEMBER_FILE, status)
+            write_json(out / SWEEP_FILE, spec | new.to_dict())
+    return run_sweep(None, out, resume=True, **run_kw)
 
 
 def write_members_table(sweep_dir: str | Path) -> Path:

@@ -3,6 +3,8 @@
     run = mg.train(cfg, "runs/x")                 # a new run directory
     run = mg.resume("runs/x")                     # continue it after a crash or a stop
     run = mg.resume("runs/x", replace(cfg, train=replace(cfg.train, steps=8000)))  # extend it
+    run = mg.resume("runs/x", replace(cfg, train=replace(cfg.train, steps=8000, stop_after_grok=None)))
+                                                  # extend one stopped after grokking past the stop
 
 Its collaborators are passed in: the optimizer (``TrainConfig.optimizer``, or ``optimizer=``
 a factory, ``optim.py``), the loss (``loss=``, default the float64 cross-entropy of
@@ -120,31 +122,84 @@ def train(cfg: RunConfig, out: str | Path, *, progress: bool = True, init: Param
                       probe=probe, probe_every=probe_every)
 
 
+# What a resume may change: where the run trains, how long, and when it stops after grokking
+# (the stop rule only decides where the trajectory ends, never what it is up to there).
+RESUMABLE_CHANGES = ("steps", "device", "stop_after_grok")
+
+
 def resume_config(stored: RunConfig, asked: RunConfig) -> RunConfig:
     """The config a resumed run continues with: ``stored``, with a larger ``train.steps`` (the
-    run is extended) or another ``train.device`` from ``asked``. Any other difference fails
-    with the field's name: a resumed run must stay the run it was."""
+    run is extended), another ``train.device`` or another ``train.stop_after_grok`` (None: no
+    stop rule) from ``asked``. Any other difference fails with the field's name: a resumed run
+    must stay the run it was."""
     if asked.train.steps < stored.train.steps:
         raise ValueError(f"cannot resume with train.steps={asked.train.steps}: the run was set to "
                          f"{stored.train.steps} steps; give more to extend it")
     for part in ("task", "model", "train"):
         a, s = getattr(asked, part), getattr(stored, part)
         for f in fields(s):
-            if f.name in ("steps", "device") and part == "train":
+            if f.name in RESUMABLE_CHANGES and part == "train":
                 continue
             if getattr(a, f.name) != getattr(s, f.name):
                 raise ValueError(f"cannot change {part}.{f.name} when resuming (the run has "
                                  f"{getattr(s, f.name)!r}, asked {getattr(a, f.name)!r}); only "
-                                 f"train.steps may grow. Start a new run for other settings")
-    return replace(stored, train=replace(stored.train, steps=asked.train.steps, device=asked.train.device))
+                                 f"train.steps may grow (and train.stop_after_grok change). Start a new "
+                                 f"run for other settings")
+    return replace(stored, train=replace(stored.train, **{k: getattr(asked.train, k) for k in RESUMABLE_CHANGES}))
+
+
+def check_resume(out: str | Path, asked: RunConfig) -> RunConfig:
+    """``resume_config`` of the run in ``out``, refusing a stop rule that has already fired at
+    its resume state while steps remain (such a resume would train nothing), and any change to
+    a member of a sweep (``population.extend_sweep`` extends those, keeping the sweep's table
+    true)."""
+    from .population import MEMBERS_DIR, SWEEP_FILE
+
+    out = Path(out)
+    run = Run(out)
+    new = resume_config(run.config, asked)
+    sweep = out.parent.parent
+    if new != run.config and out.parent.name == MEMBERS_DIR and (sweep / SWEEP_FILE).exists():
+        # the sweep's manifest and table would go on reporting the member as it was
+        raise ValueError(f"{out} is a member of the sweep {sweep}: extend the whole sweep with "
+                         f"`mechgrok sweep --resume {sweep} --set steps=N` (population.extend_sweep), or copy "
+                         f"the member out of it to extend it alone")
+    step = stop_rule_fired(out, new.train.stop_after_grok)
+    if step is not None and step < new.train.steps:
+        raise ValueError(f"{out} was stopped at step {step} by its stop rule (train.stop_after_grok="
+                         f"{new.train.stop_after_grok}: that many evaluations after it grokked), which has fired "
+                         f"already: to train on to step {new.train.steps}, resume with stop_after_grok=None or a "
+                         f"larger one (mechgrok train --resume: --steps N alone, or a larger --stop-after-grok)")
+    return new
+
+
+def stop_rule_fired(out: str | Path, stop_after_grok: int | None) -> int | None:
+    """The step of the resume state of the run in ``out`` when the stop rule
+    ``stop_after_grok`` has fired by then (``milestones.should_stop`` on the evaluations up to
+    it), else None."""
+    step = read_resume_state(out).step
+    rows = [r for r in Run(out).metrics.to_dict("records") if r["step"] <= step]
+    return step if should_stop(rows, stop_after_grok) else None
+
+
+def stopped_after_grok(out: str | Path) -> int | None:
+    """The step at which the run in ``out`` was stopped by its own stop rule
+    (``train.stop_after_grok``: fired before its budget), or None when it was not."""
+    cfg = Run(out).config.train
+    step = stop_rule_fired(out, cfg.stop_after_grok)
+    return step if step is not None and step < cfg.steps else None
 
 
 def resume(out: str | Path, cfg: RunConfig | None = None, *, progress: bool = True, loss: Loss | None = None,
            optimizer: OptimizerFactory | None = None, probe: Probe | None = None, probe_every: int = 100,
            measures=None, measure_every: int | None = None) -> Run:
     """Continue the run in ``out`` from its resume state (its newest checkpoint). ``cfg``: the
-    settings asked for (``resume_config``: only more steps, or another device, are accepted);
-    with more steps a finished run is extended and its config.json updated. ``loss``,
+    settings asked for (``resume_config``: only more steps, another device or another stop
+    rule are accepted); with more steps a finished run is extended and its config.json updated.
+    A run its stop rule stopped (``stopped_after_grok``) trains on only under a rule that has
+    not fired yet: ``cfg`` with ``train.stop_after_grok=None`` (or a larger K) extends it past
+    the stop, exactly as if it had never stopped; asking to train on under a rule that has
+    already fired is refused, since it would train nothing. ``loss``,
     ``optimizer``: the same ones the run was trained with, if it was trained with its own.
     ``probe``, ``measures``: as in ``train`` (pass the same ones to keep ``dynamics.csv`` consistent)."""
     out = Path(out)
@@ -157,13 +212,13 @@ def resume(out: str | Path, cfg: RunConfig | None = None, *, progress: bool = Tr
             if run.meta.get(key) and given is None:
                 raise ValueError(f"{out} was trained with its own {key.split('_')[0]} ({run.meta[key]}): pass "
                                  f"{key.split('_')[0]}= to resume it")
+        state = read_resume_state(out)
         if cfg is not None:
-            new = resume_config(run.config, cfg)
+            new = check_resume(out, cfg)
             if new != run.config:
                 write_json(out / "config.json", run.meta | new.to_dict())
             run = Run(out)
         probe, probe_every = training_probe(run.config, measures, measure_every, probe, probe_every)
-        state = read_resume_state(out)
         with RunWriter.reopen(out, state.step) as writer:
             return _train(run.config, run.task, writer, state, fresh=False, progress=progress, loss=loss,
                           optimizer=optimizer, probe=probe, probe_every=probe_every)
