@@ -17,23 +17,26 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from .fourier import BASES, PROJECTION_MODES
-from .interventions import INTERVENTIONS, OPTIMIZER_STATES, WHERE
-from .model import ACT_FNS, NORMALIZATIONS
-from .presets import DEMO_TIME
-from .milestones import GROKKED_TEST_ACC, MEMORISED_TRAIN_ACC
-from .progress import LEVELS
-from .grokfast import MODES as GROKFAST_MODES
-from .optim import OPTIMIZERS
-from .tasks import OPS
-from .trainer import TrainingDiverged
+# At import only typer, the standard library and choices.py (plain tuples): `mechgrok --help`
+# must not pay for torch, scipy, pandas or plotly (4-16 s). Every command imports what it needs
+# inside its function.
+from .choices import (ACT_FNS, BASES, DEMO_TIME, GROKFAST_MODES, GROKKED_TEST_ACC, HOOK_POINTS as WHERE,
+                      INTERVENTIONS, LEVELS, MEMORISED_TRAIN_ACC, NORMALIZATIONS, OPS, OPTIMIZER_STATES, OPTIMIZERS,
+                      PROJECTION_MODES)
 
 
 # Errors a user can cause (a bad value, a missing or occupied path, a diverging run, a full disk
 # or a directory they may not write, a run too large for the memory) end as one line and exit
 # code 1; anything else is a bug and keeps its traceback. MECHGROK_TRACEBACK=1 shows the
 # traceback of user errors too.
-USER_ERRORS = (ValueError, OSError, MemoryError, TrainingDiverged)
+USER_ERRORS = (ValueError, OSError, MemoryError)
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """USER_ERRORS, or trainer.TrainingDiverged (a diverging run), looked up only when the
+    trainer is loaded: were it not, nothing could have raised it, and cli.py stays free of torch."""
+    trainer = sys.modules.get("mechgrok.trainer")
+    return isinstance(e, USER_ERRORS) or (trainer is not None and isinstance(e, trainer.TrainingDiverged))
 
 # files.atomic_write's temp file: ".NAME.PID.HEX12.tmp" beside NAME
 _TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.\d+\.[0-9a-f]{12}\.tmp$")
@@ -73,8 +76,8 @@ class _Commands(TyperGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except USER_ERRORS as e:
-            if os.environ.get("MECHGROK_TRACEBACK"):
+        except Exception as e:
+            if not _is_user_error(e) or os.environ.get("MECHGROK_TRACEBACK"):
                 raise
             if isinstance(e, OSError) and e.errno == errno.EPIPE:
                 raise  # a closed pipe (`mechgrok info RUN | head`): typer exits quietly
@@ -86,6 +89,20 @@ class _Commands(TyperGroup):
 
 app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Train small transformers on algorithmic tasks and take grokking apart.")
+
+
+def _show_version(value: bool):
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"mechgrok {version('mechgrok')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="print mechgrok's version and exit")):
+    pass
 
 
 def _choices(name: str, values) -> type[Enum]:

@@ -67,6 +67,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from . import choices
 from . import fourier
 from .fourier import FrequencyProjection, check_frequencies, valid_frequencies
 from .config import RunConfig
@@ -80,7 +81,7 @@ from .tasks import Task
 
 WHERE = HOOK_POINTS
 MODES = fourier.PROJECTION_MODES
-OPTIMIZER_STATES = ("fresh", "carry")
+OPTIMIZER_STATES = choices.OPTIMIZER_STATES
 METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
 
 
@@ -380,8 +381,7 @@ def continue_training(run: Run, from_step: int, steps: int, params: Params | Non
 
 # --- freezing (seed 000) -----------------------------------------------------------------------
 
-INTERVENTIONS = ("baseline", "no_weight_decay", "head", "embeddings", "exit_layer", "exit_attn",
-                 "exit_mlp", "entry_layer", "middle_layers", "attn_all", "mlp_all")
+INTERVENTIONS = choices.INTERVENTIONS
 
 
 def intervention_groups(n_layers: int) -> dict[str, tuple[str, ...]]:
