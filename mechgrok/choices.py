@@ -34,7 +34,7 @@ INTERVENTIONS = ("baseline", "no_weight_decay", "head", "embeddings", "exit_laye
 GROKFAST_MODES = ("none", "ema", "ma")
 OPTIMIZERS = ("adamw", "adam", "sgd", "muon")
 
-# milestones: Kumar et al.'s thresholds (strictly above)
+# milestones: the thresholds of Brenndoerfer's transition metrics (strictly above)
 MEMORISED_TRAIN_ACC = 0.99
 GROKKED_TEST_ACC = 0.90
 

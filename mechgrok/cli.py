@@ -168,9 +168,13 @@ def _print_summary(run):
     typer.echo(f"memorised (train acc > {MEMORISED_TRAIN_ACC}) at step: {s['memorised_step']}")
     typer.echo(f"grokked (test acc > {GROKKED_TEST_ACC}) at step: {s['grokked_step']}"
                + ("" if s["grokked"] else f" (not within the run's {s['last_step']} steps)"))
-    typer.echo(f"delay (grokked - memorised): {s['delay']}, max acceleration of test acc at step: "
-               f"{s['max_acceleration_step']}, final gap (train - test acc): {s['final_gap']:.4f}"
-               if s["final_gap"] is not None else "no evaluations yet")
+    if s["final_gap"] is None:
+        typer.echo("no evaluations yet")
+    else:
+        typer.echo(f"delay (grokked - memorised): {s['delay']}, final gap (train - test acc): {s['final_gap']:.4f}")
+        # the grokking transition's own bend; over the whole run it is often the memorisation bump
+        typer.echo(f"max acceleration of test acc while grokking (memorised..grokked): step "
+                   f"{s['grokking_acceleration_step']}; over the whole run: step {s['max_acceleration_step']}")
     fig = run.path / "training_curve.html"
     if fig.exists():
         typer.echo(f"figure: {fig}" + (" (+ .png)" if fig.with_suffix(".png").exists() else ""))
@@ -447,7 +451,8 @@ def analyze(run_dir: Path = typer.Argument(..., help="a run directory"),
                f"restricted {last['restricted_loss']:.3e}, excluded {last['excluded_loss']:.3e} "
                f"({table.attrs['level']} level)")
     typer.echo(f"memorised {tr.memorised_step}, grokked {tr.grokked_step}, delay {tr.delay}, "
-               f"max acceleration {tr.max_acceleration_step} (evaluation grid of metrics.csv)")
+               f"max acceleration while grokking {tr.grokking_acceleration_step} (over the whole run "
+               f"{tr.max_acceleration_step}) (evaluation grid of metrics.csv)")
     typer.echo("phases: " + ", ".join(f"{name} {b[0]}-{b[1]}" if b else f"{name} not reached"
                                       for name, b in ph.intervals().items()))
     for f in written:

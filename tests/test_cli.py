@@ -5,6 +5,7 @@ import json
 import math
 import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -353,3 +354,25 @@ def test_info_shows_the_transition_metrics_read_off_metrics_csv(grokked_run):
     assert f"memorised (train acc > 0.99) at step: {memorised}" in out
     assert f"grokked (test acc > 0.9) at step: {grokked}\n" in out
     assert f"delay (grokked - memorised): {grokked - memorised}," in out and f"final gap (train - test acc): {gap:.4f}" in out
+
+
+def test_info_headlines_the_acceleration_of_the_grokking_transition(grokked_run):
+    m = grokked_run.metrics
+    steps, test = m["step"].to_numpy(), m["test_acc"].to_numpy()
+    memorised = int(steps[m["train_acc"] > 0.99][0])
+    grokked = int(steps[test > 0.9][0])
+    second = np.diff(test, 2)  # the grid is even (eval_every 10): curvature = second difference, by hand
+    inner = steps[1:-1]
+    during = (inner >= memorised) & (inner <= grokked)
+    out = ok("info", grokked_run.path).output
+    assert (f"max acceleration of test acc while grokking (memorised..grokked): step "
+            f"{int(inner[during][np.argmax(second[during])])}; over the whole run: step "
+            f"{int(inner[np.argmax(second)])}\n") in out
+
+
+def test_info_on_a_missing_directory_says_there_is_no_such_run_directory(tmp_path):
+    r = invoke("info", tmp_path / "rnus" / "demo")
+    assert r.exit_code == 1 and r.output.strip() == f"error: no such run directory: {tmp_path / 'rnus' / 'demo'}"
+    (tmp_path / "file").write_text("x")
+    r = invoke("info", tmp_path / "file")
+    assert r.exit_code == 1 and r.output.strip() == f"error: {tmp_path / 'file'} is a file, not a run directory"
