@@ -463,12 +463,12 @@ def analyze(run_dir: Path = typer.Argument(..., help="a run directory"),
 def spectrum(run_dir: Path = typer.Argument(..., help="a run directory"),
              step: Optional[int] = typer.Option(None, help="checkpoint step (default: the last)"),
              out: Optional[Path] = typer.Option(None, help="where to write (default: the run directory)"),
-             basis: Basis = typer.Option(Basis.auto)):
+             basis: Basis = typer.Option(Basis.auto), png: bool = PNG):
     """Fourier spectrum of W_E and W_L at one checkpoint, with the key frequencies of each rule."""
     from .report import spectrum as write_spectrum
     from .runs import load_run
 
-    table, written = write_spectrum(load_run(run_dir), step, out, basis=_value(basis))
+    table, written = write_spectrum(load_run(run_dir), step, out, basis=_value(basis), png=png)
     typer.echo(f"step {table.attrs['step']}, {table.attrs['basis']} basis")
     for rule, ks in table.attrs["key_freqs"].items():
         typer.echo(f"key frequencies ({rule} rule): {ks}")
@@ -492,7 +492,7 @@ def ablate(run_dir: Path = typer.Argument(..., help="a run directory"),
            basis: Basis = typer.Option(Basis.auto),
            out: Optional[Path] = typer.Option(None, help="where the sweep figure goes (default: the run directory)"),
            as_json: bool = typer.Option(False, "--json", help="machine-readable output (one schema for every mode)"),
-           progress: bool = typer.Option(True, help="show a progress bar over the sweep")):
+           progress: bool = typer.Option(True, help="show a progress bar over the sweep"), png: bool = PNG):
     """Remove frequencies from an activation (or keep only them) and measure loss and accuracy."""
     from . import interventions as iv
     from .plots import frequency_ablation, save_figure
@@ -511,7 +511,7 @@ def ablate(run_dir: Path = typer.Argument(..., help="a run directory"),
                                        basis=basis, progress=progress)
             fig = frequency_ablation(sweep, title=f"{run.path} step {step}: test loss with one frequency removed "
                                                   f"at {where}")
-            written = save_figure(fig, Path(out or run.path) / f"ablation_{where}_step{step}")
+            written = save_figure(fig, Path(out or run.path) / f"ablation_{where}_step{step}", png=png)
     rows = [{"name": "baseline", "mode": None, "freqs": []} | results[0].before]
     rows += [{"name": f"{r.mode} {list(r.freqs)}", "mode": r.mode, "freqs": list(r.freqs)} | r.after for r in results]
     if as_json:

@@ -64,9 +64,11 @@ def analysis(run: Run, out_dir=None, freqs: list[int] | None = None, steps: list
     return res, written + _save(figs, out, png, progress_bar)
 
 
-def spectrum(run: Run, step: int | None = None, out_dir=None, basis: str = "auto") -> tuple[pd.DataFrame, list[Path]]:
+def spectrum(run: Run, step: int | None = None, out_dir=None, basis: str = "auto",
+             png: bool = True) -> tuple[pd.DataFrame, list[Path]]:
     """``progress.spectrum`` at ``step`` (default: the last), written as ``spectrum_step{N}.csv``
-    and the bar charts ``spectrum_step{N}`` (W_E) and ``spectrum_W_L_step{N}``."""
+    and the bar charts ``spectrum_step{N}`` (W_E) and ``spectrum_W_L_step{N}`` (HTML, and PNG
+    unless ``png=False``)."""
     table = progress.spectrum(run, step, basis)
     step, kind, keys = table.attrs["step"], table.attrs["basis"], table.attrs["key_freqs"]
     out = Path(out_dir or run.path)
@@ -74,9 +76,10 @@ def spectrum(run: Run, step: int | None = None, out_dir=None, basis: str = "auto
     label = "frequency k" + (" (discrete-log basis)" if kind == "dlog" else "")
     title = f"{run.task.describe()}, step {step}"
     written += plots.save_figure(plots.spectrum_bars(table["W_E_norm"].to_numpy(), keys["neurons"], f"{title}: W_E",
-                                                     "norm of W_E", label), out / f"spectrum_step{step}")
+                                                     "norm of W_E", label), out / f"spectrum_step{step}", png=png)
     written += plots.save_figure(plots.spectrum_bars(table["W_L_norm"].to_numpy(), keys["neurons"], f"{title}: W_L",
-                                                     "norm of W_out·W_U", label), out / f"spectrum_W_L_step{step}")
+                                                     "norm of W_out·W_U", label), out / f"spectrum_W_L_step{step}",
+                                 png=png)
     return table, written
 
 

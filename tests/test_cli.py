@@ -376,3 +376,23 @@ def test_info_on_a_missing_directory_says_there_is_no_such_run_directory(tmp_pat
     (tmp_path / "file").write_text("x")
     r = invoke("info", tmp_path / "file")
     assert r.exit_code == 1 and r.output.strip() == f"error: {tmp_path / 'file'} is a file, not a run directory"
+
+
+@pytest.mark.parametrize("command", [["spectrum"], ["ablate", "--freqs", "3", "--no-progress"]],
+                         ids=["spectrum", "ablate"])
+def test_spectrum_and_ablate_take_no_png(grokked_run, tmp_path, monkeypatch, command):
+    import plotly.graph_objects as go
+
+    exported = []
+
+    def fake_png(self, path, *a, **k):  # stands for kaleido: records the export and writes a file
+        exported.append(path)
+        open(path, "wb").close()
+
+    monkeypatch.setattr(go.Figure, "write_image", fake_png)
+    ok(*command, grokked_run.path, "--step", "400", "--out", tmp_path / "html", "--no-png")
+    assert exported == [] and not list((tmp_path / "html").glob("*.png"))
+    htmls = sorted(f.stem for f in (tmp_path / "html").glob("*.html"))
+    assert htmls
+    ok(*command, grokked_run.path, "--step", "400", "--out", tmp_path / "png")
+    assert sorted(f.stem for f in (tmp_path / "png").glob("*.png")) == htmls and len(exported) == len(htmls)
