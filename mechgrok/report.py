@@ -134,7 +134,7 @@ def dynamics(path, out=None, measure: bool = True, prominence: float = 0.1, png:
 
 def latent(pop, out_dir, n_states: int | None = None, features=None, max_states: int = 8, covariance: str = "diag",
            restarts: int = 5, seed: int = 0, png: bool = True, title: str = "", progress_bar: bool = True,
-           plotlyjs: str | bool = "directory") -> dict:
+           plotlyjs: str | bool = "shared") -> dict:
     """``latent.analyze_population`` of ``pop``, written to ``out_dir``: statistics.csv (reused
     when it exists and covers the same runs and steps), model_selection.csv, transitions.csv,
     states.csv, paths.csv, detours.csv, and the figures model_selection, training_map and
