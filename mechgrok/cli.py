@@ -626,10 +626,14 @@ def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict
 def plot(run_dir: Path = typer.Argument(..., help="a run directory"),
          png: bool = PNG, progress: bool = typer.Option(True, help="show a progress bar")):
     """(Re)draw a run's figures: training curve, and analysis figures if analyze wrote progress.csv."""
-    from .report import draw_figures
+    from .report import draw_figures, stale_analysis
     from .runs import load_run
 
-    for f in draw_figures(load_run(run_dir), png=png, progress=progress):
+    run = load_run(run_dir)
+    stale = stale_analysis(run)
+    if stale:  # redrawn all the same: the figures are right about the steps they show
+        typer.secho(f"warning: {stale}", fg=typer.colors.YELLOW, err=True)
+    for f in draw_figures(run, png=png, progress=progress):
         typer.echo(f"wrote {f}")
 
 

@@ -192,7 +192,8 @@ def draw_figures(run: Run, analysis: bool = True, png: bool = True, progress: bo
     """(Re)draw a run's figures from its files: the training curve from ``metrics.csv`` and,
     with ``analysis`` and a ``progress.csv`` + ``phases.json`` from ``mechgrok analyze``, the
     analysis figures (``analysis_figures``), e.g. after installing Chromium for PNGs.
-    ``progress``: a bar over the figures (PNG export takes seconds each). Returns the files written."""
+    ``progress``: a bar over the figures (PNG export takes seconds each). Returns the files written.
+    After a resume the analysis figures stop where ``progress.csv`` does: ``stale_analysis`` says so."""
     figures = {}
     m = run.metrics
     if len(m):
@@ -207,6 +208,22 @@ def draw_figures(run: Run, analysis: bool = True, png: bool = True, progress: bo
         table.attrs.update(key_freqs=ph["key_freqs"], basis=ph["basis"], level=ph.get("level"))
         figures |= analysis_figures(run, table)
     return _save(figures, run.path, png, progress)
+
+
+def stale_analysis(run: Run) -> str | None:
+    """Why the analysis figures ``draw_figures`` redraws from ``progress.csv`` no longer show the
+    whole run (it was resumed or extended after ``mechgrok analyze``), as one line; None when
+    they are current or there is no analysis."""
+    table_file = run.path / "progress.csv"
+    if not table_file.exists() or not run.steps:
+        return None
+    measured = pd.read_csv(table_file, usecols=["step"])["step"]
+    last = int(measured.max()) if len(measured) else None
+    if last is not None and last >= run.steps[-1]:
+        return None
+    return (f"{table_file} ends at step {last} but the run has checkpoints up to step {run.steps[-1]} "
+            f"(trained on since `mechgrok analyze`): the analysis figures stop at step {last}; "
+            f"run `mechgrok analyze {run.path}` to measure the new checkpoints")
 
 
 def analysis_figures(run, table: pd.DataFrame, ph: progress.Phases | None = None, nf=None) -> dict:

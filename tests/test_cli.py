@@ -396,3 +396,20 @@ def test_spectrum_and_ablate_take_no_png(grokked_run, tmp_path, monkeypatch, com
     assert htmls
     ok(*command, grokked_run.path, "--step", "400", "--out", tmp_path / "png")
     assert sorted(f.stem for f in (tmp_path / "png").glob("*.png")) == htmls and len(exported) == len(htmls)
+
+
+def test_plot_after_a_resume_warns_that_the_analysis_figures_stop_at_progress_csv(tmp_path):
+    run = tmp_path / "r"
+    ok("train", "--out", run, *MODEL, "--steps", "20")
+    ok("analyze", run, "--no-progress", "--no-png")
+    assert "warning" not in ok("plot", run, "--no-png", "--no-progress").output  # current: nothing to say
+    ok("train", "--resume", run, "--steps", "40", "--no-progress", "--no-png")
+    measured = int(pd.read_csv(run / "progress.csv")["step"].max())
+    assert measured == 20 and mg.load_run(run).steps[-1] == 40
+    r = ok("plot", run, "--no-png", "--no-progress")
+    warned = [line for line in r.output.splitlines() if line.startswith("warning:")]
+    assert warned == [f"warning: {run / 'progress.csv'} ends at step 20 but the run has checkpoints up to step 40 "
+                      f"(trained on since `mechgrok analyze`): the analysis figures stop at step 20; "
+                      f"run `mechgrok analyze {run}` to measure the new checkpoints"]
+    ok("analyze", run, "--no-progress", "--no-png")
+    assert "warning" not in ok("plot", run, "--no-png", "--no-progress").output
