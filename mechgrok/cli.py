@@ -762,7 +762,8 @@ def _print_population(pop, field: Optional[str]):
 def population(
     paths: list[Path] = typer.Argument(..., help="a sweep directory, a directory of run directories, or run directories"),
     field: Optional[str] = typer.Option(None, help="summarise per value of this field (default: every swept field)"),
-    out: Optional[Path] = typer.Option(None, help="where the table and figures go (default: the sweep directory)"),
+    out: Optional[Path] = typer.Option(None, help="where population.csv and the figures go (default: the one "
+                                       "PATH given; with several PATHs nothing is written without --out)"),
     png: bool = typer.Option(True, "--png/--no-png", help="also write PNG figures"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ):
@@ -780,8 +781,11 @@ def population(
                                            for f in fields}}, indent=2))
         return
     _print_population(pop, field)
-    out = out or (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path("."))
     typer.echo("")
+    if out is None and len(paths) > 1:  # no directory of theirs is the obvious home: never the current one
+        typer.echo("not written: give --out DIR to write population.csv and the figures")
+        return
+    out = out or paths[0]
     for w in write_population(pop, out, fields, png=png):
         typer.echo(f"wrote {w}")
 
