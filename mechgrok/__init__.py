@@ -33,7 +33,7 @@ _EXPORTS = {
     "transition_metrics": "milestones",
     "MeasureContext": "measures", "measure_series": "measures",
 }
-_SUBMODULES = ("analysis", "budget", "config", "cycles", "dynamics", "ensemble", "evaluation", "experiment", "files", "foreign",
+_SUBMODULES = ("analysis", "budget", "choices", "config", "cycles", "dynamics", "ensemble", "evaluation", "experiment", "files", "foreign",
                "fourier", "grokfast", "interventions", "latent", "measures", "milestones", "model", "optim", "plots",
                "population", "presets", "progress", "provenance", "report", "runs", "schedule", "tasks", "trainer",
                "weight_statistics")

@@ -38,6 +38,7 @@ def _is_user_error(e: BaseException) -> bool:
     trainer = sys.modules.get("mechgrok.trainer")
     return isinstance(e, USER_ERRORS) or (trainer is not None and isinstance(e, trainer.TrainingDiverged))
 
+
 # files.atomic_write's temp file: ".NAME.PID.HEX12.tmp" beside NAME
 _TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.\d+\.[0-9a-f]{12}\.tmp$")
 _OS_HINTS = {errno.ENOSPC: "the disk is full; free some space and run it again",
