@@ -94,9 +94,10 @@ def test_overrides_reach_the_run_config_with_the_seed_fanned_out(tmp_path):
 
 def test_bad_input_exits_nonzero_with_one_line_not_a_traceback(tmp_path):
     cases = [(["train", "--out", tmp_path / "x", "--p", "12"], "TaskConfig.p must be a prime"),
-             (["info", tmp_path / "nowhere"], "not a mechgrok run"),
+             (["info", tmp_path / "nowhere"], "no such run directory"),
+             (["info", tmp_path], "not a mechgrok run: config.json is missing"),  # a directory, but no run
              (["train", "--p", "13"], "--out"),
-             (["train", "--resume", tmp_path / "nowhere"], "not a mechgrok run"),
+             (["train", "--resume", tmp_path / "nowhere"], "no such run directory"),
              (["train", "--out", tmp_path / "x", "--preset", "nope"], "unknown preset")]
     for args, msg in cases:
         r = invoke(*args)
