@@ -32,11 +32,12 @@ _EXPORTS = {
     "evaluate": "evaluation",
     "transition_metrics": "milestones",
     "MeasureContext": "measures", "measure_series": "measures",
+    "attention_grids": "fourier", "neuron_grids": "fourier", "compare": "comparison",
 }
-_SUBMODULES = ("analysis", "budget", "choices", "config", "cycles", "dynamics", "ensemble", "evaluation", "experiment", "files", "foreign",
-               "fourier", "grokfast", "interventions", "latent", "measures", "milestones", "model", "optim", "plots",
-               "population", "presets", "progress", "provenance", "report", "runs", "schedule", "tasks", "trainer",
-               "weight_statistics")
+_SUBMODULES = ("analysis", "budget", "choices", "comparison", "config", "cycles", "dynamics", "ensemble", "evaluation",
+               "experiment", "files", "foreign", "fourier", "grokfast", "interventions", "latent", "measures",
+               "milestones", "model", "optim", "plots", "population", "presets", "progress", "provenance", "report",
+               "runs", "schedule", "tasks", "trainer", "weight_statistics")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 

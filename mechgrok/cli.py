@@ -316,8 +316,10 @@ def train(
     eval_every: Optional[int] = typer.Option(None),
     checkpoint_every: Optional[int] = typer.Option(None),
     seed: Optional[int] = typer.Option(None, help="sets the split, init and batch-order seeds at once"),
-    task_seed: Optional[int] = typer.Option(None),
-    model_seed: Optional[int] = typer.Option(None),
+    task_seed: Optional[int] = typer.Option(None, help="the split's seed alone (overrides --seed there)"),
+    model_seed: Optional[int] = typer.Option(None, help="the initial weights' seed alone (overrides --seed there)"),
+    train_seed: Optional[int] = typer.Option(None, help="the minibatch order's seed alone (overrides --seed there; "
+                                             "no effect with a full batch)"),
     device: Optional[Device] = typer.Option(None),
     progress: bool = typer.Option(True, help="show a progress bar"),
     probe: Optional[str] = typer.Option(None, "--probe", help="measure optimizer dynamics while training -> "
@@ -348,7 +350,8 @@ def train(
                     n_heads=n_heads, d_head=d_head, d_mlp=d_mlp, act_fn=_value(act_fn),
                     normalization=_value(normalization), steps=steps, lr=lr, weight_decay=weight_decay,
                     warmup_steps=warmup_steps, eval_every=eval_every, checkpoint_every=checkpoint_every,
-                    device=_value(device), seed=seed, task_seed=task_seed, model_seed=model_seed, beta1=beta1,
+                    device=_value(device), seed=seed, task_seed=task_seed, model_seed=model_seed,
+                    train_seed=train_seed, beta1=beta1,
                     beta2=beta2, batch_size=batch_size, grokfast=_value(grokfast), grokfast_alpha=grokfast_alpha,
                     grokfast_lambda=grokfast_lambda, grokfast_window=grokfast_window,
                     stop_after_grok=stop_after_grok, keep_moments=keep_moments or None,
@@ -600,8 +603,9 @@ def transplant(donor: Path = typer.Option(..., help="donor run directory"),
 
 
 @app.command("import")
-def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict (.pth/.pt/.safetensors) or a "
-                                       "TransformerLens Grokking-demo bundle (.pth)"),
+def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict (.pth/.pt/.safetensors), a "
+                                       "folder of them (one per step, the step in the name: step_100.pt, ...), "
+                                       "or a TransformerLens Grokking-demo bundle (.pth)"),
             out: Path = typer.Option(..., help="run directory to create"),
             op: Optional[Op] = typer.Option(None, help="the task the weights were trained on (default: add)"),
             p: Optional[int] = typer.Option(None, help="prime modulus (default: the unembedding's width)"),
@@ -609,7 +613,8 @@ def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict
             split: Optional[Path] = typer.Option(None, help="train indices into mechgrok's a-major example table: "
                                                  "a JSON list, or integers separated by commas/whitespace "
                                                  "(default: the bundle's train_indices)"),
-            step: Optional[int] = typer.Option(None, help="a single state dict's step (default: 0)"),
+            step: Optional[int] = typer.Option(None, help="a single state dict's step (default: 0; a folder's "
+                                               "come from its file names)"),
             progress: bool = typer.Option(True, help="show a progress bar"), png: bool = PNG):
     """Turn a checkpoint series trained elsewhere into a run directory; nothing in SRC is executed."""
     from .foreign import import_run
@@ -822,6 +827,52 @@ def dynamics(path: Path = typer.Argument(..., help="a run directory, or a sweep 
         typer.echo(f"agreement dips vs grokking gap: Pearson r = {corr.r:.3f}, n = {corr.n}, p = {corr.p:.3g}")
         for name, c in list(dips_vs_gap_all(table).items())[1:]:
             typer.echo(f"  {DIP_COUNTS[name]} vs gap: r = {c.r:.3f}, n = {c.n}, p = {c.p:.3g}")
+    for f in written:
+        typer.echo(f"wrote {f}")
+
+
+# --- the TL Grokking demo's (a, b) grids, and runs side by side ---
+
+
+@app.command()
+def grids(run_dir: Path = typer.Argument(..., help="a run directory"),
+          step: Optional[int] = typer.Option(None, help="checkpoint step (default: the last)"),
+          neurons: Optional[str] = typer.Option(None, help="neuron indices, comma-separated (default: 0..5)"),
+          layer: Optional[int] = typer.Option(None, help="layer (default: the last)"),
+          out: Optional[Path] = typer.Option(None, help="where to write (default: the run directory)"),
+          png: bool = PNG):
+    """Attention of '=' to a and b per head, and neuron activations, over the (a, b) grid (the TL demo's figures)."""
+    from .report import grids as write_grids
+    from .runs import load_run
+
+    run = load_run(run_dir)
+    res, written = write_grids(run, step, _ints(neurons), layer, out, png=png)
+    att = res["attention"]
+    typer.echo(f"run: {run.path}  step {res['step']}, layer {res['layer']}, {att.shape[0]} heads, "
+               f"neurons {res['neurons']}")
+    for h in range(att.shape[0]):  # NaN cells: no example there (div's b = 0)
+        typer.echo(f"head {h}: mean attention of '=' to a {float(att[h, 0].nanmean()):.3f}, "
+                   f"to b {float(att[h, 1].nanmean()):.3f}")
+    for f in written:
+        typer.echo(f"wrote {f}")
+
+
+@app.command()
+def compare(runs: list[Path] = typer.Argument(..., help="run directories (a sweep directory gives all its members)"),
+            out: Path = typer.Option(Path("."), help="where compare.csv and the figures go"),
+            png: bool = PNG):
+    """A few runs side by side: overlaid training curves and progress measures, and their transition metrics."""
+    from .report import compare as write_compare
+
+    table, written = write_compare(runs, out, png=png)
+    fields = table.attrs["fields"]
+    typer.echo("settings that differ: " + (", ".join(fields) if fields else "none"))
+    cols = ["run", *fields, "memorised_step", "grokked_step", "delay", "final_train_loss", "final_test_loss",
+            "final_test_acc"]
+    typer.echo(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    missing = table.loc[~table["analysed"], "run"].tolist()
+    if missing:
+        typer.echo(f"no progress measures for {', '.join(missing)} (run `mechgrok analyze RUN` to add them)")
     for f in written:
         typer.echo(f"wrote {f}")
 

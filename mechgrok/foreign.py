@@ -1,8 +1,9 @@
 """Checkpoints made by other tools, read without running any code from them.
 
 ``load_hooked_transformer`` loads one legacy HookedTransformer state dict as mechgrok's TL 4
-model. ``import_run`` turns a checkpoint series (a state dict, or a TransformerLens
-Grokking-demo bundle) into a normal run directory, so every command works on it.
+model. ``import_run`` turns a checkpoint series (a state dict, a folder of per-step state
+dicts, or a TransformerLens Grokking-demo bundle) into a normal run directory, so every
+command works on it.
 
 Reading never runs code from the file: torch.load(weights_only=True), with every class the
 pickle names that torch does not allow replaced by an inert ForeignObject registered under that
@@ -218,7 +219,8 @@ def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = 
                act_fn: str | None = None, split=None, step: int | None = None, progress: bool = True) -> Run:
     """Turn a checkpoint series trained elsewhere into the run directory ``out`` and return it.
 
-    ``src`` is either one HookedTransformer state dict (``.pth``/``.pt``/``.safetensors``; a
+    ``src`` is a folder of per-step HookedTransformer state dicts (``read_checkpoint_folder``),
+    one HookedTransformer state dict (``.pth``/``.pt``/``.safetensors``; a
     ``{"model": state_dict, ...}`` bundle works too; ``step``: the step it was taken at,
     default 0) or a TransformerLens Grokking-demo bundle (a ``.pth`` holding ``checkpoints``,
     ``checkpoint_epochs``, and optionally ``model``, ``config``, ``train_losses``,
@@ -239,9 +241,15 @@ def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = 
 
     src, out = Path(src), Path(out)
     check_new_run_dir(out)
-    contents, notes = read_foreign(src)
     source = str(src)
-    if isinstance(contents, dict) and "checkpoints" in contents:
+    contents, notes = (None, []) if src.is_dir() else read_foreign(src)
+    if src.is_dir():  # a folder of per-step state dicts: every file through the single-file reader
+        if step is not None:
+            raise ForeignFileError(f"{source}: a folder's steps come from its file names; drop --step")
+        fmt = "folder of HookedTransformer state dicts"
+        series, notes = read_checkpoint_folder(src)
+        losses, foreign_cfg, test_given = {}, None, None
+    elif isinstance(contents, dict) and "checkpoints" in contents:
         fmt = "TransformerLens Grokking-demo bundle"
         missing = [k for k in BUNDLE_REQUIRED if k not in contents]
         if missing:
@@ -348,3 +356,45 @@ def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = 
     write_json(out / "config.json", config.to_dict() | {"versions": versions(), "device": "cpu",
                                                         "imported": imported})
     return Run(out)
+
+
+# --- a folder of per-step checkpoints ----------------------------------------------------------
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """One HookedTransformer state dict from a file, as a single-file import reads it
+    (``read_foreign``, then ``_state_dict``): never runs code from it; ``(tensors, notes)``."""
+    contents, notes = read_foreign(path)
+    return _state_dict(contents, str(path)), notes
+
+
+def read_checkpoint_folder(src: str | os.PathLike) -> tuple[dict[int, dict[str, torch.Tensor]], list[str]]:
+    """The checkpoint series in a folder of ``.pt``/``.pth``/``.safetensors`` HookedTransformer
+    state dicts (``step_100.pt``, ``step_0000200.safetensors``, ``ckpt-300.pth``, ...): step ->
+    tensors, each file read by ``read_state_dict``; the step is the last number in the file's
+    name (an epoch count in the name is taken as a step: pass steps, not epochs). Other files
+    and subfolders are left alone. Returns ``(series, notes)``; a file without a number, two
+    files with one step, or a folder without checkpoints is a one-line ``ForeignFileError``."""
+    src = Path(src)
+    files = sorted(f for f in src.iterdir() if f.is_file() and f.suffix in CHECKPOINT_SUFFIXES)
+    if not files:
+        raise ForeignFileError(f"{src}: no {'/'.join(CHECKPOINT_SUFFIXES)} files in this folder")
+    by_step: dict[int, Path] = {}
+    for f in files:
+        numbers = re.findall(r"\d+", f.stem)
+        if not numbers:
+            raise ForeignFileError(f"{f}: no step in the file name (a folder import reads the step from names "
+                                   f"like step_1000{f.suffix}); rename it or move it out of {src}")
+        step = int(numbers[-1])
+        if step in by_step:
+            raise ForeignFileError(f"{src}: {by_step[step].name} and {f.name} are both step {step}; keep one")
+        by_step[step] = f
+    series, notes = {}, [f"{len(by_step)} files in {src.name}/, steps from the file names "
+                         f"({min(by_step)}..{max(by_step)})"]
+    for step in sorted(by_step):
+        series[step], file_notes = read_state_dict(by_step[step])
+        notes += [n for n in file_notes if n not in notes]
+    return series, notes
+

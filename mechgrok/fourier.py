@@ -68,7 +68,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from . import choices
-from .model import ModelConfig, Params, as_model, as_params, hook_name, last_position_acts, layer_index
+from .model import (ModelConfig, Params, as_model, as_params, hook_name, last_position_acts, layer_index,
+                    run_with_cache)
 from .tasks import Task, is_cyclic_add_table
 
 BASES = choices.BASES
@@ -517,9 +518,60 @@ def spectrum_peaks(norms: Float[Tensor, " n_freq"], threshold: float = 0.25) -> 
     return sorted(int(k) + 1 for k in torch.nonzero(tail > threshold * tail.max()).flatten())
 
 
+# --- plain (a, b) grids: the TL Grokking demo's attention and neuron figures ----------------
+
+
+def ab_grid(values: Float[Tensor, "n_examples *rest"], task: Task) -> Float[Tensor, "p p *rest"]:
+    """Per-example values on the plain (a, b) grid: ``out[a, b]`` is the value of the example
+    (a, b), residues in order, not centred (what the TL demo draws; ``to_grid`` is the centred
+    grid in group coordinates the transforms use). NaN where the task has no example (div's
+    b = 0 column). Parity has no (a, b) grid: one line says so."""
+    if task.a is None:
+        raise ValueError(f"{task.describe()}: no (a, b) grid (only two-operand tasks have one)")
+    idx = example_index(task)
+    grid = values.new_full((task.p, task.p) + values.shape[1:], float("nan"))
+    present = idx >= 0
+    grid[present] = values[idx[present]]
+    return grid
+
+
+@torch.no_grad()
+def attention_grids(model, task: Task, layer: int | None = None, cfg: ModelConfig | None = None
+                    ) -> Float[Tensor, "n_heads n_ctx p p"]:
+    """Attention of the ``=`` position (the last query) to each position (a, b, =) for every
+    example, per head, on the (a, b) grid: ``out[h, k, a, b] =
+    blocks.{layer}.attn.hook_pattern[example (a, b), h, -1, k]`` (the TL demo draws k = 0). A
+    TL model runs its own forward (its hooks take effect); params take the fast path."""
+    target, mcfg = as_model(model, cfg)
+    name = f"blocks.{layer_index(mcfg, layer)}.attn.hook_pattern"
+    if isinstance(target, tuple):
+        params = target[0]
+        tokens = task.inputs.to(next(iter(params.values())).device)
+        _, cache = run_with_cache(params, mcfg, tokens, names_filter=name)
+    else:
+        _, cache = target.run_with_cache(task.inputs.to(next(target.parameters()).device), names_filter=name)
+    from_last = cache[name][:, :, -1].float().cpu()  # [example, head, key position]
+    return einops.rearrange(ab_grid(from_last, task), "a b head k -> head k a b")
+
+
+@torch.no_grad()
+def neuron_grids(model, task: Task, neurons=None, layer: int | None = None, cfg: ModelConfig | None = None
+                 ) -> Float[Tensor, "n_neurons p p"]:
+    """Activation of each neuron in ``neurons`` (default: the first 6) over the (a, b) grid:
+    ``out[i, a, b] = blocks.{layer}.mlp.hook_post[example (a, b), -1, neurons[i]]`` (``neuron_acts``)."""
+    acts = neuron_acts(model, task, layer, cfg).float().cpu()
+    d_mlp = acts.shape[1]
+    neurons = list(range(min(6, d_mlp))) if neurons is None else [int(n) for n in neurons]
+    bad = [n for n in neurons if not 0 <= n < d_mlp]
+    if bad or not neurons:
+        raise ValueError(f"neurons must be indices in 0..{d_mlp - 1} (d_mlp = {d_mlp}), got {bad or neurons}")
+    return einops.rearrange(ab_grid(acts[:, neurons], task), "a b n -> n a b")
+
+
 __all__ = ["fourier_basis", "freq_rows", "freq_index", "freq_norms", "n_freqs", "primitive_root", "Coords",
            "coords", "resolve_basis", "fourier_unsupported", "example_index", "to_grid", "valid_frequencies", "check_frequencies",
            "answer_directions", "FrequencyProjection", "PROJECTION_MODES", "W_L",
            "embedding_fourier", "W_L_fourier", "embedding_spectrum", "W_L_spectrum", "neuron_acts",
            "fourier_2d", "neuron_fourier", "frequency_shares", "NeuronFrequencies", "neuron_frequencies",
-           "key_frequencies", "spectrum_peaks", "BASES", "KEY_RULES", "CLUSTER_THRESHOLD"]
+           "key_frequencies", "spectrum_peaks", "BASES", "KEY_RULES", "CLUSTER_THRESHOLD",
+           "ab_grid", "attention_grids", "neuron_grids"]

@@ -580,19 +580,25 @@ def population_summary(summary: pd.DataFrame, field: str | None = None, title: s
 
 def population_curves(curves: dict[str, pd.DataFrame], columns: tuple[str, ...] = ("test_acc",),
                       titles: tuple[str, ...] | None = None, title: str = "members", x: str = "step",
-                      x_scale: float = 1.0, x_title: str = "step") -> go.Figure:
+                      x_scale: float = 1.0, x_title: str = "step", log: tuple[str, ...] = (),
+                      by_seed: bool = True) -> go.Figure:
     """One line per member (``curves``: label -> its metrics table), one panel per column
     (e.g. test accuracy and weight norm); members with the same label prefix before " seed"
-    share a colour. ``x_scale`` rescales the x axis (e.g. 0.1 for epochs of 10 steps)."""
+    share a colour (``by_seed=False``: a colour per member). ``x_scale`` rescales the x axis
+    (e.g. 0.1 for epochs of 10 steps); the panels of ``log`` columns have a log y axis."""
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-    groups = list(dict.fromkeys(label.split(" seed")[0] for label in curves))
+    group_of = (lambda label: label.split(" seed")[0]) if by_seed else (lambda label: label)
+    groups = list(dict.fromkeys(group_of(label) for label in curves))
     fig = make_subplots(rows=1, cols=len(columns), subplot_titles=titles or columns, horizontal_spacing=0.1)
     for label, m in curves.items():
-        g = label.split(" seed")[0]
+        g = group_of(label)
         color = palette[groups.index(g) % len(palette)]
         for col, c in enumerate(columns, start=1):
             fig.add_trace(go.Scatter(x=m[x] * x_scale, y=m[c], name=label, legendgroup=g, showlegend=col == 1,
                                      line=dict(color=color, width=1.5)), row=1, col=col)
+    for col, c in enumerate(columns, start=1):
+        if c in log:
+            fig.update_yaxes(type="log", exponentformat="power", row=1, col=col)
     fig.update_xaxes(title_text=x_title)
     fig.update_layout(title=title, template="plotly_white", width=520 * len(columns), height=430,
                       legend=dict(orientation="h", y=-0.22))
@@ -708,3 +714,43 @@ def dips_vs_gap_scatter(table: pd.DataFrame, r: float | None = None, n: int | No
                       showlegend=False)
     return fig
 
+
+
+# --- (a, b) grids: the TL Grokking demo's attention and neuron figures ---
+
+
+def _grid_figure(grids, titles: list[str], cols: int, title: str, colorbar: str | None, zmin=None, zmax=None,
+                 colorscale: str = "RdBu_r") -> go.Figure:
+    """One heatmap per ``grids[i]`` (a p x p array: rows a, columns b), ``cols`` to a row. With
+    ``colorbar`` every panel shares one colour scale (zmin..zmax); without, each panel has its
+    own (neurons differ in scale by orders of magnitude; hover shows the values)."""
+    rows = -(-len(grids) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.04,
+                        vertical_spacing=0.3 / rows)
+    for i, g in enumerate(grids):
+        shared = dict(coloraxis="coloraxis") if colorbar else dict(colorscale=colorscale, showscale=False)
+        fig.add_trace(go.Heatmap(z=g, hovertemplate="a=%{y}, b=%{x}: %{z:.3g}<extra></extra>", **shared),
+                      row=i // cols + 1, col=i % cols + 1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_yaxes(title_text="a", col=1)
+    fig.update_xaxes(title_text="b", row=rows)
+    fig.update_layout(title=title, template="plotly_white", width=260 * cols + 160, height=260 * rows + 130)
+    if colorbar:
+        fig.update_layout(coloraxis=dict(colorscale=colorscale, cmin=zmin, cmax=zmax, colorbar=dict(title=colorbar)))
+    return fig
+
+
+def attention_grid_figure(grids, positions: tuple[str, ...] = ("a", "b"), title: str = "attention from '='"
+                          ) -> go.Figure:
+    """Per head (rows), the attention of the ``=`` position to each of ``positions`` (columns;
+    0 = a, 1 = b) over the (a, b) grid: ``grids[head, position]`` (``fourier.attention_grids``)."""
+    heads, k = len(grids), len(positions)
+    panels = [grids[h][j] for h in range(heads) for j in range(k)]
+    titles = [f"head {h}: '=' -> {positions[j]}" for h in range(heads) for j in range(k)]
+    return _grid_figure(panels, titles, k, title, "attention", zmin=0.0, zmax=1.0, colorscale="Viridis")
+
+
+def neuron_grid_figure(grids, neurons: list[int], title: str = "neuron activations") -> go.Figure:
+    """The activation of each neuron over the (a, b) grid (``grids[i]`` for neuron
+    ``neurons[i]``: ``fourier.neuron_grids``), up to 4 panels a row."""
+    return _grid_figure(list(grids), [f"neuron {n}" for n in neurons], min(4, len(neurons)), title, None)

@@ -9,6 +9,8 @@ through ``plots.save_figure`` -- and the CLI calls it.
     report.latent(pop, out)       the latent-state tables and figures
     report.population(pop, out)   population.csv and a figure per swept field
     report.draw_figures(run)      (re)draw a run's figures from its files
+    report.grids(run, step)       the TL demo's attention and neuron grids over (a, b)
+    report.compare(runs, out)     compare.csv and the overlaid curves of a few runs
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from . import fourier, plots, progress
 from .analysis import Analysis, analyze
 from .files import write_csv, write_json
 from .milestones import transition_metrics
+from .model import layer_index
 from .runs import Run, find_runs, read_dynamics
 
 
@@ -257,3 +260,79 @@ def analysis_figures(run, table: pd.DataFrame, ph: progress.Phases | None = None
                                                        f"{name}: W_E spectrum over training"),
     }
     return figs
+
+
+# --- (a, b) grids of one checkpoint ----------------------------------------------------------
+
+
+def _long(grids, names: tuple[str, ...], value: str) -> pd.DataFrame:
+    """A ``[..., p, p]`` grid tensor as one row per cell (``names`` index the leading axes, then
+    a, b); cells without an example (NaN) are left out."""
+    g = grids.numpy()
+    index = pd.MultiIndex.from_product([range(n) for n in g.shape], names=[*names, "a", "b"])
+    return pd.DataFrame({value: g.reshape(-1)}, index=index).dropna().reset_index()
+
+
+def grids(run: Run, step: int | None = None, neurons: list[int] | None = None, layer: int | None = None,
+          out_dir=None, png: bool = True) -> tuple[dict, list[Path]]:
+    """The TL Grokking demo's figures at ``step`` (default: the last): attention of ``=`` to a
+    and b per head (``fourier.attention_grids``) and neuron activations (``fourier.neuron_grids``,
+    default the first 6 neurons) over the (a, b) grid, written to ``out_dir`` (default: the run
+    directory) as ``attention_step{N}.csv`` (head, position, a, b, attention),
+    ``neurons_step{N}.csv`` (neuron, a, b, activation) and the figures ``attention_step{N}``
+    and ``neurons_step{N}``. Returns ``({"step", "layer", "neurons", "attention", "neuron"}, written)``."""
+    step = run.resolve_step(step)
+    params, cfg = run.params(step), run.model_cfg
+    attention = fourier.attention_grids(params, run.task, layer, cfg)[:, :2]  # to a and b; '=' -> '=' is 1 - both
+    neuron = fourier.neuron_grids(params, run.task, neurons, layer, cfg)
+    neurons = list(range(len(neuron))) if neurons is None else [int(n) for n in neurons]
+    out = Path(out_dir or run.path)
+    at = _long(attention, ("head", "position"), "attention")
+    at["position"] = at["position"].map({0: "a", 1: "b"})
+    nt = _long(neuron, ("neuron",), "activation")
+    nt["neuron"] = nt["neuron"].map(dict(enumerate(neurons)))
+    written = [write_csv(out / f"attention_step{step}.csv", at, float_format="%.6g"),
+               write_csv(out / f"neurons_step{step}.csv", nt, float_format="%.6g")]
+    name = f"{run.path.name}: {run.task.describe()}, step {step}"
+    layer_name = f"layer {layer_index(cfg, layer)}"
+    figs = {f"attention_step{step}": plots.attention_grid_figure(
+                attention.numpy(), title=f"{name}: attention from '=' ({layer_name})"),
+            f"neurons_step{step}": plots.neuron_grid_figure(
+                neuron.numpy(), neurons, title=f"{name}: neuron activations ({layer_name})")}
+    written += _save(figs, out, png)
+    res = {"step": step, "layer": layer_index(cfg, layer), "neurons": neurons, "attention": attention,
+           "neuron": neuron}
+    return res, written
+
+
+# --- runs side by side -----------------------------------------------------------------------
+
+PROGRESS_PANELS = {"restricted_loss": "restricted loss", "excluded_loss": "excluded loss", "gini_W_L": "Gini of W_L",
+                   "weight_sq": "sum of squared weights"}
+
+
+def compare(runs, out_dir=".", png: bool = True) -> tuple[pd.DataFrame, list[Path]]:
+    """``comparison.compare`` of ``runs`` written to ``out_dir``: ``compare.csv`` (the table), the
+    figure ``compare_curves`` (train/test loss and accuracy of every run overlaid) and, when any
+    run was analysed, ``compare_progress`` (its progress measures: restricted and excluded
+    loss, Gini of W_L, weight norm, where every analysed run has them). Returns
+    ``(table, written)``."""
+    from . import comparison as cmp
+
+    runs = cmp.load_runs(runs)
+    table = cmp.compare(runs)
+    out = Path(out_dir)
+    written = [write_csv(out / "compare.csv", table, float_format="%.6g")]
+    title = ", ".join(table["run"][:4]) + (", ..." if len(table) > 4 else "")
+    figs = {"compare_curves": plots.population_curves(
+        cmp.curves(runs, table), ("train_loss", "test_loss", "train_acc", "test_acc"),
+        ("train loss", "test loss", "train accuracy", "test accuracy"), title=f"{title}: training curves",
+        log=("train_loss", "test_loss"), by_seed=False)}
+    progress_tables = cmp.progress_tables(runs, table)
+    if progress_tables:
+        columns = [c for c in PROGRESS_PANELS if all(c in t for t in progress_tables.values())]
+        if columns:
+            figs["compare_progress"] = plots.population_curves(
+                progress_tables, tuple(columns), tuple(PROGRESS_PANELS[c] for c in columns),
+                title=f"{title}: progress measures", log=("restricted_loss", "excluded_loss"), by_seed=False)
+    return table, written + _save(figs, out, png)

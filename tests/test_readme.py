@@ -18,7 +18,7 @@ from mechgrok.presets import DEMO_TIME
 README = Path(__file__).resolve().parent.parent / "README.md"
 # Shell commands run by the test; the others train for minutes (demo, train, freeze, transplant,
 # sweep) and are covered by tests/test_cli.py and the population tests through the same code.
-CHEAP_COMMANDS = {"info", "presets", "analyze", "spectrum", "ablate", "plot", "import"}
+CHEAP_COMMANDS = {"info", "presets", "analyze", "spectrum", "ablate", "plot", "import", "grids", "compare"}
 
 
 def readme_blocks() -> list[tuple[str, str, bool]]:
