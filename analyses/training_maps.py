@@ -155,8 +155,7 @@ def main():
         paths, t_train = train_population(name, preset, overrides, list(range(n_seeds)), args.out)
         t0 = time.time()
         res = mg.report.latent(paths, args.figures / name, features=list(features), max_states=8,
-                               restarts=args.restarts, title=name, progress_bar=False,
-                                        plotlyjs="cdn")  # committed figures: no 4.8 MB plotly.min.js copies
+                               restarts=args.restarts, title=name, progress_bar=False)  # figures/'s plotly.min.js
         t_hmm = time.time() - t0
         f = findings(name, res)
         rows.append(f)

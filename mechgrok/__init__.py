@@ -34,10 +34,10 @@ _EXPORTS = {
     "MeasureContext": "measures", "measure_series": "measures",
     "attention_grids": "fourier", "neuron_grids": "fourier", "compare": "comparison",
 }
-_SUBMODULES = ("analysis", "budget", "comparison", "config", "cycles", "dynamics", "ensemble", "evaluation", "experiment", "files", "foreign",
-               "fourier", "grokfast", "interventions", "latent", "measures", "milestones", "model", "optim", "plots",
-               "population", "presets", "progress", "provenance", "report", "runs", "schedule", "tasks", "trainer",
-               "weight_statistics")
+_SUBMODULES = ("analysis", "budget", "choices", "comparison", "config", "cycles", "dynamics", "ensemble", "evaluation",
+               "experiment", "files", "foreign", "fourier", "grokfast", "interventions", "latent", "measures",
+               "milestones", "model", "optim", "plots", "population", "presets", "progress", "provenance", "report",
+               "runs", "schedule", "tasks", "trainer", "weight_statistics")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 

@@ -17,23 +17,27 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from .fourier import BASES, PROJECTION_MODES
-from .interventions import INTERVENTIONS, OPTIMIZER_STATES, WHERE
-from .model import ACT_FNS, NORMALIZATIONS
-from .presets import DEMO_TIME
-from .milestones import GROKKED_TEST_ACC, MEMORISED_TRAIN_ACC
-from .progress import LEVELS
-from .grokfast import MODES as GROKFAST_MODES
-from .optim import OPTIMIZERS
-from .tasks import OPS
-from .trainer import TrainingDiverged
+# At import only typer, the standard library and choices.py (plain tuples): `mechgrok --help`
+# must not pay for torch, scipy, pandas or plotly (4-16 s). Every command imports what it needs
+# inside its function.
+from .choices import (ACT_FNS, BASES, DEMO_TIME, GROKFAST_MODES, GROKKED_TEST_ACC, HOOK_POINTS as WHERE,
+                      INTERVENTIONS, LEVELS, MEMORISED_TRAIN_ACC, NORMALIZATIONS, OPS, OPTIMIZER_STATES, OPTIMIZERS,
+                      PROJECTION_MODES)
 
 
 # Errors a user can cause (a bad value, a missing or occupied path, a diverging run, a full disk
 # or a directory they may not write, a run too large for the memory) end as one line and exit
 # code 1; anything else is a bug and keeps its traceback. MECHGROK_TRACEBACK=1 shows the
 # traceback of user errors too.
-USER_ERRORS = (ValueError, OSError, MemoryError, TrainingDiverged)
+USER_ERRORS = (ValueError, OSError, MemoryError)
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """USER_ERRORS, or trainer.TrainingDiverged (a diverging run), looked up only when the
+    trainer is loaded: were it not, nothing could have raised it, and cli.py stays free of torch."""
+    trainer = sys.modules.get("mechgrok.trainer")
+    return isinstance(e, USER_ERRORS) or (trainer is not None and isinstance(e, trainer.TrainingDiverged))
+
 
 # files.atomic_write's temp file: ".NAME.PID.HEX12.tmp" beside NAME
 _TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.\d+\.[0-9a-f]{12}\.tmp$")
@@ -73,8 +77,8 @@ class _Commands(TyperGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except USER_ERRORS as e:
-            if os.environ.get("MECHGROK_TRACEBACK"):
+        except Exception as e:
+            if not _is_user_error(e) or os.environ.get("MECHGROK_TRACEBACK"):
                 raise
             if isinstance(e, OSError) and e.errno == errno.EPIPE:
                 raise  # a closed pipe (`mechgrok info RUN | head`): typer exits quietly
@@ -86,6 +90,20 @@ class _Commands(TyperGroup):
 
 app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Train small transformers on algorithmic tasks and take grokking apart.")
+
+
+def _show_version(value: bool):
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"mechgrok {version('mechgrok')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="print mechgrok's version and exit")):
+    pass
 
 
 def _choices(name: str, values) -> type[Enum]:
@@ -151,9 +169,13 @@ def _print_summary(run):
     typer.echo(f"memorised (train acc > {MEMORISED_TRAIN_ACC}) at step: {s['memorised_step']}")
     typer.echo(f"grokked (test acc > {GROKKED_TEST_ACC}) at step: {s['grokked_step']}"
                + ("" if s["grokked"] else f" (not within the run's {s['last_step']} steps)"))
-    typer.echo(f"delay (grokked - memorised): {s['delay']}, max acceleration of test acc at step: "
-               f"{s['max_acceleration_step']}, final gap (train - test acc): {s['final_gap']:.4f}"
-               if s["final_gap"] is not None else "no evaluations yet")
+    if s["final_gap"] is None:
+        typer.echo("no evaluations yet")
+    else:
+        typer.echo(f"delay (grokked - memorised): {s['delay']}, final gap (train - test acc): {s['final_gap']:.4f}")
+        # the grokking transition's own bend; over the whole run it is often the memorisation bump
+        typer.echo(f"max acceleration of test acc while grokking (memorised..grokked): step "
+                   f"{s['grokking_acceleration_step']}; over the whole run: step {s['max_acceleration_step']}")
     fig = run.path / "training_curve.html"
     if fig.exists():
         typer.echo(f"figure: {fig}" + (" (+ .png)" if fig.with_suffix(".png").exists() else ""))
@@ -445,7 +467,8 @@ def analyze(run_dir: Path = typer.Argument(..., help="a run directory"),
                f"restricted {last['restricted_loss']:.3e}, excluded {last['excluded_loss']:.3e} "
                f"({table.attrs['level']} level)")
     typer.echo(f"memorised {tr.memorised_step}, grokked {tr.grokked_step}, delay {tr.delay}, "
-               f"max acceleration {tr.max_acceleration_step} (evaluation grid of metrics.csv)")
+               f"max acceleration while grokking {tr.grokking_acceleration_step} (over the whole run "
+               f"{tr.max_acceleration_step}) (evaluation grid of metrics.csv)")
     typer.echo("phases: " + ", ".join(f"{name} {b[0]}-{b[1]}" if b else f"{name} not reached"
                                       for name, b in ph.intervals().items()))
     for f in written:
@@ -456,12 +479,12 @@ def analyze(run_dir: Path = typer.Argument(..., help="a run directory"),
 def spectrum(run_dir: Path = typer.Argument(..., help="a run directory"),
              step: Optional[int] = typer.Option(None, help="checkpoint step (default: the last)"),
              out: Optional[Path] = typer.Option(None, help="where to write (default: the run directory)"),
-             basis: Basis = typer.Option(Basis.auto)):
+             basis: Basis = typer.Option(Basis.auto), png: bool = PNG):
     """Fourier spectrum of W_E and W_L at one checkpoint, with the key frequencies of each rule."""
     from .report import spectrum as write_spectrum
     from .runs import load_run
 
-    table, written = write_spectrum(load_run(run_dir), step, out, basis=_value(basis))
+    table, written = write_spectrum(load_run(run_dir), step, out, basis=_value(basis), png=png)
     typer.echo(f"step {table.attrs['step']}, {table.attrs['basis']} basis")
     for rule, ks in table.attrs["key_freqs"].items():
         typer.echo(f"key frequencies ({rule} rule): {ks}")
@@ -485,7 +508,7 @@ def ablate(run_dir: Path = typer.Argument(..., help="a run directory"),
            basis: Basis = typer.Option(Basis.auto),
            out: Optional[Path] = typer.Option(None, help="where the sweep figure goes (default: the run directory)"),
            as_json: bool = typer.Option(False, "--json", help="machine-readable output (one schema for every mode)"),
-           progress: bool = typer.Option(True, help="show a progress bar over the sweep")):
+           progress: bool = typer.Option(True, help="show a progress bar over the sweep"), png: bool = PNG):
     """Remove frequencies from an activation (or keep only them) and measure loss and accuracy."""
     from . import interventions as iv
     from .plots import frequency_ablation, save_figure
@@ -504,7 +527,7 @@ def ablate(run_dir: Path = typer.Argument(..., help="a run directory"),
                                        basis=basis, progress=progress)
             fig = frequency_ablation(sweep, title=f"{run.path} step {step}: test loss with one frequency removed "
                                                   f"at {where}")
-            written = save_figure(fig, Path(out or run.path) / f"ablation_{where}_step{step}")
+            written = save_figure(fig, Path(out or run.path) / f"ablation_{where}_step{step}", png=png)
     rows = [{"name": "baseline", "mode": None, "freqs": []} | results[0].before]
     rows += [{"name": f"{r.mode} {list(r.freqs)}", "mode": r.mode, "freqs": list(r.freqs)} | r.after for r in results]
     if as_json:
@@ -625,10 +648,14 @@ def import_(src: Path = typer.Argument(..., help="a HookedTransformer state dict
 def plot(run_dir: Path = typer.Argument(..., help="a run directory"),
          png: bool = PNG, progress: bool = typer.Option(True, help="show a progress bar")):
     """(Re)draw a run's figures: training curve, and analysis figures if analyze wrote progress.csv."""
-    from .report import draw_figures
+    from .report import draw_figures, stale_analysis
     from .runs import load_run
 
-    for f in draw_figures(load_run(run_dir), png=png, progress=progress):
+    run = load_run(run_dir)
+    stale = stale_analysis(run)
+    if stale:  # redrawn all the same: the figures are right about the steps they show
+        typer.secho(f"warning: {stale}", fg=typer.colors.YELLOW, err=True)
+    for f in draw_figures(run, png=png, progress=progress):
         typer.echo(f"wrote {f}")
 
 
@@ -787,7 +814,8 @@ def _print_population(pop, field: Optional[str]):
 def population(
     paths: list[Path] = typer.Argument(..., help="a sweep directory, a directory of run directories, or run directories"),
     field: Optional[str] = typer.Option(None, help="summarise per value of this field (default: every swept field)"),
-    out: Optional[Path] = typer.Option(None, help="where the table and figures go (default: the sweep directory)"),
+    out: Optional[Path] = typer.Option(None, help="where population.csv and the figures go (default: the one "
+                                       "PATH given; with several PATHs nothing is written without --out)"),
     png: bool = typer.Option(True, "--png/--no-png", help="also write PNG figures"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ):
@@ -805,8 +833,11 @@ def population(
                                            for f in fields}}, indent=2))
         return
     _print_population(pop, field)
-    out = out or (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path("."))
     typer.echo("")
+    if out is None and len(paths) > 1:  # no directory of theirs is the obvious home: never the current one
+        typer.echo("not written: give --out DIR to write population.csv and the figures")
+        return
+    out = out or paths[0]
     for w in write_population(pop, out, fields, png=png):
         typer.echo(f"wrote {w}")
 

@@ -67,11 +67,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from . import choices
 from .model import (ModelConfig, Params, as_model, as_params, hook_name, last_position_acts, layer_index,
                     run_with_cache)
 from .tasks import Task, is_cyclic_add_table
 
-BASES = ("auto", "add", "dlog")
+BASES = choices.BASES
 KEY_RULES = ("neurons", "W_L", "embedding")
 CLUSTER_THRESHOLD = 0.85  # Nanda et al.: a neuron is "clustered" above 85% of variance in one frequency
 
@@ -291,7 +292,7 @@ def answer_directions(task: Task, freqs, basis: str = "auto"
     return q.float(), active
 
 
-PROJECTION_MODES = ("keep", "remove")
+PROJECTION_MODES = choices.PROJECTION_MODES
 
 
 class FrequencyProjection:

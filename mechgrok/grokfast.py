@@ -7,7 +7,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-MODES = ("none", "ema", "ma")
+from . import choices
+
+MODES = choices.GROKFAST_MODES
 
 
 class GradientFilter:

@@ -57,6 +57,7 @@ replays the source run exactly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -69,6 +70,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from . import choices
 from . import fourier
 from .fourier import FrequencyProjection, check_frequencies, valid_frequencies
 from .config import RunConfig
@@ -82,7 +84,7 @@ from .tasks import Task
 
 WHERE = HOOK_POINTS
 MODES = fourier.PROJECTION_MODES
-OPTIMIZER_STATES = ("fresh", "carry")
+OPTIMIZER_STATES = choices.OPTIMIZER_STATES
 METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
 
 
@@ -312,7 +314,7 @@ class Continuation:
     final_train_acc: float
     final_test_acc: float
     max_test_acc: float
-    path: str
+    path: str | None  # the continuation's run directory (None: it was temporary and is gone)
     metrics: pd.DataFrame = field(repr=False)
     optimizer: str = "fresh"
 
@@ -344,7 +346,8 @@ def continue_training(run: Run, from_step: int, steps: int, params: Params | Non
     ``params``: start from these weights instead of the checkpoint's (a transplant).
     ``frozen``: extra fnmatch patterns of parameters kept fixed. ``weight_decay``: override.
     ``optimizer``: "fresh" AdamW state, or "carry" the moments in ``resume.safetensors``.
-    ``out``: the new run directory (default: a fresh temporary one).
+    ``out``: the new run directory; without it the run is trained in a temporary directory that
+    is removed before this returns (the result keeps the metrics; its ``path`` is None).
     """
     from .trainer import train as train_run
 
@@ -366,25 +369,29 @@ def continue_training(run: Run, from_step: int, steps: int, params: Params | Non
     if weight_decay is not None:
         changes["weight_decay"] = weight_decay
     cfg = replace(run.config, train=replace(tcfg, **changes))
-    out = Path(tempfile.mkdtemp(prefix=f"mechgrok-{name}-")) / "run" if out is None else Path(out)
-    new = train_run(cfg, out, init=init, start_step=from_step, init_opt_state=opt_state, progress=progress)
-    write_json(out / "intervention.json", {"name": name, "source": str(run.path), "from_step": from_step,
-                                           "steps": steps, "optimizer": optimizer,
-                                           "frozen": list(cfg.train.frozen),
-                                           "weight_decay": cfg.train.weight_decay})
-    m = new.metrics
+    with contextlib.ExitStack() as temporary:
+        keep = out is not None
+        if not keep:  # nobody asked for the run: train in a temporary directory, removed once its metrics are read
+            out = Path(temporary.enter_context(tempfile.TemporaryDirectory(prefix=f"mechgrok-{name}-"))) / "run"
+        out = Path(out)
+        new = train_run(cfg, out, init=init, start_step=from_step, init_opt_state=opt_state, progress=progress)
+        write_json(out / "intervention.json", {"name": name, "source": str(run.path), "from_step": from_step,
+                                               "steps": steps, "optimizer": optimizer,
+                                               "frozen": list(cfg.train.frozen),
+                                               "weight_decay": cfg.train.weight_decay})
+        m = new.metrics
     trainable, total = _count(init, cfg.train.frozen)
     return Continuation(name=name, from_step=from_step, steps=steps, trainable_params=trainable,
                         total_params=total, grokking_step=transition_metrics(m).grokked_step,
                         final_train_acc=float(m["train_acc"].iloc[-1]),
                         final_test_acc=float(m["test_acc"].iloc[-1]),
-                        max_test_acc=float(m["test_acc"].max()), path=str(out), metrics=m, optimizer=optimizer)
+                        max_test_acc=float(m["test_acc"].max()), path=str(out) if keep else None, metrics=m,
+                        optimizer=optimizer)
 
 
 # --- freezing (seed 000) -----------------------------------------------------------------------
 
-INTERVENTIONS = ("baseline", "no_weight_decay", "head", "embeddings", "exit_layer", "exit_attn",
-                 "exit_mlp", "entry_layer", "middle_layers", "attn_all", "mlp_all")
+INTERVENTIONS = choices.INTERVENTIONS
 
 
 def intervention_groups(n_layers: int) -> dict[str, tuple[str, ...]]:

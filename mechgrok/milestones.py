@@ -2,8 +2,9 @@
 when it grokked, and the stop rule built on them. The one definition every trainer, command,
 table and figure uses.
 
-Thresholds follow Kumar et al.'s transition metrics: memorised at the first evaluation with
-train accuracy above 0.99, grokked at the first with test accuracy above 0.9 (strictly above).
+The transition metrics are M. Brenndoerfer's ("Grokking: How Neural Networks Suddenly Learn to
+Generalize", 2025): memorised at the first evaluation with train accuracy above 0.99, grokked
+at the first with test accuracy above 0.9 (strictly above).
 """
 
 from __future__ import annotations
@@ -14,19 +15,23 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-MEMORISED_TRAIN_ACC = 0.99
-GROKKED_TEST_ACC = 0.90
+from .choices import GROKKED_TEST_ACC, MEMORISED_TRAIN_ACC  # noqa: F401 (this module's thresholds)
+
 
 @dataclass(frozen=True)
 class Transitions:
-    """Seed 001's transition metrics of one run, read from its evaluation grid.
+    """Brenndoerfer's transition metrics of one run, read from its evaluation grid.
 
     ``memorised_step``: first evaluation with train accuracy > ``MEMORISED_TRAIN_ACC`` (0.99);
     ``grokked_step``: first with test accuracy > ``GROKKED_TEST_ACC`` (0.9); ``delay`` = grokked -
     memorised (negative when a run generalises before it memorises); ``max_acceleration_step``:
-    where test accuracy's second derivative in steps is largest; ``final_gap``: train - test
-    accuracy at the last evaluation; ``grokked``: grokked within the run's budget. None where
-    the run does not show it."""
+    where test accuracy's second derivative in steps is largest over the whole run (Brenndoerfer's
+    definition; in many runs that is the small rise of test accuracy while the training
+    set is memorised, long before grokking); ``grokking_acceleration_step``: the same restricted
+    to the grokking transition (``grokking_window``: from memorisation to the grokking step),
+    the one ``mechgrok info`` shows; ``final_gap``: train - test accuracy at the last
+    evaluation; ``grokked``: grokked within the run's budget. None where the run does not show
+    it."""
 
     memorised_step: int | None
     grokked_step: int | None
@@ -35,6 +40,7 @@ class Transitions:
     final_gap: float | None
     grokked: bool
     last_step: int | None
+    grokking_acceleration_step: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,18 +51,36 @@ def _first(mask: np.ndarray, steps: np.ndarray) -> int | None:
     return int(steps[hits[0]]) if len(hits) else None
 
 
-def max_acceleration_step(steps, values) -> int | None:
-    """Step where ``values``' second derivative with respect to the step is largest. Derivatives
-    are divided differences (slopes between evaluations, then slopes of those between interval
-    midpoints), so uneven evaluation spacing does not bias the argmax; on an even grid this is
-    the argmax of the second difference."""
+def max_acceleration_step(steps, values, window: tuple[int, int] | None = None) -> int | None:
+    """Step where ``values``' second derivative with respect to the step is largest (among the
+    steps inside ``window``, both ends included, when given). Derivatives are divided
+    differences (slopes between evaluations, then slopes of those between interval midpoints),
+    so uneven evaluation spacing does not bias the argmax; on an even grid this is the argmax of
+    the second difference. None without an interior evaluation (in the window)."""
     s, v = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
     if len(s) < 3:
         return None
     slope = np.diff(v) / np.diff(s)
     mid = (s[:-1] + s[1:]) / 2
     curvature = np.diff(slope) / np.diff(mid)
-    return int(s[1:-1][np.argmax(curvature)])
+    inner = s[1:-1]
+    if window is not None:
+        keep = (inner >= window[0]) & (inner <= window[1])
+        if not keep.any():
+            return None
+        inner, curvature = inner[keep], curvature[keep]
+    return int(inner[np.argmax(curvature)])
+
+
+def grokking_window(memorised: int | None, grokked: int | None, first_step: int) -> tuple[int, int] | None:
+    """The steps of the grokking transition: from the memorisation step (or the run's first
+    evaluation, when it generalises before it memorises) to the grokking step. Before it, test
+    accuracy's sharpest bend is often the memorisation bump; after it, the oscillations of a
+    grokked run. None when the run has not grokked."""
+    if grokked is None:
+        return None
+    start = memorised if memorised is not None and memorised <= grokked else first_step
+    return start, grokked
 
 
 def transition_metrics(metrics: pd.DataFrame, memorised_above: float = MEMORISED_TRAIN_ACC,
@@ -68,8 +92,10 @@ def transition_metrics(metrics: pd.DataFrame, memorised_above: float = MEMORISED
         return Transitions(None, None, None, None, None, False, None)
     steps, train, test = m["step"].to_numpy(), m["train_acc"].to_numpy(), m["test_acc"].to_numpy()
     mem, grok = _first(train > memorised_above, steps), _first(test > grokked_above, steps)
+    window = grokking_window(mem, grok, int(steps[0]))
     return Transitions(mem, grok, None if None in (mem, grok) else grok - mem, max_acceleration_step(steps, test),
-                       float(train[-1] - test[-1]), grok is not None, int(steps[-1]))
+                       float(train[-1] - test[-1]), grok is not None, int(steps[-1]),
+                       None if window is None else max_acceleration_step(steps, test, window))
 
 
 def final_metrics(metrics: pd.DataFrame) -> dict[str, float]:

@@ -28,14 +28,15 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from . import choices
 from .fieldtypes import check_field_types
 
 Params = dict[str, Tensor]
 Hook = tuple[str | Callable[[str], bool], Callable]  # (hook name or TL name filter, fn)
 
-ACT_FNS = ("relu", "gelu")
+ACT_FNS = choices.ACT_FNS
 _SMALL_CTX = 8
-NORMALIZATIONS = ("none", "LN")
+NORMALIZATIONS = choices.NORMALIZATIONS
 
 
 @dataclass(frozen=True)
@@ -364,7 +365,7 @@ def _check_hook_name(name: str, cfg: ModelConfig) -> str:
 
 
 # Shorthands for where an intervention or a progress measure acts, each mapped onto a TL hook.
-HOOK_POINTS = ("embed", "neurons", "logits")
+HOOK_POINTS = choices.HOOK_POINTS
 _WHERE_FORMS = ("a TL hook name ('blocks.0.mlp.hook_post', 'hook_embed', 'unembed.hook_out'), "
                 "a get_act_name shorthand (('post', 0), 'post0', or 'post' with layer=0) "
                 f"or one of {HOOK_POINTS}")

@@ -29,7 +29,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-OPTIMIZERS = ("adamw", "adam", "sgd", "muon")
+from . import choices
+
+OPTIMIZERS = choices.OPTIMIZERS
 OPTIMIZER_ARGS = {
     "adamw": {"eps": 1e-8},
     "adam": {"eps": 1e-8},

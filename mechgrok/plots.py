@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import warnings
 from pathlib import Path
 
@@ -18,13 +20,15 @@ COLORS = {"train": "#1f77b4", "test": "#d62728", "restricted": "#2ca02c", "exclu
 
 
 def save_figure(fig: go.Figure, stem: str | Path, png: bool = True, scale: float = 2.0,
-                plotlyjs: str | bool = "directory") -> list[Path]:
+                plotlyjs: str | bool = "shared") -> list[Path]:
     """Write ``stem.html`` and, if possible, ``stem.png``; return the files written.
 
-    The HTML works offline: by default plotly.js (4.8 MB) is written once per directory as
-    ``plotly.min.js`` next to the figures and referenced by relative path (embedding it would
-    add 4.8 MB to every figure: ~40 MB for an analysed run); keep the HTML with that file.
-    ``plotlyjs=True`` embeds it (one self-contained file), ``"cdn"`` loads it from the web.
+    The HTML works offline, opened from disk, without a copy of plotly.js (4.8 MB) per
+    directory: by default (``"shared"``) it refers by relative path to the one ``plotly.min.js``
+    of its output tree (``plotlyjs_home``: the run, the sweep, or the figures/ tree), written
+    there once. Keep the HTML inside its tree (move the tree as a whole); ``mechgrok plot RUN``
+    redraws a run's figures where they are. ``"directory"`` puts a copy beside the figure,
+    ``True`` embeds it (one self-contained file), ``"cdn"`` loads it from the web.
 
     PNG export needs kaleido and a Chromium it can drive. Without one this warns (with kaleido's
     reason) and keeps the HTML: a missing browser must never cost a researcher the run that
@@ -33,11 +37,13 @@ def save_figure(fig: go.Figure, stem: str | Path, png: bool = True, scale: float
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     html = stem.with_suffix(".html")
-    if plotlyjs == "directory":
+    if plotlyjs == "shared":
+        plotlyjs = plotlyjs_src(stem.parent)
+    elif plotlyjs == "directory":
         # ours first, so plotly (which writes its copy only where none exists, and not
         # atomically) finds it in place and leaves it alone
         ensure_plotlyjs(stem.parent)
-    # the temp file sits in the figure's directory, so "directory" refers to the plotly.min.js beside it
+    # the temp file sits in the figure's directory, so a relative src resolves as for the figure
     atomic_write(html, lambda tmp: fig.write_html(tmp, include_plotlyjs=plotlyjs))
     written = [html]
     if png:
@@ -62,6 +68,57 @@ def _plotlyjs_bytes() -> bytes:
 
     # the copy plotly ships, which its write_html(include_plotlyjs="directory") writes
     return pkgutil.get_data("plotly", "package_data/plotly.min.js")
+
+
+def _tree_top(d: Path, js_size: int) -> bool:
+    """Whether ``d`` can hold a tree's shared plotly.min.js: a run directory (config.json and
+    checkpoints/), a sweep directory (sweep.json and members/), or a directory already holding
+    a plotly.min.js of plotly's size (an earlier figure's shared copy, e.g. figures/'s)."""
+    js = d / PLOTLY_JS
+    return (((d / "config.json").is_file() and (d / "checkpoints").is_dir())
+            or ((d / "sweep.json").is_file() and (d / "members").is_dir())
+            or (js.is_file() and js.stat().st_size == js_size))
+
+
+def plotlyjs_home(directory: str | Path) -> Path:
+    """The directory whose ``plotly.min.js`` the figures in ``directory`` share: the highest
+    ancestor of ``directory`` that ``_tree_top`` accepts (so a run's figures, its
+    interventions' and a sweep's members' all share the run's or the sweep's copy), else
+    ``directory`` itself."""
+    import plotly
+
+    directory = Path(os.path.abspath(directory))
+    size = (Path(plotly.__file__).parent / "package_data" / PLOTLY_JS).stat().st_size  # _plotlyjs_bytes()'s
+    home = directory
+    for d in directory.parents:
+        if _tree_top(d, size):
+            home = d
+    return home
+
+
+def plotlyjs_src(directory: str | Path) -> str:
+    """The ``<script src>`` of a figure written in ``directory``: the relative path to its
+    tree's shared ``plotly.min.js`` (``plotlyjs_home``), which this makes sure exists."""
+    js = ensure_plotlyjs(plotlyjs_home(directory))
+    return Path(os.path.relpath(js, os.path.abspath(directory))).as_posix()
+
+
+# the tags plotly's write_html writes for a path, "directory" and "cdn" (with integrity= and crossorigin=)
+_PLOTLYJS_TAG = re.compile(r'<script charset="utf-8" src="[^"]*plotly[^"]*\.js"[^>]*></script>')
+
+
+def relink_html(html: str | Path) -> Path:
+    """Point an HTML figure written earlier (with a copy of plotly.js beside it, or from the
+    CDN) at its tree's shared ``plotly.min.js``, the ``<script>`` tag ``save_figure`` writes
+    today; figures without such a tag (plotly.js embedded) are left alone."""
+    html = Path(html)
+    text = html.read_text(encoding="utf-8")
+    if _PLOTLYJS_TAG.search(text):
+        tag = f'<script charset="utf-8" src="{plotlyjs_src(html.parent)}"></script>'
+        new = _PLOTLYJS_TAG.sub(lambda m: tag, text, count=1)
+        if new != text:
+            atomic_write(html, lambda tmp: Path(tmp).write_text(new, encoding="utf-8"))
+    return html
 
 
 def ensure_plotlyjs(directory: str | Path) -> Path:

@@ -15,9 +15,8 @@ from .model import ModelConfig
 from .config import RunConfig, TrainConfig
 from .tasks import TaskConfig
 
-# What `mechgrok demo` costs: 1 min 38 s wall measured on an idle 2-core AMD EPYC VM, torch CPU,
-# default threads (figures/README.md). README and `mechgrok demo --help` quote this string.
-DEMO_TIME = "about 1 min 40 s on 2 idle CPU cores"
+# What `mechgrok demo` costs (measured: see choices.py); README and `mechgrok demo --help` quote it.
+from .choices import DEMO_TIME  # noqa: E402,F401
 
 NANDA_MODEL = ModelConfig(n_layers=1, d_model=128, n_heads=4, d_head=32, d_mlp=512, act_fn="relu")
 

@@ -62,6 +62,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import choices
 from . import fourier
 from .fourier import FrequencyProjection
 from .evaluation import split_metrics
@@ -70,7 +71,7 @@ from .model import (Hook, ModelConfig, Params, activation_fn, as_model, as_param
                     is_tl_model, layer_index, run_target, token_position_table, weight_sq)
 from .tasks import Task
 
-LEVELS = ("logits", "neurons")
+LEVELS = choices.LEVELS
 ENGINES = ("auto", "grid", "hooks")
 # each definition's own split for restricted loss (see the module docstring)
 RESTRICTED_SPLIT = {"logits": "all", "neurons": "test"}

@@ -67,9 +67,11 @@ def analysis(run: Run, out_dir=None, freqs: list[int] | None = None, steps: list
     return res, written + _save(figs, out, png, progress_bar)
 
 
-def spectrum(run: Run, step: int | None = None, out_dir=None, basis: str = "auto") -> tuple[pd.DataFrame, list[Path]]:
+def spectrum(run: Run, step: int | None = None, out_dir=None, basis: str = "auto",
+             png: bool = True) -> tuple[pd.DataFrame, list[Path]]:
     """``progress.spectrum`` at ``step`` (default: the last), written as ``spectrum_step{N}.csv``
-    and the bar charts ``spectrum_step{N}`` (W_E) and ``spectrum_W_L_step{N}``."""
+    and the bar charts ``spectrum_step{N}`` (W_E) and ``spectrum_W_L_step{N}`` (HTML, and PNG
+    unless ``png=False``)."""
     table = progress.spectrum(run, step, basis)
     step, kind, keys = table.attrs["step"], table.attrs["basis"], table.attrs["key_freqs"]
     out = Path(out_dir or run.path)
@@ -77,9 +79,10 @@ def spectrum(run: Run, step: int | None = None, out_dir=None, basis: str = "auto
     label = "frequency k" + (" (discrete-log basis)" if kind == "dlog" else "")
     title = f"{run.task.describe()}, step {step}"
     written += plots.save_figure(plots.spectrum_bars(table["W_E_norm"].to_numpy(), keys["neurons"], f"{title}: W_E",
-                                                     "norm of W_E", label), out / f"spectrum_step{step}")
+                                                     "norm of W_E", label), out / f"spectrum_step{step}", png=png)
     written += plots.save_figure(plots.spectrum_bars(table["W_L_norm"].to_numpy(), keys["neurons"], f"{title}: W_L",
-                                                     "norm of W_out·W_U", label), out / f"spectrum_W_L_step{step}")
+                                                     "norm of W_out·W_U", label), out / f"spectrum_W_L_step{step}",
+                                 png=png)
     return table, written
 
 
@@ -134,7 +137,7 @@ def dynamics(path, out=None, measure: bool = True, prominence: float = 0.1, png:
 
 def latent(pop, out_dir, n_states: int | None = None, features=None, max_states: int = 8, covariance: str = "diag",
            restarts: int = 5, seed: int = 0, png: bool = True, title: str = "", progress_bar: bool = True,
-           plotlyjs: str | bool = "directory") -> dict:
+           plotlyjs: str | bool = "shared") -> dict:
     """``latent.analyze_population`` of ``pop``, written to ``out_dir``: statistics.csv (reused
     when it exists and covers the same runs and steps), model_selection.csv, transitions.csv,
     states.csv, paths.csv, detours.csv, and the figures model_selection, training_map and
@@ -192,7 +195,8 @@ def draw_figures(run: Run, analysis: bool = True, png: bool = True, progress: bo
     """(Re)draw a run's figures from its files: the training curve from ``metrics.csv`` and,
     with ``analysis`` and a ``progress.csv`` + ``phases.json`` from ``mechgrok analyze``, the
     analysis figures (``analysis_figures``), e.g. after installing Chromium for PNGs.
-    ``progress``: a bar over the figures (PNG export takes seconds each). Returns the files written."""
+    ``progress``: a bar over the figures (PNG export takes seconds each). Returns the files written.
+    After a resume the analysis figures stop where ``progress.csv`` does: ``stale_analysis`` says so."""
     figures = {}
     m = run.metrics
     if len(m):
@@ -207,6 +211,22 @@ def draw_figures(run: Run, analysis: bool = True, png: bool = True, progress: bo
         table.attrs.update(key_freqs=ph["key_freqs"], basis=ph["basis"], level=ph.get("level"))
         figures |= analysis_figures(run, table)
     return _save(figures, run.path, png, progress)
+
+
+def stale_analysis(run: Run) -> str | None:
+    """Why the analysis figures ``draw_figures`` redraws from ``progress.csv`` no longer show the
+    whole run (it was resumed or extended after ``mechgrok analyze``), as one line; None when
+    they are current or there is no analysis."""
+    table_file = run.path / "progress.csv"
+    if not table_file.exists() or not run.steps:
+        return None
+    measured = pd.read_csv(table_file, usecols=["step"])["step"]
+    last = int(measured.max()) if len(measured) else None
+    if last is not None and last >= run.steps[-1]:
+        return None
+    return (f"{table_file} ends at step {last} but the run has checkpoints up to step {run.steps[-1]} "
+            f"(trained on since `mechgrok analyze`): the analysis figures stop at step {last}; "
+            f"run `mechgrok analyze {run.path}` to measure the new checkpoints")
 
 
 def analysis_figures(run, table: pd.DataFrame, ph: progress.Phases | None = None, nf=None) -> dict:

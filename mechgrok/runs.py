@@ -88,6 +88,10 @@ class Run:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         cfg_file = self.path / CONFIG_FILE
+        if not self.path.exists():  # a typo in the path: say so, not that a file inside it is missing
+            raise FileNotFoundError(f"no such run directory: {self.path}")
+        if not self.path.is_dir():
+            raise NotADirectoryError(f"{self.path} is a file, not a run directory")
         if not cfg_file.exists():
             raise FileNotFoundError(f"{self.path} is not a mechgrok run: {cfg_file.name} is missing")
         try:

@@ -33,6 +33,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from . import choices
 from .fieldtypes import check_field_types
 
 MODULAR_OPS: dict[str, tuple[str, Callable[[Tensor, Tensor, int], Tensor]]] = {
@@ -43,7 +44,8 @@ MODULAR_OPS: dict[str, tuple[str, Callable[[Tensor, Tensor, int], Tensor]]] = {
     "quad": ("a^2 + ab + b^2", lambda a, b, p: (a * a + a * b + b * b) % p),
 }
 OP_ALIASES = {"+": "add", "-": "sub", "*": "mul", "x": "mul", "/": "div"}
-OPS = tuple(MODULAR_OPS) + ("parity", "table")
+OPS = choices.OPS  # the CLI's list, kept where nothing heavy is imported
+assert tuple(MODULAR_OPS) == choices.MODULAR_OPS, "choices.MODULAR_OPS must list tasks.MODULAR_OPS"
 MAX_PARITY_BITS = 20  # 2^20 sequences; beyond that the full dataset stops fitting in a batch
 MAX_TABLE_N = 1024  # n^2 = 2^20 pairs, the same cap on the example table as parity's
 DEFAULT_P = 113

@@ -5,6 +5,7 @@ import json
 import math
 import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -93,9 +94,10 @@ def test_overrides_reach_the_run_config_with_the_seed_fanned_out(tmp_path):
 
 def test_bad_input_exits_nonzero_with_one_line_not_a_traceback(tmp_path):
     cases = [(["train", "--out", tmp_path / "x", "--p", "12"], "TaskConfig.p must be a prime"),
-             (["info", tmp_path / "nowhere"], "not a mechgrok run"),
+             (["info", tmp_path / "nowhere"], "no such run directory"),
+             (["info", tmp_path], "not a mechgrok run: config.json is missing"),  # a directory, but no run
              (["train", "--p", "13"], "--out"),
-             (["train", "--resume", tmp_path / "nowhere"], "not a mechgrok run"),
+             (["train", "--resume", tmp_path / "nowhere"], "no such run directory"),
              (["train", "--out", tmp_path / "x", "--preset", "nope"], "unknown preset")]
     for args, msg in cases:
         r = invoke(*args)
@@ -353,3 +355,62 @@ def test_info_shows_the_transition_metrics_read_off_metrics_csv(grokked_run):
     assert f"memorised (train acc > 0.99) at step: {memorised}" in out
     assert f"grokked (test acc > 0.9) at step: {grokked}\n" in out
     assert f"delay (grokked - memorised): {grokked - memorised}," in out and f"final gap (train - test acc): {gap:.4f}" in out
+
+
+def test_info_headlines_the_acceleration_of_the_grokking_transition(grokked_run):
+    m = grokked_run.metrics
+    steps, test = m["step"].to_numpy(), m["test_acc"].to_numpy()
+    memorised = int(steps[m["train_acc"] > 0.99][0])
+    grokked = int(steps[test > 0.9][0])
+    second = np.diff(test, 2)  # the grid is even (eval_every 10): curvature = second difference, by hand
+    inner = steps[1:-1]
+    during = (inner >= memorised) & (inner <= grokked)
+    out = ok("info", grokked_run.path).output
+    assert (f"max acceleration of test acc while grokking (memorised..grokked): step "
+            f"{int(inner[during][np.argmax(second[during])])}; over the whole run: step "
+            f"{int(inner[np.argmax(second)])}\n") in out
+
+
+def test_info_on_a_missing_directory_says_there_is_no_such_run_directory(tmp_path):
+    r = invoke("info", tmp_path / "rnus" / "demo")
+    assert r.exit_code == 1 and r.output.strip() == f"error: no such run directory: {tmp_path / 'rnus' / 'demo'}"
+    (tmp_path / "file").write_text("x")
+    r = invoke("info", tmp_path / "file")
+    assert r.exit_code == 1 and r.output.strip() == f"error: {tmp_path / 'file'} is a file, not a run directory"
+
+
+@pytest.mark.parametrize("command", [["spectrum"], ["ablate", "--freqs", "3", "--no-progress"]],
+                         ids=["spectrum", "ablate"])
+def test_spectrum_and_ablate_take_no_png(grokked_run, tmp_path, monkeypatch, command):
+    import plotly.graph_objects as go
+
+    exported = []
+
+    def fake_png(self, path, *a, **k):  # stands for kaleido: records the export and writes a file
+        exported.append(path)
+        open(path, "wb").close()
+
+    monkeypatch.setattr(go.Figure, "write_image", fake_png)
+    ok(*command, grokked_run.path, "--step", "400", "--out", tmp_path / "html", "--no-png")
+    assert exported == [] and not list((tmp_path / "html").glob("*.png"))
+    htmls = sorted(f.stem for f in (tmp_path / "html").glob("*.html"))
+    assert htmls
+    ok(*command, grokked_run.path, "--step", "400", "--out", tmp_path / "png")
+    assert sorted(f.stem for f in (tmp_path / "png").glob("*.png")) == htmls and len(exported) == len(htmls)
+
+
+def test_plot_after_a_resume_warns_that_the_analysis_figures_stop_at_progress_csv(tmp_path):
+    run = tmp_path / "r"
+    ok("train", "--out", run, *MODEL, "--steps", "20")
+    ok("analyze", run, "--no-progress", "--no-png")
+    assert "warning" not in ok("plot", run, "--no-png", "--no-progress").output  # current: nothing to say
+    ok("train", "--resume", run, "--steps", "40", "--no-progress", "--no-png")
+    measured = int(pd.read_csv(run / "progress.csv")["step"].max())
+    assert measured == 20 and mg.load_run(run).steps[-1] == 40
+    r = ok("plot", run, "--no-png", "--no-progress")
+    warned = [line for line in r.output.splitlines() if line.startswith("warning:")]
+    assert warned == [f"warning: {run / 'progress.csv'} ends at step 20 but the run has checkpoints up to step 40 "
+                      f"(trained on since `mechgrok analyze`): the analysis figures stop at step 20; "
+                      f"run `mechgrok analyze {run}` to measure the new checkpoints"]
+    ok("analyze", run, "--no-progress", "--no-png")
+    assert "warning" not in ok("plot", run, "--no-png", "--no-progress").output

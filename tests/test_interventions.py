@@ -7,6 +7,7 @@ the training interventions use tiny runs of a few steps.
 import fnmatch
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -392,3 +393,18 @@ def test_freeze_sweep_resumes_and_skips_finished_continuations(tiny4, tmp_path, 
     again = iv.freeze_sweep(tiny4, [10], ["baseline", "head"], steps=5, out_dir=out, progress=False)
     assert trained == ["head"]
     assert again.drop(columns="seconds").equals(first.drop(columns="seconds"))  # deterministic continuation
+
+
+def test_freeze_and_continue_without_out_leaves_no_temporary_run_behind(tiny4, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile reads TMPDIR again
+    kept = iv.freeze_and_continue(tiny4, 10, "head", steps=3, out=tmp_path / "kept")
+    res = iv.freeze_and_continue(tiny4, 10, "head", steps=3)  # README's snippet: no out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]  # no mechgrok-head-* directory
+    assert res.path is None and kept.path == str(tmp_path / "kept")
+    # the temporary run was trained all the same: same metrics as the kept one
+    assert list(res.metrics["step"]) == [10, 13]
+    pd.testing.assert_frame_equal(res.metrics.reset_index(drop=True), kept.metrics.reset_index(drop=True))
+    assert (res.grokking_step, res.final_test_acc) == (kept.grokking_step, kept.final_test_acc)

@@ -51,3 +51,33 @@ def test_should_stop_exactly_stop_after_grok_evaluations_after_the_first_grokked
     assert stops == [(k - 1) - first >= wait for k in range(1, len(rows) + 1)]
     assert stops.index(True) == first + wait  # stops at the row `wait` evaluations after the first grokked one
     assert not any(ms.should_stop(rows[:k], None) for k in range(1, len(rows) + 1))
+
+
+def _bump_then_grok():
+    """A run that memorises by step 100 with the usual small rise of test accuracy on the way
+    (0 -> 0.3 between 80 and 100: the sharpest bend of the whole run), a plateau, then grokking:
+    test accuracy starts rising at 1600 (0.3 -> 0.95 over 1600..1730), evaluated every 10."""
+    steps = np.arange(0, 2001, 10)
+    train = np.clip(steps / 100, 0, 1.0)
+    test = np.where(steps < 90, 0.0, 0.3)
+    test = np.where(steps >= 1610, np.minimum(0.3 + 0.05 * (steps - 1600) / 10, 1.0), test)
+    return pd.DataFrame({"step": steps, "train_acc": train, "test_acc": test})
+
+
+def test_the_grokking_acceleration_is_the_bend_of_the_grokking_transition_not_the_memorisation_bump():
+    m = _bump_then_grok()
+    tr = ms.transition_metrics(m)
+    assert (tr.memorised_step, tr.grokked_step) == (100, 1730)  # first train acc > 0.99; first test acc > 0.9
+    second = np.diff(m["test_acc"].to_numpy(), 2)  # even grid: curvature = second difference, by hand
+    inner = m["step"].to_numpy()[1:-1]
+    assert tr.max_acceleration_step == inner[np.argmax(second)] == 80  # the whole run's: the bump (0 -> 0.3)
+    during = (inner >= 100) & (inner <= 1730)
+    assert tr.grokking_acceleration_step == inner[during][np.argmax(second[during])] == 1600
+
+
+def test_the_grokking_acceleration_needs_a_grokked_run_and_starts_at_the_first_step_without_memorising():
+    m = _bump_then_grok()
+    assert ms.transition_metrics(m.assign(test_acc=0.3)).grokking_acceleration_step is None
+    # a run that generalises before it memorises (train acc stays at 0.5): the window is 0..grokked
+    tr = ms.transition_metrics(m.assign(train_acc=0.5))
+    assert tr.memorised_step is None and tr.grokking_acceleration_step == tr.max_acceleration_step == 80

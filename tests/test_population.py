@@ -373,3 +373,20 @@ def test_a_member_that_never_started_is_counted_apart_not_as_not_grokked(planted
     res = CliRunner().invoke(app, ["population", str(planted), "--no-png"])
     assert res.exit_code == 0, res.output
     assert "n_not_started" in res.output
+
+
+def test_cli_population_of_several_runs_writes_only_where_told(planted, tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    runs = [str(planted / f"wd{wd}_s{seed}") for wd, seed, *_ in PLANTED]
+    before = sorted(p.relative_to(planted) for p in planted.rglob("*"))
+    res = CliRunner().invoke(app, ["population", *runs, "--no-png"])
+    assert res.exit_code == 0, res.output
+    assert res.output.rstrip().endswith("not written: give --out DIR to write population.csv and the figures")
+    assert list(cwd.iterdir()) == [] and sorted(p.relative_to(planted) for p in planted.rglob("*")) == before
+    res = CliRunner().invoke(app, ["population", *runs, "--no-png", "--out", str(tmp_path / "pop")])
+    assert res.exit_code == 0, res.output
+    written = pd.read_csv(tmp_path / "pop" / "population.csv")
+    assert written["id"].tolist() == load_population([Path(r) for r in runs]).ids and list(cwd.iterdir()) == []
+    assert (tmp_path / "pop" / "population_weight_decay.html").exists()
