@@ -62,7 +62,7 @@ def _category(acc: tuple[float, float], threshold: float) -> str:
         (early, late), "grokks early only")
 
 
-def freezing(claim, path):
+def freezing(claim, path, root):
     d = _json(path)
     meta, name = d["meta"], claim["published"]["intervention"]
     acc = tuple(next(r["final_test_acc"] for r in d["results"] if r["name"] == name and r["from_step"] == s)
@@ -92,7 +92,7 @@ def _from_dict(cfg: dict):
     return RunConfig.from_dict(cfg)
 
 
-def weight_decay(claim, path):
+def weight_decay(claim, path, root):
     d = _json(path)
     rows = {r["weight_decay"]: r for r in d["table"]}
     pub = dict(zip(claim["published"]["weight_decay"], claim["published"]["test_acc"]))
@@ -122,7 +122,7 @@ def _find(d, keys: set):
     return None
 
 
-def single_run(claim, path):
+def single_run(claim, path, root):
     """A re-run's report (any layout): its config (a dict with task/model/train) and its final
     metrics (a dict with test_acc or final_test_acc)."""
     d = _json(path)
@@ -144,7 +144,7 @@ def single_run(claim, path):
     return Result(ours, setting_of(cfg, seeds=1), 1, agrees, rule)
 
 
-def parity(claim, path):
+def parity(claim, path, root):
     d = _json(path)
     rows = d["rows"]
     decay = [r for r in rows if r["weight decay"] > 0]
@@ -173,10 +173,10 @@ def _nanda_setting(root: Path) -> tuple[dict, str]:
     return setting_of(configure("nanda", steps=ph["final_step"]).to_dict(), seeds=1), "preset nanda at phases.json's final_step"
 
 
-def nanda_keys(claim, path):
+def nanda_keys(claim, path, root):
     ph = _json(path)
     n = claim["published"]["n_keys"]
-    return Result(f"{len(ph['key_freqs'])}: {ph['key_freqs']}", _nanda_setting(ROOT)[0], 1, len(ph["key_freqs"]) == n,
+    return Result(f"{len(ph['key_freqs'])}: {ph['key_freqs']}", _nanda_setting(root)[0], 1, len(ph["key_freqs"]) == n,
                   "the same number of key frequencies (which ones depend on the seed)")
 
 
@@ -185,34 +185,34 @@ def _last_spectrum(table: pd.DataFrame, prefix: str = "W_E_k") -> pd.Series:
     return table[cols].iloc[-1]
 
 
-def nanda_embed(claim, path):
+def nanda_embed(claim, path, root):
     t = pd.read_csv(path)
     spec = _last_spectrum(t)
     big = [int(c.rsplit("k", 1)[1]) for c, v in spec.items() if v > spec.max() / 4]
-    return Result(f"{len(big)}: {big} (> 1/4 of the largest, step {int(t['step'].iloc[-1])})", _nanda_setting(ROOT)[0], 1,
+    return Result(f"{len(big)}: {big} (> 1/4 of the largest, step {int(t['step'].iloc[-1])})", _nanda_setting(root)[0], 1,
                   len(big) == claim["published"]["n"], "the same count of frequencies above 1/4 of the largest norm")
 
 
-def nanda_neurons(claim, path):
+def nanda_neurons(claim, path, root):
     t = pd.read_csv(path)
     k = int((t["share"] > 0.85).sum())
     pub = claim["published"]
-    return Result(f"{k} / {len(t)} ({k / len(t):.1%})", _nanda_setting(ROOT)[0], 1,
+    return Result(f"{k} / {len(t)} ({k / len(t):.1%})", _nanda_setting(root)[0], 1,
                   abs(k / len(t) - pub["clustered"] / pub["of"]) <= 0.05, "share of clustered neurons within 5 points")
 
 
-def nanda_phases(claim, path):
+def nanda_phases(claim, path, root):
     ph = _json(path)
     ours = [ph["circuit_start"], ph["cleanup_start"], ph["cleanup_end"]]
     pub = claim["published"]["bounds"]
-    return Result(f"0 - {ours[0]}, {ours[0]} - {ours[1]}, {ours[1]} - {ours[2]}", _nanda_setting(ROOT)[0], 1,
+    return Result(f"0 - {ours[0]}, {ours[0]} - {ours[1]}, {ours[1]} - {ours[2]}", _nanda_setting(root)[0], 1,
                   all(abs(o - p) <= 0.25 * p for o, p in zip(ours, pub)), "each boundary within 25% of the published one")
 
 
-def nanda_loss(claim, path):
+def nanda_loss(claim, path, root):
     t = pd.read_csv(path).iloc[-1]
     pub = claim["published"]["loss"]
-    return Result(f"train {t['train_loss']:.3g}, test {t['test_loss']:.3g} (step {int(t['step'])})", _nanda_setting(ROOT)[0],
+    return Result(f"train {t['train_loss']:.3g}, test {t['test_loss']:.3g} (step {int(t['step'])})", _nanda_setting(root)[0],
                   1, t["test_loss"] <= 3 * pub, "test loss within 3x of the published final loss")
 
 
@@ -233,9 +233,9 @@ def _detours(population: str, root: Path) -> pd.DataFrame:
     return det.merge(states[["state", "l2"]], on="state", how="left") if "l2" in states else det
 
 
-def latent_detour(claim, path):
-    d = _detours(claim["population"], ROOT)
-    setting, n = _latent_setting(claim["population"], ROOT)
+def latent_detour(claim, path, root):
+    d = _detours(claim["population"], root)
+    setting, n = _latent_setting(claim["population"], root)
     top_l2 = int(d.loc[d["l2"].idxmax(), "state"])
     detours = d[d["detour"]].sort_values("coef", ascending=False)
     strongest = int(detours["state"].iloc[0]) if len(detours) else None
@@ -249,9 +249,9 @@ def latent_detour(claim, path):
                   {"strongest_detour": strongest, "strongest_detour_l2_rank": rank(strongest) if strongest is not None else None})
 
 
-def latent_ln(claim, path):
+def latent_ln(claim, path, root):
     f = pd.read_csv(path).set_index("population")
-    setting, n = _latent_setting(claim["population"], ROOT)
+    setting, n = _latent_setting(claim["population"], root)
     ln, plain = f.loc["modular_ln"], f.loc["modular"] if "modular" in f.index else None
     ours = (f"with LN: {int(ln['distinct_routes'])} routes, the commonest taken by {ln['most_common_route_share']:.0%} "
             f"({int(ln['grokked'])} of {int(ln['members'])} grokked)")
@@ -262,11 +262,12 @@ def latent_ln(claim, path):
     return Result(ours, setting, n, agrees, "the commonest route's share is larger with LayerNorm")
 
 
-def latent_parity(claim, path):
-    d = _detours(claim["population"], ROOT)
-    setting, n = _latent_setting(claim["population"], ROOT)
+def latent_parity(claim, path, root):
+    d = _detours(claim["population"], root)
+    setting, n = _latent_setting(claim["population"], root)
     det = d[d["detour"]]
-    ours = ", ".join(f"S{int(r.state)} +{r.coef:.0f} steps/ckpt (p = {r.p_value:.2g})" for r in det.itertuples()) or "none"
+    ours = ", ".join(f"S{int(r.state)} ({r.label}) +{r.coef:.0f} steps/ckpt (p = {r.p_value:.2g})"
+                     for r in det.itertuples()) or "none"
     return Result(f"detour states: {ours}", setting, n, bool(len(det)), "at least one detour state")
 
 
@@ -285,7 +286,7 @@ def _momentum_setting(d: dict, sweep: str, rows: list[dict]) -> dict:
     return s
 
 
-def beta1_zero(claim, path):
+def beta1_zero(claim, path, root):
     d, b, _ = _momentum(path)
     r = b[0.0]
     return Result(f"median {r['delay_median']:g} (IQR {r['delay_q25']:g}-{r['delay_q75']:g}), {r['n_grokked']}/{r['n']} grok",
@@ -293,7 +294,7 @@ def beta1_zero(claim, path):
                   abs(r["delay_median"] - claim["published"]["delay"]) <= 100, "median delay within 100 steps of ~300")
 
 
-def beta1_flat(claim, path):
+def beta1_flat(claim, path, root):
     d, b, _ = _momentum(path)
     low = [b[k]["delay_median"] for k in sorted(b) if k <= 0.4]
     lo, hi = claim["published"]["range"]
@@ -302,7 +303,7 @@ def beta1_flat(claim, path):
                   max(low) - min(low) <= hi - lo, f"spread of the medians <= {hi - lo} steps (the published range's)")
 
 
-def beta1_high(claim, path):
+def beta1_high(claim, path, root):
     d, b, _ = _momentum(path)
     base = b[0.0]["delay_median"]
     high = {k: b[k]["delay_median"] / base for k in sorted(b) if k >= 0.8}
@@ -312,7 +313,7 @@ def beta1_high(claim, path):
                   f"median delay at beta1 >= 0.8 is {lo}-{hi}x beta1 = 0's (+-25%)")
 
 
-def wd_rate(claim, path):
+def wd_rate(claim, path, root):
     d, _, w = _momentum(path)
     pub = claim["published"]
     r = w[pub["weight_decay"]]
@@ -325,7 +326,7 @@ def wd_rate(claim, path):
                   "grok rate within 0.2 of the published one" + (" and delay within 100 steps" if "delay" in pub else ""))
 
 
-def wd_no_memorise(claim, path):
+def wd_no_memorise(claim, path, root):
     d, _, w = _momentum(path)
     r = w[claim["published"]["weight_decay"]]
     return Result(f"{r['n_grokked']}/{r['n']} grok, {r['n_grokked_before_memorising']} before memorising; "
@@ -333,7 +334,7 @@ def wd_no_memorise(claim, path):
                   r["n_grokked_before_memorising"] > r["n_grokked"] / 2, "most seeds generalise before memorising")
 
 
-def grokfast(claim, path):
+def grokfast(claim, path, root):
     d = _json(path)
     t = pd.DataFrame(d["table"])
     arm = lambda g, b: t[(t["grokfast"] == g) & (t["beta1"] == b)]  # noqa: E731
@@ -354,7 +355,7 @@ def _probed(path):
     return d, pd.DataFrame(d["probed"]), setting_of(d["setting"], seeds=len(d["probed"]))
 
 
-def hessian(claim, path):
+def hessian(claim, path, root):
     d, p, s = _probed(path)
     falls = (p["hessian_final"] < p["hessian_peak"]).mean()
     rise, pub = p["hessian_rise"].median(), claim["published"]["rise"]
@@ -365,14 +366,14 @@ def hessian(claim, path):
                   f"tested: ours is {rise / pub:.0f}x the published ~{pub}x)")
 
 
-def agreement(claim, path):
+def agreement(claim, path, root):
     d, p, s = _probed(path)
     rises = (p["agreement_at_memorised"] > p["agreement_first"]).mean()
     return Result(f"higher at memorisation than at step 0 in {rises:.0%} (median {p['agreement_first'].median():.2f} -> "
                   f"{p['agreement_at_memorised'].median():.2f})", s, len(p), rises >= 0.8, "rises in >= 80% of seeds")
 
 
-def momentum(claim, path):
+def momentum(claim, path, root):
     d, p, s = _probed(path)
     lo, hi = claim["published"]["range"]
     m = p["momentum_cos_plateau"].median()
@@ -380,7 +381,7 @@ def momentum(claim, path):
                   s, len(p), lo - 0.1 <= m <= hi + 0.1, "median plateau cosine within 0.1 of the published range")
 
 
-def erank(claim, path):
+def erank(claim, path, root):
     d, p, s = _probed(path)
     lo, hi = claim["published"]["range"]
     m = p["erank_drop"].median()
@@ -388,7 +389,7 @@ def erank(claim, path):
                   s, len(p), lo - 0.05 <= m <= hi + 0.05, "median drop within 5 points of the published range")
 
 
-def dips(claim, path):
+def dips(claim, path, root):
     d, p, s = _probed(path)
     c = d["dips_vs_gap"]
     pl = c.get("agreement_dips_plateau", {})
@@ -399,11 +400,11 @@ def dips(claim, path):
                   "the run's dip count correlates with the gap at r >= 0.7, p < 0.01")
 
 
-def limit_cycle(claim, path):
+def limit_cycle(claim, path, root):
     d = _json(path)
     pub = claim["published"]
     row = next(r for r in d["rows"] if r["run"] == f"wd {pub['weight_decay']:g}")
-    rep = _json(ROOT / d["grokked_from"])
+    rep = _json(root / d["grokked_from"])
     lc = next(r for r in rep["limit_cycle"] if r["weight_decay"] == pub["weight_decay"])
     crashes = row["crashes"]
     low = f" to {min(c['min_test_acc'] for c in crashes):.2f} at steps {', '.join(str(c['step']) for c in crashes)}" if crashes else ""
@@ -422,7 +423,7 @@ def limit_cycle(claim, path):
     return Result(ours, s, 1, ok, rule)
 
 
-def transplant(claim, path):
+def transplant(claim, path, root):
     d = _json(path)
     rows = [r for r in d["rows"] if r.get("control_grokking_step") is not None and r.get("fourier_grokking_step") is not None]
     f_c = [r["fourier_grokking_step"] - r["control_grokking_step"] for r in rows]
@@ -437,7 +438,7 @@ def transplant(claim, path):
                   "median Fourier-arm minus untouched grokking step within one 10-step evaluation of 0")
 
 
-def embedding_transfer(claim, path):
+def embedding_transfer(claim, path, root):
     d = _json(path)
     t = pd.DataFrame(d["rows"]).assign(delay=lambda x: x["grokking_step"] - x["memorisation_step"])
     ctrl, src = t[t["arm"] == "control"]["delay"].median(), t[t["arm"] == "grokked source"]["delay"].median()
@@ -469,7 +470,7 @@ def ledger(root: Path = ROOT) -> list[dict]:
     for c in spec["claims"]:
         pub_setting = spec["settings"][c["setting"]]
         path = root / c["data"]
-        res = EXTRACT[c["extract"]](c, path) if path.exists() else None
+        res = EXTRACT[c["extract"]](c, path, root) if path.exists() else None
         v, diff = verdict(pub_setting, res, _published_text(c))
         rows.append({"id": c["id"], "source": c["source"], "claim": c["claim"], "published": c["published"],
                      "published_setting": pub_setting, "ours": None if res is None else res.ours,
@@ -521,7 +522,7 @@ def what_reproduces(rows: list[dict]) -> str:
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["verdict"].split(" (")[0], []).append(r)
-    lines = ["### What reproduces", "",
+    lines = ["## What reproduces", "",
              f"From [figures/CLAIMS.md](figures/CLAIMS.md), generated from the data ({len(rows)} claims of the five "
              "source documents and the papers they cite): " +
              ", ".join(f"**{len(v)} {k}**" for k, v in by.items()) + ". \"Not comparable\" means our run's setting "
@@ -544,34 +545,68 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def freezing_block(root: Path) -> str:
+    """figures/README's freezing table, the base run's milestones and where the checkpoints sit
+    on its plateau (against seed 000's), and which interventions fall in seed 000's category."""
     from_script = _script("freezing_phases").PUBLISHED
     d = _json(root / "figures/freezing_phases.json")
-    s1, s2 = d["meta"]["from_steps"]
+    meta = d["meta"]
+    s1, s2 = meta["from_steps"]
     res = {(r["name"], r["from_step"]): r for r in d["results"]}
     names = list(dict.fromkeys(r["name"] for r in d["results"]))
+    mem, grok = meta["base_memorisation_step"], meta["base_grokking_step"]
+    pub_mem, pub_grok = _json(root / "figures/claims.json")["facts"]["seed000_plateau"]
+    pub_steps = _json(root / "figures/claims.json")["settings"]["seed000"]["checkpoints"]
+    frac = lambda s, a, b: (s - a) / (b - a)  # noqa: E731
+    at = meta["base_test_acc_at_checkpoints"]
 
     def cell(r):
         g = f"grok {r['grokking_step']}" if r["grokked"] else "no grok"
         return f"{_pct(r['final_test_acc'])} (max {r['max_test_acc']:.0%}, {g})"
 
+    acc = {n: (res[(n, s1)]["final_test_acc"], res[(n, s2)]["final_test_acc"]) for n in names}
     rows = [[n, f"{res[(n, s1)]['trainable_params']:,} / {res[(n, s1)]['total_params']:,}", cell(res[(n, s1)]),
              cell(res[(n, s2)]), _pct(from_script[n][0]), _pct(from_script[n][1]),
-             f"{_category((res[(n, s1)]['final_test_acc'], res[(n, s2)]['final_test_acc']), BLOCKED)} / "
-             f"{_category((res[(n, s1)]['final_test_acc'], res[(n, s2)]['final_test_acc']), GROKKED)}",
-             _category(from_script[n], BLOCKED)] for n in names]
-    return _table(["intervention", "trainable / total", f"ours from {s1}", f"ours from {s2}", "published from 7k",
-                   "published from 11k", "ours: category at 0.5 / 0.9", "published: category (0.5)"], rows)
+             f"{_category(acc[n], BLOCKED)} / {_category(acc[n], GROKKED)}", _category(from_script[n], BLOCKED)]
+            for n in names]
+    same = [n for n in names if _category(acc[n], BLOCKED) == _category(from_script[n], BLOCKED)]
+    other = [f"{n} ({_category(acc[n], BLOCKED)}; published {_category(from_script[n], BLOCKED)})" for n in names
+             if n not in same]
+    head = (f"Base run: memorised (train acc > 0.99) at step {mem}, grokked (test acc > 0.9) at {grok}. The checkpoints "
+            f"{s1} and {s2} (test accuracy {_pct(at[str(s1)])} and {_pct(at[str(s2)])}) sit at "
+            f"{frac(s1, mem, grok):.2f} and {frac(s2, mem, grok):.2f} of its plateau (memorised to grokked); seed 000's "
+            f"{pub_steps[0]} and {pub_steps[1]} sit at {frac(pub_steps[0], pub_mem, pub_grok):.2f} and "
+            f"{frac(pub_steps[1], pub_mem, pub_grok):.2f} of its ~{pub_mem}-{pub_grok} (grokking at ~15k-19k: the middle). "
+            f"So our checkpoints are earlier on the plateau than the source's.")
+    cats = ("Categories: \"always blocks\" (below the threshold from both checkpoints), \"phase-dependent\" (below from the "
+            "first, at or above from the second), \"never blocks\" (at or above from both), by final test accuracy. Seed "
+            "000 splits its categories at ~0.5 (its 32% is \"blocked\", its 67% \"never blocks\"); our grokked threshold is 0.9; "
+            "both are given.")
+    tail = (f"In seed 000's category at its 0.5 split: {', '.join(same) or 'none'}. In another: {'; '.join(other) or 'none'}.")
+    return "\n\n".join([head, _table(["intervention", "trainable / total", f"ours from {s1}", f"ours from {s2}",
+                                         "published from 7k", "published from 11k", "ours: category at 0.5 / 0.9",
+                                         "published: category (0.5)"], rows), cats, tail])
 
 
 def transplant_block(root: Path) -> str:
     d = _json(root / "figures/fourier_transplant.json")
     end = int(d["args"]["recipient_step"]) + int(d["args"]["steps"])
+    done = [r for r in d["rows"] if "control_grokking_step" in r]
+    left = [r["seed"] for r in d["rows"] if "control_grokking_step" not in r]
     rows = [[r["seed"], f"{r['base_memorisation_step']} / {r['base_grokking_step']}", r["n_neurons"],
              f"{_pct(r['after_transplant_test_acc'])} (recipient before: {_pct(r['recipient_test_acc'])})",
-             r["control_grokking_step"] or f"not by {end}", r["transplant_grokking_step"] or f"not by {end}"]
-            for r in d["rows"] if "control_grokking_step" in r]
-    return _table(["seed", "base run: memorised / grokked", "clustered neurons moved", "test acc right after transplant",
-                   "grokking step: control", "grokking step: transplant"], rows)
+             r["control_grokking_step"] or f"not by {end}", r["transplant_grokking_step"] or f"not by {end}"] for r in done]
+    ctrl = [r["control_grokking_step"] for r in done]
+    tr = [r["transplant_grokking_step"] for r in done]
+    sooner = sum(t is not None and (c is None or t < c) for c, t in zip(ctrl, tr))
+    show = lambda xs: ", ".join(str(x) if x is not None else f">{end}" for x in xs)  # noqa: E731
+    acc = [r["recipient_test_acc"] for r in done]
+    moved = [r["n_neurons"] for r in done]
+    return (_table(["seed", "base run: memorised / grokked", "clustered neurons moved", "test acc right after transplant",
+                    "grokking step: control", "grokking step: transplant"], rows) +
+            f"\n\nGrokking steps: control [{show(ctrl)}], transplant [{show(tr)}] (median "
+            f"{_med(tr):g}); the transplant grokked sooner in {sooner} of {len(done)} seeds. Recipient test accuracy "
+            f"before the transplant {_pct(min(acc))}-{_pct(max(acc))}; neurons moved {min(moved)}-{max(moved)}."
+            + (f" Seeds {left}: the base run did not grok, left out." if left else ""))
 
 
 def embedding_block(root: Path) -> str:
@@ -616,6 +651,19 @@ def weight_decay_block(root: Path) -> str:
     return _table(["weight decay", "test acc at the end: ours", "seed 001", "train acc", "memorised (step)", "grokked (step)"],
                   [[f"{r.weight_decay:g}", f"{r.final_test_acc:.3f}", f"{pub[r.weight_decay]:.3f}", f"{r.final_train_acc:.3f}",
                     r.memorised_step, "-" if pd.isna(r.grokked_step) else int(r.grokked_step)] for r in t.itertuples()])
+
+
+def wd_falls_block(root: Path) -> str:
+    path = root / "figures/backing/weight_decay_collapses.json"
+    if not path.exists():
+        return "unbacked: figures/backing/weight_decay_collapses.json not made yet."
+    out = []
+    for r in _json(path)["rows"]:
+        falls = [f"epoch {c['epoch']} ({'after' if c['after_grokking'] else 'before'} grokking; test {_pct(c['min_test_acc'])}, "
+                 f"train {_pct(c['train_acc_at_min'])} at the bottom)" for c in r["falls"]]
+        if falls:
+            out.append(f"{r['run']} (grokked at epoch {r['grokked_epoch']}): " + ", ".join(falls))
+    return "- " + "\n- ".join(out) if out else "No fall of test accuracy by more than 0.1 in any run."
 
 
 def parity_block(root: Path) -> str:
@@ -679,6 +727,7 @@ BLOCKS = {  # name -> (file, renderer)
     "claims-momentum": ("figures/README.md", momentum_block),
     "claims-grokfast": ("figures/README.md", grokfast_block),
     "claims-weight-decay": ("figures/README.md", weight_decay_block),
+    "claims-wd-falls": ("figures/README.md", wd_falls_block),
     "claims-parity": ("figures/README.md", parity_block),
     "demo-ablation": ("README.md", demo_ablation_block),
 }
@@ -688,14 +737,30 @@ def markers(name: str) -> tuple[str, str]:
     return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 
+def latent_block(rows: list[dict]) -> str:
+    """README's training-map findings: the ledger's Hu et al. rows (every state's coefficient)."""
+    by = {r["id"]: r for r in rows}
+    names = {"hu-detour": "a+b mod 53 without LayerNorm", "hu-parity": "3-of-12-bit parity", "hu-ln": "with LayerNorm"}
+    return "\n".join(f"- {names[k]} ({by[k]['n']} seeds): {by[k]['ours']}; against Hu et al.: {by[k]['verdict']}"
+                      for k in names if by[k]["ours"] is not None)
+
+
+def latent_states_block(rows: list[dict]) -> str:
+    r = next(r for r in rows if r["id"] == "hu-detour")
+    return r["ours"] or "not run"
+
+
+ROW_BLOCKS = {"what-reproduces": ("README.md", what_reproduces), "latent-findings": ("README.md", latent_block),
+              "latent-modular-states": ("figures/latent/README.md", latent_states_block)}  # made from the ledger's rows
+
+
 def render_blocks(root: Path, rows: list[dict]) -> dict[str, str]:
     out = {name: fn(root) for name, (_, fn) in BLOCKS.items()}
-    out["what-reproduces"] = what_reproduces(rows)
-    return out
+    return out | {name: fn(rows) for name, (_, fn) in ROW_BLOCKS.items()}
 
 
 def block_file(name: str) -> str:
-    return "README.md" if name == "what-reproduces" else BLOCKS[name][0]
+    return (ROW_BLOCKS if name in ROW_BLOCKS else BLOCKS)[name][0]
 
 
 def apply_blocks(texts: dict[str, str], blocks: dict[str, str]) -> dict[str, str]:
