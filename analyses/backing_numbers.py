@@ -4,6 +4,7 @@ measured to ``figures/backing/<part>.json`` and ``.md``, which the claims ledger
 (``analyses/claims_ledger.py``) and the generated tables read.
 
     python analyses/backing_numbers.py parity_solo_vs_ensemble   # parity seed 0: solo, in its sweep's ensemble, alone in one
+    python analyses/backing_numbers.py parity_vmap               # the same sweep as one vmap ensemble (the CPU path of 2026-11-24)
     python analyses/backing_numbers.py key_frequency_ablation    # the transplant's seed-0 base run at step 1200
     python analyses/backing_numbers.py demo_ablation             # the `demo` run: its key frequencies at the embedding
     python analyses/backing_numbers.py plateau_transplant        # the freezing base run: Fourier neurons into step 900
@@ -105,6 +106,25 @@ def parity_solo_vs_ensemble(out: Path) -> tuple[str, dict]:
         lines.append(f"| {name} | {r['memorised_step']} | {r['grokked_step']} | {r['final_test_acc']:.4f} | "
                      f"{v['identical']} / {v['first_step_over_rtol']} |")
     return "Parity seed 0 (wd 1), solo and as an ensemble member\n\n" + "\n".join(lines), data
+
+
+def parity_vmap(out: Path) -> tuple[str, dict]:
+    """The parity sweep's 4 members as one ensemble with vmap-ed gradients, the path every CPU
+    ensemble took when figures/parity_two_basins was made (2026-11-24 00:08, before ensembles
+    computed CPU gradients member by member), against the same member solo."""
+    members = parity_members()
+    outs = [out / "parity_ensemble_vmap" / m.id for m in members]
+    if not all(is_run_dir(o) for o in outs):
+        train_ensemble([m.config for m in members], outs, progress=False, vectorize=True)
+    target = next(i for i, m in enumerate(members) if m.settings["weight_decay"] == 1.0 and m.seed == 0)
+    run, solo = mg.load_run(outs[target]), _train(members[target].config, out / "parity_solo")
+    rows = {m.id: milestones(mg.load_run(o)) for m, o in zip(members, outs)}
+    data = {"member": members[target].id, "rows": rows, "vs solo": compare_metrics(run.metrics, solo.metrics),
+            "solo": milestones(solo)}
+    md = (f"Parity sweep members as one vmap ensemble: member {members[target].id} memorised "
+          f"{rows[members[target].id]['memorised_step']}, grokked {rows[members[target].id]['grokked_step']} "
+          f"(solo: {data['solo']['grokked_step']}); first step over rtol 1e-4 vs solo: {data['vs solo']['first_step_over_rtol']}")
+    return md, data
 
 
 # --- key-frequency ablation ---------------------------------------------------------------------
@@ -260,7 +280,7 @@ def limit_cycle_crashes(out: Path, html: Path = Path("figures/dynamics/preset/li
         "source": str(html), "grokked_from": str(report), "fall": fall, "below": below, "rows": rows}
 
 
-PARTS = {f.__name__: f for f in (parity_solo_vs_ensemble, key_frequency_ablation, demo_ablation, plateau_transplant,
+PARTS = {f.__name__: f for f in (parity_solo_vs_ensemble, parity_vmap, key_frequency_ablation, demo_ablation, plateau_transplant,
                                  limit_cycle_crashes, weight_decay_collapses)}
 
 

@@ -494,7 +494,7 @@ def ledger_markdown(rows: list[dict]) -> str:
             "test decides reproduced / not reproduced. A surrogate can show a mechanism works, it cannot refute a "
             "claim: what it showed is in \"at our setting\" (the test applied to our numbers).", "",
             f"{len(rows)} claims: " + ", ".join(f"{n} {k}" for k, n in _counts(rows).items()) + ".", "",
-            "| id | source | claim as published | published setting | ours | our setting | n | at our setting | verdict | data |",
+            "| id | source | claim as published | published setting | ours | our setting (the fields the source states; all in CLAIMS.json) | n | at our setting | verdict | data |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     body = []
     for r in rows:
@@ -504,9 +504,17 @@ def ledger_markdown(rows: list[dict]) -> str:
         body.append("| " + " | ".join(_cell(x) for x in (
             r["id"], r["source"], f"{r['claim']} ({_published_text({'published': r['published']})})",
             describe(r["published_setting"]) or "not stated", r["ours"] or "-",
-            describe(r["our_setting"]) if r["our_setting"] else "-", r["n"] if r["n"] is not None else "-", at,
+            _ours_shown(r), r["n"] if r["n"] is not None else "-", at,
             r["verdict"], f"`{r['data']}`")) + " |")
     return "\n".join(head + body) + "\n"
+
+
+def _ours_shown(r: dict) -> str:
+    """Our setting in the fields the source states, plus steps and seeds (CLAIMS.json has all)."""
+    if not r["our_setting"]:
+        return "-"
+    keys = [*r["published_setting"], "steps", "seeds"]
+    return describe({k: v for k, v in r["our_setting"].items() if k in keys})
 
 
 def _counts(rows) -> dict[str, int]:
@@ -693,6 +701,18 @@ def ablation_block(root: Path) -> str:
     return " ".join(out) + " (`figures/backing/key_frequency_ablation.json`, `python analyses/backing_numbers.py key_frequency_ablation`)"
 
 
+def demo_run_block(root: Path) -> str:
+    path = root / "figures/backing/demo_ablation.json"
+    if not path.exists():
+        return "The demo run's milestones: unbacked (figures/backing/demo_ablation.json not made yet)."
+    d = _json(path)
+    t, base = d["transitions"], d["rows"][0]["baseline"]
+    return (f"Re-made by `python analyses/backing_numbers.py demo_ablation` (the same preset and seeds): memorised "
+            f"(train acc > 0.99) at step {t['memorised_step']}, grokked (test acc > 0.9) at step {t['grokked_step']}; "
+            f"at step {t['last_step']} test accuracy {base['test_acc']:.3f}, train loss {base['train_loss']:.2g}, test loss "
+            f"{base['test_loss']:.3g} (`figures/backing/demo_ablation.json`).")
+
+
 def demo_ablation_block(root: Path) -> str:
     path = root / "figures/backing/demo_ablation.json"
     if not path.exists():
@@ -718,6 +738,34 @@ def plateau_transplant_block(root: Path) -> str:
             f"(`figures/backing/plateau_transplant.json`, `python analyses/backing_numbers.py plateau_transplant`)")
 
 
+def presets_block(root: Path) -> str:
+    """README's measured notes on the dynamics, parity and sparse_parity presets."""
+    out = []
+    dyn = _json(root / "figures/dynamics/preset/optimizer_dynamics.json")
+    s0 = next(r for r in dyn["probed"] if r["seed"] == 0)
+    pop = _json(root / "figures/fourier_transplant_dynamics.json")["rows"]
+    q = lambda xs: statistics.quantiles(xs, n=4, method="inclusive")  # noqa: E731
+    delays = [r["base_delay"] for r in pop]
+    out.append(f"- `dynamics`: seed 0 memorises (train acc > 0.99) at step {s0['memorised_step']} and groks (test acc > 0.9) "
+               f"at {s0['grokked_step']} (`figures/dynamics/preset/optimizer_dynamics.json`); over {len(pop)} seeds, median "
+               f"{_med([r['base_memorisation_step'] for r in pop]):g} / {_med([r['base_grokking_step'] for r in pop]):g}, delay "
+               f"{_med(delays):g} (IQR {q(delays)[0]:g}-{q(delays)[2]:g}) (`figures/fourier_transplant_dynamics.json`).")
+    par = root / "figures/backing/parity_solo_vs_ensemble.json"
+    if par.exists():
+        rows = _json(par)["rows"]
+        solo = rows["solo, the parity preset (seed 0)"]
+        out.append(f"- `parity`: seed 0, trained solo, memorises at {solo['memorised_step']} and generalises at "
+                   f"{solo['grokked_step']}; " + "; ".join(f"{k}: {v['memorised_step']} / {v['grokked_step']}"
+                                                            for k, v in rows.items() if k != "solo, the parity preset (seed 0)")
+                   + " (`figures/backing/parity_solo_vs_ensemble.json`).")
+    else:
+        out.append("- `parity`: seed 0's milestones: unbacked (figures/backing/parity_solo_vs_ensemble.json not made yet).")
+    out.append("- `sparse_parity`: seeds 0 and 1 sat on a plateau near chance, then train and test accuracy rose to 1.0 "
+               "together; with fewer training strings it memorised first and did not generalise in the steps tried. "
+               "Those runs were not kept: unbacked, so no steps are given.")
+    return "\n".join(out)
+
+
 BLOCKS = {  # name -> (file, renderer)
     "claims-freezing": ("figures/README.md", freezing_block),
     "claims-transplant": ("figures/README.md", transplant_block),
@@ -730,6 +778,8 @@ BLOCKS = {  # name -> (file, renderer)
     "claims-wd-falls": ("figures/README.md", wd_falls_block),
     "claims-parity": ("figures/README.md", parity_block),
     "demo-ablation": ("README.md", demo_ablation_block),
+    "demo-run": ("figures/README.md", demo_run_block),
+    "presets-measured": ("README.md", presets_block),
 }
 
 
@@ -750,7 +800,23 @@ def latent_states_block(rows: list[dict]) -> str:
     return r["ours"] or "not run"
 
 
-ROW_BLOCKS = {"what-reproduces": ("README.md", what_reproduces), "latent-findings": ("README.md", latent_block),
+def dynamics_block(rows: list[dict]) -> str:
+    """figures/dynamics/preset/README's claims table: the ledger's rows on the dynamics preset."""
+    ids = ["004-hessian", "004-agreement", "004-momentum", "004-erank", "004-cycle-wd1", "004-cycle-wd025", "004-cycle-wd2",
+           "004-dips"]
+    by = {r["id"]: r for r in rows}
+    return _table(["seed 004's claim", "on the preset (ours)", "n", "test", "verdict"],
+                  [[by[i]["claim"], by[i]["ours"] or "-", by[i]["n"], by[i]["test"] or "-", by[i]["verdict"]] for i in ids])
+
+
+def dynamics_summary(rows: list[dict]) -> str:
+    by = {r["id"]: r for r in rows}
+    ids = ["004-hessian", "004-agreement", "004-momentum", "004-erank", "004-cycle-wd1", "004-cycle-wd025", "004-cycle-wd2",
+           "004-dips"]
+    return "\n".join(f"- {by[i]['claim']}: **{by[i]['verdict'].split(' (')[0]}**. Ours: {by[i]['ours']}." for i in ids)
+
+
+ROW_BLOCKS = {"dynamics-summary": ("README.md", dynamics_summary), "dynamics-claims": ("figures/dynamics/preset/README.md", dynamics_block),"what-reproduces": ("README.md", what_reproduces), "latent-findings": ("README.md", latent_block),
               "latent-modular-states": ("figures/latent/README.md", latent_states_block)}  # made from the ledger's rows
 
 
