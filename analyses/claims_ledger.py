@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -617,6 +618,27 @@ def transplant_block(root: Path) -> str:
             + (f" Seeds {left}: the base run did not grok, left out." if left else ""))
 
 
+def transplant_dynamics_block(root: Path) -> str:
+    """figures/README's `dynamics` transplant: fourier_transplant.py's own summary of its JSON,
+    the plateau seeds, and the evidence that the recipients are (not) at chance."""
+    d = _json(root / "figures/fourier_transplant_dynamics.json")
+    lines = _script("fourier_transplant").plateau_summary(d)
+    rows = [r for r in d["rows"] if "control_grokking_step" in r]
+    ev = [r["evidence"] for r in rows if r.get("evidence")]
+    rng = lambda xs, f="{:.2f}": f"{f.format(min(xs))}-{f.format(max(xs))}"  # noqa: E731
+    p = configure(d["preset"]).task.p
+    lines += ["", f"Plateau seeds: {[r['seed'] for r in rows]}. At the recipient step, test accuracy "
+                  f"{rng([r['recipient_test_acc'] for r in rows])} (chance 1/{p} = {1 / p:.3f}) and test loss "
+                  f"{rng([r['recipient_test_loss'] for r in rows])} (chance ln {p} = {math.log(p):.2f})."]
+    if ev:
+        g = {k: rng([e[k]["embedding_gini"] for e in ev]) for k in ("init", "recipient", "donor")}
+        c = {k: rng([e[k]["clustered"] for e in ev], "{:d}") for k in ("init", "recipient", "donor")}
+        lines[-1] += (f" Embedding-spectrum Gini (k >= 1): {g['init']} at init, {g['recipient']} at the recipient, "
+                      f"{g['donor']} at the donor; last-layer neurons clustered on one frequency: {c['init']}, "
+                      f"{c['recipient']}, {c['donor']}.")
+    return "\n".join(lines)
+
+
 def embedding_block(root: Path) -> str:
     t = pd.DataFrame(_json(root / "figures/embedding_transfer.json")["rows"])
     arms = ["control", "grokked source", "early source"]
@@ -770,6 +792,7 @@ BLOCKS = {  # name -> (file, renderer)
     "claims-freezing": ("figures/README.md", freezing_block),
     "claims-transplant": ("figures/README.md", transplant_block),
     "claims-plateau-transplant": ("figures/README.md", plateau_transplant_block),
+    "claims-transplant-dynamics": ("figures/README.md", transplant_dynamics_block),
     "claims-embedding": ("figures/README.md", embedding_block),
     "claims-ablation": ("figures/README.md", ablation_block),
     "claims-momentum": ("figures/README.md", momentum_block),

@@ -51,14 +51,14 @@ def test_an_edited_number_in_a_data_file_changes_the_ledger_and_the_table(ledger
     row = next(r for r in d["results"] if r["name"] == "no_weight_decay" and r["from_step"] == 900)
     row["final_test_acc"] = 0.95  # it now groks from the early checkpoint and not from the late one
     path.write_text(json.dumps(d))
-    files = ledger_script.generate(root)
-    changed = [f for f in ("figures/CLAIMS.md", "figures/CLAIMS.json", "figures/README.md")
-               if files[f] != (ROOT / f).read_text()]
-    assert changed == ["figures/CLAIMS.md", "figures/CLAIMS.json", "figures/README.md"]
-    new = next(r for r in json.loads(files["figures/CLAIMS.json"])["rows"] if r["id"] == "000-no-wd")
+    rows = ledger_script.ledger(root)
+    assert ledger_script.ledger_markdown(rows) != (ROOT / "figures/CLAIMS.md").read_text()
+    new = next(r for r in rows if r["id"] == "000-no-wd")
     assert new["ours"].startswith("95.0% -> 14.5%: grokks early only at 0.5")
     assert new["agrees_at_our_setting"] is False  # seed 000: always blocks
-    assert "| no_weight_decay | 206,336 / 206,383 | 95.0% (max 7%, no grok) |" in files["figures/README.md"]
+    table = ledger_script.freezing_block(root)
+    assert "| no_weight_decay | 206,336 / 206,383 | 95.0% (max 7%, no grok) |" in table
+    assert table not in (ROOT / "figures/README.md").read_text()
 
 
 def test_a_missing_data_file_reads_not_run(ledger_script, tmp_path):
