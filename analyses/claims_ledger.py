@@ -703,8 +703,30 @@ def parity_block(root: Path) -> str:
         by.setdefault(r["seed"], {})[r["weight decay"] > 0] = r
     fmt = lambda r: (f"{r['memorised at']} / {r['grokked at'] if r['grokked at'] is not None else 'never'} / "  # noqa: E731
                      f"{r['final test acc']:.2f} / {r['norm at start']:.1f} -> {r['norm at end']:.1f}")
-    return _table(["seed", "wd 1: memorised / grokked / final test acc / norm start -> end", "wd 0: same"],
-                  [[s, fmt(v[True]), fmt(v[False])] for s, v in sorted(by.items())])
+    table = _table(["seed", "wd 1: memorised / grokked / final test acc / norm start -> end", "wd 0: same"],
+                   [[s, fmt(v[True]), fmt(v[False])] for s, v in sorted(by.items())])
+    again = root / "figures/backing/parity_solo_vs_ensemble.json"
+    if not again.exists():
+        return table
+    a = _json(again)
+    arms = "; ".join(f"{k}: memorised {v['memorised_step']}, grokked {v['grokked_step']}"
+                     + (", bit-identical to solo" if v["vs solo"]["identical"] else
+                        f", first step off solo by > 1e-4: {v['vs solo']['first_step_over_rtol']}") for k, v in a["rows"].items())
+    note = (f"\n\nThe wd 1 / seed 0 member re-trained with today's code (`figures/backing/parity_solo_vs_ensemble.json`): "
+            f"{arms}.")
+    vmap = root / "figures/backing/parity_vmap.json"
+    if vmap.exists():
+        v = _json(vmap)
+        r = v["rows"][v["member"]]
+        note += (f" The same four members as one ensemble with vmap-ed gradients, the CPU path when the table above was "
+                 f"made (`figures/backing/parity_vmap.json`): memorised {r['memorised_step']}, grokked {r['grokked_step']}; "
+                 f"its losses leave the solo run's by more than 1e-4 (relative) first at step "
+                 f"{v['vs solo']['first_step_over_rtol']}.")
+    else:
+        note += (" The table above was trained when CPU ensembles vmap-ed their gradients (2026-11-24); whether that "
+                 "explains its different grokking step is not yet backed by a file (`python analyses/backing_numbers.py "
+                 "parity_vmap`).")
+    return table + note
 
 
 def ablation_block(root: Path) -> str:
