@@ -250,17 +250,22 @@ def latent_detour(claim, path, root):
                   {"strongest_detour": strongest, "strongest_detour_l2_rank": rank(strongest) if strongest is not None else None})
 
 
+def _routes(population: str, root: Path) -> pd.Series:
+    """Each member's route (training_maps.routes: its Viterbi path, repeats collapsed) from paths.csv."""
+    paths = pd.read_csv(root / "figures/latent" / population / "paths.csv").sort_values(["member", "step"])
+    return paths.groupby("member")["state"].apply(
+        lambda p: "-".join(str(int(x)) for i, x in enumerate(p.tolist()) if i == 0 or x != p.tolist()[i - 1]))
+
+
 def latent_ln(claim, path, root):
     f = pd.read_csv(path).set_index("population")
     setting, n = _latent_setting(claim["population"], root)
-    ln, plain = f.loc["modular_ln"], f.loc["modular"] if "modular" in f.index else None
-    ours = (f"with LN: {int(ln['distinct_routes'])} routes, the commonest taken by {ln['most_common_route_share']:.0%} "
-            f"({int(ln['grokked'])} of {int(ln['members'])} grokked)")
-    agrees = None
-    if plain is not None:
-        ours += f"; without: {int(plain['distinct_routes'])} routes, {plain['most_common_route_share']:.0%}"
-        agrees = bool(ln["most_common_route_share"] > plain["most_common_route_share"])
-    return Result(ours, setting, n, agrees, "the commonest route's share is larger with LayerNorm")
+    ln, plain = _routes("modular_ln", root), _routes("modular", root)
+    share = lambda r: float(r.value_counts(normalize=True).iloc[0])  # noqa: E731
+    g = f.loc["modular_ln"]
+    ours = (f"with LN: {ln.nunique()} routes, the commonest taken by {share(ln):.0%} ({int(g['grokked'])} of "
+            f"{int(g['members'])} grokked); without: {plain.nunique()} routes, {share(plain):.0%}")
+    return Result(ours, setting, n, share(ln) > share(plain), "the commonest route's share is larger with LayerNorm")
 
 
 def latent_parity(claim, path, root):
@@ -539,8 +544,9 @@ def what_reproduces(rows: list[dict]) -> str:
              "run shows whether a mechanism appears at our scale, not whether the claim holds.", ""]
     for k in ("reproduced", "not reproduced", "not comparable", "not run", "no test"):
         if k in by:
-            items = [f"{r['id']}" + (f" ({'agrees' if r['agrees_at_our_setting'] else 'differs'} at our setting)"
-                                     if k == "not comparable" else "") for r in by[k]]
+            at = {True: "agrees at our setting", False: "differs at our setting", None: "no test"}
+            items = [f"{r['id']}" + (f" ({at[r['agrees_at_our_setting']]})" if k == "not comparable" else "")
+                     for r in by[k]]
             lines.append(f"- {k}: " + ", ".join(items))
     return "\n".join(lines)
 
