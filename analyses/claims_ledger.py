@@ -476,7 +476,11 @@ def ledger(root: Path = ROOT) -> list[dict]:
     for c in spec["claims"]:
         pub_setting = spec["settings"][c["setting"]]
         path = root / c["data"]
-        res = EXTRACT[c["extract"]](c, path, root) if path.exists() else None
+        try:
+            res = EXTRACT[c["extract"]](c, path, root) if path.exists() else None
+        except (KeyError, ValueError, TypeError, StopIteration) as e:  # a data file in a layout the extractor does not know
+            raise ValueError(f"{c['data']} (claim {c['id']}): cannot read {type(e).__name__} {e}; adapt "
+                             f"claims_ledger.{c['extract']} to the file") from None
         v, diff = verdict(pub_setting, res, _published_text(c))
         rows.append({"id": c["id"], "source": c["source"], "claim": c["claim"], "published": c["published"],
                      "published_setting": pub_setting, "ours": None if res is None else res.ours,
