@@ -119,8 +119,10 @@ def parity_vmap(out: Path) -> tuple[str, dict]:
     target = next(i for i, m in enumerate(members) if m.settings["weight_decay"] == 1.0 and m.seed == 0)
     run, solo = mg.load_run(outs[target]), _train(members[target].config, out / "parity_solo")
     rows = {m.id: milestones(mg.load_run(o)) for m, o in zip(members, outs)}
+    a, b = run.metrics.set_index("step"), solo.metrics.set_index("step")
+    early = ((a["train_loss"] - b["train_loss"]).abs() / b["train_loss"]).loc[:140]  # how the difference starts
     data = {"member": members[target].id, "rows": rows, "vs solo": compare_metrics(run.metrics, solo.metrics),
-            "solo": milestones(solo)}
+            "solo": milestones(solo), "train_loss_rel_diff_first_steps": {int(k): float(v) for k, v in early.items()}}
     md = (f"Parity sweep members as one vmap ensemble: member {members[target].id} memorised "
           f"{rows[members[target].id]['memorised_step']}, grokked {rows[members[target].id]['grokked_step']} "
           f"(solo: {data['solo']['grokked_step']}); first step over rtol 1e-4 vs solo: {data['vs solo']['first_step_over_rtol']}")

@@ -731,7 +731,11 @@ def parity_block(root: Path) -> str:
         note += (f" The same four members as one ensemble with vmap-ed gradients, the CPU path when the table above was "
                  f"made (`figures/backing/parity_vmap.json`): memorised {r['memorised_step']}, grokked {r['grokked_step']}; "
                  f"its losses leave the solo run's by more than 1e-4 (relative) first at step "
-                 f"{v['vs solo']['first_step_over_rtol']}.")
+                 f"{v['vs solo']['first_step_over_rtol']}. The difference starts in the last bits and grows through "
+                 f"memorisation (relative train-loss difference by step: " + ", ".join(
+                     f"{k}: {x:.1e}" for k, x in v["train_loss_rel_diff_first_steps"].items() if int(k) > 0) +
+                 "): vmap's rounding (ensemble.py), amplified, not a different computation. Today CPU ensembles "
+                 "compute member by member and are bit-identical to solo runs; vmap is still the GPU path.")
     else:
         note += (" The table above was trained when CPU ensembles vmap-ed their gradients (2026-11-24); whether that "
                  "explains its different grokking step is not yet backed by a file (`python analyses/backing_numbers.py "
