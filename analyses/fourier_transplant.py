@@ -239,21 +239,21 @@ def plateau_main(args, stem):
     ex.write_report(stem, plateau_report(result, stem), result, seeds=seeds, prov=result["provenance"])
 
 
-def plateau_report(result: dict, stem) -> str:
-    """Prints the arms' distributions, draws the figure; returns the markdown report."""
+def plateau_summary(result: dict) -> list[str]:
+    """The arms' summary table and the Fourier-vs-non-Fourier comparison, as markdown lines
+    (figures/README.md's section is written from this too: analyses/claims_ledger.py)."""
     rows = [r for r in result["rows"] if "control_grokking_step" in r]
     arms = {"control (untouched)": "control", "Fourier neurons transplanted": "fourier",
             "as many non-Fourier neurons": "non_fourier"}
     steps = {name: [r[f"{key}_grokking_step"] for r in rows] for name, key in arms.items()}
     after = {name: [None if g is None else g - r["recipient_step"] for g, r in zip(v, rows)] for name, v in steps.items()}
     table = []
-    for name in arms:
-        paired = ex.paired_differences(after[name], after["control (untouched)"]).diffs
+    for name in arms:  # the per-seed differences only (the signed-rank test of each is slow and not shown)
+        paired = [a - c for a, c in zip(after[name], after["control (untouched)"]) if a is not None and c is not None]
         table.append({"arm": name, "grokked within budget": f"{sum(x is not None for x in steps[name])}/{len(rows)}",
                       "grokking step: median (IQR)": ex.median_iqr(steps[name]),
                       "delay after the recipient step: median (IQR)": ex.median_iqr(after[name]),
                       "paired vs control: median (IQR)": "-" if name.startswith("control") else ex.median_iqr(paired)})
-        print(f"{name:32s} grokking steps: {ex.grokked_summary(steps[name])}")
     lines = [f"`{result['preset']}` preset, {len(result['rows'])} seeds, {len(rows)} with a memorising plateau "
              f"(grokked >= {result['min_delay']} steps after memorising) and all three arms finished; recipient = the "
              f"checkpoint nearest half-way along each plateau; grokking step = first evaluation with test accuracy "
@@ -266,6 +266,19 @@ def plateau_report(result: dict, stem) -> str:
         lines += ["", f"Fourier arm minus non-Fourier arm, grokking step per seed: median {d.median:g}; the Fourier "
                       f"arm sooner in {d.below}, equal in {d.equal}, later in {d.above} of {len(d.diffs)} seeds "
                       f"(Wilcoxon signed-rank over the unequal pairs: p = {d.p:.2g})."]
+    return lines
+
+
+def plateau_report(result: dict, stem) -> str:
+    """Prints the arms' distributions, draws the figure; returns the markdown report."""
+    rows = [r for r in result["rows"] if "control_grokking_step" in r]
+    arms = {"control (untouched)": "control", "Fourier neurons transplanted": "fourier",
+            "as many non-Fourier neurons": "non_fourier"}
+    steps = {name: [r[f"{key}_grokking_step"] for r in rows] for name, key in arms.items()}
+    after = {name: [None if g is None else g - r["recipient_step"] for g, r in zip(v, rows)] for name, v in steps.items()}
+    for name in arms:
+        print(f"{name:32s} grokking steps: {ex.grokked_summary(steps[name])}")
+    lines = plateau_summary(result)
     lines += ["", "Per seed (recipient = the base run's checkpoint; donor = its last checkpoint; clustered = "
               "last-layer neurons with > 85% of their variance on one frequency, of 512; Gini = embedding "
               "spectrum's Gini over k >= 1):", "", markdown_table([seed_cells(r) for r in result["rows"]

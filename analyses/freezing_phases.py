@@ -7,10 +7,11 @@ memorisation plateau, train on, and see whether the model still groks.
 The published scale (20k + 22 x 10k steps of a 4-layer d_model-128 model at batch 64) takes
 about 3.5 hours on one CPU core here, so the default shrinks the problem but keeps its shape:
 division mod 47 instead of 97, d_model 64 (4 heads x 16, MLP 256) instead of 128, lr 1e-3 and
-weight decay 1.0 instead of 3e-4 and 0.3 (the plateau ends about ten times sooner), the two
-checkpoints and the +steps at the fractions of the plateau that 7k, 11k and +10k are of the
-published ~1.5k-17k one. The rest is the division4 preset: 4 layers, GELU, pre-LN and final LN,
-batch 64, betas (0.9, 0.999), no warm-up, 50% train.
+weight decay 1.0 instead of 3e-4 and 0.3 (the plateau ends about ten times sooner). The two
+checkpoints (900, 1200) sit EARLIER on this run's plateau (memorised to grokked) than 7k and 11k
+sit on the published ~1.5k-17k one; figures/README.md computes both fractions from the data
+(analyses/claims_ledger.py). The rest is the division4 preset: 4 layers, GELU, pre-LN and final
+LN, batch 64, betas (0.9, 0.999), no warm-up, 50% train.
 
 Outputs: the base run and one run per (checkpoint, intervention) under --out (re-running skips
 the continuations recorded in --out/results.jsonl); the table (ours next to the published

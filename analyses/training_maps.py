@@ -35,7 +35,7 @@ import pandas as pd
 
 import mechgrok as mg
 from mechgrok import latent
-from mechgrok.experiment import command_line, is_finished, parse_args, parser, train_or_resume
+from mechgrok.experiment import command_line, is_finished, parse_args, parse_overrides, parser, train_or_resume
 from mechgrok.files import write_csv, write_text
 from mechgrok.plots import markdown_table
 from mechgrok.presets import configure
@@ -128,14 +128,16 @@ def findings(name: str, res: dict) -> dict:
 
 
 def main():
-    ap = parser(__doc__, out="runs/training_maps", figures="figures/latent", full="the presets unchanged, 40 seeds each")
+    ap = parser(__doc__, out="runs/training_maps", figures="figures/latent", full="the presets unchanged, 40 seeds each",
+                overrides=True)
     ap.add_argument("--seeds", default=None, help="seeds per population: N, or per population as "
                     "modular=8,parity=8 (default 8; 40 with --full)")
     ap.add_argument("--populations", default="modular,modular_ln,parity")
     ap.add_argument("--restarts", type=int, default=5)
     ap.add_argument("--note", default="", help="a sentence for the README (e.g. how the members were trained)")
     args = parse_args(ap)
-    table = {n: (pr, ({} if args.full else SMALL[pr]) | o, f) for n, (pr, o, f) in POPULATIONS.items()}
+    # --set applies to every population (figures/latent's parity maps were made with --set steps=1500)
+    table = {n: (pr, ({} if args.full else SMALL[pr]) | o | parse_overrides(args.set), f) for n, (pr, o, f) in POPULATIONS.items()}
     names = [n.strip() for n in args.populations.split(",")]
     unknown = [n for n in names if n not in table]
     if unknown:

@@ -1,0 +1,106 @@
+"""The claims ledger and every generated result table: regenerated from the committed data, they
+must equal the committed files; an edited number in a data file must show up in them; and the
+verdict rule (mechgrok.claims) gives "not comparable", never "not reproduced", to a surrogate."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import plotly.graph_objects as go
+import pytest
+
+from mechgrok.claims import Result, differences, setting_of, verdict
+from mechgrok.presets import configure
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "analyses" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def ledger_script():
+    return _script("claims_ledger")
+
+
+def test_the_ledger_and_every_generated_table_match_the_committed_data(ledger_script):
+    files = ledger_script.generate(ROOT)
+    assert {"figures/CLAIMS.md", "figures/CLAIMS.json", "README.md", "figures/README.md"} <= set(files)
+    stale = [f for f, text in files.items() if (ROOT / f).read_text() != text]
+    assert not stale, f"out of date with the data (run python analyses/claims_ledger.py): {stale}"
+
+
+def _copy_data(tmp_path: Path) -> Path:
+    """The files the ledger reads (data, READMEs, claims), without the figures themselves."""
+    shutil.copytree(ROOT / "figures", tmp_path / "figures", ignore=shutil.ignore_patterns("*.png", "*.html", "*.js"))
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    return tmp_path
+
+
+def test_an_edited_number_in_a_data_file_changes_the_ledger_and_the_table(ledger_script, tmp_path):
+    root = _copy_data(tmp_path)
+    path = root / "figures/freezing_phases.json"
+    d = json.loads(path.read_text())
+    row = next(r for r in d["results"] if r["name"] == "no_weight_decay" and r["from_step"] == 900)
+    row["final_test_acc"] = 0.95  # it now groks from the early checkpoint and not from the late one
+    path.write_text(json.dumps(d))
+    rows = ledger_script.ledger(root)
+    assert ledger_script.ledger_markdown(rows) != (ROOT / "figures/CLAIMS.md").read_text()
+    new = next(r for r in rows if r["id"] == "000-no-wd")
+    assert new["ours"].startswith("95.0% -> 14.5%: grokks early only at 0.5")
+    assert new["agrees_at_our_setting"] is False  # seed 000: always blocks
+    table = ledger_script.freezing_block(root)
+    assert "| no_weight_decay | 206,336 / 206,383 | 95.0% (max 7%, no grok) |" in table
+    assert table not in (ROOT / "figures/README.md").read_text()
+
+
+def test_a_missing_data_file_reads_not_run(ledger_script, tmp_path):
+    root = _copy_data(tmp_path)
+    (root / "figures/momentum_sweep.json").unlink()
+    rows = {r["id"]: r for r in ledger_script.ledger(root)}
+    assert rows["004-beta1-0"]["verdict"] == "not run" and rows["004-beta1-0"]["ours"] is None
+    assert rows["000-no-wd"]["verdict"].startswith("not comparable")
+
+
+def test_the_verdict_rule():
+    # seed 000's setting against our freezing surrogate: every stated field that differs is named
+    published = {"task": "a/b", "p": 97, "lr": 3e-4, "batch_size": 64, "seeds": 1}
+    ours = setting_of(configure("division4", p=47, lr=1e-3).to_dict(), seeds=1)
+    assert differences(published, ours) == ["p 47 vs 97", "lr 0.001 vs 0.0003"]
+    surrogate = Result("5.9% -> 14.5%", ours, 1, False, "a test")
+    v, diff = verdict(published, surrogate)
+    assert v == "not comparable (setting: p 47 vs 97; lr 0.001 vs 0.0003)" and not v.startswith("not reproduced")
+    same = setting_of(configure("division4").to_dict(), seeds=3)  # more seeds than the source's: comparable
+    assert verdict(published, Result("x", same, 3, True, "t"))[0] == "reproduced"
+    assert verdict(published, Result("x", same, 3, False, "the rule"))[0] == "not reproduced (the test fails: the rule)"
+    assert verdict(published | {"seeds": 30}, Result("x", same, 3, True, "t"))[0] == "not comparable (setting: seeds 3 vs 30)"
+    assert verdict(published, None)[0] == "not run"
+    # a field the source states that our data does not record is a difference, not a match
+    assert differences({"n_bits": 10}, same) == ["n_bits (not recorded) vs 10"]
+
+
+def test_epochs_are_passes_over_the_train_set():
+    # tutorial2: 4704 training pairs in batches of 512 are 10 steps an epoch (the last one short),
+    # so seed 001's 150 epochs are 1500 steps
+    assert setting_of(configure("tutorial2", steps=1500).to_dict())["epochs"] == 150
+    assert setting_of(configure("nanda", steps=16000).to_dict())["epochs"] == 16000  # full batch
+
+
+def test_crash_steps_are_read_back_from_a_figures_data(tmp_path):
+    backing = _script("backing_numbers")
+    steps = list(range(0, 200, 10))
+    acc = [0.1, 0.5, 0.95, 1.0, 1.0, 0.4, 0.3, 0.9, 1.0, 1.0, 1.0, 1.0, 0.95, 1.0, 0.55, 1.0, 1.0, 1.0, 1.0, 1.0]
+    fig = go.Figure(go.Scatter(x=steps, y=acc, name="wd 1"))
+    html = tmp_path / "f.html"
+    fig.write_html(html)  # plotly stores the arrays base64-encoded ("bdata")
+    (t,) = backing.figure_traces(html)
+    assert t["name"] == "wd 1" and t["x"] == steps and t["y"] == pytest.approx(acc)
+    assert backing.drops(steps, acc, 0.1) == [{"step": 50, "min_step": 60, "min_test_acc": 0.3},
+                                              {"step": 140, "min_step": 140, "min_test_acc": 0.55}]
