@@ -180,7 +180,8 @@ def _stoppable(out: Path, fn):
         try:
             step = read_resume_state(out).step  # what --resume starts from
         except (OSError, ValueError):
-            typer.echo(f"stopped before the first checkpoint: nothing in {out} to resume", err=True)
+            typer.echo(f"stopped before the first checkpoint: nothing in {out} to resume; the same command "
+                       f"starts it again (a run without a checkpoint counts as empty)", err=True)
         else:
             typer.echo(f"stopped at step {step}; resume with `mechgrok train --resume {out}`", err=True)
         raise
@@ -716,6 +717,16 @@ def sweep(
                         progress=progress)
     except ImportError as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        from .population import SWEEP_FILE, read_manifest
+
+        where = resume or out
+        if (where / SWEEP_FILE).exists():
+            typer.echo(f"stopped with {len(read_manifest(where))} member(s) finished; resume with "
+                       f"`mechgrok sweep --resume {where}`", err=True)
+        else:
+            typer.echo(f"stopped before the sweep began: nothing in {where} to resume", err=True)
+        raise
     _print_population(pop, None)
 
 
