@@ -807,9 +807,9 @@ def dynamics(path: Path = typer.Argument(..., help="a run directory, or a sweep 
     if corr is not None:
         from .cycles import DIP_COUNTS, dips_vs_gap_all
 
-        typer.echo(f"agreement dips vs grokking gap: Pearson r = {corr.r:.3f}, n = {corr.n}, p = {corr.p:.3g}")
+        typer.echo(f"agreement dips vs grokking gap: Pearson {corr.describe()}")
         for name, c in list(dips_vs_gap_all(table).items())[1:]:
-            typer.echo(f"  {DIP_COUNTS[name]} vs gap: r = {c.r:.3f}, n = {c.n}, p = {c.p:.3g}")
+            typer.echo(f"  {DIP_COUNTS[name]} vs gap: {c.describe()}")
     for f in written:
         typer.echo(f"wrote {f}")
 
