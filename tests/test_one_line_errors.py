@@ -133,3 +133,18 @@ def test_ctrl_c_says_where_it_stopped_and_the_resume_command_it_prints_finishes_
     assert f"resuming {out} from step {step} to step 120" in done.stdout
     run = mg.load_run(out)
     assert run.steps[-1] == 120 and run.metrics.step.tolist() == list(range(0, 121, 10))
+
+
+def test_ctrl_c_in_a_sweep_counts_the_finished_members_and_names_the_resume_command(tmp_path, monkeypatch):
+    import mechgrok.population as population
+
+    def interrupted(sweep, out, **kw):  # a sweep stopped after one member: sweep.json and one manifest line
+        out.mkdir(parents=True)
+        (out / population.SWEEP_FILE).write_text("{}")
+        (out / population.MANIFEST_FILE).write_text(json.dumps({"id": "m0"}) + "\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(population, "run_sweep", interrupted)
+    r = invoke("sweep", "--out", tmp_path / "s", "--set", "steps=10", "--no-progress")
+    assert r.exit_code != 0
+    assert f"stopped with 1 member(s) finished; resume with `mechgrok sweep --resume {tmp_path / 's'}`" in r.output
