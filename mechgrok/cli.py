@@ -180,8 +180,9 @@ def _stoppable(out: Path, fn):
         try:
             step = read_resume_state(out).step  # what --resume starts from
         except (OSError, ValueError):
-            typer.echo(f"stopped before the first checkpoint: nothing in {out} to resume; the same command "
-                       f"starts it again (a run without a checkpoint counts as empty)", err=True)
+            typer.echo(f"stopped before the first checkpoint: nothing in {out} to resume; `mechgrok train --out "
+                       f"{out}` with the same settings starts it again (a run without a checkpoint counts as empty)",
+                       err=True)
         else:
             typer.echo(f"stopped at step {step}; resume with `mechgrok train --resume {out}`", err=True)
         raise
