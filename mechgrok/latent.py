@@ -552,7 +552,7 @@ def analyze_population(pop, n_states: int | None = None, features=None, max_stat
         else:
             raise ValueError(f"every fit of the training map on all members emptied a state (tried {sel.ranked()} "
                              f"states); try fewer features or another covariance")
-        notes = [f"{n} states by the rule {sel.rule} of 1..{max_states} ({column} per number of states: {values})"
+        notes = [f"{n} state{'s' if n != 1 else ''} by the rule {sel.rule} of 1..{max_states} ({column} per number of states: {values})"
                  + ("" if n == sel.best else f"; the best, {sel.best}, emptied a state in the fit on every member")]
     if (why := sel.disagreement()) is not None:
         notes.append(why)
