@@ -73,7 +73,7 @@ LIMIT_TABLE = ["weight_decay", "steps", "seed 004", "verdict", "grokked_step", "
 
 
 def corr_text(c) -> str:
-    return f"r = {c.r:.3f}, n = {c.n}, p = {c.p:.3g}"
+    return c.describe()
 
 
 def sweep_note(path) -> str:

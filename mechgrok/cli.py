@@ -202,7 +202,9 @@ def _stoppable(out: Path, fn):
         try:
             step = read_resume_state(out).step  # what --resume starts from
         except (OSError, ValueError):
-            typer.echo(f"stopped before the first checkpoint: nothing in {out} to resume", err=True)
+            typer.echo(f"stopped before the first checkpoint: nothing in {out} to resume; `mechgrok train --out "
+                       f"{out}` with the same settings starts it again (a run without a checkpoint counts as empty)",
+                       err=True)
         else:
             typer.echo(f"stopped at step {step}; resume with `mechgrok train --resume {out}`", err=True)
         raise
@@ -664,11 +666,14 @@ def plot(run_dir: Path = typer.Argument(..., help="a run directory"),
 
 @app.command()
 def latent(population: Path = typer.Argument(..., help="a sweep directory, or a directory of run directories"),
-           states: Optional[int] = typer.Option(None, "--states", help="number of HMM states (default: lowest BIC)"),
+           states: Optional[int] = typer.Option(None, "--states", help="number of HMM states (default: the one "
+                                                "--criterion picks)"),
            features: Optional[str] = typer.Option(None, help="comma-separated features (default: the 14 "
                                                   "statistics), e.g. var_w,l1,l2"),
            max_states: int = typer.Option(8, "--max-states", help="model selection tries 1..max-states states"),
-           covariance: str = typer.Option("diag", help="HMM covariance: diag or full"),
+           covariance: str = typer.Option("diag", help="HMM covariance: spherical, diag, full or tied"),
+           criterion: str = typer.Option("bic", help="how model selection picks the number of states: bic (lowest "
+                                         "BIC), aic (lowest AIC) or heldout (highest held-out log-likelihood)"),
            restarts: int = typer.Option(5, help="random restarts per HMM fit"),
            seed: int = typer.Option(0, help="seed of the fit/held-out split and the restarts"),
            out: Optional[Path] = typer.Option(None, help="output directory (default: POPULATION/latent)"),
@@ -679,22 +684,27 @@ def latent(population: Path = typer.Argument(..., help="a sweep directory, or a 
     out = out or population / "latent"
     try:
         res = write_latent(population, out, n_states=states, features=features, max_states=max_states,
-                           covariance=covariance, restarts=restarts, seed=seed, png=png, title=population.name)
+                           covariance=covariance, restarts=restarts, seed=seed, png=png, title=population.name,
+                           criterion=criterion)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     sel, tm, det = res["selection"], res["map"], res["detours"]
     table = res["statistics"]
     typer.echo(f"{table.member.nunique()} members, {len(table)} checkpoints; features: {', '.join(sel.features)}")
-    typer.echo("states  heldout_ll/ckpt       AIC        BIC")
+    typer.echo("states  heldout_ll/ckpt       AIC        BIC  params")
     for r in sel.table.itertuples():
-        typer.echo(f"{r.n_states:6d}  {r.heldout_ll:15.3f}  {r.aic:9.1f}  {r.bic:9.1f}")
-    typer.echo(f"training map with {res['n_states']} states" + (" (lowest BIC)" if states is None else ""))
-    if len(det) and det.n.iloc[0] < 3:
-        typer.echo(f"detour regression needs at least 3 members that grokked; this population has {det.n.iloc[0]}")
+        if r.n_states in sel.ranked():
+            typer.echo(f"{r.n_states:6d}  {r.heldout_ll:15.3f}  {r.aic:9.1f}  {r.bic:9.1f}  {int(r.n_params):6d}")
+        else:
+            typer.echo(f"{r.n_states:6d}  not fitted: every restart emptied a state")
+    typer.echo(f"training map with {res['n_states']} states")
+    for note in res["notes"]:  # the rule and its values, disagreeing criteria, a population too small
+        typer.echo(note)
     for r in det.itertuples():
         flag = "  <- detour" if r.detour else ""
-        typer.echo(f"S{r.state} [{tm.occupancy[r.state]} ckpts] {r.label}: coef {r.coef:.1f} steps/ckpt "
-                   f"(95% CI {r.ci_low:.1f}..{r.ci_high:.1f}, p={r.p_value:.3g}, n={r.n}){flag}")
+        fit = (f"coef {r.coef:.1f} steps/ckpt (95% CI {r.ci_low:.1f}..{r.ci_high:.1f}, p={r.p_value:.3g}, n={r.n})"
+               if not r.note else r.note)
+        typer.echo(f"S{r.state} [{tm.occupancy[r.state]} ckpts] {r.label}: {fit}{flag}")
     typer.echo(f"wrote {len(res['written'])} files to {out}")
 
 
@@ -794,6 +804,16 @@ def sweep(
         pop = run_sweep(sw, resume or out, resume=resume is not None, **backend_kw)
     except ImportError as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        from .population import SWEEP_FILE, read_manifest
+
+        where = resume or out
+        if (where / SWEEP_FILE).exists():
+            typer.echo(f"stopped with {len(read_manifest(where))} member(s) finished; resume with "
+                       f"`mechgrok sweep --resume {where}`", err=True)
+        else:
+            typer.echo(f"stopped before the sweep began: nothing in {where} to resume", err=True)
+        raise
     _print_population(pop, None)
 
 
@@ -870,9 +890,9 @@ def dynamics(path: Path = typer.Argument(..., help="a run directory, or a sweep 
     if corr is not None:
         from .cycles import DIP_COUNTS, dips_vs_gap_all
 
-        typer.echo(f"agreement dips vs grokking gap: Pearson r = {corr.r:.3f}, n = {corr.n}, p = {corr.p:.3g}")
+        typer.echo(f"agreement dips vs grokking gap: Pearson {corr.describe()}")
         for name, c in list(dips_vs_gap_all(table).items())[1:]:
-            typer.echo(f"  {DIP_COUNTS[name]} vs gap: r = {c.r:.3f}, n = {c.n}, p = {c.p:.3g}")
+            typer.echo(f"  {DIP_COUNTS[name]} vs gap: {c.describe()}")
     for f in written:
         typer.echo(f"wrote {f}")
 

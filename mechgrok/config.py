@@ -153,13 +153,19 @@ def parse_seeds(text: str | int) -> tuple[int, ...]:
 
 
 def resolve_device(device: str):
-    """The torch device of ``TrainConfig.device`` ("auto": CUDA when torch sees a GPU)."""
+    """The torch device of ``TrainConfig.device`` ("auto": CUDA when torch sees a GPU). A GPU
+    asked for and not there is the user's mistake (ValueError: one line from the CLI), checked
+    before anything is written."""
     import torch
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was requested but torch sees no CUDA GPU "
-                           f"(torch {torch.__version__}); use --device cpu")
+        raise ValueError(f"device {device!r} was requested but torch sees no CUDA GPU "
+                         f"(torch {torch.__version__}); use --device cpu (or auto)")
+    index = device.partition(":")[2]
+    if index.isdigit() and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} was requested but torch sees {torch.cuda.device_count()} CUDA GPU(s) "
+                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); choose one of them")
     return torch.device(device)
 

@@ -167,14 +167,25 @@ def agreement_dips(steps, agreement, prominence: float = 0.1, until: int | None 
     return [int(s[i]) for i in idx if since is None or s[i] >= since]
 
 
+MIN_PAIRS = 3  # Pearson's p needs n - 2 >= 1 degrees of freedom; with 2 points r is always +-1
+
+
 @dataclass(frozen=True)
 class Correlation:
+    """Pearson r, n and p; ``note``: why r and p are NaN (too few pairs, or no variation),
+    empty when they are not."""
+
     r: float
     n: int
     p: float
+    note: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def describe(self) -> str:
+        """"r = 0.512, n = 8, p = 0.195", or the note saying why there is no r (naming n)."""
+        return self.note or f"r = {self.r:.3f}, n = {self.n}, p = {self.p:.3g}"
 
 
 def pearson(x, y) -> Correlation:
@@ -183,10 +194,16 @@ def pearson(x, y) -> Correlation:
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
-    if keep.sum() < 3 or np.std(x[keep]) == 0 or np.std(y[keep]) == 0:
-        return Correlation(float("nan"), int(keep.sum()), float("nan"))
+    n = int(keep.sum())
+    if n < MIN_PAIRS:
+        return Correlation(float("nan"), n, float("nan"),
+                           f"r: n too small (n={n}; needs at least {MIN_PAIRS} runs with both values)")
+    if np.std(x[keep]) == 0 or np.std(y[keep]) == 0:
+        which = "the first" if np.std(x[keep]) == 0 else "the second"
+        return Correlation(float("nan"), n, float("nan"),
+                           f"r: none, {which} variable is the same in all {n} runs")
     res = pearsonr(x[keep], y[keep])
-    return Correlation(float(res.statistic), int(keep.sum()), float(res.pvalue))
+    return Correlation(float(res.statistic), n, float(res.pvalue))
 
 
 def _at(dyn: pd.DataFrame, col: str, step: int | None) -> float:
@@ -270,7 +287,7 @@ def dips_vs_gap(runs, prominence: float = 0.1) -> tuple[pd.DataFrame, Correlatio
 
 def dips_correlation(table: pd.DataFrame, column: str = "agreement_dips") -> Correlation:
     if column not in table:
-        return Correlation(float("nan"), 0, float("nan"))
+        return pearson([], [])
     return pearson(pd.to_numeric(table[column], errors="coerce"), pd.to_numeric(table["delay"], errors="coerce"))
 
 

@@ -332,6 +332,14 @@ def check_measures(measures: Sequence[str]) -> tuple[str, ...]:
     return measures
 
 
+def check_probe_args(hessian_iters: int = 2, rank_n: int = 16, first_iters: int = 20, **_) -> None:
+    """``make_probe``'s counts, checked where they are given (``measures.dynamics_measure``):
+    the probe itself is built at its first call, many steps into a run, which is too late."""
+    for name, value in (("iters", hessian_iters), ("rank_n", rank_n), ("first_iters", first_iters)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"probe {name} must be an integer >= 1, got {value!r}")
+
+
 def make_probe(cfg, task: Task | None = None, measures: Sequence[str] = MEASURES,
                hessian_iters: int = 2, rank_n: int = 16, split: str = "train", seed: int = 0,
                names: Sequence[str] | None = None, first_iters: int = 20
@@ -349,6 +357,7 @@ def make_probe(cfg, task: Task | None = None, measures: Sequence[str] = MEASURES
     full-batch gradient (the weighted mean of the half gradients) come with the first product at
     no extra cost; the effective rank uses ``rank_n`` examples (default 16)."""
     measures = check_measures(measures)
+    check_probe_args(hessian_iters, rank_n, first_iters)
     if hasattr(cfg, "model") and hasattr(cfg, "train"):
         task = task or Task(cfg.task)
         mcfg = cfg.model.resolve(task)

@@ -37,8 +37,50 @@ from .weight_statistics import MATRIX_STATISTICS, STATISTICS, block_matrices, ma
 
 METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
 BEST_FEATURES = {"modular": ("var_w", "l1", "l2"), "parity": ("spectral", "variance_lambda")}
-COVARIANCES = ("diag", "full")
+COVARIANCES = ("spherical", "diag", "full", "tied")  # hmmlearn's GaussianHMM covariance types
 MIN_CHECKPOINTS = 5
+# model selection: criterion -> (column of ModelSelection.table, "min" or "max", what the rule says)
+CRITERIA = {"bic": ("bic", "min", "lowest BIC"), "aic": ("aic", "min", "lowest AIC"),
+            "heldout": ("heldout_ll", "max", "highest held-out log-likelihood")}
+# Fewer observed values than this per free parameter of the HMM and its likelihood can be pushed
+# up by states that fit a handful of checkpoints (a variance shrunk onto them), so BIC, whose
+# penalty assumes many observations per parameter, keeps adding states: the number is not to be
+# trusted. 10 per parameter is the usual rule of thumb for likelihood-based model selection.
+MIN_VALUES_PER_PARAMETER = 10
+
+
+def check_covariance(covariance: str) -> str:
+    if covariance not in COVARIANCES:
+        raise ValueError(f"covariance must be one of {', '.join(COVARIANCES)}, got {covariance!r}")
+    return covariance
+
+
+def n_free_parameters(n_states: int, n_features: int, covariance: str) -> int:
+    """Free parameters of a GaussianHMM (what hmmlearn's AIC/BIC count): start probabilities
+    n - 1, transitions n (n - 1), means n f, and the covariances: n (spherical), n f (diag),
+    n f (f + 1) / 2 (full), f (f + 1) / 2 (tied, one shared by all states)."""
+    n, f = n_states, n_features
+    cov = {"spherical": n, "diag": n * f, "full": n * f * (f + 1) // 2, "tied": f * (f + 1) // 2}[check_covariance(covariance)]
+    return (n - 1) + n * (n - 1) + n * f + cov
+
+
+def size_warning(n_states: int, n_features: int, covariance: str, n_checkpoints: int, n_sequences: int) -> str | None:
+    """A warning when ``n_checkpoints`` checkpoints (x ``n_features`` values each) in
+    ``n_sequences`` members are too few for an HMM with ``n_states`` states: fewer than
+    ``MIN_VALUES_PER_PARAMETER`` observed values per free parameter, or fewer members than
+    states (the start distribution has one probability per state to estimate from one start per
+    member). None when the data are enough."""
+    k, values = n_free_parameters(n_states, n_features, covariance), n_checkpoints * n_features
+    why = []
+    if values < MIN_VALUES_PER_PARAMETER * k:
+        why.append(f"{k} free parameters for {values} observed values ({n_checkpoints} checkpoints x {n_features} "
+                   f"features), under {MIN_VALUES_PER_PARAMETER} per parameter")
+    if n_sequences < n_states:
+        why.append(f"fewer members ({n_sequences}) than states")
+    if not why:
+        return None
+    return (f"warning: the population is too small for {n_states} states ({'; '.join(why)}): the states may fit "
+            f"noise; use fewer states (--states, --max-states), fewer features, or more members")
 
 
 def checkpoint_grid(run: Run, min_checkpoints: int = MIN_CHECKPOINTS) -> list[int]:
@@ -196,8 +238,7 @@ def _fit_hmm(X: np.ndarray, lengths: list[int], n_states: int, covariance: str, 
     on), and every restart's model."""
     from hmmlearn.hmm import GaussianHMM
 
-    if covariance not in COVARIANCES:
-        raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+    check_covariance(covariance)
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     logging.getLogger("hmmlearn").setLevel(logging.ERROR)
@@ -234,27 +275,64 @@ class ModelSelection:
     """``table``: per number of states, the held-out log-likelihood per checkpoint of the
     best restart (``heldout_ll``) and its mean and std over restarts, the fit-set
     log-likelihood, AIC and BIC (on the fit set), and the number of free parameters.
-    ``best``: the number of states with the lowest BIC. A row is NaN where every restart
-    emptied a state (hmmlearn then has no valid transition matrix)."""
+    ``best``: the number of states the ``criterion`` picks (``CRITERIA``: lowest BIC by
+    default). A row is NaN where every restart emptied a state (hmmlearn then has no valid
+    transition matrix); ``select_states`` fails when every row is."""
 
     table: pd.DataFrame
     features: list[str]
     fit_members: list
     heldout_members: list
     covariance: str
+    criterion: str = "bic"
+
+    def pick(self, criterion: str | None = None) -> int:
+        """The number of states ``criterion`` (default: this selection's) picks."""
+        column, how, _ = CRITERIA[check_criterion(criterion or self.criterion)]
+        values = self.table.set_index("n_states")[column]
+        return int(values.idxmin() if how == "min" else values.idxmax())
 
     @property
     def best(self) -> int:
-        return int(self.table.loc[self.table.bic.idxmin(), "n_states"])
+        return self.pick()
+
+    @property
+    def rule(self) -> str:
+        """The rule in words, e.g. "lowest BIC"."""
+        return CRITERIA[self.criterion][2]
+
+    def ranked(self) -> list[int]:
+        """The numbers of states from the best by the criterion to the worst (rows that could
+        not be fitted left out)."""
+        column, how, _ = CRITERIA[self.criterion]
+        t = self.table.dropna(subset=[column])
+        return t.sort_values(column, ascending=how == "min", kind="stable").n_states.astype(int).tolist()
+
+    def disagreement(self) -> str | None:
+        """A line naming what each criterion picks, when they do not all pick the same."""
+        picks = {c: self.pick(c) for c in CRITERIA}
+        if len(set(picks.values())) == 1:
+            return None
+        return "the criteria disagree: " + ", ".join(f"{CRITERIA[c][2]} at {n}" for c, n in picks.items())
+
+
+def check_criterion(criterion: str) -> str:
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    return criterion
 
 
 def select_states(pop, max_states: int = 8, features=None, covariance: str = "diag", restarts: int = 5,
-                  held_out: float = 0.2, seed: int = 0, n_iter: int = 200, progress: bool = True) -> ModelSelection:
+                  held_out: float = 0.2, seed: int = 0, n_iter: int = 200, progress: bool = True,
+                  criterion: str = "bic") -> ModelSelection:
     """Hu et al.'s model selection: members split (seeded) into fit and held-out sets,
     features z-scored within each member, a GaussianHMM with 1..``max_states`` states fitted
     ``restarts`` times on the fit set; the table reports held-out log-likelihood (per
     checkpoint), AIC and BIC. AIC/BIC are computed on the fit set, where the information
-    criteria are defined (Hu et al.'s script evaluated them on the held-out set)."""
+    criteria are defined (Hu et al.'s script evaluated them on the held-out set).
+    ``criterion`` (``CRITERIA``: bic, aic or heldout) is the rule ``best`` applies."""
+    check_covariance(covariance)
+    check_criterion(criterion)
     table = _as_table(pop, progress)
     features = _features(features, table)
     if max_states < 1:
@@ -275,7 +353,11 @@ def select_states(pop, max_states: int = 8, features=None, covariance: str = "di
                      "heldout_ll_std": held.std(), "fit_ll": best.score(X, lx) / len(X),
                      "aic": best.aic(X, lx), "bic": best.bic(X, lx),
                      "n_params": sum(best._get_n_fit_scalars_per_param().values())})
-    return ModelSelection(pd.DataFrame(rows), features, fit_m, out_m, covariance)
+    result = pd.DataFrame(rows)
+    if "bic" not in result or result.bic.isna().all():
+        raise ValueError(f"no HMM with 1..{max_states} states could be fitted ({covariance} covariance, {restarts} "
+                         f"restarts): every restart emptied a state; try fewer features or another --covariance")
+    return ModelSelection(result, features, fit_m, out_m, covariance, criterion)
 
 
 # --- the training map --------------------------------------------------------------------
@@ -318,7 +400,8 @@ class TrainingMap:
         """Per state, the regression of the members' grokking step on the number of checkpoints
         they spent in that state: ``coef`` (steps of convergence per checkpoint in the
         state), its 95 % CI, p-value (two-sided t-test), ``n`` (grokked members used) and
-        ``visited`` (of them, how many visited the state). A state with a positive coefficient
+        ``visited`` (of them, how many visited the state), and ``note``: why a row has no
+        regression (NaN numbers), empty where it has one. A state with a positive coefficient
         at p < ``alpha`` is a detour.
 
         One regression per state, y = a + b n_s: with runs of equal length the occupancies of
@@ -333,8 +416,12 @@ class TrainingMap:
         for s in range(self.n_states):
             x = occ[s].to_numpy(float)
             row = {"state": s, "label": self.labels[s], "n": int(len(y)), "visited": int((x > 0).sum()),
-                   "coef": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan}
-            if len(y) >= 3 and np.ptp(x) > 0:
+                   "coef": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "note": ""}
+            if len(y) < 3:  # a line through 2 points has no residual, so no standard error
+                row["note"] = f"n too small (n={len(y)}; a regression needs at least 3 members that grokked)"
+            elif np.ptp(x) == 0:
+                row["note"] = f"no variation (every one of the {len(y)} grokked members spent {int(x[0])} checkpoints here)"
+            else:
                 fit = sps.linregress(x, y.to_numpy())
                 half = sps.t.ppf(0.975, len(y) - 2) * fit.stderr
                 row |= {"coef": fit.slope, "ci_low": fit.slope - half, "ci_high": fit.slope + half,
@@ -366,6 +453,7 @@ def fit_training_map(pop, n_states: int, features=None, covariance: str = "diag"
                      seed: int = 0, n_iter: int = 200, progress: bool = True) -> TrainingMap:
     """Fit the training map to every member (best of ``restarts`` by log-likelihood) and decode
     each member's Viterbi path."""
+    check_covariance(covariance)
     table = _as_table(pop, progress)
     features = _features(features, table)
     if n_states < 1:
@@ -426,32 +514,51 @@ def cached_statistics(pop, table: pd.DataFrame | None) -> pd.DataFrame | None:
 
 def analyze_population(pop, n_states: int | None = None, features=None, max_states: int = 8,
                        covariance: str = "diag", restarts: int = 5, seed: int = 0, progress: bool = True,
-                       statistics: pd.DataFrame | None = None) -> dict:
+                       statistics: pd.DataFrame | None = None, criterion: str = "bic") -> dict:
     """Statistics (``statistics`` when given, e.g. a cache that ``cached_statistics`` accepted),
-    model selection (always; it picks ``n_states`` when not given: lowest BIC first, the next
-    lowest if every restart empties a state), the training map, Viterbi paths and the detour
-    table of ``pop``. Returns ``statistics``, ``selection``, ``map``, ``detours``, ``states``
-    (means in z units, occupancy, labels, per-state metrics), ``features`` and ``n_states``;
+    model selection (always; it picks ``n_states`` when not given, by ``criterion``: lowest BIC
+    first, the next best if a fit on every member empties a state), the training map, Viterbi
+    paths and the detour table of ``pop``. Returns ``statistics``, ``selection``, ``map``,
+    ``detours``, ``states`` (means in z units, occupancy, labels, per-state metrics),
+    ``features``, ``n_states`` and ``notes``: the lines that say how the number of states was
+    chosen (the rule and the criterion's value per number of states), whether the criteria
+    disagree, and whether the population is too small for it (``size_warning``);
     ``report.latent`` writes them."""
+    check_covariance(covariance)
+    check_criterion(criterion)
     table = pop if isinstance(pop, pd.DataFrame) else statistics
     if table is None:
         table = population_statistics(pop, progress=progress)
     features = _features(features, table)
     sel = select_states(table, max_states=max_states, features=features, covariance=covariance,
-                        restarts=restarts, seed=seed, progress=progress)
+                        restarts=restarts, seed=seed, progress=progress, criterion=criterion)
+    column = CRITERIA[criterion][0]
+    values = ", ".join(f"{int(r.n_states)}: {getattr(r, column):.4g}" if np.isfinite(getattr(r, column, np.nan))
+                       else f"{int(r.n_states)}: not fitted" for r in sel.table.itertuples())
     if n_states is not None:
         n = n_states
         tm = fit_training_map(table, n, features=features, covariance=covariance, restarts=restarts, seed=seed,
                               progress=progress)
+        notes = [f"{n} states as asked (--states); {sel.rule} would pick {sel.best} ({column} per number of "
+                 f"states: {values})"]
     else:
-        for n in sel.table.dropna(subset=["bic"]).sort_values("bic").n_states.astype(int):
+        for n in sel.ranked():
             try:
                 tm = fit_training_map(table, n, features=features, covariance=covariance, restarts=restarts,
                                       seed=seed, progress=progress)
                 break
             except ValueError:
                 continue
+        else:
+            raise ValueError(f"every fit of the training map on all members emptied a state (tried {sel.ranked()} "
+                             f"states); try fewer features or another covariance")
+        notes = [f"{n} state{'s' if n != 1 else ''} by the rule {sel.rule} of 1..{max_states} ({column} per number of states: {values})"
+                 + ("" if n == sel.best else f"; the best, {sel.best}, emptied a state in the fit on every member")]
+    if (why := sel.disagreement()) is not None:
+        notes.append(why)
+    if (warn := size_warning(n, len(features), covariance, len(table), table.member.nunique())) is not None:
+        notes.append(warn)
     states = tm.means.add_prefix("z_").assign(checkpoints=tm.occupancy, label=pd.Series(tm.labels))
     states = pd.concat([states, tm.state_metrics], axis=1)
     return {"statistics": table, "selection": sel, "map": tm, "detours": tm.detours(), "states": states,
-            "features": features, "n_states": n}
+            "features": features, "n_states": n, "notes": notes}

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig
 from .dynamics import MEASURES as DYNAMICS  # the optimizer-dynamics measures, one built-in each
-from .dynamics import check_measures
+from .dynamics import check_measures, check_probe_args
 from .model import ModelConfig, Params
 from .tasks import Task
 
@@ -168,6 +168,7 @@ def dynamics_measure(measures: Sequence[str] = DYNAMICS, every: int | None = Non
     """The optimizer-dynamics measures ``measures`` as one measure (they share the first
     Hessian-vector product's half gradients); ``kw``: ``dynamics.make_probe``'s keywords."""
     measures = check_measures(measures)
+    check_probe_args(**kw)  # now, not at the first probe many steps into a run
     return MeasureSpec("+".join(measures), _dynamics(measures, **kw), every=every)
 
 
@@ -177,22 +178,32 @@ def dynamics_measure(measures: Sequence[str] = DYNAMICS, every: int | None = Non
 def parse_probe(spec: str) -> dict:
     """``every=10[,measures=hessian+agreement+momentum+rank][,iters=2][,rank_n=16]`` -> kwargs
     (``every`` plus ``dynamics.make_probe``'s keywords)."""
+    def count(key: str, value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"--probe {key}={value}: {key} must be an integer >= 1")
+        return n
+
     out: dict = {}
     for part in filter(None, (s.strip() for s in spec.split(","))):
         key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
         if not sep:
             raise ValueError(f"--probe: expected key=value, got {part!r} (e.g. every=10,measures=hessian+agreement)")
         if key == "every":
-            out["every"] = int(value)
+            out["every"] = count(key, value)
         elif key == "measures":
             out["measures"] = check_measures(value.replace("+", " ").replace(";", " ").split())
         elif key in ("iters", "hessian_iters"):
-            out["hessian_iters"] = int(value)
+            out["hessian_iters"] = count(key, value)
         elif key == "rank_n":
-            out["rank_n"] = int(value)
+            out["rank_n"] = count(key, value)
         else:
             raise ValueError(f"--probe: unknown key {key!r}; allowed: every, measures, iters, rank_n")
-    if out.get("every", 0) < 1:
+    if "every" not in out:
         raise ValueError("--probe needs every=N with N >= 1")
     return out
 

@@ -48,7 +48,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig, parse_seeds
+from .config import RunConfig, parse_seeds, resolve_device
 from .ensemble import MEMBER_FILE, NEXT_RESUME_FILE
 from .files import append_jsonl, read_jsonl, write_csv, write_json, write_text
 from .locks import LOCK_FILE, lock_dir, lock_dirs
@@ -351,6 +351,28 @@ def _init_ray(address: str | None):
     return ray
 
 
+def ray_node_resources(ray) -> list[dict]:
+    """The resources of each live node of the Ray cluster ``ray`` is connected to."""
+    nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive", True)]
+    return nodes or [dict(ray.cluster_resources())]
+
+
+def check_ray_resources(nodes: list[dict], cpus_per_chunk: float, gpus_per_chunk: float) -> None:
+    """Refuse a chunk task that no node of the cluster can place (``nodes``: each node's
+    resources, ``ray_node_resources``): Ray would keep it pending for ever, and the sweep would
+    sit at 0 members without a word. A task runs on one node, so the largest node counts."""
+    for name, option, asked in (("CPU", "--cpus-per-chunk", cpus_per_chunk), ("GPU", "--gpus-per-chunk", gpus_per_chunk)):
+        if asked < 0:
+            raise ValueError(f"{option} must be >= 0, got {asked:g}")
+        most = max(float(n.get(name, 0)) for n in nodes)
+        if asked > most:
+            where = "no node of the Ray cluster has a GPU" if name == "GPU" and most == 0 else (
+                f"the largest node of the Ray cluster has {most:g} {name}(s)")
+            hint = "0 to train on CPUs" if name == "GPU" else f"at most {most:g}"
+            raise ValueError(f"{option} {asked:g}: {where} ({len(nodes)} node(s)), so no chunk could ever start; "
+                             f"give {option} {hint}, or a cluster with more (--ray-address)")
+
+
 def run_sweep(sweep: SweepConfig | None, out: str | Path, resume: bool = False, backend: str = "local",
               ray_address: str | None = None, cpus_per_chunk: float = 1, gpus_per_chunk: float = 0,
               progress: bool = True) -> "Population":
@@ -372,6 +394,11 @@ def run_sweep(sweep: SweepConfig | None, out: str | Path, resume: bool = False, 
             raise ValueError("give a SweepConfig (or resume=True to finish the sweep in out)")
         if (out / SWEEP_FILE).exists():
             raise FileExistsError(f"{out} already holds a sweep; use --resume to finish it, or choose another --out")
+        if backend == "local":  # a GPU asked for and not there: say so before the directory is made
+            for device in sorted({m.config.train.device for m in sweep.members()}):
+                resolve_device(device)
+    if backend == "ray":  # what Ray cannot place would wait for ever: check before anything is written
+        check_ray_resources(ray_node_resources(_init_ray(ray_address)), cpus_per_chunk, gpus_per_chunk)
     # one driver per sweep: it alone appends to finished.jsonl and decides what each member
     # needs; the lock is taken before sweep.json is read (or written) for the last time
     with lock_dir(out, create=not resume):

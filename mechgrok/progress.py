@@ -448,7 +448,7 @@ def spectrum(run, step: int | None = None, basis: str = "auto") -> pd.DataFrame:
     """W_E and W_L norms per frequency at one checkpoint (default: the last), with the key
     frequencies of all three rules (columns ``key_<rule>``; ``attrs``: ``step``, ``key_freqs``,
     ``basis``). ``report.spectrum`` writes it."""
-    step = run.steps[-1] if step in (None, -1) else step  # run.params names the nearest steps if absent
+    step = run.resolve_step(step)  # one line naming the nearest steps, or saying there are none
     params, task, cfg = run.params(step), run.task, run.model_cfg
     e = fourier.embedding_spectrum(params, task, basis, cfg=cfg)
     wl = fourier.W_L_spectrum(params, task, basis, cfg=cfg)

@@ -137,7 +137,7 @@ def dynamics(path, out=None, measure: bool = True, prominence: float = 0.1, png:
 
 def latent(pop, out_dir, n_states: int | None = None, features=None, max_states: int = 8, covariance: str = "diag",
            restarts: int = 5, seed: int = 0, png: bool = True, title: str = "", progress_bar: bool = True,
-           plotlyjs: str | bool = "shared") -> dict:
+           plotlyjs: str | bool = "shared", criterion: str = "bic") -> dict:
     """``latent.analyze_population`` of ``pop``, written to ``out_dir``: statistics.csv (reused
     when it exists and covers the same runs and steps), model_selection.csv, transitions.csv,
     states.csv, paths.csv, detours.csv, and the figures model_selection, training_map and
@@ -145,6 +145,8 @@ def latent(pop, out_dir, n_states: int | None = None, features=None, max_states:
     ``latent.analyze_population``'s dict with ``written`` added."""
     from . import latent as lt
 
+    lt.check_covariance(covariance)  # before the statistics cache is read
+    lt.check_criterion(criterion)
     out = Path(out_dir)
     cache = out / "statistics.csv"
     cached = None
@@ -152,7 +154,7 @@ def latent(pop, out_dir, n_states: int | None = None, features=None, max_states:
         cached = lt.cached_statistics(pop, pd.read_csv(cache))
     res = lt.analyze_population(pop, n_states=n_states, features=features, max_states=max_states,
                                 covariance=covariance, restarts=restarts, seed=seed, progress=progress_bar,
-                                statistics=cached)
+                                statistics=cached, criterion=criterion)
     sel, tm, n, features = res["selection"], res["map"], res["n_states"], res["features"]
     written = [write_csv(cache, res["statistics"]),
                write_csv(out / "model_selection.csv", sel.table, float_format=None),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -257,7 +258,9 @@ def read_resume_state(run_dir: str | os.PathLike, name: str = RESUME_FILE) -> Re
     """The resume state of a run directory (its newest checkpoint, with AdamW's moments)."""
     f = Path(run_dir) / name
     if not f.exists():
-        raise FileNotFoundError(f"{run_dir}: no {name}; the run never reached its first checkpoint")
+        hint = (f"; there is nothing to resume: train it again with --out {run_dir} (a run without a checkpoint "
+                f"counts as empty)" if never_checkpointed(run_dir) else "")
+        raise FileNotFoundError(f"{run_dir}: no {name}; the run never reached its first checkpoint{hint}")
     return ResumeState.from_tensors(read_tensors(f), source=str(f))
 
 
@@ -265,9 +268,34 @@ def write_resume_state(run_dir: str | os.PathLike, state: ResumeState, name: str
     save_tensors(Path(run_dir) / name, state.to_tensors())
 
 
-def check_new_run_dir(out: str | os.PathLike):
-    """Refuse to start a run in a directory that already holds one, or holds anything else."""
+def never_checkpointed(out: str | os.PathLike) -> bool:
+    """Whether ``out`` holds a run that a process left before its first checkpoint: a
+    config.json and nothing that training writes (no resume state, checkpoint or metrics.csv).
+    There is nothing to resume in it, so a new run may take its place (``check_new_run_dir``)."""
     out = Path(out)
+    return (is_run_dir(out) and not any(out.glob("resume*.safetensors")) and not (out / METRICS_FILE).exists()
+            and not any((out / CHECKPOINT_DIR).glob("*.safetensors")))
+
+
+def _leftovers(out: Path) -> list[str]:
+    """What a run that never reached its first checkpoint holds besides what a new run
+    overwrites (config.json, an empty checkpoints/, the lock and temp files of atomic writes)."""
+    def ours(p: Path) -> bool:
+        return p.name in (CONFIG_FILE, LOCK_FILE, CHECKPOINT_DIR) or (p.name.startswith(".") and p.name.endswith(".tmp"))
+    return sorted(p.name for p in out.iterdir() if not ours(p))
+
+
+def check_new_run_dir(out: str | os.PathLike):
+    """Refuse to start a run in a directory that already holds one, or holds anything else. A
+    run that never reached its first checkpoint (``never_checkpointed``: killed while it
+    started) counts as empty: it can be neither resumed nor analysed, and refusing it too would
+    leave the user no way on but deleting it by hand."""
+    out = Path(out)
+    if never_checkpointed(out):
+        if _leftovers(out):
+            raise FileExistsError(f"{out} holds a run that never reached its first checkpoint, and other files "
+                                  f"({', '.join(_leftovers(out)[:5])}): remove them, or choose another --out")
+        return
     if is_run_dir(out):
         raise FileExistsError(f"{out} already holds a run; use --resume to continue it, or choose another --out")
     if out.exists() and (not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir())):
@@ -288,6 +316,8 @@ def lock_new_run_dir(out: str | os.PathLike) -> DirLock:
     except BaseException:
         lock.release()
         raise
+    if never_checkpointed(out):
+        print(f"{out}: starting over: it held a run that never reached its first checkpoint", file=sys.stderr)
     return lock
 
 

@@ -207,6 +207,9 @@ def test_parse_probe_spec():
         ms.parse_probe("every=5,measures=curvature")
     with pytest.raises(ValueError, match="every"):
         ms.parse_probe("measures=hessian")
+    for bad in ("every=0", "every=10,iters=0", "every=10,rank_n=-1", "every=10,iters=two"):
+        with pytest.raises(ValueError, match=r"must be an integer >= 1"):
+            ms.parse_probe(bad)
 
 
 # --- limit cycle --------------------------------------------------------------------------
@@ -308,6 +311,17 @@ def test_dip_rate_separates_window_length_from_the_gap():
     assert c["agreement_dips_per_100_steps"].p > 0.05
 
 
+def test_pearson_with_too_few_pairs_or_no_variation_says_why_naming_n():
+    for n in (0, 1, 2):
+        c = cy.pearson(np.arange(n, dtype=float), np.arange(n, dtype=float) ** 2)
+        assert c.n == n and np.isnan(c.r) and np.isnan(c.p)
+        assert c.describe() == f"r: n too small (n={n}; needs at least 3 runs with both values)"
+    c = cy.pearson([1.0, 2.0, np.nan, 4.0], [5.0, 5.0, 1.0, 5.0])  # 3 finite pairs, y constant on them
+    assert c.n == 3 and c.describe() == "r: none, the second variable is the same in all 3 runs"
+    ok = cy.pearson([1.0, 2.0, 3.0], [1.0, 3.0, 2.0])
+    assert ok.note == "" and ok.describe() == f"r = 0.500, n = 3, p = {ok.p:.3g}"
+
+
 def test_pearson_matches_closed_form():
     rng = np.random.default_rng(1)
     x = rng.normal(size=20)
@@ -376,6 +390,11 @@ def test_dynamics_command_on_a_population_and_on_an_unprobed_run(probed_populati
     res = CliRunner().invoke(app, ["dynamics", str(root / "sweep"), "--no-png", "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "Pearson r" in res.output and "dips per 100 probed steps" in res.output
+    # two runs: too few for a correlation, and the lines say so instead of printing nan
+    lines = [line for line in res.output.splitlines() if "gap: " in line]
+    n = int(pd.read_csv(root / "sweep" / "dynamics_summary.csv")[["agreement_dips", "delay"]].notna().all(1).sum())
+    assert lines[0] == f"agreement dips vs grokking gap: Pearson r: n too small (n={n}; needs at least 3 runs with both values)"
+    assert len(lines) == 4 and not any("nan" in line.lower() for line in lines)
     table = pd.read_csv(root / "sweep" / "dynamics_summary.csv")
     assert len(table) == 2
     for run, row in zip(runs, table.itertuples()):

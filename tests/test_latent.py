@@ -208,3 +208,108 @@ def test_cli_latent_fails_cleanly_on_a_single_run(tiny_population):
 
     res = CliRunner().invoke(app, ["latent", str(tiny_population / "pop" / "seed0"), "--no-png"])
     assert res.exit_code == 1 and "is a single run" in res.output
+
+
+# --- model selection says its rule; small populations and small n say so (issue 18, item 5) ---
+
+
+def _two_state_hmm(n_members=10, T=40, seed=0):
+    """Sequences from a known 2-state left-to-right Gaussian HMM: state 0, then state 1 from a
+    step drawn in 18..22 of 40 on, means 4 standard deviations apart in each of 3 features. (The
+    switch stays near the middle because the features are z-scored within each member: a member
+    that spends most of its time in one state would move both states' z-means.)"""
+    rng = np.random.default_rng(seed)
+    means = np.array([[0.0, 0.0, 0.0], [4.0, -4.0, 4.0]])
+    rows = []
+    for m in range(n_members):
+        t1 = int(rng.integers(18, 23))
+        states = np.array([0] * t1 + [1] * (T - t1))
+        x = means[states] + rng.normal(0, 1.0, size=(T, 3))
+        for t in range(T):
+            rows.append({"member": m, "step": 10 * t, "l1": x[t, 0], "l2": x[t, 1], "var_w": x[t, 2],
+                         "grokking_step": np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_the_stated_rule_picks_the_planted_two_states_and_names_its_values():
+    res = latent.analyze_population(_two_state_hmm(), features="l1,l2,var_w", max_states=4, restarts=2,
+                                    progress=False)
+    sel = res["selection"]
+    bic = sel.table.set_index("n_states").bic
+    assert res["n_states"] == sel.best == int(bic.idxmin()) == 2  # lowest BIC, and that is the planted 2
+    assert sel.rule == "lowest BIC"
+    rule = res["notes"][0]
+    assert rule.startswith("2 states by the rule lowest BIC of 1..4 (bic per number of states: ")
+    for n, v in bic.items():
+        assert f"{n}: {v:.4g}" in rule
+    assert not any("too small" in n for n in res["notes"])  # 1200 values for 15 parameters is plenty
+    assert res["notes"][1:] == []  # BIC, AIC and held-out likelihood all pick 2: no disagreement
+    held = latent.select_states(_two_state_hmm(), features="l1,l2,var_w", max_states=4, restarts=2,
+                                progress=False, criterion="heldout")
+    assert held.best == int(held.table.set_index("n_states").heldout_ll.idxmax())
+
+
+def test_disagreeing_criteria_are_named_each_with_its_pick():
+    table = pd.DataFrame({"n_states": [1, 2, 3, 4], "heldout_ll": [-1.0, -1.5, -2.0, -2.5],
+                          "aic": [90.0, 80.0, 70.0, 60.0], "bic": [95.0, 85.0, 80.0, 82.0]})
+    sel = latent.ModelSelection(table, ["l1"], [0], [1], "diag")
+    assert sel.best == 3 and sel.ranked() == [3, 4, 2, 1]
+    assert sel.pick("aic") == 4 and sel.pick("heldout") == 1
+    assert sel.disagreement() == ("the criteria disagree: lowest BIC at 3, lowest AIC at 4, "
+                                  "highest held-out log-likelihood at 1")
+    agree = latent.ModelSelection(table.assign(aic=table.bic, heldout_ll=-table.bic), ["l1"], [0], [1], "diag")
+    assert agree.disagreement() is None
+    with pytest.raises(ValueError, match="criterion must be one of bic, aic, heldout"):
+        latent.select_states(table, criterion="lowest")
+
+
+@pytest.mark.parametrize("covariance", latent.COVARIANCES)
+def test_every_hmmlearn_covariance_fits_and_its_parameters_are_counted(covariance):
+    sel = latent.select_states(_two_state_hmm(n_members=6), features="l1,l2,var_w", max_states=3, restarts=1,
+                               progress=False, covariance=covariance)
+    for r in sel.table.itertuples():  # hmmlearn's own count (what its AIC/BIC use) against the closed form
+        assert r.n_params == latent.n_free_parameters(r.n_states, 3, covariance)
+    assert sel.best == 2
+
+
+def test_size_warning_compares_parameters_with_observed_values():
+    # 2 states, 3 features, diag: 1 + 2 + 6 + 6 = 15 parameters; 149 values are under 10 each
+    assert latent.n_free_parameters(2, 3, "diag") == 15
+    w = latent.size_warning(2, 3, "diag", n_checkpoints=49, n_sequences=4)
+    assert w.startswith("warning: the population is too small for 2 states (15 free parameters for 147 observed")
+    assert latent.size_warning(2, 3, "diag", n_checkpoints=50, n_sequences=4) is None  # 150 = 10 per parameter
+    assert "fewer members (2) than states" in latent.size_warning(3, 3, "diag", n_checkpoints=1000, n_sequences=2)
+
+
+def test_cli_latent_on_a_small_population_warns_and_prints_no_nan(tiny_population):
+    from typer.testing import CliRunner
+    from mechgrok.cli import app
+
+    out = tiny_population / "latent_small"
+    res = CliRunner().invoke(app, ["latent", str(tiny_population / "pop"), "--max-states", "2",
+                                   "--features", "var_w,l1,l2", "--restarts", "1", "--no-png", "--out", str(out),
+                                   "--covariance", "spherical"])
+    assert res.exit_code == 0, res.output
+    n = int(res.output.split("training map with ")[1].split()[0])
+    sel = pd.read_csv(out / "model_selection.csv")
+    assert n == int(sel.loc[sel.bic.idxmin(), "n_states"])  # the stated rule, lowest BIC
+    assert f"{n} states by the rule lowest BIC of 1..2" in res.output
+    k = latent.n_free_parameters(n, 3, "spherical")
+    if 10 * k > 28 * 3:  # 4 members x 7 checkpoints x 3 features
+        assert f"too small for {n} states ({k} free parameters for 84 observed values" in res.output
+    det = pd.read_csv(out / "detours.csv")
+    grokked = int(det.n.iloc[0])
+    assert grokked < 3  # 60 steps: not enough members grok for a regression
+    assert res.output.count(f"n too small (n={grokked};") == n
+    assert "nan" not in res.output.lower()
+
+
+def test_cli_latent_refuses_an_unknown_covariance_in_one_line(tiny_population):
+    from typer.testing import CliRunner
+    from mechgrok.cli import app
+
+    res = CliRunner().invoke(app, ["latent", str(tiny_population / "pop"), "--covariance", "round", "--no-png",
+                                   "--out", str(tiny_population / "latent_bad")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.strip() == "error: covariance must be one of spherical, diag, full, tied, got 'round'"
+    assert not (tiny_population / "latent_bad").exists()

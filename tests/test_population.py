@@ -180,9 +180,50 @@ def test_ray_backend_without_ray_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
     with pytest.raises(ImportError, match=r"pip install 'mechgrok\[ray\]'"):
         run_sweep(tiny_sweep(seeds=1), tmp_path / "s", backend="ray", progress=False)
-    res = CliRunner().invoke(app, ["sweep", "--resume", str(tmp_path / "s"), "--backend", "ray"])
+    assert not (tmp_path / "s").exists()  # refused before the sweep directory was made
+    res = CliRunner().invoke(app, ["sweep", "--out", str(tmp_path / "s"), "--backend", "ray"])
     assert res.exit_code == 1 and "mechgrok[ray]" in res.output
-    assert not read_manifest(tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+class FakeRay:
+    """Stands for a connected ``ray`` module: its nodes and nothing else (no Ray is started)."""
+
+    def __init__(self, *nodes):
+        self._nodes = [{"Alive": True, "Resources": n} for n in nodes] + [{"Alive": False, "Resources": {"GPU": 8.0}}]
+
+    def nodes(self):
+        return self._nodes
+
+
+def test_ray_resources_no_node_can_place_are_refused_naming_the_resource():
+    from mechgrok.population import check_ray_resources, ray_node_resources
+
+    nodes = ray_node_resources(FakeRay({"CPU": 16.0, "memory": 1e10}, {"CPU": 4.0, "GPU": 1.0}))
+    assert nodes == [{"CPU": 16.0, "memory": 1e10}, {"CPU": 4.0, "GPU": 1.0}]  # the dead node is left out
+    check_ray_resources(nodes, 16, 0)  # fits the large node
+    check_ray_resources(nodes, 4, 1)   # fits the GPU node
+    with pytest.raises(ValueError, match=r"--gpus-per-chunk 2: the largest node of the Ray cluster has 1 GPU"):
+        check_ray_resources(nodes, 1, 2)
+    with pytest.raises(ValueError, match=r"--cpus-per-chunk 17: the largest node of the Ray cluster has 16 CPU"):
+        check_ray_resources(nodes, 17, 0)
+    with pytest.raises(ValueError, match=r"--gpus-per-chunk 1: no node of the Ray cluster has a GPU .*give "
+                                         r"--gpus-per-chunk 0"):
+        check_ray_resources([{"CPU": 16.0}], 1, 1)
+    with pytest.raises(ValueError, match="--cpus-per-chunk must be >= 0"):
+        check_ray_resources(nodes, -1, 0)
+
+
+def test_sweep_asking_ray_for_a_gpu_it_lacks_fails_fast_in_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    import mechgrok.population as population
+
+    monkeypatch.setattr(population, "_init_ray", lambda address: FakeRay({"CPU": 2.0}))
+    res = CliRunner().invoke(app, ["sweep", "--out", str(tmp_path / "s"), "--backend", "ray", "--gpus-per-chunk", "1",
+                                   "--no-progress"])
+    assert res.exit_code == 1, res.output
+    lines = res.output.strip().splitlines()
+    assert "no node of the Ray cluster has a GPU" in lines[-1] and "Traceback" not in res.output
+    assert not (tmp_path / "s").exists()
 
 
 # --- population tables on planted runs ------------------------------------------------------
