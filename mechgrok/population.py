@@ -53,12 +53,10 @@ from .ensemble import MEMBER_FILE, NEXT_RESUME_FILE
 from .files import append_jsonl, read_jsonl, write_csv, write_json, write_text
 from .locks import LOCK_FILE, lock_dir, lock_dirs
 from .presets import CONFIG_PARTS, apply_overrides, parse_value
-from .runs import CONFIG_FILE, RESUME_FILE, Run, is_run_dir
+from .runs import CONFIG_FILE, MEMBERS_DIR, RESUME_FILE, SWEEP_FILE, Run, is_run_dir
 
-SWEEP_FILE = "sweep.json"
 MANIFEST_FILE = "finished.jsonl"
 MEMBERS_TABLE = "members.csv"
-MEMBERS_DIR = "members"
 RAY_INSTALL_HINT = ("the Ray backend needs Ray: pip install 'mechgrok[ray]' (or pip install 'ray>=2.9'); "
                     "--backend local runs the same sweep without it")
 

@@ -36,6 +36,9 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.csv"
 RESUME_FILE = "resume.safetensors"
+# a sweep directory: its spec, and its members' run directories under members/ (population.py)
+SWEEP_FILE = "sweep.json"
+MEMBERS_DIR = "members"
 DYNAMICS_FILE = "dynamics.csv"
 METRIC_COLUMNS = ["step", "train_loss", "test_loss", "train_acc", "test_acc", "weight_sq"]
 _STEP_RE = re.compile(r"step_(\d+)\.safetensors$")

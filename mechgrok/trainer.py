@@ -39,8 +39,8 @@ from .measures import training_probe
 from .milestones import should_stop
 from .model import ModelConfig, Params, forward, init_params, per_example_loss, weight_sq
 from .optim import OptimizerFactory, load_state_by_name, make_optimizer, set_lr, state_by_name
-from .runs import (METRIC_COLUMNS, ResumeState, Run, RunWriter, checkpoint_path, optimizer_state,
-                   read_resume_state)
+from .runs import (MEMBERS_DIR, METRIC_COLUMNS, SWEEP_FILE, ResumeState, Run, RunWriter, checkpoint_path,
+                   optimizer_state, read_resume_state)
 from .schedule import batch_indices, trainable_names, warmup_factor
 from .tasks import Task
 
@@ -153,8 +153,6 @@ def check_resume(out: str | Path, asked: RunConfig) -> RunConfig:
     its resume state while steps remain (such a resume would train nothing), and any change to
     a member of a sweep (``population.extend_sweep`` extends those, keeping the sweep's table
     true)."""
-    from .population import MEMBERS_DIR, SWEEP_FILE
-
     out = Path(out)
     run = Run(out)
     new = resume_config(run.config, asked)
