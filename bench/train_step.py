@@ -23,6 +23,8 @@ products, on random matrices, nothing else (no attention mixing, softmax, loss, 
 position 0 of the non-final blocks, which with causal attention depends on one token alone,
 computed once per token instead of once per example). The gap between the step and the floor
 is what is left to optimise: element-wise ops, softmax, the float64 loss, AdamW, dispatch.
+A fifth timing is the same step with torch's fused AdamW instead of the trainer's foreach one
+(a measurement only: fused rounds differently, so the trainer does not use it).
 """
 
 from __future__ import annotations
@@ -100,6 +102,19 @@ def bench_config(name: str, repeats: int, dev: torch.device) -> dict:
         loss.backward()
         opt_ours.step()
 
+    # the same step with torch's fused AdamW (one kernel per tensor) instead of the trainer's
+    # foreach one, which on a CPU is a Python-level loop of per-tensor kernels: what that costs
+    fused = {k: v.detach().clone().requires_grad_(k in names) for k, v in ours.items()}
+    opt_fused = torch.optim.AdamW([fused[k] for k in names], lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                                  betas=tcfg.betas, fused=True) if dev.type in ("cpu", "cuda") else None
+
+    def step_fused(step):
+        x, y = minibatch(step)
+        loss = loss_fn(fused, mcfg, x, y)
+        opt_fused.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_fused.step()
+
     # baseline: the TL 4 model users get, trained the plain way (logits at the last position),
     # with the same parameters frozen
     model = mg.to_tl_model(params, mcfg, device=dev)
@@ -132,22 +147,27 @@ def bench_config(name: str, repeats: int, dev: torch.device) -> dict:
     every, fewer = matmul_shapes(mcfg, batch, False), matmul_shapes(mcfg, batch, True)
     floor_every, floor_fewer = floor_fn(every, dev), floor_fn(fewer, dev)
     timings = {"mechgrok": step_ours, "transformer_lens": step_tl, "floor": lambda s: floor_every(),
-               "floor_fewer": lambda s: floor_fewer()}
+               "floor_fewer": lambda s: floor_fewer(), "fused_adamw": step_fused}
+    # wall and CPU (process) time: on a shared machine the CPU seconds of a 1-thread run are the
+    # work done, whatever share of a core the process got; the wall clock counts the waiting too
     times = {k: [] for k in timings}
+    cpu = {k: [] for k in timings}
     for s in range(3):
         for fn in timings.values():
             fn(s)
     for s in range(3, 3 + repeats):
         for k, fn in timings.items():
             sync()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fn(s)
             sync()
             times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+            cpu[k].append(time.process_time() - c)
+    med = {f"{k}_ms": statistics.median(v) * 1e3 for k, v in times.items()}
+    med_cpu = {f"{k}_cpu_ms": statistics.median(v) * 1e3 for k, v in cpu.items()}
     return {"name": name, "preset": CONFIGS[name], "batch": batch, "n_layers": mcfg.n_layers,
             "n_params": sum(v.numel() for v in params.values()), "gflop": gflop(every),
-            "gflop_fewer": gflop(fewer)} | {f"{k}_ms": v for k, v in med.items()}
+            "gflop_fewer": gflop(fewer)} | med | med_cpu
 
 
 def main(argv=None):
@@ -170,14 +190,22 @@ def main(argv=None):
     for c in wanted:
         r = bench_config(c, args.repeats, dev)
         rows.append(r)
-        print(f"{c} ({r['preset']} preset, {r['n_layers']} layers, batch {r['batch']}, {r['n_params']:,} params)\n"
-              f"  TL 4 model + AdamW        {r['transformer_lens_ms']:8.1f} ms/step\n"
-              f"  mechgrok trainer step     {r['mechgrok_ms']:8.1f} ms/step   TL / mechgrok "
-              f"{r['transformer_lens_ms'] / r['mechgrok_ms']:.2f}x\n"
-              f"  floor: matmuls alone      {r['floor_ms']:8.1f} ms ({r['gflop']:.2f} GFLOP)   "
-              f"step / floor {r['mechgrok_ms'] / r['floor_ms']:.2f}x   (target <= 1.5x)\n"
-              f"  floor with fewer rows     {r['floor_fewer_ms']:8.1f} ms ({r['gflop_fewer']:.2f} GFLOP)   "
-              f"step / it {r['mechgrok_ms'] / r['floor_fewer_ms']:.2f}x", flush=True)
+        print(f"{c} ({r['preset']} preset, {r['n_layers']} layers, batch {r['batch']}, {r['n_params']:,} params); "
+              f"ms per step, wall clock | CPU time", flush=True)
+
+        def line(label, key, ratio):
+            print(f"  {label:34s} {r[key + '_ms']:8.1f} | {r[key + '_cpu_ms']:8.1f}   {ratio}", flush=True)
+
+        def ratio(a, b, text):
+            return f"{text} {r[a + '_ms'] / r[b + '_ms']:.2f}x | {r[a + '_cpu_ms'] / r[b + '_cpu_ms']:.2f}x"
+
+        line("TL 4 model + AdamW", "transformer_lens", "")
+        line("mechgrok trainer step", "mechgrok", ratio("transformer_lens", "mechgrok", "TL / mechgrok"))
+        line(f"floor: matmuls ({r['gflop']:.2f} GFLOP)", "floor",
+             ratio("mechgrok", "floor", "step / floor") + "   (target <= 1.5x)")
+        line(f"floor, fewer rows ({r['gflop_fewer']:.2f} GFLOP)", "floor_fewer",
+             ratio("mechgrok", "floor_fewer", "step / it"))
+        line("step with fused AdamW (not used)", "fused_adamw", ratio("fused_adamw", "floor", "/ floor"))
     return rows
 
 
