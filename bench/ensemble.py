@@ -11,9 +11,11 @@ vectorised with vmap (its GPU default).
 Both sides train the same configs (seeds 0..N-1, everything else the preset's) for ``--steps``
 steps with the preset's evaluation and checkpoint schedule shortened to the run, writing real
 run directories (evaluation and checkpoints are part of what a sweep pays). The floor is one
-member's step's own matrix products alone (W_O, W_in, W_out, W_U at the last position, forward and
-both backward products, and the other layers' projections: ``train_step.matmul_shapes``) with the same shapes, timed in the same process. The last line reads
-``N=8 speed-up: <ratio>x`` (per-member speed of the demo ensemble of 8 over its solo runs).
+member's step's own matrix products alone (``train_step.matmul_shapes``: each block's
+projections, W_O, W_in, W_out and W_U, forward and both backward products) with the same shapes,
+timed in the same process. Times are wall clock and CPU (process) seconds; on a shared machine
+with 1 thread the CPU seconds are the work done. The last line reads ``N=8 speed-up: <ratio>x``
+(per-member speed of the demo ensemble of 8 over its solo runs).
 
 ``--division4-n``: the seed-000 setting (the ``division4`` preset: 4 layers, pre-LN, GELU, batch
 64), whose freezing study trains 22 continuations. Its runs keep the preset's evaluation every
@@ -100,7 +102,8 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    plan = [("demo", int(n)) for n in args.n.split(",") if n] + [("nanda", int(n)) for n in args.nanda_n.split(",") if n]
+    plan = [("demo", int(n)) for n in args.n.split(",") if n]
+    plan += [("nanda", int(n)) for n in args.nanda_n.split(",") if n]
     plan += [("division4", int(n)) for n in args.division4_n.split(",") if n]
     print(f"{torch.get_num_threads()} threads, {args.steps} steps per member, "
           f"torch {torch.__version__}, {mg.provenance.provenance()['machine']}")
