@@ -76,14 +76,16 @@ def solo_step_ms(cfg: mg.RunConfig, dev: torch.device, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def members(cfg: mg.RunConfig, n: int, steps: int, dev: torch.device) -> tuple[list[mg.RunConfig], list[ResumeState]]:
+def members(cfg: mg.RunConfig, n: int, steps: int, dev: torch.device, inits=None
+            ) -> tuple[list[mg.RunConfig], list[ResumeState]]:
     """``n`` seeds of ``cfg`` for ``steps`` steps on ``dev`` (one evaluation and checkpoint at the
-    end), with their initial weights."""
+    end), with their initial weights (``inits``: reuse these, built for another device)."""
     cfg = replace(cfg, train=replace(cfg.train, steps=steps, eval_every=steps, checkpoint_every=steps,
                                      device=str(dev)))
     cfgs = [replace(cfg, task=replace(cfg.task, seed=s), model=replace(cfg.model, seed=s),
                     train=replace(cfg.train, seed=s)) for s in range(n)]
-    inits = [ResumeState(0, mg.init_params(c.model.resolve(mg.Task(c.task)))) for c in cfgs]
+    if inits is None:  # one TransformerLens boot per member: seconds for 64, so built once
+        inits = [ResumeState(0, mg.init_params(c.model.resolve(mg.Task(c.task)))) for c in cfgs]
     return cfgs, inits
 
 
@@ -137,11 +139,12 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run = synthetic_run(Path(tmp) / "series", args.checkpoints, cfg=cfg)
         freqs = [1, 2, 3] if args.quick else NANDA_FREQS
+        inits = warm_i = None
         for dev in devices:
             r = {"solo_step_ms": solo_step_ms(cfg, dev, args.repeats)}
-            cfgs, inits = members(cfg, args.members, args.steps, dev)
+            cfgs, inits = members(cfg, args.members, args.steps, dev, inits)
             # a short warm-up: first-call costs (CUDA context, torch.func tracing) out of the timings
-            warm_c, warm_i = members(cfg, 2, 2, dev)
+            warm_c, warm_i = members(cfg, 2, 2, dev, warm_i)
             ensemble_s(warm_c, warm_i, Path(tmp) / f"warm_{dev.type}")
             r["solo_run_s"], r["ensemble_s"] = ensemble_s(cfgs, inits, Path(tmp) / f"ens_{dev.type}")
             r["ensemble_over_solo"] = r["ensemble_s"] / r["solo_run_s"]
