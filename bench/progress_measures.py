@@ -36,8 +36,9 @@ from mechgrok.runs import checkpoint_path
 NANDA_FREQS = [14, 35, 41, 42, 52]
 
 
-def synthetic_run(out: Path, n: int, seed: int = 0) -> mg.Run:
-    cfg = mg.get_preset("nanda")
+def synthetic_run(out: Path, n: int, seed: int = 0, cfg: mg.RunConfig | None = None) -> mg.Run:
+    """``n`` checkpoints of ``cfg`` (default the nanda preset) without training (module docstring)."""
+    cfg = mg.get_preset("nanda") if cfg is None else cfg
     write_json(out / "config.json", cfg.to_dict())
     task = mg.Task(cfg.task)
     params = mg.init_params(cfg.model.resolve(task))

@@ -1,20 +1,36 @@
-"""One full-batch training step of the nanda config: mechgrok's trainer vs a plain loop
-through the TransformerLens 4 model, same weights, same optimiser, measured in one run.
+"""One training step of mechgrok's trainer vs a plain loop through the TransformerLens 4 model,
+same weights, same optimiser, against the step's own matrix products, for several configs,
+all measured in one run.
 
-    python bench/train_step.py [--device cpu|cuda] [--repeats 20] [--threads N]
+    python bench/train_step.py [--configs nanda,2layer_mod113,4layer_b64] [--repeats 20]
+                               [--threads N] [--device cpu|cuda]
 
-Prints milliseconds per step for each and the ratio (TL / mechgrok). Steps alternate between
-the two so that whatever else the machine is doing slows both alike; the median is reported.
-A third timing, alternated with them, is the floor: the step's own matrix products alone, with
-the same shapes and nothing else (the attention output W_O, the MLP's W_in and W_out and the
-unembedding W_U at the last position, each forward and its two backward products: 12 matmuls).
-The gap between the step and that floor is what is left to optimise (cross-entropy, softmax,
-element-wise ops, the optimiser, allocation).
+Configs (``CONFIGS``): ``nanda`` (1 layer, p=113, full batch of 3830), ``2layer_mod113`` (the
+``dynamics`` preset: 2 layers, p=113, full batch of 6384) and ``4layer_b64`` (the ``division4``
+preset, seed 000's model: 4 layers, pre-LN, GELU, a/b mod 97, batch 64; each step gathers its
+minibatch as the trainer does, in all three timings).
+
+For each config it prints milliseconds per step and two ratios, both measured in the same run:
+TL / mechgrok, and mechgrok / floor. Steps alternate between the three timings so that
+whatever else the machine is doing slows them alike; the median is reported.
+
+The floor is the step's matrix products alone, with the shapes a forward that computes every
+block at every position except the final block (last position only) needs -- block 0's
+queries, keys and values from its (token, position) table, then per layer the Q/K/V
+projections (layers > 0), W_O, W_in and W_out, and W_U -- each forward and its two backward
+products, on random matrices, nothing else (no attention mixing, softmax, loss, optimiser).
+``fewer rows`` is the same with the rows the forward now actually computes (``model._run``:
+position 0 of the non-final blocks, which with causal attention depends on one token alone,
+computed once per token instead of once per example). The gap between the step and the floor
+is what is left to optimise: element-wise ops, softmax, the float64 loss, AdamW, dispatch.
+A fifth timing is the same step with torch's fused AdamW instead of the trainer's foreach one
+(a measurement only: fused rounds differently, so the trainer does not use it).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 
@@ -23,90 +39,174 @@ import torch.nn.functional as F
 
 import mechgrok as mg
 from mechgrok.optim import make_optimizer
+from mechgrok.schedule import batch_indices, trainable_names
 from mechgrok.trainer import loss_fn
 
+CONFIGS = {"nanda": "nanda", "2layer_mod113": "dynamics", "4layer_b64": "division4"}  # bench name -> preset
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dev = torch.device(args.device)
+
+def matmul_shapes(mcfg: mg.ModelConfig, batch: int, position0_table: bool) -> list[tuple[int, int, int]]:
+    """(rows, d_in, d_out) of every forward matmul of a step on ``batch`` sequences.
+    ``position0_table``: the non-final blocks compute position 0 once per token (d_vocab rows)."""
+    d, hk, m, ctx = mcfg.d_model, mcfg.n_heads * mcfg.d_head, mcfg.d_mlp, mcfg.n_ctx
+    table = mcfg.d_vocab * ctx  # block 0's (token, position) rows
+    full = batch * (ctx - 1) + mcfg.d_vocab if position0_table else batch * ctx
+    shapes = [(table, d, hk), (table, d, 2 * hk)]  # block 0: Q and K/V of the table
+    for layer in range(mcfg.n_layers):
+        rows = batch if layer == mcfg.n_layers - 1 else full  # the final block: last position only
+        if layer > 0:
+            shapes += [(rows, d, hk), (full, d, 2 * hk)]  # Q at the rows computed, K/V at every position
+        shapes += [(rows, hk, d), (rows, d, m), (rows, m, d)]  # W_O, W_in, W_out
+    return shapes + [(batch, d, mcfg.d_vocab_out)]  # W_U
+
+
+def floor_fn(shapes, dev):
+    """The forward product and both backward products of each shape, on random matrices."""
+    g = torch.Generator().manual_seed(0)
+    mats = [tuple(torch.randn(*s, generator=g).to(dev) for s in ((r, i), (i, o), (r, o))) for r, i, o in shapes]
+
+    def run():
+        for x, w, dy in mats:
+            x @ w, dy @ w.T, x.T @ dy
+
+    return run
+
+
+def gflop(shapes) -> float:
+    return sum(3 * 2 * r * i * o for r, i, o in shapes) / 1e9
+
+
+def bench_config(name: str, repeats: int, dev: torch.device) -> dict:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-
-    cfg = mg.get_preset("nanda")
+    cfg = mg.get_preset(CONFIGS[name])
     task = mg.Task(cfg.task)
     mcfg = cfg.model.resolve(task)
     tcfg = cfg.train
     params = {k: v.to(dev) for k, v in mg.init_params(mcfg).items()}
-    x, y = task.train_inputs.to(dev), task.train_labels.to(dev)
+    train_x, train_y = task.train_inputs.to(dev), task.train_labels.to(dev)
+    batch = len(train_y) if tcfg.batch_size is None else min(tcfg.batch_size, len(train_y))
+
+    def minibatch(step: int):  # as mechgrok.trainer picks it: all three timings pay the gather
+        idx = batch_indices(step, len(train_y), tcfg.batch_size, tcfg.seed)
+        return (train_x, train_y) if idx is None else (train_x[idx.to(dev)], train_y[idx.to(dev)])
 
     # mechgrok: the functional forward over the parameter dict, as mechgrok.trainer runs it
-    ours = {k: v.contiguous().clone().requires_grad_(True) for k, v in params.items()}  # contiguous, as the trainer
-    names = list(ours)
+    names = trainable_names(params, tcfg.frozen)
+    ours = {k: v.contiguous().clone().requires_grad_(k in names) for k, v in params.items()}
     opt_ours = make_optimizer(ours, names, tcfg)
 
-    def step_ours():
+    def step_ours(step):
+        x, y = minibatch(step)
         loss = loss_fn(ours, mcfg, x, y)
         opt_ours.zero_grad(set_to_none=True)
         loss.backward()
         opt_ours.step()
 
-    # baseline: the TL 4 model users get, trained the plain way (logits at the last position)
+    # the same step with torch's fused AdamW (one kernel per tensor) instead of the trainer's
+    # foreach one, which on a CPU is a Python-level loop of per-tensor kernels: what that costs
+    fused = {k: v.detach().clone().requires_grad_(k in names) for k, v in ours.items()}
+    opt_fused = torch.optim.AdamW([fused[k] for k in names], lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                                  betas=tcfg.betas, fused=True) if dev.type in ("cpu", "cuda") else None
+
+    def step_fused(step):
+        x, y = minibatch(step)
+        loss = loss_fn(fused, mcfg, x, y)
+        opt_fused.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_fused.step()
+
+    # baseline: the TL 4 model users get, trained the plain way (logits at the last position),
+    # with the same parameters frozen
     model = mg.to_tl_model(params, mcfg, device=dev)
     model.train()
-    opt_tl = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
-                               betas=tcfg.betas, foreach=True)
+    # TL names of what the preset freezes: attention biases (nanda); the bridge's head has no bias
+    frozen_tl = [re.compile(r"layers\.\d+\.attn\.[qkvo]\.bias")] if "blocks.*.attn.b_*" in tcfg.frozen else []
+    tl_params = []
+    for n, p in model.named_parameters():
+        train_it = not any(f.fullmatch(n.replace("._original_component", "")) for f in frozen_tl)
+        p.requires_grad_(train_it)
+        if train_it:
+            tl_params.append(p)
+    opt_tl = torch.optim.AdamW(tl_params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=tcfg.betas,
+                               foreach=True)
 
-    def step_tl():
-        logits = model(x)[:, -1]
-        loss = F.cross_entropy(logits.double(), y)
+    def step_tl(step):
+        x, y = minibatch(step)
+        loss = F.cross_entropy(model(x)[:, -1].double(), y)
         opt_tl.zero_grad(set_to_none=True)
         loss.backward()
         opt_tl.step()
 
     # both start from the same weights: their first losses must agree
     with torch.no_grad():
-        l_ours = loss_fn(ours, mcfg, x, y).item()
-        l_tl = F.cross_entropy(model(x)[:, -1].double(), y).item()
-    assert abs(l_ours - l_tl) < 1e-5, (l_ours, l_tl)
+        x0, y0 = minibatch(0)
+        l_ours = loss_fn(ours, mcfg, x0, y0).item()
+        l_tl = F.cross_entropy(model(x0)[:, -1].double(), y0).item()
+    assert abs(l_ours - l_tl) < 1e-5, (name, l_ours, l_tl)
 
-    # the floor: the same matmuls with the same shapes and nothing around them
-    n, d, m, v = len(y), mcfg.d_model, mcfg.d_mlp, mcfg.d_vocab_out
-    g = torch.Generator(device="cpu").manual_seed(0)
-    A = {name: torch.randn(*shape, generator=g).to(dev) for name, shape in
-         (("z", (n, d)), ("W_O", (d, d)), ("x", (n, d)), ("W_in", (d, m)), ("post", (n, m)), ("W_out", (m, d)),
-          ("r", (n, d)), ("W_U", (d, v)), ("dlogits", (n, v)), ("dr", (n, d)), ("dpre", (n, m)), ("dx", (n, d)))}
-
-    def matmuls_only():
-        a = A
-        a["z"] @ a["W_O"], a["x"] @ a["W_in"], a["post"] @ a["W_out"], a["r"] @ a["W_U"]  # forward
-        a["dlogits"] @ a["W_U"].T, a["r"].T @ a["dlogits"]  # unembed: d input, d weight
-        a["dr"] @ a["W_out"].T, a["post"].T @ a["dr"]  # W_out
-        a["dpre"] @ a["W_in"].T, a["x"].T @ a["dpre"]  # W_in
-        a["dx"] @ a["W_O"].T, a["z"].T @ a["dx"]  # W_O
-
-    times = {"mechgrok": [], "transformer_lens": [], "floor": []}
-    for _ in range(3):
-        step_ours(), step_tl(), matmuls_only()
-    for _ in range(args.repeats):
-        for name, fn in (("mechgrok", step_ours), ("transformer_lens", step_tl), ("floor", matmuls_only)):
+    every, fewer = matmul_shapes(mcfg, batch, False), matmul_shapes(mcfg, batch, True)
+    floor_every, floor_fewer = floor_fn(every, dev), floor_fn(fewer, dev)
+    timings = {"mechgrok": step_ours, "transformer_lens": step_tl, "floor": lambda s: floor_every(),
+               "floor_fewer": lambda s: floor_fewer(), "fused_adamw": step_fused}
+    # wall and CPU (process) time: on a shared machine the CPU seconds of a 1-thread run are the
+    # work done, whatever share of a core the process got; the wall clock counts the waiting too
+    times = {k: [] for k in timings}
+    cpu = {k: [] for k in timings}
+    for s in range(3):
+        for fn in timings.values():
+            fn(s)
+    for s in range(3, 3 + repeats):
+        for k, fn in timings.items():
             sync()
-            t = time.perf_counter()
-            fn()
+            t, c = time.perf_counter(), time.process_time()
+            fn(s)
             sync()
-            times[name].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    print(f"nanda config (p=113, batch {len(y)}, {sum(v.numel() for v in params.values()):,} params), "
-          f"device {dev}, {torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"  TL 4 model + AdamW      {med['transformer_lens']:8.1f} ms/step")
-    print(f"  mechgrok trainer step   {med['mechgrok']:8.1f} ms/step")
-    print(f"  speed-up (TL / mechgrok) {med['transformer_lens'] / med['mechgrok']:7.1f}x   (target >= 10x)")
-    print(f"  floor: the step's 12 matmuls alone {med['floor']:6.1f} ms; mechgrok step / floor "
-          f"{med['mechgrok'] / med['floor']:.2f}x   (target <= 1.25x)")
+            times[k].append(time.perf_counter() - t)
+            cpu[k].append(time.process_time() - c)
+    med = {f"{k}_ms": statistics.median(v) * 1e3 for k, v in times.items()}
+    med_cpu = {f"{k}_cpu_ms": statistics.median(v) * 1e3 for k, v in cpu.items()}
+    return {"name": name, "preset": CONFIGS[name], "batch": batch, "n_layers": mcfg.n_layers,
+            "n_params": sum(v.numel() for v in params.values()), "gflop": gflop(every),
+            "gflop_fewer": gflop(fewer)} | med | med_cpu
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = ap.parse_args(argv)
+    wanted = [c.strip() for c in args.configs.split(",") if c.strip()]
+    for c in wanted:
+        if c not in CONFIGS:
+            raise SystemExit(f"--configs: unknown config {c!r}; choose from {', '.join(CONFIGS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    print(f"device {dev}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+          f"median of {args.repeats} alternated steps")
+    rows = []
+    for c in wanted:
+        r = bench_config(c, args.repeats, dev)
+        rows.append(r)
+        print(f"{c} ({r['preset']} preset, {r['n_layers']} layers, batch {r['batch']}, {r['n_params']:,} params); "
+              f"ms per step, wall clock | CPU time", flush=True)
+
+        def line(label, key, ratio):
+            print(f"  {label:34s} {r[key + '_ms']:8.1f} | {r[key + '_cpu_ms']:8.1f}   {ratio}", flush=True)
+
+        def ratio(a, b, text):
+            return f"{text} {r[a + '_ms'] / r[b + '_ms']:.2f}x | {r[a + '_cpu_ms'] / r[b + '_cpu_ms']:.2f}x"
+
+        line("TL 4 model + AdamW", "transformer_lens", "")
+        line("mechgrok trainer step", "mechgrok", ratio("transformer_lens", "mechgrok", "TL / mechgrok"))
+        line(f"floor: matmuls ({r['gflop']:.2f} GFLOP)", "floor",
+             ratio("mechgrok", "floor", "step / floor") + "   (target <= 1.5x)")
+        line(f"floor, fewer rows ({r['gflop_fewer']:.2f} GFLOP)", "floor_fewer",
+             ratio("mechgrok", "floor_fewer", "step / it"))
+        line("step with fused AdamW (not used)", "fused_adamw", ratio("fused_adamw", "floor", "/ floor"))
+    return rows
 
 
 if __name__ == "__main__":

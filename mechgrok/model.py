@@ -457,6 +457,31 @@ def _affine(x: Float[Tensor, "... d_in"], W: Float[Tensor, "d_in d_out"], b: Flo
     return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[-1])
 
 
+def _qkv_weights(params: Params, b: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Block ``b``'s query and key/value projections with the heads flattened (``[d_model,
+    n_heads * d_head]``; keys and values side by side): one matmul per projection is far cheaper
+    on CPU than per-head batched matmuls for these tiny sequences."""
+    W_Q = einops.rearrange(params[f"{b}.attn.W_Q"], "h d k -> d (h k)")
+    b_Q = params[f"{b}.attn.b_Q"].flatten()
+    W_KV = einops.rearrange(torch.stack([params[f"{b}.attn.W_K"], params[f"{b}.attn.W_V"]]), "two h d k -> d (two h k)")
+    b_KV = torch.stack([params[f"{b}.attn.b_K"], params[f"{b}.attn.b_V"]]).flatten()
+    return W_Q, b_Q, W_KV, b_KV
+
+
+def _scores(q: Float[Tensor, "batch head q d_head"], k: Float[Tensor, "batch head k d_head"]
+            ) -> Float[Tensor, "batch head q k"]:
+    if k.shape[-2] <= _SMALL_CTX:  # broadcast-and-sum beats bmm on thousands of 3x3 problems
+        return (q[:, :, :, None, :] * k[:, :, None, :, :]).sum(-1)
+    return q @ k.transpose(-1, -2)
+
+
+def _mix(pattern: Float[Tensor, "batch head q k"], v: Float[Tensor, "batch head k d_head"]
+         ) -> Float[Tensor, "batch head q d_head"]:
+    if v.shape[-2] <= _SMALL_CTX:
+        return (pattern[..., None] * v[:, :, None, :, :]).sum(-2)
+    return pattern @ v
+
+
 def last_position_hook(fn: Callable) -> Callable:
     """Mark a hook function as reading and writing only the last position (``act[:, -1]``),
     whatever the length of the position axis it is given. The fast path may then compute the
@@ -622,6 +647,8 @@ def _run(
                 x = _layer_norm(x, params, prefix)
         return hook_point(f"{prefix}.hook_out", x)
 
+    if not touched and last_only and _position0_shortcut_pays(cfg, tokens):
+        return _run_position0_per_token(params, cfg, tokens), cache
     h, n, dk = cfg.n_heads, tokens.shape[1], cfg.d_head
     act = activation_fn(cfg)
     # Block 0 up to attention sees each token through (token id, position) alone, so its
@@ -639,10 +666,7 @@ def _run(
     for layer in range(cfg.n_layers):
         b = f"blocks.{layer}"
         last = last_only and layer == cfg.n_layers - 1
-        W_Q = einops.rearrange(params[f"{b}.attn.W_Q"], "h d k -> d (h k)")
-        b_Q = params[f"{b}.attn.b_Q"].flatten()
-        W_KV = einops.rearrange(torch.stack([params[f"{b}.attn.W_K"], params[f"{b}.attn.W_V"]]), "two h d k -> d (two h k)")
-        b_KV = torch.stack([params[f"{b}.attn.b_K"], params[f"{b}.attn.b_V"]]).flatten()
+        W_Q, b_Q, W_KV, b_KV = _qkv_weights(params, b)
         if layer == 0 and use_token_table:
             xn_table = _layer_norm(x_table, params, f"{b}.ln1") if ln else x_table
             kv = F.embedding(pair, _affine(xn_table, W_KV, b_KV))
@@ -654,9 +678,7 @@ def _run(
             q_in = hook_point(f"{b}.attn.q.hook_in", attn_in[:, -1:] if last else attn_in)
             k_in = hook_point(f"{b}.attn.k.hook_in", attn_in)
             v_in = hook_point(f"{b}.attn.v.hook_in", attn_in)
-            # One matmul per projection with heads flattened: far cheaper on CPU than per-head
-            # batched matmuls for these tiny sequences; keys and values share one.
-            if k_in is v_in:
+            if k_in is v_in:  # keys and values share one matmul
                 kv = _affine(k_in, W_KV, b_KV)
             else:
                 kv = torch.cat([_affine(k_in, W_KV[:, :h * dk], b_KV[:h * dk]),
@@ -666,20 +688,13 @@ def _run(
         q = hook_point(f"{b}.attn.hook_q", q.unflatten(-1, (h, dk))).transpose(1, 2)  # [batch head q d_head]
         k = hook_point(f"{b}.attn.hook_k", kv[..., :h * dk].unflatten(-1, (h, dk))).transpose(1, 2)
         v = hook_point(f"{b}.attn.hook_v", kv[..., h * dk:].unflatten(-1, (h, dk))).transpose(1, 2)
-        if n <= _SMALL_CTX:  # broadcast-and-sum beats bmm on thousands of 3x3 problems
-            scores = (q[:, :, :, None, :] * k[:, :, None, :, :]).sum(-1)
-        else:
-            scores = q @ k.transpose(-1, -2)
-        scores = scores / attn_scale(cfg)
+        scores = _scores(q, k) / attn_scale(cfg)
         if not last:  # the last query sees every key, so only full-sequence queries need a mask
             mask = torch.ones(n, n, dtype=torch.bool, device=tokens.device).triu(1)
             scores = scores.masked_fill(mask, float("-inf"))
         scores = hook_point(f"{b}.attn.hook_attn_scores", scores)
         pattern = hook_point(f"{b}.attn.hook_pattern", scores.softmax(-1))
-        if n <= _SMALL_CTX:
-            z = (pattern[..., None] * v[:, :, None, :, :]).sum(-2)
-        else:
-            z = pattern @ v  # [batch head q d_head]
+        z = _mix(pattern, v)  # [batch head q d_head]
         z = hook_point(f"{b}.attn.hook_z", z.transpose(1, 2)).flatten(-2)
         attn_out = _affine(z, einops.rearrange(params[f"{b}.attn.W_O"], "h k d -> (h k) d"), params[f"{b}.attn.b_O"])
         x = x + hook_point(f"{b}.hook_attn_out", hook_point(f"{b}.attn.o.hook_out", attn_out))
@@ -695,6 +710,73 @@ def _run(
     x = hook_point("unembed.hook_in", norm(x, "ln_final"))
     logits = hook_point("unembed.hook_out", _affine(x, params["unembed.W_U"], params["unembed.b_U"]))
     return logits, cache
+
+def _position0_shortcut_pays(cfg: ModelConfig, tokens: Int[Tensor, "batch pos"]) -> bool:
+    # Position 0 per token id: d_vocab rows instead of one per example, worth it when the batch
+    # has more examples than the vocabulary has tokens and some block before the last exists.
+    return cfg.n_layers > 1 and tokens.shape[1] > 1 and cfg.d_vocab < tokens.shape[0]
+
+
+def _run_position0_per_token(params: Params, cfg: ModelConfig, tokens: Int[Tensor, "batch pos"]
+                             ) -> Float[Tensor, "batch 1 d_vocab_out"]:
+    """``_run`` without hooks at the last position only, computing position 0 once per token id.
+
+    With causal attention, position 0 attends to itself alone (its pattern is exactly 1), so
+    its residual stream depends on the first token only, through every block. The blocks before
+    the last compute it for each of the d_vocab token ids (``rows[:d_vocab]``) rather than for
+    each example, and gather it where later positions attend to it; every row-wise operation
+    (LayerNorm, projections, W_O, MLP) runs once over the stacked rows ``[d_vocab + batch *
+    (pos - 1), d_model]``. The final block runs at the last position only, as in ``_run``.
+    """
+    batch, n = tokens.shape
+    V, h, dk, d = cfg.d_vocab, cfg.n_heads, cfg.d_head, cfg.d_model
+    ln = cfg.normalization == "LN"
+    act = activation_fn(cfg)
+    tok0 = tokens[:, 0]
+    pair = tokens * n + torch.arange(n, device=tokens.device)  # row of (token, position) in the table
+    table = token_position_table(params, n)
+    x_table = einops.rearrange(table, "v p d -> (v p) d")
+    # queries at positions 1 .. n-1 see keys 0 .. themselves
+    mask = torch.ones(n, n, dtype=torch.bool, device=tokens.device).triu(1)[1:]
+    rows = torch.cat([table[:, 0], F.embedding(pair[:, 1:], x_table).flatten(0, 1)])
+    for layer in range(cfg.n_layers):
+        b = f"blocks.{layer}"
+        final = layer == cfg.n_layers - 1
+        W_Q, b_Q, W_KV, b_KV = _qkv_weights(params, b)
+        if layer == 0:  # block 0's queries, keys and values from the (token, position) table, as in _run
+            xn_table = _layer_norm(x_table, params, f"{b}.ln1") if ln else x_table
+            kv_table = _affine(xn_table, W_KV, b_KV)
+            kv0 = kv_table.view(V, n, -1)[:, 0]
+            kv = F.embedding(pair, kv_table)
+            q = F.embedding(pair[:, 1:], _affine(xn_table, W_Q, b_Q))
+        else:
+            xn = _layer_norm(rows, params, f"{b}.ln1") if ln else rows
+            kv_rows = _affine(xn, W_KV, b_KV)
+            kv0 = kv_rows[:V]
+            kv = torch.cat([F.embedding(tok0, kv0)[:, None], kv_rows[V:].view(batch, n - 1, -1)], 1)
+            q_in = xn[V:].view(batch, n - 1, d)
+            q = _affine(q_in[:, -1:] if final else q_in, W_Q, b_Q)
+        q = q.unflatten(-1, (h, dk)).transpose(1, 2)  # [batch head q d_head]
+        k = kv[..., :h * dk].unflatten(-1, (h, dk)).transpose(1, 2)
+        v = kv[..., h * dk:].unflatten(-1, (h, dk)).transpose(1, 2)
+        scores = _scores(q, k) / attn_scale(cfg)
+        if not final:
+            scores = scores.masked_fill(mask, float("-inf"))
+        z = _mix(scores.softmax(-1), v).transpose(1, 2).flatten(-2)  # [batch q (head d_head)]
+        W_O = einops.rearrange(params[f"{b}.attn.W_O"], "h k d -> (h k) d")
+        if final:
+            x = rows[V:].view(batch, n - 1, d)[:, -1:]
+            x = x + _affine(z, W_O, params[f"{b}.attn.b_O"])
+        else:  # position 0's output is its own value (pattern 1)
+            x = rows + _affine(torch.cat([kv0[:, h * dk:], z.flatten(0, 1)]), W_O, params[f"{b}.attn.b_O"])
+        mlp_in = _layer_norm(x, params, f"{b}.ln2") if ln else x
+        post = act(_affine(mlp_in, params[f"{b}.mlp.W_in"], params[f"{b}.mlp.b_in"]))
+        x = x + _affine(post, params[f"{b}.mlp.W_out"], params[f"{b}.mlp.b_out"])
+        if not final:
+            rows = x
+    x = _layer_norm(x, params, "ln_final") if ln else x
+    return _affine(x, params["unembed.W_U"], params["unembed.b_U"])
+
 
 def forward(params: Params, cfg: ModelConfig, tokens: Int[Tensor, "batch pos"],
             fwd_hooks: Sequence[Hook] = ()) -> Float[Tensor, "batch d_vocab_out"]:
