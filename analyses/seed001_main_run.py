@@ -29,8 +29,9 @@ from pathlib import Path
 
 import mechgrok as mg
 from mechgrok import experiment as ex
-from mechgrok.milestones import final_metrics, transition_metrics
+from mechgrok.milestones import drops_after_grok, final_metrics, transition_metrics
 from mechgrok.plots import save_figure, training_curve
+from mechgrok.provenance import hardware
 
 # seed 001's transition metrics and final numbers (Out[9] and Out[18] of the tutorial)
 PUBLISHED = {"memorised_step": 380, "grokked_step": 2260, "delay": 1880, "delay_fraction": 0.627,
@@ -39,6 +40,7 @@ PUBLISHED = {"memorised_step": 380, "grokked_step": 2260, "delay": 1880, "delay_
 DIFFERENCES = ("pre-LN blocks (seed 001: post-LN; TransformerLens has no post-LN option)",
                "causal attention (seed 001: attention in both directions)",
                "our own split permutation and init from seed 42 (seed 001: numpy/torch seed 42 in its own code)")
+DROP_BELOW = 0.5  # a drop after grokking: test accuracy under this again
 BEGIN, END = "<!-- seed001_main_run:begin -->", "<!-- seed001_main_run:end -->"
 
 
@@ -47,7 +49,8 @@ def ours(run: mg.Run) -> dict:
     tr, fin = transition_metrics(run.metrics), final_metrics(run.metrics)
     total = run.config.train.steps
     return tr.to_dict() | {f"final_{k}": v for k, v in fin.items()} | {
-        "delay_fraction": None if tr.delay is None else tr.delay / total}
+        "delay_fraction": None if tr.delay is None else tr.delay / total,
+        "drops_after_grok": drops_after_grok(run.metrics, DROP_BELOW)}
 
 
 def train_wall_s(run: mg.Run) -> float:
@@ -81,7 +84,19 @@ def main():
         ("final train accuracy", "final_train_acc", "acc"), ("final test accuracy", "final_test_acc", "acc"))]
     rows.append({"metric": "max acceleration of test acc, step", "seed 001": "- (not printed)",
                  "ours": fmt(o["max_acceleration_step"], "step")})
+    drops = o["drops_after_grok"]
+    rows.append({"metric": f"drops after grokking (test acc < {DROP_BELOW:g} again): steps, lowest test / train acc",
+                 "seed 001": "- (not reported)",
+                 "ours": "none" if not drops else f"{len(drops)}: " + ", ".join(
+                     f"{d['start']}-{d['end']} ({d['min_test_acc']:.3f} / {d['min_train_acc']:.3f})" for d in drops)})
     table = mg.plots.markdown_table(rows)
+    peak = o["max_acceleration_step"]
+    in_drop = any(d["start"] <= peak <= d["end"] + cfg.train.eval_every for d in drops) if peak is not None else False
+    both = sum(d["min_train_acc"] < DROP_BELOW for d in drops)
+    note = " ".join(([f"In {both} of the {len(drops)} drops train accuracy fell below {DROP_BELOW:g} too (the fit "
+                      f"itself broke, then recovered)."] if drops else []) +
+                    ([f"The max-acceleration step ({peak}) is a recovery from a drop, not the grokking transition."]
+                     if in_drop else []))
     stem = args.figures / "seed001_main_run"
     save_figure(training_curve(run.metrics, title=f"Seed 001's main run (tutorial2 preset, pre-LN): a+b mod 97, "
                                f"{cfg.train.steps} steps of batch 512",
@@ -102,7 +117,7 @@ def main():
             BEGIN, "### Seed 001's main run — `seed001_main_run.png`, `.md`", "",
             f"`{ex.command_line()}`. Setting as seed 001 (tutorial2 preset, {cfg.train.steps} steps, evaluated every "
             f"{cfg.train.eval_every} steps); " + "; ".join(DIFFERENCES) + f". One run (seed {cfg.model.seed}).{unfinished}",
-            "", table.rstrip(), END]))
+            "", table.rstrip(), "", note, f"Training {train_wall_s(run) / 60:.1f} min wall on {hardware()} (cores shared with other jobs).", END]))
     print(text)
     print(f"wrote {stem}.html/.png/.md/.json")
 

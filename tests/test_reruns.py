@@ -66,7 +66,9 @@ def test_seed001_script_writes_the_side_by_side_table_json_and_readme_section(tm
     data = json.loads((tmp_path / "seed001_main_run.json").read_text())
     assert {"config", "seeds", "rows", "summary", "command", "hardware", "seconds", "train_wall_s",
             "published"} <= set(data)
-    assert data["summary"] == pytest.approx(s1.ours(mg.load_run(tmp_path / "run")))
+    o = s1.ours(mg.load_run(tmp_path / "run"))
+    assert data["summary"].pop("drops_after_grok") == o.pop("drops_after_grok")
+    assert data["summary"] == pytest.approx(o)
     assert data["published"]["grokked_step"] == 2260 and data["config"]["train"]["steps"] == 30
     final = f"| final train accuracy | 1.000 | {data['summary']['final_train_acc']:.3f} |"
     assert final in (tmp_path / "seed001_main_run.md").read_text() and final in section(readme, "seed001_main_run")
