@@ -2,6 +2,7 @@
 
     python analyses/grokfast_vs_momentum.py            # 4 arms x 3 seeds (see figures/grokfast_vs_momentum.md)
     python analyses/grokfast_vs_momentum.py --full     # 4 arms x 30 seeds
+    python analyses/grokfast_vs_momentum.py --mod113   # 4 arms x 5 seeds on the dynamics preset -> grokfast_mod113.*
 
 Four arms of the ``dynamics`` preset (a+b mod 113, 2 layers), one sweep with explicit settings:
 default AdamW (beta1 0.9), Grokfast EMA (alpha 0.98, lambda 2) + default AdamW, beta1 = 0.5, and
@@ -14,7 +15,14 @@ test suite's grokking setting instead: a+b mod 23, 70% train, Nanda's 1-layer mo
 (4 heads x 16, d_mlp 256), full-batch AdamW lr 3e-3, wd 1, 1500 steps, evaluated every 10 steps
 (``SMALL`` of momentum_sweep.py: the ``demo`` preset with those fields). ``--full`` uses the ``dynamics`` preset.
 
-Members stop ``--stop-after-grok`` evaluations after grokking. Resumable (re-run the command).
+``--mod113``: seed 004's own setting as far as the ``dynamics`` preset has it (a+b mod 113, 2
+layers, full batch, AdamW lr 2e-3, wd 1, 1500 steps: seed 004 gives the task, depth and Grokfast's
+alpha/lambda, not the lr, split or length), 5 seeds per arm by default, written to
+``grokfast_mod113.*`` and the ``grokfast_mod113`` section of ``--readme``.
+
+Members stop ``--stop-after-grok`` evaluations after grokking. Each seed's four arms are one
+sweep of their own under ``--out/seed{s}`` (one ensemble): re-running resumes, more seeds add to
+the finished ones, and the report is rewritten after every seed over the seeds done so far.
 Outputs (``--figures``): grokfast_vs_momentum.html/.png (grokking step per member and arm),
 grokfast_vs_momentum.md (table next to seed 004's numbers) and .json.
 """
@@ -22,11 +30,13 @@ grokfast_vs_momentum.md (table next to seed 004's numbers) and .json.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pandas as pd
 
 import mechgrok as mg
-from mechgrok.experiment import parse_args, parse_overrides, parse_seeds, parser, sweep_or_resume, write_report
+from mechgrok import experiment as ex
+from mechgrok.experiment import parse_args, parse_overrides, parse_seeds, parser, write_report
 from mechgrok.plots import grokking_step_distributions, markdown_table, save_figure
 from momentum_sweep import small_or_preset  # the same small setting (analyses/ is on sys.path when run)
 
@@ -38,47 +48,84 @@ ARMS = {  # name -> settings; seed 004's grokking step
 }
 
 
+BEGIN, END = "<!-- grokfast_mod113:begin -->", "<!-- grokfast_mod113:end -->"
+
+
+def arm_of(row) -> str:
+    return next(name for name, (s, _) in ARMS.items() if (row.grokfast, row.beta1) == (s["grokfast"], s["beta1"]))
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per arm: n, how many grokked, median and IQR of the grokking step and of the delay (over
+    the members that grokked / memorised and grokked)."""
+    out = []
+    for name, (_, published) in ARMS.items():
+        g = [r for r in rows if r["arm"] == name]
+        out.append({"arm": name, "n": len(g), "n_grokked": sum(r["grokked_step"] is not None for r in g),
+                    "grokked_step": ex.quartiles(r["grokked_step"] for r in g),
+                    "delay": ex.quartiles(r["delay"] for r in g), "seed004": published})
+    return out
+
+
+def report(pop, args, base, mode: str, t0: float):
+    t = pop.table
+    none = lambda v: None if pd.isna(v) else int(v)  # noqa: E731
+    rows = [{"arm": arm_of(r), "seed": int(r.seed), "grokked_step": none(r.grokked_step),
+             "memorised_step": none(r.memorised_step), "delay": none(r.delay), "last_step": none(r.last_step),
+             "final_test_acc": float(r.final_test_acc)} for r in t.itertuples()]
+    summary, seeds = summarise(rows), sorted({r["seed"] for r in rows})
+    groups = {s["arm"]: [r["grokked_step"] for r in rows if r["arm"] == s["arm"]] for s in summary}
+    table = markdown_table([{"arm": s["arm"], "grokked": f"{s['n_grokked']}/{s['n']}",
+                             "grokking step, median (IQR)": ex.median_iqr(groups[s["arm"]]),
+                             "steps": ", ".join("-" if g is None else str(g) for g in groups[s["arm"]]),
+                             "delay, median (IQR)": ex.median_iqr(r["delay"] for r in rows if r["arm"] == s["arm"]),
+                             "seed 004 grokking step": s["seed004"]} for s in summary])
+    stem = args.figures / {"mod113": "grokfast_mod113", "full": "grokfast_vs_momentum_full"}.get(mode, "grokfast_vs_momentum")
+    save_figure(grokking_step_distributions(groups, title=f"Grokfast vs momentum: grokking step, {len(seeds)} seeds "
+                                            f"per arm (seed 004: one run per arm)"), stem)
+    budget, cfg = int(t["budget"].iloc[0]), pop.run(0).config  # the members' settings (--set changes the base's)
+    trained = sum(r.get("seconds") or 0 for r in pop.records.values())
+    head = (f"Grokfast vs momentum: {cfg.task.op} mod {cfg.task.p}, {cfg.task.frac:.0%} train, {cfg.model.n_layers} "
+            f"layer(s), d_model {cfg.model.d_model}, lr {cfg.train.lr:g} ({args.preset or {'small': 'small scale'}.get(mode, 'dynamics')}), "
+            f"Grokfast EMA alpha {cfg.train.grokfast_alpha:g}, {len(seeds)} seed(s) per arm ({', '.join(map(str, seeds))}), "
+            f"budget {budget} steps, stop {args.stop_after_grok} evaluations after grokking; training "
+            f"{trained / 60:.1f} min over all invocations.")
+    text = f"{head}\n\n{table}"
+    write_report(stem, text, {"args": vars(args), "config": cfg.to_dict(), "rows": rows, "summary": summary,
+                              "train_seconds": trained, "table": t.drop(columns=["path"]).to_dict("records")},
+                 seeds=seeds, started=t0)
+    if mode == "mod113" and args.readme:
+        ex.replace_section(Path(args.readme), BEGIN, END, "\n".join([
+            BEGIN, "### Grokfast vs momentum on a+b mod 113, 2 layers (seed 004) — `grokfast_mod113.png`, `.md`", "",
+            f"`{ex.command_line()}`. {head}", "", table.rstrip(), END]))
+    print(text)
+    print(f"wrote {stem}.html/.png/.md/.json")
+
+
 def main():
-    ap = parser(__doc__, out="sweeps/grokfast_vs_momentum", seeds="3", full="30 seeds per arm", overrides=True)
+    ap = parser(__doc__, out=None, seeds=None, full="30 seeds per arm", overrides=True)
+    ap.add_argument("--mod113", action="store_true", help="the dynamics preset (a+b mod 113, 2 layers), 5 seeds "
+                    "per arm, written to grokfast_mod113.*")
+    ap.add_argument("--out", type=Path, default=None, help="where the runs go (default sweeps/grokfast_vs_momentum, "
+                    "or sweeps/grokfast_mod113 with --mod113; re-running reuses them)")
+    ap.add_argument("--seeds", default=None, help="N (seeds 0..N-1), A-B, or a,b,c (default 3; --mod113 5; --full 30)")
     ap.add_argument("--steps", type=int, default=None, help="budget (default: the preset's)")
     ap.add_argument("--stop-after-grok", type=int, default=5)
     ap.add_argument("--chunk-size", type=int, default=8)
     ap.add_argument("--preset", default=None, help="base configuration (default: the small scale, or "
-                    "dynamics with --full)")
+                    "dynamics with --full or --mod113)")
+    ap.add_argument("--readme", default="figures/README.md", help="README whose grokfast_mod113 section --mod113 "
+                    "rewrites ('' to leave it)")
     args = parse_args(ap)
-    if args.full:
-        args.seeds = "30"
-    seeds, base = parse_seeds(args.seeds), small_or_preset(args.preset, args.full)
+    mode = "mod113" if args.mod113 else "full" if args.full else "small"
+    args.seeds = args.seeds or {"mod113": "5", "full": "30", "small": "3"}[mode]
+    args.out = args.out or Path("sweeps/grokfast_mod113" if mode == "mod113" else "sweeps/grokfast_vs_momentum")
+    seeds, base = parse_seeds(args.seeds), small_or_preset(args.preset, mode != "small")
     fixed = {"stop_after_grok": args.stop_after_grok, "device": "cpu"} | ({"steps": args.steps} if args.steps else {})
     spec = mg.SweepConfig(base, settings=tuple(s for s, _ in ARMS.values()), seeds=seeds,
                           fixed=fixed | parse_overrides(args.set), chunk_size=args.chunk_size)
     t0 = time.time()
-    pop = sweep_or_resume(spec, args.out)
-    seconds = time.time() - t0
-    t = pop.table
-    summary = pop.summary(["grokfast", "beta1"])
-    rows, groups = [], {}
-    for name, (s, published) in ARMS.items():
-        r = summary.loc[(s["grokfast"], s["beta1"])]
-        members = t[(t["grokfast"] == s["grokfast"]) & (t["beta1"] == s["beta1"])]
-        groups[name] = [None if pd.isna(g) else int(g) for g in members["grokked_step"]]
-        rows.append({"arm": name, "grokked": f"{int(r['n_grokked'])}/{int(r['n'])}",
-                     "grokking step (median)": r["grokked_step_median"],
-                     "steps": ", ".join("-" if g is None else str(g) for g in groups[name]),
-                     "delay (median)": r["delay_median"], "seed 004 grokking step": published})
-    stem = args.figures / ("grokfast_vs_momentum_full" if args.full else "grokfast_vs_momentum")
-    save_figure(grokking_step_distributions(groups, title=f"Grokfast vs momentum: grokking step, {len(seeds)} seeds "
-                                            f"per arm (seed 004: one run per arm)"), stem)
-    budget = int(t["budget"].iloc[0])
-    text = (f"Grokfast vs momentum: {base.task.op} mod {base.task.p}, {base.task.frac:.0%} train, {base.model.n_layers} layer(s), "
-            f"d_model {base.model.d_model}, lr {base.train.lr:g} ({args.preset or ('dynamics' if args.full else 'small scale')}), "
-            f"{len(seeds)} seeds per arm, "
-            f"budget {budget} steps, stop {args.stop_after_grok} evaluations after grokking; {seconds / 60:.1f} min.\n\n"
-            + markdown_table(rows, floatfmt=".4g"))
-    write_report(stem, text, {"args": vars(args), "base": base.to_dict(), "table": t.drop(columns=["path"]).to_dict("records")},
-                 seeds=seeds, started=t0)
-    print(text)
-    print(f"wrote {stem}.html/.png/.md/.json")
+    ex.sweep_seed_by_seed(spec, args.out, after=lambda pop: report(pop, args, base, mode, t0))
 
 
 if __name__ == "__main__":

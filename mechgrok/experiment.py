@@ -20,7 +20,7 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -37,7 +37,7 @@ from .trainer import resume, resume_config, train
 
 __all__ = ["parser", "parse_args", "parse_seeds", "parse_overrides", "apply_overrides", "train_or_resume",
            "train_or_resume_ensemble", "sweep_or_resume", "is_finished", "finished_runs", "command_line",
-           "write_report", "median_range", "median_iqr", "grokked_summary", "Paired", "paired_differences",
+           "write_report", "median_range", "median_iqr", "quartiles", "sweep_seed_by_seed", "grokked_summary", "Paired", "paired_differences",
            "claims_table", "merge_rows", "replace_section"]
 
 # --- the command line every script shares ---------------------------------------------------
@@ -142,6 +142,25 @@ def sweep_or_resume(spec, out: str | Path, **kw):
     return run_sweep(spec, out, resume=(Path(out) / SWEEP_FILE).exists(), **kw)
 
 
+def sweep_seed_by_seed(spec, out: str | Path, after=None, **kw):
+    """``spec``'s members one seed at a time, each seed a sweep of its own in ``out/seed{s}``
+    (``sweep_or_resume``), so that a call cut short keeps every seed it finished and a later
+    call with more seeds only trains the new ones. ``after(pop)``: called once a seed is done,
+    with the population of the seeds done so far (e.g. to rewrite the report). Returns that
+    population for every seed of ``spec``."""
+    from .population import Population
+
+    pops = []
+    for s in spec.seeds:
+        pops.append(sweep_or_resume(replace(spec, seeds=(s,)), Path(out) / f"seed{s}", **kw))
+        pop = Population([p for q in pops for p in q.paths], [x for q in pops for x in q.settings],
+                         [x for q in pops for x in q.seeds], [x for q in pops for x in q.ids], pops[0].fields,
+                         root=Path(out), records={k: v for q in pops for k, v in q.records.items()})
+        if after is not None:
+            after(pop)
+    return pop
+
+
 # --- the report next to the figures ----------------------------------------------------------
 
 
@@ -218,13 +237,22 @@ def median_range(values, fmt: str = "{:.3g}") -> str:
     return f"{fmt.format(statistics.median(v))} [{fmt.format(v[0])}, {fmt.format(v[-1])}]"
 
 
-def median_iqr(values, fmt: str = "{:g}") -> str:
-    """"median (q25 to q75)" of the finite ``values`` (inclusive quartiles); "-" when none."""
+def quartiles(values) -> dict:
+    """``n``, ``median``, ``q25`` and ``q75`` (inclusive quartiles) of the finite ``values``
+    (None for the statistics when there are none): the numbers behind ``median_iqr``."""
     v = sorted(_finite(values))
     if not v:
-        return "-"
+        return {"n": 0, "median": None, "q25": None, "q75": None}
     q = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else [v[0]] * 3
-    return f"{fmt.format(statistics.median(v))} ({fmt.format(q[0])} to {fmt.format(q[2])})"
+    return {"n": len(v), "median": statistics.median(v), "q25": q[0], "q75": q[2]}
+
+
+def median_iqr(values, fmt: str = "{:g}") -> str:
+    """"median (q25 to q75)" of the finite ``values`` (inclusive quartiles); "-" when none."""
+    q = quartiles(values)
+    if not q["n"]:
+        return "-"
+    return f"{fmt.format(q['median'])} ({fmt.format(q['q25'])} to {fmt.format(q['q75'])})"
 
 
 def grokked_summary(steps: Sequence[int | None]) -> str:

@@ -117,3 +117,23 @@ def should_stop(rows: list[Mapping], stop_after_grok: int | None) -> bool:
         return False
     grok = next((i for i, r in enumerate(rows) if r["test_acc"] > GROKKED_TEST_ACC), None)
     return grok is not None and len(rows) - 1 - grok >= stop_after_grok
+
+
+def drops_after_grok(metrics: pd.DataFrame, below: float = 0.5, grokked_above: float = GROKKED_TEST_ACC) -> list[dict]:
+    """Episodes after a run first grokked in which test accuracy fell below ``below`` again:
+    runs of consecutive evaluations under it, each as ``start`` / ``end`` (first and last step
+    under it), ``min_test_acc`` and ``min_train_acc`` over the episode (train accuracy falling
+    with it says the fit itself broke, not only generalisation). Empty when it never grokked."""
+    m = metrics.sort_values("step")
+    grok = _first(m["test_acc"].to_numpy() > grokked_above, m["step"].to_numpy())
+    if grok is None:
+        return []
+    after = m[m["step"] > grok]
+    under = (after["test_acc"] < below).to_numpy()
+    episode = np.cumsum(np.diff(np.r_[0, under.astype(int)]) == 1)  # a new id at every fall under
+    out = []
+    for k in np.unique(episode[under]):
+        e = after[under & (episode == k)]
+        out.append({"start": int(e["step"].iloc[0]), "end": int(e["step"].iloc[-1]),
+                    "min_test_acc": float(e["test_acc"].min()), "min_train_acc": float(e["train_acc"].min())})
+    return out

@@ -104,3 +104,16 @@ def test_crash_steps_are_read_back_from_a_figures_data(tmp_path):
     assert t["name"] == "wd 1" and t["x"] == steps and t["y"] == pytest.approx(acc)
     assert backing.drops(steps, acc, 0.1) == [{"step": 50, "min_step": 60, "min_test_acc": 0.3},
                                               {"step": 140, "min_step": 140, "min_test_acc": 0.55}]
+
+
+def test_a_rerun_report_is_read_for_our_numbers_never_for_the_published_ones(ledger_script, tmp_path):
+    # seed001_main_run.json keeps the seed's numbers under "published" next to ours in "summary":
+    # the ledger's "ours" must be the summary's, whatever order the keys come in
+    cfg = configure("tutorial2").to_dict()
+    ours = {"final_train_loss": 0.0428, "final_test_loss": 0.0469, "final_train_acc": 1.0, "final_test_acc": 1.0}
+    theirs = {"final_train_loss": 0.1418, "final_test_loss": 0.171, "final_train_acc": 1.0, "final_test_acc": 1.0}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"published": theirs, "config": cfg, "summary": ours}))
+    claim = {"published": {"train_loss": 0.1418, "test_loss": 0.171}}
+    res = ledger_script.single_run(claim, path, tmp_path)
+    assert res.ours == "train_loss 0.0428, test_loss 0.0469" and not res.agrees

@@ -201,3 +201,22 @@ def test_finished_runs_leaves_out_missing_dirs_and_members_still_running(tiny_cf
     (running / MEMBER_FILE).write_text(json.dumps({"status": "running"}))
     got = ex.finished_runs([tmp_path / "done", tmp_path / "missing", running])
     assert got[0].path == run.path and got[1] is None and got[2] is None
+
+
+def test_quartiles_are_the_numbers_behind_median_iqr():
+    assert ex.quartiles([4, None, 1, 3, 2]) == {"n": 4, "median": 2.5, "q25": 1.75, "q75": 3.25}
+    assert ex.quartiles([None, float("nan")]) == {"n": 0, "median": None, "q25": None, "q75": None}
+
+
+def test_sweep_seed_by_seed_keeps_finished_seeds_and_trains_only_new_ones(tiny_cfg, tmp_path):
+    spec = mg.SweepConfig(_steps(tiny_cfg, 20), grid={"weight_decay": (0.0, 1.0)}, seeds=(0, 1),
+                          fixed={"eval_every": 10, "checkpoint_every": 10, "device": "cpu"})
+    seen = []
+    pop = ex.sweep_seed_by_seed(spec, tmp_path / "sw", after=lambda p: seen.append(sorted(set(p.seeds))), progress=False)
+    assert seen == [[0], [0, 1]] and sorted((tmp_path / "sw").iterdir()) == [tmp_path / "sw" / "seed0",
+                                                                             tmp_path / "sw" / "seed1"]
+    stamps = {f: f.stat().st_mtime_ns for f in (tmp_path / "sw").rglob("metrics.csv")}
+    pop = ex.sweep_seed_by_seed(replace(spec, seeds=(0, 1, 2)), tmp_path / "sw", progress=False)
+    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps  # seeds 0 and 1 were loaded, not retrained
+    assert sorted(zip(pop.table["seed"], pop.table["weight_decay"])) == [(s, w) for s in (0, 1, 2) for w in (0.0, 1.0)]
+    assert pop.table["last_step"].tolist() == [20] * 6

@@ -81,3 +81,19 @@ def test_the_grokking_acceleration_needs_a_grokked_run_and_starts_at_the_first_s
     # a run that generalises before it memorises (train acc stays at 0.5): the window is 0..grokked
     tr = ms.transition_metrics(m.assign(train_acc=0.5))
     assert tr.memorised_step is None and tr.grokking_acceleration_step == tr.max_acceleration_step == 80
+
+
+def test_drops_after_grok_are_runs_of_evaluations_under_the_line_after_grokking():
+    import pandas as pd
+
+    from mechgrok.milestones import drops_after_grok
+
+    # memorised and below 0.5 before grokking (ignored), grokked at 30, two drops: 50-60 and 90
+    test = [0.01, 0.2, 0.4, 0.95, 0.99, 0.3, 0.1, 0.97, 0.98, 0.2, 1.0]
+    train = [0.5, 1.0, 1.0, 1.0, 1.0, 0.4, 0.05, 1.0, 1.0, 0.3, 1.0]
+    m = pd.DataFrame({"step": range(0, 110, 10), "test_acc": test, "train_acc": train})
+    assert drops_after_grok(m.sample(frac=1, random_state=0)) == [
+        {"start": 50, "end": 60, "min_test_acc": 0.1, "min_train_acc": 0.05},
+        {"start": 90, "end": 90, "min_test_acc": 0.2, "min_train_acc": 0.3}]
+    assert drops_after_grok(m, below=0.05) == []
+    assert drops_after_grok(m.assign(test_acc=[0.1] * 11)) == []

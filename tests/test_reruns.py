@@ -1,0 +1,180 @@
+"""The re-runs at published settings (analyses/seed001_main_run.py, weight_decay_comparison.py,
+seed002_example1.py, grokfast_vs_momentum.py --mod113): their numbers are the ones the runs'
+metrics.csv give, their reports hold what the ledger reads, and seeds add up across calls."""
+
+import importlib
+import json
+import statistics
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
+# a model that trains in a second: the tutorial2 preset's 2 layers shrunk to 1 small one on mod 23
+TINY = ["p=23", "n_layers=1", "d_model=32", "d_head=8", "d_mlp=64", "batch_size=64", "lr=0.01"]
+
+
+def script(name, monkeypatch):
+    monkeypatch.syspath_prepend(str(ANALYSES))
+    return importlib.import_module(name)
+
+
+def run_script(mod, monkeypatch, *argv):
+    monkeypatch.setattr(sys, "argv", [f"analyses/{mod.__name__}.py", *map(str, argv)])
+    mod.main()
+
+
+def sets(*extra):
+    return [a for s in (*TINY, *extra) for a in ("--set", s)]
+
+
+def section(readme: Path, name: str) -> str:
+    text = readme.read_text()
+    assert text.count(f"<!-- {name}:begin -->") == 1 and text.count(f"<!-- {name}:end -->") == 1
+    return text[text.index(f"<!-- {name}:begin -->"):text.index(f"<!-- {name}:end -->")]
+
+
+# --- seed 001's main run ----------------------------------------------------------------------
+
+
+def test_seed001_numbers_are_the_transition_metrics_of_metrics_csv(grokked_run, monkeypatch):
+    s1 = script("seed001_main_run", monkeypatch)
+    m = pd.read_csv(Path(grokked_run.path) / "metrics.csv")
+    mem = int(m.loc[m["train_acc"] > 0.99, "step"].iloc[0])
+    grok = int(m.loc[m["test_acc"] > 0.9, "step"].iloc[0])
+    o = s1.ours(grokked_run)
+    assert (o["memorised_step"], o["grokked_step"], o["delay"]) == (mem, grok, grok - mem)
+    assert o["delay_fraction"] == pytest.approx((grok - mem) / grokked_run.config.train.steps)
+    last = m.iloc[-1]
+    assert [o[f"final_{k}"] for k in ("train_loss", "test_loss", "train_acc", "test_acc")] == pytest.approx(
+        [last["train_loss"], last["test_loss"], last["train_acc"], last["test_acc"]])
+
+
+def test_seed001_script_writes_the_side_by_side_table_json_and_readme_section(tmp_path, monkeypatch):
+    s1 = script("seed001_main_run", monkeypatch)
+    import mechgrok as mg
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# Figures\n\nother text\n")
+    args = ["--out", tmp_path / "run", "--figures", tmp_path, "--readme", readme,
+            *sets("steps=30", "checkpoint_every=10")]
+    run_script(s1, monkeypatch, *args)
+    run_script(s1, monkeypatch, *args)  # re-running loads the finished run and rewrites the section in place
+    data = json.loads((tmp_path / "seed001_main_run.json").read_text())
+    assert {"config", "seeds", "rows", "summary", "command", "hardware", "seconds", "train_wall_s",
+            "published"} <= set(data)
+    o = s1.ours(mg.load_run(tmp_path / "run"))
+    assert data["summary"].pop("drops_after_grok") == o.pop("drops_after_grok")
+    assert data["summary"] == pytest.approx(o)
+    assert data["published"]["grokked_step"] == 2260 and data["config"]["train"]["steps"] == 30
+    final = f"| final train accuracy | 1.000 | {data['summary']['final_train_acc']:.3f} |"
+    assert final in (tmp_path / "seed001_main_run.md").read_text() and final in section(readme, "seed001_main_run")
+    assert "other text" in readme.read_text() and "pre-LN" in section(readme, "seed001_main_run")
+
+
+# --- weight decay comparison --------------------------------------------------------------------
+
+
+def member(wd, seed, steps, test, final_test=None, grokked=None, memorised=None):
+    r = SimpleNamespace(weight_decay=wd, seed=seed, final_train_acc=1.0, memorised_step=memorised,
+                        final_test_acc=test[-1] if final_test is None else final_test,
+                        grokked_step=pd.NA if grokked is None else grokked)
+    r.memorised_step = pd.NA if memorised is None else memorised
+    return r, pd.DataFrame({"step": steps, "test_acc": test, "train_acc": [1.0] * len(steps)})
+
+
+def test_wd_member_row_finds_the_lowest_test_accuracy_after_grokking(monkeypatch):
+    wd = script("weight_decay_comparison", monkeypatch)
+    r, m = member(2.0, 42, [0, 50, 100, 140, 150], [0.01, 0.3, 0.95, 0.016, 1.0], grokked=100, memorised=50)
+    row = wd.member_row(r, m, epoch=10)
+    assert (row["grokked_epoch"], row["memorised_epoch"]) == (10, 5)
+    assert (row["min_test_acc_after_grok"], row["min_test_acc_after_grok_epoch"]) == (0.016, 14)
+    r, m = member(0.01, 42, [0, 50], [0.01, 0.02])
+    assert wd.member_row(r, m, epoch=10)["min_test_acc_after_grok"] is None
+
+
+def test_wd_summary_is_median_and_inclusive_iqr_per_value_and_the_caption_reads_it(monkeypatch):
+    wd = script("weight_decay_comparison", monkeypatch)
+    finals = [0.1, 0.2, 0.3, 0.4, 1.0]
+    rows = [{"weight_decay": 1.0, "seed": 42 + i, "final_train_acc": 1.0, "final_test_acc": t,
+             "memorised_epoch": 5, "grokked_epoch": 100 if t == 1.0 else None,
+             "min_test_acc_after_grok": 0.016 if t == 1.0 else None,
+             "min_test_acc_after_grok_epoch": 140 if t == 1.0 else None} for i, t in enumerate(finals)]
+    (s,) = wd.summarise(rows)
+    q = statistics.quantiles(finals, n=4, method="inclusive")
+    assert s["test_acc"] == {"n": 5, "median": 0.3, "q25": pytest.approx(q[0]), "q75": pytest.approx(q[2])}
+    assert (s["n"], s["n_grokked"], s["n_collapsed_after_grok"]) == (5, 1, 1)
+    assert s["seed001_test_acc"] == 0.480
+    text = wd.caption([s], 150)
+    assert "median 0.300 (0.200 to 0.400) (seed 001: 0.480)" in text
+    assert "1/5 grokked" in text and "1/1 (seed 46 fell to 0.016 at epoch 140)" in text
+
+
+def test_wd_script_reports_every_seed_done_and_a_second_call_trains_only_new_seeds(tmp_path, monkeypatch):
+    wd = script("weight_decay_comparison", monkeypatch)
+    readme = tmp_path / "README.md"
+    args = ["--out", tmp_path / "sw", "--figures", tmp_path, "--readme", readme, "--epochs", 2, "--eval-epochs", 1,
+            *sets()]
+    run_script(wd, monkeypatch, *args, "--seeds", 1)
+    first = sorted((tmp_path / "sw" / "seed42").rglob("metrics.csv"))
+    stamps = [f.stat().st_mtime_ns for f in first]
+    run_script(wd, monkeypatch, *args, "--seeds", 2)
+    assert [f.stat().st_mtime_ns for f in first] == stamps  # seed 42 loaded, not retrained
+    data = json.loads((tmp_path / "weight_decay_comparison.json").read_text())
+    assert data["seeds"] == [42, 43] and len(data["rows"]) == 8 and data["steps_per_epoch"] == 5  # ceil(264/64)
+    for s in data["summary"]:
+        finals = [r["final_test_acc"] for r in data["rows"] if r["weight_decay"] == s["weight_decay"]]
+        assert s["n"] == 2 and s["test_acc"]["median"] == pytest.approx(statistics.median(finals))
+    assert data["caption"] in section(readme, "weight_decay_comparison")
+    assert {"command", "hardware", "seconds", "config"} <= set(data)
+
+
+# --- seed 002 example 1 -------------------------------------------------------------------------
+
+
+def test_seed002_verdict_needs_every_decay_member_to_grok_and_no_other(monkeypatch):
+    s2 = script("seed002_example1", monkeypatch)
+    r, m = member(1.0, 0, [0, 50, 100, 150], [0.01, 0.02, 0.5, 0.95], grokked=150, memorised=50)
+    r.last_step = 150
+    row = s2.member_row(r, m)
+    assert row["test_acc_at_memorised"] == 0.02 and row["near_chance_at_memorised"] and row["grokked"]
+    no_wd = dict(row, weight_decay=0.0, grokked=False, grokked_step=None)
+    verdict = {v["weight_decay"]: v["verdict"] for v in s2.verdicts([row, row, no_wd, no_wd])}
+    assert verdict == {1.0: "holds", 0.0: "holds"}
+    verdict = {v["weight_decay"]: v["verdict"] for v in s2.verdicts([row, dict(row, grokked=False), no_wd, row | {
+        "weight_decay": 0.0}])}
+    assert verdict == {1.0: "does not hold", 0.0: "does not hold"}
+    far = dict(row, test_acc_at_memorised=0.2, near_chance_at_memorised=False)
+    assert s2.verdicts([far])[0]["verdict"] == "does not hold"
+
+
+def test_seed002_script_writes_rows_summary_and_section(tmp_path, monkeypatch):
+    s2 = script("seed002_example1", monkeypatch)
+    readme = tmp_path / "README.md"
+    run_script(s2, monkeypatch, "--out", tmp_path / "sw", "--figures", tmp_path, "--readme", readme, "--seeds", 1,
+               "--steps", 10, "--eval-every", 5, *sets())
+    data = json.loads((tmp_path / "seed002_example1.json").read_text())
+    assert data["config"]["task"]["frac"] == 0.4 and data["config"]["model"]["n_layers"] == 1
+    assert sorted(r["weight_decay"] for r in data["rows"]) == [0.0, 1.0] and data["seeds"] == [0]
+    assert [s["n"] for s in data["summary"]] == [1, 1] and {"command", "hardware", "seconds"} <= set(data)
+    assert "verdict" in section(readme, "seed002_example1")
+
+
+# --- Grokfast on the mod-113 setting ------------------------------------------------------------
+
+
+def test_grokfast_mod113_runs_the_four_arms_per_seed_on_the_dynamics_preset(tmp_path, monkeypatch):
+    gf = script("grokfast_vs_momentum", monkeypatch)
+    readme = tmp_path / "README.md"
+    run_script(gf, monkeypatch, "--mod113", "--out", tmp_path / "sw", "--figures", tmp_path, "--readme", readme,
+               "--seeds", 1, "--steps", 10, "--set", "eval_every=5", "--set", "checkpoint_every=5",
+               "--set", "d_model=32", "--set", "d_head=8", "--set", "d_mlp=64")
+    data = json.loads((tmp_path / "grokfast_mod113.json").read_text())
+    assert data["config"]["task"]["p"] == 113 and data["config"]["model"]["n_layers"] == 2
+    assert [s["arm"] for s in data["summary"]] == list(gf.ARMS) and all(s["n"] == 1 for s in data["summary"])
+    arms = {(r["grokfast"], r["beta1"]) for r in data["table"]}
+    assert arms == {(s["grokfast"], s["beta1"]) for s, _ in gf.ARMS.values()}
+    assert "Grokfast EMA + beta1 = 0.5" in section(readme, "grokfast_mod113")
