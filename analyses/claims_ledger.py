@@ -856,7 +856,15 @@ def dynamics_summary(rows: list[dict]) -> str:
     return "\n".join(f"- {by[i]['claim']}: **{by[i]['verdict'].split(' (')[0]}**. Ours: {by[i]['ours']}." for i in ids)
 
 
-ROW_BLOCKS = {"dynamics-summary": ("README.md", dynamics_summary), "dynamics-claims": ("figures/dynamics/preset/README.md", dynamics_block),"what-reproduces": ("README.md", what_reproduces), "latent-findings": ("README.md", latent_block),
+def nanda_block(rows: list[dict]) -> str:
+    """README's table of our Nanda run against the paper: the ledger's Nanda rows."""
+    by = {r["id"]: r for r in rows}
+    ids = ["nanda-keys", "nanda-embed", "nanda-neurons", "nanda-phases", "nanda-loss"]
+    return _table(["Nanda et al. 2023 (40k epochs)", "ours", "data", "verdict"],
+                  [[by[i]["claim"], by[i]["ours"] or "-", f"`{by[i]['data']}`", by[i]["verdict"]] for i in ids])
+
+
+ROW_BLOCKS = {"dynamics-summary": ("README.md", dynamics_summary), "nanda-table": ("README.md", nanda_block), "dynamics-claims": ("figures/dynamics/preset/README.md", dynamics_block),"what-reproduces": ("README.md", what_reproduces), "latent-findings": ("README.md", latent_block),
               "latent-modular-states": ("figures/latent/README.md", latent_states_block)}  # made from the ledger's rows
 
 
