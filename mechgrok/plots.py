@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -119,6 +120,22 @@ def relink_html(html: str | Path) -> Path:
         if new != text:
             atomic_write(html, lambda tmp: Path(tmp).write_text(new, encoding="utf-8"))
     return html
+
+
+def figure_from_html(html: str | Path) -> go.Figure:
+    """The figure an HTML file written by ``save_figure`` holds (its ``Plotly.newPlot(div, data,
+    layout)`` call read back as JSON, nothing executed): to export a PNG of a figure whose data
+    was not kept, as ``mechgrok plot`` does for a run's figures."""
+    text = Path(html).read_text(encoding="utf-8")
+    i = text.index("Plotly.newPlot(") + len("Plotly.newPlot(")
+    dec = json.JSONDecoder()
+    args = []
+    while len(args) < 3:
+        while text[i] in " \n\t,":
+            i += 1
+        value, i = dec.raw_decode(text, i)
+        args.append(value)
+    return go.Figure(data=args[1], layout=args[2])
 
 
 def ensure_plotlyjs(directory: str | Path) -> Path:

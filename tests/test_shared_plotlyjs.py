@@ -83,3 +83,22 @@ def test_the_committed_figures_share_one_plotlyjs():
     assert sorted(figures.rglob(plots.PLOTLY_JS)) == [figures / plots.PLOTLY_JS]
     htmls = sorted(figures.rglob("*.html"))
     assert htmls and {_plotly_file(h) for h in htmls} == {(figures / plots.PLOTLY_JS).resolve()}
+
+
+def test_a_saved_figure_is_read_back_from_its_html_with_its_data_and_layout(tmp_path):
+    import base64
+
+    import numpy as np
+    import plotly.graph_objects as go
+
+    from mechgrok.plots import figure_from_html, save_figure
+
+    y = np.linspace(0, 1, 7) ** 2
+    fig = go.Figure([go.Scatter(x=list(range(7)), y=y, name="a"), go.Scatter(x=[0, 1], y=[3, 4], name="b", yaxis="y2")],
+                    layout=dict(title="t", yaxis2=dict(overlaying="y")))
+    save_figure(fig, tmp_path / "f", png=False)
+    back = figure_from_html(tmp_path / "f.html")
+    assert [t.name for t in back.data] == ["a", "b"] and back.data[1].yaxis == "y2"
+    ys = back.data[0].y  # plotly 6 writes arrays as typed base64 blocks
+    ys = np.frombuffer(base64.b64decode(ys["bdata"]), dtype=ys["dtype"]) if isinstance(ys, dict) else np.asarray(ys)
+    assert np.allclose(ys.astype(float), y) and back.layout.title.text == "t"
