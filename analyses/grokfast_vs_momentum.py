@@ -2,7 +2,7 @@
 
     python analyses/grokfast_vs_momentum.py            # 4 arms x 3 seeds (see figures/grokfast_vs_momentum.md)
     python analyses/grokfast_vs_momentum.py --full     # 4 arms x 30 seeds
-    python analyses/grokfast_vs_momentum.py --mod113   # 4 arms x 5 seeds on the dynamics preset -> grokfast_mod113.*
+    python analyses/grokfast_vs_momentum.py --mod113   # 4 arms x 5 seeds on the seed004 preset -> grokfast_mod113.*
 
 Four arms of the ``dynamics`` preset (a+b mod 113, 2 layers), one sweep with explicit settings:
 default AdamW (beta1 0.9), Grokfast EMA (alpha 0.98, lambda 2) + default AdamW, beta1 = 0.5, and
@@ -15,10 +15,12 @@ test suite's grokking setting instead: a+b mod 23, 70% train, Nanda's 1-layer mo
 (4 heads x 16, d_mlp 256), full-batch AdamW lr 3e-3, wd 1, 1500 steps, evaluated every 10 steps
 (``SMALL`` of momentum_sweep.py: the ``demo`` preset with those fields). ``--full`` uses the ``dynamics`` preset.
 
-``--mod113``: seed 004's own setting as far as the ``dynamics`` preset has it (a+b mod 113, 2
-layers, full batch, AdamW lr 2e-3, wd 1, 1500 steps: seed 004 gives the task, depth and Grokfast's
-alpha/lambda, not the lr, split or length), 5 seeds per arm by default, written to
-``grokfast_mod113.*`` and the ``grokfast_mod113`` section of ``--readme``.
+``--mod113``: seed 004's own setting as far as it is given, the ``seed004`` preset (a+b mod 113,
+2 layers, full batch, AdamW lr 1e-3, wd 1, 3000 steps: seed 004 gives the task, depth, Grokfast's
+alpha/lambda and a transition at ~1500 steps, not the lr or split; lr 1e-3 puts the AdamW arm's
+transition there), 5 seeds per arm by default, written to ``grokfast_mod113.*`` and the
+``grokfast_mod113`` section of ``--readme``. Its AdamW arm is also the measurement of the preset's
+grokking step over seeds.
 
 Members stop ``--stop-after-grok`` evaluations after grokking. Each seed's four arms are one
 sweep of their own under ``--out/seed{s}`` (one ensemble): re-running resumes, more seeds add to
@@ -86,7 +88,7 @@ def report(pop, args, base, mode: str, t0: float):
     budget, cfg = int(t["budget"].iloc[0]), pop.run(0).config  # the members' settings (--set changes the base's)
     trained = sum(r.get("seconds") or 0 for r in pop.records.values())
     head = (f"Grokfast vs momentum: {cfg.task.op} mod {cfg.task.p}, {cfg.task.frac:.0%} train, {cfg.model.n_layers} "
-            f"layer(s), d_model {cfg.model.d_model}, lr {cfg.train.lr:g} ({args.preset or {'small': 'small scale'}.get(mode, 'dynamics')}), "
+            f"layer(s), d_model {cfg.model.d_model}, lr {cfg.train.lr:g} ({args.preset or {'small': 'small scale', 'mod113': 'seed004'}.get(mode, 'dynamics')}), "
             f"Grokfast EMA alpha {cfg.train.grokfast_alpha:g}, {len(seeds)} seed(s) per arm ({', '.join(map(str, seeds))}), "
             f"budget {budget} steps, stop {args.stop_after_grok} evaluations after grokking; training "
             f"{trained / 60:.1f} min over all invocations.")
@@ -104,8 +106,8 @@ def report(pop, args, base, mode: str, t0: float):
 
 def main():
     ap = parser(__doc__, out=None, seeds=None, full="30 seeds per arm", overrides=True)
-    ap.add_argument("--mod113", action="store_true", help="the dynamics preset (a+b mod 113, 2 layers), 5 seeds "
-                    "per arm, written to grokfast_mod113.*")
+    ap.add_argument("--mod113", action="store_true", help="the seed004 preset (a+b mod 113, 2 layers, lr 1e-3), 5 "
+                    "seeds per arm, written to grokfast_mod113.*")
     ap.add_argument("--out", type=Path, default=None, help="where the runs go (default sweeps/grokfast_vs_momentum, "
                     "or sweeps/grokfast_mod113 with --mod113; re-running reuses them)")
     ap.add_argument("--seeds", default=None, help="N (seeds 0..N-1), A-B, or a,b,c (default 3; --mod113 5; --full 30)")
@@ -113,14 +115,15 @@ def main():
     ap.add_argument("--stop-after-grok", type=int, default=5)
     ap.add_argument("--chunk-size", type=int, default=8)
     ap.add_argument("--preset", default=None, help="base configuration (default: the small scale, or "
-                    "dynamics with --full or --mod113)")
+                    "dynamics with --full, seed004 with --mod113)")
     ap.add_argument("--readme", default="figures/README.md", help="README whose grokfast_mod113 section --mod113 "
                     "rewrites ('' to leave it)")
     args = parse_args(ap)
     mode = "mod113" if args.mod113 else "full" if args.full else "small"
     args.seeds = args.seeds or {"mod113": "5", "full": "30", "small": "3"}[mode]
     args.out = args.out or Path("sweeps/grokfast_mod113" if mode == "mod113" else "sweeps/grokfast_vs_momentum")
-    seeds, base = parse_seeds(args.seeds), small_or_preset(args.preset, mode != "small")
+    preset = args.preset or ("seed004" if mode == "mod113" else None)
+    seeds, base = parse_seeds(args.seeds), small_or_preset(preset, mode != "small")
     fixed = {"stop_after_grok": args.stop_after_grok, "device": "cpu"} | ({"steps": args.steps} if args.steps else {})
     spec = mg.SweepConfig(base, settings=tuple(s for s, _ in ARMS.values()), seeds=seeds,
                           fixed=fixed | parse_overrides(args.set), chunk_size=args.chunk_size)
