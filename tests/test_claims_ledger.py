@@ -117,3 +117,42 @@ def test_a_rerun_report_is_read_for_our_numbers_never_for_the_published_ones(led
     claim = {"published": {"train_loss": 0.1418, "test_loss": 0.171}}
     res = ledger_script.single_run(claim, path, tmp_path)
     assert res.ours == "train_loss 0.0428, test_loss 0.0469" and not res.agrees
+
+
+def test_the_re_run_scripts_sections_come_from_their_reports(ledger_script, tmp_path):
+    """The sections the re-run scripts write (seed 001's main run, the weight-decay comparison,
+    Nanda's table, seed 002, Grokfast at mod 113) are regenerated from their committed JSON: an
+    edited number shows up in the section, a missing report reads "not run yet"."""
+    root = _copy_data(tmp_path)
+    path = root / "figures/seed001_main_run.json"
+    d = json.loads(path.read_text())
+    d["summary"]["grokked_step"], d["summary"]["delay"] = 1234, 1004
+    path.write_text(json.dumps(d))
+    path = root / "figures/weight_decay_comparison.json"
+    d = json.loads(path.read_text())
+    next(s for s in d["summary"] if s["weight_decay"] == 1.0)["test_acc"]["median"] = 0.123
+    path.write_text(json.dumps(d))
+    path = root / "figures/nanda/summary.json"
+    d = json.loads(path.read_text())
+    d["summary"]["n_clustered"] = 433
+    path.write_text(json.dumps(d))
+    for name in ("seed002_example1.json", "grokfast_mod113.json"):
+        (root / "figures" / name).unlink(missing_ok=True)
+    blocks = ledger_script.render_blocks(root, ledger_script.ledger(root))
+    assert "| grokked (first eval with test acc > 0.9), step | 2260 | 1234 |" in blocks["seed001_main_run"]
+    assert "| delay (grokked - memorised), steps | 1880 | 1004 |" in blocks["seed001_main_run"]
+    assert "| 1 | 5 | 0.123 (" in blocks["weight_decay_comparison"]
+    assert "433 / 512 (84.6%) | 433 / 512 (84.6%) |" in blocks["nanda"]
+    assert blocks["seed002_example1"].endswith("not run yet.")
+    assert blocks["grokfast_mod113"].endswith("not run yet.")
+
+
+def test_a_script_writes_its_section_as_the_ledger_does(ledger_script, tmp_path):
+    from mechgrok import experiment as ex
+
+    text = "# F\n\n<!-- seed002_example1:begin -->\nold\n<!-- seed002_example1:end -->\n\nafter\n"
+    f = tmp_path / "README.md"
+    f.write_text(text)
+    ex.write_section(f, "seed002_example1", "### new\n\nbody")
+    want = ledger_script.apply_blocks({"figures/README.md": text}, {"seed002_example1": "### new\n\nbody"})
+    assert f.read_text() == want["figures/README.md"]
