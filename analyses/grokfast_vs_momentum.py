@@ -93,8 +93,9 @@ def section(d: dict | None) -> str:
     title = "### Grokfast vs momentum on a+b mod 113, 2 layers (seed 004)"
     if d is None:
         return f"{title}\n\nWritten by `analyses/grokfast_vs_momentum.py --mod113`; not run yet."
+    preset, budget = d["args"].get("preset") or "seed004", int(d["table"][0]["budget"])
     return "\n".join([f"{title} — `grokfast_mod113.png`, `.md`", "",
-                      f"`{d['command']}`. {head(d['config'], d['preset'], d['seeds'], d['budget'], d['args']['stop_after_grok'], d['train_seconds'])}"
+                      f"`{d['command']}`. {head(d['config'], preset, d['seeds'], budget, int(d['args']['stop_after_grok']), d['train_seconds'])}"
                       f" Hardware: {d['hardware']}.", "", table(d["summary"], d["rows"]).rstrip()])
 
 
@@ -113,9 +114,9 @@ def report(pop, args, base, mode: str, t0: float):
     trained = sum(r.get("seconds") or 0 for r in pop.records.values())
     preset = args.preset or {"small": "small scale", "mod113": "seed004"}.get(mode, "dynamics")
     text = f"{head(cfg.to_dict(), preset, seeds, budget, args.stop_after_grok, trained)}\n\n{table(summary, rows)}"
-    _, js = write_report(stem, text, {"args": vars(args), "config": cfg.to_dict(), "preset": preset, "budget": budget,
-                                      "rows": rows, "summary": summary, "train_seconds": trained,
-                                      "table": t.drop(columns=["path"]).to_dict("records")}, seeds=seeds, started=t0)
+    _, js = write_report(stem, text, {"args": vars(args), "config": cfg.to_dict(), "rows": rows, "summary": summary,
+                                      "train_seconds": trained, "table": t.drop(columns=["path"]).to_dict("records")},
+                         seeds=seeds, started=t0)
     if mode == "mod113" and args.readme:
         ex.write_section(args.readme, "grokfast_mod113", section(json.loads(js.read_text())))
     print(text)
