@@ -156,3 +156,47 @@ def test_a_script_writes_its_section_as_the_ledger_does(ledger_script, tmp_path)
     ex.write_section(f, "seed002_example1", "### new\n\nbody")
     want = ledger_script.apply_blocks({"figures/README.md": text}, {"seed002_example1": "### new\n\nbody"})
     assert f.read_text() == want["figures/README.md"]
+
+
+def _grokfast_report(root: Path, adamw_steps: list, others: int = 1000) -> None:
+    """A planted Grokfast report at seed 004's setting: the AdamW arm groks at ``adamw_steps``
+    (None: did not), every other arm at ``others``."""
+    from mechgrok.presets import get_preset
+
+    table = []
+    for seed, step in enumerate(adamw_steps):
+        for g, b in (("none", 0.9), ("ema", 0.9), ("none", 0.5), ("ema", 0.5)):
+            s = step if (g, b) == ("none", 0.9) else others
+            table.append({"grokfast": g, "beta1": b, "seed": seed, "grokked": s is not None, "grokked_step": s,
+                          "memorised_step": 150, "budget": 3000, "final_test_acc": 1.0})
+    d = {"args": {"preset": None, "stop_after_grok": 5}, "config": get_preset("seed004").to_dict(), "table": table}
+    (root / "figures/grokfast_mod113.json").write_text(json.dumps(d))
+
+
+def test_seed004s_transition_is_the_adamw_arms_median_step(ledger_script, tmp_path):
+    root = _copy_data(tmp_path)
+    _grokfast_report(root, [1400, 1500, 1700, None])
+    rows = {r["id"]: r for r in ledger_script.ledger(root)}
+    assert rows["004-transition"]["ours"] == "median 1500 over 3/4 grokked seeds (steps 1400, 1500, 1700, -)"
+    assert rows["004-transition"]["verdict"] == "reproduced" and rows["004-transition"]["n"] == 4
+    assert rows["004-grokfast-113"]["verdict"].startswith("not reproduced (the test fails")  # both = the faster arm
+    _grokfast_report(root, [1880, 1900, 2000])  # more than 25% after seed 004's ~1500
+    rows = {r["id"]: r for r in ledger_script.ledger(root)}
+    assert rows["004-transition"]["verdict"].startswith("not reproduced (the test fails: median grokking step within 25%")
+    assert "median step 1900 over 3/3 grokked seeds" in ledger_script.presets_block(root)
+
+
+def test_seed002s_example_reads_every_part_of_the_claim(tmp_path):
+    s2 = _script("seed002_example1")
+    member = lambda wd, seed, mem, at_mem, grok: {  # noqa: E731
+        "weight_decay": wd, "seed": seed, "memorised_step": mem, "test_acc_at_memorised": at_mem, "grokked_step": grok,
+        "memorised": mem is not None, "near_chance_at_memorised": at_mem is not None and at_mem < s2.NEAR_CHANCE,
+        "grokked": grok is not None, "final_test_acc": 1.0 if grok else 0.03}
+    rows = [member(1.0, 0, 200, 0.02, 1500), member(1.0, 1, 210, 0.03, 1700), member(0.0, 0, 190, 0.02, None),
+            member(0.0, 1, 200, 0.01, None)]
+    by = {v["weight_decay"]: v for v in s2.verdicts(rows)}
+    assert by[1.0]["verdict"] == by[0.0]["verdict"] == "holds" and by[1.0]["grokked_step"]["median"] == 1600
+    rows[1] = member(1.0, 1, 210, 0.2, 1700)  # memorised well above chance: not seed 002's picture
+    assert {v["weight_decay"]: v for v in s2.verdicts(rows)}[1.0]["verdict"] == "does not hold"
+    rows[1], rows[3] = member(1.0, 1, 210, 0.03, 1700), member(0.0, 1, 200, 0.01, 3000)  # generalised without decay
+    assert {v["weight_decay"]: v for v in s2.verdicts(rows)}[0.0]["verdict"] == "does not hold"
