@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mechgrok import experiment as ex
 from mechgrok.claims import Result, describe, setting_of, verdict
 from mechgrok.presets import configure
 
@@ -47,6 +48,9 @@ def _med(xs) -> float:
 
 def _script(name: str):
     """A script of analyses/ as a module (for its constants: SMALL, POPULATIONS, ...)."""
+    here = str(Path(__file__).parent)
+    if here not in sys.path:  # the scripts import each other (grokfast_vs_momentum: momentum_sweep)
+        sys.path.insert(0, here)
     spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -355,11 +359,47 @@ def grokfast(claim, path, root):
     ours = "; ".join(f"{name} {med(a):g} ({int(a['grokked'].sum())}/{len(a)})" for name, a in
                      (("AdamW", base), ("Grokfast", gf), ("beta1 0.5", low), ("both", both)))
     agrees = med(low) <= med(gf) and med(both) > min(med(gf), med(low)) and med(gf) < med(base)
-    s = _sweep_setting(d, len(set(t["seed"])))
-    for k in ("beta1", "grokfast"):
-        s.pop(k)
+    s = _grokfast_setting(d, len(set(t["seed"])))
     return Result(ours, s, len(t), agrees, "beta1 0.5 <= Grokfast < AdamW, and both together slower than the faster one "
                                            "(median grokking step)")
+
+
+def _grokfast_setting(d: dict, n: int) -> dict:
+    """A Grokfast report's setting without the two swept fields: the members' config where the
+    report records it (--mod113 and later), else its base with the script's overrides."""
+    s = setting_of(d["config"], seeds=n) if "config" in d else _sweep_setting(d, n)
+    for k in ("beta1", "grokfast"):
+        s.pop(k, None)
+    return s
+
+
+def transition_step(claim, path, root):
+    """The AdamW arm of the Grokfast report at seed 004's setting: where its transition falls."""
+    d = _json(path)
+    t = pd.DataFrame(d["table"])
+    base = t[(t["grokfast"] == "none") & (t["beta1"] == 0.9)]
+    steps = base["grokked_step"].where(base["grokked"]).tolist()
+    med, pub = _med(steps), claim["published"]["grokked_step"]
+    ours = (f"median {med:g} over {int(base['grokked'].sum())}/{len(base)} grokked seeds (steps "
+            f"{', '.join('-' if s != s or s is None else f'{s:g}' for s in steps)})")
+    return Result(ours, _grokfast_setting(d, len(base)), len(base), abs(med - pub) <= 0.25 * pub,
+                  "median grokking step within 25% of the published transition")
+
+
+def seed002_addition(claim, path, root):
+    """analyses/seed002_example1.py's report: per weight-decay arm, how many members memorised,
+    sat near chance when they did, and grokked; the claim holds when the decayed arm does all
+    three in every member and the undecayed arm does not generalise."""
+    d = _json(path)
+    arms = sorted(d["summary"], key=lambda a: -a["weight_decay"])
+    ours = "; ".join(f"wd {a['weight_decay']:g}: {a['n_memorised']}/{a['n']} memorised, "
+                     f"{a['n_near_chance_at_memorised']}/{a['n']} near chance then, {a['n_grokked']}/{a['n']} grokked"
+                     + (f" (median step {a['grokked_step']['median']:g})" if a["n_grokked"] else "") for a in arms)
+    n = min(a["n"] for a in arms)
+    s = setting_of(configure(_from_dict(d["config"]), steps=int(d["args"]["steps"])).to_dict(), seeds=n)
+    s.pop("weight_decay")
+    return Result(ours, s, sum(a["n"] for a in arms), all(a["verdict"] == "holds" for a in arms),
+                  "with decay every member memorises near chance, then groks; without, none groks")
 
 
 def _probed(path):
@@ -464,7 +504,8 @@ def embedding_transfer(claim, path, root):
 EXTRACT = {f.__name__: f for f in (freezing, weight_decay, single_run, parity, nanda_keys, nanda_embed, nanda_neurons,
                                    nanda_phases, nanda_loss, latent_detour, latent_ln, latent_parity, beta1_zero,
                                    beta1_flat, beta1_high, wd_rate, wd_no_memorise, grokfast, hessian, agreement,
-                                   momentum, erank, dips, limit_cycle, transplant, embedding_transfer)}
+                                   momentum, erank, dips, limit_cycle, transplant, embedding_transfer, transition_step,
+                                   seed002_addition)}
 
 
 # --- the ledger --------------------------------------------------------------------------------
@@ -780,7 +821,7 @@ def plateau_transplant_block(root: Path) -> str:
 
 
 def presets_block(root: Path) -> str:
-    """README's measured notes on the dynamics, parity and sparse_parity presets."""
+    """README's measured notes on the dynamics, seed004, parity and sparse_parity presets."""
     out = []
     dyn = _json(root / "figures/dynamics/preset/optimizer_dynamics.json")
     s0 = next(r for r in dyn["probed"] if r["seed"] == 0)
@@ -791,6 +832,16 @@ def presets_block(root: Path) -> str:
                f"at {s0['grokked_step']} (`figures/dynamics/preset/optimizer_dynamics.json`); over {len(pop)} seeds, median "
                f"{_med([r['base_memorisation_step'] for r in pop]):g} / {_med([r['base_grokking_step'] for r in pop]):g}, delay "
                f"{_med(delays):g} (IQR {q(delays)[0]:g}-{q(delays)[2]:g}) (`figures/fourier_transplant_dynamics.json`).")
+    gf = root / "figures/grokfast_mod113.json"
+    if gf.exists():
+        t = pd.DataFrame(_json(gf)["table"])
+        a = t[(t["grokfast"] == "none") & (t["beta1"] == 0.9)]
+        steps = a["grokked_step"].where(a["grokked"]).tolist()
+        out.append(f"- `seed004`: groks (test acc > 0.9) at a median step {_med(steps):g} over {int(a['grokked'].sum())}/"
+                   f"{len(a)} grokked seeds, memorises at a median {_med(a['memorised_step'].tolist()):g} (the AdamW arm of "
+                   f"`figures/grokfast_mod113.json`; seed 004's transition: ~1500).")
+    else:
+        out.append("- `seed004`: its grokking step is not measured yet (figures/grokfast_mod113.json not made yet).")
     par = root / "figures/backing/parity_solo_vs_ensemble.json"
     if par.exists():
         rows = _json(par)["rows"]
@@ -823,8 +874,7 @@ BLOCKS = {  # name -> (file, renderer)
 }
 
 
-def markers(name: str) -> tuple[str, str]:
-    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+markers = ex.section_markers
 
 
 def latent_block(rows: list[dict]) -> str:
@@ -868,13 +918,30 @@ ROW_BLOCKS = {"dynamics-summary": ("README.md", dynamics_summary), "nanda-table"
               "latent-modular-states": ("figures/latent/README.md", latent_states_block)}  # made from the ledger's rows
 
 
+# The sections the re-run scripts write after each run, each from its own JSON report: regenerated
+# here from the committed file through the script's own ``section(data)`` (``None``: not run yet).
+SCRIPT_SECTIONS = {  # name -> (file, script, its JSON report)
+    "nanda": ("figures/README.md", "nanda_progress_measures", "figures/nanda/summary.json"),
+    "seed001_main_run": ("figures/README.md", "seed001_main_run", "figures/seed001_main_run.json"),
+    "weight_decay_comparison": ("figures/README.md", "weight_decay_comparison", "figures/weight_decay_comparison.json"),
+    "seed002_example1": ("figures/README.md", "seed002_example1", "figures/seed002_example1.json"),
+    "grokfast_mod113": ("figures/README.md", "grokfast_vs_momentum", "figures/grokfast_mod113.json"),
+}
+
+
+def script_section(root: Path, name: str) -> str:
+    _, script, data = SCRIPT_SECTIONS[name]
+    return _script(script).section(_json(root / data) if (root / data).exists() else None)
+
+
 def render_blocks(root: Path, rows: list[dict]) -> dict[str, str]:
     out = {name: fn(root) for name, (_, fn) in BLOCKS.items()}
+    out |= {name: script_section(root, name) for name in SCRIPT_SECTIONS}
     return out | {name: fn(rows) for name, (_, fn) in ROW_BLOCKS.items()}
 
 
 def block_file(name: str) -> str:
-    return (ROW_BLOCKS if name in ROW_BLOCKS else BLOCKS)[name][0]
+    return next(table[name][0] for table in (ROW_BLOCKS, SCRIPT_SECTIONS, BLOCKS) if name in table)
 
 
 def apply_blocks(texts: dict[str, str], blocks: dict[str, str]) -> dict[str, str]:

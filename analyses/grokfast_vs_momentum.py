@@ -31,6 +31,7 @@ grokfast_vs_momentum.md (table next to seed 004's numbers) and .json.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -50,7 +51,6 @@ ARMS = {  # name -> settings; seed 004's grokking step
 }
 
 
-BEGIN, END = "<!-- grokfast_mod113:begin -->", "<!-- grokfast_mod113:end -->"
 
 
 def arm_of(row) -> str:
@@ -69,6 +69,36 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def table(summary: list[dict], rows: list[dict]) -> str:
+    """Per arm: grokked, grokking step and delay (median, IQR), next to seed 004's step."""
+    steps = {s["arm"]: [r["grokked_step"] for r in rows if r["arm"] == s["arm"]] for s in summary}
+    return markdown_table([{"arm": s["arm"], "grokked": f"{s['n_grokked']}/{s['n']}",
+                            "grokking step, median (IQR)": ex.median_iqr(steps[s["arm"]]),
+                            "steps": ", ".join("-" if g is None else str(g) for g in steps[s["arm"]]),
+                            "delay, median (IQR)": ex.median_iqr(r["delay"] for r in rows if r["arm"] == s["arm"]),
+                            "seed 004 grokking step": s["seed004"]} for s in summary])
+
+
+def head(cfg: dict, preset: str, seeds, budget: int, stop: int, trained: float) -> str:
+    task, model, train = cfg["task"], cfg["model"], cfg["train"]
+    return (f"Grokfast vs momentum: {task['op']} mod {task['p']}, {task['frac']:.0%} train, {model['n_layers']} "
+            f"layer(s), d_model {model['d_model']}, lr {train['lr']:g} ({preset}), Grokfast EMA alpha "
+            f"{train['grokfast_alpha']:g}, {len(seeds)} seed(s) per arm ({', '.join(map(str, seeds))}), budget {budget} "
+            f"steps, stop {stop} evaluations after grokking; training {trained / 60:.1f} min over all invocations.")
+
+
+def section(d: dict | None) -> str:
+    """figures/README's grokfast_mod113 section, from the --mod113 JSON report alone (the claims
+    ledger regenerates it from the committed file); ``None``: not run yet."""
+    title = "### Grokfast vs momentum on a+b mod 113, 2 layers (seed 004)"
+    if d is None:
+        return f"{title}\n\nWritten by `analyses/grokfast_vs_momentum.py --mod113`; not run yet."
+    preset, budget = d["args"].get("preset") or "seed004", int(d["table"][0]["budget"])
+    return "\n".join([f"{title} — `grokfast_mod113.png`, `.md`", "",
+                      f"`{d['command']}`. {head(d['config'], preset, d['seeds'], budget, int(d['args']['stop_after_grok']), d['train_seconds'])}"
+                      f" Hardware: {d['hardware']}.", "", table(d["summary"], d["rows"]).rstrip()])
+
+
 def report(pop, args, base, mode: str, t0: float):
     t = pop.table
     none = lambda v: None if pd.isna(v) else int(v)  # noqa: E731
@@ -77,29 +107,18 @@ def report(pop, args, base, mode: str, t0: float):
              "final_test_acc": float(r.final_test_acc)} for r in t.itertuples()]
     summary, seeds = summarise(rows), sorted({r["seed"] for r in rows})
     groups = {s["arm"]: [r["grokked_step"] for r in rows if r["arm"] == s["arm"]] for s in summary}
-    table = markdown_table([{"arm": s["arm"], "grokked": f"{s['n_grokked']}/{s['n']}",
-                             "grokking step, median (IQR)": ex.median_iqr(groups[s["arm"]]),
-                             "steps": ", ".join("-" if g is None else str(g) for g in groups[s["arm"]]),
-                             "delay, median (IQR)": ex.median_iqr(r["delay"] for r in rows if r["arm"] == s["arm"]),
-                             "seed 004 grokking step": s["seed004"]} for s in summary])
     stem = args.figures / {"mod113": "grokfast_mod113", "full": "grokfast_vs_momentum_full"}.get(mode, "grokfast_vs_momentum")
     save_figure(grokking_step_distributions(groups, title=f"Grokfast vs momentum: grokking step, {len(seeds)} seeds "
                                             f"per arm (seed 004: one run per arm)"), stem)
     budget, cfg = int(t["budget"].iloc[0]), pop.run(0).config  # the members' settings (--set changes the base's)
     trained = sum(r.get("seconds") or 0 for r in pop.records.values())
-    head = (f"Grokfast vs momentum: {cfg.task.op} mod {cfg.task.p}, {cfg.task.frac:.0%} train, {cfg.model.n_layers} "
-            f"layer(s), d_model {cfg.model.d_model}, lr {cfg.train.lr:g} ({args.preset or {'small': 'small scale', 'mod113': 'seed004'}.get(mode, 'dynamics')}), "
-            f"Grokfast EMA alpha {cfg.train.grokfast_alpha:g}, {len(seeds)} seed(s) per arm ({', '.join(map(str, seeds))}), "
-            f"budget {budget} steps, stop {args.stop_after_grok} evaluations after grokking; training "
-            f"{trained / 60:.1f} min over all invocations.")
-    text = f"{head}\n\n{table}"
-    write_report(stem, text, {"args": vars(args), "config": cfg.to_dict(), "rows": rows, "summary": summary,
-                              "train_seconds": trained, "table": t.drop(columns=["path"]).to_dict("records")},
-                 seeds=seeds, started=t0)
+    preset = args.preset or {"small": "small scale", "mod113": "seed004"}.get(mode, "dynamics")
+    text = f"{head(cfg.to_dict(), preset, seeds, budget, args.stop_after_grok, trained)}\n\n{table(summary, rows)}"
+    _, js = write_report(stem, text, {"args": vars(args), "config": cfg.to_dict(), "rows": rows, "summary": summary,
+                                      "train_seconds": trained, "table": t.drop(columns=["path"]).to_dict("records")},
+                         seeds=seeds, started=t0)
     if mode == "mod113" and args.readme:
-        ex.replace_section(Path(args.readme), BEGIN, END, "\n".join([
-            BEGIN, "### Grokfast vs momentum on a+b mod 113, 2 layers (seed 004) — `grokfast_mod113.png`, `.md`", "",
-            f"`{ex.command_line()}`. {head}", "", table.rstrip(), END]))
+        ex.write_section(args.readme, "grokfast_mod113", section(json.loads(js.read_text())))
     print(text)
     print(f"wrote {stem}.html/.png/.md/.json")
 

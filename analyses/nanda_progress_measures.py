@@ -14,11 +14,11 @@ table of ours against the published numbers (also written to ``figures/nanda/sum
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mechgrok as mg
 from mechgrok import experiment as ex
-from mechgrok.files import write_text
 from mechgrok.provenance import hardware
 
 PUBLISHED = {
@@ -30,7 +30,6 @@ PUBLISHED = {
     "cleanup phase": "9.4k - 14k",
     "final loss": "2.41e-7",
 }
-BEGIN, END = "<!-- nanda:begin -->", "<!-- nanda:end -->"
 
 
 def fmt_k(step) -> str:
@@ -62,38 +61,60 @@ def main():
     n_clustered, d_mlp = int(nf.clustered.sum()), len(nf.share)
     emb_keys, wl_keys = (mg.fourier.key_frequencies(params, task, rule=r, cfg=cfg) for r in ("embedding", "W_L"))
     tl_demo = mg.progress.restricted_loss(run, task, keys, level="neurons")
-    span = lambda name: "-" if b[name] is None else f"{fmt_k(b[name][0])} - {fmt_k(b[name][1])}"  # noqa: E731
-    ours = [f"{len(keys)}: {keys} (W_L rule: {wl_keys})", f"{len(emb_keys)}: {emb_keys} (> 1/4 of the largest)",
-            f"{n_clustered} / {d_mlp} ({100 * n_clustered / d_mlp:.1f}%)", span("memorisation"),
-            span("circuit formation"), span("cleanup"),
-            f"train {final['train_loss']:.3g}, test {final['test_loss']:.3g} (step {last})"]
-    md = ex.claims_table([(k, v, o) for (k, v), o in zip(PUBLISHED.items(), ours)],
-                         ("measure", "Nanda et al. (40k epochs)", "ours")) + (
-        f"\nmemorised at step {tr.memorised_step}, grokked at {tr.grokked_step} (evaluation grid), delay "
-        f"{tr.delay}, max acceleration {tr.max_acceleration_step}; final restricted loss "
-        f"{final['restricted_loss']:.3g} (Nanda et al.'s definition: logits, all pairs; the TL demo's "
-        f"definition -- neurons, test pairs -- gives {tl_demo:.3g}), excluded loss {final['excluded_loss']:.3g} "
-        f"(logits, train pairs); run {run_dir} ({len(table)} checkpoints, last {last} of {planned}), seeds "
-        f"{run.config.task.seed}/{run.config.model.seed}/{run.config.train.seed}, {hardware()}\n")
-    write_text(Path(args.figures) / "summary.md", md)
-    pngs = [f for f in written if f.suffix == ".png"]
-    print(md + "\nfigures:\n" + "".join(f"  {f}\n" for f in pngs), end="")
+    summary = {"key_freqs": [int(k) for k in keys], "W_L_key_freqs": [int(k) for k in wl_keys],
+               "embedding_key_freqs": [int(k) for k in emb_keys], "n_clustered": n_clustered, "d_mlp": d_mlp,
+               "phases": {name: None if b[name] is None else [int(x) for x in b[name]]
+                          for name in ("memorisation", "circuit formation", "cleanup")},
+               "final": {k: float(final[k]) for k in ("train_loss", "test_loss", "restricted_loss", "excluded_loss")},
+               "restricted_loss_tl_demo": float(tl_demo), "transitions": tr.to_dict(), "last_step": int(last),
+               "planned_steps": int(planned), "n_checkpoints": len(table), "run": str(run_dir),
+               "seeds": [run.config.task.seed, run.config.model.seed, run.config.train.seed],
+               "preset": run.config.preset, "device": run.meta.get("device", "?"),
+               "torch": run.meta.get("versions", {}).get("torch", "?"), "hardware": hardware(),
+               "figures": [p.name for p in written if p.suffix == ".png"]}
+    md = summary_table(summary)
+    ex.write_report(Path(args.figures) / "summary", md, {"config": run.config.to_dict(), "summary": summary},
+                    command=args.command)
+    print(md + "\nfigures:\n" + "".join(f"  {f}\n" for f in written if f.suffix == ".png"), end="")
     if args.readme:
         readme = Path(args.readme).resolve()
-        status = "" if last >= planned else f" **Unfinished run: last checkpoint {last} of {planned} steps.**"
-        c = run.config
-        ex.replace_section(readme, BEGIN, END, "\n".join([
-            BEGIN, "## Nanda et al. (2023): progress measures, a+b mod 113", "",
-            f"Made by `{args.command or ex.command_line()}` from `{run.path}` (preset `{c.preset}`, {c.train.steps} "
-            f"steps, task/model/train seeds {c.task.seed}/{c.model.seed}/{c.train.seed}, trained on "
-            f"{run.meta.get('device', '?')}, torch {run.meta.get('versions', {}).get('torch', '?')}). The published run "
-            f"trained 40k epochs; phase boundaries are found by the rule in `mechgrok.progress.phases`, key frequencies "
-            f"by Nanda's neuron rule on the final checkpoint.{status}", "", md.rstrip(), "",
-            "Figures (HTML next to each PNG):", "",
-            *[f"- [{p.stem}]({p.relative_to(readme.parent).as_posix() if p.is_relative_to(readme.parent) else p})"
-              for p in (q.resolve() for q in pngs)], END]))
+        figures = Path(args.figures).resolve()
+        rel = figures.relative_to(readme.parent).as_posix() if figures.is_relative_to(readme.parent) else str(figures)
+        ex.write_section(readme, "nanda", section(json.loads((Path(args.figures) / "summary.json").read_text()), rel))
         print(f"updated {readme}")
 
+
+def summary_table(s: dict) -> str:
+    """Ours next to the published numbers, and the run's transitions and final losses."""
+    span = lambda name: "-" if s["phases"][name] is None else " - ".join(map(fmt_k, s["phases"][name]))  # noqa: E731
+    keys, emb, fin, tr = s["key_freqs"], s["embedding_key_freqs"], s["final"], s["transitions"]
+    ours = [f"{len(keys)}: {keys} (W_L rule: {s['W_L_key_freqs']})", f"{len(emb)}: {emb} (> 1/4 of the largest)",
+            f"{s['n_clustered']} / {s['d_mlp']} ({100 * s['n_clustered'] / s['d_mlp']:.1f}%)", span("memorisation"),
+            span("circuit formation"), span("cleanup"),
+            f"train {fin['train_loss']:.3g}, test {fin['test_loss']:.3g} (step {s['last_step']})"]
+    return ex.claims_table([(k, v, o) for (k, v), o in zip(PUBLISHED.items(), ours)],
+                           ("measure", "Nanda et al. (40k epochs)", "ours")) + (
+        f"\nmemorised at step {tr['memorised_step']}, grokked at {tr['grokked_step']} (evaluation grid), delay "
+        f"{tr['delay']}, max acceleration {tr['max_acceleration_step']}; final restricted loss "
+        f"{fin['restricted_loss']:.3g} (Nanda et al.'s definition: logits, all pairs; the TL demo's "
+        f"definition -- neurons, test pairs -- gives {s['restricted_loss_tl_demo']:.3g}), excluded loss "
+        f"{fin['excluded_loss']:.3g} (logits, train pairs); run {s['run']} ({s['n_checkpoints']} checkpoints, last "
+        f"{s['last_step']} of {s['planned_steps']}), seeds {'/'.join(map(str, s['seeds']))}, {s['hardware']}\n")
+
+
+def section(d: dict, figures: str = "nanda") -> str:
+    """figures/README's nanda section, from figures/nanda/summary.json alone (the claims ledger
+    regenerates it from the committed file); ``figures``: the PNGs' folder relative to the README."""
+    s, train = d["summary"], d["config"]["train"]
+    status = "" if s["last_step"] >= s["planned_steps"] else (
+        f" **Unfinished run: last checkpoint {s['last_step']} of {s['planned_steps']} steps.**")
+    return "\n".join([
+        "## Nanda et al. (2023): progress measures, a+b mod 113", "",
+        f"Made by `{d['command']}` from `{s['run']}` (preset `{s['preset']}`, {train['steps']} steps, task/model/train "
+        f"seeds {'/'.join(map(str, s['seeds']))}, trained on {s['device']}, torch {s['torch']}). The published run "
+        f"trained 40k epochs; phase boundaries are found by the rule in `mechgrok.progress.phases`, key frequencies "
+        f"by Nanda's neuron rule on the final checkpoint.{status}", "", summary_table(s).rstrip(), "",
+        "Figures (HTML next to each PNG):", "", *[f"- [{Path(p).stem}]({figures}/{p})" for p in s["figures"]]])
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ accuracy), seed001_main_run.md (the table) and .json; the section between the
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -31,7 +32,6 @@ import mechgrok as mg
 from mechgrok import experiment as ex
 from mechgrok.milestones import drops_after_grok, final_metrics, transition_metrics
 from mechgrok.plots import save_figure, training_curve
-from mechgrok.provenance import hardware
 
 # seed 001's transition metrics and final numbers (Out[9] and Out[18] of the tutorial)
 PUBLISHED = {"memorised_step": 380, "grokked_step": 2260, "delay": 1880, "delay_fraction": 0.627,
@@ -41,7 +41,6 @@ DIFFERENCES = ("pre-LN blocks (seed 001: post-LN; TransformerLens has no post-LN
                "causal attention (seed 001: attention in both directions)",
                "our own split permutation and init from seed 42 (seed 001: numpy/torch seed 42 in its own code)")
 DROP_BELOW = 0.5  # a drop after grokking: test accuracy under this again
-BEGIN, END = "<!-- seed001_main_run:begin -->", "<!-- seed001_main_run:end -->"
 
 
 def ours(run: mg.Run) -> dict:
@@ -66,20 +65,13 @@ def fmt(v, kind: str) -> str:
     return {"step": "{:.0f}", "frac": "{:.1%}", "loss": "{:.4f}", "acc": "{:.3f}"}[kind].format(v)
 
 
-def main():
-    ap = ex.parser(__doc__, out="runs/seed001_main_run", overrides=True)
-    ap.add_argument("--readme", default="figures/README.md", help="the README whose seed001_main_run section is "
-                    "rewritten ('' to leave it)")
-    args = ex.parse_args(ap)
-    cfg = ex.apply_overrides(mg.get_preset("tutorial2"), args.set)
-    t0 = time.time()
-    run = ex.train_or_resume(cfg, args.out)
-    o = ours(run)
+def table_rows(o: dict, steps: int) -> list[dict]:
+    """The transition-metrics table: each quantity of seed 001's next to ours (``o``, see ``ours``)."""
     rows = [{"metric": label, "seed 001": fmt(PUBLISHED[k], kind), "ours": fmt(o[k], kind)} for label, k, kind in (
         ("memorised (first eval with train acc > 0.99), step", "memorised_step", "step"),
         ("grokked (first eval with test acc > 0.9), step", "grokked_step", "step"),
         ("delay (grokked - memorised), steps", "delay", "step"),
-        (f"delay as a fraction of training ({cfg.train.steps} steps)", "delay_fraction", "frac"),
+        (f"delay as a fraction of training ({steps} steps)", "delay_fraction", "frac"),
         ("final train loss", "final_train_loss", "loss"), ("final test loss", "final_test_loss", "loss"),
         ("final train accuracy", "final_train_acc", "acc"), ("final test accuracy", "final_test_acc", "acc"))]
     rows.append({"metric": "max acceleration of test acc, step", "seed 001": "- (not printed)",
@@ -89,35 +81,64 @@ def main():
                  "seed 001": "- (not reported)",
                  "ours": "none" if not drops else f"{len(drops)}: " + ", ".join(
                      f"{d['start']}-{d['end']} ({d['min_test_acc']:.3f} / {d['min_train_acc']:.3f})" for d in drops)})
-    table = mg.plots.markdown_table(rows)
-    peak = o["max_acceleration_step"]
-    in_drop = any(d["start"] <= peak <= d["end"] + cfg.train.eval_every for d in drops) if peak is not None else False
+    return rows
+
+
+def drop_note(o: dict, eval_every: int) -> str:
+    """Whether the drops broke the fit too, and whether the max-acceleration step is one's recovery."""
+    drops, peak = o["drops_after_grok"], o["max_acceleration_step"]
+    in_drop = peak is not None and any(d["start"] <= peak <= d["end"] + eval_every for d in drops)
     both = sum(d["min_train_acc"] < DROP_BELOW for d in drops)
-    note = " ".join(([f"In {both} of the {len(drops)} drops train accuracy fell below {DROP_BELOW:g} too (the fit "
+    return " ".join(([f"In {both} of the {len(drops)} drops train accuracy fell below {DROP_BELOW:g} too (the fit "
                       f"itself broke, then recovered)."] if drops else []) +
                     ([f"The max-acceleration step ({peak}) is a recovery from a drop, not the grokking transition."]
                      if in_drop else []))
+
+
+def unfinished(o: dict, steps: int) -> str:
+    return "" if o["last_step"] is not None and o["last_step"] >= steps else (
+        f" **Unfinished: last evaluation at step {o['last_step']} of {steps}.**")
+
+
+def section(d: dict) -> str:
+    """figures/README's section, from this script's JSON report alone (the claims ledger
+    regenerates it from the committed file)."""
+    o, train = d["summary"], d["config"]["train"]
+    return "\n".join([
+        "### Seed 001's main run — `seed001_main_run.png`, `.md`", "",
+        f"`{d['command']}`. Setting as seed 001 (tutorial2 preset, {train['steps']} steps, evaluated every "
+        f"{train['eval_every']} steps); " + "; ".join(d["differences"]) + f". One run (seed {d['seeds'][0]})."
+        + unfinished(o, train["steps"]), "", mg.plots.markdown_table(table_rows(o, train["steps"])).rstrip(), "",
+        drop_note(o, train["eval_every"]),
+        f"Training {d['train_wall_s'] / 60:.1f} min wall on {d['hardware']} (cores shared with other jobs)."])
+
+
+def main():
+    ap = ex.parser(__doc__, out="runs/seed001_main_run", overrides=True)
+    ap.add_argument("--readme", default="figures/README.md", help="the README whose seed001_main_run section is "
+                    "rewritten ('' to leave it)")
+    args = ex.parse_args(ap)
+    cfg = ex.apply_overrides(mg.get_preset("tutorial2"), args.set)
+    t0 = time.time()
+    run = ex.train_or_resume(cfg, args.out)
+    o = ours(run)
+    rows = table_rows(o, cfg.train.steps)
     stem = args.figures / "seed001_main_run"
     save_figure(training_curve(run.metrics, title=f"Seed 001's main run (tutorial2 preset, pre-LN): a+b mod 97, "
                                f"{cfg.train.steps} steps of batch 512",
                                marks={"memorised": o["memorised_step"], "grokked": o["grokked_step"]}), stem)
-    unfinished = "" if o["last_step"] is not None and o["last_step"] >= cfg.train.steps else (
-        f" **Unfinished: last evaluation at step {o['last_step']} of {cfg.train.steps}.**")
     c = run.config
     text = (f"Seed 001's main run: tutorial2 preset ({c.task.op} mod {c.task.p}, {c.task.frac:.0%} train, {c.model.n_layers} "
-            f"layers, batch {c.train.batch_size}, AdamW lr {c.train.lr:g} wd {c.train.weight_decay:g}), {c.train.steps} steps evaluated every {cfg.train.eval_every}; run `{run.path}`.{unfinished}\n\n{table}\n"
-            "Differences from seed 001's model: " + "; ".join(DIFFERENCES) + ".")
+            f"layers, batch {c.train.batch_size}, AdamW lr {c.train.lr:g} wd {c.train.weight_decay:g}), {c.train.steps} steps "
+            f"evaluated every {cfg.train.eval_every}; run `{run.path}`.{unfinished(o, cfg.train.steps)}\n\n"
+            f"{mg.plots.markdown_table(rows)}\nDifferences from seed 001's model: " + "; ".join(DIFFERENCES) + ".")
     data = {"config": run.config.to_dict(), "published": PUBLISHED, "differences": list(DIFFERENCES),
             "rows": [{"seed": cfg.model.seed} | o], "summary": o, "table": rows, "run": str(run.path),
             "args": vars(args)}
-    ex.write_report(stem, text, data | {"train_wall_s": train_wall_s(run)}, seeds=[cfg.model.seed], started=t0,
-                    note=f"; training took {train_wall_s(run) / 60:.1f} min wall (first to last checkpoint)")
+    _, js = ex.write_report(stem, text, data | {"train_wall_s": train_wall_s(run)}, seeds=[cfg.model.seed], started=t0,
+                            note=f"; training took {train_wall_s(run) / 60:.1f} min wall (first to last checkpoint)")
     if args.readme:
-        ex.replace_section(Path(args.readme), BEGIN, END, "\n".join([
-            BEGIN, "### Seed 001's main run — `seed001_main_run.png`, `.md`", "",
-            f"`{ex.command_line()}`. Setting as seed 001 (tutorial2 preset, {cfg.train.steps} steps, evaluated every "
-            f"{cfg.train.eval_every} steps); " + "; ".join(DIFFERENCES) + f". One run (seed {cfg.model.seed}).{unfinished}",
-            "", table.rstrip(), "", note, f"Training {train_wall_s(run) / 60:.1f} min wall on {hardware()} (cores shared with other jobs).", END]))
+        ex.write_section(args.readme, "seed001_main_run", section(json.loads(js.read_text())))
     print(text)
     print(f"wrote {stem}.html/.png/.md/.json")
 

@@ -22,8 +22,8 @@ seed002_example1.html/.png (accuracies per member), .md (per member and per arm,
 
 from __future__ import annotations
 
+import json
 import time
-from pathlib import Path
 
 import pandas as pd
 
@@ -34,7 +34,6 @@ from mechgrok.plots import markdown_table, population_curves, save_figure
 NEAR_CHANCE = 5 / 97  # test accuracy counted "near chance" (chance is 1/97)
 CLAIM = {True: "memorises quickly, sits near chance, then generalises", False: "memorises, sits near chance, "
          "does not generalise"}
-BEGIN, END = "<!-- seed002_example1:begin -->", "<!-- seed002_example1:end -->"
 
 
 def member_row(r, metrics: pd.DataFrame) -> dict:
@@ -67,6 +66,34 @@ def verdicts(rows: list[dict]) -> list[dict]:
     return out
 
 
+def table(summary: list[dict]) -> str:
+    med = lambda q: "-" if not q["n"] else f"{q['median']:.3g}"  # noqa: E731
+    return markdown_table([{"weight decay": s["weight_decay"], "n": s["n"], "memorised": s["n_memorised"],
+                            f"near chance when memorised (< {NEAR_CHANCE:.3f})": s["n_near_chance_at_memorised"],
+                            "grokked": s["n_grokked"], "grokked at step (median)": med(s["grokked_step"]),
+                            "final test acc (median)": med(s["final_test_acc"]), "seed 002": s["seed002"],
+                            "verdict": s["verdict"]} for s in summary])
+
+
+def head(frac: float, wd: float, steps: int, eval_every: int, seeds, trained: float) -> str:
+    return (f"Seed 002 example 1: tutorial2 preset (seed 001's 2-layer model and optimiser; seed 002 gives none) with "
+            f"frac {frac:g}, weight decay {wd:g} vs 0, {steps} steps evaluated every {eval_every}, {len(seeds)} seed(s) "
+            f"per arm ({', '.join(map(str, seeds))}); training {trained / 60:.1f} min over all invocations.")
+
+
+def section(d: dict | None) -> str:
+    """figures/README's section, from this script's JSON report alone (the claims ledger
+    regenerates it from the committed file); ``None``: not run yet."""
+    title = "### Seed 002 example 1 (a+b mod 97, 40% train)"
+    if d is None:
+        return f"{title}\n\nWritten by `analyses/seed002_example1.py`; not run yet."
+    a = d["args"]
+    return "\n".join([
+        f"{title} — `seed002_example1.png`, `.md`", "",
+        f"`{d['command']}`. " + head(d["config"]["task"]["frac"], a["wd"], a["steps"], a["eval_every"], d["seeds"],
+                                      d["train_seconds"]) + f" Hardware: {d['hardware']}.", "", table(d["summary"]).rstrip()])
+
+
 def report(pop, args, base: mg.RunConfig, t0: float):
     t = pop.table
     rows = [member_row(r, pop.run(r.id).metrics) for r in t.itertuples()]
@@ -76,24 +103,14 @@ def report(pop, args, base: mg.RunConfig, t0: float):
                                   ("test_acc", "train_acc"), ("test accuracy", "train accuracy"),
                                   title=f"Seed 002 example 1: a+b mod 97, 40% train, 2 layers, with and without "
                                         f"weight decay ({len(seeds)} seeds per arm)"), stem)
-    med = lambda q: "-" if not q["n"] else f"{q['median']:.3g}"  # noqa: E731
-    table = markdown_table([{"weight decay": s["weight_decay"], "n": s["n"], "memorised": s["n_memorised"],
-                             f"near chance when memorised (< {NEAR_CHANCE:.3f})": s["n_near_chance_at_memorised"],
-                             "grokked": s["n_grokked"], "grokked at step (median)": med(s["grokked_step"]),
-                             "final test acc (median)": med(s["final_test_acc"]), "seed 002": s["seed002"],
-                             "verdict": s["verdict"]} for s in summary])
     trained = sum(r.get("seconds") or 0 for r in pop.records.values())
-    head = (f"Seed 002 example 1: tutorial2 preset (seed 001's 2-layer model and optimiser; seed 002 gives none) with "
-            f"frac {base.task.frac:g}, weight decay {args.wd:g} vs 0, {args.steps} steps evaluated every "
-            f"{args.eval_every}, {len(seeds)} seed(s) per arm ({', '.join(map(str, seeds))}); training "
-            f"{trained / 60:.1f} min over all invocations.")
-    text = f"{head}\n\n{table}\nPer member:\n\n{markdown_table(rows, floatfmt='.3g')}"
-    ex.write_report(stem, text, {"args": vars(args), "config": base.to_dict(), "rows": rows, "summary": summary,
-                                 "near_chance_below": NEAR_CHANCE, "train_seconds": trained}, seeds=seeds, started=t0)
+    text = (f"{head(base.task.frac, args.wd, args.steps, args.eval_every, seeds, trained)}\n\n{table(summary)}\n"
+            f"Per member:\n\n{markdown_table(rows, floatfmt='.3g')}")
+    _, js = ex.write_report(stem, text, {"args": vars(args), "config": base.to_dict(), "rows": rows, "summary": summary,
+                                         "near_chance_below": NEAR_CHANCE, "train_seconds": trained}, seeds=seeds,
+                            started=t0)
     if args.readme:
-        ex.replace_section(Path(args.readme), BEGIN, END, "\n".join([
-            BEGIN, "### Seed 002 example 1 (a+b mod 97, 40% train) — `seed002_example1.png`, `.md`", "",
-            f"`{ex.command_line()}`. {head}", "", table.rstrip(), END]))
+        ex.write_section(args.readme, "seed002_example1", section(json.loads(js.read_text())))
     print(text)
     print(f"wrote {stem}.html/.png/.md/.json")
 

@@ -19,9 +19,9 @@ weight_decay_comparison.md (per value: median and IQR next to seed 001's numbers
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from pathlib import Path
 
 import pandas as pd
 
@@ -32,7 +32,6 @@ from mechgrok.plots import markdown_table, population_curves, save_figure
 
 PUBLISHED = {0.01: (1.000, 0.131), 0.1: (1.000, 0.141), 1.0: (1.000, 0.480), 2.0: (1.000, 1.000)}
 COLLAPSED_BELOW = 0.5  # a grokked run "collapses" when test accuracy later falls below this
-BEGIN, END = "<!-- weight_decay_comparison:begin -->", "<!-- weight_decay_comparison:end -->"
 
 
 def steps_per_epoch(cfg: mg.RunConfig) -> int:
@@ -93,6 +92,35 @@ def caption(summary: list[dict], epochs: int) -> str:
     return " ".join(parts)
 
 
+def table(summary: list[dict], epochs: int) -> str:
+    return markdown_table([{"weight decay": s["weight_decay"], "n": s["n"],
+                            f"test acc @{epochs} ep, median (IQR)": iqr(s["test_acc"]),
+                            "seed 001 test acc": s["seed001_test_acc"],
+                            f"train acc @{epochs} ep, median (IQR)": iqr(s["train_acc"]),
+                            "seed 001 train acc": s["seed001_train_acc"], "grokked": f"{s['n_grokked']}/{s['n']}",
+                            "grokked at epoch, median (IQR)": iqr(s["grokked_epoch"], "{:g}"),
+                            f"fell below {COLLAPSED_BELOW:g} after grokking": s["n_collapsed_after_grok"]}
+                           for s in summary])
+
+
+def head(epochs: int, epoch: int, eval_epochs: int, seeds, trained: float) -> str:
+    return (f"Weight decay comparison (seed 001): tutorial2 preset, {epochs} epochs = {epochs * epoch} "
+            f"steps, evaluated every {eval_epochs} epochs, {len(seeds)} seed(s) per value ({', '.join(map(str, seeds))}); "
+            f"training {trained / 60:.1f} min over all invocations.")
+
+
+def section(d: dict) -> str:
+    """figures/README's section, from this script's JSON report alone (the claims ledger
+    regenerates it from the committed file)."""
+    a = d["args"]
+    return "\n".join([
+        "### Weight decay comparison (seed 001) — `weight_decay_comparison.png`, `.md`", "",
+        f"`{d['command']}`. **Scale = seed 001's setting, more seeds:** "
+        + head(a["epochs"], d["steps_per_epoch"], a["eval_epochs"], d["seeds"], d["train_seconds"])
+        + " Our blocks are pre-LN where seed 001's were post-LN. Median (IQR) over seeds:", "",
+        table(d["summary"], a["epochs"]).rstrip(), "", caption(d["summary"], a["epochs"])])
+
+
 def report(pop, args, base: mg.RunConfig, epoch: int, t0: float):
     t = pop.table
     curves = {f"wd {r.weight_decay:g} seed {r.seed}": pop.run(r.id).metrics for r in t.itertuples()}
@@ -103,29 +131,15 @@ def report(pop, args, base: mg.RunConfig, epoch: int, t0: float):
                                   title=f"Weight decay, {base.task.op} mod {base.task.p} (tutorial2 preset), "
                                         f"{args.epochs} epochs of {epoch} steps, {len(seeds)} seed(s) per value",
                                   x_scale=1 / epoch, x_title="epoch"), stem)
-    table = markdown_table([{"weight decay": s["weight_decay"], "n": s["n"],
-                             f"test acc @{args.epochs} ep, median (IQR)": iqr(s["test_acc"]),
-                             "seed 001 test acc": s["seed001_test_acc"],
-                             f"train acc @{args.epochs} ep, median (IQR)": iqr(s["train_acc"]),
-                             "seed 001 train acc": s["seed001_train_acc"], "grokked": f"{s['n_grokked']}/{s['n']}",
-                             "grokked at epoch, median (IQR)": iqr(s["grokked_epoch"], "{:g}"),
-                             f"fell below {COLLAPSED_BELOW:g} after grokking": s["n_collapsed_after_grok"]}
-                            for s in summary])
     trained = sum(r.get("seconds") or 0 for r in pop.records.values())
-    head = (f"Weight decay comparison (seed 001): tutorial2 preset, {args.epochs} epochs = {args.epochs * epoch} "
-            f"steps, evaluated every {args.eval_epochs} epochs, {len(seeds)} seed(s) per value ({', '.join(map(str, seeds))}); "
-            f"training {trained / 60:.1f} min over all invocations.")
-    text = f"{head}\n\n{table}\n{caption(summary, args.epochs)}\n\nPer member:\n\n{markdown_table(rows, floatfmt='.3g')}"
-    ex.write_report(stem, text, {"args": vars(args), "config": base.to_dict(), "steps_per_epoch": epoch,
-                                 "rows": rows, "summary": summary, "caption": caption(summary, args.epochs),
-                                 "train_seconds": trained, "table": t.drop(columns=["path"]).to_dict("records")},
-                    seeds=seeds, started=t0)
+    text = (f"{head(args.epochs, epoch, args.eval_epochs, seeds, trained)}\n\n{table(summary, args.epochs)}\n"
+            f"{caption(summary, args.epochs)}\n\nPer member:\n\n{markdown_table(rows, floatfmt='.3g')}")
+    _, js = ex.write_report(stem, text, {"args": vars(args), "config": base.to_dict(), "steps_per_epoch": epoch,
+                                         "rows": rows, "summary": summary, "caption": caption(summary, args.epochs),
+                                         "train_seconds": trained, "table": t.drop(columns=["path"]).to_dict("records")},
+                            seeds=seeds, started=t0)
     if args.readme:
-        ex.replace_section(Path(args.readme), BEGIN, END, "\n".join([
-            BEGIN, "### Weight decay comparison (seed 001) — `weight_decay_comparison.png`, `.md`", "",
-            f"`{ex.command_line()}`. **Scale = seed 001's setting, more seeds:** " + head + " Our blocks are pre-LN "
-            "where seed 001's were post-LN. Median (IQR) over seeds:", "", table.rstrip(), "",
-            caption(summary, args.epochs), END]))
+        ex.write_section(args.readme, "weight_decay_comparison", section(json.loads(js.read_text())))
     print(text)
     print(f"wrote {stem}.html/.png/.md/.json")
 

@@ -38,7 +38,7 @@ from .trainer import resume, resume_config, train
 __all__ = ["parser", "parse_args", "parse_seeds", "parse_overrides", "apply_overrides", "train_or_resume",
            "train_or_resume_ensemble", "sweep_or_resume", "is_finished", "finished_runs", "command_line",
            "write_report", "median_range", "median_iqr", "quartiles", "sweep_seed_by_seed", "grokked_summary", "Paired", "paired_differences",
-           "claims_table", "merge_rows", "replace_section"]
+           "claims_table", "merge_rows", "replace_section", "section_markers", "write_section"]
 
 # --- the command line every script shares ---------------------------------------------------
 
@@ -202,6 +202,18 @@ def replace_section(path: str | Path, begin: str, end: str, section: str) -> Pat
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     return write_text(path, text)
+
+
+def section_markers(name: str) -> tuple[str, str]:
+    """The markers around a generated section ``name`` of a README."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def write_section(path: str | Path, name: str, body: str) -> Path:
+    """``body`` between ``path``'s ``name`` markers (``replace_section``), laid out as the claims
+    ledger lays out the sections it regenerates, so that both write the same text."""
+    begin, end = section_markers(name)
+    return replace_section(path, begin, end, f"{begin}\n{body.rstrip(chr(10))}\n{end}")
 
 
 def merge_rows(path: str | Path, result: dict, same: Sequence[str],

@@ -117,3 +117,86 @@ def test_a_rerun_report_is_read_for_our_numbers_never_for_the_published_ones(led
     claim = {"published": {"train_loss": 0.1418, "test_loss": 0.171}}
     res = ledger_script.single_run(claim, path, tmp_path)
     assert res.ours == "train_loss 0.0428, test_loss 0.0469" and not res.agrees
+
+
+def test_the_re_run_scripts_sections_come_from_their_reports(ledger_script, tmp_path):
+    """The sections the re-run scripts write (seed 001's main run, the weight-decay comparison,
+    Nanda's table, seed 002, Grokfast at mod 113) are regenerated from their committed JSON: an
+    edited number shows up in the section, a missing report reads "not run yet"."""
+    root = _copy_data(tmp_path)
+    path = root / "figures/seed001_main_run.json"
+    d = json.loads(path.read_text())
+    d["summary"]["grokked_step"], d["summary"]["delay"] = 1234, 1004
+    path.write_text(json.dumps(d))
+    path = root / "figures/weight_decay_comparison.json"
+    d = json.loads(path.read_text())
+    next(s for s in d["summary"] if s["weight_decay"] == 1.0)["test_acc"]["median"] = 0.123
+    path.write_text(json.dumps(d))
+    path = root / "figures/nanda/summary.json"
+    d = json.loads(path.read_text())
+    d["summary"]["n_clustered"] = 433
+    path.write_text(json.dumps(d))
+    for name in ("seed002_example1.json", "grokfast_mod113.json"):
+        (root / "figures" / name).unlink(missing_ok=True)
+    blocks = ledger_script.render_blocks(root, ledger_script.ledger(root))
+    assert "| grokked (first eval with test acc > 0.9), step | 2260 | 1234 |" in blocks["seed001_main_run"]
+    assert "| delay (grokked - memorised), steps | 1880 | 1004 |" in blocks["seed001_main_run"]
+    assert "| 1 | 5 | 0.123 (" in blocks["weight_decay_comparison"]
+    assert "433 / 512 (84.6%) | 433 / 512 (84.6%) |" in blocks["nanda"]
+    assert blocks["seed002_example1"].endswith("not run yet.")
+    assert blocks["grokfast_mod113"].endswith("not run yet.")
+
+
+def test_a_script_writes_its_section_as_the_ledger_does(ledger_script, tmp_path):
+    from mechgrok import experiment as ex
+
+    text = "# F\n\n<!-- seed002_example1:begin -->\nold\n<!-- seed002_example1:end -->\n\nafter\n"
+    f = tmp_path / "README.md"
+    f.write_text(text)
+    ex.write_section(f, "seed002_example1", "### new\n\nbody")
+    want = ledger_script.apply_blocks({"figures/README.md": text}, {"seed002_example1": "### new\n\nbody"})
+    assert f.read_text() == want["figures/README.md"]
+
+
+def _grokfast_report(root: Path, adamw_steps: list, others: int = 1000) -> None:
+    """A planted Grokfast report at seed 004's setting: the AdamW arm groks at ``adamw_steps``
+    (None: did not), every other arm at ``others``."""
+    from mechgrok.presets import get_preset
+
+    table = []
+    for seed, step in enumerate(adamw_steps):
+        for g, b in (("none", 0.9), ("ema", 0.9), ("none", 0.5), ("ema", 0.5)):
+            s = step if (g, b) == ("none", 0.9) else others
+            table.append({"grokfast": g, "beta1": b, "seed": seed, "grokked": s is not None, "grokked_step": s,
+                          "memorised_step": 150, "budget": 3000, "final_test_acc": 1.0})
+    d = {"args": {"preset": None, "stop_after_grok": 5}, "config": get_preset("seed004").to_dict(), "table": table}
+    (root / "figures/grokfast_mod113.json").write_text(json.dumps(d))
+
+
+def test_seed004s_transition_is_the_adamw_arms_median_step(ledger_script, tmp_path):
+    root = _copy_data(tmp_path)
+    _grokfast_report(root, [1400, 1500, 1700, None])
+    rows = {r["id"]: r for r in ledger_script.ledger(root)}
+    assert rows["004-transition"]["ours"] == "median 1500 over 3/4 grokked seeds (steps 1400, 1500, 1700, -)"
+    assert rows["004-transition"]["verdict"] == "reproduced" and rows["004-transition"]["n"] == 4
+    assert rows["004-grokfast-113"]["verdict"].startswith("not reproduced (the test fails")  # both = the faster arm
+    _grokfast_report(root, [1880, 1900, 2000])  # more than 25% after seed 004's ~1500
+    rows = {r["id"]: r for r in ledger_script.ledger(root)}
+    assert rows["004-transition"]["verdict"].startswith("not reproduced (the test fails: median grokking step within 25%")
+    assert "median step 1900 over 3/3 grokked seeds" in ledger_script.presets_block(root)
+
+
+def test_seed002s_example_reads_every_part_of_the_claim(tmp_path):
+    s2 = _script("seed002_example1")
+    member = lambda wd, seed, mem, at_mem, grok: {  # noqa: E731
+        "weight_decay": wd, "seed": seed, "memorised_step": mem, "test_acc_at_memorised": at_mem, "grokked_step": grok,
+        "memorised": mem is not None, "near_chance_at_memorised": at_mem is not None and at_mem < s2.NEAR_CHANCE,
+        "grokked": grok is not None, "final_test_acc": 1.0 if grok else 0.03}
+    rows = [member(1.0, 0, 200, 0.02, 1500), member(1.0, 1, 210, 0.03, 1700), member(0.0, 0, 190, 0.02, None),
+            member(0.0, 1, 200, 0.01, None)]
+    by = {v["weight_decay"]: v for v in s2.verdicts(rows)}
+    assert by[1.0]["verdict"] == by[0.0]["verdict"] == "holds" and by[1.0]["grokked_step"]["median"] == 1600
+    rows[1] = member(1.0, 1, 210, 0.2, 1700)  # memorised well above chance: not seed 002's picture
+    assert {v["weight_decay"]: v for v in s2.verdicts(rows)}[1.0]["verdict"] == "does not hold"
+    rows[1], rows[3] = member(1.0, 1, 210, 0.03, 1700), member(0.0, 1, 200, 0.01, 3000)  # generalised without decay
+    assert {v["weight_decay"]: v for v in s2.verdicts(rows)}[0.0]["verdict"] == "does not hold"
