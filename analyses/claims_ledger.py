@@ -513,7 +513,7 @@ EXTRACT = {f.__name__: f for f in (freezing, weight_decay, single_run, parity, n
 
 def _published_text(claim) -> str:
     p = claim["published"]
-    return ", ".join(f"{k} {v}" for k, v in p.items() if k not in {"intervention"}) or "(qualitative)"
+    return ", ".join(f"{k} {v}" for k, v in p.items() if k not in {"intervention"}) or "qualitative"
 
 
 def ledger(root: Path = ROOT) -> list[dict]:
