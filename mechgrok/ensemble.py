@@ -370,145 +370,195 @@ def _batch(members: _Members, step: int, cache: dict) -> Tensor:
 def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool, vectorize: bool | None = None,
                    probe: ProbeFactory | None = None, probe_every: int = 100, measures=None,
                    measure_every: int | None = None):
+    """Train the members from ``states`` until every one has left the ensemble (its budget,
+    ``stop_after_grok``, or a loss or weight that is not finite). ``fresh``: evaluate and
+    checkpoint the starting step first (a resumed ensemble has both already)."""
     c0 = cfgs[0]
     device = resolve_device(c0.train.device)
     vectorize = device.type != "cpu" if vectorize is None else vectorize
     if probe is not None and probe_every < 1:
         raise ValueError(f"probe_every must be >= 1, got {probe_every}")
     mem = _Members(cfgs, tasks, writers, states, device)
-    probes, every = {}, probe_every
-    for w, c in zip(writers, cfgs):
-        one, every = training_probe(c, measures, measure_every, probe(c) if probe is not None else None, probe_every)
-        if one is not None:
-            probes[w.path] = one
-    probe_every = every
+    probes, probe_every = _member_probes(cfgs, writers, probe, probe_every, measures, measure_every)
     n_total = len(mem)
     start = states[0].step
     eval_every, ckpt_every = c0.train.eval_every, c0.train.checkpoint_every
-    mcfg = mem.mcfg
-
-    def member_loss(P: dict[str, Tensor], frozen: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return per_example_loss(forward(P | frozen, mcfg, x), y).mean()
-
-    def total_loss(P, frozen, x, y):
-        losses = vmap(member_loss)(P, frozen, x, y)
-        return losses.sum(), losses
-
-    step_grad = grad_and_value(total_loss, has_aux=True)
-    solo_grad = grad_and_value(member_loss)
-
-    def member(tensors: dict[str, Tensor], i: int) -> dict[str, Tensor]:
-        return {k: v[i] for k, v in tensors.items()}
-
-    def gradients(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Every member's gradient ``[N, P]`` (in ``flat``'s layout) and loss ``[N]``."""
-        if vectorize:
-            grads, (_, losses) = step_grad(mem.params, mem.frozen, x, y)
-            return torch.cat([grads[k].flatten(1) for k in mem.names], 1), losses
-        g = torch.empty_like(mem.flat)
-        losses = []
-        params = mem.params
-        for i in range(len(mem)):
-            grads, loss = solo_grad(member(params, i), member(mem.frozen, i), x[i], y[i])
-            torch.cat([grads[k].flatten() for k in mem.names], out=g[i])
-            losses.append(loss)
-        return g, torch.stack(losses)
-
-    def logits_of(x: Tensor) -> Tensor:
-        """``[N, batch, vocab]`` logits of every member on the same inputs."""
-        if vectorize:
-            return vmap(lambda P, Fz: forward(P | Fz, mcfg, x))(mem.params, mem.frozen)
-        params = mem.params
-        return torch.stack([forward(member(params, i) | member(mem.frozen, i), mcfg, x) for i in range(len(mem))])
-
-    @torch.no_grad()
-    def evaluate(step: int) -> list[dict]:
-        """Every member's metrics row (``evaluation.split_metrics`` of its logits on every example)."""
-        n = len(mem)
-        chunk = max(1, EVAL_CHUNK // n) if vectorize else EVAL_CHUNK
-        logits = torch.cat([logits_of(mem.inputs[s:s + chunk]) for s in range(0, len(mem.labels), chunk)], 1)
-        wsq = weight_sq({"flat": mem.flat} | mem.frozen, batch_dims=1).tolist()
-        return [dict(step=step, **split_metrics(logits[i], mem.tasks[i]), weight_sq=wsq[i]) for i in range(n)]
-
-    def checkpoint(step: int, which: list[int]):
-        for i in which:  # phase 1: every member's files, resume state under its "next" name
-            mem.writers[i].checkpoint(mem.member_state(i, step), resume_name=NEXT_RESUME_FILE)
-        for i in which:  # phase 2: commit
-            os.replace(mem.writers[i].path / NEXT_RESUME_FILE, mem.writers[i].path / RESUME_FILE)
-
-    def leave(step: int, rows_done: list[tuple[int, str]], checkpointed: bool):
-        """Members that are done at ``step``: final checkpoint, member.json, compaction."""
-        if not rows_done:
-            return
-        if not checkpointed:
-            checkpoint(step, [i for i, status in rows_done if status != "diverged"])
-        for i, status in rows_done:
-            w = mem.writers[i]
-            last = step if status != "diverged" else read_resume_state(w.path).step
-            _write_status(w.path, status, last, w.rows, n_total)
-        gone = {i for i, _ in rows_done}
-        mem.keep([i for i in range(len(mem)) if i not in gone])
-
-    def finished(i: int, step: int) -> str | None:
-        tc = mem.cfgs[i].train
-        if should_stop(mem.writers[i].rows, tc.stop_after_grok):
-            return "stopped_after_grok"
-        return "done" if step >= tc.steps else None
+    gradients = _gradient_function(mem.mcfg, vectorize)
 
     if fresh:
-        for i, row in enumerate(evaluate(start)):
+        for i, row in enumerate(_evaluate(mem, start, vectorize)):
             mem.writers[i].record(row)
-        checkpoint(start, list(range(len(mem))))
-    leave(start, [(i, s) for i in range(len(mem)) if (s := finished(i, start))], checkpointed=True)
+        _checkpoint(mem, start, list(range(len(mem))))
+    _leave(mem, start, [(i, s) for i in range(len(mem)) if (s := _finished(mem, i, start))], True, n_total)
 
     end = max((c.train.steps for c in mem.cfgs), default=start)
     bar = tqdm(total=end, initial=start, disable=not progress, unit="step", dynamic_ncols=True, mininterval=0.5,
                desc=f"ensemble of {n_total}")
     cache: dict = {}
-    nonfinite = torch.zeros(len(mem), dtype=torch.bool, device=device)
-
-    def diverged() -> list[bool]:
-        """Per member: a loss so far, or a weight now, is not finite. The weights are checked
-        too: the update after the last finite loss can overflow them, and such weights must
-        not become a checkpoint."""
-        return (nonfinite | ~torch.isfinite(mem.flat).all(1)).cpu().tolist()
-
+    nonfinite = torch.zeros(len(mem), dtype=torch.bool, device=device)  # per member: a loss was not finite
     step = start
     while len(mem) and step < end:
-        rows = _batch(mem, step, cache)
-        x, y = mem.inputs[rows], mem.labels[rows]
-        g, losses = gradients(x, y)
-        nonfinite |= ~torch.isfinite(losses)
-        if mem.gfilter is not None:
-            g = mem.gfilter({"flat": g})["flat"]
-        mem.t += 1
-        lr = mem.lr * warmup_factor(step, mem.warmup)
-        adamw_(mem.flat, g, mem.m, mem.v, mem.t, lr, mem.wd, mem.b1, mem.b2)
+        nonfinite |= _update(mem, step, cache, gradients)
         step += 1
         if probes and step % probe_every == 0:
-            params, exp_avg = mem.params, mem.moment_views()
-            for i, w in enumerate(mem.writers):
-                row = probes[w.path](step, member(params, i) | member(mem.frozen, i), member(exp_avg, i))
-                w.record_dynamics({"step": step} | dict(row))
+            _record_probes(mem, probes, step)
         budgets = [c.train.steps for c in mem.cfgs]
         is_eval = step % eval_every == 0 or step in budgets
         is_ckpt = step % ckpt_every == 0
         if is_eval:
-            bad = diverged()
-            for i, row in enumerate(evaluate(step)):
-                if not bad[i]:
-                    mem.writers[i].record(row)
-            done = [(i, "diverged") if bad[i] else (i, s) for i in range(len(mem))
-                    if bad[i] or (s := finished(i, step))]
-            if is_ckpt:
-                checkpoint(step, [i for i in range(len(mem)) if not bad[i]])
-            keep_flags = [i for i in range(len(mem)) if i not in {j for j, _ in done}]
-            leave(step, done, checkpointed=is_ckpt)
-            nonfinite = nonfinite[torch.tensor(keep_flags, dtype=torch.long, device=device)]
+            nonfinite = _evaluate_and_retire(mem, step, nonfinite, vectorize, is_ckpt, n_total)
             n_grok = sum(1 for w in mem.writers if grokked_step(w.rows) is not None)
             bar.set_postfix(members=len(mem), grokked=n_grok, refresh=False)
         elif is_ckpt:  # a diverged member keeps its last good checkpoint; it leaves at the next evaluation
-            bad = diverged()
-            checkpoint(step, [i for i in range(len(mem)) if not bad[i]])
+            bad = _diverged(mem, nonfinite)
+            _checkpoint(mem, step, [i for i in range(len(mem)) if not bad[i]])
         bar.update(1)
     bar.close()
+
+
+def _member_probes(cfgs, writers, probe: ProbeFactory | None, probe_every: int, measures,
+                   measure_every: int | None) -> tuple[dict[Path, Callable], int]:
+    """Each member's probe (``measures.training_probe``: its ``probe(cfg)`` and its own
+    measures) by the member's run directory, and the step interval they run at."""
+    probes, every = {}, probe_every
+    for w, c in zip(writers, cfgs):
+        one, every = training_probe(c, measures, measure_every, probe(c) if probe is not None else None, probe_every)
+        if one is not None:
+            probes[w.path] = one
+    return probes, every
+
+
+def _member(tensors: dict[str, Tensor], i: int) -> dict[str, Tensor]:
+    """Member ``i``'s slice of stacked ``[N, ...]`` tensors."""
+    return {k: v[i] for k, v in tensors.items()}
+
+
+def _gradient_function(mcfg, vectorize: bool) -> Callable[[_Members, Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``gradients(mem, x, y)``: every member's gradient ``[N, P]`` (in ``flat``'s layout) and
+    loss ``[N]`` on its batch ``x[i], y[i]``: through vmap, or member by member with the solo
+    kernels (module docstring)."""
+    def member_loss(P: dict[str, Tensor], frozen: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return per_example_loss(forward(P | frozen, mcfg, x), y).mean()
+
+    if vectorize:
+        def total_loss(P, frozen, x, y):
+            losses = vmap(member_loss)(P, frozen, x, y)
+            return losses.sum(), losses
+
+        step_grad = grad_and_value(total_loss, has_aux=True)
+
+        def vectorized(mem: _Members, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            grads, (_, losses) = step_grad(mem.params, mem.frozen, x, y)
+            return torch.cat([grads[k].flatten(1) for k in mem.names], 1), losses
+
+        return vectorized
+    solo_grad = grad_and_value(member_loss)
+
+    def member_by_member(mem: _Members, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        g = torch.empty_like(mem.flat)
+        losses = []
+        params = mem.params
+        for i in range(len(mem)):
+            grads, loss = solo_grad(_member(params, i), _member(mem.frozen, i), x[i], y[i])
+            torch.cat([grads[k].flatten() for k in mem.names], out=g[i])
+            losses.append(loss)
+        return g, torch.stack(losses)
+
+    return member_by_member
+
+
+def _update(mem: _Members, step: int, cache: dict, gradients) -> Tensor:
+    """One optimiser step of every member on its batch at ``step`` (``_batch``): gradients,
+    the Grokfast filter if asked for, AdamW. Returns ``[N]``: the members whose loss on that
+    batch was not finite."""
+    rows = _batch(mem, step, cache)
+    x, y = mem.inputs[rows], mem.labels[rows]
+    g, losses = gradients(mem, x, y)
+    nonfinite = ~torch.isfinite(losses)
+    if mem.gfilter is not None:
+        g = mem.gfilter({"flat": g})["flat"]
+    mem.t += 1
+    lr = mem.lr * warmup_factor(step, mem.warmup)
+    adamw_(mem.flat, g, mem.m, mem.v, mem.t, lr, mem.wd, mem.b1, mem.b2)
+    return nonfinite
+
+
+def _record_probes(mem: _Members, probes: dict[Path, Callable], step: int):
+    """Every member's probe row at ``step``, into its dynamics.csv."""
+    params, exp_avg = mem.params, mem.moment_views()
+    for i, w in enumerate(mem.writers):
+        row = probes[w.path](step, _member(params, i) | _member(mem.frozen, i), _member(exp_avg, i))
+        w.record_dynamics({"step": step} | dict(row))
+
+
+def _logits(mem: _Members, x: Tensor, vectorize: bool) -> Tensor:
+    """``[N, batch, vocab]`` logits of every member on the same inputs."""
+    if vectorize:
+        return vmap(lambda P, Fz: forward(P | Fz, mem.mcfg, x))(mem.params, mem.frozen)
+    params = mem.params
+    return torch.stack([forward(_member(params, i) | _member(mem.frozen, i), mem.mcfg, x) for i in range(len(mem))])
+
+
+@torch.no_grad()
+def _evaluate(mem: _Members, step: int, vectorize: bool) -> list[dict]:
+    """Every member's metrics row (``evaluation.split_metrics`` of its logits on every example)."""
+    n = len(mem)
+    chunk = max(1, EVAL_CHUNK // n) if vectorize else EVAL_CHUNK
+    logits = torch.cat([_logits(mem, mem.inputs[s:s + chunk], vectorize) for s in range(0, len(mem.labels), chunk)], 1)
+    wsq = weight_sq({"flat": mem.flat} | mem.frozen, batch_dims=1).tolist()
+    return [dict(step=step, **split_metrics(logits[i], mem.tasks[i]), weight_sq=wsq[i]) for i in range(n)]
+
+
+def _diverged(mem: _Members, nonfinite: Tensor) -> list[bool]:
+    """Per member: a loss so far (``nonfinite``), or a weight now, is not finite. The weights
+    are checked too: the update after the last finite loss can overflow them, and such
+    weights must not become a checkpoint."""
+    return (nonfinite | ~torch.isfinite(mem.flat).all(1)).cpu().tolist()
+
+
+def _evaluate_and_retire(mem: _Members, step: int, nonfinite: Tensor, vectorize: bool, is_ckpt: bool,
+                         n_total: int) -> Tensor:
+    """At an evaluation step: every member's metrics row (none for a diverged member), the
+    checkpoint when ``is_ckpt``, and the members that are done leave (``_leave``). Returns
+    ``nonfinite`` of the members that stay."""
+    bad = _diverged(mem, nonfinite)
+    for i, row in enumerate(_evaluate(mem, step, vectorize)):
+        if not bad[i]:
+            mem.writers[i].record(row)
+    done = [(i, "diverged") if bad[i] else (i, s) for i in range(len(mem))
+            if bad[i] or (s := _finished(mem, i, step))]
+    if is_ckpt:
+        _checkpoint(mem, step, [i for i in range(len(mem)) if not bad[i]])
+    keep_flags = [i for i in range(len(mem)) if i not in {j for j, _ in done}]
+    _leave(mem, step, done, is_ckpt, n_total)
+    return nonfinite[torch.tensor(keep_flags, dtype=torch.long, device=nonfinite.device)]
+
+
+def _checkpoint(mem: _Members, step: int, which: list[int]):
+    """Members ``which`` checkpointed at ``step`` in two phases (module docstring, Crash safety)."""
+    for i in which:  # phase 1: every member's files, resume state under its "next" name
+        mem.writers[i].checkpoint(mem.member_state(i, step), resume_name=NEXT_RESUME_FILE)
+    for i in which:  # phase 2: commit
+        os.replace(mem.writers[i].path / NEXT_RESUME_FILE, mem.writers[i].path / RESUME_FILE)
+
+
+def _finished(mem: _Members, i: int, step: int) -> str | None:
+    """Member ``i``'s status if it is done at ``step`` ("stopped_after_grok", "done"), else None."""
+    tc = mem.cfgs[i].train
+    if should_stop(mem.writers[i].rows, tc.stop_after_grok):
+        return "stopped_after_grok"
+    return "done" if step >= tc.steps else None
+
+
+def _leave(mem: _Members, step: int, rows_done: list[tuple[int, str]], checkpointed: bool, n_total: int):
+    """Members that are done at ``step``: final checkpoint, member.json, compaction."""
+    if not rows_done:
+        return
+    if not checkpointed:
+        _checkpoint(mem, step, [i for i, status in rows_done if status != "diverged"])
+    for i, status in rows_done:
+        w = mem.writers[i]
+        last = step if status != "diverged" else read_resume_state(w.path).step
+        _write_status(w.path, status, last, w.rows, n_total)
+    gone = {i for i, _ in rows_done}
+    mem.keep([i for i in range(len(mem)) if i not in gone])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from dataclasses import replace as dc_replace
 from pathlib import Path
 
@@ -252,6 +252,250 @@ def _state_dict(obj, source: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().contiguous() for k, v in sd.items()}
 
 
+def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = None, p: int | None = None,
+               act_fn: str | None = None, split=None, step: int | None = None, progress: bool = True,
+               accept_mismatch: bool = False) -> Run:
+    """Turn a checkpoint series trained elsewhere into the run directory ``out`` and return it.
+
+    ``src`` is a folder of per-step HookedTransformer state dicts (``read_checkpoint_folder``),
+    one HookedTransformer state dict (``.pth``/``.pt``/``.safetensors``; a
+    ``{"model": state_dict, ...}`` bundle works too; ``step``: the step it was taken at,
+    default 0) or a TransformerLens Grokking-demo bundle (a ``.pth`` holding ``checkpoints``,
+    ``checkpoint_epochs``, and optionally ``model``, ``config``, ``train_losses``,
+    ``test_losses``, ``train_indices``, ``test_indices``). The TL demo saves epoch ``e``'s
+    weights after its update (``e + 1`` optimiser steps: step ``e + 1``); other bundles save
+    them before it (step ``e``). The bundle's own losses decide which (the convention under
+    which the re-evaluated losses agree); a note says which, and ``imported.epoch_convention``
+    in config.json keeps it. Without losses the demo's is assumed.
+
+    ``op`` (default ``add``, the demo's task), ``p`` (default: the unembedding's width) and
+    ``act_fn`` (default: the bundle config's, else ``relu``) say what the weights compute.
+    ``split``: the train indices (rows of mechgrok's a-major example table), as a sequence or
+    a file (JSON list, or integers separated by commas/whitespace); default the bundle's
+    ``train_indices``. Without any, mechgrok's seeded split is used and a note says so.
+
+    When the re-evaluated losses disagree with the bundle's beyond the tolerance
+    (``evaluation.loss_disagrees``) under either convention, the weights do not compute
+    what ``op``/``p``/``split`` assume and nothing is written: a ``ForeignFileError`` names the
+    worst loss and the likely cause; ``accept_mismatch`` imports anyway (a note records it).
+
+    Writes ``config.json`` (the split in ``task.train_idx``; what was read and assumed under
+    ``imported``), ``checkpoints/``, ``metrics.csv`` (each checkpoint evaluated on the split),
+    and ``source_losses.csv`` (the bundle's own per-step losses, when it has them); draws no
+    figures (``report.draw_figures``). Never runs code from ``src``; every failure is a one-line
+    ``ForeignFileError``; weights holding NaN/inf or integers are refused (``files.check_tensors``)."""
+    src, out = Path(src), Path(out)
+    check_new_run_dir(out)
+    series = _read_series(src, step)
+    notes = series.notes
+    split_name = "the split"
+    if split is None and series.train_indices is not None:
+        split, split_name = series.train_indices, "train_indices"  # the bundle's own
+    op, act_fn = _assumed_op_and_act_fn(op, act_fn, series.config, notes)
+    try:  # a ValueError/TypeError of the task's or model's own checks, as one line naming the file
+        task = _resolve_task(series, op, p, split, split_name, notes)
+        mcfg, resolved = _resolve_model(series, act_fn, task, notes)
+    except (ValueError, TypeError) as e:
+        raise ForeignFileError(e if isinstance(e, ForeignFileError) else f"{src}: {_one_line(e)}") from None
+    # every checkpoint evaluated once, before anything is written: where the checkpoints sit
+    # (the epoch convention) and whether the file was read as what it is both depend on it
+    evals = _evaluate(series.weights, resolved, task, f"import {src.name}", progress)
+    table = _source_loss_table(series.losses) if series.losses else None
+    reading = f"op {op}, p {task.cfg.p}, the split from {split_name if split is not None else 'mechgrok seed 0'}"
+    steps_of, convention = _place_on_steps(series, evals, table, step, reading, accept_mismatch, notes)
+    _write_run(out, series, task.cfg, mcfg, steps_of, evals, table, convention)
+    return Run(out)
+
+
+@dataclass
+class _ForeignSeries:
+    """What a foreign file or folder holds, read as data and before anything is assumed about
+    the task: the weights in the source's order, each with the name errors give it."""
+
+    src: Path
+    fmt: str  # "imported.format" in config.json
+    weights: list[dict[str, torch.Tensor]]  # a bundle's checkpoints, then its final model when new
+    labels: list[str]  # one per weights entry: "step 100", "checkpoints[2]", "model", "weights"
+    notes: list[str]  # what reading it noticed; the import's later steps add theirs
+    epochs: list[int] | None = None  # a bundle's checkpoint_epochs (placed on steps by the convention)
+    folder_steps: list[int] | None = None  # a folder's steps, from its file names
+    losses: dict[str, list[float]] = field(default_factory=dict)  # a bundle's train_losses/test_losses
+    final_step: int | None = None  # the step of a bundle's final model, when it is among the weights
+    config: dict = field(default_factory=dict)  # the source's own config, as data ({} without one)
+    train_indices: object = None  # a bundle's split, as stored
+    test_indices: object = None
+
+
+def _read_series(src: Path, step: int | None) -> _ForeignSeries:
+    """The source read as a folder of per-step state dicts, a Grokking-demo bundle, or one state dict."""
+    if src.is_dir():  # a folder of per-step state dicts: every file through the single-file reader
+        if step is not None:
+            raise ForeignFileError(f"{src}: a folder's steps come from its file names; drop --step")
+        by_step, notes = read_checkpoint_folder(src)
+        steps = sorted(by_step)
+        return _ForeignSeries(src, "folder of HookedTransformer state dicts", [by_step[s] for s in steps],
+                              [f"step {s}" for s in steps], notes, folder_steps=steps)
+    contents, notes = read_foreign(src)
+    if isinstance(contents, dict) and "checkpoints" in contents:
+        return _read_bundle(src, contents, notes)
+    weights = [_state_dict(contents, str(src))]
+    config = contents.get("config") if isinstance(contents, dict) else None
+    return _ForeignSeries(src, "HookedTransformer state dict", weights, ["weights"], notes,
+                          config=config if isinstance(config, dict) else {})
+
+
+def _read_bundle(src: Path, contents: dict, notes: list[str]) -> _ForeignSeries:
+    """A TransformerLens Grokking-demo bundle: its checkpoints with their epochs, its losses,
+    its final model (when it is not just the last checkpoint again), config and split."""
+    source = str(src)
+    missing = [k for k in BUNDLE_REQUIRED if k not in contents]
+    if missing:
+        raise ForeignFileError(f"{source}: a Grokking-demo bundle needs {', '.join(missing)} next to "
+                               f"'checkpoints'")
+    ckpts, epochs = contents["checkpoints"], contents["checkpoint_epochs"]
+    epochs = epochs.tolist() if isinstance(epochs, torch.Tensor) else list(epochs)
+    if not isinstance(ckpts, list) or len(ckpts) != len(epochs):
+        raise ForeignFileError(f"{source}: 'checkpoints' must be a list as long as 'checkpoint_epochs' "
+                               f"({len(epochs)})")
+    epochs = [int(e) for e in epochs]
+    weights = [_state_dict(sd, f"{source} checkpoints[{i}]") for i, sd in enumerate(ckpts)]
+    labels = [f"checkpoints[{i}]" for i in range(len(ckpts))]
+    losses = {k: [float(v) for v in contents[k]] for k in ("train_losses", "test_losses")
+              if isinstance(contents.get(k), (list, tuple, torch.Tensor))}
+    n_steps = max(len(v) for v in losses.values()) if losses else None
+    final_step = None
+    if isinstance(contents.get("model"), dict) and (n_steps is not None or not weights):
+        # the final weights: after the last epoch (len(train_losses) steps), if not saved already
+        weights.append(_state_dict(contents["model"], f"{source} model"))
+        labels.append("model")
+        final_step = n_steps or 0
+    if not weights:
+        raise ForeignFileError(f"{source}: the bundle holds no checkpoints")
+    config = contents.get("config")
+    return _ForeignSeries(src, "TransformerLens Grokking-demo bundle", weights, labels, notes, epochs=epochs,
+                          losses=losses, final_step=final_step, config=config if isinstance(config, dict) else {},
+                          train_indices=contents.get("train_indices"), test_indices=contents.get("test_indices"))
+
+
+def _assumed_op_and_act_fn(op: str | None, act_fn: str | None, config: dict, notes: list[str]) -> tuple[str, str]:
+    """``op`` and ``act_fn`` as given, else the demo's add and the source config's (or relu) act_fn, noted."""
+    if op is None:
+        op = "add"
+        notes.append("op not given: assumed add (the TL Grokking demo's task)")
+    if act_fn is None:
+        act_fn = config.get("act_fn") if isinstance(config.get("act_fn"), str) else None
+        if act_fn is None:
+            act_fn = "relu"
+            notes.append("act_fn not given and not in the file: assumed relu")
+    return op, act_fn
+
+
+def _resolve_task(series: _ForeignSeries, op: str, p: int | None, split, split_name: str,
+                  notes: list[str]) -> Task:
+    """The task the weights are read as: ``op``, its size from the weights' shapes (a ``p``
+    that disagrees is an error), the split given (else mechgrok's seeded one, noted); a
+    bundle's test_indices that are not the rest of the examples are noted."""
+    first, source = series.weights[0], str(series.src)
+    width = first["unembed.W_U"].shape[1]
+    if op == "parity":
+        task_kw = dict(op=op, n_bits=first["pos_embed.W_pos"].shape[0] - 1)
+    else:
+        if p is not None and p != width:
+            raise ForeignFileError(f"{source}: --p {p} does not fit the weights: unembed.W_U has {width} "
+                                   f"outputs (p = {width})")
+        task_kw = dict(op=op, p=width)
+    train_idx = _read_split(split, source, split_name) if split is not None else None
+    if train_idx is None:
+        notes.append("no split given: metrics use mechgrok's seeded split (frac 0.3, seed 0), not the "
+                     "source's; pass a split file to analyse with the original one")
+    task = Task(TaskConfig(**task_kw, train_idx=train_idx))
+    if series.test_indices is not None:
+        test_set = set(_read_split(series.test_indices, source, "test_indices"))
+        if test_set != set(task.test_idx.tolist()):
+            notes.append(f"test_indices in {series.src.name} are not all the examples outside train_indices: "
+                         f"mechgrok tests on all {len(task.test_idx)} others")
+    return task
+
+
+def _resolve_model(series: _ForeignSeries, act_fn: str, task: Task,
+                   notes: list[str]) -> tuple[ModelConfig, ModelConfig]:
+    """The model config inferred from the first weights (seed from the source config), and it
+    resolved on ``task``; every weights entry gets its missing biases as zeros (noted once)
+    and is checked against that config's shapes. Returns ``(config, resolved)``."""
+    mcfg = dc_replace(infer_config(series.weights[0], act_fn), seed=int(series.config.get("seed") or 0))
+    resolved = mcfg.resolve(task)
+    shapes = param_shapes(resolved)
+    for i, sd in enumerate(series.weights):
+        filled = [k for k, shape in shapes.items() if k not in sd and k.rsplit(".", 1)[-1].startswith("b_")]
+        for k in filled:
+            sd[k] = torch.zeros(shapes[k])
+        if filled and i == 0:
+            notes.append(f"biases missing in the source, filled with zeros: {', '.join(filled)}")
+        check_params(sd, resolved, source=f"{series.src} ({series.labels[i]})")
+    return mcfg, resolved
+
+
+def _evaluate(weights: list[dict[str, torch.Tensor]], resolved: ModelConfig, task: Task, desc: str,
+              progress: bool) -> list[dict[str, float]]:
+    """Each weights entry's loss and accuracy on the task's train and test split, and its weight_sq."""
+    evals = []
+    for sd in tqdm(weights, desc=desc, unit="ckpt", disable=not progress, dynamic_ncols=True):
+        tr = loss_and_accuracy_on(sd, resolved, task.train_inputs, task.train_labels)
+        te = loss_and_accuracy_on(sd, resolved, task.test_inputs, task.test_labels)
+        evals.append({"train_loss": tr[0], "test_loss": te[0], "train_acc": tr[1], "test_acc": te[1],
+                      "weight_sq": weight_sq(sd)})
+    return evals
+
+
+def _place_on_steps(series: _ForeignSeries, evals: list[dict], table: pd.DataFrame | None, step: int | None,
+                    reading: str, accept_mismatch: bool, notes: list[str]) -> tuple[list[int], str | None]:
+    """The step of each weights entry, and the epoch convention that placed them (None unless a
+    bundle). A folder's steps are its file names', a single state dict's ``step`` (default
+    0); a bundle's epochs sit where its own losses say (``_checked_convention``), or where the
+    demo puts them when it has none."""
+    if series.epochs is None:
+        return (series.folder_steps if series.folder_steps is not None else [int(step or 0)]), None
+    if table is not None:
+        convention = _checked_convention(series, evals, table, reading, accept_mismatch, notes)
+    else:
+        convention = "after"
+        notes.append("no losses in the bundle to tell where its checkpoints sit: assumed after their epoch's "
+                     "update (epoch e -> step e + 1, as the TL demo saves them)")
+    offset = EPOCH_CONVENTIONS[convention]
+    final = [series.final_step] if series.final_step is not None else []
+    return [e + offset for e in series.epochs] + final, convention
+
+
+def _checked_convention(series: _ForeignSeries, evals: list[dict], table: pd.DataFrame, reading: str,
+                        accept_mismatch: bool, notes: list[str]) -> str:
+    """The bundle's epoch convention (``_epoch_convention``), noted with how well each one
+    reproduces its losses. Losses beyond the tolerance even so mean the weights were read as
+    the wrong task or split (``reading``: what they were read as): a ``ForeignFileError``,
+    unless ``accept_mismatch`` (then noted)."""
+    final = (series.final_step, evals[-1]) if series.final_step is not None else None
+    convention, diffs = _epoch_convention(series.epochs, evals[:len(series.epochs)], final, table)
+    chosen, other = diffs[convention], diffs["before" if convention == "after" else "after"]
+    how = {"after": "after their epoch's update (epoch e -> step e + 1, as the TL demo saves them)",
+           "before": "before their epoch's update (epoch e -> step e)"}[convention]
+    notes.append(f"checkpoints saved {how}: the bundle's own losses say so; re-evaluated losses vs the "
+                 f"source's at the checkpoints: max relative difference train {_max_rel(chosen, 'train')}, "
+                 f"test {_max_rel(chosen, 'test')} (the other convention: train {_max_rel(other, 'train')}, "
+                 f"test {_max_rel(other, 'test')})")
+    bad = chosen[chosen["out"]]
+    if len(bad):
+        w = bad.loc[bad["rel"].idxmax()]
+        what = (f"{w['split']} loss at step {int(w['step'])}: {w['ours']:.4g} re-evaluated, {w['theirs']:.4g} "
+                f"in the bundle (relative difference {w['rel']:.2g}; {len(bad)} of {len(chosen)} losses "
+                f"beyond the tolerance {LOSS_RTOL:g})")
+        if not accept_mismatch:
+            raise ForeignFileError(
+                f"{series.src}: the weights do not reproduce the bundle's own losses ({what}): read as {reading}"
+                f", they were likely trained on another task or split: check --op, --p and --split "
+                f"(the split's seed), or pass --accept-mismatch to import anyway")
+        notes.append(f"imported despite a loss mismatch (--accept-mismatch): {what}")
+    return convention
+
+
 # Where a Grokking-demo bundle's checkpoint of epoch e sits: "after" its epoch's update (step
 # e + 1, as the TL demo saves them) or "before" it (step e, as variants that save at the top of
 # the loop do). The bundle's own losses say which (``_epoch_convention``).
@@ -305,198 +549,35 @@ def _max_rel(d: pd.DataFrame, split: str) -> str:
     return f"{rel.max():.2g}" if len(rel) else "n/a"
 
 
-def import_run(src: str | os.PathLike, out: str | os.PathLike, op: str | None = None, p: int | None = None,
-               act_fn: str | None = None, split=None, step: int | None = None, progress: bool = True,
-               accept_mismatch: bool = False) -> Run:
-    """Turn a checkpoint series trained elsewhere into the run directory ``out`` and return it.
-
-    ``src`` is a folder of per-step HookedTransformer state dicts (``read_checkpoint_folder``),
-    one HookedTransformer state dict (``.pth``/``.pt``/``.safetensors``; a
-    ``{"model": state_dict, ...}`` bundle works too; ``step``: the step it was taken at,
-    default 0) or a TransformerLens Grokking-demo bundle (a ``.pth`` holding ``checkpoints``,
-    ``checkpoint_epochs``, and optionally ``model``, ``config``, ``train_losses``,
-    ``test_losses``, ``train_indices``, ``test_indices``). The TL demo saves epoch ``e``'s
-    weights after its update (``e + 1`` optimiser steps: step ``e + 1``); other bundles save
-    them before it (step ``e``). The bundle's own losses decide which (the convention under
-    which the re-evaluated losses agree); a note says which, and ``imported.epoch_convention``
-    in config.json keeps it. Without losses the demo's is assumed.
-
-    ``op`` (default ``add``, the demo's task), ``p`` (default: the unembedding's width) and
-    ``act_fn`` (default: the bundle config's, else ``relu``) say what the weights compute.
-    ``split``: the train indices (rows of mechgrok's a-major example table), as a sequence or
-    a file (JSON list, or integers separated by commas/whitespace); default the bundle's
-    ``train_indices``. Without any, mechgrok's seeded split is used and a note says so.
-
-    When the re-evaluated losses disagree with the bundle's beyond the tolerance
-    (``evaluation.loss_disagrees``) under either convention, the weights do not compute
-    what ``op``/``p``/``split`` assume and nothing is written: a ``ForeignFileError`` names the
-    worst loss and the likely cause; ``accept_mismatch`` imports anyway (a note records it).
-
-    Writes ``config.json`` (the split in ``task.train_idx``; what was read and assumed under
-    ``imported``), ``checkpoints/``, ``metrics.csv`` (each checkpoint evaluated on the split),
-    and ``source_losses.csv`` (the bundle's own per-step losses, when it has them); draws no
-    figures (``report.draw_figures``). Never runs code from ``src``; every failure is a one-line
-    ``ForeignFileError``; weights holding NaN/inf or integers are refused (``files.check_tensors``)."""
-
-    src, out = Path(src), Path(out)
-    check_new_run_dir(out)
-    source, split_name = str(src), "the split"
-    final_sd, losses, epochs, folder_steps = None, {}, None, None
-    contents, notes = (None, []) if src.is_dir() else read_foreign(src)
-    if src.is_dir():  # a folder of per-step state dicts: every file through the single-file reader
-        if step is not None:
-            raise ForeignFileError(f"{source}: a folder's steps come from its file names; drop --step")
-        fmt = "folder of HookedTransformer state dicts"
-        series, notes = read_checkpoint_folder(src)
-        folder_steps = sorted(series)
-        weights = [series[s] for s in folder_steps]
-        foreign_cfg, test_given = None, None
-    elif isinstance(contents, dict) and "checkpoints" in contents:
-        fmt = "TransformerLens Grokking-demo bundle"
-        missing = [k for k in BUNDLE_REQUIRED if k not in contents]
-        if missing:
-            raise ForeignFileError(f"{source}: a Grokking-demo bundle needs {', '.join(missing)} next to "
-                                   f"'checkpoints'")
-        ckpts, epochs = contents["checkpoints"], contents["checkpoint_epochs"]
-        epochs = epochs.tolist() if isinstance(epochs, torch.Tensor) else list(epochs)
-        if not isinstance(ckpts, list) or len(ckpts) != len(epochs):
-            raise ForeignFileError(f"{source}: 'checkpoints' must be a list as long as 'checkpoint_epochs' "
-                                   f"({len(epochs)})")
-        epochs = [int(e) for e in epochs]
-        weights = [_state_dict(sd, f"{source} checkpoints[{i}]") for i, sd in enumerate(ckpts)]
-        losses = {k: [float(v) for v in contents[k]] for k in ("train_losses", "test_losses")
-                  if isinstance(contents.get(k), (list, tuple, torch.Tensor))}
-        n_steps = max(len(v) for v in losses.values()) if losses else None
-        if isinstance(contents.get("model"), dict) and (n_steps is not None or not weights):
-            # the final weights: after the last epoch (len(train_losses) steps), if not saved already
-            final_sd = _state_dict(contents["model"], f"{source} model")
-            weights.append(final_sd)
-        foreign_cfg = contents.get("config")
-        if split is None and contents.get("train_indices") is not None:
-            split, split_name = contents["train_indices"], "train_indices"
-        test_given = contents.get("test_indices")
-    else:
-        fmt = "HookedTransformer state dict"
-        weights = [_state_dict(contents, source)]
-        foreign_cfg, test_given = contents.get("config") if isinstance(contents, dict) else None, None
-    if not weights:
-        raise ForeignFileError(f"{source}: the bundle holds no checkpoints")
-    foreign_cfg = foreign_cfg if isinstance(foreign_cfg, dict) else {}
-
-    first = weights[0]
-    if op is None:
-        op = "add"
-        notes.append("op not given: assumed add (the TL Grokking demo's task)")
-    if act_fn is None:
-        act_fn = foreign_cfg.get("act_fn") if isinstance(foreign_cfg.get("act_fn"), str) else None
-        if act_fn is None:
-            act_fn = "relu"
-            notes.append("act_fn not given and not in the file: assumed relu")
-    width = first["unembed.W_U"].shape[1]
-    try:
-        if op == "parity":
-            task_kw = dict(op=op, n_bits=first["pos_embed.W_pos"].shape[0] - 1)
-        else:
-            if p is not None and p != width:
-                raise ForeignFileError(f"{source}: --p {p} does not fit the weights: unembed.W_U has {width} "
-                                       f"outputs (p = {width})")
-            task_kw = dict(op=op, p=width)
-        train_idx = _read_split(split, source, split_name) if split is not None else None
-        if train_idx is None:
-            notes.append("no split given: metrics use mechgrok's seeded split (frac 0.3, seed 0), not the "
-                         "source's; pass a split file to analyse with the original one")
-        task_cfg = TaskConfig(**task_kw, train_idx=train_idx)
-        task = Task(task_cfg)
-        if test_given is not None:
-            test_set = set(_read_split(test_given, source, "test_indices"))
-            if test_set != set(task.test_idx.tolist()):
-                notes.append(f"test_indices in {src.name} are not all the examples outside train_indices: "
-                             f"mechgrok tests on all {len(task.test_idx)} others")
-        mcfg = dc_replace(infer_config(first, act_fn), seed=int(foreign_cfg.get("seed") or 0))
-        mcfg_resolved = mcfg.resolve(task)
-        shapes = param_shapes(mcfg_resolved)
-        for i, sd in enumerate(weights):
-            filled = [k for k, shape in shapes.items() if k not in sd and k.rsplit(".", 1)[-1].startswith("b_")]
-            for k in filled:
-                sd[k] = torch.zeros(shapes[k])
-            if filled and i == 0:
-                notes.append(f"biases missing in the source, filled with zeros: {', '.join(filled)}")
-            if folder_steps is not None:
-                where = f"step {folder_steps[i]}"
-            elif epochs is not None:
-                where = f"checkpoints[{i}]" if i < len(epochs) else "model"
-            else:
-                where = "weights"
-            check_params(sd, mcfg_resolved, source=f"{source} ({where})")
-    except (ValueError, TypeError) as e:
-        raise ForeignFileError(e if isinstance(e, ForeignFileError) else f"{source}: {_one_line(e)}") from None
-
-    # every checkpoint evaluated once, before anything is written: where the checkpoints sit
-    # (the epoch convention) and whether the file was read as what it is both depend on it
-    evals = []
-    for sd in tqdm(weights, desc=f"import {src.name}", unit="ckpt", disable=not progress, dynamic_ncols=True):
-        tr = loss_and_accuracy_on(sd, mcfg_resolved, task.train_inputs, task.train_labels)
-        te = loss_and_accuracy_on(sd, mcfg_resolved, task.test_inputs, task.test_labels)
-        evals.append({"train_loss": tr[0], "test_loss": te[0], "train_acc": tr[1], "test_acc": te[1],
-                      "weight_sq": weight_sq(sd)})
-    table, convention = (_source_loss_table(losses) if losses else None), None
-    if epochs is None:
-        steps_of = folder_steps if folder_steps is not None else [int(step or 0)]
-    else:
-        final = (n_steps or 0, evals[-1]) if final_sd is not None else None
-        if table is not None:
-            convention, diffs = _epoch_convention(epochs, evals[:len(epochs)], final, table)
-            chosen, other = diffs[convention], diffs["before" if convention == "after" else "after"]
-            how = {"after": "after their epoch's update (epoch e -> step e + 1, as the TL demo saves them)",
-                   "before": "before their epoch's update (epoch e -> step e)"}[convention]
-            notes.append(f"checkpoints saved {how}: the bundle's own losses say so; re-evaluated losses vs the "
-                         f"source's at the checkpoints: max relative difference train {_max_rel(chosen, 'train')}, "
-                         f"test {_max_rel(chosen, 'test')} (the other convention: train {_max_rel(other, 'train')}, "
-                         f"test {_max_rel(other, 'test')})")
-            bad = chosen[chosen["out"]]
-            if len(bad):
-                w = bad.loc[bad["rel"].idxmax()]
-                what = (f"{w['split']} loss at step {int(w['step'])}: {w['ours']:.4g} re-evaluated, {w['theirs']:.4g} "
-                        f"in the bundle (relative difference {w['rel']:.2g}; {len(bad)} of {len(chosen)} losses "
-                        f"beyond the tolerance {LOSS_RTOL:g})")
-                if not accept_mismatch:
-                    raise ForeignFileError(
-                        f"{source}: the weights do not reproduce the bundle's own losses ({what}): read as op "
-                        f"{op}, p {task_cfg.p}, the split from {split_name if train_idx is not None else 'mechgrok seed 0'}"
-                        f", they were likely trained on another task or split: check --op, --p and --split "
-                        f"(the split's seed), or pass --accept-mismatch to import anyway")
-                notes.append(f"imported despite a loss mismatch (--accept-mismatch): {what}")
-        else:
-            convention = "after"
-            notes.append("no losses in the bundle to tell where its checkpoints sit: assumed after their epoch's "
-                         "update (epoch e -> step e + 1, as the TL demo saves them)")
-        offset = EPOCH_CONVENTIONS[convention]
-        steps_of = [e + offset for e in epochs] + ([n_steps or 0] if final_sd is not None else [])
-    series: dict[int, tuple[dict, dict]] = {}
-    for s, sd, ev in zip(steps_of, weights, evals):
-        series.setdefault(s, (sd, ev))  # the final model duplicates the last checkpoint under "after"
-
-    steps = sorted(series)
+def _write_run(out: Path, series: _ForeignSeries, task_cfg: TaskConfig, mcfg: ModelConfig, steps_of: list[int],
+               evals: list[dict], table: pd.DataFrame | None, convention: str | None):
+    """The run directory: a checkpoint and a metrics row per step (the first weights placed on
+    a step win: a bundle's final model duplicates its last checkpoint under "after"),
+    source_losses.csv when the source has losses, and config.json with what was read under
+    ``imported``."""
+    by_step: dict[int, tuple[dict, dict]] = {}
+    for s, sd, ev in zip(steps_of, series.weights, evals):
+        by_step.setdefault(s, (sd, ev))
+    steps = sorted(by_step)
     every = min((b - a for a, b in zip(steps, steps[1:])), default=max(steps[-1], 1))
     train_cfg = TrainConfig(steps=max(steps[-1], 1), eval_every=every, checkpoint_every=every, device="cpu")
     model_cfg = dc_replace(mcfg, d_vocab=None, d_vocab_out=None, n_ctx=None)
     config = RunConfig(task=task_cfg, model=model_cfg, train=train_cfg)
     rows = []
     for s in steps:
-        sd, ev = series[s]
+        sd, ev = by_step[s]
         rows.append({"step": s} | ev)
         save_tensors(checkpoint_path(out, s), sd, metadata={"step": str(s)})
     write_metrics(out / "metrics.csv", rows)
     if table is not None:
         write_csv(out / "source_losses.csv", table)
-    imported = {"source": str(src.resolve()), "format": fmt, "notes": notes,
-                "source_config": json.loads(json.dumps(foreign_cfg, default=str)),
+    imported = {"source": str(series.src.resolve()), "format": series.fmt, "notes": series.notes,
+                "source_config": json.loads(json.dumps(series.config, default=str)),
                 "train_settings": "unknown: only steps and the checkpoint grid come from the source"}
     if convention is not None:
         imported["epoch_convention"] = convention
     write_json(out / "config.json", config.to_dict() | {"versions": versions(), "device": "cpu",
                                                         "imported": imported})
-    return Run(out)
 
 
 # --- a folder of per-step checkpoints ----------------------------------------------------------
