@@ -510,10 +510,13 @@ def _evaluate(mem: _Members, step: int, vectorize: bool) -> list[dict]:
 
 
 def _diverged(mem: _Members, nonfinite: Tensor) -> list[bool]:
-    """Per member: a loss so far (``nonfinite``), or a weight now, is not finite. The weights
-    are checked too: the update after the last finite loss can overflow them, and such
-    weights must not become a checkpoint."""
-    return (nonfinite | ~torch.isfinite(mem.flat).all(1)).cpu().tolist()
+    """Per member: a loss so far (``nonfinite``), or a weight or AdamW moment now, is not
+    finite. The weights are checked too: the update after the last finite loss can overflow
+    them, and such weights must not become a checkpoint. So are the moments: ``exp_avg_sq``
+    overflows first (the squared gradient of a too-large lr) while weights and loss are still
+    finite, and a resume state holding it is one the reader refuses (``files.check_tensors``)."""
+    finite = torch.isfinite(mem.flat).all(1) & torch.isfinite(mem.m).all(1) & torch.isfinite(mem.v).all(1)
+    return (nonfinite | ~finite).cpu().tolist()
 
 
 def _evaluate_and_retire(mem: _Members, step: int, nonfinite: Tensor, vectorize: bool, is_ckpt: bool,
