@@ -649,6 +649,8 @@ def _run(
 
     if not touched and last_only and _position0_shortcut_pays(cfg, tokens):
         return _run_position0_per_token(params, cfg, tokens), cache
+    if not touched and last_only and _score_table_pays(cfg, tokens):
+        return _run_one_block_score_table(params, cfg, tokens), cache
     h, n, dk = cfg.n_heads, tokens.shape[1], cfg.d_head
     act = activation_fn(cfg)
     # Block 0 up to attention sees each token through (token id, position) alone, so its
@@ -776,6 +778,56 @@ def _run_position0_per_token(params: Params, cfg: ModelConfig, tokens: Int[Tenso
             rows = x
     x = _layer_norm(x, params, "ln_final") if ln else x
     return _affine(x, params["unembed.W_U"], params["unembed.b_U"])
+
+
+def _score_table_pays(cfg: ModelConfig, tokens: Int[Tensor, "batch pos"]) -> bool:
+    # One block, queried at the last position: its scores come from a table of d_vocab query
+    # tokens x (d_vocab * pos) (token, position) keys per head. Building it is one small bmm
+    # (a few MFLOP on the nanda shapes) and its gradient a gather's; the per-example scores
+    # it replaces are passes over [batch, pos, head, d_head] forward and backward, so it pays
+    # once the batch has more examples than there are (token, position) pairs.
+    return cfg.n_layers == 1 and tokens.shape[1] > 1 and tokens.shape[0] > cfg.d_vocab * tokens.shape[1]
+
+
+def _run_one_block_score_table(params: Params, cfg: ModelConfig, tokens: Int[Tensor, "batch pos"]
+                               ) -> Float[Tensor, "batch 1 d_vocab_out"]:
+    """``_run`` of a one-block model without hooks at the last position only, with the
+    attention scores gathered from a per-head table.
+
+    Block 0's queries and keys depend on (token, position) pairs alone, so every score the last
+    position can see is an entry of ``q_table[h] @ k_table[h].T`` (``[d_vocab, d_vocab * pos]``
+    per head: query tokens at the last position against every (token, position) row); each
+    example's scores are gathered from it instead of being computed from per-example keys.
+    Values are gathered from their own table (not sliced out of a joint key/value gather, whose
+    backward zero-fills and copies the whole ``[batch, pos, 2 * head * d_head]`` gradient). The
+    scores differ from ``_run``'s per-example sums by float32 rounding only.
+    """
+    batch, n = tokens.shape
+    V, h, dk = cfg.d_vocab, cfg.n_heads, cfg.d_head
+    ln = cfg.normalization == "LN"
+    b = "blocks.0"
+    pair = tokens * n + torch.arange(n, device=tokens.device)  # row of (token, position) in the table
+    x_table = einops.rearrange(token_position_table(params, n), "v p d -> (v p) d")
+    xn_table = _layer_norm(x_table, params, f"{b}.ln1") if ln else x_table
+    W_Q, b_Q, W_KV, b_KV = _qkv_weights(params, b)
+    kv_table = _affine(xn_table, W_KV, b_KV)  # [(v p), 2 * head * d_head]
+    k_table = kv_table[:, :h * dk].unflatten(-1, (h, dk))
+    v_table = kv_table[:, h * dk:].contiguous()
+    q_table = _affine(xn_table.view(V, n, -1)[:, -1], W_Q, b_Q).unflatten(-1, (h, dk))  # last position
+    score_table = einops.einsum(q_table, k_table, "q h e, r h e -> q r h") / attn_scale(cfg)
+    # example i, key position j: row (query token of i) * (V * n) + (token, position) row of key j
+    rows = tokens[:, -1:] * (V * n) + pair
+    scores = F.embedding(rows, score_table.reshape(V * V * n, h))  # [batch pos head]
+    pattern = scores.softmax(1)  # the last position attends to every position: no mask
+    v = F.embedding(pair, v_table).unflatten(-1, (h, dk))  # [batch pos head d_head]
+    z = (pattern[..., None] * v).sum(1).flatten(1)  # [batch (head d_head)]
+    x = F.embedding(pair[:, -1], x_table)
+    x = x + _affine(z, einops.rearrange(params[f"{b}.attn.W_O"], "h k d -> (h k) d"), params[f"{b}.attn.b_O"])
+    mlp_in = _layer_norm(x, params, f"{b}.ln2") if ln else x
+    post = activation_fn(cfg)(_affine(mlp_in, params[f"{b}.mlp.W_in"], params[f"{b}.mlp.b_in"]))
+    x = x + _affine(post, params[f"{b}.mlp.W_out"], params[f"{b}.mlp.b_out"])
+    x = _layer_norm(x, params, "ln_final") if ln else x
+    return _affine(x, params["unembed.W_U"], params["unembed.b_U"])[:, None]
 
 
 def forward(params: Params, cfg: ModelConfig, tokens: Int[Tensor, "batch pos"],

@@ -285,7 +285,7 @@ def test_probe_rows_go_to_dynamics_csv_and_survive_resume(tiny_cfg, tmp_path):
     at40 = run.params(40)
     assert dyn.loc[dyn.step == 40, "w_sq"].item() == pytest.approx(sum(float((v.double() ** 2).sum()) for v in at40.values()), rel=1e-8)  # dynamics.csv keeps 9 significant digits
     m = read_resume_state(tmp_path / "a").optimizer
-    assert dyn.loc[dyn.step == 60, "m_sq"].item() == pytest.approx(sum(float((s["exp_avg"].double() ** 2).sum()) for s in m.values()), rel=1e-9)
+    assert dyn.loc[dyn.step == 60, "m_sq"].item() == pytest.approx(sum(float((s["exp_avg"].double() ** 2).sum()) for s in m.values()), rel=1e-8)  # 9 significant digits: up to 5e-9 relative
     # stopped at 40 and resumed to 60: the same rows as the uninterrupted run
     short = replace(tiny_cfg, train=replace(tiny_cfg.train, steps=40))
     mg.train(short, tmp_path / "b", progress=False, probe=probe, probe_every=10)
