@@ -256,17 +256,26 @@ def _train(cfg: RunConfig, task: Task, writer: RunWriter, state: ResumeState, fr
         return writer.record(dict(zip(METRIC_COLUMNS, (step, tr_loss, te_loss, tr_acc, te_acc, weight_sq(params)))))
 
     def checkpoint(step: int):
-        writer.checkpoint(ResumeState(step, params, state_by_name(opt, params),
-                                      gfilter.state_tensors() if gfilter is not None else {}))
+        resume = ResumeState(step, params, state_by_name(opt, params), gfilter.state_tensors() if gfilter is not None else {})
+        # the update after the last finite loss can overflow the weights, and AdamW's second
+        # moment overflows first (the squared gradient of a too-large lr): a state holding
+        # either is one the reader refuses (files.check_tensors), so it must not replace the last good one
+        bad = [k for k, v in resume.to_tensors().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            bar.close()
+            raise TrainingDiverged(
+                f"{bad[0]} is not finite at step {step} ({len(bad)} tensor(s)): training stopped. The last good "
+                f"checkpoint is step {last_good} in {out} (resume.safetensors and "
+                f"{checkpoint_path(out, last_good).name}); try a lower lr or more warm-up.")
+        writer.checkpoint(resume)
 
-    start = state.step
+    start = last_good = state.step
+    bar = tqdm(total=tcfg.steps, initial=start, disable=not progress, desc=out.name, unit="step",
+               dynamic_ncols=True, mininterval=0.5)
     if fresh:
         record(start)
         checkpoint(start)
-    last_good = start
     stopped = should_stop(writer.rows, tcfg.stop_after_grok)
-    bar = tqdm(total=tcfg.steps, initial=start, disable=not progress, desc=out.name, unit="step",
-               dynamic_ncols=True, mininterval=0.5)
     t0 = time.time()
     for step in range(start, tcfg.steps if not stopped else start):
         idx = batch_indices(step, len(train_y), tcfg.batch_size, tcfg.seed)

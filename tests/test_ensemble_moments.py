@@ -33,3 +33,17 @@ def test_a_member_whose_moments_overflow_leaves_with_a_readable_checkpoint(tmp_p
         state = read_resume_state(o)  # refuses non-finite tensors: must not raise
         assert state.step == s["last_step"] < 100
         assert all(torch.isfinite(t).all() for opt in state.optimizer.values() for t in opt.values())
+
+
+def test_a_solo_run_whose_moments_overflow_stops_with_a_readable_last_checkpoint(tmp_path):
+    import pytest
+
+    import mechgrok as mg
+    from mechgrok.trainer import TrainingDiverged
+
+    cfg = _members((3.0,))[0]
+    with pytest.raises(TrainingDiverged, match=r"is not finite at step (\d+).*The last good checkpoint is step") as e:
+        mg.train(cfg, tmp_path / "r", progress=False)
+    state = read_resume_state(tmp_path / "r")  # refuses non-finite tensors: must not raise
+    assert f"The last good checkpoint is step {state.step} " in str(e.value)
+    assert state.step < int(str(e.value).split("at step ")[1].split(" ")[0])
