@@ -66,13 +66,33 @@ def verdicts(rows: list[dict]) -> list[dict]:
     return out
 
 
-def table(summary: list[dict]) -> str:
+def table(summary: list[dict], rows: list[dict]) -> str:
+    """Per arm: the counts behind the verdict, and per seed the test accuracy when it memorised,
+    the step it grokked and its final test accuracy (a grokked run can fall back)."""
     med = lambda q: "-" if not q["n"] else f"{q['median']:.3g}"  # noqa: E731
+    seeds = lambda wd: ", ".join(  # noqa: E731
+        f"{r['seed']}: {r['test_acc_at_memorised']:.3f} / {r['grokked_step'] or '-'} / {r['final_test_acc']:.3f}"
+        for r in rows if r["weight_decay"] == wd)
     return markdown_table([{"weight decay": s["weight_decay"], "n": s["n"], "memorised": s["n_memorised"],
                             f"near chance when memorised (< {NEAR_CHANCE:.3f})": s["n_near_chance_at_memorised"],
                             "grokked": s["n_grokked"], "grokked at step (median)": med(s["grokked_step"]),
-                            "final test acc (median)": med(s["final_test_acc"]), "seed 002": s["seed002"],
-                            "verdict": s["verdict"]} for s in summary])
+                            "final test acc (median)": med(s["final_test_acc"]),
+                            "per seed: test acc when memorised / grokked at / final test acc": seeds(s["weight_decay"]),
+                            "seed 002": s["seed002"], "verdict": s["verdict"]} for s in summary])
+
+
+def caption(rows: list[dict]) -> str:
+    """What the members show beyond the verdict: grokked members that ended below half accuracy."""
+    out = []
+    for wd in sorted({r["weight_decay"] for r in rows}, reverse=True):
+        g = [r for r in rows if r["weight_decay"] == wd]
+        grokked = [r for r in g if r["grokked"]]
+        fell = [r for r in grokked if r["final_test_acc"] < 0.5]
+        out.append(f"wd {wd:g}: {len(grokked)}/{len(g)} grokked" + (
+            f", and {len(fell)} of them ended below 0.5 test accuracy (seeds "
+            f"{', '.join(str(r['seed']) for r in fell)}: the fit itself broke, train accuracy "
+            f"{', '.join(format(r['final_train_acc'], '.3f') for r in fell)} at the end)" if fell else "") + ".")
+    return " ".join(out)
 
 
 def head(frac: float, wd: float, steps: int, eval_every: int, seeds, trained: float) -> str:
@@ -91,7 +111,7 @@ def section(d: dict | None) -> str:
     return "\n".join([
         f"{title} — `seed002_example1.png`, `.md`", "",
         f"`{d['command']}`. " + head(d["config"]["task"]["frac"], a["wd"], a["steps"], a["eval_every"], d["seeds"],
-                                      d["train_seconds"]) + f" Hardware: {d['hardware']}.", "", table(d["summary"]).rstrip()])
+                                      d["train_seconds"]) + f" Hardware: {d['hardware']}.", "", table(d["summary"], d["rows"]).rstrip(), "", caption(d["rows"])])
 
 
 def report(pop, args, base: mg.RunConfig, t0: float):
@@ -104,7 +124,7 @@ def report(pop, args, base: mg.RunConfig, t0: float):
                                   title=f"Seed 002 example 1: a+b mod 97, 40% train, 2 layers, with and without "
                                         f"weight decay ({len(seeds)} seeds per arm)"), stem)
     trained = sum(r.get("seconds") or 0 for r in pop.records.values())
-    text = (f"{head(base.task.frac, args.wd, args.steps, args.eval_every, seeds, trained)}\n\n{table(summary)}\n"
+    text = (f"{head(base.task.frac, args.wd, args.steps, args.eval_every, seeds, trained)}\n\n{table(summary, rows)}\n"
             f"Per member:\n\n{markdown_table(rows, floatfmt='.3g')}")
     _, js = ex.write_report(stem, text, {"args": vars(args), "config": base.to_dict(), "rows": rows, "summary": summary,
                                          "near_chance_below": NEAR_CHANCE, "train_seconds": trained}, seeds=seeds,
