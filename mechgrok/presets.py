@@ -20,6 +20,13 @@ from .choices import DEMO_TIME  # noqa: E402,F401
 
 NANDA_MODEL = ModelConfig(n_layers=1, d_model=128, n_heads=4, d_head=32, d_mlp=512, act_fn="relu")
 
+# seed 004's 2-layer mod-113 setting; `dynamics` and `seed004` differ in lr and length only
+DYNAMICS = RunConfig(task=TaskConfig(op="add", p=113, frac=0.5, seed=0),
+                     model=ModelConfig(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, act_fn="relu"),
+                     train=TrainConfig(steps=1500, lr=2e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10,
+                                       eval_every=10, checkpoint_every=50),
+                     preset="dynamics")
+
 PRESETS: dict[str, tuple[str, RunConfig]] = {
     "demo": (
         f"a+b mod 53, 50% train, Nanda's 1-layer model; groks in {DEMO_TIME}",
@@ -54,22 +61,14 @@ PRESETS: dict[str, tuple[str, RunConfig]] = {
         "4x32 heads, d_mlp 512, ReLU, no LayerNorm), full-batch AdamW lr 2e-3, wd 1, betas (0.9, 0.98), "
         "1500 steps. Seed 004 gives the task and depth, not the rest: frac and lr were chosen by measuring "
         "when runs memorise and grok (figures/dynamics/preset/optimizer_dynamics.md has seeds 0-29).",
-        RunConfig(task=TaskConfig(op="add", p=113, frac=0.5, seed=0),
-                  model=ModelConfig(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, act_fn="relu"),
-                  train=TrainConfig(steps=1500, lr=2e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10,
-                                    eval_every=10, checkpoint_every=50),
-                  preset="dynamics"),
+        DYNAMICS,
     ),
     "seed004": (
         "Seed 004's own setting as far as it is given: the dynamics model and task (a+b mod 113, 50% train, "
         "2 layers, full batch, AdamW betas (0.9, 0.98), wd 1) at lr 1e-3, chosen so that the transition "
         "falls near seed 004's ~1500 steps; 3000 steps (seed 004's budget). Its grokking step over seeds is "
         "measured in figures/grokfast_mod113.md (the AdamW arm).",
-        RunConfig(task=TaskConfig(op="add", p=113, frac=0.5, seed=0),
-                  model=ModelConfig(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, act_fn="relu"),
-                  train=TrainConfig(steps=3000, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10,
-                                    eval_every=10, checkpoint_every=50),
-                  preset="seed004"),
+        replace(DYNAMICS, train=replace(DYNAMICS.train, steps=3000, lr=1e-3), preset="seed004"),
     ),
     "parity": (
         "Seed 002 (weight decay and two basins): 10-bit parity, 10% of the 1024 strings for training, "
