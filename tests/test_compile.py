@@ -105,6 +105,6 @@ def test_compile_must_be_a_bool_and_ensembles_refuse_it(tiny_cfg):
     from mechgrok.ensemble import check_ensemble
 
     on = replace(tiny_cfg, train=replace(tiny_cfg.train, compile=True))
-    with pytest.raises(ValueError, match=r"ensembles train eagerly \(train\.compile=True"):
+    with pytest.raises(ValueError, match=r"ensembles \(and so sweeps\) train eagerly: train\.compile=True"):
         check_ensemble([on, on])
     check_ensemble([tiny_cfg, tiny_cfg])
