@@ -48,8 +48,9 @@ def _train_compiled(cfg, out, resumed: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.skipif(os.environ.get("MECHGROK_SLOW") != "1",
+                    reason="compiles a run: ~21 s with inductor's cache warm, 78 s cold at load 4; MECHGROK_SLOW=1")
 def test_compiled_run_follows_the_eager_one_on_two_graphs(tiny_cfg, tmp_path):
-    # ~25 s with inductor's on-disk cache warm, up to ~60 s cold on a loaded 2-core machine
     compiled = _train_compiled(tiny_cfg, tmp_path, resumed=False)
     # one graph for forward + loss + backward, one for the AdamW update, through all 10 warm-up
     # steps (the lr is a tensor that set_lr fills: a float lr recompiles at each of them);
