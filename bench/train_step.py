@@ -3,7 +3,7 @@ same weights, same optimiser, against the step's own matrix products, for severa
 all measured in one run.
 
     python bench/train_step.py [--configs nanda,2layer_mod113,4layer_b64] [--repeats 20]
-                               [--threads N] [--device cpu|cuda]
+                               [--threads N] [--device cpu|cuda] [--compile]
 
 Configs (``CONFIGS``): ``nanda`` (1 layer, p=113, full batch of 3830), ``2layer_mod113`` (the
 ``dynamics`` preset: 2 layers, p=113, full batch of 6384) and ``4layer_b64`` (the ``division4``
@@ -25,6 +25,9 @@ computed once per token instead of once per example). The gap between the step a
 is what is left to optimise: element-wise ops, softmax, the float64 loss, AdamW, dispatch.
 A fifth timing is the same step with torch's fused AdamW instead of the trainer's foreach one
 (a measurement only: fused rounds differently, so the trainer does not use it).
+With ``--compile`` a sixth is the trainer's ``train.compile`` step (``torch.compile`` of the
+forward + loss + backward and of the AdamW update, as ``mechgrok.trainer`` builds it), after
+its compilation, whose time is printed too.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 import mechgrok as mg
-from mechgrok.optim import make_optimizer
+from mechgrok.optim import compile_step, make_optimizer
 from mechgrok.schedule import batch_indices, trainable_names
 from mechgrok.trainer import loss_fn
 
@@ -76,7 +79,7 @@ def gflop(shapes) -> float:
     return sum(3 * 2 * r * i * o for r, i, o in shapes) / 1e9
 
 
-def bench_config(name: str, repeats: int, dev: torch.device) -> dict:
+def bench_config(name: str, repeats: int, dev: torch.device, compiled: bool = False) -> dict:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     cfg = mg.get_preset(CONFIGS[name])
     task = mg.Task(cfg.task)
@@ -115,6 +118,25 @@ def bench_config(name: str, repeats: int, dev: torch.device) -> dict:
         loss.backward()
         opt_fused.step()
 
+    # train.compile's step: the same step through torch.compile, built as the trainer builds it
+    if compiled:
+        comp = {k: v.detach().clone().requires_grad_(k in names) for k, v in ours.items()}
+        opt_comp = make_optimizer(comp, names, tcfg)
+        comp_loss, comp_update = torch.compile(loss_fn), compile_step(opt_comp)
+
+        def step_compiled(step):
+            x, y = minibatch(step)
+            loss = comp_loss(comp, mcfg, x, y)
+            opt_comp.zero_grad(set_to_none=True)
+            loss.backward()
+            comp_update()
+
+        sync()
+        t, c = time.perf_counter(), time.process_time()
+        step_compiled(0)  # compiles both graphs
+        sync()
+        compile_s = (time.perf_counter() - t, time.process_time() - c)
+
     # baseline: the TL 4 model users get, trained the plain way (logits at the last position),
     # with the same parameters frozen
     model = mg.to_tl_model(params, mcfg, device=dev)
@@ -148,6 +170,8 @@ def bench_config(name: str, repeats: int, dev: torch.device) -> dict:
     floor_every, floor_fewer = floor_fn(every, dev), floor_fn(fewer, dev)
     timings = {"mechgrok": step_ours, "transformer_lens": step_tl, "floor": lambda s: floor_every(),
                "floor_fewer": lambda s: floor_fewer(), "fused_adamw": step_fused}
+    if compiled:
+        timings["compiled"] = step_compiled
     # wall and CPU (process) time: on a shared machine the CPU seconds of a 1-thread run are the
     # work done, whatever share of a core the process got; the wall clock counts the waiting too
     times = {k: [] for k in timings}
@@ -167,7 +191,8 @@ def bench_config(name: str, repeats: int, dev: torch.device) -> dict:
     med_cpu = {f"{k}_cpu_ms": statistics.median(v) * 1e3 for k, v in cpu.items()}
     return {"name": name, "preset": CONFIGS[name], "batch": batch, "n_layers": mcfg.n_layers,
             "n_params": sum(v.numel() for v in params.values()), "gflop": gflop(every),
-            "gflop_fewer": gflop(fewer)} | med | med_cpu
+            "gflop_fewer": gflop(fewer)} | med | med_cpu | (
+                {"compile_s": compile_s[0], "compile_cpu_s": compile_s[1]} if compiled else {})
 
 
 def main(argv=None):
@@ -176,6 +201,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--compile", action="store_true", help="also time train.compile's step (torch.compile)")
     args = ap.parse_args(argv)
     wanted = [c.strip() for c in args.configs.split(",") if c.strip()]
     for c in wanted:
@@ -188,7 +214,7 @@ def main(argv=None):
           f"median of {args.repeats} alternated steps")
     rows = []
     for c in wanted:
-        r = bench_config(c, args.repeats, dev)
+        r = bench_config(c, args.repeats, dev, args.compile)
         rows.append(r)
         print(f"{c} ({r['preset']} preset, {r['n_layers']} layers, batch {r['batch']}, {r['n_params']:,} params); "
               f"ms per step, wall clock | CPU time", flush=True)
@@ -206,6 +232,10 @@ def main(argv=None):
         line(f"floor, fewer rows ({r['gflop_fewer']:.2f} GFLOP)", "floor_fewer",
              ratio("mechgrok", "floor_fewer", "step / it"))
         line("step with fused AdamW (not used)", "fused_adamw", ratio("fused_adamw", "floor", "/ floor"))
+        if args.compile:
+            line("compiled (train.compile)", "compiled", ratio("mechgrok", "compiled", "eager / compiled") + "   "
+                 + ratio("compiled", "floor", "/ floor"))
+            print(f"  compile time (first step)          {r['compile_s']:8.1f} | {r['compile_cpu_s']:8.1f} s", flush=True)
     return rows
 
 

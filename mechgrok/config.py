@@ -51,6 +51,11 @@ class TrainConfig:
     # for measures that need the optimizer state after training (dynamics.momentum_alignment) and
     # for interventions that carry it from a checkpoint other than the last.
     keep_moments: bool = False
+    # torch.compile (inductor) the step: forward + loss + backward, and the optimizer update.
+    # Faster where a step is fixed-cost bound (small batches, several layers), but it rounds
+    # differently from the eager step, so a compiled run is not bit-identical to an eager one:
+    # resume refuses to switch it (resume_config), like every other field that shapes the trajectory.
+    compile: bool = False
 
     def __post_init__(self):
         check_field_types(self)
@@ -92,6 +97,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.grokfast_window must be >= 1, got {self.grokfast_window}")
         if not isinstance(self.keep_moments, bool):
             raise ValueError(f"TrainConfig.keep_moments must be true or false, got {self.keep_moments!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"TrainConfig.compile must be true or false, got {self.compile!r}")
         if self.stop_after_grok is not None and int(self.stop_after_grok) < 0:
             raise ValueError(f"TrainConfig.stop_after_grok must be >= 0 or None, got {self.stop_after_grok}")
 

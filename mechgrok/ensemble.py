@@ -103,6 +103,10 @@ def check_ensemble(cfgs: Sequence[RunConfig]):
         raise ValueError(f"ensembles train with AdamW only (its update is written over the stacked members); "
                          f"train.optimizer={cfgs[0].train.optimizer!r} needs solo runs (mg.train, or sweep "
                          f"--chunk-size 1)")
+    if cfgs[0].train.compile:
+        raise ValueError("ensembles (and so sweeps) train eagerly: train.compile=True compiles a solo run's "
+                         "step; train the members as solo runs (mg.train, mechgrok train --compile), or set "
+                         "compile=False")
     first = dict(ensemble_key(cfgs[0]))
     for i, c in enumerate(cfgs[1:], 1):
         for name, value in ensemble_key(c):

@@ -123,9 +123,30 @@ def make_optimizer(params: dict[str, Tensor], names: list[str], tcfg, factory: O
 
 
 def set_lr(opt, factor: float):
-    """Every group's lr = its ``base_lr`` times ``factor`` (the warm-up)."""
+    """Every group's lr = its ``base_lr`` times ``factor`` (the warm-up); written into the
+    group's lr tensor in place where ``compile_step`` made it one."""
     for g in opt.param_groups:
-        g["lr"] = g["base_lr"] * factor
+        if isinstance(g["lr"], Tensor):
+            g["lr"].fill_(g["base_lr"] * factor)
+        else:
+            g["lr"] = g["base_lr"] * factor
+
+
+def compile_step(opt) -> Callable[[], None]:
+    """``opt.step`` compiled with torch.compile (inductor): the foreach update's per-tensor
+    kernels fused into a few loops. It rounds differently from the eager step.
+
+    A compiled step guards on a float lr, so every warm-up step would recompile (and past
+    dynamo's cache limit fall back to eager): where the optimizer can take it (Adam, AdamW:
+    groups with ``capturable``), each group's lr becomes a 0-d tensor that ``set_lr`` fills
+    in place, which torch accepts only with ``capturable=True`` (the step count kept as a
+    tensor on the parameters' device). Other optimizers keep a float lr and recompile
+    during warm-up."""
+    for g in opt.param_groups:
+        if "capturable" in g:
+            g["capturable"] = True
+            g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float64, device=g["params"][0].device)
+    return torch.compile(opt.step)
 
 
 def _each(opt) -> list[torch.optim.Optimizer]:

@@ -38,7 +38,7 @@ from .locks import lock_dir
 from .measures import training_probe
 from .milestones import should_stop
 from .model import ModelConfig, Params, forward, init_params, per_example_loss, weight_sq
-from .optim import OptimizerFactory, load_state_by_name, make_optimizer, set_lr, state_by_name
+from .optim import OptimizerFactory, compile_step, load_state_by_name, make_optimizer, set_lr, state_by_name
 from .runs import (MEMBERS_DIR, METRIC_COLUMNS, SWEEP_FILE, ResumeState, Run, RunWriter, checkpoint_path,
                    optimizer_state, read_resume_state)
 from .schedule import batch_indices, trainable_names, warmup_factor
@@ -242,6 +242,10 @@ def _train(cfg: RunConfig, task: Task, writer: RunWriter, state: ResumeState, fr
     opt = make_optimizer(params, names, tcfg, optimizer)
     if state.optimizer:
         load_state_by_name(opt, params, {k: v for k, v in state.optimizer.items() if k in names})
+    # train.compile: the forward + loss + backward as one compiled graph (AOTAutograd), and
+    # the update as another. On small batches a step is hundreds of small kernels plus autograd
+    # and Python (bench/README.md); compiled, they fuse. Evaluation stays eager.
+    step_loss, opt_step = (torch.compile(loss_fn), compile_step(opt)) if tcfg.compile else (loss_fn, opt.step)
     gfilter = GradientFilter.from_config(tcfg)
     if gfilter is not None and state.grokfast:
         gfilter.load(state.grokfast, device)
@@ -281,7 +285,7 @@ def _train(cfg: RunConfig, task: Task, writer: RunWriter, state: ResumeState, fr
         idx = batch_indices(step, len(train_y), tcfg.batch_size, tcfg.seed)
         x, y = (train_x, train_y) if idx is None else (train_x[idx.to(device)], train_y[idx.to(device)])
         set_lr(opt, warmup_factor(step, tcfg.warmup_steps))
-        value = loss_fn(params, mcfg, x, y, loss)
+        value = step_loss(params, mcfg, x, y, loss)
         if not torch.isfinite(value):
             bar.close()
             raise TrainingDiverged(
@@ -294,7 +298,7 @@ def _train(cfg: RunConfig, task: Task, writer: RunWriter, state: ResumeState, fr
             filtered = gfilter({k: params[k].grad for k in names})
             for k in names:
                 params[k].grad = filtered[k]
-        opt.step()
+        opt_step()
         done = step + 1
         if probe is not None and done % probe_every == 0:
             moments = state_by_name(opt, params)

@@ -1,0 +1,133 @@
+"""train.compile: the step compiled with torch.compile (inductor), opt-in.
+
+A compiled step rounds differently from the eager one, so the two runs agree only to a
+tolerance; a compiled run resumed from its own checkpoint must still be its uninterrupted
+self bit for bit, and a run cannot switch between the two on resume.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+import mechgrok as mg
+
+
+# The compiled runs train in a fresh interpreter: this test session checks mechgrok.model's
+# jaxtyping shapes at run time (pyproject's --jaxtyping-packages), which decorates the
+# forward's nested functions as they are defined, something dynamo cannot trace; it would fall
+# back to eager for the forward and the test would not test the compiled step users get.
+_TRAIN = """
+import json, sys
+from dataclasses import replace
+import mechgrok as mg
+from torch._dynamo.utils import counters
+
+cfg, out, resumed = mg.RunConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], sys.argv[3] == "1"
+on = replace(cfg, train=replace(cfg.train, compile=True))
+if not resumed:
+    mg.train(replace(cfg, train=replace(cfg.train, compile=False)), out + "/eager", progress=False)
+mg.train(on, out + "/whole", progress=False)
+graphs = counters["stats"].get("unique_graphs", 0)
+if resumed:
+    mg.train(replace(on, train=replace(on.train, steps=40)), out + "/resumed", progress=False)
+    mg.resume(out + "/resumed", on, progress=False)
+print(json.dumps({"graphs": graphs}))
+"""
+
+
+def _train_compiled(cfg, out, resumed: bool) -> dict:
+    cfg = replace(cfg, train=replace(cfg.train, device="cpu"))
+    done = subprocess.run([sys.executable, "-c", _TRAIN, json.dumps(cfg.to_dict()), str(out), str(int(resumed))],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(os.environ.get("MECHGROK_SLOW") != "1",
+                    reason="compiles a run: ~21 s with inductor's cache warm, 78 s cold at load 4; MECHGROK_SLOW=1")
+def test_compiled_run_follows_the_eager_one_on_two_graphs(tiny_cfg, tmp_path):
+    compiled = _train_compiled(tiny_cfg, tmp_path, resumed=False)
+    # one graph for forward + loss + backward, one for the AdamW update, through all 10 warm-up
+    # steps (the lr is a tensor that set_lr fills: a float lr recompiles at each of them);
+    # a forward that fell back to eager would leave one, a graph break in it three or more
+    assert compiled == {"graphs": 2}
+    eager, whole = mg.load_run(tmp_path / "eager"), mg.load_run(tmp_path / "whole")
+    assert whole.config.train.compile and not eager.config.train.compile
+    # it really is another computation: not the eager run's weights bit for bit ...
+    we, wc = eager.params(), whole.params()
+    assert any(not torch.equal(we[k], wc[k]) for k in we)
+    # ... but the same trajectory to rounding: 60 steps of tiny_cfg (lr 3e-3, 10 warm-up
+    # steps) measured at most 2.9e-5 (train) and 5.9e-5 (test) relative loss difference, the
+    # ~1e-7 per-step rounding difference amplified by training; 1e-3 leaves 17x margin
+    for col in ("train_loss", "test_loss"):
+        rel = ((eager.metrics[col] - whole.metrics[col]).abs() / eager.metrics[col]).max()
+        assert rel < 1e-3, (col, rel)
+    assert (eager.metrics.train_acc - whole.metrics.train_acc).abs().max() <= 0.02
+
+
+@pytest.mark.skipif(os.environ.get("MECHGROK_SLOW") != "1",
+                    reason="compiles three runs: 25 s with inductor's cache warm, ~100 s cold under load; MECHGROK_SLOW=1")
+def test_compiled_run_resumed_is_the_uninterrupted_one_bit_for_bit(tiny_cfg, tmp_path):
+    _train_compiled(tiny_cfg, tmp_path, resumed=True)
+    whole, resumed = mg.load_run(tmp_path / "whole"), mg.load_run(tmp_path / "resumed")
+    # interrupted at step 40 and resumed: the uninterrupted compiled run, bit for bit
+    assert resumed.config.train.compile
+    assert resumed.steps == whole.steps == [0, 20, 40, 60]
+    assert resumed.metrics.equals(whole.metrics)
+    for step in whole.steps:
+        wr, wc = resumed.params(step), whole.params(step)
+        assert all(torch.equal(wr[k], wc[k]) for k in wc), step
+    from mechgrok.runs import read_resume_state
+
+    # the AdamW moments they would go on from, too
+    mr, mw = read_resume_state(resumed.path).optimizer, read_resume_state(whole.path).optimizer
+    assert mr.keys() == mw.keys() and all(torch.equal(mr[k][j], mw[k][j]) for k in mw for j in mw[k])
+
+
+def test_set_lr_fills_the_tensor_lr_of_a_compiled_step():
+    from mechgrok.optim import compile_step, make_optimizer, set_lr
+
+    p = {"w": torch.ones(3, requires_grad=True)}
+    opt = make_optimizer(p, ["w"], mg.TrainConfig(lr=1e-2, weight_decay=0.0))
+    compile_step(opt)  # compiles lazily: nothing is traced until the step is called
+    lr = opt.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and opt.param_groups[0]["capturable"]
+    set_lr(opt, 0.25)
+    assert opt.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(2.5e-3)
+
+
+def test_resume_refuses_switching_compile_either_way(tiny_cfg):
+    from mechgrok.trainer import resume_config
+
+    on = replace(tiny_cfg, train=replace(tiny_cfg.train, compile=True))
+    for stored, asked, has in ((tiny_cfg, on, "False"), (on, tiny_cfg, "True")):
+        with pytest.raises(ValueError, match=rf"cannot change train\.compile when resuming \(the run has {has}"):
+            resume_config(stored, asked)
+
+
+def test_cli_compile_flag_reaches_the_config_and_resume_refuses_it(tiny_cfg, tmp_path):
+    from typer.testing import CliRunner
+
+    from mechgrok.cli import app
+
+    mg.train(replace(tiny_cfg, train=replace(tiny_cfg.train, steps=20)), tmp_path / "run", progress=False)
+    r = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "run"), "--steps", "40", "--compile"])
+    assert r.exit_code == 1
+    assert "cannot change train.compile" in r.output and len(r.output.strip().splitlines()) == 1
+    assert mg.load_run(tmp_path / "run").config.train.steps == 20  # nothing trained or rewritten
+
+
+def test_compile_must_be_a_bool_and_ensembles_refuse_it(tiny_cfg):
+    with pytest.raises(ValueError, match=r"TrainConfig\.compile"):
+        mg.TrainConfig(compile="yes")
+    from mechgrok.ensemble import check_ensemble
+
+    on = replace(tiny_cfg, train=replace(tiny_cfg.train, compile=True))
+    with pytest.raises(ValueError, match=r"ensembles \(and so sweeps\) train eagerly: train\.compile=True"):
+        check_ensemble([on, on])
+    check_ensemble([tiny_cfg, tiny_cfg])
