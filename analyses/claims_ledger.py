@@ -475,6 +475,31 @@ def limit_cycle(claim, path, root):
     return Result(ours, s, 1, ok, rule)
 
 
+def limit_cycle_own(claim, path, root):
+    """analyses/limit_cycle_seed004.py's members at one (weight decay, beta1): seed 004's
+    statement about what follows grokking, tested on every seed that grokked."""
+    d, pub = _json(path), claim["published"]
+    rows = [r for r in d["rows"] if (r["weight_decay"], r["beta1"]) == (pub["weight_decay"], pub["beta1"])]
+    grokked = [r for r in rows if r["grokked_step"] is not None]
+    per_seed = "; ".join(
+        f"seed {r['seed']}: " + ("not grokked" if r["grokked_step"] is None else
+                                 f"grokked {r['grokked_step']}, {len(r['crashes'])} crash(es)"
+                                 + ("" if r["lowest_after_grok"] is None else f" (lowest {r['lowest_after_grok']:.2f})")
+                                 + f", period {r['test_acc_period'] or 'none'}") for r in rows)
+    if "period" in pub:
+        periods = [r["test_acc_period"] for r in grokked if r["test_acc_period"] is not None]
+        ok = bool(periods) and abs(_med(periods) - pub["period"]) <= 0.5 * pub["period"]
+        rule = "the median accuracy period within 50% of the published one"
+    elif "crashes" in pub:
+        ok, rule = bool(grokked) and all(not r["crashes"] for r in grokked), "no crash after grokking in any seed"
+    else:
+        ok = any(r["lowest_after_grok"] is not None and r["lowest_after_grok"] <= pub["collapse_to"] + 0.15
+                 for r in grokked)
+        rule = "a crash to within 0.15 of the published accuracy in some seed"
+    s = setting_of(d["config"], seeds=len(rows), weight_decay=pub["weight_decay"], beta1=pub["beta1"])
+    return Result(per_seed, s, len(rows), ok, rule)
+
+
 def transplant(claim, path, root):
     d = _json(path)
     rows = [r for r in d["rows"] if r.get("control_grokking_step") is not None and r.get("fourier_grokking_step") is not None]
@@ -505,7 +530,7 @@ EXTRACT = {f.__name__: f for f in (freezing, weight_decay, single_run, parity, n
                                    nanda_phases, nanda_loss, latent_detour, latent_ln, latent_parity, beta1_zero,
                                    beta1_flat, beta1_high, wd_rate, wd_no_memorise, grokfast, hessian, agreement,
                                    momentum, erank, dips, limit_cycle, transplant, embedding_transfer, transition_step,
-                                   seed002_addition)}
+                                   seed002_addition, limit_cycle_own)}
 
 
 # --- the ledger --------------------------------------------------------------------------------

@@ -200,3 +200,28 @@ def test_seed002s_example_reads_every_part_of_the_claim(tmp_path):
     assert {v["weight_decay"]: v for v in s2.verdicts(rows)}[1.0]["verdict"] == "does not hold"
     rows[1], rows[3] = member(1.0, 1, 210, 0.03, 1700), member(0.0, 1, 200, 0.01, 3000)  # generalised without decay
     assert {v["weight_decay"]: v for v in s2.verdicts(rows)}[0.0]["verdict"] == "does not hold"
+
+
+def test_seed004s_limit_cycle_at_its_own_setting_is_read_per_member(ledger_script, tmp_path):
+    from mechgrok.presets import get_preset
+
+    root = _copy_data(tmp_path)
+    row = lambda wd, b1, seed, grok, period, lows: {  # noqa: E731
+        "weight_decay": wd, "beta1": b1, "seed": seed, "grokked_step": grok, "test_acc_period": period,
+        "crashes": [{"start": 2000 + 100 * i, "end": 2050 + 100 * i, "min_test_acc": x, "min_train_acc": 0.9}
+                    for i, x in enumerate(lows)], "lowest_after_grok": min(lows, default=None)}
+    rows = [row(1.0, 0.0, 0, 1300, 140, []), row(1.0, 0.0, 1, 1500, 170, []),
+            row(0.25, 0.0, 0, 1900, None, [0.31]), row(0.25, 0.0, 1, None, None, []),
+            row(2.0, 0.0, 0, 900, None, []), row(2.0, 0.0, 1, 950, None, [0.45]), row(1.0, 0.9, 0, 1400, None, [])]
+    path = root / "figures/dynamics/seed004/limit_cycle.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"config": get_preset("seed004").to_dict(), "rows": rows}))
+    by = {r["id"]: r for r in ledger_script.ledger(root)}
+    assert by["004-cycle-wd1-own"]["verdict"] == "reproduced" and by["004-cycle-wd1-own"]["n"] == 2  # median 155
+    assert by["004-cycle-wd025-own"]["verdict"] == "reproduced"  # seed 0 fell to 0.31 (within 0.15 of 0.25)
+    assert by["004-cycle-wd2-own"]["verdict"].startswith("not reproduced")  # seed 1 crashed to 0.45
+    assert by["004-cycle-wd2-own"]["ours"] == ("seed 0: grokked 900, 0 crash(es), period none; seed 1: grokked 950, "
+                                               "1 crash(es) (lowest 0.45), period none")
+    rows[1]["test_acc_period"] = 400  # median 270: more than 50% off ~150
+    path.write_text(json.dumps({"config": get_preset("seed004").to_dict(), "rows": rows}))
+    assert {r["id"]: r for r in ledger_script.ledger(root)}["004-cycle-wd1-own"]["verdict"].startswith("not reproduced")

@@ -1,0 +1,94 @@
+"""Seed 004's limit cycle at its own setting: what happens after grokking at weight decay 0.25,
+1 and 2 with beta1 = 0 (its weight-decay sweep sets beta1 = 0), and at wd 1 with beta1 = 0.9.
+
+    python analyses/limit_cycle_seed004.py                 # 4 arms x 2 seeds, 3000 steps
+    python analyses/limit_cycle_seed004.py --seeds 4       # more seeds (only the new ones train)
+
+The ``seed004`` preset (a+b mod 113, 50% train, 2 layers, full-batch AdamW lr 1e-3, betas
+(beta1, 0.98)): the setting whose AdamW arm groks near seed 004's ~1500 steps
+(figures/grokfast_mod113.md). Seed 004: at wd 1 accuracy and weight norm oscillate with a
+period of ~150 steps; at wd 0.25 accuracy collapses to ~0.25 and re-groks; at wd 2 it hovers
+near the boundary without sharp crashes. Per member: ``cycles.limit_cycle`` (period and
+amplitude of test accuracy and weight norm after grokking) and ``milestones.drops_after_grok``
+(every episode of test accuracy under 0.5 after grokking, with its lowest test and train
+accuracy). Each seed's four arms are one sweep under ``--out/seed{s}`` (resumable: re-run the
+command); the report is rewritten after every seed. Outputs (``--figures``): limit_cycle.html/.png
+(test accuracy and weight norm after grokking, every member), limit_cycle.md and .json.
+
+Cost on one core of the 2-core CPU VM: a member-step of this model is ~0.67 s of CPU
+(bench/train_step.py, 2layer_mod113), so 4 arms x 3000 steps is ~2.2 CPU-hours per seed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import mechgrok as mg
+from mechgrok import cycles as cy
+from mechgrok import experiment as ex
+from mechgrok.milestones import drops_after_grok
+from mechgrok.plots import limit_cycle_figure, markdown_table, save_figure
+
+ARMS = {  # (weight decay, beta1) -> seed 004's statement
+    (0.25, 0.0): "collapses to ~0.25 accuracy, re-grokking",
+    (1.0, 0.0): "period ~150 steps in accuracy and weight norm",
+    (2.0, 0.0): "gentle hovering near the boundary, no sharp crashes",
+    (1.0, 0.9): "- (beta1 0.9: the momentum control)",
+}
+BELOW = 0.5  # a crash: test accuracy under this again after grokking
+
+
+def member(r, metrics) -> dict:
+    lc = cy.limit_cycle(metrics, collapse_below=BELOW)
+    crashes = drops_after_grok(metrics, BELOW)
+    return {"weight_decay": float(r.weight_decay), "beta1": float(r.beta1), "seed": int(r.seed),
+            "last_step": int(metrics["step"].max()), **lc.to_dict(), "crashes": crashes,
+            "lowest_after_grok": min((c["min_test_acc"] for c in crashes), default=None)}
+
+
+def table(rows: list[dict]) -> str:
+    out = []
+    for (wd, b1), said in ARMS.items():
+        for r in (r for r in rows if (r["weight_decay"], r["beta1"]) == (wd, b1)):
+            low = "-" if r["lowest_after_grok"] is None else f"{r['lowest_after_grok']:.3f}"
+            out.append({"wd": wd, "beta1": b1, "seed": r["seed"], "seed 004": said, "grokked": r["grokked_step"] or "-",
+                        "verdict": r["verdict"], "test-acc period": r["test_acc_period"] or "-",
+                        "weight-norm period": r["weight_norm_period"] or "-",
+                        f"crashes under {BELOW:g} (lowest test acc)": f"{len(r['crashes'])} ({low})",
+                        "steps": r["last_step"]})
+    return markdown_table(out)
+
+
+def report(pop, args, t0: float):
+    t = pop.table
+    metrics = {r.id: pop.run(r.id).metrics for r in t.itertuples()}
+    rows = [member(r, metrics[r.id]) for r in t.itertuples()]
+    seeds = sorted({r["seed"] for r in rows})
+    stem = args.figures / "limit_cycle"
+    label = lambda r: f"wd {r.weight_decay:g} beta1 {r.beta1:g} seed {r.seed}"  # noqa: E731
+    save_figure(limit_cycle_figure({label(r): metrics[r.id] for r in t.itertuples()},
+                                   {label(r): m["grokked_step"] for r, m in zip(t.itertuples(), rows)},
+                                   title=f"seed004 preset after grokking ({len(seeds)} seeds per arm)"), stem)
+    trained = sum(r.get("seconds") or 0 for r in pop.records.values())
+    text = (f"Limit cycle at seed 004's setting: seed004 preset, {args.steps} steps, {len(seeds)} seed(s) per arm "
+            f"({', '.join(map(str, seeds))}); training {trained / 60:.1f} min over all invocations.\n\n{table(rows)}")
+    ex.write_report(stem, text, {"args": vars(args), "config": pop.run(0).config.to_dict(), "rows": rows,
+                                 "below": BELOW, "train_seconds": trained}, seeds=seeds, started=t0)
+    print(text)
+
+
+def main():
+    ap = ex.parser(__doc__, out="sweeps/limit_cycle_seed004", figures="figures/dynamics/seed004", seeds="2",
+                   overrides=True)
+    ap.add_argument("--steps", type=int, default=3000)
+    args = ex.parse_args(ap)
+    spec = mg.SweepConfig(mg.get_preset("seed004"),
+                          settings=tuple({"weight_decay": wd, "beta1": b1} for wd, b1 in ARMS),
+                          seeds=tuple(ex.parse_seeds(args.seeds)), chunk_size=8,
+                          fixed={"steps": args.steps, "device": "cpu"} | ex.parse_overrides(args.set))
+    t0 = time.time()
+    ex.sweep_seed_by_seed(spec, args.out, after=lambda pop: report(pop, args, t0))
+
+
+if __name__ == "__main__":
+    main()
