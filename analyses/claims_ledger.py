@@ -358,10 +358,12 @@ def grokfast(claim, path, root):
     base, gf, low, both = arm("none", 0.9), arm("ema", 0.9), arm("none", 0.5), arm("ema", 0.5)
     ours = "; ".join(f"{name} {med(a):g} ({int(a['grokked'].sum())}/{len(a)})" for name, a in
                      (("AdamW", base), ("Grokfast", gf), ("beta1 0.5", low), ("both", both)))
-    agrees = med(low) <= med(gf) and med(both) > min(med(gf), med(low)) and med(gf) < med(base)
+    # seed 004: Grokfast ~800 and beta1 0.5 ~700 against AdamW's ~1500 (each about half), and
+    # "Grokfast + low beta1 is worse than either alone" (later than each of the two)
+    agrees = max(med(gf), med(low)) <= 0.75 * med(base) and med(both) > max(med(gf), med(low))
     s = _grokfast_setting(d, len(set(t["seed"])))
-    return Result(ours, s, len(t), agrees, "beta1 0.5 <= Grokfast < AdamW, and both together slower than the faster one "
-                                           "(median grokking step)")
+    return Result(ours, s, len(t), agrees, "Grokfast and beta1 0.5 each grok within 3/4 of AdamW's median step, "
+                                           "and both together later than each alone (median grokking step)")
 
 
 def _grokfast_setting(d: dict, n: int) -> dict:
