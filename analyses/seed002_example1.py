@@ -71,7 +71,8 @@ def table(summary: list[dict], rows: list[dict]) -> str:
     the step it grokked and its final test accuracy (a grokked run can fall back)."""
     med = lambda q: "-" if not q["n"] else f"{q['median']:.3g}"  # noqa: E731
     seeds = lambda wd: ", ".join(  # noqa: E731
-        f"{r['seed']}: {r['test_acc_at_memorised']:.3f} / {r['grokked_step'] or '-'} / {r['final_test_acc']:.3f}"
+        f"{r['seed']}: {'-' if r['test_acc_at_memorised'] is None else format(r['test_acc_at_memorised'], '.3f')} / "
+        f"{r['grokked_step'] or '-'} / {r['final_test_acc']:.3f}"
         for r in rows if r["weight_decay"] == wd)
     return markdown_table([{"weight decay": s["weight_decay"], "n": s["n"], "memorised": s["n_memorised"],
                             f"near chance when memorised (< {NEAR_CHANCE:.3f})": s["n_near_chance_at_memorised"],
