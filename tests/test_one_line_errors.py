@@ -107,9 +107,10 @@ def _cli(out, *args):
 
 def test_ctrl_c_says_where_it_stopped_and_the_resume_command_it_prints_finishes_the_run(tmp_path):
     out = tmp_path / "run"
-    slow = tmp_path / "slow.py"  # a measure at every step that sleeps: 120 steps take ~6 s, time to stop it
+    # a measure at every step that sleeps: steps 40-400 take ~18 s, time to stop it on a loaded machine
+    slow = tmp_path / "slow.py"
     slow.write_text("import time\n\ndef slow(ctx):\n    time.sleep(0.05)\n    return {}\n")
-    cmd, env = _cli(out, *MODEL, "--steps", "120", "--measure", f"{slow}:slow", "--measure-every", "1")
+    cmd, env = _cli(out, *MODEL, "--steps", "400", "--measure", f"{slow}:slow", "--measure-every", "1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     end = time.monotonic() + 120
     # a file event, not a clock: a checkpoint writes its step file before its resume state
@@ -122,7 +123,7 @@ def test_ctrl_c_says_where_it_stopped_and_the_resume_command_it_prints_finishes_
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     step = int(mg.runs.read_resume_state(out).step)
-    assert 30 <= step < 120, "it should have stopped part-way"
+    assert 30 <= step < 400, "it should have stopped part-way"
     assert f"stopped at step {step}; resume with `mechgrok train --resume {out}`" in err
     assert "Traceback" not in err
     printed = err.split("`")[1].split()
@@ -130,9 +131,9 @@ def test_ctrl_c_says_where_it_stopped_and_the_resume_command_it_prints_finishes_
     cmd, env = _cli(None, *printed[2:], "--no-progress", "--no-png")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert f"resuming {out} from step {step} to step 120" in done.stdout
+    assert f"resuming {out} from step {step} to step 400" in done.stdout
     run = mg.load_run(out)
-    assert run.steps[-1] == 120 and run.metrics.step.tolist() == list(range(0, 121, 10))
+    assert run.steps[-1] == 400 and run.metrics.step.tolist() == list(range(0, 401, 10))
 
 
 def test_ctrl_c_in_a_sweep_counts_the_finished_members_and_names_the_resume_command(tmp_path, monkeypatch):
