@@ -105,13 +105,21 @@ def _cli(out, *args):
     return cmd, env
 
 
+def _sigint_as_in_a_terminal():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_says_where_it_stopped_and_the_resume_command_it_prints_finishes_the_run(tmp_path):
     out = tmp_path / "run"
     # a measure at every step that sleeps: steps 40-400 take ~18 s, time to stop it on a loaded machine
     slow = tmp_path / "slow.py"
     slow.write_text("import time\n\ndef slow(ctx):\n    time.sleep(0.05)\n    return {}\n")
     cmd, env = _cli(out, *MODEL, "--steps", "400", "--measure", f"{slow}:slow", "--measure-every", "1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the child starts as from a terminal: SIGINT unblocked and at its default (in the full suite a
+    # child once inherited a state in which SIGINT did nothing; a user's shell never passes that on)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_in_a_terminal)
     end = time.monotonic() + 120
     # a file event, not a clock: a checkpoint writes its step file before its resume state
     # (RunWriter.checkpoint), so step 40's file means step 30's resume state is committed
