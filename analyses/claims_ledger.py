@@ -375,11 +375,16 @@ def _grokfast_setting(d: dict, n: int) -> dict:
     return s
 
 
+def _adamw_arm(t: pd.DataFrame) -> pd.DataFrame:
+    """The plain AdamW (beta1 0.9, no Grokfast) members of a Grokfast report's table."""
+    return t[(t["grokfast"] == "none") & (t["beta1"] == 0.9)]
+
+
 def transition_step(claim, path, root):
     """The AdamW arm of the Grokfast report at seed 004's setting: where its transition falls."""
     d = _json(path)
     t = pd.DataFrame(d["table"])
-    base = t[(t["grokfast"] == "none") & (t["beta1"] == 0.9)]
+    base = _adamw_arm(t)
     steps = base["grokked_step"].where(base["grokked"]).tolist()
     med, pub = _med(steps), claim["published"]["grokked_step"]
     ours = (f"median {med:g} over {int(base['grokked'].sum())}/{len(base)} grokked seeds (steps "
@@ -862,7 +867,7 @@ def presets_block(root: Path) -> str:
     gf = root / "figures/grokfast_mod113.json"
     if gf.exists():
         t = pd.DataFrame(_json(gf)["table"])
-        a = t[(t["grokfast"] == "none") & (t["beta1"] == 0.9)]
+        a = _adamw_arm(t)
         steps = a["grokked_step"].where(a["grokked"]).tolist()
         out.append(f"- `seed004`: groks (test acc > 0.9) at a median step {_med(steps):g} over {int(a['grokked'].sum())}/"
                    f"{len(a)} grokked seeds, memorises at a median {_med(a['memorised_step'].tolist()):g} (the AdamW arm of "
