@@ -3,6 +3,12 @@ memorisation plateau, train on, and see whether the model still groks.
 
     python analyses/freezing_phases.py            # the documented small scale (~15 min, 1 core)
     python analyses/freezing_phases.py --full     # the published scale (division4, 7k/11k, +10k)
+    python analyses/freezing_phases.py --full --compile --at-fractions 0.355,0.613
+        # the same, compiled (~1.4x faster per step), from the checkpoints nearest the fractions
+        # of OUR plateau at which 7k and 11k sit on seed 000's ~1.5k-17k
+    python analyses/freezing_phases.py --full --compile --from-steps 7000   # one checkpoint per
+        # process: two processes share the base run and --out/results.jsonl (train it first, with
+        # --base-only); a last run with both checkpoints writes the report from the results
 
 The published scale (20k + 22 x 10k steps of a 4-layer d_model-128 model at batch 64) takes
 about 3.5 hours on one CPU core here, so the default shrinks the problem but keeps its shape:
@@ -21,6 +27,7 @@ numbers), the paired-bar figure and the raw results in --figures.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -39,32 +46,67 @@ PUBLISHED = {
 }
 
 
+def checkpoints(run: mg.Run, args) -> tuple[list[int], str]:
+    """The steps to intervene at, and the rule that chose them, in words for the report: the
+    steps asked for, or (--at-fractions) the saved checkpoints nearest those fractions of the
+    base run's plateau, which needs a base run that memorised and grokked."""
+    if not args.at_fractions:
+        return [int(s) for s in args.from_steps.split(",")], "the steps given"
+    tr = transition_metrics(run.metrics)
+    if tr.memorised_step is None or tr.grokked_step is None:
+        raise SystemExit(f"--at-fractions: the base run {run.path} has no plateau to take fractions of (memorised at "
+                         f"{tr.memorised_step}, grokked at {tr.grokked_step}); train it longer (--base-steps) or "
+                         f"give --from-steps")
+    fracs = [float(f) for f in args.at_fractions.split(",")]
+    mem, grok, saved = tr.memorised_step, tr.grokked_step, run.steps
+    steps = [min(saved, key=lambda s: abs(s - (mem + f * (grok - mem)))) for f in fracs]
+    return steps, (f"the saved checkpoints nearest {', '.join(f'{f:g}' for f in fracs)} of the base run's plateau "
+                   f"({mem} to {grok}): " + ", ".join(f"{s} ({(s - mem) / (grok - mem):.3f})" for s in steps))
+
+
 def main():
-    ap = ex.parser(__doc__, out="runs/freezing", full="published scale: division4, 7000/11000, +10000")
+    ap = ex.parser(__doc__, out=None, full="published scale: division4, 7000/11000, +10000")
+    ap.add_argument("--out", type=Path, default=None, help="base run and continuations (default runs/freezing, "
+                    "runs/freezing_full with --full; re-running reuses them)")
     ap.add_argument("--p", type=int, default=47)
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--wd", type=float, default=1.0)
-    ap.add_argument("--base-steps", type=int, default=2000)
-    ap.add_argument("--from-steps", default="900,1200")
-    ap.add_argument("--steps", type=int, default=1000, help="steps to train on after each intervention")
+    ap.add_argument("--base-steps", type=int, default=None, help="base run length (default 2000; --full 20000)")
+    ap.add_argument("--from-steps", default=None, help="checkpoints to intervene at (default 900,1200; --full 7000,11000)")
+    ap.add_argument("--at-fractions", default=None, help="F1,F2 instead of --from-steps: the saved checkpoints nearest "
+                    "these fractions of the base run's plateau (memorised to grokked at 0.9); 0.355,0.613 is where "
+                    "seed 000's 7k and 11k sit on its ~1.5k-17k")
+    ap.add_argument("--steps", type=int, default=None, help="steps to train on after each intervention (default 1000; "
+                    "--full 10000)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile every step (TrainConfig.compile; not "
+                    "bit-identical to eager, and a base run cannot switch)")
     ap.add_argument("--interventions", default="all")
+    ap.add_argument("--base-only", action="store_true", help="train (or resume) the base run, print its milestones "
+                    "and the checkpoints it would use, and stop")
     args = ex.parse_args(ap)
+    args.out = args.out or Path("runs/freezing_full" if args.full else "runs/freezing")
+    full = {"base_steps": 20_000, "from_steps": "7000,11000", "steps": 10_000}
+    small = {"base_steps": 2000, "from_steps": "900,1200", "steps": 1000}
+    for k, v in (full if args.full else small).items():
+        setattr(args, k, getattr(args, k) if getattr(args, k) is not None else v)
     if args.full:
-        args.base_steps, args.from_steps, args.steps = 20_000, "7000,11000", 10_000
-        cfg = mg.configure("division4", device="cpu", checkpoint_every=1000)
+        cfg = mg.configure("division4", steps=args.base_steps, device="cpu", checkpoint_every=500,
+                           compile=args.compile)
     else:
         cfg = mg.configure("division4", p=args.p, d_model=args.d_model, d_head=args.d_model // 4, d_mlp=4 * args.d_model,
                            steps=args.base_steps, lr=args.lr, weight_decay=args.wd, eval_every=50,
-                           checkpoint_every=100, device="cpu")
-    from_steps = [int(s) for s in args.from_steps.split(",")]
+                           checkpoint_every=100, device="cpu", compile=args.compile)
     t0 = time.time()
     run = ex.train_or_resume(cfg, args.out / "base")
+    from_steps, rule = checkpoints(run, args)
     base_s, m, tr = time.time() - t0, run.metrics, transition_metrics(run.metrics)
     at = m.set_index("step")
     print(f"base run {args.out / 'base'}: {run.task.describe()}, memorised at {tr.memorised_step}, grokked at "
           f"{tr.grokked_step}; test acc at checkpoints: " + ", ".join(f"{s}: {at.loc[s, 'test_acc']:.3f}"
-                                                                  for s in from_steps), flush=True)
+                                                                  for s in from_steps) + f" ({rule})", flush=True)
+    if args.base_only:
+        return
     names = iv.parse_interventions(args.interventions, run.model_cfg.n_layers)
     results = iv.freeze_sweep(run, from_steps, names, args.steps, out_dir=args.out, trajectories=True)
     done = {(r["from_step"], r["name"]): r for r in results.to_dict("records")}
@@ -86,7 +128,7 @@ def main():
         {"intervention": n, "trainable / total": f"{first[n]['trainable_params']:,} / {first[n]['total_params']:,}",
          **{f"ours from {s}": cell(done[(s, n)]) for s in from_steps[:2]},
          "published from 7k": f"{PUBLISHED[n][0]:.1%}", "published from 11k": f"{PUBLISHED[n][1]:.1%}"} for n in names])
-    meta = {"config": cfg.to_dict(), "from_steps": from_steps, "steps": args.steps,
+    meta = {"config": cfg.to_dict(), "from_steps": from_steps, "checkpoint_rule": rule, "steps": args.steps,
             "base_memorisation_step": tr.memorised_step, "base_grokking_step": tr.grokked_step,
             "base_test_acc_at_checkpoints": {s: float(at.loc[s, "test_acc"]) for s in from_steps},
             "base_seconds": round(base_s, 1)}
