@@ -70,8 +70,10 @@ def _category(acc: tuple[float, float], threshold: float) -> str:
 def freezing(claim, path, root):
     d = _json(path)
     meta, name = d["meta"], claim["published"]["intervention"]
-    acc = tuple(next(r["final_test_acc"] for r in d["results"] if r["name"] == name and r["from_step"] == s)
+    acc = tuple(next((r["final_test_acc"] for r in d["results"] if r["name"] == name and r["from_step"] == s), None)
                 for s in meta["from_steps"])
+    if None in acc:  # a report of a study still running: this intervention is not done from both checkpoints
+        return None
     pub = claim["published"]["acc"]
     ours_cat, pub_cat = _category(acc, BLOCKED), _category(pub, BLOCKED)
     setting = setting_of(meta["config"], seeds=1, checkpoints=meta["from_steps"], continue_steps=meta["steps"])
@@ -642,15 +644,21 @@ def _table(header: list[str], rows: list[list]) -> str:
                      ["| " + " | ".join(_cell(x) for x in r) + " |" for r in rows])
 
 
-def freezing_block(root: Path) -> str:
+def freezing_block(root: Path, stem: str = "freezing_phases") -> str:
     """figures/README's freezing table, the base run's milestones and where the checkpoints sit
-    on its plateau (against seed 000's), and which interventions fall in seed 000's category."""
+    on its plateau (against seed 000's), and which interventions fall in seed 000's category.
+    A study still running (``meta.continuations``) has cells "not run yet"."""
     from_script = _script("freezing_phases").PUBLISHED
-    d = _json(root / "figures/freezing_phases.json")
+    path = root / f"figures/{stem}.json"
+    if not path.exists():
+        return (f"Not run yet: `python analyses/freezing_phases.py --full --compile` (figures/{stem}.json; sized in "
+                f"\"Runs at the seeds' own settings not made yet\" below).")
+    d = _json(path)
     meta = d["meta"]
     s1, s2 = meta["from_steps"]
     res = {(r["name"], r["from_step"]): r for r in d["results"]}
     names = list(dict.fromkeys(r["name"] for r in d["results"]))
+    names_both = [n for n in names if (n, s1) in res and (n, s2) in res]
     mem, grok = meta["base_memorisation_step"], meta["base_grokking_step"]
     pub_mem, pub_grok = _json(root / "figures/claims.json")["facts"]["seed000_plateau"]
     pub_steps = _json(root / "figures/claims.json")["settings"]["seed000"]["checkpoints"]
@@ -658,23 +666,37 @@ def freezing_block(root: Path) -> str:
     at = meta["base_test_acc_at_checkpoints"]
 
     def cell(r):
+        if r is None:
+            return "not run yet"
         g = f"grok {r['grokking_step']}" if r["grokked"] else "no grok"
         return f"{_pct(r['final_test_acc'])} (max {r['max_test_acc']:.0%}, {g})"
 
-    acc = {n: (res[(n, s1)]["final_test_acc"], res[(n, s2)]["final_test_acc"]) for n in names}
-    rows = [[n, f"{res[(n, s1)]['trainable_params']:,} / {res[(n, s1)]['total_params']:,}", cell(res[(n, s1)]),
-             cell(res[(n, s2)]), _pct(from_script[n][0]), _pct(from_script[n][1]),
-             f"{_category(acc[n], BLOCKED)} / {_category(acc[n], GROKKED)}", _category(from_script[n], BLOCKED)]
-            for n in names]
-    same = [n for n in names if _category(acc[n], BLOCKED) == _category(from_script[n], BLOCKED)]
-    other = [f"{n} ({_category(acc[n], BLOCKED)}; published {_category(from_script[n], BLOCKED)})" for n in names
+    acc = {n: (res[(n, s1)]["final_test_acc"], res[(n, s2)]["final_test_acc"]) for n in names_both}
+    some = {n: res.get((n, s1)) or res[(n, s2)] for n in names}
+    rows = [[n, f"{some[n]['trainable_params']:,} / {some[n]['total_params']:,}", cell(res.get((n, s1))),
+             cell(res.get((n, s2))), _pct(from_script[n][0]), _pct(from_script[n][1]),
+             f"{_category(acc[n], BLOCKED)} / {_category(acc[n], GROKKED)}" if n in acc else "-",
+             _category(from_script[n], BLOCKED)] for n in names]
+    same = [n for n in names_both if _category(acc[n], BLOCKED) == _category(from_script[n], BLOCKED)]
+    other = [f"{n} ({_category(acc[n], BLOCKED)}; published {_category(from_script[n], BLOCKED)})" for n in names_both
              if n not in same]
-    head = (f"Base run: memorised (train acc > 0.99) at step {mem}, grokked (test acc > 0.9) at {grok}. The checkpoints "
-            f"{s1} and {s2} (test accuracy {_pct(at[str(s1)])} and {_pct(at[str(s2)])}) sit at "
-            f"{frac(s1, mem, grok):.2f} and {frac(s2, mem, grok):.2f} of its plateau (memorised to grokked); seed 000's "
-            f"{pub_steps[0]} and {pub_steps[1]} sit at {frac(pub_steps[0], pub_mem, pub_grok):.2f} and "
-            f"{frac(pub_steps[1], pub_mem, pub_grok):.2f} of its ~{pub_mem}-{pub_grok} (grokking at ~15k-19k: the middle). "
-            f"So our checkpoints are earlier on the plateau than the source's.")
+    ours_f = [frac(s, mem, grok) for s in (s1, s2)] if None not in (mem, grok) else None
+    pub_f = [frac(s, pub_mem, pub_grok) for s in pub_steps]
+    where = ("The base run has no plateau to place them on." if ours_f is None else
+             f"They sit at {ours_f[0]:.2f} and {ours_f[1]:.2f} of its plateau (memorised to grokked); seed 000's "
+             f"{pub_steps[0]} and {pub_steps[1]} sit at {pub_f[0]:.2f} and {pub_f[1]:.2f} of its ~{pub_mem}-{pub_grok} "
+             f"(grokking at ~15k-19k: the middle). So our checkpoints are " +
+             ("at about the same places on the plateau as the source's (within 0.05)."
+              if max(abs(a - b) for a, b in zip(ours_f, pub_f)) <= 0.05 else
+              "earlier on the plateau than the source's." if all(a < b for a, b in zip(ours_f, pub_f)) else
+              "later on the plateau than the source's." if all(a > b for a, b in zip(ours_f, pub_f)) else
+              "placed differently on the plateau from the source's."))
+    rule = f" Chosen as {meta['checkpoint_rule']}." if meta.get("checkpoint_rule", "the steps given") != "the steps given" else ""
+    cont = meta.get("continuations")
+    left = (f" {cont['done']} of {cont['asked']} continuations are done; the rest read \"not run yet\" (re-run the command "
+            f"to go on)." if cont and cont["done"] < cont["asked"] else "")
+    head = (f"Base run: memorised (train acc > 0.99) at step {mem}, grokked (test acc > 0.9) at {grok}. The checkpoints are "
+            f"{s1} and {s2} (test accuracy {_pct(at[str(s1)])} and {_pct(at[str(s2)])}).{rule} {where}{left}")
     cats = ("Categories: \"always blocks\" (below the threshold from both checkpoints), \"phase-dependent\" (below from the "
             "first, at or above from the second), \"never blocks\" (at or above from both), by final test accuracy. Seed "
             "000 splits its categories at ~0.5 (its 32% is \"blocked\", its 67% \"never blocks\"); our grokked threshold is 0.9; "
@@ -892,6 +914,7 @@ def presets_block(root: Path) -> str:
 
 BLOCKS = {  # name -> (file, renderer)
     "claims-freezing": ("figures/README.md", freezing_block),
+    "claims-freezing-full": ("figures/README.md", lambda root: freezing_block(root, "freezing_phases_full")),
     "claims-transplant": ("figures/README.md", transplant_block),
     "claims-plateau-transplant": ("figures/README.md", plateau_transplant_block),
     "claims-transplant-dynamics": ("figures/README.md", transplant_dynamics_block),

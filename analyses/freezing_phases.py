@@ -64,6 +64,13 @@ def checkpoints(run: mg.Run, args) -> tuple[list[int], str]:
                    f"({mem} to {grok}): " + ", ".join(f"{s} ({(s - mem) / (grok - mem):.3f})" for s in steps))
 
 
+def base_wall_seconds(run: mg.Run) -> float:
+    """Wall time from the base run's first checkpoint to its last (a resumed run's pauses
+    included): the report is often written by a later invocation than the one that trained it."""
+    times = [p.stat().st_mtime for p in (run.path / "checkpoints").glob("step_*.safetensors")]
+    return round(max(times) - min(times), 1)
+
+
 def main():
     ap = ex.parser(__doc__, out=None, full="published scale: division4, 7000/11000, +10000")
     ap.add_argument("--out", type=Path, default=None, help="base run and continuations (default runs/freezing, "
@@ -82,6 +89,8 @@ def main():
     ap.add_argument("--compile", action="store_true", help="torch.compile every step (TrainConfig.compile; not "
                     "bit-identical to eager, and a base run cannot switch)")
     ap.add_argument("--interventions", default="all")
+    ap.add_argument("--report-only", action="store_true", help="train nothing: write the report from the "
+                    "continuations --out/results.jsonl already holds (the rest read 'not run yet')")
     ap.add_argument("--base-only", action="store_true", help="train (or resume) the base run, print its milestones "
                     "and the checkpoints it would use, and stop")
     args = ex.parse_args(ap)
@@ -100,7 +109,7 @@ def main():
     t0 = time.time()
     run = ex.train_or_resume(cfg, args.out / "base")
     from_steps, rule = checkpoints(run, args)
-    base_s, m, tr = time.time() - t0, run.metrics, transition_metrics(run.metrics)
+    m, tr = run.metrics, transition_metrics(run.metrics)
     at = m.set_index("step")
     print(f"base run {args.out / 'base'}: {run.task.describe()}, memorised at {tr.memorised_step}, grokked at "
           f"{tr.grokked_step}; test acc at checkpoints: " + ", ".join(f"{s}: {at.loc[s, 'test_acc']:.3f}"
@@ -108,8 +117,11 @@ def main():
     if args.base_only:
         return
     names = iv.parse_interventions(args.interventions, run.model_cfg.n_layers)
-    results = iv.freeze_sweep(run, from_steps, names, args.steps, out_dir=args.out, trajectories=True)
+    results = iv.freeze_sweep(run, from_steps, names, args.steps, out_dir=args.out, trajectories=True,
+                              train=not args.report_only)
     done = {(r["from_step"], r["name"]): r for r in results.to_dict("records")}
+    if not done:
+        raise SystemExit(f"{args.out / 'results.jsonl'}: no continuation of these settings finished yet: nothing to report")
     published = pd.DataFrame([{"name": n, "from_step_index": i, "final_test_acc": PUBLISHED[n][i]}
                               for n in names for i in range(2)])
     stem = args.figures / ("freezing_phases_full" if args.full else "freezing_phases")
@@ -120,19 +132,25 @@ def main():
                                marks={f"ckpt {s}": s for s in from_steps}), stem.with_name(stem.name + "_base"))
 
     def cell(r):
+        if r is None:
+            return "not run yet"
         g = r["grokking_step"]
         return f"{r['final_test_acc']:.1%} (max {r['max_test_acc']:.0%}, {'grok ' + str(g) if g is not None else 'no grok'})"
 
-    first = {n: done[(from_steps[0], n)] for n in names}
+    names = [n for n in names if any((s, n) in done for s in from_steps)]
+    first = {n: next(done[(s, n)] for s in from_steps if (s, n) in done) for n in names}
     table = markdown_table([
         {"intervention": n, "trainable / total": f"{first[n]['trainable_params']:,} / {first[n]['total_params']:,}",
-         **{f"ours from {s}": cell(done[(s, n)]) for s in from_steps[:2]},
+         **{f"ours from {s}": cell(done.get((s, n))) for s in from_steps[:2]},
          "published from 7k": f"{PUBLISHED[n][0]:.1%}", "published from 11k": f"{PUBLISHED[n][1]:.1%}"} for n in names])
     meta = {"config": cfg.to_dict(), "from_steps": from_steps, "checkpoint_rule": rule, "steps": args.steps,
             "base_memorisation_step": tr.memorised_step, "base_grokking_step": tr.grokked_step,
             "base_test_acc_at_checkpoints": {s: float(at.loc[s, "test_acc"]) for s in from_steps},
-            "base_seconds": round(base_s, 1)}
-    rows = [{k: v for k, v in done[(s, n)].items() if k != "trajectory"} for s in from_steps for n in names]
+            "base_wall_seconds": base_wall_seconds(run), "base_steps": int(m["step"].max()),
+            "continuations": {"done": len(done), "asked": len(from_steps) * len(iv.parse_interventions(
+                args.interventions, run.model_cfg.n_layers))}}
+    rows = [{k: v for k, v in done[(s, n)].items() if k != "trajectory"} for s in from_steps for n in names
+            if (s, n) in done]
     ex.write_report(stem, table, {"meta": meta, "results": rows}, seeds=[cfg.model.seed], started=t0)
     print(table + f"\nwrote {stem}.html/.png/.md/.json")
 

@@ -465,7 +465,7 @@ def _differences(had: dict, asked: dict) -> str:
 def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Sequence[str] = "all",
                  steps: int = 10_000, out_dir: str | Path | None = None, optimizer: str = "fresh",
                  progress: bool = True, on_result: Callable[[dict], None] | None = None,
-                 trajectories: bool = False) -> pd.DataFrame:
+                 trajectories: bool = False, train: bool = True) -> pd.DataFrame:
     """``freeze_and_continue`` for every (checkpoint, intervention); one row each, with the
     seconds it took. Continuation runs go to ``out_dir/step_{s}/{name}`` (default ``out_dir``:
     ``RUN/interventions/freeze``). Resumable: every finished continuation is appended to
@@ -474,7 +474,9 @@ def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Seque
     checkpoint, intervention, steps, optimizer); one trained with other settings is trained
     again (a line on stderr says why) and its run directory replaced; a continuation cut off
     half-way is trained again from its checkpoint.
-    ``trajectories``: keep each continuation's metrics in the rows (column ``trajectory``)."""
+    ``trajectories``: keep each continuation's metrics in the rows (column ``trajectory``).
+    ``train=False``: train nothing; the rows already in ``results.jsonl`` (a report of a sweep
+    still running, or split over processes)."""
     import shutil
     import time
 
@@ -490,9 +492,9 @@ def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Seque
     newest = {(r["from_step"], r["name"]): r for r in read_jsonl(log)}
     asked = {(s, n): _cache_key(run, s, n, steps, optimizer) for s in from_steps for n in names}
     done = {k: r for k, r in newest.items() if k in asked and _cache_key(**_key_fields(r)) == asked[k]}
-    todo = list(asked)
+    todo = list(asked) if train else [k for k in asked if k in done]
     bar = tqdm(total=len(todo), initial=sum(k in done for k in todo), desc="freeze and continue",
-               unit="run", disable=not progress, dynamic_ncols=True)
+               unit="run", disable=not progress or not train, dynamic_ncols=True)
     for s, name in todo:
         if (s, name) in done:
             continue

@@ -69,6 +69,22 @@ def test_a_missing_data_file_reads_not_run(ledger_script, tmp_path):
     assert rows["000-no-wd"]["verdict"].startswith("not comparable")
 
 
+def test_a_study_still_running_reads_not_run_where_a_checkpoint_is_missing(ledger_script, tmp_path):
+    # the small study's report standing in for a --full one cut short: entry_layer done from 900 only
+    root = _copy_data(tmp_path)
+    d = json.loads((root / "figures/freezing_phases.json").read_text())
+    d["results"] = [r for r in d["results"] if not (r["name"] == "entry_layer" and r["from_step"] == 1200)]
+    d["meta"]["continuations"] = {"done": len(d["results"]), "asked": 22}
+    (root / "figures/freezing_phases_full.json").write_text(json.dumps(d))
+    rows = {r["id"]: r for r in ledger_script.ledger(root)}
+    assert rows["000-entry-own"]["verdict"] == "not run" and rows["000-entry-own"]["ours"] is None
+    assert rows["000-no-wd-own"]["ours"].startswith("5.9% -> 14.5%: always blocks at 0.5")
+    table = ledger_script.freezing_block(root, "freezing_phases_full")
+    assert "| entry_layer | 156,352 / 206,383 | 19.4% (max 19%, no grok) | not run yet |" in table
+    assert "21 of 22 continuations are done" in table
+    assert "entry_layer" not in table.split("In seed 000's category")[1]  # no category from one checkpoint
+
+
 def test_the_verdict_rule():
     # seed 000's setting against our freezing surrogate: every stated field that differs is named
     published = {"task": "a/b", "p": 97, "lr": 3e-4, "batch_size": 64, "seeds": 1}

@@ -85,3 +85,16 @@ def test_freeze_sweep_reuses_a_result_only_when_every_setting_matches(tmp_path, 
     log.write_text(json.dumps({k: v for k, v in rows[-1].items() if k not in ("optimizer", "source")}) + "\n")
     iv.freeze_sweep(run2, [20], ["baseline"], steps=3, out_dir=out, progress=False)
     assert len(trained) == 4
+
+
+def test_train_false_reports_what_is_done_and_trains_nothing(tmp_path):
+    run = mg.train(_cfg(), tmp_path / "run", progress=False)
+    out = tmp_path / "freeze"
+    done = iv.freeze_sweep(run, [20], ["baseline"], 4, out_dir=out, progress=False)
+    both = iv.freeze_sweep(run, [20, 40], ["baseline", "head"], 4, out_dir=out, progress=False, train=False)
+    assert list(zip(both["from_step"], both["name"])) == [(20, "baseline")]
+    assert both["final_test_acc"].tolist() == done["final_test_acc"].tolist()
+    assert sorted(p.name for p in out.iterdir()) == ["results.jsonl", "step_20"]
+    assert [p.name for p in (out / "step_20").iterdir()] == ["baseline"]
+    # other steps: the done row is not this setting's, so nothing is reported
+    assert iv.freeze_sweep(run, [20], ["baseline"], 5, out_dir=out, progress=False, train=False).empty
