@@ -91,6 +91,8 @@ def main():
     ap.add_argument("--interventions", default="all")
     ap.add_argument("--report-only", action="store_true", help="train nothing: write the report from the "
                     "continuations --out/results.jsonl already holds (the rest read 'not run yet')")
+    ap.add_argument("--base-as-is", action="store_true", help="use the base run under --out as it stands (stopped "
+                    "by hand once it had grokked), training none of it; the report gives its last step")
     ap.add_argument("--base-only", action="store_true", help="train (or resume) the base run, print its milestones "
                     "and the checkpoints it would use, and stop")
     args = ex.parse_args(ap)
@@ -107,7 +109,9 @@ def main():
                            steps=args.base_steps, lr=args.lr, weight_decay=args.wd, eval_every=50,
                            checkpoint_every=100, device="cpu", compile=args.compile)
     t0 = time.time()
-    run = ex.train_or_resume(cfg, args.out / "base")
+    run = mg.load_run(args.out / "base") if args.base_as_is else ex.train_or_resume(cfg, args.out / "base")
+    if args.base_as_is and run.config != cfg:
+        raise SystemExit(f"{args.out / 'base'} holds a run of other settings than these (--base-as-is uses it as it is)")
     from_steps, rule = checkpoints(run, args)
     m, tr = run.metrics, transition_metrics(run.metrics)
     at = m.set_index("step")
