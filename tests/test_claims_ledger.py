@@ -75,6 +75,7 @@ def test_a_study_still_running_reads_not_run_where_a_checkpoint_is_missing(ledge
     d = json.loads((root / "figures/freezing_phases.json").read_text())
     d["results"] = [r for r in d["results"] if not (r["name"] == "entry_layer" and r["from_step"] == 1200)]
     d["meta"]["continuations"] = {"done": len(d["results"]), "asked": 22}
+    d["meta"]["base_steps"] = d["meta"]["config"]["train"]["steps"] - 1  # stopped by hand, one step short
     (root / "figures/freezing_phases_full.json").write_text(json.dumps(d))
     rows = {r["id"]: r for r in ledger_script.ledger(root)}
     assert rows["000-entry-own"]["verdict"] == "not run" and rows["000-entry-own"]["ours"] is None
@@ -82,6 +83,8 @@ def test_a_study_still_running_reads_not_run_where_a_checkpoint_is_missing(ledge
     table = ledger_script.freezing_block(root, "freezing_phases_full")
     assert "| entry_layer | 156,352 / 206,383 | 19.4% (max 19%, no grok) | not run yet |" in table
     assert "21 of 22 continuations are done" in table
+    assert f"set to {d['meta']['config']['train']['steps']} steps and stopped by hand at {d['meta']['base_steps']}" in table
+    assert "stopped by hand" not in ledger_script.freezing_block(root)  # the small study ran its whole base run
     assert "entry_layer" not in table.split("In seed 000's category")[1]  # no category from one checkpoint
 
 
