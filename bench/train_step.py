@@ -8,7 +8,8 @@ all measured in one run.
 Configs (``CONFIGS``): ``nanda`` (1 layer, p=113, full batch of 3830), ``2layer_mod113`` (the
 ``dynamics`` preset: 2 layers, p=113, full batch of 6384) and ``4layer_b64`` (the ``division4``
 preset, seed 000's model: 4 layers, pre-LN, GELU, a/b mod 97, batch 64; each step gathers its
-minibatch as the trainer does, in all three timings).
+minibatch as the trainer does, in all three timings), ``1layer_b256`` (the ``hu_modular`` preset:
+Nanda's 1-layer model, a+b mod 113, minibatch 256).
 
 For each config it prints milliseconds per step and two ratios, both measured in the same run:
 TL / mechgrok, and mechgrok / floor. Steps alternate between the three timings so that
@@ -45,7 +46,7 @@ from mechgrok.optim import compile_step, make_optimizer
 from mechgrok.schedule import batch_indices, trainable_names
 from mechgrok.trainer import loss_fn
 
-CONFIGS = {"nanda": "nanda", "2layer_mod113": "dynamics", "4layer_b64": "division4"}  # bench name -> preset
+CONFIGS = {"nanda": "nanda", "2layer_mod113": "dynamics", "4layer_b64": "division4", "1layer_b256": "hu_modular"}  # bench name -> preset
 
 
 def matmul_shapes(mcfg: mg.ModelConfig, batch: int, position0_table: bool) -> list[tuple[int, int, int]]:
