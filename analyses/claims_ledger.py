@@ -894,9 +894,11 @@ def presets_block(root: Path) -> str:
         t = pd.DataFrame(_json(gf)["table"])
         a = _adamw_arm(t)
         steps = a["grokked_step"].where(a["grokked"]).tolist()
+        each = ", ".join(f"seed {int(r.seed)}: {int(r.grokked_step) if r.grokked else 'not'}"
+                         for r in a.sort_values("seed").itertuples())
         out.append(f"- `seed004`: groks (test acc > 0.9) at a median step {_med(steps):g} over {int(a['grokked'].sum())}/"
-                   f"{len(a)} grokked seeds, memorises at a median {_med(a['memorised_step'].tolist()):g} (the AdamW arm of "
-                   f"`figures/grokfast_mod113.json`; seed 004's transition: ~1500).")
+                   f"{len(a)} grokked seeds ({each}), memorises at a median {_med(a['memorised_step'].tolist()):g} (the "
+                   f"AdamW arm of `figures/grokfast_mod113.json`; seed 004's transition: ~1500).")
     else:
         out.append("- `seed004`: its grokking step is not measured yet (figures/grokfast_mod113.json not made yet).")
     par = root / "figures/backing/parity_solo_vs_ensemble.json"
