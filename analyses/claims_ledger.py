@@ -67,6 +67,31 @@ def _category(acc: tuple[float, float], threshold: float) -> str:
         (early, late), "grokks early only")
 
 
+PLATEAU_TOLERANCE = 0.05  # checkpoints this close, as fractions of the plateau, sit at "the same place" on it
+
+
+def _plateau_fractions(steps, mem, grok) -> list[float] | None:
+    return None if None in (mem, grok) else [(s - mem) / (grok - mem) for s in steps]
+
+
+def _checkpoints_on_the_plateau(meta: dict, root: Path):
+    """The setting's ``checkpoints`` for a freezing report. Steps chosen as fractions of our own
+    plateau (``--at-fractions``; issue 20 allows it when our run's timing differs) count as seed
+    000's 7k and 11k when each lies within PLATEAU_TOLERANCE of where those sit on its plateau,
+    and our steps go in ``placed_at``; otherwise our steps, compared as steps."""
+    ours = meta["from_steps"]
+    if not meta.get("checkpoint_rule", "the steps given").startswith("the saved checkpoints nearest"):
+        return {"checkpoints": ours}
+    claims = _json(root / "figures/claims.json")
+    pub_steps = claims["settings"]["seed000"]["checkpoints"]
+    f_ours = _plateau_fractions(ours, meta["base_memorisation_step"], meta["base_grokking_step"])
+    f_pub = _plateau_fractions(pub_steps, *claims["facts"]["seed000_plateau"])
+    if f_ours is None or any(abs(a - b) > PLATEAU_TOLERANCE for a, b in zip(f_ours, f_pub)):
+        return {"checkpoints": ours}
+    return {"checkpoints": pub_steps, "placed_at": "; ".join(
+        f"{p}'s place: our {s} ({a:.2f} of our plateau, seed 000's {b:.2f})" for p, s, a, b in zip(pub_steps, ours, f_ours, f_pub))}
+
+
 def freezing(claim, path, root):
     d = _json(path)
     meta, name = d["meta"], claim["published"]["intervention"]
@@ -76,7 +101,8 @@ def freezing(claim, path, root):
         return None
     pub = claim["published"]["acc"]
     ours_cat, pub_cat = _category(acc, BLOCKED), _category(pub, BLOCKED)
-    setting = setting_of(meta["config"], seeds=1, checkpoints=meta["from_steps"], continue_steps=meta["steps"])
+    setting = setting_of(meta["config"], seeds=1, **_checkpoints_on_the_plateau(meta, root),
+                         continue_steps=meta["steps"])
     return Result(f"{_pct(acc[0])} -> {_pct(acc[1])}: {ours_cat} at 0.5 ({_category(acc, GROKKED)} at 0.9)",
                   setting, 1, ours_cat == pub_cat,
                   f"category by final test acc >= 0.5 at each checkpoint (seed 000's split); published "

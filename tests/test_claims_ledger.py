@@ -244,3 +244,26 @@ def test_seed004s_limit_cycle_at_its_own_setting_is_read_per_member(ledger_scrip
     rows[1]["test_acc_period"] = 400  # median 270: more than 50% off ~150
     path.write_text(json.dumps({"config": get_preset("seed004").to_dict(), "rows": rows}))
     assert {r["id"]: r for r in ledger_script.ledger(root)}["004-cycle-wd1-own"]["verdict"].startswith("not reproduced")
+
+
+def test_checkpoints_at_seed_000s_places_on_the_plateau_count_as_its_checkpoints(ledger_script, tmp_path):
+    # the small study's report as if --at-fractions had chosen 900 and 1200 on a plateau of 487-1650:
+    # (900-487)/1163 = 0.355 and (1200-487)/1163 = 0.613, where 7k and 11k sit on seed 000's 1500-17000
+    root = _copy_data(tmp_path)
+    path = root / "figures/freezing_phases_full.json"
+    d = json.loads((root / "figures/freezing_phases.json").read_text())
+    d["meta"] |= {"checkpoint_rule": "the saved checkpoints nearest 0.355, 0.613 of the base run's plateau",
+                  "base_memorisation_step": 487, "base_grokking_step": 1650}
+    path.write_text(json.dumps(d))
+    row = {r["id"]: r for r in ledger_script.ledger(root)}["000-no-wd-own"]
+    assert "checkpoints" not in row["verdict"] and "p 47 vs 97" in row["verdict"]
+    assert "7000's place: our 900 (0.36 of our plateau, seed 000's 0.35)" in json.dumps(row)
+    d["meta"]["base_grokking_step"] = 1500  # 0.41 and 0.70: too far from 0.35 and 0.61
+    path.write_text(json.dumps(d))
+    row = {r["id"]: r for r in ledger_script.ledger(root)}["000-no-wd-own"]
+    assert "checkpoints 900/1200 vs 7000/11000" in row["verdict"]
+    del d["meta"]["checkpoint_rule"]  # steps given, not fractions: compared as steps
+    d["meta"]["base_grokking_step"] = 1650
+    path.write_text(json.dumps(d))
+    row = {r["id"]: r for r in ledger_script.ledger(root)}["000-no-wd-own"]
+    assert "checkpoints 900/1200 vs 7000/11000" in row["verdict"]
