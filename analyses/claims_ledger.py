@@ -627,10 +627,11 @@ def ledger_markdown(rows: list[dict]) -> str:
 
 
 def _ours_shown(r: dict) -> str:
-    """Our setting in the fields the source states, plus steps and seeds (CLAIMS.json has all)."""
+    """Our setting in the fields the source states, plus steps, seeds and where a stated field
+    was matched by another measure (``placed_at``; CLAIMS.json has all)."""
     if not r["our_setting"]:
         return "-"
-    keys = [*r["published_setting"], "steps", "seeds"]
+    keys = [*r["published_setting"], "steps", "seeds", "placed_at"]
     return describe({k: v for k, v in r["our_setting"].items() if k in keys})
 
 

@@ -123,7 +123,9 @@ def main():
     names = iv.parse_interventions(args.interventions, run.model_cfg.n_layers)
     results = iv.freeze_sweep(run, from_steps, names, args.steps, out_dir=args.out, trajectories=True,
                               train=not args.report_only)
-    done = {(r["from_step"], r["name"]): r for r in results.to_dict("records")}
+    # a DataFrame turns the None of "never grokked" into NaN and the other steps into floats
+    done = {(r["from_step"], r["name"]): r | {"grokking_step": None if pd.isna(r["grokking_step"]) else int(r["grokking_step"])}
+            for r in results.to_dict("records")}
     if not done:
         raise SystemExit(f"{args.out / 'results.jsonl'}: no continuation of these settings finished yet: nothing to report")
     published = pd.DataFrame([{"name": n, "from_step_index": i, "final_test_acc": PUBLISHED[n][i]}

@@ -255,9 +255,11 @@ def test_checkpoints_at_seed_000s_places_on_the_plateau_count_as_its_checkpoints
     d["meta"] |= {"checkpoint_rule": "the saved checkpoints nearest 0.355, 0.613 of the base run's plateau",
                   "base_memorisation_step": 487, "base_grokking_step": 1650}
     path.write_text(json.dumps(d))
-    row = {r["id"]: r for r in ledger_script.ledger(root)}["000-no-wd-own"]
+    rows = ledger_script.ledger(root)
+    row = {r["id"]: r for r in rows}["000-no-wd-own"]
     assert "checkpoints" not in row["verdict"] and "p 47 vs 97" in row["verdict"]
-    assert "7000's place: our 900 (0.36 of our plateau, seed 000's 0.35)" in json.dumps(row)
+    assert "7000's place: our 900 (0.36 of our plateau, seed 000's 0.35)" in row["our_setting"]["placed_at"]
+    assert "placed_at 7000's place: our 900" in ledger_script.ledger_markdown(rows)  # the table shows our steps
     d["meta"]["base_grokking_step"] = 1500  # 0.41 and 0.70: too far from 0.35 and 0.61
     path.write_text(json.dumps(d))
     row = {r["id"]: r for r in ledger_script.ledger(root)}["000-no-wd-own"]
