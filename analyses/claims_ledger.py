@@ -722,11 +722,15 @@ def freezing_block(root: Path, stem: str = "freezing_phases") -> str:
     cont = meta.get("continuations")
     left = (f" {cont['done']} of {cont['asked']} continuations are done; the rest read \"not run yet\" (re-run the command "
             f"to go on)." if cont and cont["done"] < cont["asked"] else "")
+    low = meta.get("base_plateau_low")
+    collapse = (f" Between memorising and grokking its train accuracy fell to {_pct(low['train_acc'])} (step {low['step']}): "
+                f"the plateau ended in a collapse of the fit, {grok - low['step']} steps before it grokked."
+                if low and low["train_acc"] < BLOCKED else "")
     planned, ran = meta["config"]["train"]["steps"], meta.get("base_steps")
     stopped = (f" It was set to {planned} steps and stopped by hand at {ran}, after grokking (`--base-as-is`)."
                if ran is not None and ran < planned else "")
     head = (f"Base run: memorised (train acc > 0.99) at step {mem}, grokked (test acc > 0.9) at {grok}. The checkpoints are "
-            f"{s1} and {s2} (test accuracy {_pct(at[str(s1)])} and {_pct(at[str(s2)])}).{rule} {where}{stopped}{left}")
+            f"{s1} and {s2} (test accuracy {_pct(at[str(s1)])} and {_pct(at[str(s2)])}).{rule} {where}{collapse}{stopped}{left}")
     cats = ("Categories: \"always blocks\" (below the threshold from both checkpoints), \"phase-dependent\" (below from the "
             "first, at or above from the second), \"never blocks\" (at or above from both), by final test accuracy. Seed "
             "000 splits its categories at ~0.5 (its 32% is \"blocked\", its 67% \"never blocks\"); our grokked threshold is 0.9; "

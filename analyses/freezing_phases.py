@@ -64,6 +64,16 @@ def checkpoints(run: mg.Run, args) -> tuple[list[int], str]:
                    f"({mem} to {grok}): " + ", ".join(f"{s} ({(s - mem) / (grok - mem):.3f})" for s in steps))
 
 
+def plateau_low(m: pd.DataFrame, mem: int | None, grok: int | None) -> dict | None:
+    """The lowest train accuracy between memorising and grokking, and its step: a plateau that
+    ends in a collapse of the fit (as seed 000's scale does here) is not the same as one that ends
+    in a smooth rise of test accuracy."""
+    if None in (mem, grok):
+        return None
+    low = m[(m["step"] > mem) & (m["step"] < grok)].nsmallest(1, "train_acc")
+    return None if low.empty else {"step": int(low["step"].iloc[0]), "train_acc": float(low["train_acc"].iloc[0])}
+
+
 def base_wall_seconds(run: mg.Run) -> float:
     """Wall time from the base run's first checkpoint to its last (a resumed run's pauses
     included): the report is often written by a later invocation than the one that trained it."""
@@ -152,6 +162,7 @@ def main():
     meta = {"config": cfg.to_dict(), "from_steps": from_steps, "checkpoint_rule": rule, "steps": args.steps,
             "base_memorisation_step": tr.memorised_step, "base_grokking_step": tr.grokked_step,
             "base_test_acc_at_checkpoints": {s: float(at.loc[s, "test_acc"]) for s in from_steps},
+            "base_plateau_low": plateau_low(m, tr.memorised_step, tr.grokked_step),
             "base_wall_seconds": base_wall_seconds(run), "base_steps": int(m["step"].max()),
             "continuations": {"done": len(done), "asked": len(from_steps) * len(iv.parse_interventions(
                 args.interventions, run.model_cfg.n_layers))}}

@@ -85,6 +85,13 @@ def test_a_study_still_running_reads_not_run_where_a_checkpoint_is_missing(ledge
     assert "21 of 22 continuations are done" in table
     assert f"set to {d['meta']['config']['train']['steps']} steps and stopped by hand at {d['meta']['base_steps']}" in table
     assert "stopped by hand" not in ledger_script.freezing_block(root)  # the small study ran its whole base run
+    d["meta"]["base_plateau_low"] = {"step": 1000, "train_acc": 0.03}
+    (root / "figures/freezing_phases_full.json").write_text(json.dumps(d))
+    assert "fell to 3.0% (step 1000): the plateau ended in a collapse of the fit, 700 steps before it grokked" in \
+        ledger_script.freezing_block(root, "freezing_phases_full")
+    d["meta"]["base_plateau_low"]["train_acc"] = 0.95  # a dip, not a collapse
+    (root / "figures/freezing_phases_full.json").write_text(json.dumps(d))
+    assert "collapse" not in ledger_script.freezing_block(root, "freezing_phases_full")
     assert "entry_layer" not in table.split("In seed 000's category")[1]  # no category from one checkpoint
 
 

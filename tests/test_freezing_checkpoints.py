@@ -50,3 +50,12 @@ def test_steps_given_are_used_as_they_are():
 def test_no_plateau_is_one_line():
     with pytest.raises(SystemExit, match="no plateau.*grokked at None"):
         _script().checkpoints(_run(1000, None), Namespace(at_fractions="0.3,0.6", from_steps=""))
+
+
+def test_plateau_low_is_the_lowest_train_accuracy_strictly_inside_the_plateau():
+    m = pd.DataFrame({"step": [0, 100, 200, 300, 400, 500], "train_acc": [0.0, 1.0, 0.9, 0.2, 1.0, 1.0],
+                      "test_acc": [0.0, 0.0, 0.0, 0.0, 0.5, 0.95]})
+    low = _script().plateau_low
+    assert low(m, 100, 500) == {"step": 300, "train_acc": 0.2}
+    assert low(m, 300, 500) == {"step": 400, "train_acc": 1.0}  # the memorising step itself is not inside
+    assert low(m, 100, None) is None
