@@ -6,9 +6,9 @@ memorisation plateau, train on, and see whether the model still groks.
     python analyses/freezing_phases.py --full --compile --at-fractions 0.355,0.613
         # the same, compiled (~1.4x faster per step), from the checkpoints nearest the fractions
         # of OUR plateau at which 7k and 11k sit on seed 000's ~1.5k-17k
-    python analyses/freezing_phases.py --full --compile --from-steps 7000   # one checkpoint per
-        # process: two processes share the base run and --out/results.jsonl (train it first, with
-        # --base-only); a last run with both checkpoints writes the report from the results
+    python analyses/freezing_phases.py --full --compile --base-as-is --from-steps 3000   # one
+        # checkpoint per process: two processes share the base run and --out/results.jsonl (train
+        # it first, with --base-only); then --at-fractions ... --report-only writes the report
 
 The published scale (20k + 22 x 10k steps of a 4-layer d_model-128 model at batch 64) takes
 about 3.5 hours on one CPU core here, so the default shrinks the problem but keeps its shape:
@@ -153,6 +153,7 @@ def main():
         g = r["grokking_step"]
         return f"{r['final_test_acc']:.1%} (max {r['max_test_acc']:.0%}, {'grok ' + str(g) if g is not None else 'no grok'})"
 
+    n_asked = len(from_steps) * len(names)
     names = [n for n in names if any((s, n) in done for s in from_steps)]
     first = {n: next(done[(s, n)] for s in from_steps if (s, n) in done) for n in names}
     table = markdown_table([
@@ -164,8 +165,7 @@ def main():
             "base_test_acc_at_checkpoints": {s: float(at.loc[s, "test_acc"]) for s in from_steps},
             "base_plateau_low": plateau_low(m, tr.memorised_step, tr.grokked_step),
             "base_wall_seconds": base_wall_seconds(run), "base_steps": int(m["step"].max()),
-            "continuations": {"done": len(done), "asked": len(from_steps) * len(iv.parse_interventions(
-                args.interventions, run.model_cfg.n_layers))}}
+            "continuations": {"done": len(done), "asked": n_asked}}
     rows = [{k: v for k, v in done[(s, n)].items() if k != "trajectory"} for s in from_steps for n in names
             if (s, n) in done]
     ex.write_report(stem, table, {"meta": meta, "results": rows}, seeds=[cfg.model.seed], started=t0)
