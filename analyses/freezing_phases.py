@@ -133,7 +133,7 @@ def main():
     names = iv.parse_interventions(args.interventions, run.model_cfg.n_layers)
     results = iv.freeze_sweep(run, from_steps, names, args.steps, out_dir=args.out, trajectories=True,
                               train=not args.report_only)
-    # a DataFrame turns the None of "never grokked" into NaN and the other steps into floats
+    # freeze_sweep's <NA> ("never grokked") as the None of the report's JSON
     done = {(r["from_step"], r["name"]): r | {"grokking_step": None if pd.isna(r["grokking_step"]) else int(r["grokking_step"])}
             for r in results.to_dict("records")}
     if not done:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 # the fields a setting may state, in the order the ledger prints them
 SETTING_FIELDS = ("task", "n_bits", "k_bits", "p", "frac", "n_layers", "d_model", "d_mlp", "normalization", "optimizer",
-                  "lr", "weight_decay", "beta1", "batch_size", "grokfast", "steps", "epochs", "checkpoints",
+                  "lr", "weight_decay", "beta1", "beta2", "batch_size", "grokfast", "steps", "epochs", "checkpoints",
                   "continue_steps", "seeds")
 OPS = {"add": "a+b", "sub": "a-b", "mul": "a*b", "div": "a/b", "parity": "parity", "table": "table"}
 NORMS = {"none": "none", "LN": "pre-LN", "LNPre": "pre-LN"}
@@ -41,7 +41,7 @@ def setting_of(cfg: dict, seeds: int | None = None, **extra) -> dict:
     s |= {"frac": t["frac"], "n_layers": m["n_layers"], "d_model": m["d_model"], "d_mlp": m["d_mlp"],
           "normalization": NORMS.get(m.get("normalization", "none"), m.get("normalization")),
           "optimizer": tr.get("optimizer", "adamw"), "lr": tr["lr"], "weight_decay": tr["weight_decay"],
-          "beta1": tr["betas"][0], "batch_size": "full" if batch in (None, 0) else batch,
+          "beta1": tr["betas"][0], "beta2": tr["betas"][1], "batch_size": "full" if batch in (None, 0) else batch,
           "grokfast": tr.get("grokfast", "none"), "steps": tr["steps"]}
     n_train = _n_train(t)
     if n_train:

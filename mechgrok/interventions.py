@@ -467,7 +467,7 @@ def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Seque
                  progress: bool = True, on_result: Callable[[dict], None] | None = None,
                  trajectories: bool = False, train: bool = True) -> pd.DataFrame:
     """``freeze_and_continue`` for every (checkpoint, intervention); one row each, with the
-    seconds it took. Continuation runs go to ``out_dir/step_{s}/{name}`` (default ``out_dir``:
+    seconds it took; ``grokking_step`` is an integer column, <NA> where a continuation never grokked. Continuation runs go to ``out_dir/step_{s}/{name}`` (default ``out_dir``:
     ``RUN/interventions/freeze``). Resumable: every finished continuation is appended to
     ``out_dir/results.jsonl`` as it ends, and a later call with the same ``out_dir`` reuses a
     result there only when every setting that produced it matches (``_cache_key``: source run,
@@ -518,7 +518,12 @@ def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Seque
     rows = [done[k] for k in todo]
     if not trajectories:
         rows = [{k: v for k, v in r.items() if k != "trajectory"} for r in rows]
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # "never grokked" is None in a row; a float column would make it NaN (and 1500 a 1500.0)
+    for c in ("from_step", "grokking_step", "steps"):
+        if c in table:
+            table[c] = table[c].astype("Int64")
+    return table
 
 
 # --- transplant and transfer experiments -------------------------------------------------------

@@ -98,3 +98,26 @@ def test_train_false_reports_what_is_done_and_trains_nothing(tmp_path):
     assert [p.name for p in (out / "step_20").iterdir()] == ["baseline"]
     # other steps: the done row is not this setting's, so nothing is reported
     assert iv.freeze_sweep(run, [20], ["baseline"], 5, out_dir=out, progress=False, train=False).empty
+
+
+def test_never_grokked_is_na_in_the_table_and_null_in_the_json(tmp_path):
+    # two continuations that do not grok; then the log says one of them grokked at step 25: a
+    # column of 25 and None must stay integer and "missing", never 25.0 and NaN (not JSON)
+    run = mg.train(_cfg(), tmp_path / "run", progress=False)
+    out = tmp_path / "freeze"
+    table = iv.freeze_sweep(run, [20], ["baseline", "head"], 4, out_dir=out, progress=False)
+    assert str(table["grokking_step"].dtype) == "Int64" and table["grokking_step"].isna().all()
+    log = out / "results.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    rows[0]["grokking_step"] = 25
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = iv.freeze_sweep(run, [20], ["baseline", "head"], 4, out_dir=out, progress=False, train=False)
+    assert table["grokking_step"].tolist() == [25, pd.NA] and isinstance(table["grokking_step"].tolist()[0], int)
+
+    def no_nan(name):
+        raise AssertionError(f"{name} in the --json output: not JSON")
+
+    listed = json.loads(CliRunner().invoke(app, ["freeze", str(run.path), "--from-step", "20", "--steps", "4",
+                                                 "--interventions", "baseline,head", "--out", str(out), "--json",
+                                                 "--no-progress"]).stdout, parse_constant=no_nan)
+    assert [r["grokking_step"] for r in listed] == [25, None]

@@ -1,0 +1,146 @@
+"""Where does the transition fall at seed 004's setting? Seed 004 trains "default Adam" on a+b mod
+113 with 2 layers and puts the phase transition at ~1500 steps; it gives no lr and no betas. The
+``seed004`` preset (lr 1e-3, betas (0.9, 0.98)) groks at a median 440 over 5 seeds
+(figures/grokfast_mod113.json, its AdamW arm), so this script measures candidate changes to it
+over seeds, each member stopped 10 evaluations (100 steps) after it groks:
+
+    python analyses/seed004_transition.py                            # both candidates, 5 seeds each
+    python analyses/seed004_transition.py --candidate beta2=0.999 --seeds 0-2   # one candidate, some seeds
+    python analyses/seed004_transition.py --report-only                  # the report of what is finished
+
+Candidates (``--candidate FIELD=V[,FIELD=V]``, repeatable): ``beta2=0.999`` is PyTorch's default
+AdamW (lr 1e-3, betas (0.9, 0.999)), the reading of seed 004's "default Adam"; ``lr=3e-4`` keeps
+the preset's betas and lowers the lr, which delays memorisation and grokking. Each candidate's
+seeds are sweeps of their own under ``--out/<candidate>/seed{s}`` (resumable, and two processes may
+take different seeds); the report covers every candidate and seed found there, next to the preset
+as it is, and is rewritten after every seed. Outputs (``--figures``): transition.md/.json and
+transition.html/.png (grokking step per candidate and seed).
+
+Cost on one core of the 2-core CPU VM: ~0.67 s per step (bench/train_step.py, 2layer_mod113), so
+a member that groks at 1500 takes ~18 min; one that never groks, 3000 steps, ~34 min.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+import mechgrok as mg
+from mechgrok import experiment as ex
+from mechgrok.plots import grokking_step_distributions, markdown_table, save_figure
+
+CANDIDATES = ("beta2=0.999", "lr=3e-4")
+PUBLISHED = 1500  # seed 004: "the phase transition at ~step 1500"
+AS_IS = Path("figures/grokfast_mod113.json")  # the preset as it is: the AdamW arm of that report
+AS_IS_LABEL = "seed004 as is (lr 1e-3, beta2 0.98)"
+
+
+def label(candidate: str) -> str:
+    """A candidate's directory name: ``beta2=0.999,lr=1e-3`` -> ``beta2_0.999-lr_1e-3``."""
+    return "-".join(p.replace("=", "_") for p in candidate.split(","))
+
+
+def _step(v) -> int | None:
+    """An Int64 table cell as a step, or None where it was not reached (<NA>)."""
+    return None if pd.isna(v) else int(v)
+
+
+def populations(out: Path, candidate: str) -> list:
+    """One candidate's seeds (a sweep each), whichever process trained them; finished members only."""
+    return [mg.load_population(d) for d in sorted((out / label(candidate)).glob("seed*"))
+            if (d / mg.population.SWEEP_FILE).exists()]
+
+
+def rows_of(out: Path, candidate: str) -> list[dict]:
+    """Every finished member of one candidate."""
+    rows = []
+    for pop in populations(out, candidate):
+        for r in pop.table.itertuples():
+            rows.append({"candidate": candidate, "seed": int(r.seed), "memorised_step": _step(r.memorised_step),
+                         "grokked_step": _step(r.grokked_step), "delay": _step(r.delay), "last_step": _step(r.last_step)})
+    return rows
+
+
+def as_is_rows() -> list[dict]:
+    """The preset unchanged: the AdamW arm (beta1 0.9, no Grokfast) of the Grokfast report."""
+    if not AS_IS.exists():
+        return []
+    t = json.loads(AS_IS.read_text())["table"]
+    return [{"candidate": AS_IS_LABEL, "seed": int(r["seed"]),
+             "memorised_step": r["memorised_step"], "grokked_step": r["grokked_step"] if r["grokked"] else None,
+             "delay": r["delay"], "last_step": r["last_step"]}
+            for r in t if r["grokfast"] == "none" and r["beta1"] == 0.9]
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    out = []
+    for c in dict.fromkeys(r["candidate"] for r in rows):
+        g = [r for r in rows if r["candidate"] == c]
+        steps = [r["grokked_step"] for r in g]
+        q = ex.quartiles(steps)
+        out.append({"candidate": c, "n": len(g), "grokked": sum(s is not None for s in steps),
+                    "grokked_step": q, "memorised_step": ex.quartiles(r["memorised_step"] for r in g),
+                    "steps": steps, "within_25pct": q["median"] is not None
+                    and abs(q["median"] - PUBLISHED) <= 0.25 * PUBLISHED})
+    return out
+
+
+def section(d: dict) -> str:
+    table = [{"candidate": s["candidate"], "seeds": s["n"], "grokked": f"{s['grokked']}/{s['n']}",
+              "grokking step median (IQR)": ex.median_iqr(s["steps"]),
+              "memorised median": "-" if s["memorised_step"]["median"] is None else f"{s['memorised_step']['median']:g}",
+              "per seed": ", ".join("-" if x is None else str(x) for x in s["steps"]),
+              f"within 25% of {PUBLISHED}": "yes" if s["within_25pct"] else "no"} for s in d["summary"]]
+    return (f"Seed 004's transition (~{PUBLISHED} steps) at candidate settings of the seed004 preset, each member "
+            f"stopped {d['stop_after_grok']} evaluations after it grokked (test acc > 0.9) or at {d['steps']} "
+            f"steps; training {d['train_seconds'] / 60:.1f} min over all invocations.\n\n{markdown_table(table)}")
+
+
+def report(args, t0: float):
+    rows = [r for c in args.candidate for r in rows_of(args.out, c)]
+    trained, configs = 0.0, {}
+    if AS_IS.exists() and "config" in (as_is := json.loads(AS_IS.read_text())):
+        configs[AS_IS_LABEL] = as_is["config"]
+    for c in args.candidate:
+        for pop in populations(args.out, c):
+            trained += sum(r.get("seconds") or 0 for r in pop.records.values())
+            if len(pop):
+                configs.setdefault(c, pop.run(0).config.to_dict())  # the members' own config, as trained
+    rows = as_is_rows() + sorted(rows, key=lambda r: (args.candidate.index(r["candidate"]), r["seed"]))
+    data = {"args": vars(args), "configs": configs, "published": PUBLISHED,
+            "steps": args.steps, "stop_after_grok": STOP_AFTER, "rows": rows, "summary": summary(rows),
+            "train_seconds": trained}
+    stem = args.figures / "transition"
+    groups = {s["candidate"]: s["steps"] for s in data["summary"]}
+    save_figure(grokking_step_distributions(groups, title="seed004 preset: grokking step per candidate"), stem)
+    text = section(data)
+    ex.write_report(stem, text, data, seeds=sorted({r["seed"] for r in rows}), started=t0)
+    print(text)
+
+
+STOP_AFTER = 10
+
+
+def main():
+    ap = ex.parser(__doc__, out="sweeps/seed004_transition", figures="figures/dynamics/seed004", seeds="5")
+    ap.add_argument("--candidate", action="append", default=None, metavar="FIELD=V[,FIELD=V]",
+                    help=f"a change to the seed004 preset (repeatable; default: {', '.join(CANDIDATES)})")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: report the members finished so far (e.g. while other processes train)")
+    args = ex.parse_args(ap)
+    args.candidate = args.candidate or list(CANDIDATES)
+    t0 = time.time()
+    for c in [] if args.report_only else args.candidate:
+        spec = mg.SweepConfig(mg.get_preset("seed004"), settings=(ex.parse_overrides(c.split(",")),),
+                              seeds=tuple(ex.parse_seeds(args.seeds)), chunk_size=1,
+                              fixed={"steps": args.steps, "stop_after_grok": STOP_AFTER, "device": "cpu"})
+        ex.sweep_seed_by_seed(spec, args.out / label(c), after=lambda pop: report(args, t0))
+    report(args, t0)
+
+
+if __name__ == "__main__":
+    main()
