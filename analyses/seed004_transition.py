@@ -125,7 +125,8 @@ STOP_AFTER = 10
 
 
 def main():
-    ap = ex.parser(__doc__, out="sweeps/seed004_transition", figures="figures/dynamics/seed004", seeds="5")
+    ap = ex.parser(__doc__, out="sweeps/seed004_transition", figures="figures/dynamics/seed004", seeds="5",
+                   overrides=True)
     ap.add_argument("--candidate", action="append", default=None, metavar="FIELD=V[,FIELD=V]",
                     help=f"a change to the seed004 preset (repeatable; default: {', '.join(CANDIDATES)})")
     ap.add_argument("--steps", type=int, default=3000)
@@ -137,7 +138,8 @@ def main():
     for c in [] if args.report_only else args.candidate:
         spec = mg.SweepConfig(mg.get_preset("seed004"), settings=(ex.parse_overrides(c.split(",")),),
                               seeds=tuple(ex.parse_seeds(args.seeds)), chunk_size=1,
-                              fixed={"steps": args.steps, "stop_after_grok": STOP_AFTER, "device": "cpu"})
+                              fixed={"steps": args.steps, "stop_after_grok": STOP_AFTER, "device": "cpu"}
+                              | ex.parse_overrides(args.set))
         ex.sweep_seed_by_seed(spec, args.out / label(c), after=lambda pop: report(args, t0))
     report(args, t0)
 

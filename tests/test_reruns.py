@@ -178,3 +178,41 @@ def test_grokfast_mod113_runs_the_four_arms_per_seed_on_the_dynamics_preset(tmp_
     arms = {(r["grokfast"], r["beta1"]) for r in data["table"]}
     assert arms == {(s["grokfast"], s["beta1"]) for s, _ in gf.ARMS.values()}
     assert "Grokfast EMA + beta1 = 0.5" in section(readme, "grokfast_mod113")
+
+
+# --- seed 004's transition ----------------------------------------------------------------------
+
+
+def test_seed004_transition_summary_is_the_median_and_within_25pct_is_inclusive(monkeypatch):
+    st = script("seed004_transition", monkeypatch)
+    rows = [{"candidate": "a", "seed": s, "grokked_step": g, "memorised_step": 100} for s, g in enumerate([1875, 1000, None])]
+    rows += [{"candidate": "b", "seed": 0, "grokked_step": 1876, "memorised_step": None}]
+    a, b = st.summary(rows)
+    assert (a["n"], a["grokked"], a["steps"], a["grokked_step"]["median"]) == (3, 2, [1875, 1000, None], 1437.5)
+    assert a["within_25pct"]  # 1437.5: within 375 of 1500
+    assert b["grokked_step"]["median"] == 1876 and not b["within_25pct"]  # 376 after 1500
+    assert st.summary([{"candidate": "c", "seed": 0, "grokked_step": 1875, "memorised_step": 1}])[0]["within_25pct"]
+
+
+def test_seed004_transition_trains_each_candidate_and_reports_its_own_config(tmp_path, monkeypatch):
+    from mechgrok.milestones import transition_metrics
+
+    st = script("seed004_transition", monkeypatch)
+    monkeypatch.setattr(st, "AS_IS", tmp_path / "none.json")  # no Grokfast report: no "as is" rows
+    args = ["--out", tmp_path / "sw", "--figures", tmp_path, "--seeds", 1, "--steps", 10, "--candidate", "beta2=0.999",
+            "--candidate", "lr=3e-4", "--set", "eval_every=5", "--set", "checkpoint_every=5", "--set", "d_model=32",
+            "--set", "d_head=8", "--set", "d_mlp=64"]
+    run_script(st, monkeypatch, *args)
+    data = json.loads((tmp_path / "transition.json").read_text())
+    assert [s["candidate"] for s in data["summary"]] == ["beta2=0.999", "lr=3e-4"]
+    assert data["configs"]["beta2=0.999"]["train"]["betas"] == [0.9, 0.999]
+    assert data["configs"]["lr=3e-4"]["train"]["lr"] == 3e-4 and data["configs"]["lr=3e-4"]["train"]["betas"] == [0.9, 0.98]
+    assert data["configs"]["lr=3e-4"]["task"]["p"] == 113 and data["configs"]["lr=3e-4"]["model"]["d_model"] == 32
+    for r in data["rows"]:  # each row is its run's metrics.csv
+        run = next((tmp_path / "sw" / st.label(r["candidate"]) / "seed0").glob("members/*"))
+        m = transition_metrics(pd.read_csv(run / "metrics.csv"))
+        assert (r["memorised_step"], r["grokked_step"], r["last_step"]) == (m.memorised_step, m.grokked_step, 10)
+    before = (tmp_path / "transition.md").stat().st_mtime_ns
+    run_script(st, monkeypatch, *args[:4], "--report-only")
+    assert json.loads((tmp_path / "transition.json").read_text())["rows"] == data["rows"]
+    assert (tmp_path / "transition.md").stat().st_mtime_ns > before
