@@ -1026,6 +1026,7 @@ SCRIPT_SECTIONS = {  # name -> (file, script, its JSON report)
     "weight_decay_comparison": ("figures/README.md", "weight_decay_comparison", "figures/weight_decay_comparison.json"),
     "seed002_example1": ("figures/README.md", "seed002_example1", "figures/seed002_example1.json"),
     "grokfast_mod113": ("figures/README.md", "grokfast_vs_momentum", "figures/grokfast_mod113.json"),
+    "seed004_transition": ("figures/README.md", "seed004_transition", "figures/dynamics/seed004/transition.json"),
 }
 
 

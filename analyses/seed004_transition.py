@@ -88,15 +88,25 @@ def summary(rows: list[dict]) -> list[dict]:
     return out
 
 
-def section(d: dict) -> str:
+def section(d: dict | None) -> str:
+    """figures/README's seed004_transition section, from the JSON report alone (the claims ledger
+    regenerates it from the committed file); ``None``: not run yet."""
+    title = "### Where seed 004's transition falls: the seed004 preset and candidate changes"
+    if d is None:
+        return f"{title}\n\nWritten by `analyses/seed004_transition.py`; not run yet."
     table = [{"candidate": s["candidate"], "seeds": s["n"], "grokked": f"{s['grokked']}/{s['n']}",
               "grokking step median (IQR)": ex.median_iqr(s["steps"]),
               "memorised median": "-" if s["memorised_step"]["median"] is None else f"{s['memorised_step']['median']:g}",
               "per seed": ", ".join("-" if x is None else str(x) for x in s["steps"]),
               f"within 25% of {PUBLISHED}": "yes" if s["within_25pct"] else "no"} for s in d["summary"]]
-    return (f"Seed 004's transition (~{PUBLISHED} steps) at candidate settings of the seed004 preset, each member "
-            f"stopped {d['stop_after_grok']} evaluations after it grokked (test acc > 0.9) or at {d['steps']} "
-            f"steps; training {d['train_seconds'] / 60:.1f} min over all invocations.\n\n{markdown_table(table)}")
+    seeds = sorted({r["seed"] for r in d["rows"] if r["candidate"] != AS_IS_LABEL})
+    where = f" Hardware: {d['hardware']}." if "hardware" in d else ""
+    return (f"{title} — `dynamics/seed004/transition.png`, `.md`\n\n"
+            f"`python analyses/seed004_transition.py --seeds {','.join(map(str, seeds)) or '-'}` (any split of the "
+            f"seeds over processes). Seed 004 puts the transition at ~{PUBLISHED} steps and gives no lr or betas. Each "
+            f"member is stopped {d['stop_after_grok']} evaluations after it groks (test acc > 0.9) or at {d['steps']} "
+            f"steps; training {d['train_seconds'] / 60:.1f} min over all invocations.{where} The first row is the "
+            f"preset as it is (the AdamW arm of `grokfast_mod113.json`).\n\n{markdown_table(table)}")
 
 
 def report(args, t0: float):
