@@ -59,8 +59,12 @@ def rows_of(out: Path, candidate: str) -> list[dict]:
     rows = []
     for pop in populations(out, candidate):
         for r in pop.table.itertuples():
-            rows.append({"candidate": candidate, "seed": int(r.seed), "memorised_step": _step(r.memorised_step),
-                         "grokked_step": _step(r.grokked_step), "delay": _step(r.delay), "last_step": _step(r.last_step)})
+            mem = _step(r.memorised_step)
+            m = pop.run(r.id).metrics.set_index("step")
+            rows.append({"candidate": candidate, "seed": int(r.seed), "memorised_step": mem,
+                         "grokked_step": _step(r.grokked_step), "delay": _step(r.delay), "last_step": _step(r.last_step),
+                         # seed 004's transplant recipient "memorises at chance": does our plateau start there?
+                         "test_acc_when_memorised": None if mem is None else round(float(m.loc[mem, "test_acc"]), 4)})
     return rows
 
 
@@ -71,7 +75,7 @@ def as_is_rows() -> list[dict]:
     t = json.loads(AS_IS.read_text())["table"]
     return [{"candidate": AS_IS_LABEL, "seed": int(r["seed"]),
              "memorised_step": r["memorised_step"], "grokked_step": r["grokked_step"] if r["grokked"] else None,
-             "delay": r["delay"], "last_step": r["last_step"]}
+             "delay": r["delay"], "last_step": r["last_step"], "test_acc_when_memorised": None}
             for r in t if r["grokfast"] == "none" and r["beta1"] == 0.9]
 
 
@@ -83,6 +87,7 @@ def summary(rows: list[dict]) -> list[dict]:
         q = ex.quartiles(steps)
         out.append({"candidate": c, "n": len(g), "grokked": sum(s is not None for s in steps),
                     "grokked_step": q, "memorised_step": ex.quartiles(r["memorised_step"] for r in g),
+                    "test_acc_when_memorised": ex.quartiles(r.get("test_acc_when_memorised") for r in g),
                     "steps": steps, "within_25pct": q["median"] is not None
                     and abs(q["median"] - PUBLISHED) <= 0.25 * PUBLISHED})
     return out
@@ -97,6 +102,8 @@ def section(d: dict | None) -> str:
     table = [{"candidate": s["candidate"], "seeds": s["n"], "grokked": f"{s['grokked']}/{s['n']}",
               "grokking step median (IQR)": ex.median_iqr(s["steps"]),
               "memorised median": "-" if s["memorised_step"]["median"] is None else f"{s['memorised_step']['median']:g}",
+              "test acc when memorised, median": "-" if (t := s.get("test_acc_when_memorised", {}).get("median")) is None
+              else f"{t:.3f}",
               "per seed": ", ".join("-" if x is None else str(x) for x in s["steps"]),
               f"within 25% of {PUBLISHED}": "yes" if s["within_25pct"] else "no"} for s in d["summary"]]
     seeds = sorted({r["seed"] for r in d["rows"] if r["candidate"] != AS_IS_LABEL})
@@ -106,7 +113,7 @@ def section(d: dict | None) -> str:
             f"seeds over processes). Seed 004 puts the transition at ~{PUBLISHED} steps and gives no lr or betas. Each "
             f"member is stopped {d['stop_after_grok']} evaluations after it groks (test acc > 0.9) or at {d['steps']} "
             f"steps; training {d['train_seconds'] / 60:.1f} min over all invocations.{where} The first row is the "
-            f"preset as it is (the AdamW arm of `grokfast_mod113.json`).\n\n{markdown_table(table)}")
+            f"preset as it is (the AdamW arm of `grokfast_mod113.json`). Chance test accuracy is 1/113 = 0.009.\n\n{markdown_table(table)}")
 
 
 def report(args, t0: float):

@@ -212,6 +212,7 @@ def test_seed004_transition_trains_each_candidate_and_reports_its_own_config(tmp
         run = next((tmp_path / "sw" / st.label(r["candidate"]) / "seed0").glob("members/*"))
         m = transition_metrics(pd.read_csv(run / "metrics.csv"))
         assert (r["memorised_step"], r["grokked_step"], r["last_step"]) == (m.memorised_step, m.grokked_step, 10)
+        assert r["test_acc_when_memorised"] is None  # 10 steps: nothing memorised
     before = (tmp_path / "transition.md").stat().st_mtime_ns
     run_script(st, monkeypatch, *args[:4], "--report-only")
     assert json.loads((tmp_path / "transition.json").read_text())["rows"] == data["rows"]
