@@ -680,6 +680,18 @@ def _table(header: list[str], rows: list[list]) -> str:
                      ["| " + " | ".join(_cell(x) for x in r) + " |" for r in rows])
 
 
+def _freezing_cost(d: dict) -> str:
+    """What a freezing report's training took, from the seconds it recorded (wall clock)."""
+    secs = [r["seconds"] for r in d["results"] if r.get("seconds") is not None]
+    base = d["meta"].get("base_wall_seconds", d["meta"].get("base_seconds"))
+    if not secs:
+        return ""
+    where = f" on {d['hardware']}" if d.get("hardware") else ""
+    return (f" Training time (wall clock{where}):" + (f" the base run {base / 60:.1f} min;" if base else "")
+            + f" the {len(secs)} continuations {sum(secs) / 3600:.1f} h in all, {statistics.median(secs) / 60:.1f} min "
+            f"each (median).")
+
+
 def freezing_block(root: Path, stem: str = "freezing_phases") -> str:
     """figures/README's freezing table, the base run's milestones and where the checkpoints sit
     on its plateau (against seed 000's), and which interventions fall in seed 000's category.
@@ -739,7 +751,8 @@ def freezing_block(root: Path, stem: str = "freezing_phases") -> str:
     stopped = (f" It was set to {planned} steps and stopped by hand at {ran}, after grokking (`--base-as-is`)."
                if ran is not None and ran < planned else "")
     head = (f"Base run: memorised (train acc > 0.99) at step {mem}, grokked (test acc > 0.9) at {grok}. The checkpoints are "
-            f"{s1} and {s2} (test accuracy {_pct(at[str(s1)])} and {_pct(at[str(s2)])}).{rule} {where}{collapse}{stopped}{left}")
+            f"{s1} and {s2} (test accuracy {_pct(at[str(s1)])} and {_pct(at[str(s2)])}).{rule} {where}{collapse}{stopped}{left}"
+            f"{_freezing_cost(d)}")
     cats = ("Categories: \"always blocks\" (below the threshold from both checkpoints), \"phase-dependent\" (below from the "
             "first, at or above from the second), \"never blocks\" (at or above from both), by final test accuracy. Seed "
             "000 splits its categories at ~0.5 (its 32% is \"blocked\", its 67% \"never blocks\"); our grokked threshold is 0.9; "

@@ -93,6 +93,12 @@ def test_a_study_still_running_reads_not_run_where_a_checkpoint_is_missing(ledge
     (root / "figures/freezing_phases_full.json").write_text(json.dumps(d))
     assert "collapse" not in ledger_script.freezing_block(root, "freezing_phases_full")
     assert "entry_layer" not in table.split("In seed 000's category")[1]  # no category from one checkpoint
+    for i, r in enumerate(d["results"]):
+        r["seconds"] = 6000.0 if i == 0 else 60.0  # 100 min and 20 x 1 min: 2.0 h, median 1 min (mean 5.7)
+    d["meta"]["base_wall_seconds"] = 90.0
+    (root / "figures/freezing_phases_full.json").write_text(json.dumps(d))
+    assert "the base run 1.5 min; the 21 continuations 2.0 h in all, 1.0 min each (median)." in \
+        ledger_script.freezing_block(root, "freezing_phases_full")
 
 
 def test_the_verdict_rule():
