@@ -33,6 +33,7 @@ from mechgrok import experiment as ex
 from mechgrok.plots import grokking_step_distributions, markdown_table, save_figure
 
 CANDIDATES = ("beta2=0.999", "lr=3e-4")
+STOP_AFTER = 10  # evaluations (of 10 steps) a member trains on after it groks
 PUBLISHED = 1500  # seed 004: "the phase transition at ~step 1500"
 AS_IS = Path("figures/grokfast_mod113.json")  # the preset as it is: the AdamW arm of that report
 AS_IS_LABEL = "seed004 as is (lr 1e-3, beta2 0.98)"
@@ -54,10 +55,10 @@ def populations(out: Path, candidate: str) -> list:
             if (d / mg.population.SWEEP_FILE).exists()]
 
 
-def rows_of(out: Path, candidate: str) -> list[dict]:
-    """Every finished member of one candidate."""
+def rows_of(pops: list, candidate: str) -> list[dict]:
+    """Every finished member of one candidate (its ``populations``)."""
     rows = []
-    for pop in populations(out, candidate):
+    for pop in pops:
         for r in pop.table.itertuples():
             mem = _step(r.memorised_step)
             m = pop.run(r.id).metrics.set_index("step")
@@ -117,12 +118,13 @@ def section(d: dict | None) -> str:
 
 
 def report(args, t0: float):
-    rows = [r for c in args.candidate for r in rows_of(args.out, c)]
-    trained, configs = 0.0, {}
+    trained, configs, rows = 0.0, {}, []
     if AS_IS.exists() and "config" in (as_is := json.loads(AS_IS.read_text())):
         configs[AS_IS_LABEL] = as_is["config"]
     for c in args.candidate:
-        for pop in populations(args.out, c):
+        pops = populations(args.out, c)
+        rows += rows_of(pops, c)
+        for pop in pops:
             trained += sum(r.get("seconds") or 0 for r in pop.records.values())
             if len(pop):
                 configs.setdefault(c, pop.run(0).config.to_dict())  # the members' own config, as trained
@@ -137,8 +139,6 @@ def report(args, t0: float):
     ex.write_report(stem, text, data, seeds=sorted({r["seed"] for r in rows}), started=t0)
     print(text)
 
-
-STOP_AFTER = 10
 
 
 def main():

@@ -467,7 +467,8 @@ def freeze_sweep(run: Run, from_steps: Sequence[int], interventions: str | Seque
                  progress: bool = True, on_result: Callable[[dict], None] | None = None,
                  trajectories: bool = False, train: bool = True) -> pd.DataFrame:
     """``freeze_and_continue`` for every (checkpoint, intervention); one row each, with the
-    seconds it took; ``grokking_step`` is an integer column, <NA> where a continuation never grokked. Continuation runs go to ``out_dir/step_{s}/{name}`` (default ``out_dir``:
+    seconds it took; ``grokking_step`` is an integer column, <NA> where a continuation never
+    grokked. Continuation runs go to ``out_dir/step_{s}/{name}`` (default ``out_dir``:
     ``RUN/interventions/freeze``). Resumable: every finished continuation is appended to
     ``out_dir/results.jsonl`` as it ends, and a later call with the same ``out_dir`` reuses a
     result there only when every setting that produced it matches (``_cache_key``: source run,
