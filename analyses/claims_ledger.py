@@ -255,26 +255,39 @@ def nanda_loss(claim, path, root):
                   1, t["test_loss"] <= 3 * pub, "test loss within 3x of the published final loss")
 
 
-def _latent_setting(population: str, root: Path) -> tuple[dict, int]:
-    """A latent population's setting: training_maps.py's preset and overrides for it, with the
-    steps its statistics.csv reaches and the members it holds (the runs are not kept)."""
+def _latent_root(claim: dict, root: Path) -> Path:
+    """training_maps.py's output folder that the claim's data file is in: figures/latent (the small
+    scale) or figures/latent_full (the presets' own); its populations are subfolders."""
+    data = root / claim["data"]
+    return data.parent.parent if data.parent.name == claim["population"] else data.parent
+
+
+def _latent_setting(claim: dict, root: Path) -> tuple[dict, int]:
+    """A latent population's setting. From its ``setting.json`` (the members' config and how many,
+    written by training_maps.py) where there is one; else (older reports) training_maps.py's small
+    preset and overrides for it, with the steps statistics.csv reaches and the members it holds."""
+    population = claim["population"]
+    d = _latent_root(claim, root) / population
+    if (d / "setting.json").exists():
+        s = _json(d / "setting.json")
+        return setting_of(s["config"], seeds=int(s["members"])), int(s["members"])
     tm = _script("training_maps")
     preset, over, _ = tm.POPULATIONS[population]
-    stats = pd.read_csv(root / "figures/latent" / population / "statistics.csv")
+    stats = pd.read_csv(d / "statistics.csv")
     members = stats["run"].nunique() if "run" in stats else stats.iloc[:, 0].nunique()
     cfg = configure(preset, **(tm.SMALL[preset] | over | {"steps": int(stats["step"].max())}))
     return setting_of(cfg.to_dict(), seeds=int(members)), int(members)
 
 
-def _detours(population: str, root: Path) -> pd.DataFrame:
-    det = pd.read_csv(root / "figures/latent" / population / "detours.csv")
-    states = pd.read_csv(root / "figures/latent" / population / "states.csv")
+def _detours(d: Path) -> pd.DataFrame:
+    det = pd.read_csv(d / "detours.csv")
+    states = pd.read_csv(d / "states.csv")
     return det.merge(states[["state", "l2"]], on="state", how="left") if "l2" in states else det
 
 
 def latent_detour(claim, path, root):
-    d = _detours(claim["population"], root)
-    setting, n = _latent_setting(claim["population"], root)
+    d = _detours(_latent_root(claim, root) / claim["population"])
+    setting, n = _latent_setting(claim, root)
     top_l2 = int(d.loc[d["l2"].idxmax(), "state"])
     detours = d[d["detour"]].sort_values("coef", ascending=False)
     strongest = int(detours["state"].iloc[0]) if len(detours) else None
@@ -288,27 +301,33 @@ def latent_detour(claim, path, root):
                   {"strongest_detour": strongest, "strongest_detour_l2_rank": rank(strongest) if strongest is not None else None})
 
 
-def _routes(population: str, root: Path) -> pd.Series:
+def _routes(d: Path) -> pd.Series:
     """Each member's route (training_maps.routes: its Viterbi path, repeats collapsed) from paths.csv."""
-    paths = pd.read_csv(root / "figures/latent" / population / "paths.csv").sort_values(["member", "step"])
+    paths = pd.read_csv(d / "paths.csv").sort_values(["member", "step"])
     return paths.groupby("member")["state"].apply(
         lambda p: "-".join(str(int(x)) for i, x in enumerate(p.tolist()) if i == 0 or x != p.tolist()[i - 1]))
 
 
 def latent_ln(claim, path, root):
     f = pd.read_csv(path).set_index("population")
-    setting, n = _latent_setting(claim["population"], root)
-    ln, plain = _routes("modular_ln", root), _routes("modular", root)
+    setting, n = _latent_setting(claim, root)
+    ln, plain = _routes(_latent_root(claim, root) / "modular_ln"), _routes(_latent_root(claim, root) / "modular")
     share = lambda r: float(r.value_counts(normalize=True).iloc[0])  # noqa: E731
-    g = f.loc["modular_ln"]
-    ours = (f"with LN: {ln.nunique()} routes, the commonest taken by {share(ln):.0%} ({int(g['grokked'])} of "
-            f"{int(g['members'])} grokked); without: {plain.nunique()} routes, {share(plain):.0%}")
+    def grokked(population):  # and the spread of convergence times: the CV of the grokked members' grokking steps
+        if population not in f.index:
+            return "not in findings.csv"
+        r = f.loc[population]
+        return (f"{int(r['grokked'])} of {int(r['members'])} grokked, grokking-step CV "
+                + ("-" if pd.isna(r["grok_step_cv"]) else f"{r['grok_step_cv']:.2f}"))
+
+    ours = (f"with LN: {ln.nunique()} routes, the commonest taken by {share(ln):.0%} ({grokked('modular_ln')}); "
+            f"without: {plain.nunique()} routes, {share(plain):.0%} ({grokked('modular')})")
     return Result(ours, setting, n, share(ln) > share(plain), "the commonest route's share is larger with LayerNorm")
 
 
 def latent_parity(claim, path, root):
-    d = _detours(claim["population"], root)
-    setting, n = _latent_setting(claim["population"], root)
+    d = _detours(_latent_root(claim, root) / claim["population"])
+    setting, n = _latent_setting(claim, root)
     det = d[d["detour"]]
     ours = ", ".join(f"S{int(r.state)} ({r.label}) +{r.coef:.0f} steps/ckpt (p = {r.p_value:.2g})"
                      for r in det.itertuples()) or "none"

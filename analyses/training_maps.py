@@ -36,7 +36,7 @@ import pandas as pd
 import mechgrok as mg
 from mechgrok import latent
 from mechgrok.experiment import command_line, is_finished, parse_args, parse_overrides, parser, train_or_resume
-from mechgrok.files import write_csv, write_text
+from mechgrok.files import write_csv, write_json, write_text
 from mechgrok.plots import markdown_table
 from mechgrok.presets import configure
 from mechgrok.provenance import hardware
@@ -149,7 +149,7 @@ def main():
     else:
         seeds = {n: int(args.seeds or default) for n in names}
 
-    rows, captions = [], []
+    rows = []
     for name in names:
         preset, overrides, features = table[name]
         n_seeds = seeds[name]
@@ -163,8 +163,11 @@ def main():
         rows.append(f)
         print(pd.Series(f).to_string(), flush=True)
         cfg = configure(preset, seed=0, **overrides)
-        captions.append(
-            f"### {name}\n\n`{preset}`" + (f" with {overrides}" if overrides else "") +
+        # what the claims ledger compares with the paper: the members' config (seed 0's) and how many
+        write_json(args.figures / name / "setting.json", {"config": cfg.to_dict(), "members": n_seeds,
+                                                          "full": bool(args.full), "command": command_line()})
+        caption = (
+            f"### {name}\n\n`{command_line()}` (hardware: {hardware()}). `{preset}`" + (f" with {overrides}" if overrides else "") +
             f" ({mg.Task(cfg.task).describe()}, {cfg.train.steps} steps, a checkpoint every "
             f"{cfg.train.checkpoint_every} steps), seeds 0..{n_seeds - 1} (split, init and batch order); HMM "
             f"features {', '.join(features)}, diagonal covariance, {args.restarts} restarts, "
@@ -174,20 +177,34 @@ def main():
             f"after another), statistics, HMMs and figures {t_hmm / 60:.1f} min.\n\nFiles in `{name}/`: model_selection, training_map, ribbons "
             f"(.html/.png), statistics.csv, model_selection.csv, transitions.csv, states.csv, paths.csv, "
             f"detours.csv.\n")
-    summary = pd.DataFrame(rows)
+        write_text(args.figures / name / "caption.md", caption)
+    summary = merged_findings(args.figures / "findings.csv", rows)
     write_csv(args.figures / "findings.csv", summary)
-    write_readme(args, summary, captions, seeds)
+    captions = [(args.figures / n / "caption.md").read_text() for n in summary.population
+                if (args.figures / n / "caption.md").exists()]
+    write_readme(args, summary, captions)
 
 
-def write_readme(args, summary: pd.DataFrame, captions: list[str], seeds: dict[str, int]):
+def merged_findings(path: Path, rows: list[dict]) -> pd.DataFrame:
+    """This invocation's findings (``rows``, one per population) with those that earlier invocations
+    wrote to ``path`` for other populations: one process per population, then any of them, leaves
+    findings.csv (and the README) with all of them. In POPULATIONS order."""
+    earlier = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["population"])
+    new = pd.DataFrame(rows)
+    summary = pd.concat([earlier[~earlier.population.isin(new.population)], new], ignore_index=True)
+    return summary.sort_values("population", key=lambda c: c.map(list(POPULATIONS).index), ignore_index=True)
+
+
+def write_readme(args, summary: pd.DataFrame, captions: list[str]):
     s = summary.set_index("population")
     hw = f"{hardware()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
-    cmd = command_line()
     lines = [
         "# Latent-state training maps (Hu et al. 2023; issue 11)", "",
-        f"Command: `{cmd}`  ", f"Hardware: {hw}.  ", *([args.note + "  "] if args.note else []),
+        f"Last command: `{command_line()}` (each population's own command is in its caption below)  ",
+        f"Hardware: {hw}.  ", *([args.note + "  "] if args.note else []),
         f"Scale: {'the presets unchanged' if args.full else 'the small scale of analyses/training_maps.py (see its docstring)'}, "
-        "seeds per population: " + ", ".join(f"{n} {k}" for n, k in seeds.items()) + " (Hu et al.: 40).", "",
+        "seeds per population: " + ", ".join(f"{r.population} {r.members}" for r in summary.itertuples())
+        + " (Hu et al.: 40).", "",
         "## Side by side with the paper's qualitative findings", "",
     ]
     rows = {

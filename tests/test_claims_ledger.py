@@ -311,3 +311,34 @@ def test_checkpoints_at_seed_000s_places_on_the_plateau_count_as_its_checkpoints
     path.write_text(json.dumps(d))
     row = {r["id"]: r for r in ledger_script.ledger(root)}["000-no-wd-own"]
     assert "checkpoints 900/1200 vs 7000/11000" in row["verdict"]
+
+
+def test_training_maps_keeps_the_findings_of_populations_reported_by_earlier_invocations(tmp_path):
+    tm = _script("training_maps")
+    path = tmp_path / "findings.csv"
+    first = tm.merged_findings(path, [{"population": "modular_ln", "members": 20, "grokked": 20}])
+    first.to_csv(path, index=False)
+    both = tm.merged_findings(path, [{"population": "modular", "members": 20, "grokked": 19}])
+    assert list(both.population) == ["modular", "modular_ln"]  # POPULATIONS order, both kept
+    assert both.set_index("population").loc["modular_ln", "members"] == 20
+    both.to_csv(path, index=False)
+    again = tm.merged_findings(path, [{"population": "modular", "members": 21, "grokked": 21}])
+    assert len(again) == 2 and again.set_index("population").loc["modular", "members"] == 21  # replaced, not added
+
+
+def test_a_latent_population_at_the_presets_own_scale_is_read_from_its_setting_file(ledger_script, tmp_path):
+    d = tmp_path / "figures/latent_full/modular"
+    d.mkdir(parents=True)
+    cfg = configure("hu_modular", seed=0)
+    (d / "setting.json").write_text(json.dumps({"config": cfg.to_dict(), "members": 20, "full": True}))
+    claim = {"population": "modular", "data": "figures/latent_full/modular/detours.csv"}
+    assert ledger_script._latent_root(claim, tmp_path) == tmp_path / "figures/latent_full"
+    setting, n = ledger_script._latent_setting(claim, tmp_path)
+    assert n == 20 and setting["seeds"] == 20 and setting["steps"] == 30_000 and setting["epochs"] == 2000
+    assert setting["frac"] == 0.3 and setting["batch_size"] == 256
+    # findings.csv sits above the populations: the LN claim's folder is the same
+    assert ledger_script._latent_root({"population": "modular_ln", "data": "figures/latent_full/findings.csv"},
+                                      tmp_path) == tmp_path / "figures/latent_full"
+    # 20 seeds of 2000 epochs against Hu et al.'s 40 of 10,000: stated fields that differ
+    pub = json.loads((ROOT / "figures/claims.json").read_text())["settings"]["hu_modular"]
+    assert differences(pub, setting) == ["epochs 2000 vs 10000", "seeds 20 vs 40"]
