@@ -2,6 +2,11 @@
 
     python analyses/training_maps.py              # the small scale this 2-core machine allows
     python analyses/training_maps.py --full       # the presets as they are, 40 seeds each
+    # the presets' own scale, one process per population, then either command again reports both:
+    python analyses/training_maps.py --full --seeds 20 --populations modular --set compile=true \
+        --out runs/training_maps_full --figures figures/latent_full
+    python analyses/training_maps.py --full --seeds 20 --populations modular_ln --set compile=true \
+        --out runs/training_maps_full --figures figures/latent_full
 
 Hu et al. trained 40 seeds of each task, took the 14 weight statistics every 10 epochs, fitted
 Gaussian HMMs to the within-run z-scored statistics and read detour states off a regression of
@@ -20,8 +25,10 @@ convergence time on state occupancy. This script does the same with mechgrok's p
 Members are trained one after another with ``mg.experiment.train_or_resume`` (finished members
 are skipped; an interrupted one, or a larger step count, resumes), then
 ``report.latent`` writes the statistics, model selection, map, ribbons and detour
-table of each population under ``--figures/<population>/``; the comparison with the paper's
-qualitative findings and the captions go to ``--figures/README.md``.
+table of each population under ``--figures/<population>/`` with its caption.md and setting.json
+(the members' config and count, which the claims ledger compares with the paper); the comparison
+with the paper's qualitative findings and the captions go to ``--figures/README.md`` and
+findings.csv, keeping the populations that earlier invocations reported there.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from mechgrok import latent
 from mechgrok.experiment import command_line, is_finished, parse_args, parse_overrides, parser, train_or_resume
 from mechgrok.files import write_csv, write_json, write_text
 from mechgrok.plots import markdown_table
-from mechgrok.presets import configure
+from mechgrok.presets import configure, get_preset, parse_value
 from mechgrok.provenance import hardware
 
 SMALL = {  # each preset at the small scale
@@ -60,6 +67,17 @@ PAPER = {
     "layernorm": "LayerNorm makes the paths more uniform (fewer distinct routes, less spread in "
                  "convergence time).",
 }
+
+
+def population_table(full: bool, sets: list[str]) -> dict[str, tuple[str, dict, tuple]]:
+    """name -> (preset, overrides, HMM features): POPULATIONS at the small scale (SMALL) or, with
+    ``full``, as they are; ``sets`` ("FIELD=VALUE", ``--set``) apply to every population, typed against
+    each preset (figures/latent's parity maps were made with --set steps=1500)."""
+    out = {}
+    for name, (preset, over, features) in POPULATIONS.items():
+        given = {k.split(".")[-1]: parse_value(k, v, get_preset(preset)) for k, v in parse_overrides(sets).items()}
+        out[name] = (preset, ({} if full else SMALL[preset]) | over | given, features)
+    return out
 
 
 def train_population(name: str, preset: str, overrides: dict, seeds: list[int], root: Path) -> tuple[list[Path], float]:
@@ -136,8 +154,7 @@ def main():
     ap.add_argument("--restarts", type=int, default=5)
     ap.add_argument("--note", default="", help="a sentence for the README (e.g. how the members were trained)")
     args = parse_args(ap)
-    # --set applies to every population (figures/latent's parity maps were made with --set steps=1500)
-    table = {n: (pr, ({} if args.full else SMALL[pr]) | o | parse_overrides(args.set), f) for n, (pr, o, f) in POPULATIONS.items()}
+    table = population_table(args.full, args.set)
     names = [n.strip() for n in args.populations.split(",")]
     unknown = [n for n in names if n not in table]
     if unknown:

@@ -313,19 +313,6 @@ def test_checkpoints_at_seed_000s_places_on_the_plateau_count_as_its_checkpoints
     assert "checkpoints 900/1200 vs 7000/11000" in row["verdict"]
 
 
-def test_training_maps_keeps_the_findings_of_populations_reported_by_earlier_invocations(tmp_path):
-    tm = _script("training_maps")
-    path = tmp_path / "findings.csv"
-    first = tm.merged_findings(path, [{"population": "modular_ln", "members": 20, "grokked": 20}])
-    first.to_csv(path, index=False)
-    both = tm.merged_findings(path, [{"population": "modular", "members": 20, "grokked": 19}])
-    assert list(both.population) == ["modular", "modular_ln"]  # POPULATIONS order, both kept
-    assert both.set_index("population").loc["modular_ln", "members"] == 20
-    both.to_csv(path, index=False)
-    again = tm.merged_findings(path, [{"population": "modular", "members": 21, "grokked": 21}])
-    assert len(again) == 2 and again.set_index("population").loc["modular", "members"] == 21  # replaced, not added
-
-
 def test_a_latent_population_at_the_presets_own_scale_is_read_from_its_setting_file(ledger_script, tmp_path):
     d = tmp_path / "figures/latent_full/modular"
     d.mkdir(parents=True)

@@ -1,5 +1,6 @@
 """The re-runs at published settings (analyses/seed001_main_run.py, weight_decay_comparison.py,
-seed002_example1.py, grokfast_vs_momentum.py --mod113): their numbers are the ones the runs'
+seed002_example1.py, grokfast_vs_momentum.py --mod113,
+seed004_transition.py, training_maps.py): their numbers are the ones the runs'
 metrics.csv give, their reports hold what the ledger reads, and seeds add up across calls."""
 
 import importlib
@@ -11,6 +12,8 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+
+import mechgrok as mg
 
 ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
 # a model that trains in a second: the tutorial2 preset's 2 layers shrunk to 1 small one on mod 23
@@ -55,8 +58,6 @@ def test_seed001_numbers_are_the_transition_metrics_of_metrics_csv(grokked_run, 
 
 def test_seed001_script_writes_the_side_by_side_table_json_and_readme_section(tmp_path, monkeypatch):
     s1 = script("seed001_main_run", monkeypatch)
-    import mechgrok as mg
-
     readme = tmp_path / "README.md"
     readme.write_text("# Figures\n\nother text\n")
     args = ["--out", tmp_path / "run", "--figures", tmp_path, "--readme", readme,
@@ -217,3 +218,27 @@ def test_seed004_transition_trains_each_candidate_and_reports_its_own_config(tmp
     run_script(st, monkeypatch, *args[:4], "--report-only")
     assert json.loads((tmp_path / "transition.json").read_text())["rows"] == data["rows"]
     assert (tmp_path / "transition.md").stat().st_mtime_ns > before
+
+
+def test_training_maps_keeps_the_findings_of_populations_reported_by_earlier_invocations(tmp_path, monkeypatch):
+    tm = script("training_maps", monkeypatch)
+    path = tmp_path / "findings.csv"
+    first = tm.merged_findings(path, [{"population": "modular_ln", "members": 20, "grokked": 20}])
+    first.to_csv(path, index=False)
+    both = tm.merged_findings(path, [{"population": "modular", "members": 20, "grokked": 19}])
+    assert list(both.population) == ["modular", "modular_ln"]  # POPULATIONS order, both kept
+    assert both.set_index("population").loc["modular_ln", "members"] == 20
+    both.to_csv(path, index=False)
+    again = tm.merged_findings(path, [{"population": "modular", "members": 21, "grokked": 21}])
+    assert len(again) == 2 and again.set_index("population").loc["modular", "members"] == 21  # replaced, not added
+
+
+def test_training_maps_types_set_values_against_each_preset(monkeypatch):
+    tm = script("training_maps", monkeypatch)
+    t = tm.population_table(True, ["compile=true", "steps=1500"])
+    preset, over, _ = t["modular_ln"]
+    assert over == {"normalization": "LN", "compile": True, "steps": 1500}  # typed, not strings
+    cfg = mg.configure(preset, seed=3, **over)
+    assert cfg.train.compile is True and cfg.train.steps == 1500 and cfg.model.normalization == "LN"
+    assert tm.population_table(False, [])["modular"][1] == tm.SMALL["hu_modular"]  # the small scale
+    assert tm.population_table(True, [])["modular"][1] == {}  # the preset as it is
