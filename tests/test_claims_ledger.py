@@ -238,13 +238,26 @@ def test_seed004s_transition_is_tested_on_the_default_adamw_candidate(ledger_scr
     assert t["verdict"] == "not comparable (setting: beta2 0.98 vs 0.999)" and t["ours"].startswith("as is:")
 
 
-def test_the_presets_block_reads_the_grokfast_reports_adamw_arm(ledger_script, tmp_path):
+def test_the_presets_block_reads_the_transition_candidate_trained_as_the_preset_is(ledger_script, tmp_path):
     root = _copy_data(tmp_path)
     _grokfast_report(root, [1400, 1500, 1700, None])
     rows = {r["id"]: r for r in ledger_script.ledger(root)}
     assert rows["004-grokfast-113"]["verdict"].startswith("not reproduced (the test fails")  # both = the faster arm
+    path = root / "figures/dynamics/seed004/transition.json"
+    d = json.loads(path.read_text())
+    now = ledger_script._shaping(configure("seed004").to_dict())
+    name = next(c for c, cfg in d["configs"].items() if ledger_script._shaping(cfg) == now)
+    next(x for x in d["summary"] if x["candidate"] == name)["grokked_step"]["median"] = 1234
+    path.write_text(json.dumps(d))
+    assert "median step 1234 over" in ledger_script.presets_block(root) and f"`{name}`" in ledger_script.presets_block(root)
+    # a candidate trained at another lr, or on another split, is not the preset: the Grokfast report's
+    # AdamW arm is read instead
     _grokfast_report(root, [1880, 1900, 2000])
-    assert "median step 1900 over 3/3 grokked seeds" in ledger_script.presets_block(root)
+    for part, field, value in (("train", "lr", 5e-4), ("task", "frac", 0.3)):
+        changed = json.loads(json.dumps(d))
+        changed["configs"][name][part][field] = value
+        path.write_text(json.dumps(changed))
+        assert "median step 1900 over 3/3 grokked seeds" in ledger_script.presets_block(root), field
 
 
 def test_seed002s_example_reads_every_part_of_the_claim(tmp_path):
