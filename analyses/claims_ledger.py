@@ -436,16 +436,19 @@ def transition_candidates(claim, path, root):
     published = _json(root / "figures/claims.json")["settings"][claim["setting"]]
     measured = [(s, setting_of(d["configs"][s["candidate"]], seeds=s["n"])) for s in d["summary"]]
     s, setting = next(((s, st) for s, st in measured if not differences(published, st)), measured[0])
-    med, pub = _med(s["steps"]), claim["published"]["grokked_step"]
+    # the report's median: a seed that never grokked counts as later than all ("> 3000" where they decide it)
+    med, pub = s["grokked_step"]["median"], claim["published"]["grokked_step"]
+    fmt = lambda x: x if isinstance(x, str) else f"{x:g}"  # noqa: E731
 
     def steps(x):
-        return f"median {_med(x['steps']):g} over {x['grokked']}/{x['n']} grokked seeds"
+        return f"median {fmt(x['grokked_step']['median'])} over {x['n']} seeds, {x['grokked']} grokked"
 
     others = "; ".join(f"{x['candidate']}: {steps(x)}" for x, _ in measured if x is not s)
     ours = (f"{s['candidate']}: {steps(s)} (steps {', '.join('-' if v is None else f'{v:g}' for v in s['steps'])})"
             + (f". Also measured: {others}" if others else ""))
-    return Result(ours, setting, s["n"], abs(med - pub) <= 0.25 * pub,
-                  "median grokking step within 25% of the published transition")
+    return Result(ours, setting, s["n"], isinstance(med, (int, float)) and abs(med - pub) <= 0.25 * pub,
+                  "median grokking step (a seed that never grokked counting as later than all) within 25% of "
+                  "the published transition")
 
 
 def seed002_addition(claim, path, root):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -257,6 +258,28 @@ def quartiles(values) -> dict:
         return {"n": 0, "median": None, "q25": None, "q75": None}
     q = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else [v[0]] * 3
     return {"n": len(v), "median": statistics.median(v), "q25": q[0], "q75": q[2]}
+
+
+def censored_quartiles(values, bound: int) -> dict:
+    """``quartiles`` of steps where None means "not reached within ``bound`` steps" (a member that
+    never grokked): such a member counts, as later than every step, instead of being left out
+    (which would put the median of a population where half never grokked at the few that did).
+    A statistic that depends on them is a lower bound, the string ``"> X"`` (X: the statistic with
+    those members at ``bound``); ``not_reached`` counts them."""
+    v = sorted(math.inf if x is None else float(x) for x in values)
+    out = {"n": len(v), "not_reached": sum(x == math.inf for x in v)}
+    if not v:
+        return out | {"median": None, "q25": None, "q75": None}
+
+    def at(p):  # statistics.quantiles(method="inclusive"): linear between the two nearest ranks
+        pos = p * (len(v) - 1)
+        lo, hi = math.floor(pos), math.ceil(pos)
+        if v[lo] == math.inf or (v[hi] == math.inf and hi != lo):
+            a, b = min(v[lo], bound), min(v[hi], bound)
+            return f"> {a + (b - a) * (pos - lo):g}"
+        return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+    return out | {"median": at(0.5), "q25": at(0.25), "q75": at(0.75)}
 
 
 def median_iqr(values, fmt: str = "{:g}") -> str:

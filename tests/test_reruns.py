@@ -188,11 +188,42 @@ def test_seed004_transition_summary_is_the_median_and_within_25pct_is_inclusive(
     st = script("seed004_transition", monkeypatch)
     rows = [{"candidate": "a", "seed": s, "grokked_step": g, "memorised_step": 100} for s, g in enumerate([1875, 1000, None])]
     rows += [{"candidate": "b", "seed": 0, "grokked_step": 1876, "memorised_step": None}]
-    a, b = st.summary(rows)
-    assert (a["n"], a["grokked"], a["steps"], a["grokked_step"]["median"]) == (3, 2, [1875, 1000, None], 1437.5)
-    assert a["within_25pct"]  # 1437.5: within 375 of 1500
+    a, b = st.summary(rows, 3000)
+    # the seed that never grokked counts as later than all: the median of (1000, 1875, > 3000) is 1875, not
+    # 1437.5 (the median of the two that grokked)
+    assert (a["n"], a["grokked"], a["steps"], a["grokked_step"]["median"]) == (3, 2, [1875, 1000, None], 1875)
+    assert a["grokked_step"]["q75"] == "> 2437.5" and a["grokked_step"]["q25"] == 1437.5  # half-way to > 3000
+    assert a["within_25pct"]  # 1875: within 375 of 1500 (inclusive)
     assert b["grokked_step"]["median"] == 1876 and not b["within_25pct"]  # 376 after 1500
-    assert st.summary([{"candidate": "c", "seed": 0, "grokked_step": 1875, "memorised_step": 1}])[0]["within_25pct"]
+    assert st.summary([{"candidate": "c", "seed": 0, "grokked_step": 1875, "memorised_step": 1}], 3000)[0]["within_25pct"]
+    # most seeds never grokked: the median is "> 3000", never within 25%
+    few = st.summary([{"candidate": "d", "seed": s, "grokked_step": g, "memorised_step": 1}
+                      for s, g in enumerate([1500, None, None])], 3000)[0]
+    assert few["grokked_step"]["median"] == "> 3000" and not few["within_25pct"]
+    assert few["grokked_step"]["q25"] == "> 2250"  # half-way from 1500 to a step after 3000
+    assert "> 3000 (> 2250 to > 3000)" in st.section({"summary": [few], "rows": [], "stop_after_grok": 10, "steps": 3000,
+                                                    "train_seconds": 0})
+
+
+def test_censored_quartiles_equal_numpys_with_the_unreached_beyond_every_step():
+    import numpy as np
+
+    from mechgrok.experiment import censored_quartiles
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 12))
+        steps = [None if rng.random() < 0.3 else int(rng.integers(10, 3000)) for _ in range(n)]
+        q = censored_quartiles(steps, 3000)
+        big = np.array([1e12 if x is None else x for x in steps], float)  # never grokked: beyond any step
+        at_bound = np.array([3000 if x is None else x for x in steps], float)  # ... or at the last step run
+        for name, p in (("q25", 25), ("median", 50), ("q75", 75)):
+            hi, lo = np.percentile(big, p), np.percentile(at_bound, p)  # numpy's linear = statistics' inclusive
+            if hi != lo:  # the statistic depends on a seed that never grokked: a lower bound
+                assert q[name] == f"> {lo:g}", (steps, name)
+            else:
+                assert q[name] == pytest.approx(hi), (steps, name)
+        assert q["n"] == n and q["not_reached"] == steps.count(None)
+    assert censored_quartiles([], 3000)["median"] is None
 
 
 def test_seed004_transition_trains_each_candidate_and_reports_its_own_config(tmp_path, monkeypatch):
