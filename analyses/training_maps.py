@@ -206,9 +206,11 @@ def merged_findings(path: Path, rows: list[dict]) -> pd.DataFrame:
     """This invocation's findings (``rows``, one per population) with those that earlier invocations
     wrote to ``path`` for other populations: one process per population, then any of them, leaves
     findings.csv (and the README) with all of them. In POPULATIONS order."""
-    earlier = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["population"])
     new = pd.DataFrame(rows)
-    summary = pd.concat([earlier[~earlier.population.isin(new.population)], new], ignore_index=True)
+    earlier = pd.read_csv(path) if path.exists() else new.iloc[:0]
+    earlier = earlier[~earlier.population.isin(new.population)]
+    # an empty frame in the concat would turn the counts into floats ("5.0 members")
+    summary = pd.concat([earlier, new], ignore_index=True) if len(earlier) else new
     return summary.sort_values("population", key=lambda c: c.map(list(POPULATIONS).index), ignore_index=True)
 
 

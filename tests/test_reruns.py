@@ -255,6 +255,7 @@ def test_training_maps_keeps_the_findings_of_populations_reported_by_earlier_inv
     tm = script("training_maps", monkeypatch)
     path = tmp_path / "findings.csv"
     first = tm.merged_findings(path, [{"population": "modular_ln", "members": 20, "grokked": 20}])
+    assert str(first.members.iloc[0]) == "20"  # a count, not 20.0
     first.to_csv(path, index=False)
     both = tm.merged_findings(path, [{"population": "modular", "members": 20, "grokked": 19}])
     assert list(both.population) == ["modular", "modular_ln"]  # POPULATIONS order, both kept
