@@ -22,6 +22,15 @@ trainer; its members' seeds replace ``--seeds``) instead of training them here; 
 runs then start from the first member's seed, and at wd 1 an unprobed run is trained when the
 probed one is shorter than its budget (a sweep with ``--stop-after-grok`` ends soon after grokking).
 
+``--setting seed004`` is the ``seed004`` preset, seed 004's own setting as far as it is given:
+
+    mechgrok sweep --preset seed004 --seeds 10 --stop-after-grok 5 --probe every=10 --out runs/seed004_probed
+    python analyses/optimizer_dynamics.py --setting seed004 --population runs/seed004_probed \
+        --skip wd --figures figures/dynamics/seed004
+
+(``--skip wd``: the limit cycle at this setting, beta1 0 as in seed 004's sweep, is
+analyses/limit_cycle_seed004.py's, whose limit_cycle.* the wd part would overwrite there.)
+
 ``--setting preset`` is the ``dynamics`` preset (a+b mod 113, 2 layers); ``small`` (default) is
 a+b mod 23 on a 1-layer d_model 64 model (70% train, lr 3e-3), which memorises within ~100 steps
 and groks within ~1500: on a shared 2-core CPU a probed step of the preset took ~6 s, so the
@@ -63,6 +72,8 @@ SETTINGS = {  # name: (base, how the report names it)
                                                 eval_every=10, checkpoint_every=500)),
               "a+b mod 23, 70% train, 1 layer (d_model 64, d_mlp 256), AdamW lr 3e-3 wd 1, full batch"),
     "preset": ("dynamics", "the dynamics preset (a+b mod 113, 2 layers)"),
+    # seed 004's own setting: the preset whose grokking step seed004_transition.py measured over seeds
+    "seed004": ("seed004", "the seed004 preset (a+b mod 113, 2 layers; figures/dynamics/seed004/transition.md)"),
 }
 TABLE = ["seed", "memorised_step", "grokked_step", "delay", "hessian_rise", "hessian_peak_step", "agreement_first",
          "agreement_at_memorised", "momentum_cos_plateau", "erank_drop", "agreement_dips", "agreement_dips_before_grokked",
