@@ -438,7 +438,7 @@ def transition_candidates(claim, path, root):
     s, setting = next(((s, st) for s, st in measured if not differences(published, st)), measured[0])
     # the report's median: a seed that never grokked counts as later than all ("> 3000" where they decide it)
     med, pub = s["grokked_step"]["median"], claim["published"]["grokked_step"]
-    fmt = lambda x: x if isinstance(x, str) else f"{x:g}"  # noqa: E731
+    fmt = lambda x: "-" if x is None else x if isinstance(x, str) else f"{x:g}"  # noqa: E731
 
     def steps(x):
         return f"median {fmt(x['grokked_step']['median'])} over {x['n']} seeds, {x['grokked']} grokked"

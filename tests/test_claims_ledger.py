@@ -209,9 +209,12 @@ def _transition_report(root: Path, candidates: dict) -> None:
     """A planted analyses/seed004_transition.py report: candidate -> (config overrides, steps)."""
     from mechgrok.presets import configure
 
-    summary = [{"candidate": c, "n": len(steps), "grokked": sum(x is not None for x in steps), "steps": steps}
-               for c, (_, steps) in candidates.items()]
-    configs = {c: configure("seed004", **kw).to_dict() for c, (kw, _) in candidates.items()}
+    from mechgrok.experiment import censored_quartiles
+
+    summary = [{"candidate": c, "n": len(steps), "grokked": sum(x is not None for x in steps), "steps": steps,
+                "grokked_step": censored_quartiles(steps, 3000)} for c, (_, steps) in candidates.items()]
+    # overrides of the lr-1e-3 seed004 base the script pins (the preset itself may move)
+    configs = {c: configure("seed004", **({"lr": 1e-3} | kw)).to_dict() for c, (kw, _) in candidates.items()}
     path = root / "figures/dynamics/seed004/transition.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"summary": summary, "configs": configs}))
@@ -224,14 +227,15 @@ def test_seed004s_transition_is_tested_on_the_default_adamw_candidate(ledger_scr
                               "lr=3e-4": ({"lr": 3e-4}, [900, 1000])})
     rows = {r["id"]: r for r in ledger_script.ledger(root)}
     t = rows["004-transition"]
-    assert t["ours"].startswith("beta2=0.999: median 1500 over 3/4 grokked seeds (steps 1400, 1500, 1700, -). "
-                                "Also measured: as is: median 440 over 3/3 grokked seeds; lr=3e-4: median 950")
+    # the seed that never grokked counts as the latest: the median of 1400, 1500, 1700, > 3000 is 1600
+    assert t["ours"].startswith("beta2=0.999: median 1600 over 4 seeds, 3 grokked (steps 1400, 1500, 1700, -). "
+                                "Also measured: as is: median 440 over 3 seeds, 3 grokked; lr=3e-4: median 950")
     assert t["verdict"] == "reproduced" and t["n"] == 4 and t["our_setting"]["beta2"] == 0.999
     # the default-AdamW candidate more than 25% after seed 004's ~1500; lr=3e-4 near it does not count
     _transition_report(root, {"as is": as_is, "beta2=0.999": ({"beta2": 0.999}, [1880, 1900, 2000]),
                               "lr=3e-4": ({"lr": 3e-4}, [1500, 1500])})
     t = {r["id"]: r for r in ledger_script.ledger(root)}["004-transition"]
-    assert t["verdict"].startswith("not reproduced (the test fails: median grokking step within 25%")
+    assert t["verdict"].startswith("not reproduced (the test fails: median grokking step (a seed that never grokked")
     # without a default-AdamW candidate: the first setting, not comparable, naming beta2
     _transition_report(root, {"as is": ({}, [1500, 1500]), "lr=3e-4": ({"lr": 3e-4}, [1500])})
     t = {r["id"]: r for r in ledger_script.ledger(root)}["004-transition"]
