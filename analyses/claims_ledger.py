@@ -952,16 +952,6 @@ def plateau_transplant_block(root: Path) -> str:
             f"(`figures/backing/plateau_transplant.json`, `python analyses/backing_numbers.py plateau_transplant`)")
 
 
-# the fields that shape a seed004 run's grokking step (the seeds, steps and stopping rule do not)
-_SHAPING = {"task": ("op", "p", "frac"), "model": ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "act_fn", "normalization"),
-            "train": ("optimizer", "lr", "weight_decay", "betas", "warmup_steps", "batch_size", "grokfast")}
-
-
-def _shaping(cfg: dict) -> dict:
-    cfg = json.loads(json.dumps(cfg))  # tuples as lists, as the reports store them
-    return {part: {k: cfg[part].get(k) for k in keys} for part, keys in _SHAPING.items()}
-
-
 def _seed004_measured(root: Path) -> str | None:
     """README's line on the seed004 preset: the candidate of analyses/seed004_transition.py's report
     that was trained with the preset's config as it is now (None: no candidate was)."""
@@ -969,16 +959,16 @@ def _seed004_measured(root: Path) -> str | None:
     if not path.exists():
         return None
     d = _json(path)
-    now = _shaping(configure("seed004").to_dict())
-    name = next((c for c, cfg in d["configs"].items() if _shaping(cfg) == now), None)
+    name = _script("seed004_transition").preset_candidate(d["configs"])
     s = next((x for x in d["summary"] if x["candidate"] == name), None)
     if s is None:
         return None
     each = ", ".join(f"seed {r['seed']}: {r['grokked_step'] if r['grokked_step'] is not None else 'not by ' + str(d['steps'])}"
                      for r in d["rows"] if r["candidate"] == name)
     acc = s["test_acc_when_memorised"]["median"]
-    return (f"- `seed004`: groks (test acc > 0.9) at a median step {s['grokked_step']['median']:g} over {s['grokked']}/{s['n']} "
-            f"grokked seeds ({each}), memorises at a median {s['memorised_step']['median']:g}"
+    med = s["grokked_step"]["median"]  # a seed that never grokked counts as later than all ("> X")
+    return (f"- `seed004`: groks (test acc > 0.9) at a median step {med if isinstance(med, str) else f'{med:g}'} over "
+            f"{s['n']} seeds, {s['grokked']} of them grokked ({each}), memorises at a median {s['memorised_step']['median']:g}"
             + ("" if acc is None else f" with test accuracy {acc:.3f} there (chance 0.009)")
             + f" (`{name}` in `figures/dynamics/seed004/transition.json`; seed 004's transition: ~1500).")
 

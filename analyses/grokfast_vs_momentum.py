@@ -15,12 +15,12 @@ test suite's grokking setting instead: a+b mod 23, 70% train, Nanda's 1-layer mo
 (4 heads x 16, d_mlp 256), full-batch AdamW lr 3e-3, wd 1, 1500 steps, evaluated every 10 steps
 (``SMALL`` of momentum_sweep.py: the ``demo`` preset with those fields). ``--full`` uses the ``dynamics`` preset.
 
-``--mod113``: seed 004's own setting as far as it is given, the ``seed004`` preset (a+b mod 113,
-2 layers, full batch, AdamW lr 1e-3, wd 1, 3000 steps: seed 004 gives the task, depth, Grokfast's
-alpha/lambda and a transition at ~1500 steps, not the lr or split; lr 1e-3 puts the AdamW arm's
-transition there), 5 seeds per arm by default, written to ``grokfast_mod113.*`` and the
-``grokfast_mod113`` section of ``--readme``. Its AdamW arm is also the measurement of the preset's
-grokking step over seeds.
+``--mod113``: seed 004's own setting as far as it is given, the ``seed004`` preset's model and
+task (a+b mod 113, 2 layers, full batch, AdamW wd 1, 3000 steps) at lr 1e-3 (``MOD113_LR``): seed
+004 runs Grokfast on "default Adam", whose lr is 1e-3 (the preset itself is at lr 4e-4, where the
+AdamW transition falls near seed 004's ~1500 steps: analyses/seed004_transition.py). 5 seeds per
+arm by default, written to ``grokfast_mod113.*`` and the ``grokfast_mod113`` section of
+``--readme``. Its AdamW arm is also seed004_transition.py's base row.
 
 Members stop ``--stop-after-grok`` evaluations after grokking. Each seed's four arms are one
 sweep of their own under ``--out/seed{s}`` (one ensemble): re-running resumes, more seeds add to
@@ -42,6 +42,8 @@ from mechgrok import experiment as ex
 from mechgrok.experiment import parse_args, parse_overrides, parse_seeds, parser, write_report
 from mechgrok.plots import grokking_step_distributions, markdown_table, save_figure
 from momentum_sweep import small_or_preset  # the same small setting (analyses/ is on sys.path when run)
+
+MOD113_LR = 1e-3  # seed 004 runs Grokfast on "default Adam": torch's default lr
 
 ARMS = {  # name -> settings; seed 004's grokking step
     "AdamW (beta1 0.9)": ({"grokfast": "none", "beta1": 0.9}, "- (the slow baseline)"),
@@ -125,7 +127,7 @@ def report(pop, args, base, mode: str, t0: float):
 
 def main():
     ap = parser(__doc__, out=None, seeds=None, full="30 seeds per arm", overrides=True)
-    ap.add_argument("--mod113", action="store_true", help="the seed004 preset (a+b mod 113, 2 layers, lr 1e-3), 5 "
+    ap.add_argument("--mod113", action="store_true", help="the seed004 preset at lr 1e-3 (a+b mod 113, 2 layers), 5 "
                     "seeds per arm, written to grokfast_mod113.*")
     ap.add_argument("--out", type=Path, default=None, help="where the runs go (default sweeps/grokfast_vs_momentum, "
                     "or sweeps/grokfast_mod113 with --mod113; re-running reuses them)")
@@ -143,6 +145,8 @@ def main():
     args.out = args.out or Path("sweeps/grokfast_mod113" if mode == "mod113" else "sweeps/grokfast_vs_momentum")
     preset = args.preset or ("seed004" if mode == "mod113" else None)
     seeds, base = parse_seeds(args.seeds), small_or_preset(preset, mode != "small")
+    if mode == "mod113" and not args.preset:
+        base = mg.configure(base, lr=MOD113_LR)
     fixed = {"stop_after_grok": args.stop_after_grok, "device": "cpu"} | ({"steps": args.steps} if args.steps else {})
     spec = mg.SweepConfig(base, settings=tuple(s for s, _ in ARMS.values()), seeds=seeds,
                           fixed=fixed | parse_overrides(args.set), chunk_size=args.chunk_size)

@@ -4,9 +4,9 @@
     python analyses/limit_cycle_seed004.py                 # 4 arms x 2 seeds, 3000 steps
     python analyses/limit_cycle_seed004.py --seeds 4       # more seeds (only the new ones train)
 
-The ``seed004`` preset (a+b mod 113, 50% train, 2 layers, full-batch AdamW lr 1e-3, betas
-(beta1, 0.98)): the setting whose AdamW arm groks near seed 004's ~1500 steps
-(figures/grokfast_mod113.md). Seed 004: at wd 1 accuracy and weight norm oscillate with a
+The ``seed004`` preset (a+b mod 113, 50% train, 2 layers, full-batch AdamW lr 4e-4, betas
+(beta1, 0.98)): the lr whose median grokking step over seeds is nearest seed 004's ~1500
+(figures/dynamics/seed004/transition.md). Seed 004: at wd 1 accuracy and weight norm oscillate with a
 period of ~150 steps; at wd 0.25 accuracy collapses to ~0.25 and re-groks; at wd 2 it hovers
 near the boundary without sharp crashes. Per member: ``cycles.limit_cycle`` (period and
 amplitude of test accuracy and weight norm after grokking) and ``milestones.drops_after_grok``

@@ -249,11 +249,13 @@ def test_the_presets_block_reads_the_transition_candidate_trained_as_the_preset_
     assert rows["004-grokfast-113"]["verdict"].startswith("not reproduced (the test fails")  # both = the faster arm
     path = root / "figures/dynamics/seed004/transition.json"
     d = json.loads(path.read_text())
-    now = ledger_script._shaping(configure("seed004").to_dict())
-    name = next(c for c, cfg in d["configs"].items() if ledger_script._shaping(cfg) == now)
+    name = _script("seed004_transition").preset_candidate(d["configs"])
     next(x for x in d["summary"] if x["candidate"] == name)["grokked_step"]["median"] = 1234
     path.write_text(json.dumps(d))
     assert "median step 1234 over" in ledger_script.presets_block(root) and f"`{name}`" in ledger_script.presets_block(root)
+    next(x for x in d["summary"] if x["candidate"] == name)["grokked_step"]["median"] = "> 2250"  # most never grokked
+    path.write_text(json.dumps(d))
+    assert "median step > 2250 over" in ledger_script.presets_block(root)
     # a candidate trained at another lr, or on another split, is not the preset: the Grokfast report's
     # AdamW arm is read instead
     _grokfast_report(root, [1880, 1900, 2000])
