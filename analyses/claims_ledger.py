@@ -438,7 +438,7 @@ def transition_candidates(claim, path, root):
     s, setting = next(((s, st) for s, st in measured if not differences(published, st)), measured[0])
     # the report's median: a seed that never grokked counts as later than all ("> 3000" where they decide it)
     med, pub = s["grokked_step"]["median"], claim["published"]["grokked_step"]
-    fmt = lambda x: "-" if x is None else x if isinstance(x, str) else f"{x:g}"  # noqa: E731
+    fmt = ex.step_text
 
     def steps(x):
         return f"median {fmt(x['grokked_step']['median'])} over {x['n']} seeds, {x['grokked']} grokked"
@@ -967,7 +967,7 @@ def _seed004_measured(root: Path) -> str | None:
                      for r in d["rows"] if r["candidate"] == name)
     acc = s["test_acc_when_memorised"]["median"]
     med = s["grokked_step"]["median"]  # a seed that never grokked counts as later than all ("> X")
-    return (f"- `seed004`: groks (test acc > 0.9) at a median step {med if isinstance(med, str) else f'{med:g}'} over "
+    return (f"- `seed004`: groks (test acc > 0.9) at a median step {ex.step_text(med)} over "
             f"{s['n']} seeds, {s['grokked']} of them grokked ({each}), memorises at a median {s['memorised_step']['median']:g}"
             + ("" if acc is None else f" with test accuracy {acc:.3f} there (chance 0.009)")
             + f" (`{name}` in `figures/dynamics/seed004/transition.json`; seed 004's transition: ~1500).")

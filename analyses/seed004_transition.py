@@ -120,7 +120,7 @@ def summary(rows: list[dict], steps_run: int) -> list[dict]:
 
 def _iqr(q: dict) -> str:
     """"median (q25 to q75)" of ``censored_quartiles``; "-" when there are no members."""
-    f = lambda x: x if isinstance(x, str) else f"{x:g}"  # noqa: E731
+    f = ex.step_text
     return "-" if q["median"] is None else f"{f(q['median'])} ({f(q['q25'])} to {f(q['q75'])})"
 
 

@@ -282,6 +282,11 @@ def censored_quartiles(values, bound: int) -> dict:
     return out | {"median": at(0.5), "q25": at(0.25), "q75": at(0.75)}
 
 
+def step_text(x) -> str:
+    """A ``censored_quartiles`` statistic as text: a number, its "> X" lower bound, or "-" (None)."""
+    return "-" if x is None else x if isinstance(x, str) else f"{x:g}"
+
+
 def median_iqr(values, fmt: str = "{:g}") -> str:
     """"median (q25 to q75)" of the finite ``values`` (inclusive quartiles); "-" when none."""
     q = quartiles(values)
