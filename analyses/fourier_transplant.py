@@ -130,7 +130,7 @@ def report(rows: list[dict], args, stem) -> str:
               "control (from recipient step)": [r["control_grokking_step"] for r in done],
               "transplant": [r["transplant_grokking_step"] for r in done]}
     for name, steps in groups.items():
-        print(f"{name:32s} grokking steps: {ex.grokked_summary(steps)}")
+        print(f"{name:32s} grokking steps: {ex.grokked_summary(steps, args.recipient_step + args.steps)}")
     end, last = f"not by {args.recipient_step + args.steps}", args.recipient_step + args.steps
     save_figure(grokking_step_distributions(groups, title=f"Fourier-neuron transplant at step {args.recipient_step}: "
                 f"a+b mod {args.p}, {len(done)} seeds<br>both arms trained to step {last}"), stem)
@@ -247,12 +247,13 @@ def plateau_summary(result: dict) -> list[str]:
             "as many non-Fourier neurons": "non_fourier"}
     steps = {name: [r[f"{key}_grokking_step"] for r in rows] for name, key in arms.items()}
     after = {name: [None if g is None else g - r["recipient_step"] for g, r in zip(v, rows)] for name, v in steps.items()}
+    bound = _bound(result, rows)
     table = []
     for name in arms:  # the per-seed differences only (the signed-rank test of each is slow and not shown)
         paired = [a - c for a, c in zip(after[name], after["control (untouched)"]) if a is not None and c is not None]
         table.append({"arm": name, "grokked within budget": f"{sum(x is not None for x in steps[name])}/{len(rows)}",
-                      "grokking step: median (IQR)": ex.median_iqr(steps[name]),
-                      "delay after the recipient step: median (IQR)": ex.median_iqr(after[name]),
+                      "grokking step: median (IQR)": ex.censored_iqr(steps[name], bound),
+                      "delay after the recipient step: median (IQR)": ex.censored_iqr(after[name], result["arm_steps"]),
                       "paired vs control: median (IQR)": "-" if name.startswith("control") else ex.median_iqr(paired)})
     lines = [f"`{result['preset']}` preset, {len(result['rows'])} seeds, {len(rows)} with a memorising plateau "
              f"(grokked >= {result['min_delay']} steps after memorising) and all three arms finished; recipient = the "
@@ -269,6 +270,14 @@ def plateau_summary(result: dict) -> list[str]:
     return lines
 
 
+def _bound(result: dict, rows: list[dict]) -> int:
+    """A step no arm member that did not grok had reached: its recipient step + the arms' steps,
+    or the preset's step budget where that is less, at least (the least over ``rows``); such a
+    member counts in a median as later than all."""
+    budget = mg.get_preset(result["preset"]).train.steps
+    return min((min(r["recipient_step"] + result["arm_steps"], budget) for r in rows), default=0)
+
+
 def plateau_report(result: dict, stem) -> str:
     """Prints the arms' distributions, draws the figure; returns the markdown report."""
     rows = [r for r in result["rows"] if "control_grokking_step" in r]
@@ -277,7 +286,7 @@ def plateau_report(result: dict, stem) -> str:
     steps = {name: [r[f"{key}_grokking_step"] for r in rows] for name, key in arms.items()}
     after = {name: [None if g is None else g - r["recipient_step"] for g, r in zip(v, rows)] for name, v in steps.items()}
     for name in arms:
-        print(f"{name:32s} grokking steps: {ex.grokked_summary(steps[name])}")
+        print(f"{name:32s} grokking steps: {ex.grokked_summary(steps[name], _bound(result, rows))}")
     lines = plateau_summary(result)
     lines += ["", "Per seed (recipient = the base run's checkpoint; donor = its last checkpoint; clustered = "
               "last-layer neurons with > 85% of their variance on one frequency, of 512; Gini = embedding "

@@ -39,7 +39,8 @@ import pandas as pd
 
 import mechgrok as mg
 from mechgrok import experiment as ex
-from mechgrok.experiment import parse_args, parse_overrides, parse_seeds, parser, write_report
+from mechgrok.experiment import command_line, parse_args, parse_overrides, parse_seeds, parser, write_report
+from mechgrok.files import write_text
 from mechgrok.plots import grokking_step_distributions, markdown_table, save_figure
 from momentum_sweep import small_or_preset  # the same small setting (analyses/ is on sys.path when run)
 
@@ -59,25 +60,27 @@ def arm_of(row) -> str:
     return next(name for name, (s, _) in ARMS.items() if (row.grokfast, row.beta1) == (s["grokfast"], s["beta1"]))
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Per arm: n, how many grokked, median and IQR of the grokking step and of the delay (over
-    the members that grokked / memorised and grokked)."""
+def summarise(rows: list[dict], budget: int) -> list[dict]:
+    """Per arm: n, how many grokked, median and IQR of the grokking step (a member that did not
+    grok within ``budget`` steps counts as later than all: ``ex.censored_quartiles``) and of the
+    delay (over the members that memorised and grokked)."""
     out = []
     for name, (_, published) in ARMS.items():
         g = [r for r in rows if r["arm"] == name]
         out.append({"arm": name, "n": len(g), "n_grokked": sum(r["grokked_step"] is not None for r in g),
-                    "grokked_step": ex.quartiles(r["grokked_step"] for r in g),
+                    "grokked_step": ex.censored_quartiles([r["grokked_step"] for r in g], budget),
                     "delay": ex.quartiles(r["delay"] for r in g), "seed004": published})
     return out
 
 
-def table(summary: list[dict], rows: list[dict]) -> str:
-    """Per arm: grokked, grokking step and delay (median, IQR), next to seed 004's step."""
+def table(summary: list[dict], rows: list[dict], budget: int) -> str:
+    """Per arm: grokked, grokking step (median, IQR; not grokked within ``budget`` = later than
+    all) and delay (median, IQR of those that grokked), next to seed 004's step."""
     steps = {s["arm"]: [r["grokked_step"] for r in rows if r["arm"] == s["arm"]] for s in summary}
     return markdown_table([{"arm": s["arm"], "grokked": f"{s['n_grokked']}/{s['n']}",
-                            "grokking step, median (IQR)": ex.median_iqr(steps[s["arm"]]),
+                            "grokking step, median (IQR)": ex.censored_iqr(steps[s["arm"]], budget),
                             "steps": ", ".join("-" if g is None else str(g) for g in steps[s["arm"]]),
-                            "delay, median (IQR)": ex.median_iqr(r["delay"] for r in rows if r["arm"] == s["arm"]),
+                            "delay of those that grokked, median (IQR)": ex.median_iqr(r["delay"] for r in rows if r["arm"] == s["arm"]),
                             "seed 004 grokking step": s["seed004"]} for s in summary])
 
 
@@ -98,24 +101,44 @@ def section(d: dict | None) -> str:
     preset, budget = d["args"].get("preset") or "seed004", int(d["table"][0]["budget"])
     return "\n".join([f"{title} — `grokfast_mod113.png`, `.md`", "",
                       f"`{d['command']}`. {head(d['config'], preset, d['seeds'], budget, int(d['args']['stop_after_grok']), d['train_seconds'])}"
-                      f" Hardware: {d['hardware']}.", "", table(d["summary"], d["rows"]).rstrip()])
+                      f" Hardware: {d['hardware']}.", "", table(d["summary"], d["rows"], budget).rstrip()])
+
+
+def rows_of(t: pd.DataFrame) -> list[dict]:
+    """One row per member of a population table (or a report's ``table`` read back)."""
+    none = lambda v: None if pd.isna(v) else int(v)  # noqa: E731
+    return [{"arm": arm_of(r), "seed": int(r.seed), "grokked_step": none(r.grokked_step),
+             "memorised_step": none(r.memorised_step), "delay": none(r.delay), "last_step": none(r.last_step),
+             "final_test_acc": float(r.final_test_acc)} for r in t.itertuples()]
+
+
+def retable(stem: Path) -> None:
+    """Rewrite the table of the report ``stem.md`` from the members in ``stem.json`` (its runs
+    may be gone), as ``report`` writes it now; the report's other lines stay as they are."""
+    t = pd.DataFrame(json.loads(stem.with_suffix(".json").read_text())["table"])
+    rows, budget = rows_of(t), int(t["budget"].min())
+    new = table(summarise(rows, budget), rows, budget).rstrip("\n").split("\n")
+    lines = stem.with_suffix(".md").read_text().split("\n")
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    last = next(i for i in range(first, len(lines)) if not lines[i].startswith("|"))
+    note = (f"Table rewritten from `{stem.with_suffix('.json').name}` by `{command_line()}` ({time.strftime('%Y-%m-%d')}): "
+            f"a member that did not grok within {budget} steps counts in the median as later than all.")
+    write_text(stem.with_suffix(".md"), "\n".join([*lines[:first], *new, "", note, *lines[last:]]))
 
 
 def report(pop, args, base, mode: str, t0: float):
     t = pop.table
-    none = lambda v: None if pd.isna(v) else int(v)  # noqa: E731
-    rows = [{"arm": arm_of(r), "seed": int(r.seed), "grokked_step": none(r.grokked_step),
-             "memorised_step": none(r.memorised_step), "delay": none(r.delay), "last_step": none(r.last_step),
-             "final_test_acc": float(r.final_test_acc)} for r in t.itertuples()]
-    summary, seeds = summarise(rows), sorted({r["seed"] for r in rows})
+    rows = rows_of(t)
+    budget = int(t["budget"].iloc[0])
+    summary, seeds = summarise(rows, budget), sorted({r["seed"] for r in rows})
     groups = {s["arm"]: [r["grokked_step"] for r in rows if r["arm"] == s["arm"]] for s in summary}
     stem = args.figures / {"mod113": "grokfast_mod113", "full": "grokfast_vs_momentum_full"}.get(mode, "grokfast_vs_momentum")
     save_figure(grokking_step_distributions(groups, title=f"Grokfast vs momentum: grokking step, {len(seeds)} seeds "
                                             f"per arm (seed 004: one run per arm)"), stem)
-    budget, cfg = int(t["budget"].iloc[0]), pop.run(0).config  # the members' settings (--set changes the base's)
+    cfg = pop.run(0).config  # the members' settings (--set changes the base's)
     trained = sum(r.get("seconds") or 0 for r in pop.records.values())
     preset = args.preset or {"small": "small scale", "mod113": "seed004"}.get(mode, "dynamics")
-    text = f"{head(cfg.to_dict(), preset, seeds, budget, args.stop_after_grok, trained)}\n\n{table(summary, rows)}"
+    text = f"{head(cfg.to_dict(), preset, seeds, budget, args.stop_after_grok, trained)}\n\n{table(summary, rows, budget)}"
     _, js = write_report(stem, text, {"args": vars(args), "config": cfg.to_dict(), "rows": rows, "summary": summary,
                                       "train_seconds": trained, "table": t.drop(columns=["path"]).to_dict("records")},
                          seeds=seeds, started=t0)
@@ -139,7 +162,11 @@ def main():
                     "dynamics with --full, seed004 with --mod113)")
     ap.add_argument("--readme", default="figures/README.md", help="README whose grokfast_mod113 section --mod113 "
                     "rewrites ('' to leave it)")
+    ap.add_argument("--retable", type=Path, default=None, metavar="STEM", help="train nothing: rewrite the table of "
+                    "the report STEM.md from STEM.json (e.g. figures/grokfast_vs_momentum)")
     args = parse_args(ap)
+    if args.retable is not None:
+        return retable(args.retable)
     mode = "mod113" if args.mod113 else "full" if args.full else "small"
     args.seeds = args.seeds or {"mod113": "5", "full": "30", "small": "3"}[mode]
     args.out = args.out or Path("sweeps/grokfast_mod113" if mode == "mod113" else "sweeps/grokfast_vs_momentum")

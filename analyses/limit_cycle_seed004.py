@@ -11,8 +11,10 @@ period of ~150 steps; at wd 0.25 accuracy collapses to ~0.25 and re-groks; at wd
 near the boundary without sharp crashes. Per member: ``cycles.limit_cycle`` (period and
 amplitude of test accuracy and weight norm after grokking) and ``milestones.drops_after_grok``
 (every episode of test accuracy under 0.5 after grokking, with its lowest test and train
-accuracy). Each seed's four arms are one sweep under ``--out/seed{s}`` (resumable: re-run the
-command); the report is rewritten after every seed. Outputs (``--figures``): limit_cycle.html/.png
+accuracy). Each seed's four arms are one sweep under ``--out/seed{s}``, each member trained on its
+own; as each finishes, its metrics and config are copied to ``--kept`` (committed), so re-running
+the command, on this machine or a fresh clone, trains only what is not there yet. The report is
+rewritten after every seed. Outputs (``--figures``): limit_cycle.html/.png
 (test accuracy and weight norm after grokking, every member), limit_cycle.md and .json.
 
 Cost on one core of the 2-core CPU VM: a member-step of this model is ~0.67 s of CPU
@@ -79,15 +81,15 @@ def report(pop, args, t0: float):
 
 def main():
     ap = ex.parser(__doc__, out="sweeps/limit_cycle_seed004", figures="figures/dynamics/seed004", seeds="2",
-                   overrides=True)
+                   overrides=True, kept="figures/dynamics/seed004/kept/limit_cycle")
     ap.add_argument("--steps", type=int, default=3000)
     args = ex.parse_args(ap)
     spec = mg.SweepConfig(mg.get_preset("seed004"),
                           settings=tuple({"weight_decay": wd, "beta1": b1} for wd, b1 in ARMS),
-                          seeds=tuple(ex.parse_seeds(args.seeds)), chunk_size=8,
+                          seeds=tuple(ex.parse_seeds(args.seeds)), chunk_size=1,
                           fixed={"steps": args.steps, "device": "cpu"} | ex.parse_overrides(args.set))
     t0 = time.time()
-    ex.sweep_seed_by_seed(spec, args.out, after=lambda pop: report(pop, args, t0))
+    ex.sweep_seed_by_seed(spec, args.out, after=lambda pop: report(pop, args, t0), kept=args.kept)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def member_row(r, metrics: pd.DataFrame) -> dict:
             "grokked": not pd.isna(r.grokked_step)}
 
 
-def verdicts(rows: list[dict]) -> list[dict]:
+def verdicts(rows: list[dict], steps: int) -> list[dict]:
     """Per arm: how many members show each part of seed 002's claim, and the verdict: with
     decay every member memorises near chance and then groks; without, none groks."""
     out = []
@@ -59,7 +59,8 @@ def verdicts(rows: list[dict]) -> list[dict]:
         want = wd > 0
         holds = k["memorised"] == k["near_chance_at_memorised"] == len(g) and k["grokked"] == (len(g) if want else 0)
         out.append({"weight_decay": wd, "n": len(g), **{f"n_{c}": v for c, v in k.items()},
-                    "grokked_step": ex.quartiles(r["grokked_step"] for r in g),
+                    # not grokked within ``steps``: later than all (ex.censored_quartiles)
+                    "grokked_step": ex.censored_quartiles([r["grokked_step"] for r in g], steps),
                     "memorised_step": ex.quartiles(r["memorised_step"] for r in g),
                     "final_test_acc": ex.quartiles(r["final_test_acc"] for r in g),
                     "seed002": CLAIM[want], "verdict": "holds" if holds else "does not hold"})
@@ -76,7 +77,7 @@ def table(summary: list[dict], rows: list[dict]) -> str:
         for r in rows if r["weight_decay"] == wd)
     return markdown_table([{"weight decay": s["weight_decay"], "n": s["n"], "memorised": s["n_memorised"],
                             f"near chance when memorised (< {NEAR_CHANCE:.3f})": s["n_near_chance_at_memorised"],
-                            "grokked": s["n_grokked"], "grokked at step (median)": med(s["grokked_step"]),
+                            "grokked": s["n_grokked"], "grokked at step (median)": ex.step_text(s["grokked_step"]["median"]),
                             "final test acc (median)": med(s["final_test_acc"]),
                             "per seed: test acc when memorised / grokked at / final test acc": seeds(s["weight_decay"]),
                             "seed 002": s["seed002"], "verdict": s["verdict"]} for s in summary])
@@ -118,7 +119,7 @@ def section(d: dict | None) -> str:
 def report(pop, args, base: mg.RunConfig, t0: float):
     t = pop.table
     rows = [member_row(r, pop.run(r.id).metrics) for r in t.itertuples()]
-    summary, seeds = verdicts(rows), sorted({r["seed"] for r in rows})
+    summary, seeds = verdicts(rows, args.steps), sorted({r["seed"] for r in rows})
     stem = args.figures / "seed002_example1"
     save_figure(population_curves({f"wd {r.weight_decay:g} seed {r.seed}": pop.run(r.id).metrics for r in t.itertuples()},
                                   ("test_acc", "train_acc"), ("test accuracy", "train accuracy"),

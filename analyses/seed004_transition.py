@@ -14,9 +14,12 @@ AdamW (lr 1e-3, betas (0.9, 0.999)), the reading of seed 004's "default Adam"; `
 whose median is nearest ~1500 became the ``seed004`` preset (lr 4e-4); the base stays pinned
 here so that a candidate names the same runs whatever the preset is. A seed that does not grok
 counts in the median as later than every step. Each candidate's seeds are sweeps of their own
-under ``--out/<candidate>/seed{s}`` (resumable, and two processes may take different seeds); the
-report covers every candidate and seed found there, next to the base, and is rewritten after
-every seed. Outputs (``--figures``): transition.md/.json and transition.html/.png (grokking step
+under ``--out/<candidate>/seed{s}`` (two processes may take different seeds); each finished
+member's metrics and config are copied to ``--kept`` (committed), so a re-run on a fresh clone
+trains only what is not there. The report covers every candidate and seed found there, next to
+the base, and is rewritten after every seed, but never over a committed report that has members
+neither holds (the members of figures/dynamics/seed004/transition.json were trained before
+``--kept`` existed: re-running means training them again). Outputs (``--figures``): transition.md/.json and transition.html/.png (grokking step
 per candidate and seed).
 
 Cost on one core of the 2-core CPU VM: ~0.67 s per step (bench/train_step.py, 2layer_mod113), so
@@ -70,10 +73,24 @@ def _step(v) -> int | None:
     return None if pd.isna(v) else int(v)
 
 
-def populations(out: Path, candidate: str) -> list:
-    """One candidate's seeds (a sweep each), whichever process trained them; finished members only."""
+def populations(out: Path, candidate: str, kept: Path | None = None) -> list:
+    """One candidate's seeds (a sweep each), whichever process trained them, with the ones
+    ``kept`` holds restored first (a fresh machine); finished members only."""
+    if kept is not None:
+        for d in sorted((kept / label(candidate)).glob("seed*")):
+            ex.restore(d, out / label(candidate) / d.name)
     return [mg.load_population(d) for d in sorted((out / label(candidate)).glob("seed*"))
             if (d / mg.population.SWEEP_FILE).exists()]
+
+
+def missing_rows(stem: Path, rows: list[dict]) -> list[tuple[str, int]]:
+    """(candidate, seed) of the members the committed report ``stem.json`` has and ``rows`` lack:
+    members trained on another machine and not kept. Rewriting the report would drop them."""
+    path = stem.with_suffix(".json")
+    if not path.exists():
+        return []
+    have = {(r["candidate"], r["seed"]) for r in rows}
+    return sorted({(r["candidate"], r["seed"]) for r in json.loads(path.read_text())["rows"]} - have)
 
 
 def rows_of(pops: list, candidate: str) -> list[dict]:
@@ -118,12 +135,6 @@ def summary(rows: list[dict], steps_run: int) -> list[dict]:
     return out
 
 
-def _iqr(q: dict) -> str:
-    """"median (q25 to q75)" of ``censored_quartiles``; "-" when there are no members."""
-    f = ex.step_text
-    return "-" if q["median"] is None else f"{f(q['median'])} ({f(q['q25'])} to {f(q['q75'])})"
-
-
 def section(d: dict | None) -> str:
     """figures/README's seed004_transition section, from the JSON report alone (the claims ledger
     regenerates it from the committed file); ``None``: not run yet."""
@@ -131,7 +142,7 @@ def section(d: dict | None) -> str:
     if d is None:
         return f"{title}\n\nWritten by `analyses/seed004_transition.py`; not run yet."
     table = [{"candidate": s["candidate"], "seeds": s["n"], "grokked": f"{s['grokked']}/{s['n']}",
-              "grokking step median (IQR)": _iqr(s["grokked_step"]),
+              "grokking step median (IQR)": ex.censored_iqr(s["steps"], d["steps"]),
               "memorised median": "-" if s["memorised_step"]["median"] is None else f"{s['memorised_step']['median']:g}",
               "test acc when memorised, median": "-" if (t := s.get("test_acc_when_memorised", {}).get("median")) is None
               else f"{t:.3f}",
@@ -157,7 +168,7 @@ def report(args, t0: float):
     if AS_IS.exists() and "config" in (as_is := json.loads(AS_IS.read_text())):
         configs[AS_IS_LABEL] = as_is["config"]
     for c in args.candidate:
-        pops = populations(args.out, c)
+        pops = populations(args.out, c, args.kept)
         rows += rows_of(pops, c)
         for pop in pops:
             trained += sum(r.get("seconds") or 0 for r in pop.records.values())
@@ -168,17 +179,23 @@ def report(args, t0: float):
             "steps": args.steps, "stop_after_grok": STOP_AFTER, "rows": rows, "summary": summary(rows, args.steps),
             "train_seconds": trained}
     stem = args.figures / "transition"
+    if lost := missing_rows(stem, rows):
+        print(f"{stem}.json not rewritten: it has {len(lost)} member(s) that neither --out nor --kept holds "
+              f"({', '.join(f'{c} seed {s}' for c, s in lost[:6])}{', ...' if len(lost) > 6 else ''}); train them "
+              f"again (the same command with those seeds) or write elsewhere with --figures", flush=True)
+        return False
     groups = {s["candidate"]: s["steps"] for s in data["summary"]}
     save_figure(grokking_step_distributions(groups, title="seed004 preset: grokking step per candidate"), stem)
     text = section(data)
     ex.write_report(stem, text, data, seeds=sorted({r["seed"] for r in rows}), started=t0)
     print(text)
+    return True
 
 
 
 def main():
     ap = ex.parser(__doc__, out="sweeps/seed004_transition", figures="figures/dynamics/seed004", seeds="5",
-                   overrides=True)
+                   overrides=True, kept="figures/dynamics/seed004/kept/transition")
     ap.add_argument("--candidate", action="append", default=None, metavar="FIELD=V[,FIELD=V]",
                     help=f"a change to the seed004 preset (repeatable; default: {', '.join(CANDIDATES)})")
     ap.add_argument("--steps", type=int, default=3000)
@@ -192,8 +209,10 @@ def main():
                               seeds=tuple(ex.parse_seeds(args.seeds)), chunk_size=1,
                               fixed={"steps": args.steps, "stop_after_grok": STOP_AFTER, "device": "cpu"}
                               | ex.parse_overrides(args.set))
-        ex.sweep_seed_by_seed(spec, args.out / label(c), after=lambda pop: report(args, t0))
-    report(args, t0)
+        ex.sweep_seed_by_seed(spec, args.out / label(c), after=lambda pop: report(args, t0),
+                              kept=args.kept / label(c))
+    if not report(args, t0):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ findings.csv, keeping the populations that earlier invocations reported there.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -42,7 +43,8 @@ import pandas as pd
 
 import mechgrok as mg
 from mechgrok import latent
-from mechgrok.experiment import command_line, is_finished, parse_args, parse_overrides, parser, train_or_resume
+from mechgrok.experiment import (command_line, is_finished, keep, parse_args, parse_overrides, parser, restore,
+                                 train_or_resume)
 from mechgrok.files import write_csv, write_json, write_text
 from mechgrok.plots import markdown_table
 from mechgrok.presets import configure, get_preset, parse_value
@@ -80,23 +82,32 @@ def population_table(full: bool, sets: list[str]) -> dict[str, tuple[str, dict, 
     return out
 
 
-def train_population(name: str, preset: str, overrides: dict, seeds: list[int], root: Path) -> tuple[list[Path], float]:
-    """Train (or finish) every member; returns the member directories and the summed training
-    time of all members (read back from ``timing.csv`` for members trained by earlier calls)."""
-    paths = []
-    timing = root / name / "timing.csv"
-    for s in seeds:
-        out = root / name / f"seed{s:02d}"
+def train_population(name: str, preset: str, overrides: dict, seeds: list[int], root: Path,
+                     kept: Path) -> tuple[pd.DataFrame, float]:
+    """Train (or finish) every member that ``kept/<name>/seed<s>`` does not hold yet, then keep
+    it there: its config, metrics, training time and checkpoint statistics, the few hundred KB
+    the map is made from, so that a population trained over several sessions outlives each
+    session's machine (the checkpoints stay under ``root``). Returns the population's
+    statistics table (``latent.population_statistics``'s columns) and the members' summed
+    training time."""
+    tables, seconds = [], 0.0
+    for i, s in enumerate(seeds):
+        out, here = root / name / f"seed{s:02d}", kept / name / f"seed{s:02d}"
         cfg = configure(preset, seed=s, **overrides)
-        if not (mg.is_run_dir(out) and is_finished(mg.load_run(out), cfg.train.steps)):
+        restore(here, out)
+        if not ((here / "statistics.csv").exists() and is_finished(mg.load_run(out), cfg.train.steps)):
             t0 = time.time()
-            train_or_resume(cfg, out)
-            with open(timing, "a") as f:
-                f.write(f"{s},{time.time() - t0:.1f}\n")
-        paths.append(out)
+            run = train_or_resume(cfg, out)
+            stats = latent.population_statistics([run], progress=False)
+            trained = {"seconds": round(time.time() - t0, 1), "hardware": hardware()}
+            write_csv(here / "statistics.csv", stats)
+            keep(out, here)
+            write_json(here / "trained.json", trained)
+        stats = pd.read_csv(here / "statistics.csv").assign(member=i)
+        tables.append(stats)
+        seconds += json.loads((here / "trained.json").read_text())["seconds"]
         print(f"  {name} seed {s}: {mg.load_run(out).summary()}", flush=True)
-    t = pd.read_csv(timing, names=["seed", "seconds"]) if timing.exists() else pd.DataFrame(columns=["seed", "seconds"])
-    return paths, float(t.loc[t.seed.isin(seeds)].drop_duplicates("seed", keep="last").seconds.sum())
+    return pd.concat(tables, ignore_index=True), seconds
 
 
 def routes(tm: latent.TrainingMap) -> pd.Series:
@@ -152,6 +163,8 @@ def main():
                     "modular=8,parity=8 (default 8; 40 with --full)")
     ap.add_argument("--populations", default="modular,modular_ln,parity")
     ap.add_argument("--restarts", type=int, default=5)
+    ap.add_argument("--kept", type=Path, default=None, help="committed copy of each finished member's config, metrics "
+                    "and checkpoint statistics (default: --figures/kept); members found there are not trained again")
     ap.add_argument("--note", default="", help="a sentence for the README (e.g. how the members were trained)")
     args = parse_args(ap)
     table = population_table(args.full, args.set)
@@ -171,9 +184,10 @@ def main():
         preset, overrides, features = table[name]
         n_seeds = seeds[name]
         print(f"== {name}: {preset} {overrides} x {n_seeds} seeds", flush=True)
-        paths, t_train = train_population(name, preset, overrides, list(range(n_seeds)), args.out)
+        stats, t_train = train_population(name, preset, overrides, list(range(n_seeds)), args.out,
+                                          args.kept or args.figures / "kept")
         t0 = time.time()
-        res = mg.report.latent(paths, args.figures / name, features=list(features), max_states=8,
+        res = mg.report.latent(stats, args.figures / name, features=list(features), max_states=8,
                                restarts=args.restarts, title=name, progress_bar=False)  # figures/'s plotly.min.js
         t_hmm = time.time() - t0
         f = findings(name, res)

@@ -53,8 +53,9 @@ def member_row(r, metrics: pd.DataFrame, epoch: int) -> dict:
             "min_test_acc_after_grok_epoch": None if low is None else int(low["step"]) // epoch}
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Per weight decay: n, median and IQR of the final accuracies and of the grokking epoch,
+def summarise(rows: list[dict], epochs: int) -> list[dict]:
+    """Per weight decay: n, median and IQR of the final accuracies and of the grokking epoch (a
+    member that did not grok within ``epochs`` counts as later than all: ``ex.censored_quartiles``),
     how many grokked, and how many collapsed (test acc below ``COLLAPSED_BELOW`` after grokking)."""
     out = []
     for wd in sorted({r["weight_decay"] for r in rows}):
@@ -64,7 +65,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         out.append({"weight_decay": wd, "n": len(g), "test_acc": ex.quartiles(r["final_test_acc"] for r in g),
                     "train_acc": ex.quartiles(r["final_train_acc"] for r in g),
                     "n_grokked": sum(r["grokked_epoch"] is not None for r in g),
-                    "grokked_epoch": ex.quartiles(r["grokked_epoch"] for r in g),
+                    "grokked_epoch": ex.censored_quartiles([r["grokked_epoch"] for r in g], epochs),
                     "n_collapsed_after_grok": len(collapsed),
                     "collapses": [{"seed": r["seed"], "test_acc": r["min_test_acc_after_grok"],
                                    "epoch": r["min_test_acc_after_grok_epoch"]} for r in collapsed],
@@ -82,7 +83,7 @@ def caption(summary: list[dict], epochs: int) -> str:
     parts = []
     for s in summary:
         grok = (f"{s['n_grokked']}/{s['n']} grokked (test acc > {GROKKED_TEST_ACC:g}), median epoch "
-                f"{s['grokked_epoch']['median']:g}" if s["n_grokked"] else f"0/{s['n']} grokked")
+                f"{ex.step_text(s['grokked_epoch']['median'])}" if s["n_grokked"] else f"0/{s['n']} grokked")
         drops = "; ".join(f"seed {c['seed']} fell to {c['test_acc']:.3f} at epoch {c['epoch']}" for c in s["collapses"])
         after = (f"; after grokking, test accuracy fell below {COLLAPSED_BELOW:g} again in "
                  f"{s['n_collapsed_after_grok']}/{s['n_grokked']} ({drops})" if s["n_collapsed_after_grok"] else
@@ -98,7 +99,7 @@ def table(summary: list[dict], epochs: int) -> str:
                             "seed 001 test acc": s["seed001_test_acc"],
                             f"train acc @{epochs} ep, median (IQR)": iqr(s["train_acc"]),
                             "seed 001 train acc": s["seed001_train_acc"], "grokked": f"{s['n_grokked']}/{s['n']}",
-                            "grokked at epoch, median (IQR)": iqr(s["grokked_epoch"], "{:g}"),
+                            "grokked at epoch, median (IQR)": ex.iqr_text(s["grokked_epoch"]),
                             f"fell below {COLLAPSED_BELOW:g} after grokking": s["n_collapsed_after_grok"]}
                            for s in summary])
 
@@ -125,7 +126,7 @@ def report(pop, args, base: mg.RunConfig, epoch: int, t0: float):
     t = pop.table
     curves = {f"wd {r.weight_decay:g} seed {r.seed}": pop.run(r.id).metrics for r in t.itertuples()}
     rows = [member_row(r, pop.run(r.id).metrics, epoch) for r in t.itertuples()]
-    summary, seeds = summarise(rows), sorted({r["seed"] for r in rows})
+    summary, seeds = summarise(rows, args.epochs), sorted({r["seed"] for r in rows})
     stem = args.figures / "weight_decay_comparison"
     save_figure(population_curves(curves, ("test_acc", "train_acc"), ("test accuracy", "train accuracy"),
                                   title=f"Weight decay, {base.task.op} mod {base.task.p} (tutorial2 preset), "

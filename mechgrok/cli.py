@@ -754,11 +754,14 @@ def sweep(
     measure: list[str] = typer.Option([], "--measure", help=MEASURE_HELP.replace("during training", "in every member")),
     measure_every: Optional[int] = typer.Option(None, "--measure-every", help="steps between measures"),
     progress: bool = typer.Option(True, help="show a progress bar over members"),
+    kept: Optional[Path] = typer.Option(None, "--kept", help="a directory to commit: each finished chunk's configs "
+                                        "and metrics are copied there, and restored from there into an empty sweep "
+                                        "directory (a fresh machine), so that only the other members train"),
 ):
     """Train a grid (or list) of settings x seeds as chunks of ensembles; --resume finishes one,
     and with --set steps=N (or --stop-after-grok K) trains every member on past its old end."""
     from .config import parse_seeds
-    from .population import SweepConfig, extend_sweep, run_sweep
+    from .population import SWEEP_FILE, SweepConfig, extend_sweep, run_sweep
     from .presets import get_preset, parse_overrides
 
     if resume is None and out is None:
@@ -803,14 +806,20 @@ def sweep(
                          measures=tuple(measure), measure_every=measure_every)
         typer.echo(f"sweep: {len(sw.members())} members ({len(sw.points())} settings x {len(sw.seeds)} seeds) "
                    f"-> {out}")
+    where, on_finished = resume or out, None
+    if kept is not None:
+        from .experiment import keep, restore
+
+        restore(kept, where)
+        on_finished = lambda records: keep(where, kept)  # noqa: E731
     try:
-        pop = run_sweep(sw, resume or out, resume=resume is not None, **backend_kw)
+        pop = run_sweep(sw, where, resume=resume is not None or (kept is not None and (where / SWEEP_FILE).exists()), **backend_kw,
+                        on_finished=on_finished)
     except ImportError as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        from .population import SWEEP_FILE, read_manifest
+        from .population import read_manifest
 
-        where = resume or out
         if (where / SWEEP_FILE).exists():
             typer.echo(f"stopped with {len(read_manifest(where))} member(s) finished; resume with "
                        f"`mechgrok sweep --resume {where}`", err=True)

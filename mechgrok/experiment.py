@@ -29,26 +29,29 @@ import torch
 
 from .config import RunConfig, parse_seeds
 from .ensemble import member_status, resume_ensemble, train_ensemble
-from .files import write_json, write_text
+from .files import atomic_write, write_json, write_text
 from .milestones import should_stop
 from .presets import apply_overrides, parse_overrides
 from .provenance import hardware, provenance
-from .runs import RESUME_FILE, Run, is_run_dir
+from .locks import LOCK_FILE
+from .runs import MEMBERS_DIR, RESUME_FILE, SWEEP_FILE, Run, is_run_dir
 from .trainer import resume, resume_config, train
 
 __all__ = ["parser", "parse_args", "parse_seeds", "parse_overrides", "apply_overrides", "train_or_resume",
            "train_or_resume_ensemble", "sweep_or_resume", "is_finished", "finished_runs", "command_line",
-           "write_report", "median_range", "median_iqr", "quartiles", "sweep_seed_by_seed", "grokked_summary", "Paired", "paired_differences",
+           "write_report", "keep", "restore", "median_range", "median_iqr", "censored_quartiles", "censored_iqr", "iqr_text", "step_text", "quartiles", "sweep_seed_by_seed", "grokked_summary", "Paired", "paired_differences",
            "claims_table", "merge_rows", "replace_section", "section_markers", "write_section"]
 
 # --- the command line every script shares ---------------------------------------------------
 
 
 def parser(doc: str, *, out: str | None, figures: str = "figures", seeds: str | None = None, seeds_help: str | None = None,
-           full: str | None = None, overrides: bool = False, threads: int = 1) -> argparse.ArgumentParser:
+           full: str | None = None, overrides: bool = False, threads: int = 1,
+           kept: str | None = None) -> argparse.ArgumentParser:
     """An argument parser with the flags the scripts share: ``--out`` (runs; None: none), ``--figures``,
     ``--threads``, and when asked ``--seeds`` (text for ``parse_seeds``, default ``seeds``),
-    ``--full`` (help text ``full``) and ``--set FIELD=VALUE`` (repeatable, ``apply_overrides``)."""
+    ``--full`` (help text ``full``), ``--set FIELD=VALUE`` (repeatable, ``apply_overrides``) and
+    ``--kept`` (default ``kept``: the committed copy of the finished members, see ``keep``)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if out is not None:
         ap.add_argument("--out", type=Path, default=Path(out), help="where the runs go (re-running reuses them)")
@@ -61,6 +64,10 @@ def parser(doc: str, *, out: str | None, figures: str = "figures", seeds: str | 
     if overrides:
         ap.add_argument("--set", action="append", default=[], metavar="FIELD=V",
                         help="any other config field for every run, e.g. --set eval_every=20 (repeatable)")
+    if kept is not None:
+        ap.add_argument("--kept", type=Path, default=Path(kept),
+                        help="committed copy of the finished members' metrics and configs: restored into --out "
+                             "on a fresh machine, updated as members finish")
     return ap
 
 
@@ -88,7 +95,8 @@ def is_finished(run: Run, steps: int | None = None, stop_after_grok=_OWN) -> boo
     ``stop_after_grok`` (default: its own; None: no rule) has stopped it."""
     steps = run.config.train.steps if steps is None else steps
     rule = run.config.train.stop_after_grok if stop_after_grok is _OWN else stop_after_grok
-    last = run.steps[-1] if run.steps else -1
+    # a run ``restore`` brought back has no checkpoints: its metrics say how far it went
+    last = run.steps[-1] if run.steps else (int(run.metrics["step"].max()) if len(run.metrics) else -1)
     return last >= steps or should_stop(run.metrics.to_dict("records"), rule)
 
 
@@ -135,31 +143,94 @@ def finished_runs(outs: Sequence[str | Path]) -> list[Run | None]:
     return [Run(o) if done(Path(o)) else None for o in outs]
 
 
-def sweep_or_resume(spec, out: str | Path, **kw):
+def sweep_or_resume(spec, out: str | Path, kept: str | Path | None = None, **kw):
     """``population.run_sweep`` of ``spec`` into ``out``, finishing the sweep ``out`` already
-    holds (which must be the same sweep); returns the population."""
-    from .population import SWEEP_FILE, run_sweep
+    holds (which must be the same sweep); returns the population. ``kept``: a committed
+    directory that survives the machine: finished members found there are restored into
+    ``out`` first (and not trained again), and each chunk is kept there as it finishes."""
+    from .population import run_sweep
 
+    if kept is not None:
+        restore(kept, out)
+        kw["on_finished"] = lambda records: keep(out, kept)
     return run_sweep(spec, out, resume=(Path(out) / SWEEP_FILE).exists(), **kw)
 
 
-def sweep_seed_by_seed(spec, out: str | Path, after=None, **kw):
+def sweep_seed_by_seed(spec, out: str | Path, after=None, kept: str | Path | None = None, **kw):
     """``spec``'s members one seed at a time, each seed a sweep of its own in ``out/seed{s}``
-    (``sweep_or_resume``), so that a call cut short keeps every seed it finished and a later
-    call with more seeds only trains the new ones. ``after(pop)``: called once a seed is done,
-    with the population of the seeds done so far (e.g. to rewrite the report). Returns that
-    population for every seed of ``spec``."""
+    (``sweep_or_resume``, kept in ``kept/seed{s}`` when ``kept`` is given), so that a call cut
+    short keeps every seed it finished and a later call with more seeds only trains the new
+    ones. ``after(pop)``: called once a seed is done, with the population of the seeds done so
+    far (e.g. to rewrite the report). Returns that population for every seed of ``spec``."""
     from .population import Population
 
     pops = []
     for s in spec.seeds:
-        pops.append(sweep_or_resume(replace(spec, seeds=(s,)), Path(out) / f"seed{s}", **kw))
+        pops.append(sweep_or_resume(replace(spec, seeds=(s,)), Path(out) / f"seed{s}",
+                                    kept=None if kept is None else Path(kept) / f"seed{s}", **kw))
         pop = Population([p for q in pops for p in q.paths], [x for q in pops for x in q.settings],
                          [x for q in pops for x in q.seeds], [x for q in pops for x in q.ids], pops[0].fields,
                          root=Path(out), records={k: v for q in pops for k, v in q.records.items()})
         if after is not None:
             after(pop)
     return pop
+
+
+# --- results that outlive the machine -------------------------------------------------------
+# Each session gets a fresh machine: run directories under runs/ and sweeps/ are gone the next
+# time, while a long experiment spans sessions. What a report reads from a finished member
+# (config.json, metrics.csv, dynamics.csv, member.json: everything but the checkpoints) is small,
+# so ``keep`` copies it into a committed directory and ``restore`` puts it back into an empty
+# --out, where those members count as finished and only the others train. A restored member has
+# no checkpoints: anything that reads its weights needs it trained again.
+
+
+def _small_files(root: Path):
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and f.suffix != ".safetensors" and f.name != LOCK_FILE:
+            yield f
+
+
+def _copy(src: Path, dst: Path):
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def keep(out: str | Path, kept: str | Path) -> int:
+    """Copy the small files of what is finished in ``out`` into ``kept``: of a sweep directory,
+    its spec, manifest and members table and the finished members' directories (an unfinished
+    member is left out: it would look finished once restored); of a run directory, the run
+    when ``is_finished``. Files already in ``kept`` are overwritten. Returns the files copied."""
+    out, kept = Path(out), Path(kept)
+    if (out / SWEEP_FILE).exists():
+        from .population import read_manifest
+
+        roots = [f for f in out.iterdir() if f.is_file()] + [out / MEMBERS_DIR / i for i in read_manifest(out)]
+    elif is_run_dir(out):
+        roots = [out] if is_finished(Run(out)) else []
+    else:
+        raise FileNotFoundError(f"{out} is neither a sweep nor a run directory: nothing to keep")
+    n = 0
+    for root in roots:
+        for f in ([root] if root.is_file() else _small_files(root)):
+            if f.name != LOCK_FILE:
+                _copy(f, kept / f.relative_to(out))
+                n += 1
+    return n
+
+
+def restore(kept: str | Path, out: str | Path) -> int:
+    """Copy what ``keep`` put in ``kept`` into ``out`` where ``out`` lacks it (a file ``out``
+    already has is newer: it is left alone). Returns the files copied; 0 when ``kept`` is absent."""
+    kept, out = Path(kept), Path(out)
+    if not kept.is_dir():
+        return 0
+    n = 0
+    for f in _small_files(kept):
+        target = out / f.relative_to(kept)
+        if not target.exists():
+            _copy(f, target)
+            n += 1
+    return n
 
 
 # --- the report next to the figures ----------------------------------------------------------
@@ -287,6 +358,18 @@ def step_text(x) -> str:
     return "-" if x is None else x if isinstance(x, str) else f"{x:g}"
 
 
+def iqr_text(q: dict) -> str:
+    """"median (q25 to q75)" of a ``quartiles`` or ``censored_quartiles`` dict, each a number or
+    its "> X" lower bound; "-" when there were no values."""
+    f = step_text
+    return "-" if q["median"] is None else f"{f(q['median'])} ({f(q['q25'])} to {f(q['q75'])})"
+
+
+def censored_iqr(values, bound: int) -> str:
+    """``iqr_text`` of ``censored_quartiles(values, bound)``."""
+    return iqr_text(censored_quartiles(values, bound))
+
+
 def median_iqr(values, fmt: str = "{:g}") -> str:
     """"median (q25 to q75)" of the finite ``values`` (inclusive quartiles); "-" when none."""
     q = quartiles(values)
@@ -295,10 +378,11 @@ def median_iqr(values, fmt: str = "{:g}") -> str:
     return f"{fmt.format(q['median'])} ({fmt.format(q['q25'])} to {fmt.format(q['q75'])})"
 
 
-def grokked_summary(steps: Sequence[int | None]) -> str:
-    """Grokking steps of a group (None: did not grok) as "[...] (k/n grokked, median m)"."""
+def grokked_summary(steps: Sequence[int | None], bound: int) -> str:
+    """Grokking steps of a group (None: did not grok within ``bound`` steps) as "[...] (k/n
+    grokked, median m)", the median counting the others as later than all (``censored_quartiles``)."""
     ok = [s for s in steps if s is not None]
-    med = f"median {statistics.median(ok):g}" if ok else "no seed grokked"
+    med = f"median {step_text(censored_quartiles(steps, bound)['median'])}" if ok else "no seed grokked"
     return f"{ok} ({len(ok)}/{len(steps)} grokked, {med})"
 
 

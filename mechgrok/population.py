@@ -373,7 +373,7 @@ def check_ray_resources(nodes: list[dict], cpus_per_chunk: float, gpus_per_chunk
 
 def run_sweep(sweep: SweepConfig | None, out: str | Path, resume: bool = False, backend: str = "local",
               ray_address: str | None = None, cpus_per_chunk: float = 1, gpus_per_chunk: float = 0,
-              progress: bool = True) -> "Population":
+              progress: bool = True, on_finished=None) -> "Population":
     """Train every member of ``sweep`` into the sweep directory ``out`` (``resume``: finish the
     sweep stored in ``out``, which must equal ``sweep`` if one is given; members in the manifest
     are skipped) and return the population.
@@ -381,7 +381,9 @@ def run_sweep(sweep: SweepConfig | None, out: str | Path, resume: bool = False, 
     ``backend``: ``local`` trains the chunks one after another in this process (torch uses all
     cores inside a step); ``ray`` submits each chunk as a Ray task with ``cpus_per_chunk`` CPUs
     and ``gpus_per_chunk`` GPUs, on a local Ray instance (``ray.init()``) or the cluster at
-    ``ray_address`` (e.g. ``auto``). Every node must see ``out`` at the same path."""
+    ``ray_address`` (e.g. ``auto``). Every node must see ``out`` at the same path.
+    ``on_finished(records)``: called after each chunk's members are in the manifest (e.g.
+    ``experiment.keep``, so that what is done survives the machine)."""
     out = Path(out)
     if backend not in ("local", "ray"):
         raise ValueError(f"backend must be local or ray, got {backend!r}")
@@ -400,11 +402,12 @@ def run_sweep(sweep: SweepConfig | None, out: str | Path, resume: bool = False, 
     # one driver per sweep: it alone appends to finished.jsonl and decides what each member
     # needs; the lock is taken before sweep.json is read (or written) for the last time
     with lock_dir(out, create=not resume):
-        return _run_sweep(sweep, out, resume, backend, ray_address, cpus_per_chunk, gpus_per_chunk, progress)
+        return _run_sweep(sweep, out, resume, backend, ray_address, cpus_per_chunk, gpus_per_chunk, progress,
+                          on_finished)
 
 
 def _run_sweep(sweep: SweepConfig | None, out: Path, resume: bool, backend: str, ray_address: str | None,
-               cpus_per_chunk: float, gpus_per_chunk: float, progress: bool) -> "Population":
+               cpus_per_chunk: float, gpus_per_chunk: float, progress: bool, on_finished=None) -> "Population":
     from tqdm.auto import tqdm
 
     if resume:
@@ -442,6 +445,8 @@ def _run_sweep(sweep: SweepConfig | None, out: Path, resume: bool, backend: str,
         done.update({r["id"]: r for r in new})
         bar.update(len(new))
         write_members_table(out)
+        if on_finished is not None:
+            on_finished(new)
 
     def args(chunk):
         return str(out), chunk, [members[i].config.to_dict() for i in chunk]

@@ -263,7 +263,21 @@ def test_the_presets_block_reads_the_transition_candidate_trained_as_the_preset_
         changed = json.loads(json.dumps(d))
         changed["configs"][name][part][field] = value
         path.write_text(json.dumps(changed))
-        assert "median step 1900 over 3/3 grokked seeds" in ledger_script.presets_block(root), field
+        assert "median step 1900 over 3 seeds, 3 grokked" in ledger_script.presets_block(root), field
+    # the seed that did not grok counts as later than all: the median of 1400, 1500, 1700, > 3000 is 1600
+    _grokfast_report(root, [1400, 1500, 1700, None])
+    assert "median step 1600 over 4 seeds, 3 grokked" in ledger_script.presets_block(root)
+
+
+def test_the_grokfast_claim_counts_arms_that_did_not_grok_as_later_than_all(ledger_script, tmp_path):
+    root = _copy_data(tmp_path)
+    _grokfast_report(root, [1400, 1500, 1700], others=None)  # no member of the other three arms grokked
+    row = {r["id"]: r for r in ledger_script.ledger(root)}["004-grokfast-113"]
+    assert row["ours"] == "AdamW 1500 (3/3); Grokfast > 3000 (0/3); beta1 0.5 > 3000 (0/3); both > 3000 (0/3)"
+    assert row["verdict"].startswith("not reproduced")
+    _grokfast_report(root, [1400, None, None], others=600)  # AdamW's median is past the budget
+    row = {r["id"]: r for r in ledger_script.ledger(root)}["004-grokfast-113"]
+    assert row["ours"].startswith("AdamW > 3000 (1/3); Grokfast 600 (3/3)")
 
 
 def test_seed002s_example_reads_every_part_of_the_claim(tmp_path):
@@ -274,12 +288,12 @@ def test_seed002s_example_reads_every_part_of_the_claim(tmp_path):
         "grokked": grok is not None, "final_test_acc": 1.0 if grok else 0.03}
     rows = [member(1.0, 0, 200, 0.02, 1500), member(1.0, 1, 210, 0.03, 1700), member(0.0, 0, 190, 0.02, None),
             member(0.0, 1, 200, 0.01, None)]
-    by = {v["weight_decay"]: v for v in s2.verdicts(rows)}
+    by = {v["weight_decay"]: v for v in s2.verdicts(rows, 4000)}
     assert by[1.0]["verdict"] == by[0.0]["verdict"] == "holds" and by[1.0]["grokked_step"]["median"] == 1600
     rows[1] = member(1.0, 1, 210, 0.2, 1700)  # memorised well above chance: not seed 002's picture
-    assert {v["weight_decay"]: v for v in s2.verdicts(rows)}[1.0]["verdict"] == "does not hold"
+    assert {v["weight_decay"]: v for v in s2.verdicts(rows, 4000)}[1.0]["verdict"] == "does not hold"
     rows[1], rows[3] = member(1.0, 1, 210, 0.03, 1700), member(0.0, 1, 200, 0.01, 3000)  # generalised without decay
-    assert {v["weight_decay"]: v for v in s2.verdicts(rows)}[0.0]["verdict"] == "does not hold"
+    assert {v["weight_decay"]: v for v in s2.verdicts(rows, 4000)}[0.0]["verdict"] == "does not hold"
 
 
 def test_seed004s_limit_cycle_at_its_own_setting_is_read_per_member(ledger_script, tmp_path):

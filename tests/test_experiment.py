@@ -146,8 +146,11 @@ def test_median_range_and_iqr_skip_missing_values_and_match_a_hand_computation()
     # inclusive quartiles of 1..4: 1 + 0.75 * 1, 1 + 2.25 * 1
     assert ex.median_iqr([4, None, 1, 3, 2]) == "2.5 (1.75 to 3.25)"
     assert ex.median_iqr([7]) == "7 (7 to 7)" and ex.median_iqr([None]) == "-"
-    assert ex.grokked_summary([300, None, 100]) == "[300, 100] (2/3 grokked, median 200)"
-    assert ex.grokked_summary([None]) == "[] (0/1 grokked, no seed grokked)"
+    # the seed that did not grok within 500 steps counts as later than all: the median is 300, not 200
+    assert ex.grokked_summary([300, None, 100], 500) == "[300, 100] (2/3 grokked, median 300)"
+    assert ex.grokked_summary([300, None, None], 500) == "[300] (1/3 grokked, median > 500)"
+    assert ex.grokked_summary([None], 500) == "[] (0/1 grokked, no seed grokked)"
+    assert ex.censored_iqr([300, None, 100, 200], 500) == "250 (175 to > 350)"
 
 
 def test_paired_differences_count_signs_and_take_wilcoxon_over_the_unequal_pairs():
@@ -220,3 +223,53 @@ def test_sweep_seed_by_seed_keeps_finished_seeds_and_trains_only_new_ones(tiny_c
     assert {f: f.stat().st_mtime_ns for f in stamps} == stamps  # seeds 0 and 1 were loaded, not retrained
     assert sorted(zip(pop.table["seed"], pop.table["weight_decay"])) == [(s, w) for s in (0, 1, 2) for w in (0.0, 1.0)]
     assert pop.table["last_step"].tolist() == [20] * 6
+
+
+def test_kept_members_outlive_the_machine_and_are_not_trained_again(tiny_cfg, tmp_path, monkeypatch):
+    spec = mg.SweepConfig(_steps(tiny_cfg, 20), grid={"weight_decay": (0.0, 1.0)}, seeds=(0,), chunk_size=1,
+                          fixed={"eval_every": 10, "checkpoint_every": 10, "device": "cpu"})
+    kept = tmp_path / "kept"
+    first = ex.sweep_or_resume(spec, tmp_path / "a", kept=kept, progress=False)
+    files = sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file())
+    # each chunk is kept as it finishes: config, metrics and status of both members, no weights
+    assert [f for f in files if f.startswith("members/")] == [
+        f"members/{i}/{n}" for i in sorted(first.ids) for n in ("config.json", "member.json", "metrics.csv")]
+    assert {"sweep.json", "finished.jsonl"} <= set(files)
+    # a fresh machine: --out is gone; nothing trains, and the metrics are the kept ones
+    import mechgrok.population as population
+
+    monkeypatch.setattr(population, "train_chunk", lambda *a, **k: pytest.fail("a kept member was trained again"))
+    again = ex.sweep_or_resume(spec, tmp_path / "b", kept=kept, progress=False)
+    assert again.table["last_step"].tolist() == [20, 20]
+    for i in first.ids:
+        assert again.run(i).metrics.equals(first.run(i).metrics)
+
+
+def test_keep_leaves_out_unfinished_members_and_restore_never_overwrites(tiny_cfg, tmp_path):
+    spec = mg.SweepConfig(_steps(tiny_cfg, 20), grid={"weight_decay": (0.0, 1.0)}, seeds=(0,), chunk_size=1,
+                          fixed={"eval_every": 10, "checkpoint_every": 10, "device": "cpu"})
+    pop = ex.sweep_or_resume(spec, tmp_path / "sw", progress=False)
+    gone = pop.ids[1]  # as if the machine went while this member trained: not in the manifest
+    manifest = tmp_path / "sw" / "finished.jsonl"
+    manifest.write_text("".join(l + "\n" for l in manifest.read_text().splitlines() if gone not in l))
+    assert ex.keep(tmp_path / "sw", tmp_path / "kept") > 0
+    assert not (tmp_path / "kept" / "members" / gone).exists() and (tmp_path / "kept" / "members" / pop.ids[0]).is_dir()
+    # restore fills in only what is missing: the file --out already has is newer
+    (tmp_path / "kept" / "members" / pop.ids[0] / "member.json").write_text("stale")
+    ex.restore(tmp_path / "kept", tmp_path / "sw")
+    assert (tmp_path / "sw" / "members" / pop.ids[0] / "member.json").read_text() != "stale"
+    assert ex.restore(tmp_path / "nothing", tmp_path / "sw") == 0
+
+
+def test_a_restored_run_without_checkpoints_counts_as_finished(tiny_cfg, tmp_path, monkeypatch):
+    cfg = _steps(tiny_cfg, 20)
+    ex.train_or_resume(cfg, tmp_path / "run")
+    ex.keep(tmp_path / "run", tmp_path / "kept")
+    assert not list((tmp_path / "kept").rglob("*.safetensors"))
+    ex.restore(tmp_path / "kept", tmp_path / "fresh")
+    import mechgrok.experiment as experiment
+
+    monkeypatch.setattr(experiment, "train", lambda *a, **k: pytest.fail("a restored finished run was retrained"))
+    run = ex.train_or_resume(cfg, tmp_path / "fresh")
+    assert run.steps == [] and ex.is_finished(run) and not ex.is_finished(run, 30)
+    assert run.metrics.equals(mg.load_run(tmp_path / "run").metrics)

@@ -431,3 +431,18 @@ def test_cli_population_of_several_runs_writes_only_where_told(planted, tmp_path
     written = pd.read_csv(tmp_path / "pop" / "population.csv")
     assert written["id"].tolist() == load_population([Path(r) for r in runs]).ids and list(cwd.iterdir()) == []
     assert (tmp_path / "pop" / "population_weight_decay.html").exists()
+
+
+def test_cli_sweep_kept_restores_finished_members_on_a_fresh_machine(tmp_path):
+    args = ["sweep", "--grid", "weight_decay=0.5,1", "--seeds", "1", "--chunk-size", "1", "--no-progress",
+            "--kept", str(tmp_path / "kept"), *TINY_ARGS]
+    first = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    kept = sorted(p.name for p in (tmp_path / "kept" / "members").iterdir())
+    assert kept == ["weight_decay=0.5_seed=0", "weight_decay=1_seed=0"]
+    # the same command on a fresh machine (another --out): nothing trains, the same members come back
+    again = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b")])
+    assert again.exit_code == 0, again.output
+    a, b = load_population(tmp_path / "a"), load_population(tmp_path / "b")
+    assert not list((tmp_path / "b").rglob("*.safetensors"))  # restored, not retrained
+    assert b.table["final_test_acc"].tolist() == a.table["final_test_acc"].tolist()

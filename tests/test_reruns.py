@@ -5,11 +5,13 @@ metrics.csv give, their reports hold what the ledger reads, and seeds add up acr
 
 import importlib
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -104,13 +106,15 @@ def test_wd_summary_is_median_and_inclusive_iqr_per_value_and_the_caption_reads_
              "memorised_epoch": 5, "grokked_epoch": 100 if t == 1.0 else None,
              "min_test_acc_after_grok": 0.016 if t == 1.0 else None,
              "min_test_acc_after_grok_epoch": 140 if t == 1.0 else None} for i, t in enumerate(finals)]
-    (s,) = wd.summarise(rows)
+    (s,) = wd.summarise(rows, 150)
+    # one of five grokked (at epoch 100): the median grokking epoch is after the 150 run, not 100
+    assert s["grokked_epoch"]["median"] == "> 150" and s["grokked_epoch"]["not_reached"] == 4
     q = statistics.quantiles(finals, n=4, method="inclusive")
     assert s["test_acc"] == {"n": 5, "median": 0.3, "q25": pytest.approx(q[0]), "q75": pytest.approx(q[2])}
     assert (s["n"], s["n_grokked"], s["n_collapsed_after_grok"]) == (5, 1, 1)
     assert s["seed001_test_acc"] == 0.480
     text = wd.caption([s], 150)
-    assert "median 0.300 (0.200 to 0.400) (seed 001: 0.480)" in text
+    assert "median 0.300 (0.200 to 0.400) (seed 001: 0.480)" in text and "1/5 grokked (test acc > 0.9), median epoch > 150" in text
     assert "1/5 grokked" in text and "1/1 (seed 46 fell to 0.016 at epoch 140)" in text
 
 
@@ -143,13 +147,13 @@ def test_seed002_verdict_needs_every_decay_member_to_grok_and_no_other(monkeypat
     row = s2.member_row(r, m)
     assert row["test_acc_at_memorised"] == 0.02 and row["near_chance_at_memorised"] and row["grokked"]
     no_wd = dict(row, weight_decay=0.0, grokked=False, grokked_step=None)
-    verdict = {v["weight_decay"]: v["verdict"] for v in s2.verdicts([row, row, no_wd, no_wd])}
+    verdict = {v["weight_decay"]: v["verdict"] for v in s2.verdicts([row, row, no_wd, no_wd], 4000)}
     assert verdict == {1.0: "holds", 0.0: "holds"}
     verdict = {v["weight_decay"]: v["verdict"] for v in s2.verdicts([row, dict(row, grokked=False), no_wd, row | {
-        "weight_decay": 0.0}])}
+        "weight_decay": 0.0}], 4000)}
     assert verdict == {1.0: "does not hold", 0.0: "does not hold"}
     far = dict(row, test_acc_at_memorised=0.2, near_chance_at_memorised=False)
-    assert s2.verdicts([far])[0]["verdict"] == "does not hold"
+    assert s2.verdicts([far], 4000)[0]["verdict"] == "does not hold"
 
 
 def test_seed002_script_writes_rows_summary_and_section(tmp_path, monkeypatch):
@@ -231,7 +235,8 @@ def test_seed004_transition_trains_each_candidate_and_reports_its_own_config(tmp
 
     st = script("seed004_transition", monkeypatch)
     monkeypatch.setattr(st, "AS_IS", tmp_path / "none.json")  # no Grokfast report: no "as is" rows
-    args = ["--out", tmp_path / "sw", "--figures", tmp_path, "--seeds", 1, "--steps", 10, "--candidate", "beta2=0.999",
+    args = ["--out", tmp_path / "sw", "--figures", tmp_path, "--kept", tmp_path / "kept", "--seeds", 1, "--steps", 10,
+            "--candidate", "beta2=0.999",
             "--candidate", "lr=3e-4", "--set", "eval_every=5", "--set", "checkpoint_every=5", "--set", "d_model=32",
             "--set", "d_head=8", "--set", "d_mlp=64"]
     run_script(st, monkeypatch, *args)
@@ -246,9 +251,21 @@ def test_seed004_transition_trains_each_candidate_and_reports_its_own_config(tmp
         assert (r["memorised_step"], r["grokked_step"], r["last_step"]) == (m.memorised_step, m.grokked_step, 10)
         assert r["test_acc_when_memorised"] is None  # 10 steps: nothing memorised
     before = (tmp_path / "transition.md").stat().st_mtime_ns
-    run_script(st, monkeypatch, *args[:4], "--report-only")
+    only = [*args[:6], "--candidate", "beta2=0.999", "--candidate", "lr=3e-4", "--report-only"]
+    run_script(st, monkeypatch, *only)
     assert json.loads((tmp_path / "transition.json").read_text())["rows"] == data["rows"]
     assert (tmp_path / "transition.md").stat().st_mtime_ns > before
+    # a fresh machine: the runs are gone, the kept members bring the same rows back
+    shutil.rmtree(tmp_path / "sw")
+    run_script(st, monkeypatch, *only)
+    assert json.loads((tmp_path / "transition.json").read_text())["rows"] == data["rows"]
+    # nothing kept either: the committed report is left as it is, and the command fails
+    shutil.rmtree(tmp_path / "sw")
+    shutil.rmtree(tmp_path / "kept")
+    committed = (tmp_path / "transition.json").read_text()
+    with pytest.raises(SystemExit):
+        run_script(st, monkeypatch, *only)
+    assert (tmp_path / "transition.json").read_text() == committed
 
 
 def test_training_maps_keeps_the_findings_of_populations_reported_by_earlier_invocations(tmp_path, monkeypatch):
@@ -274,3 +291,21 @@ def test_training_maps_types_set_values_against_each_preset(monkeypatch):
     assert cfg.train.compile is True and cfg.train.steps == 1500 and cfg.model.normalization == "LN"
     assert tm.population_table(False, [])["modular"][1] == tm.SMALL["hu_modular"]  # the small scale
     assert tm.population_table(True, [])["modular"][1] == {}  # the preset as it is
+
+
+def test_training_maps_population_outlives_the_machine_through_its_kept_statistics(tmp_path, monkeypatch):
+    tm = script("training_maps", monkeypatch)
+    over = dict(p=13, frac=0.6, steps=40, eval_every=10, checkpoint_every=10, d_model=16, d_mlp=32, n_heads=2, d_head=8)
+    stats, seconds = tm.train_population("modular", "hu_modular", over, [0, 1], tmp_path / "runs", tmp_path / "kept")
+    # the same statistics, computed from the checkpoints by the library's own path
+    import mechgrok.latent as latent
+    from mechgrok.weight_statistics import STATISTICS
+
+    direct = latent.population_statistics([tmp_path / "runs" / "modular" / f"seed0{s}" for s in (0, 1)], progress=False)
+    cols = ["member", "step", *STATISTICS, *latent.METRICS, "grokking_step"]
+    assert np.allclose(stats[cols].to_numpy(float), direct[cols].to_numpy(float), equal_nan=True)
+    assert seconds > 0
+    # a fresh machine: runs/ is gone; nothing is trained and the table is the same
+    monkeypatch.setattr(tm, "train_or_resume", lambda *a, **k: pytest.fail("a kept member was trained again"))
+    again, again_seconds = tm.train_population("modular", "hu_modular", over, [0, 1], tmp_path / "fresh", tmp_path / "kept")
+    assert again[cols].equals(stats[cols]) and again_seconds == seconds
