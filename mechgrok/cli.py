@@ -808,9 +808,9 @@ def sweep(
                    f"-> {out}")
     where, on_finished = resume or out, None
     if kept is not None:
-        from .experiment import keep, restore
+        from .experiment import keep, restore_sweep
 
-        restore(kept, where)
+        restore_sweep(sw, kept, where)
         on_finished = lambda records: keep(where, kept)  # noqa: E731
     try:
         pop = run_sweep(sw, where, resume=resume is not None or (kept is not None and (where / SWEEP_FILE).exists()), **backend_kw,

@@ -39,7 +39,7 @@ from .trainer import resume, resume_config, train
 
 __all__ = ["parser", "parse_args", "parse_seeds", "parse_overrides", "apply_overrides", "train_or_resume",
            "train_or_resume_ensemble", "sweep_or_resume", "is_finished", "finished_runs", "command_line",
-           "write_report", "keep", "restore", "median_range", "median_iqr", "censored_quartiles", "censored_iqr", "iqr_text", "step_text", "quartiles", "sweep_seed_by_seed", "grokked_summary", "Paired", "paired_differences",
+           "write_report", "keep", "restore", "restore_sweep", "median_range", "median_iqr", "censored_quartiles", "censored_iqr", "iqr_text", "step_text", "quartiles", "sweep_seed_by_seed", "grokked_summary", "Paired", "paired_differences",
            "claims_table", "merge_rows", "replace_section", "section_markers", "write_section"]
 
 # --- the command line every script shares ---------------------------------------------------
@@ -151,7 +151,7 @@ def sweep_or_resume(spec, out: str | Path, kept: str | Path | None = None, **kw)
     from .population import run_sweep
 
     if kept is not None:
-        restore(kept, out)
+        restore_sweep(spec, kept, out)
         kw["on_finished"] = lambda records: keep(out, kept)
     return run_sweep(spec, out, resume=(Path(out) / SWEEP_FILE).exists(), **kw)
 
@@ -216,6 +216,20 @@ def keep(out: str | Path, kept: str | Path) -> int:
                 _copy(f, kept / f.relative_to(out))
                 n += 1
     return n
+
+
+def restore_sweep(spec, kept: str | Path, out: str | Path) -> int:
+    """``restore`` of a sweep's kept members into ``out``, when ``kept`` keeps ``spec``'s sweep
+    (None: whichever it keeps); fails in one line when it keeps another."""
+    from .population import SweepConfig
+
+    kept, out = Path(kept), Path(out)
+    if spec is not None and (kept / SWEEP_FILE).exists() and not (out / SWEEP_FILE).exists():
+        stored = SweepConfig.from_dict(json.loads((kept / SWEEP_FILE).read_text()))
+        if json.dumps(stored.to_dict()) != json.dumps(spec.to_dict()):
+            raise ValueError(f"{kept} keeps the members of another sweep than this one (other settings, seeds "
+                             f"or steps); give another kept directory, or remove it to train these from scratch")
+    return restore(kept, out)
 
 
 def restore(kept: str | Path, out: str | Path) -> int:

@@ -319,6 +319,10 @@ def test_seed004s_limit_cycle_at_its_own_setting_is_read_per_member(ledger_scrip
     rows[1]["test_acc_period"] = 400  # median 270: more than 50% off ~150
     path.write_text(json.dumps({"config": get_preset("seed004").to_dict(), "rows": rows}))
     assert {r["id"]: r for r in ledger_script.ledger(root)}["004-cycle-wd1-own"]["verdict"].startswith("not reproduced")
+    # no seed grokked at wd 2: nothing after grokking to test (not "no crash", not a refutation)
+    rows[4]["grokked_step"] = rows[5]["grokked_step"] = None
+    path.write_text(json.dumps({"config": get_preset("seed004").to_dict(), "rows": rows}))
+    assert {r["id"]: r for r in ledger_script.ledger(root)}["004-cycle-wd2-own"]["verdict"] == "no test"
 
 
 def test_checkpoints_at_seed_000s_places_on_the_plateau_count_as_its_checkpoints(ledger_script, tmp_path):

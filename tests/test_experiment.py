@@ -241,6 +241,10 @@ def test_kept_members_outlive_the_machine_and_are_not_trained_again(tiny_cfg, tm
     monkeypatch.setattr(population, "train_chunk", lambda *a, **k: pytest.fail("a kept member was trained again"))
     again = ex.sweep_or_resume(spec, tmp_path / "b", kept=kept, progress=False)
     assert again.table["last_step"].tolist() == [20, 20]
+    # members kept for another sweep are not taken for this one's
+    with pytest.raises(ValueError, match="keeps the members of another sweep"):
+        ex.sweep_or_resume(replace(spec, seeds=(1,)), tmp_path / "c", kept=kept, progress=False)
+    assert not (tmp_path / "c").exists()
     for i in first.ids:
         assert again.run(i).metrics.equals(first.run(i).metrics)
 
