@@ -95,17 +95,19 @@ def train_population(name: str, preset: str, overrides: dict, seeds: list[int], 
         out, here = root / name / f"seed{s:02d}", kept / name / f"seed{s:02d}"
         cfg = configure(preset, seed=s, **overrides)
         restore(here, out)
-        if not ((here / "statistics.csv").exists() and is_finished(mg.load_run(out), cfg.train.steps)):
-            t0 = time.time()
+        # trained.json is written last: a member cut short while being kept is kept again
+        if not ((here / "trained.json").exists() and is_finished(mg.load_run(out), cfg.train.steps)):
+            t0, before = time.time(), mg.is_run_dir(out) and is_finished(mg.load_run(out), cfg.train.steps)
             run = train_or_resume(cfg, out)
             stats = latent.population_statistics([run], progress=False)
-            trained = {"seconds": round(time.time() - t0, 1), "hardware": hardware()}
+            # a member an earlier call finished trained at a time this one does not know
+            trained = {"seconds": None if before else round(time.time() - t0, 1), "hardware": hardware()}
             write_csv(here / "statistics.csv", stats)
             keep(out, here)
             write_json(here / "trained.json", trained)
         stats = pd.read_csv(here / "statistics.csv").assign(member=i)
         tables.append(stats)
-        seconds += json.loads((here / "trained.json").read_text())["seconds"]
+        seconds += json.loads((here / "trained.json").read_text())["seconds"] or 0
         print(f"  {name} seed {s}: {mg.load_run(out).summary()}", flush=True)
     return pd.concat(tables, ignore_index=True), seconds
 
