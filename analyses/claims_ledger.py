@@ -1104,6 +1104,7 @@ SCRIPT_SECTIONS = {  # name -> (file, script, its JSON report)
     "seed002_example1": ("figures/README.md", "seed002_example1", "figures/seed002_example1.json"),
     "grokfast_mod113": ("figures/README.md", "grokfast_vs_momentum", "figures/grokfast_mod113.json"),
     "seed004_transition": ("figures/README.md", "seed004_transition", "figures/dynamics/seed004/transition.json"),
+    "limit_cycle_seed004": ("figures/README.md", "limit_cycle_seed004", "figures/dynamics/seed004/limit_cycle.json"),
 }
 
 

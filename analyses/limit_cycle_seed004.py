@@ -61,6 +61,23 @@ def table(rows: list[dict]) -> str:
     return markdown_table(out)
 
 
+def section(d: dict | None) -> str:
+    """figures/README's section, from the JSON report alone (the claims ledger regenerates it
+    from the committed file); ``None``: not run yet."""
+    title = "### Seed 004's limit cycle at its own setting (the seed004 preset)"
+    if d is None:
+        return f"{title}\n\nWritten by `analyses/limit_cycle_seed004.py`; not run yet."
+    seeds = sorted({r["seed"] for r in d["rows"]})
+    cfg = d["config"]["train"]
+    return (f"{title} — `dynamics/seed004/limit_cycle.png`, `.md`\n\n`{d['command']}`: the seed004 preset (a+b mod "
+            f"113, 50% train, 2 layers, full batch, AdamW lr {cfg['lr']:g}, beta2 {cfg['betas'][1]:g}), "
+            f"{d['args']['steps']} steps, seeds {', '.join(map(str, seeds))} per arm; training "
+            f"{d['train_seconds'] / 60:.1f} min over all invocations. Hardware: {d['hardware']}. Period: "
+            f"``cycles.limit_cycle`` after grokking (test acc > 0.9); a crash: test accuracy under {d['below']:g} "
+            f"again after grokking. The members are kept in `dynamics/seed004/kept/limit_cycle/`.\n\n"
+            f"{table(d['rows']).rstrip()}")
+
+
 def report(pop, args, t0: float):
     t = pop.table
     metrics = {r.id: pop.run(r.id).metrics for r in t.itertuples()}

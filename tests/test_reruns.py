@@ -309,3 +309,22 @@ def test_training_maps_population_outlives_the_machine_through_its_kept_statisti
     monkeypatch.setattr(tm, "train_or_resume", lambda *a, **k: pytest.fail("a kept member was trained again"))
     again, again_seconds = tm.train_population("modular", "hu_modular", over, [0, 1], tmp_path / "fresh", tmp_path / "kept")
     assert again[cols].equals(stats[cols]) and again_seconds == seconds
+
+
+def test_limit_cycle_seed004_keeps_its_members_and_its_section_reads_the_report(tmp_path, monkeypatch):
+    lc = script("limit_cycle_seed004", monkeypatch)
+    args = ["--out", tmp_path / "sw", "--figures", tmp_path, "--kept", tmp_path / "kept", "--seeds", 1, "--steps", 20,
+            "--set", "eval_every=5", "--set", "checkpoint_every=10", "--set", "d_model=32", "--set", "d_head=8",
+            "--set", "d_mlp=64"]
+    run_script(lc, monkeypatch, *args)
+    d = json.loads((tmp_path / "limit_cycle.json").read_text())
+    assert sorted((r["weight_decay"], r["beta1"]) for r in d["rows"]) == sorted(lc.ARMS)
+    assert all(r["last_step"] == 20 and r["seed"] == 0 for r in d["rows"])
+    text = lc.section(d)
+    assert text.count("\n| ") == 1 + len(lc.ARMS) and "lr 0.0004" in text and d["command"] in text
+    # a fresh machine: the kept members make the same report, and nothing trains
+    import mechgrok.population as population
+
+    monkeypatch.setattr(population, "train_chunk", lambda *a, **k: pytest.fail("a kept member was trained again"))
+    run_script(lc, monkeypatch, *["--out", tmp_path / "fresh", *args[2:]])
+    assert json.loads((tmp_path / "limit_cycle.json").read_text())["rows"] == d["rows"]
