@@ -17,8 +17,9 @@ the command, on this machine or a fresh clone, trains only what is not there yet
 rewritten after every seed. Outputs (``--figures``): limit_cycle.html/.png
 (test accuracy and weight norm after grokking, every member), limit_cycle.md and .json.
 
-Cost on one core of the 2-core CPU VM: a member-step of this model is ~0.67 s of CPU
-(bench/train_step.py, 2layer_mod113), so 4 arms x 3000 steps is ~2.2 CPU-hours per seed.
+Cost on the 2-core CPU VM: a member of 3000 steps took 2080-2180 s of wall time with two 1-thread
+processes (one per seed) sharing the cores, ~0.7 s per step (bench/train_step.py's
+2layer_mod113 step is ~0.67 s of CPU), so a seed's four arms are ~2.4 hours of one core.
 """
 
 from __future__ import annotations
