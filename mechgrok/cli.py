@@ -811,7 +811,7 @@ def sweep(
         from .experiment import keep, restore_sweep
 
         restore_sweep(sw, kept, where)
-        on_finished = lambda records: keep(where, kept)  # noqa: E731
+        on_finished = lambda records: keep(where, kept, [r["id"] for r in records])  # noqa: E731
     try:
         pop = run_sweep(sw, where, resume=resume is not None or (kept is not None and (where / SWEEP_FILE).exists()), **backend_kw,
                         on_finished=on_finished)

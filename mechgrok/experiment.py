@@ -152,7 +152,7 @@ def sweep_or_resume(spec, out: str | Path, kept: str | Path | None = None, **kw)
 
     if kept is not None:
         restore_sweep(spec, kept, out)
-        kw["on_finished"] = lambda records: keep(out, kept)
+        kw["on_finished"] = lambda records: keep(out, kept, [r["id"] for r in records])
     return run_sweep(spec, out, resume=(Path(out) / SWEEP_FILE).exists(), **kw)
 
 
@@ -195,16 +195,19 @@ def _copy(src: Path, dst: Path):
     atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
-def keep(out: str | Path, kept: str | Path) -> int:
+def keep(out: str | Path, kept: str | Path, ids: Sequence[str] | None = None) -> int:
     """Copy the small files of what is finished in ``out`` into ``kept``: of a sweep directory,
-    its spec, manifest and members table and the finished members' directories (an unfinished
-    member is left out: it would look finished once restored); of a run directory, the run
-    when ``is_finished``. Files already in ``kept`` are overwritten. Returns the files copied."""
+    its spec, manifest and members table and the finished members' directories (``ids``: only
+    these members, e.g. the chunk that just finished; an unfinished member is left out: it would
+    look finished once restored); of a run directory, the run when ``is_finished``. Files
+    already in ``kept`` are overwritten. Returns the files copied."""
     out, kept = Path(out), Path(kept)
     if (out / SWEEP_FILE).exists():
         from .population import read_manifest
 
-        roots = [f for f in out.iterdir() if f.is_file()] + [out / MEMBERS_DIR / i for i in read_manifest(out)]
+        done = read_manifest(out)
+        members = [i for i in (done if ids is None else ids) if i in done]
+        roots = [f for f in out.iterdir() if f.is_file()] + [out / MEMBERS_DIR / i for i in members]
     elif is_run_dir(out):
         roots = [out] if is_finished(Run(out)) else []
     else:

@@ -258,6 +258,8 @@ def test_keep_leaves_out_unfinished_members_and_restore_never_overwrites(tiny_cf
     manifest.write_text("".join(l + "\n" for l in manifest.read_text().splitlines() if gone not in l))
     assert ex.keep(tmp_path / "sw", tmp_path / "kept") > 0
     assert not (tmp_path / "kept" / "members" / gone).exists() and (tmp_path / "kept" / "members" / pop.ids[0]).is_dir()
+    ex.keep(tmp_path / "sw", tmp_path / "one", ids=[pop.ids[0], gone])  # a chunk's ids: only the finished of them
+    assert [p.name for p in (tmp_path / "one" / "members").iterdir()] == [pop.ids[0]]
     # restore fills in only what is missing: the file --out already has is newer
     (tmp_path / "kept" / "members" / pop.ids[0] / "member.json").write_text("stale")
     ex.restore(tmp_path / "kept", tmp_path / "sw")
