@@ -1,8 +1,8 @@
 """The committed members under figures/*/kept are data a population is rebuilt from on the next
 machine: the code of today must still train them. The first 300 steps of each kept Hu et al.
 member, re-trained here (eager, where the member was compiled), must give the init its committed
-metrics.csv records exactly and the losses after it to 1%. A changed split or init seed fails this at step 0; a 10% change of
-lr at step 150 (both checked by hand)."""
+metrics.csv records exactly and the losses after it to 1%. A changed split or init seed fails
+this at step 0; a 10% change of lr at step 150 (both checked by hand)."""
 
 import dataclasses
 import json
