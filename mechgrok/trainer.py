@@ -245,6 +245,13 @@ def _train(cfg: RunConfig, task: Task, writer: RunWriter, state: ResumeState, fr
     # train.compile: the forward + loss + backward as one compiled graph (AOTAutograd), and
     # the update as another. On small batches a step is hundreds of small kernels plus autograd
     # and Python (bench/README.md); compiled, they fuse. Evaluation stays eager.
+    # Dynamo caches compiled code per code object and, past its recompile limit (8), runs the
+    # rest eagerly: the 9th compiled run of a process (a population trained in one loop) would
+    # then take an eager step, which refuses compile_step's capturable CPU groups and would
+    # round differently anyway. Each compiled run starts from an empty cache, so its numbers do
+    # not depend on how many runs the process made before it.
+    if tcfg.compile:
+        torch.compiler.reset()
     step_loss, opt_step = (torch.compile(loss_fn), compile_step(opt)) if tcfg.compile else (loss_fn, opt.step)
     gfilter = GradientFilter.from_config(tcfg)
     if gfilter is not None and state.grokfast:
