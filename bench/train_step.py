@@ -28,7 +28,9 @@ A fifth timing is the same step with torch's fused AdamW instead of the trainer'
 (a measurement only: fused rounds differently, so the trainer does not use it).
 With ``--compile`` a sixth is the trainer's ``train.compile`` step (``torch.compile`` of the
 forward + loss + backward and of the AdamW update, as ``mechgrok.trainer`` builds it), after
-its compilation, whose time is printed too.
+its compilation, whose time is printed too, and a seventh the same step through a plain
+``torch.compile`` of the loss, whose partition saves each ReLU's bool mask for the backward
+(what ``mechgrok.trainer.compile_loss`` avoids: inductor stores bool tensors slowly on a CPU).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 import mechgrok as mg
 from mechgrok.optim import compile_step, make_optimizer
 from mechgrok.schedule import batch_indices, trainable_names
-from mechgrok.trainer import loss_fn
+from mechgrok.trainer import compile_loss, loss_fn
 
 CONFIGS = {"nanda": "nanda", "2layer_mod113": "dynamics", "4layer_b64": "division4", "1layer_b256": "hu_modular"}  # bench name -> preset
 
@@ -123,7 +125,7 @@ def bench_config(name: str, repeats: int, dev: torch.device, compiled: bool = Fa
     if compiled:
         comp = {k: v.detach().clone().requires_grad_(k in names) for k, v in ours.items()}
         opt_comp = make_optimizer(comp, names, tcfg)
-        comp_loss, comp_update = torch.compile(loss_fn), compile_step(opt_comp)
+        comp_loss, comp_update = compile_loss(loss_fn), compile_step(opt_comp)
 
         def step_compiled(step):
             x, y = minibatch(step)
@@ -137,6 +139,24 @@ def bench_config(name: str, repeats: int, dev: torch.device, compiled: bool = Fa
         step_compiled(0)  # compiles both graphs
         sync()
         compile_s = (time.perf_counter() - t, time.process_time() - c)
+
+        # the same through a plain torch.compile of the loss: its partition saves a ReLU's
+        # bool mask for the backward, which inductor's CPU kernels store slowly (compile_loss)
+        plain = {k: v.detach().clone().requires_grad_(k in names) for k, v in ours.items()}
+        opt_plain = make_optimizer(plain, names, tcfg)
+        # through a function of its own: dynamo keeps compiled code per code object, and the
+        # functorch setting is not among its guards, so loss_fn itself would reuse compile_loss's graph
+        def loss_fn_plain(*args):
+            return loss_fn(*args)
+
+        plain_loss, plain_update = torch.compile(loss_fn_plain), compile_step(opt_plain)
+
+        def step_plain_compile(step):
+            x, y = minibatch(step)
+            loss = plain_loss(plain, mcfg, x, y)
+            opt_plain.zero_grad(set_to_none=True)
+            loss.backward()
+            plain_update()
 
     # baseline: the TL 4 model users get, trained the plain way (logits at the last position),
     # with the same parameters frozen
@@ -173,6 +193,7 @@ def bench_config(name: str, repeats: int, dev: torch.device, compiled: bool = Fa
                "floor_fewer": lambda s: floor_fewer(), "fused_adamw": step_fused}
     if compiled:
         timings["compiled"] = step_compiled
+        timings["plain_compile"] = step_plain_compile
     # wall and CPU (process) time: on a shared machine the CPU seconds of a 1-thread run are the
     # work done, whatever share of a core the process got; the wall clock counts the waiting too
     times = {k: [] for k in timings}
@@ -236,6 +257,8 @@ def main(argv=None):
         if args.compile:
             line("compiled (train.compile)", "compiled", ratio("mechgrok", "compiled", "eager / compiled") + "   "
                  + ratio("compiled", "floor", "/ floor"))
+            line("  plain torch.compile (mask saved)", "plain_compile",
+                 ratio("plain_compile", "compiled", "/ compiled") + "   " + ratio("plain_compile", "floor", "/ floor"))
             print(f"  compile time (first step)          {r['compile_s']:8.1f} | {r['compile_cpu_s']:8.1f} s", flush=True)
     return rows
 

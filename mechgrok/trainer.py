@@ -64,6 +64,31 @@ def loss_fn(params: Params, cfg: ModelConfig, tokens, labels, loss: Loss = cross
     return loss(forward(params, cfg, tokens), labels)
 
 
+def compile_loss(fn: Callable[..., Tensor], backend="inductor") -> Callable[..., Tensor]:
+    """``fn`` (a loss over the parameter dict, such as ``loss_fn``) through torch.compile: the
+    forward and its backward (AOTAutograd) as compiled graphs, as ``train.compile`` trains.
+
+    AOTAutograd's partitioner by default saves a ReLU's mask (``pre <= 0``, bool) for the
+    backward instead of recomputing it from the saved output, which the backward reads anyway
+    for the next matmul's gradient. Inductor's CPU store of a bool tensor is slow: ~2 ms for
+    the [256, 512] mask of a Hu et al. step, 16x eager's comparison and a fifth of the compiled
+    step (bench/README.md). With ``ban_recompute_materialized_backward`` off, the backward
+    kernel that uses the mask recomputes it. The partition also decides how some sums fuse, so
+    it is part of a compiled run's rounding (compiled runs made under the default partition
+    drift from these as any two roundings do: hu_modular's loss 1.2% apart by step 1000).
+    The setting is applied around every call: compilation happens at the first call and at a
+    recompile (the smaller last minibatch of an epoch). ``backend``: torch.compile's (a test
+    inspects the partition with its own).
+    """
+    compiled = torch.compile(fn, backend=backend)
+
+    def call(*args, **kwargs) -> Tensor:
+        with torch._functorch.config.patch(ban_recompute_materialized_backward=False):
+            return compiled(*args, **kwargs)
+
+    return call
+
+
 def _label(fn) -> str | None:
     return None if fn is None else f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
@@ -252,7 +277,7 @@ def _train(cfg: RunConfig, task: Task, writer: RunWriter, state: ResumeState, fr
     # not depend on how many runs the process made before it.
     if tcfg.compile:
         torch.compiler.reset()
-    step_loss, opt_step = (torch.compile(loss_fn), compile_step(opt)) if tcfg.compile else (loss_fn, opt.step)
+    step_loss, opt_step = (compile_loss(loss_fn), compile_step(opt)) if tcfg.compile else (loss_fn, opt.step)
     gfilter = GradientFilter.from_config(tcfg)
     if gfilter is not None and state.grokfast:
         gfilter.load(state.grokfast, device)

@@ -160,3 +160,48 @@ def test_a_process_past_dynamos_recompile_limit_still_trains_compiled(tiny_cfg, 
     # equal to rounding: in 1 of 5 runs here the two compiles rounded one loss in its 8th
     # digit differently (3.0921251 against 3.09212509), with training processes on the cores
     assert second == pytest.approx(first, rel=1e-6)
+
+
+# What the compiled forward hands its backward, as inductor partitions the graph; the
+# partitioned graphs run eagerly instead of being compiled to C++, so this runs in seconds.
+_SAVED = """
+import json, sys, torch
+from functorch.compile import make_boxed_func
+from torch._inductor.compile_fx import compile_fx
+import mechgrok as mg
+from mechgrok.trainer import compile_loss, loss_fn
+
+cfg = mg.RunConfig.from_dict(json.loads(sys.argv[1]))
+task = mg.Task(cfg.task)
+mcfg = cfg.model.resolve(task)
+params = {k: v.clone().requires_grad_(True) for k, v in mg.init_params(mcfg).items()}
+saved = {}
+
+def inner(gm, example_inputs, **kw):
+    if not kw.get("is_backward"):
+        out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        saved[key] = sorted({str(a.meta["val"].dtype) for a in out if hasattr(a, "meta") and "val" in a.meta})
+    return make_boxed_func(gm.forward)
+
+def backend(gm, inputs):
+    return compile_fx(gm, inputs, inner_compile=inner)
+
+for key, fn in (("torch.compile", torch.compile(loss_fn, backend=backend)), ("compile_loss", compile_loss(loss_fn, backend=backend))):
+    torch.compiler.reset()
+    fn(params, mcfg, task.train_inputs[:64], task.train_labels[:64]).backward()
+print(json.dumps(saved))
+"""
+
+
+def test_compiled_step_recomputes_the_relu_mask_instead_of_saving_it(tiny_cfg):
+    # inductor's CPU store of a bool tensor costs ~2 ms for a [256, 512] ReLU mask (a fifth of
+    # a compiled Hu et al. step, bench/README.md); the forward the trainer compiles must save no
+    # bool tensor, where a plain torch.compile of the same loss saves the mask
+    done = subprocess.run([sys.executable, "-c", _SAVED, json.dumps(tiny_cfg.to_dict())],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "torch.bool" in saved["torch.compile"], saved
+    assert "torch.bool" not in saved["compile_loss"], saved
+    assert "torch.float32" in saved["compile_loss"], saved
+
