@@ -230,6 +230,24 @@ def merged_findings(path: Path, rows: list[dict]) -> pd.DataFrame:
     return summary.sort_values("population", key=lambda c: c.map(list(POPULATIONS).index), ignore_index=True)
 
 
+def spread_comparison(figures: Path) -> list[str]:
+    """With LayerNorm and without: do the grokked members' grokking steps spread differently?
+    Brown-Forsythe (Levene's test about the median: grokking steps have a long right tail)."""
+    from scipy.stats import levene
+
+    files = [figures / pop / "statistics.csv" for pop in ("modular", "modular_ln")]
+    if not all(f.exists() for f in files):
+        return []
+    plain, ln = (pd.read_csv(f).groupby("member")["grokking_step"].first().dropna() for f in files)
+    if min(len(plain), len(ln)) < 3:
+        return []
+    test = levene(ln, plain, center="median")
+    return ["", f"Spread of convergence: the grokked members' grokking steps range {ln.min():.0f}-{ln.max():.0f} "
+            f"with LayerNorm (n={len(ln)}, SD {ln.std():.0f}) and {plain.min():.0f}-{plain.max():.0f} without "
+            f"(n={len(plain)}, SD {plain.std():.0f}); Brown-Forsythe test of equal spread: W = {test.statistic:.1f}, "
+            f"p = {test.pvalue:.2g}."]
+
+
 def write_readme(args, summary: pd.DataFrame, captions: list[str]):
     s = summary.set_index("population")
     hw = f"{hardware()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
@@ -253,14 +271,15 @@ def write_readme(args, summary: pd.DataFrame, captions: list[str]):
         PAPER["transition"]: [f"{r.state_change_at_grokking:.0%} of grokked members change state within 3 "
                               f"checkpoints of their grokking step" for r in s.itertuples()],
         PAPER["layernorm"]: [f"{r.distinct_routes} distinct routes; the most common taken by "
-                             f"{r.most_common_route_share:.0%}" for r in s.itertuples()],
+                             f"{r.most_common_route_share:.0%}; grokking-step CV {r.grok_step_cv:.2f}"
+                             for r in s.itertuples()],
     }
     lines.append(markdown_table([{"finding (Hu et al.)": k, **dict(zip(s.index, v))} for k, v in rows.items()])
                  .rstrip("\n"))
     lines += ["", "Routes are Viterbi paths with repeated states collapsed; each population has its own "
               "HMM, so state numbers are not comparable across columns. Detour coefficients are grokking "
-              "steps per checkpoint spent in the state (one regression per state, members that grokked).", "",
-              "## Figures", "", *captions]
+              "steps per checkpoint spent in the state (one regression per state, members that grokked).",
+              *spread_comparison(args.figures), "", "## Figures", "", *captions]
     write_text(args.figures / "README.md", "\n".join(lines) + "\n")
     print(f"wrote {args.figures / 'README.md'}")
 

@@ -437,12 +437,15 @@ def latent_model_selection(table: pd.DataFrame, best: int | None = None,
 
 
 def latent_training_map(transitions: pd.DataFrame, occupancy: pd.Series, labels: dict[int, str],
-                        x: list[float], y: list[float], min_prob: float = 0.05,
+                        x: list[float], y: list[float], min_share: float = 0.15,
                         title: str = "training map") -> go.Figure:
     """States as nodes (area ~ occupancy, placed at ``x`` = mean relative time of occupancy and
     ``y`` = mean test accuracy; overlapping nodes are nudged apart), transitions between
-    states as arrows whose width and label give the probability; arrows below ``min_prob`` and self-transitions are not drawn (the
-    self-transition probability is in each node's hover text)."""
+    states as arrows whose label gives the probability and whose width its share of the
+    state's leaving probability (1 - stay). Arrows with less than ``min_share`` of it are not
+    drawn: with a checkpoint every few steps every state mostly stays (stay 0.9-0.94 at Hu et
+    al.'s scale), so a fixed probability cut would hide every edge. Self-transitions are not
+    drawn (the stay probability is in each node's hover text)."""
     fig = go.Figure()
     k = len(transitions)
     T = transitions.to_numpy()
@@ -451,7 +454,8 @@ def latent_training_map(transitions: pd.DataFrame, occupancy: pd.Series, labels:
     x, y = _spread(list(x), list(y), min_dist=0.14)
     for i in range(k):
         for j in range(k):
-            if i == j or T[i, j] < min_prob:
+            leave = max(1 - T[i, i], 1e-12)
+            if i == j or T[i, j] < min_share * leave:
                 continue
             # offset the two directions of a pair so that both arrows stay visible
             dx, dy = x[j] - x[i], y[j] - y[i]
@@ -459,9 +463,9 @@ def latent_training_map(transitions: pd.DataFrame, occupancy: pd.Series, labels:
             ox, oy = -dy / norm * 0.015, dx / norm * 0.015
             fig.add_annotation(x=x[j] + ox, y=y[j] + oy, ax=x[i] + ox, ay=y[i] + oy, xref="x", yref="y",
                                axref="x", ayref="y", showarrow=True, arrowhead=2, arrowsize=1,
-                               arrowwidth=1 + 6 * T[i, j], arrowcolor="rgba(80,80,80,0.6)", standoff=sizes[j] / 2,
+                               arrowwidth=1 + 5 * T[i, j] / leave, arrowcolor="rgba(80,80,80,0.6)", standoff=sizes[j] / 2,
                                startstandoff=sizes[i] / 2)
-            fig.add_annotation(x=(x[i] + x[j]) / 2 + 2 * ox, y=(y[i] + y[j]) / 2 + 2 * oy, text=f"{T[i, j]:.2f}",
+            fig.add_annotation(x=(x[i] + x[j]) / 2 + 2 * ox, y=(y[i] + y[j]) / 2 + 2 * oy, text=f"{T[i, j]:.2g}",
                                showarrow=False, font=dict(size=10, color="#444"))
     fig.add_trace(go.Scatter(
         x=x, y=y, mode="markers+text", text=[f"S{i}" for i in range(k)], textposition="middle center",

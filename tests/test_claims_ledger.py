@@ -366,3 +366,46 @@ def test_a_latent_population_at_the_presets_own_scale_is_read_from_its_setting_f
     # 20 seeds of 2000 epochs against Hu et al.'s 40 of 10,000: stated fields that differ
     pub = json.loads((ROOT / "figures/claims.json").read_text())["settings"]["hu_modular"]
     assert differences(pub, setting) == ["epochs 2000 vs 10000", "seeds 20 vs 40"]
+
+
+def test_layernorms_uniformity_is_tested_on_the_spread_of_convergence_steps(ledger_script, tmp_path):
+    # planted populations: every route unique in both (the commonest share is 1/n in each, as
+    # at 20 seeds), so only the grokking steps can tell them apart
+    top = tmp_path / "figures/latent_full"
+
+    def population(name, steps, normalization):
+        d = top / name
+        d.mkdir(parents=True)
+        cfg = configure("hu_modular", seed=0, **({"normalization": normalization} if normalization else {}))
+        (d / "setting.json").write_text(json.dumps({"config": cfg.to_dict(), "members": len(steps), "full": True}))
+        (d / "statistics.csv").write_text("member,step,grokking_step\n" + "".join(
+            f"{m},{s},{'' if g is None else g}\n" for m, g in enumerate(steps) for s in (0, 150)))
+        (d / "paths.csv").write_text("member,step,state\n" + "".join(
+            f"{m},{s},{(m + k) % 8}\n" for m in range(len(steps)) for k, s in enumerate((0, 150))))
+
+    narrow = [3000, 3150, 3300, 2850, 3000, 3450, 3150, 2700]
+    wide = [3000, 10350, 12150, 3300, 5250, 13500, 4500, 7200]
+    claim = {"population": "modular_ln", "data": "figures/latent_full/findings.csv"}
+    path = top / "findings.csv"
+
+    population("modular_ln", narrow, "LN")
+    population("modular", wide, None)
+    r = ledger_script.latent_ln(claim, path, tmp_path)
+    assert r.agrees is True and r.extra["brown_forsythe_p"] < 0.05, r
+    assert "8 of 8 grokked" in r.ours and "8 routes, the commonest taken by 12%" in r.ours
+
+    shutil.rmtree(top)  # LayerNorm with the wide spread: the claim's test fails
+    population("modular_ln", wide, "LN")
+    population("modular", narrow, None)
+    assert ledger_script.latent_ln(claim, path, tmp_path).agrees is False
+
+    shutil.rmtree(top)  # the same spread in both: not significant, even with the lower CV on LN's side
+    population("modular_ln", [s + 1 for s in wide], "LN")
+    population("modular", wide, None)
+    assert ledger_script.latent_ln(claim, path, tmp_path).agrees is False
+
+    shutil.rmtree(top)  # two grokked members with LayerNorm: no test
+    population("modular_ln", [3000, 3100] + [None] * 6, "LN")
+    population("modular", wide, None)
+    r = ledger_script.latent_ln(claim, path, tmp_path)
+    assert r.agrees is None and "2 of 8 grokked" in r.ours

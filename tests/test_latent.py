@@ -313,3 +313,21 @@ def test_cli_latent_refuses_an_unknown_covariance_in_one_line(tiny_population):
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert res.output.strip() == "error: covariance must be one of spherical, diag, full, tied, got 'round'"
     assert not (tiny_population / "latent_bad").exists()
+
+
+def test_the_training_map_draws_the_edges_that_carry_a_states_leaving_probability():
+    import pandas as pd
+
+    from mechgrok.plots import latent_training_map
+
+    # S0 stays 0.94 and leaves mostly to S1 (0.05: under any fixed cut of 0.05), a little to S2
+    T = pd.DataFrame([[0.94, 0.049, 0.011], [0.0, 0.97, 0.03], [0.0, 0.0, 1.0]])
+    fig = latent_training_map(T, pd.Series([10, 10, 10]), {0: "a", 1: "b", 2: "c"}, [0.1, 0.5, 0.9], [0.0, 0.5, 1.0])
+    arrows = [a for a in fig.layout.annotations if a.showarrow]
+    labels = sorted(a.text for a in fig.layout.annotations if not a.showarrow)
+    # S0 -> S1 (82% of S0's leaving probability) and S1 -> S2 (all of S1's); S0 -> S2 (18%) too;
+    # nothing leaves S2, and no self-loops
+    assert len(arrows) == 3 and labels == ["0.011", "0.03", "0.049"]
+    fig = latent_training_map(T, pd.Series([10, 10, 10]), {0: "a", 1: "b", 2: "c"}, [0.1, 0.5, 0.9], [0.0, 0.5, 1.0],
+                              min_share=0.5)
+    assert sorted(a.text for a in fig.layout.annotations if not a.showarrow) == ["0.03", "0.049"]
