@@ -96,44 +96,40 @@ def bench_config(name: str, repeats: int, dev: torch.device, compiled: bool = Fa
         idx = batch_indices(step, len(train_y), tcfg.batch_size, tcfg.seed)
         return (train_x, train_y) if idx is None else (train_x[idx.to(dev)], train_y[idx.to(dev)])
 
+    def step_of(p, opt, loss=loss_fn, update=None):
+        """One trainer step on the parameter dict ``p``: minibatch, loss, backward, update."""
+        update = opt.step if update is None else update
+
+        def step(s):
+            x, y = minibatch(s)
+            value = loss(p, mcfg, x, y)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            update()
+
+        return step
+
+    def copy(src):
+        return {k: v.detach().contiguous().clone().requires_grad_(k in names) for k, v in src.items()}
+
     # mechgrok: the functional forward over the parameter dict, as mechgrok.trainer runs it
     names = trainable_names(params, tcfg.frozen)
-    ours = {k: v.contiguous().clone().requires_grad_(k in names) for k, v in params.items()}
+    ours = copy(params)
     opt_ours = make_optimizer(ours, names, tcfg)
-
-    def step_ours(step):
-        x, y = minibatch(step)
-        loss = loss_fn(ours, mcfg, x, y)
-        opt_ours.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_ours.step()
+    step_ours = step_of(ours, opt_ours)
 
     # the same step with torch's fused AdamW (one kernel per tensor) instead of the trainer's
     # foreach one, which on a CPU is a Python-level loop of per-tensor kernels: what that costs
-    fused = {k: v.detach().clone().requires_grad_(k in names) for k, v in ours.items()}
+    fused = copy(ours)
     opt_fused = torch.optim.AdamW([fused[k] for k in names], lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                                   betas=tcfg.betas, fused=True) if dev.type in ("cpu", "cuda") else None
-
-    def step_fused(step):
-        x, y = minibatch(step)
-        loss = loss_fn(fused, mcfg, x, y)
-        opt_fused.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_fused.step()
+    step_fused = step_of(fused, opt_fused)
 
     # train.compile's step: the same step through torch.compile, built as the trainer builds it
     if compiled:
-        comp = {k: v.detach().clone().requires_grad_(k in names) for k, v in ours.items()}
+        comp = copy(ours)
         opt_comp = make_optimizer(comp, names, tcfg)
-        comp_loss, comp_update = compile_loss(loss_fn), compile_step(opt_comp)
-
-        def step_compiled(step):
-            x, y = minibatch(step)
-            loss = comp_loss(comp, mcfg, x, y)
-            opt_comp.zero_grad(set_to_none=True)
-            loss.backward()
-            comp_update()
-
+        step_compiled = step_of(comp, opt_comp, compile_loss(loss_fn), compile_step(opt_comp))
         sync()
         t, c = time.perf_counter(), time.process_time()
         step_compiled(0)  # compiles both graphs
@@ -141,22 +137,15 @@ def bench_config(name: str, repeats: int, dev: torch.device, compiled: bool = Fa
         compile_s = (time.perf_counter() - t, time.process_time() - c)
 
         # the same through a plain torch.compile of the loss: its partition saves a ReLU's
-        # bool mask for the backward, which inductor's CPU kernels store slowly (compile_loss)
-        plain = {k: v.detach().clone().requires_grad_(k in names) for k, v in ours.items()}
-        opt_plain = make_optimizer(plain, names, tcfg)
-        # through a function of its own: dynamo keeps compiled code per code object, and the
+        # bool mask for the backward, which inductor's CPU kernels store slowly (compile_loss).
+        # Through a function of its own: dynamo keeps compiled code per code object, and the
         # functorch setting is not among its guards, so loss_fn itself would reuse compile_loss's graph
         def loss_fn_plain(*args):
             return loss_fn(*args)
 
-        plain_loss, plain_update = torch.compile(loss_fn_plain), compile_step(opt_plain)
-
-        def step_plain_compile(step):
-            x, y = minibatch(step)
-            loss = plain_loss(plain, mcfg, x, y)
-            opt_plain.zero_grad(set_to_none=True)
-            loss.backward()
-            plain_update()
+        plain = copy(ours)
+        opt_plain = make_optimizer(plain, names, tcfg)
+        step_plain_compile = step_of(plain, opt_plain, torch.compile(loss_fn_plain), compile_step(opt_plain))
 
     # baseline: the TL 4 model users get, trained the plain way (logits at the last position),
     # with the same parameters frozen
