@@ -609,12 +609,15 @@ def transplant(claim, path, root):
     rows = [r for r in d["rows"] if r.get("control_grokking_step") is not None and r.get("fourier_grokking_step") is not None]
     f_c = [r["fourier_grokking_step"] - r["control_grokking_step"] for r in rows]
     f_n = [r["fourier_grokking_step"] - r["non_fourier_grokking_step"] for r in rows if r.get("non_fourier_grokking_step")]
-    base = configure(d["preset"]).to_dict()
-    s = setting_of(base, seeds=len(d["rows"]))
+    cfg = ex.apply_overrides(configure(d["preset"]), d.get("set") or [])
+    s = setting_of(cfg.to_dict(), seeds=len(d["rows"]))
     acc = [r["recipient_test_acc"] for r in rows]
+    chance = 1 / cfg.task.p  # at chance: within twice the accuracy of a uniform guess
+    state = "at chance" if acc and max(acc) <= 2 * chance else "not at chance"
     ours = (f"{len(rows)} plateau seeds: Fourier minus untouched median {_med(f_c):+g} steps (sooner in "
             f"{sum(x < 0 for x in f_c)}); Fourier minus as many non-Fourier neurons median {_med(f_n):+g}; "
-            f"recipient test acc {min(acc):.2f}-{max(acc):.2f} (not at chance)")
+            f"recipient test acc {min(acc, default=float('nan')):.3f}-{max(acc, default=float('nan')):.3f} "
+            f"({state}: chance is {chance:.3f})")
     return Result(ours, s, len(rows), abs(_med(f_c)) <= 10,
                   "median Fourier-arm minus untouched grokking step within one 10-step evaluation of 0")
 

@@ -29,6 +29,14 @@ the JSON's rows (earlier seeds keep their rows; each invocation's command and wa
     python analyses/fourier_transplant.py --preset dynamics --seeds 0-19
     python analyses/fourier_transplant.py --preset dynamics --seeds 20-29 --merge
 
+Seed 004's recipient has test accuracy at chance while its Fourier features form; no 50%-split
+run memorises at chance (figures/README.md), a 30% split does. ``--set`` changes the preset's
+fields and ``--recipient-max-test-acc`` takes the plateau's last checkpoint at or under that
+accuracy as the recipient; both go into the figures' names, so the preset's own study stays:
+
+    python analyses/fourier_transplant.py --preset seed004 --set frac=0.3 --set lr=0.001 --set steps=10000 \
+        --recipient-max-test-acc 0.02 --seeds 0-9 --out runs/transplant_chance
+
 The per-seed table gives, at step 0, the recipient step and the donor step, the Gini sparsity of
 the embedding's spectrum (k >= 1) and the last-layer neurons clustered on one frequency (and of
 those, how many on a frequency the donor uses): is the recipient on a plateau with Fourier
@@ -61,7 +69,7 @@ SEED_COLUMNS = ["seed", "memorised / grokked (base)", "recipient step: train / t
 
 
 def main():
-    ap = ex.parser(__doc__, out="runs/transplant", seeds="0,1,2,3,4,5")
+    ap = ex.parser(__doc__, out="runs/transplant", seeds="0,1,2,3,4,5", overrides=True)
     ap.add_argument("--p", type=int, default=23)
     ap.add_argument("--frac", type=float, default=0.7)
     ap.add_argument("--base-steps", type=int, default=1200)
@@ -70,6 +78,9 @@ def main():
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--plot-only", action="store_true", help="redraw the figure and table from the saved JSON")
     ap.add_argument("--preset", default=None, help="seed 004's setting: a preset (dynamics), population mode")
+    ap.add_argument("--recipient-max-test-acc", type=float, default=None,
+                    help="with --preset: the recipient is the last plateau checkpoint whose test accuracy is at most "
+                         "this (seed 004's recipient is at chance: e.g. 0.02 for p=113), not the half-way one")
     ap.add_argument("--stop-after-grok", type=int, default=3)
     ap.add_argument("--arm-steps", type=int, default=600, help="with --preset: budget of the arms after the transplant")
     ap.add_argument("--min-delay", type=int, default=150,
@@ -79,7 +90,7 @@ def main():
     ap.add_argument("--merge", action="store_true",
                     help="with --preset: keep the JSON's rows of seeds not given here and add these")
     args = ex.parse_args(ap)
-    stem = args.figures / (f"fourier_transplant_{args.preset}" if args.preset else "fourier_transplant")
+    stem = args.figures / (f"fourier_transplant_{args.preset}{_tag(args)}" if args.preset else "fourier_transplant")
     if args.plot_only:
         saved = json.loads(stem.with_suffix(".json").read_text())
         args.recipient_step = 150 if args.recipient_step is None else args.recipient_step
@@ -90,6 +101,13 @@ def main():
     else:
         args.recipient_step = 150 if args.recipient_step is None else args.recipient_step
         small_main(args, stem)
+
+
+def _tag(args) -> str:
+    """What sets this study apart from the preset's own (its figures' file names): the --set
+    fields and the recipient rule, e.g. ``_frac0.3_chance0.02``."""
+    sets = "".join(f"_{k.split('.')[-1]}{v}" for k, v in ex.parse_overrides(args.set).items())
+    return sets + (f"_chance{args.recipient_max_test_acc:g}" if args.recipient_max_test_acc is not None else "")
 
 
 def small_main(args, stem):
@@ -145,15 +163,21 @@ def report(rows: list[dict], args, stem) -> str:
 # --- seed 004's setting: a population on the preset, three arms from the plateau -------------------
 
 
-def plateau_step(base, tr, min_delay: int, fixed: int | None) -> int | None:
+def plateau_step(base, tr, min_delay: int, fixed: int | None, max_test_acc: float | None = None) -> int | None:
     """The recipient checkpoint on the memorising plateau: ``fixed`` if it lies between
-    memorisation and grokking, else the checkpoint nearest half-way between them; None when
-    the run has no plateau (it grokked within ``min_delay`` steps of memorising, or never)."""
+    memorisation and grokking; with ``max_test_acc``, the last checkpoint there whose test
+    accuracy is at most that (the plateau's latest state still at chance: seed 004's
+    recipient); else the checkpoint nearest half-way between them. None when the run has no
+    plateau (it grokked within ``min_delay`` steps of memorising, or never) or no checkpoint
+    of it meets the rule."""
     if tr.grokked_step is None or tr.memorised_step is None or tr.delay < min_delay:
         return None
     inside = [s for s in base.steps if tr.memorised_step <= s < tr.grokked_step]
     if fixed is not None:
         return fixed if fixed in inside else None
+    if max_test_acc is not None:
+        acc = base.metrics.set_index("step")["test_acc"]
+        return max((s for s in inside if s in acc.index and acc[s] <= max_test_acc), default=None)
     return min(inside, key=lambda s: abs(s - tr.memorised_step - tr.delay / 2), default=None)
 
 
@@ -173,8 +197,9 @@ def plateau_main(args, stem):
     if args.summarise:
         bases = ex.finished_runs(base_outs)
     else:
-        bases = ex.train_or_resume_ensemble([mg.configure(args.preset, seed=s, stop_after_grok=args.stop_after_grok,
-                                                          keep_moments=True) for s in seeds], base_outs)
+        bases = ex.train_or_resume_ensemble([ex.apply_overrides(mg.configure(
+            args.preset, seed=s, stop_after_grok=args.stop_after_grok, keep_moments=True), args.set)
+            for s in seeds], base_outs)
         print(f"base runs done ({time.time() - t0:.0f} s)", flush=True)
     rows, groups = [], {}  # groups: recipient step -> (configs, outs, initial states) of its arms
     for s, base in zip(seeds, bases):
@@ -185,10 +210,12 @@ def plateau_main(args, stem):
         row = {"seed": s, "base_memorisation_step": tr.memorised_step, "base_grokking_step": tr.grokked_step,
                "base_delay": tr.delay}
         rows.append(row)
-        r_step = plateau_step(base, tr, args.min_delay, args.recipient_step)
+        r_step = plateau_step(base, tr, args.min_delay, args.recipient_step, args.recipient_max_test_acc)
         if r_step is None:
-            row["skipped"] = (f"no plateau: grokked {tr.delay} steps after memorising (< {args.min_delay})"
-                              if tr.delay is not None else "did not memorise and grok within the budget")
+            row["skipped"] = (("did not memorise and grok within the budget" if tr.delay is None else
+                               f"no plateau: grokked {tr.delay} steps after memorising (< {args.min_delay})"
+                               if tr.delay < args.min_delay else
+                               f"no plateau checkpoint at test accuracy <= {args.recipient_max_test_acc:g}"))
             continue
         m = base.metrics.set_index("step")
         row |= {"recipient_step": r_step, **{f"recipient_{k}": float(m.loc[r_step, k])
@@ -233,9 +260,12 @@ def plateau_main(args, stem):
             row[f"{arm}_last_step"] = int(run.metrics["step"].max())
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "provenance": mg.provenance.provenance(),
               "wall_s": None if args.summarise else round(time.time() - t0), "preset": args.preset,
-              "arm_steps": args.arm_steps, "min_delay": args.min_delay, "rows": rows}
+              "arm_steps": args.arm_steps, "min_delay": args.min_delay, "set": list(args.set) or None,
+              "budget": next((b.config.train.steps for b in bases if b is not None), None),
+              "recipient_max_test_acc": args.recipient_max_test_acc, "rows": rows}
     if args.merge:
-        result = ex.merge_rows(stem.with_suffix(".json"), result, ("preset", "arm_steps", "min_delay"))
+        result = ex.merge_rows(stem.with_suffix(".json"), result,
+                               ("preset", "arm_steps", "min_delay", "set", "recipient_max_test_acc"))
     ex.write_report(stem, plateau_report(result, stem), result, seeds=seeds, prov=result["provenance"])
 
 
@@ -255,9 +285,12 @@ def plateau_summary(result: dict) -> list[str]:
                       "grokking step: median (IQR)": ex.censored_iqr(steps[name], bound),
                       "delay after the recipient step: median (IQR)": ex.censored_iqr(after[name], result["arm_steps"]),
                       "paired vs control: median (IQR)": "-" if name.startswith("control") else ex.median_iqr(paired)})
-    lines = [f"`{result['preset']}` preset, {len(result['rows'])} seeds, {len(rows)} with a memorising plateau "
-             f"(grokked >= {result['min_delay']} steps after memorising) and all three arms finished; recipient = the "
-             f"checkpoint nearest half-way along each plateau; grokking step = first evaluation with test accuracy "
+    rule = ("the checkpoint nearest half-way along each plateau" if result.get("recipient_max_test_acc") is None else
+            f"the last checkpoint of each plateau with test accuracy <= {result['recipient_max_test_acc']:g}")
+    sets = f" with {', '.join(result['set'])}" if result.get("set") else ""
+    lines = [f"`{result['preset']}` preset{sets}, {len(result['rows'])} seeds, {len(rows)} with a memorising plateau "
+             f"(grokked >= {result['min_delay']} steps after memorising) and all three arms finished; recipient = "
+             f"{rule}; grokking step = first evaluation with test accuracy "
              f"> 0.9; arms trained up to {result['arm_steps']} steps past the recipient (or the preset's step budget), "
              f"stopping 3 evaluations after grokking. Delay = grokking step minus the recipient step; paired = "
              f"the arm's delay minus the control's, per seed (seeds where both grokked).", "",
@@ -274,7 +307,7 @@ def _bound(result: dict, rows: list[dict]) -> int:
     """A step no arm member that did not grok had reached: its recipient step + the arms' steps,
     or the preset's step budget where that is less, at least (the least over ``rows``); such a
     member counts in a median as later than all."""
-    budget = mg.get_preset(result["preset"]).train.steps
+    budget = result.get("budget") or mg.get_preset(result["preset"]).train.steps
     return min((min(r["recipient_step"] + result["arm_steps"], budget) for r in rows), default=0)
 
 
@@ -295,8 +328,11 @@ def plateau_report(result: dict, stem) -> str:
     for inv in result.get("invocations", []):
         a = inv["args"]
         wall = f"{inv['wall_s']} s" if inv["wall_s"] is not None else "a --summarise pass (training time in figures/README.md)"
-        lines += ["", f"Rows of seeds {a['seeds']}: `python analyses/fourier_transplant.py --preset {a['preset']} "
-                      f"--seeds {a['seeds']}{' --merge' if a.get('merge') == 'True' else ''}`, {wall} on "
+        sets = "".join(f" --set {v}" for v in result.get("set") or [])  # merge_rows: the same in every invocation
+        rule = (f" --recipient-max-test-acc {result['recipient_max_test_acc']:g}"
+                if result.get("recipient_max_test_acc") is not None else "")
+        lines += ["", f"Rows of seeds {a['seeds']}: `python analyses/fourier_transplant.py --preset {a['preset']}{sets}"
+                      f"{rule} --seeds {a['seeds']}{' --merge' if a.get('merge') == 'True' else ''}`, {wall} on "
                       f"{inv['provenance'].get('cpu_cores')} CPU cores, made {inv['provenance'].get('made')}."]
     skipped = [r for r in result["rows"] if "skipped" in r]
     if skipped:

@@ -409,3 +409,20 @@ def test_layernorms_uniformity_is_tested_on_the_spread_of_convergence_steps(ledg
     population("modular", wide, None)
     r = ledger_script.latent_ln(claim, path, tmp_path)
     assert r.agrees is None and "2 of 8 grokked" in r.ours
+
+
+def test_the_transplant_row_reads_its_studys_own_settings_and_says_whether_the_recipient_was_at_chance(
+        ledger_script, tmp_path):
+    def study(acc, sets):
+        rows = [{"seed": s, "control_grokking_step": 900, "fourier_grokking_step": 900 + d,
+                 "non_fourier_grokking_step": 900, "recipient_test_acc": a}
+                for s, (a, d) in enumerate(zip(acc, (-10, 0, 10)))]
+        path = tmp_path / "transplant.json"
+        path.write_text(json.dumps({"preset": "seed004", "set": sets, "rows": rows}))
+        return ledger_script.transplant({}, path, tmp_path)
+
+    r = study([0.009, 0.012, 0.017], ["frac=0.3", "lr=0.001"])  # all within 2/113 = 0.0177
+    assert "(at chance: chance is 0.009)" in r.ours and r.setting["frac"] == 0.3 and r.setting["lr"] == 0.001
+    assert r.agrees is True and r.n == 3
+    r = study([0.009, 0.012, 0.25], None)  # one recipient well above chance; the preset's own split
+    assert "(not at chance" in r.ours and r.setting["frac"] == 0.5
