@@ -35,7 +35,10 @@ fields and ``--recipient-max-test-acc`` takes the plateau's last checkpoint at o
 accuracy as the recipient; both go into the figures' names, so the preset's own study stays:
 
     python analyses/fourier_transplant.py --preset seed004 --set frac=0.3 --set lr=0.001 --set steps=10000 \
-        --recipient-max-test-acc 0.02 --seeds 0-9 --out runs/transplant_chance
+        --recipient-max-test-acc 0.02 --seeds 0-1 --out runs/transplant_chance
+    (then --seeds 2-3 --merge, ...: the base runs train as one ensemble and are not kept between
+    sessions, since the arms start from their checkpoints, so the seeds of one call must finish
+    in one session)
 
 The per-seed table gives, at step 0, the recipient step and the donor step, the Gini sparsity of
 the embedding's spectrum (k >= 1) and the last-layer neurons clustered on one frequency (and of
