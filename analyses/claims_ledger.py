@@ -308,39 +308,33 @@ def _routes(d: Path) -> pd.Series:
         lambda p: "-".join(str(int(x)) for i, x in enumerate(p.tolist()) if i == 0 or x != p.tolist()[i - 1]))
 
 
-def _grokking_steps(d: Path) -> pd.Series:
-    """Each member's grokking step (NaN: never grokked) from a population's statistics.csv."""
-    return pd.read_csv(d / "statistics.csv").groupby("member")["grokking_step"].first()
-
-
 def latent_ln(claim, path, root):
     """Hu et al.: LayerNorm makes the paths more uniform. With every route unique (20 members,
     200 checkpoints, 8 states) the commonest route's share says nothing, so the test is the
-    spread of convergence times: smaller with LayerNorm by the Brown-Forsythe test (Levene's
-    about the median: robust to the long right tail of grokking steps), p < 0.05, over the
-    members of both populations that grokked (at least 3 each)."""
-    from scipy.stats import levene
+    spread of convergence times (``latent.convergence_spread``): smaller with LayerNorm by the
+    Brown-Forsythe test, p < 0.05, over the members of both populations that grokked (at least
+    3 each)."""
+    from mechgrok.latent import ConvergenceSpread, convergence_spread
 
     setting, n = _latent_setting(claim, root)
     top = _latent_root(claim, root)
     ln, plain = _routes(top / "modular_ln"), _routes(top / "modular")
     share = lambda r: float(r.value_counts(normalize=True).iloc[0])  # noqa: E731
-    g_ln, g_plain = (_grokking_steps(top / p).dropna() for p in ("modular_ln", "modular"))
+    sp = convergence_spread(*(pd.read_csv(top / p / "statistics.csv") for p in ("modular_ln", "modular")))
 
     def spread(g, members):
-        cv = f"{g.std() / g.mean():.2f}" if len(g) > 1 else "-"
+        cv = f"{ConvergenceSpread.cv(g):.2f}" if len(g) > 1 else "-"
         return f"{len(g)} of {members} grokked, grokking-step CV {cv}"
 
-    ours = (f"with LN: {spread(g_ln, ln.size)}, {ln.nunique()} routes, the commonest taken by {share(ln):.0%}; "
-            f"without: {spread(g_plain, plain.size)}, {plain.nunique()} routes, {share(plain):.0%}")
+    ours = (f"with LN: {spread(sp.a, ln.size)}, {ln.nunique()} routes, the commonest taken by {share(ln):.0%}; "
+            f"without: {spread(sp.b, plain.size)}, {plain.nunique()} routes, {share(plain):.0%}")
     rule = ("the convergence (grokking) steps spread less with LayerNorm: lower CV and Brown-Forsythe p < 0.05 "
             "(>= 3 grokked members each)")
-    if min(len(g_ln), len(g_plain)) < 3:
+    if sp.p is None:
         return Result(ours + "; too few grokked members to compare spreads", setting, n, None, rule)
-    p = float(levene(g_ln, g_plain, center="median").pvalue)
-    lower = g_ln.std() / g_ln.mean() < g_plain.std() / g_plain.mean()
-    return Result(ours + f"; Brown-Forsythe p = {p:.2g}", setting, n, bool(lower and p < 0.05), rule,
-                  {"brown_forsythe_p": p})
+    lower = ConvergenceSpread.cv(sp.a) < ConvergenceSpread.cv(sp.b)
+    return Result(ours + f"; Brown-Forsythe p = {sp.p:.2g}", setting, n, bool(lower and sp.p < 0.05), rule,
+                  {"brown_forsythe_p": sp.p})
 
 
 def latent_parity(claim, path, root):

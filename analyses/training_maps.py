@@ -231,21 +231,18 @@ def merged_findings(path: Path, rows: list[dict]) -> pd.DataFrame:
 
 
 def spread_comparison(figures: Path) -> list[str]:
-    """With LayerNorm and without: do the grokked members' grokking steps spread differently?
-    Brown-Forsythe (Levene's test about the median: grokking steps have a long right tail)."""
-    from scipy.stats import levene
-
-    files = [figures / pop / "statistics.csv" for pop in ("modular", "modular_ln")]
+    """With LayerNorm and without: do the grokked members' grokking steps spread differently?"""
+    files = [figures / pop / "statistics.csv" for pop in ("modular_ln", "modular")]
     if not all(f.exists() for f in files):
         return []
-    plain, ln = (pd.read_csv(f).groupby("member")["grokking_step"].first().dropna() for f in files)
-    if min(len(plain), len(ln)) < 3:
+    sp = latent.convergence_spread(*(pd.read_csv(f) for f in files))
+    if sp.p is None:
         return []
-    test = levene(ln, plain, center="median")
+    ln, plain = sp.a, sp.b
     return ["", f"Spread of convergence: the grokked members' grokking steps range {ln.min():.0f}-{ln.max():.0f} "
             f"with LayerNorm (n={len(ln)}, SD {ln.std():.0f}) and {plain.min():.0f}-{plain.max():.0f} without "
-            f"(n={len(plain)}, SD {plain.std():.0f}); Brown-Forsythe test of equal spread: W = {test.statistic:.1f}, "
-            f"p = {test.pvalue:.2g}."]
+            f"(n={len(plain)}, SD {plain.std():.0f}); Brown-Forsythe test of equal spread: W = {sp.statistic:.1f}, "
+            f"p = {sp.p:.2g}."]
 
 
 def write_readme(args, summary: pd.DataFrame, captions: list[str]):

@@ -512,6 +512,36 @@ def cached_statistics(pop, table: pd.DataFrame | None) -> pd.DataFrame | None:
     return table
 
 
+@dataclass(frozen=True)
+class ConvergenceSpread:
+    """Two populations' grokking steps (members that grokked) and the Brown-Forsythe test of
+    equal spread between them (Levene's test about the median: grokking steps have a long
+    right tail); ``p`` is None with fewer than ``min_members`` grokked in either."""
+
+    a: pd.Series
+    b: pd.Series
+    statistic: float | None
+    p: float | None
+
+    @staticmethod
+    def cv(steps: pd.Series) -> float:
+        return float(steps.std() / steps.mean()) if len(steps) > 1 else float("nan")
+
+
+def grokking_steps(statistics: pd.DataFrame) -> pd.Series:
+    """Each member's grokking step from a population's checkpoint statistics (statistics.csv), NaN where it never grokked."""
+    return statistics.groupby("member")["grokking_step"].first()
+
+
+def convergence_spread(a: pd.DataFrame, b: pd.DataFrame, min_members: int = 3) -> ConvergenceSpread:
+    """Do populations ``a`` and ``b`` (their statistics tables) converge with different spreads?"""
+    ga, gb = grokking_steps(a).dropna(), grokking_steps(b).dropna()
+    if min(len(ga), len(gb)) < min_members:
+        return ConvergenceSpread(ga, gb, None, None)
+    test = sps.levene(ga, gb, center="median")
+    return ConvergenceSpread(ga, gb, float(test.statistic), float(test.pvalue))
+
+
 def analyze_population(pop, n_states: int | None = None, features=None, max_states: int = 8,
                        covariance: str = "diag", restarts: int = 5, seed: int = 0, progress: bool = True,
                        statistics: pd.DataFrame | None = None, criterion: str = "bic") -> dict:

@@ -70,9 +70,9 @@ def compile_loss(fn: Callable[..., Tensor], backend="inductor") -> Callable[...,
 
     AOTAutograd's partitioner by default saves a ReLU's mask (``pre <= 0``, bool) for the
     backward instead of recomputing it from the saved output, which the backward reads anyway
-    for the next matmul's gradient. Inductor's CPU store of a bool tensor is slow: ~2 ms for
-    the [256, 512] mask of a Hu et al. step, 16x eager's comparison and a fifth of the compiled
-    step (bench/README.md). With ``ban_recompute_materialized_backward`` off, the backward
+    for the next matmul's gradient. Inductor's CPU store of a bool tensor is slow (a compiled
+    ``y <= 0`` on [256, 512]: 1.8 ms, 16x eager's comparison); recomputing the mask makes the
+    compiled Hu et al. step 1.08-1.15x faster (bench/README.md). With ``ban_recompute_materialized_backward`` off, the backward
     kernel that uses the mask recomputes it. The partition also decides how some sums fuse, so
     it is part of a compiled run's rounding (compiled runs made under the default partition
     drift from these as any two roundings do: hu_modular's loss 1.2% apart by step 1000).

@@ -331,3 +331,19 @@ def test_the_training_map_draws_the_edges_that_carry_a_states_leaving_probabilit
     fig = latent_training_map(T, pd.Series([10, 10, 10]), {0: "a", 1: "b", 2: "c"}, [0.1, 0.5, 0.9], [0.0, 0.5, 1.0],
                               min_share=0.5)
     assert sorted(a.text for a in fig.layout.annotations if not a.showarrow) == ["0.03", "0.049"]
+
+
+def test_convergence_spread_is_the_brown_forsythe_test_from_its_definition():
+    # one-way ANOVA of each member's absolute deviation from its population's median grokking step
+    a = [3000.0, 3150, 3300, 2850, 3000, 3450, 3150, 2700]
+    b = [3000.0, 10350, 12150, 3300, 5250, 13500, 4500, 7200, None]
+    table = lambda steps: pd.DataFrame({"member": range(len(steps)), "grokking_step": steps})  # noqa: E731
+    sp = latent.convergence_spread(table(a), table(b))
+    za, zb = (np.abs(np.array(x) - np.median(x)) for x in (a, [v for v in b if v is not None]))
+    grand = np.concatenate([za, zb]).mean()
+    between = len(za) * (za.mean() - grand) ** 2 + len(zb) * (zb.mean() - grand) ** 2
+    within = ((za - za.mean()) ** 2).sum() + ((zb - zb.mean()) ** 2).sum()
+    f = between / (within / (len(za) + len(zb) - 2))
+    assert sp.statistic == pytest.approx(f, rel=1e-9)
+    assert len(sp.a) == 8 and len(sp.b) == 8  # the member that never grokked is left out
+    assert latent.convergence_spread(table(a[:2]), table(b)).p is None
