@@ -548,6 +548,31 @@ def dips(claim, path, root):
                   "the run's dip count correlates with the gap at r >= 0.7, p < 0.01")
 
 
+def hessian_lag(claim, path, root):
+    """Seed 004: with beta1 0 generalisation follows the Hessian's decline (its peak) at once,
+    with beta1 0.9 ~400 steps later. Two probed populations of one setting but beta1: ``data``
+    (beta1 0) and ``against`` (beta1 0.9); the lag is each grokked member's grokking step minus
+    its Hessian-peak step (``cycles.series_summary``)."""
+    d0, p0, s = _probed(path)
+    d9, p9, _ = _probed(root / claim["against"])
+    b0, b9 = d0["setting"]["train"]["betas"][0], d9["setting"]["train"]["betas"][0]
+    if (b0, b9) != (0.0, 0.9):
+        raise ValueError(f"expects a beta1 0 population and a beta1 0.9 one, got beta1 {b0} and {b9}")
+    lag0, lag9 = (pd.to_numeric(p["hessian_lag"], errors="coerce").dropna() for p in (p0, p9))
+    pub = claim["published"]["lag"]
+    rule = (f"the median lag at beta1 0.9 minus that at beta1 0 within 50% of the published ~{pub} steps "
+            f"(grokked members, >= 3 in each arm)")
+    arm = lambda lag, p, b: (f"median {lag.median():.0f} at beta1 {b:g} ({len(lag)} of {len(p)} grokked)"  # noqa: E731
+                             if len(lag) else f"none grokked at beta1 {b:g} (of {len(p)})")
+    s = s | {"beta1": "0, 0.9", "seeds": min(len(p0), len(p9))}
+    if len(lag0) < 3 or len(lag9) < 3:
+        return Result(f"lag (grokked - Hessian peak step): {arm(lag9, p9, b9)}; {arm(lag0, p0, b0)}", s,
+                      len(p0) + len(p9), None, rule + f" (too few grokked: {len(lag9)} and {len(lag0)})")
+    diff = lag9.median() - lag0.median()
+    return Result(f"lag (grokked - Hessian peak step): {arm(lag9, p9, b9)}; {arm(lag0, p0, b0)}; difference {diff:+.0f}",
+                  s, len(p0) + len(p9), abs(diff - pub) <= 0.5 * pub, rule)
+
+
 def limit_cycle(claim, path, root):
     d = _json(path)
     pub = claim["published"]
@@ -632,7 +657,7 @@ EXTRACT = {f.__name__: f for f in (freezing, weight_decay, single_run, parity, n
                                    beta1_flat, beta1_high, wd_rate, wd_no_memorise, grokfast, hessian, agreement,
                                    momentum, erank, dips, limit_cycle, transplant, embedding_transfer,
                                    transition_candidates,
-                                   seed002_addition, limit_cycle_own)}
+                                   seed002_addition, limit_cycle_own, hessian_lag)}
 
 
 # --- the ledger --------------------------------------------------------------------------------

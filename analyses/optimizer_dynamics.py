@@ -22,11 +22,21 @@ trainer; its members' seeds replace ``--seeds``) instead of training them here; 
 runs then start from the first member's seed, and at wd 1 an unprobed run is trained when the
 probed one is shorter than its budget (a sweep with ``--stop-after-grok`` ends soon after grokking).
 
-``--setting seed004`` is the ``seed004`` preset, seed 004's own setting as far as it is given:
+``--setting seed004`` is the ``seed004`` preset, seed 004's own setting as far as it is given, and
+with ``--set beta1=0`` the population for the Hessian's lag at beta1 0 (the ledger's
+004-hessian-lag-own row compares the two reports):
 
-    mechgrok sweep --preset seed004 --seeds 10 --stop-after-grok 5 --probe every=10 --out runs/seed004_probed
-    python analyses/optimizer_dynamics.py --setting seed004 --population runs/seed004_probed \
+    mechgrok sweep --preset seed004 --seeds 10 --stop-after-grok 5 --probe every=10 --out runs/seed004_probed \
+        --kept figures/dynamics/seed004/kept/probed
+    python analyses/optimizer_dynamics.py --setting seed004 --population figures/dynamics/seed004/kept/probed \
         --skip wd --figures figures/dynamics/seed004
+    mechgrok sweep --preset seed004 --set beta1=0 --seeds 10 --stop-after-grok 5 --probe every=10 \
+        --out runs/seed004_probed_beta1_0 --kept figures/dynamics/seed004/kept/probed_beta1_0
+    python analyses/optimizer_dynamics.py --setting seed004 --population figures/dynamics/seed004/kept/probed_beta1_0 \
+        --skip wd --figures figures/dynamics/seed004/beta1_0
+
+(the kept members hold each member's config, metrics and probes, all the report reads; the
+report's setting is the members', which must agree in everything but the seed)
 
 (``--skip wd``: the limit cycle at this setting, beta1 0 as in seed 004's sweep, is
 analyses/limit_cycle_seed004.py's, whose limit_cycle.* the wd part would overwrite there.)
@@ -44,6 +54,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -58,6 +69,7 @@ from mechgrok.plots import dips_vs_gap_scatter, dynamics_geometry, limit_cycle_f
 SEED_004 = {
     "hessian_rise": "~20x during memorisation",
     "hessian_peak_step": "falls from step ~600",
+    "hessian_lag": "~400 steps at beta1 0.9, almost none at beta1 0",
     "momentum_cos_plateau": "-0.1 to -0.3 after memorisation",
     "erank_drop": "drops 30-40% at the transition",
     "limit_wd0.25": "collapses to ~0.25 accuracy, re-grokking",
@@ -75,7 +87,8 @@ SETTINGS = {  # name: (base, how the report names it)
     # seed 004's own setting: the preset whose grokking step seed004_transition.py measured over seeds
     "seed004": ("seed004", "the seed004 preset (a+b mod 113, 2 layers; figures/dynamics/seed004/transition.md)"),
 }
-TABLE = ["seed", "memorised_step", "grokked_step", "delay", "hessian_rise", "hessian_peak_step", "agreement_first",
+TABLE = ["seed", "memorised_step", "grokked_step", "delay", "hessian_rise", "hessian_peak_step", "hessian_lag",
+         "agreement_first",
          "agreement_at_memorised", "momentum_cos_plateau", "erank_drop", "agreement_dips", "agreement_dips_before_grokked",
          "agreement_dips_plateau", "agreement_dips_per_100_steps", "agreement_dips_plateau_per_100_steps", "limit_verdict",
          "limit_test_acc_period", "limit_weight_norm_period", "limit_collapses"]
@@ -117,6 +130,12 @@ def main():
     base, root = mg.configure(base), args.out / args.setting
     population = sorted((r for p in args.population for r in mg.find_runs(p)), key=lambda r: r.config.train.seed) \
         if args.population else None
+    if population:  # the report's setting is the members' (a sweep may --set beta1=0), one for all but the seed
+        shared = {json.dumps(mg.configure(r.config, seed=0).to_dict(), sort_keys=True, default=str) for r in population}
+        if len(shared) > 1:
+            raise SystemExit(f"--population: the members differ in more than their seeds ({len(shared)} settings)")
+        base = mg.configure(population[0].config, seed=0)  # its stop rule stays the members' (the limit-cycle
+        base = replace(base, train=replace(base.train, stop_after_grok=None))  # runs train past grokking)
     seeds = [r.config.train.seed for r in population] if population else list(ex.parse_seeds(args.seeds))
     report, result, timing = [], {}, {}
 
@@ -154,6 +173,7 @@ def main():
              spread("delay", "{:.0f}")),
             ("Hessian top eigenvalue, peak / first probe", SEED_004["hessian_rise"], spread("hessian_rise", "{:.1f}x")),
             ("step of the Hessian peak (falls after)", SEED_004["hessian_peak_step"], spread("hessian_peak_step", "{:.0f}")),
+            ("grokking step - Hessian peak step (the lag)", SEED_004["hessian_lag"], spread("hessian_lag", "{:.0f}")),
             ("gradient agreement, first probe", "rises during memorisation", spread("agreement_first", "{:.2f}")),
             ("gradient agreement at memorisation", "(higher than at the start)", spread("agreement_at_memorised", "{:.2f}")),
             ("cos(exp_avg, gradient), mean memorised..grokked", SEED_004["momentum_cos_plateau"],
@@ -177,7 +197,8 @@ def main():
         made = (f"the members of the sweeps {', '.join(f'`{p}` ({sweep_note(p)})' for p in args.population)}, "
                 f"{len(seeds)} seeds" if population else
                 f"{args.steps} steps, every measure probed every {args.probe_every} steps")
-        report += [f"## Probed runs: {scale}; wd 1, betas (0.9, 0.98), seeds {seeds}, {made}\n",
+        report += [f"## Probed runs: {scale}; wd {base.train.weight_decay:g}, betas {tuple(base.train.betas)}, "
+                   f"seeds {seeds}, {made}\n",
                    "Ours: median [min, max] over the seeds. Seed 004: its own scale (mod 113, 2 layers, 30 seeds).\n",
                    ex.claims_table(claims, ("claim", "seed 004", "ours")), "", markdown_table(t.reindex(columns=TABLE)), ""]
 

@@ -51,7 +51,8 @@ class TrainConfig:
     # for measures that need the optimizer state after training (dynamics.momentum_alignment) and
     # for interventions that carry it from a checkpoint other than the last.
     keep_moments: bool = False
-    # torch.compile (inductor) the step: forward + loss + backward, and the optimizer update.
+    # torch.compile (inductor) the step: loss, gradient and update in one graph (Adam, AdamW;
+    # trainer.compile_train_step), or forward + loss + backward and the update as two graphs.
     # Faster where a step is fixed-cost bound (small batches, several layers), but it rounds
     # differently from the eager step, so a compiled run is not bit-identical to an eager one:
     # resume refuses to switch it (resume_config), like every other field that shapes the trajectory.

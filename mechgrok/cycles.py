@@ -216,6 +216,7 @@ def _at(dyn: pd.DataFrame, col: str, step: int | None) -> float:
 def series_summary(dyn: pd.DataFrame, memorised: int | None, grokked: int | None) -> dict:
     """What each probed series did around the transition (the numbers seed 004 quotes):
     ``hessian_rise`` = largest top eigenvalue / the first probe's, and where it peaked;
+    ``hessian_lag`` = the grokking step - that peak's step (the decline's start);
     agreement at the first probe, at memorisation and at grokking; the mean (and least) momentum
     cosine between memorisation and grokking (``momentum_cos_plateau``); and ``erank_drop`` =
     1 - (least effective rank within one gap after grokking, [grokked, grokked + (grokked -
@@ -227,7 +228,10 @@ def series_summary(dyn: pd.DataFrame, memorised: int | None, grokked: int | None
         out |= {"hessian_first": float(h[0]), "hessian_peak": float(h[i]),
                 "hessian_peak_step": int(dyn["step"].iloc[i]), "hessian_rise": float(h[i] / h[0]),
                 "hessian_at_grokked": _at(dyn, "hessian_top", grokked),
-                "hessian_final": float(h[-1])}
+                "hessian_final": float(h[-1]),
+                # seed 004: generalisation follows the curvature's decline at once with beta1 0,
+                # ~400 steps later with beta1 0.9 (the momentum buffer catching up)
+                "hessian_lag": None if grokked is None else grokked - int(dyn["step"].iloc[i])}
     if "agreement" in dyn and len(dyn):
         out |= {"agreement_first": float(dyn["agreement"].iloc[0]),
                 "agreement_at_memorised": _at(dyn, "agreement", memorised),

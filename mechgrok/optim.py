@@ -149,6 +149,68 @@ def compile_step(opt) -> Callable[[], None]:
     return torch.compile(opt.step)
 
 
+class FunctionalUpdate:
+    """An optimizer's update as a function of the gradients by parameter name, for torch's own
+    Adam and AdamW: the functional form their ``step`` calls (``torch.optim.adam.adam``), with
+    the arguments it passes, on the state it keeps, so that the update can be traced into one
+    graph with the gradient's computation (``trainer.compile_train_step``) without a graph
+    break: ``Optimizer.step`` breaks the graph on purpose around itself.
+
+    ``FunctionalUpdate.of(opt, params)`` is None for any other optimizer (or a fused or
+    differentiable group), which then steps as ``compile_step`` compiles it. ``start(names)``
+    creates the state of the parameters that will be stepped, as the step's lazy initialisation
+    does for a parameter with a gradient (a parameter never stepped keeps no state), before the
+    first call; a call steps the parameters named in ``grads``."""
+
+    def __init__(self, opt, params: dict[str, Tensor]):
+        self.opt, self.name_of = opt, {id(v): k for k, v in params.items()}
+        for g in opt.param_groups:  # as compile_step makes them
+            g["capturable"] = True
+            if not isinstance(g["lr"], Tensor):
+                g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float64, device=g["params"][0].device)
+
+    @classmethod
+    def of(cls, opt, params: dict[str, Tensor]) -> "FunctionalUpdate | None":
+        if type(opt) not in (torch.optim.Adam, torch.optim.AdamW) or any(
+                g["fused"] or g["differentiable"] for g in opt.param_groups):
+            return None
+        return cls(opt, params)
+
+    def start(self, names):
+        from torch.optim.optimizer import _get_scalar_dtype
+
+        names = set(names)
+        for g in self.opt.param_groups:
+            for p in g["params"]:
+                st = self.opt.state[p]
+                if self.name_of[id(p)] not in names:
+                    continue
+                if not st:
+                    st["step"] = torch.zeros((), dtype=_get_scalar_dtype(), device=p.device)
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if g["amsgrad"]:
+                        st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                else:  # a loaded state: a capturable step's count lives on the parameter's device
+                    st["step"] = st["step"].to(device=p.device, dtype=_get_scalar_dtype()).reshape(())
+
+    def __call__(self, grads: dict[str, Tensor]):
+        from torch.optim.adam import adam
+
+        for g in self.opt.param_groups:
+            ps = [p for p in g["params"] if self.name_of[id(p)] in grads]
+            state = [self.opt.state[p] for p in ps]
+            beta1, beta2 = g["betas"]
+            with torch.no_grad():
+                adam([p.detach() for p in ps], [grads[self.name_of[id(p)]] for p in ps],
+                     [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state],
+                     [s["max_exp_avg_sq"] for s in state] if g["amsgrad"] else [], [s["step"] for s in state],
+                     amsgrad=g["amsgrad"], has_complex=any(torch.is_complex(p) for p in ps), beta1=beta1,
+                     beta2=beta2, lr=g["lr"], weight_decay=g["weight_decay"], eps=g["eps"], maximize=g["maximize"],
+                     foreach=g["foreach"], capturable=True, differentiable=False, fused=None,
+                     decoupled_weight_decay=g["decoupled_weight_decay"])
+
+
 def _each(opt) -> list[torch.optim.Optimizer]:
     return opt.optimizers if isinstance(opt, Optimizers) else [opt]
 

@@ -38,7 +38,8 @@ from .locks import lock_dir
 from .measures import training_probe
 from .milestones import should_stop
 from .model import ModelConfig, Params, forward, init_params, per_example_loss, weight_sq
-from .optim import OptimizerFactory, compile_step, load_state_by_name, make_optimizer, set_lr, state_by_name
+from .optim import (FunctionalUpdate, OptimizerFactory, compile_step, load_state_by_name, make_optimizer,
+                    set_lr, state_by_name)
 from .runs import (MEMBERS_DIR, METRIC_COLUMNS, SWEEP_FILE, ResumeState, Run, RunWriter, checkpoint_path,
                    optimizer_state, read_resume_state)
 from .schedule import batch_indices, trainable_names, warmup_factor
@@ -85,6 +86,67 @@ def compile_loss(fn: Callable[..., Tensor], backend="inductor") -> Callable[...,
     def call(*args, **kwargs) -> Tensor:
         with torch._functorch.config.patch(ban_recompute_materialized_backward=False):
             return compiled(*args, **kwargs)
+
+    return call
+
+
+def compile_train_step(params: Params, names: list[str], opt, cfg: ModelConfig, loss: Loss = cross_entropy,
+                       backend="inductor") -> Callable[[Tensor, Tensor], Tensor] | None:
+    """``train.compile``'s step as one compiled graph: the loss of a batch, its gradient
+    (``torch.func.grad_and_value``) and the optimizer's update (``optim.FunctionalUpdate``)
+    in one call; it returns the loss and leaves the update applied to ``params`` and to
+    ``opt``'s state in place. None where the optimizer has no functional form (anything but
+    torch's Adam and AdamW): the trainer then compiles the loss (``compile_loss``) and the
+    update (``optim.compile_step``) as two graphs.
+
+    Why one graph: on small batches the two-graph step is still mostly fixed cost, the autograd
+    engine between the graphs, three guarded calls a step and the update's own kernels over
+    every tensor; in one graph inductor fuses the update into the gradient's kernels. It
+    computes what the two-graph step computes, fused differently: the same trajectory to
+    rounding (bit for bit on hu_modular on one thread, 1e-8 apart on tiny_cfg on two;
+    ``tests/test_compile.py``), 1.07-1.20x faster (bench/README.md).
+
+    A trainable parameter the loss does not reach gets a zero gradient from ``torch.func``,
+    where the autograd step leaves its ``grad`` None and the optimizer skips it (no decay, no
+    moment update). The first call finds such parameters with one eager gradient on two
+    examples and leaves them out of the update, as the autograd step does."""
+    update = FunctionalUpdate.of(opt, params)
+    if update is None:
+        return None
+    reached: list[str] = []
+    fixed: dict[str, Tensor] = {}  # the frozen parameters and those the loss does not reach
+
+    def step(tokens: Tensor, labels: Tensor) -> Tensor:
+        def of(trainable: dict[str, Tensor]) -> Tensor:
+            return loss_fn(fixed | trainable, cfg, tokens, labels, loss)
+
+        grads, value = torch.func.grad_and_value(of)({k: params[k].detach() for k in reached})
+        update(grads)
+        return value
+
+    compiled = torch.compile(step, backend=backend)
+
+    def call(tokens: Tensor, labels: Tensor) -> Tensor:
+        if not reached and not fixed:
+            grads = torch.autograd.grad(loss_fn(params, cfg, tokens[:2], labels[:2], loss), [params[k] for k in names],
+                                        allow_unused=True)
+            reached.extend(k for k, g in zip(names, grads) if g is not None)
+            fixed.update({k: v.detach() for k, v in params.items() if k not in reached})
+            update.start(reached)
+        if tokens.device.type != "cpu" or torch.get_num_threads() == 1:
+            return compiled(tokens, labels)
+        # on a CPU with more than one thread, inductor accumulates the embeddings' gradients
+        # (index_put with accumulate) with atomic adds in parallel loops, whose order, and so
+        # rounding, changes from run to run: a resumed run would not replay the uninterrupted
+        # one. In deterministic mode it lowers them to aten's serial index_put_ instead (on one
+        # thread the atomic adds run in order, and are 0.6 ms faster a step on hu_modular).
+        # Dynamo guards on the mode, so it is on around every call, compilation included.
+        before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            return compiled(tokens, labels)
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
     return call
 
@@ -267,9 +329,14 @@ def _train(cfg: RunConfig, task: Task, writer: RunWriter, state: ResumeState, fr
     opt = make_optimizer(params, names, tcfg, optimizer)
     if state.optimizer:
         load_state_by_name(opt, params, {k: v for k, v in state.optimizer.items() if k in names})
-    # train.compile: the forward + loss + backward as one compiled graph (AOTAutograd), and
-    # the update as another. On small batches a step is hundreds of small kernels plus autograd
-    # and Python (bench/README.md); compiled, they fuse. Evaluation stays eager.
+    gfilter = GradientFilter.from_config(tcfg)
+    if gfilter is not None and state.grokfast:
+        gfilter.load(state.grokfast, device)
+    # train.compile: loss, gradient and AdamW update as one compiled graph (compile_train_step);
+    # with another optimizer or a gradient filter between gradient and update, the forward +
+    # loss + backward as one graph (AOTAutograd) and the update as another. On small batches a
+    # step is hundreds of small kernels plus autograd and Python (bench/README.md); compiled,
+    # they fuse. Evaluation stays eager.
     # Dynamo caches compiled code per code object and, past its recompile limit (8), runs the
     # rest eagerly: the 9th compiled run of a process (a population trained in one loop) would
     # then take an eager step, which refuses compile_step's capturable CPU groups and would
@@ -277,10 +344,9 @@ def _train(cfg: RunConfig, task: Task, writer: RunWriter, state: ResumeState, fr
     # not depend on how many runs the process made before it.
     if tcfg.compile:
         torch.compiler.reset()
-    step_loss, opt_step = (compile_loss(loss_fn), compile_step(opt)) if tcfg.compile else (loss_fn, opt.step)
-    gfilter = GradientFilter.from_config(tcfg)
-    if gfilter is not None and state.grokfast:
-        gfilter.load(state.grokfast, device)
+    whole = compile_train_step(params, names, opt, mcfg, loss) if tcfg.compile and gfilter is None else None
+    if whole is None:
+        step_loss, opt_step = (compile_loss(loss_fn), compile_step(opt)) if tcfg.compile else (loss_fn, opt.step)
 
     inputs, labels = task.inputs.to(device), task.labels.to(device)
     train_x, train_y = inputs[task.train_idx.to(device)], labels[task.train_idx.to(device)]
@@ -317,20 +383,23 @@ def _train(cfg: RunConfig, task: Task, writer: RunWriter, state: ResumeState, fr
         idx = batch_indices(step, len(train_y), tcfg.batch_size, tcfg.seed)
         x, y = (train_x, train_y) if idx is None else (train_x[idx.to(device)], train_y[idx.to(device)])
         set_lr(opt, warmup_factor(step, tcfg.warmup_steps))
-        value = step_loss(params, mcfg, x, y, loss)
+        # the one-graph step has updated the weights by the time its loss is seen; a non-finite
+        # loss stops the run either way before anything after the last good checkpoint is saved
+        value = step_loss(params, mcfg, x, y, loss) if whole is None else whole(x, y)
         if not torch.isfinite(value):
             bar.close()
             raise TrainingDiverged(
                 f"loss became {value.item()} at step {step}: training stopped. The last good "
                 f"checkpoint is step {last_good} in {out} (resume.safetensors and "
                 f"{checkpoint_path(out, last_good).name}); try a lower lr or more warm-up.")
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        if gfilter is not None:
-            filtered = gfilter({k: params[k].grad for k in names})
-            for k in names:
-                params[k].grad = filtered[k]
-        opt_step()
+        if whole is None:
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            if gfilter is not None:
+                filtered = gfilter({k: params[k].grad for k in names})
+                for k in names:
+                    params[k].grad = filtered[k]
+            opt_step()
         done = step + 1
         if probe is not None and done % probe_every == 0:
             moments = state_by_name(opt, params)

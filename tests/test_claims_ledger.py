@@ -426,3 +426,36 @@ def test_the_transplant_row_reads_its_studys_own_settings_and_says_whether_the_r
     assert r.agrees is True and r.n == 3
     r = study([0.009, 0.012, 0.25], None)  # one recipient well above chance; the preset's own split
     assert "(not at chance" in r.ours and r.setting["frac"] == 0.5
+
+
+def test_the_hessian_lag_compares_a_beta1_0_population_with_a_beta1_09_one(ledger_script, tmp_path):
+    from mechgrok.presets import get_preset
+
+    root = _copy_data(tmp_path)
+    own = root / "figures/dynamics/seed004/optimizer_dynamics.json"
+    zero = root / "figures/dynamics/seed004/beta1_0/optimizer_dynamics.json"
+    zero.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(path, beta1, lags):
+        cfg = configure("seed004", beta1=beta1).to_dict()
+        path.write_text(json.dumps({"setting": cfg, "probed": [
+            {"seed": i, "hessian_lag": lag, "grokked_step": None if lag is None else 300 + lag, "hessian_rise": 9.0,
+             "hessian_peak": 9.0, "hessian_final": 1.0, "hessian_peak_step": 300, "agreement_first": -0.5,
+             "agreement_at_memorised": 0.2, "momentum_cos_plateau": -0.2, "momentum_cos_plateau_min": -0.4,
+             "erank_drop": 0.3} for i, lag in enumerate(lags)], "dips_vs_gap": {"r": 0.0, "n": 0, "p": 1.0}}))
+
+    by = lambda: {r["id"]: r for r in ledger_script.ledger(root)}  # noqa: E731
+    write(own, 0.9, [400 + 10 * (i % 3) for i in range(30)])  # median 410
+    write(zero, 0.0, [20] * 29 + [None])  # median 20: 390 apart, within 50% of 400
+    row = by()["004-hessian-lag-own"]
+    assert row["verdict"] == "reproduced" and row["n"] == 60 and row["our_setting"]["seeds"] == 30
+    assert row["ours"] == ("lag (grokked - Hessian peak step): median 410 at beta1 0.9 (30 of 30 grokked); "
+                           "median 20 at beta1 0 (29 of 30 grokked); difference +390")
+    write(zero, 0.0, [250] * 30)  # 160 apart: more than 50% off
+    assert by()["004-hessian-lag-own"]["verdict"].startswith("not reproduced")
+    write(zero, 0.0, [20, 20] + [None] * 28)  # two grokked members: nothing to compare
+    assert by()["004-hessian-lag-own"]["verdict"] == "no test"
+    write(own, 0.0, [410] * 30)  # two beta1-0 populations are not the comparison
+    with pytest.raises(ValueError, match="beta1 0 population and a beta1 0.9 one"):
+        ledger_script.ledger(root)
+    assert get_preset("seed004").train.betas[0] == 0.9

@@ -422,6 +422,8 @@ def test_series_summary_on_planted_series():
                         "momentum_cos": momentum, "grad_erank": erank})
     out = cy.series_summary(dyn, memorised=100, grokked=300)
     assert out["hessian_rise"] == pytest.approx(10.0) and out["hessian_peak_step"] == 100
+    assert out["hessian_lag"] == 300 - 100
+    assert cy.series_summary(dyn, memorised=100, grokked=None)["hessian_lag"] is None
     assert out["agreement_first"] == pytest.approx(-0.8)
     assert out["momentum_cos_plateau"] == pytest.approx(-0.2)
     # window after grokking: [300, 500] (one gap); plateau [100, 300] has median 20
