@@ -151,6 +151,47 @@ def compile_train_step(params: Params, names: list[str], opt, cfg: ModelConfig, 
     return call
 
 
+def make_step(params: Params, names: list[str], opt, cfg: ModelConfig, loss: Loss, compile: bool,
+              gfilter: GradientFilter | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """One training step on a batch, ``step(tokens, labels) -> loss``: gradient of the loss,
+    the gradient filter if any, the optimizer's update. A non-finite loss is returned before
+    the update (the trainer stops the run), except from the one-graph compiled step, which has
+    updated the weights by the time its loss is seen; either way nothing after the last good
+    checkpoint is saved.
+
+    ``compile`` (``train.compile``): loss, gradient and Adam/AdamW update as one compiled graph
+    (``compile_train_step``); with another optimizer or a gradient filter between gradient and
+    update, the forward + loss + backward as one graph (``compile_loss``) and the update as
+    another (``optim.compile_step``). On small batches a step is hundreds of small kernels plus
+    autograd and Python (bench/README.md); compiled, they fuse. Dynamo caches compiled code per
+    code object and, past its recompile limit (8), runs the rest eagerly: the 9th compiled run
+    of a process (a population trained in one loop) would then take an eager step, which
+    refuses compile_step's capturable CPU groups and would round differently anyway. So each
+    compiled step starts from an empty cache, and its numbers do not depend on how many runs
+    the process made before it."""
+    if compile:
+        torch.compiler.reset()
+        whole = compile_train_step(params, names, opt, cfg, loss) if gfilter is None else None
+        if whole is not None:
+            return whole
+    step_loss, update = (compile_loss(loss_fn), compile_step(opt)) if compile else (loss_fn, opt.step)
+
+    def step(tokens: Tensor, labels: Tensor) -> Tensor:
+        value = step_loss(params, cfg, tokens, labels, loss)
+        if not torch.isfinite(value):
+            return value
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        if gfilter is not None:
+            filtered = gfilter({k: params[k].grad for k in names})
+            for k in names:
+                params[k].grad = filtered[k]
+        update()
+        return value
+
+    return step
+
+
 def _label(fn) -> str | None:
     return None if fn is None else f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
@@ -332,21 +373,7 @@ def _train(cfg: RunConfig, task: Task, writer: RunWriter, state: ResumeState, fr
     gfilter = GradientFilter.from_config(tcfg)
     if gfilter is not None and state.grokfast:
         gfilter.load(state.grokfast, device)
-    # train.compile: loss, gradient and AdamW update as one compiled graph (compile_train_step);
-    # with another optimizer or a gradient filter between gradient and update, the forward +
-    # loss + backward as one graph (AOTAutograd) and the update as another. On small batches a
-    # step is hundreds of small kernels plus autograd and Python (bench/README.md); compiled,
-    # they fuse. Evaluation stays eager.
-    # Dynamo caches compiled code per code object and, past its recompile limit (8), runs the
-    # rest eagerly: the 9th compiled run of a process (a population trained in one loop) would
-    # then take an eager step, which refuses compile_step's capturable CPU groups and would
-    # round differently anyway. Each compiled run starts from an empty cache, so its numbers do
-    # not depend on how many runs the process made before it.
-    if tcfg.compile:
-        torch.compiler.reset()
-    whole = compile_train_step(params, names, opt, mcfg, loss) if tcfg.compile and gfilter is None else None
-    if whole is None:
-        step_loss, opt_step = (compile_loss(loss_fn), compile_step(opt)) if tcfg.compile else (loss_fn, opt.step)
+    take_step = make_step(params, names, opt, mcfg, loss, tcfg.compile, gfilter)
 
     inputs, labels = task.inputs.to(device), task.labels.to(device)
     train_x, train_y = inputs[task.train_idx.to(device)], labels[task.train_idx.to(device)]
@@ -383,23 +410,13 @@ def _train(cfg: RunConfig, task: Task, writer: RunWriter, state: ResumeState, fr
         idx = batch_indices(step, len(train_y), tcfg.batch_size, tcfg.seed)
         x, y = (train_x, train_y) if idx is None else (train_x[idx.to(device)], train_y[idx.to(device)])
         set_lr(opt, warmup_factor(step, tcfg.warmup_steps))
-        # the one-graph step has updated the weights by the time its loss is seen; a non-finite
-        # loss stops the run either way before anything after the last good checkpoint is saved
-        value = step_loss(params, mcfg, x, y, loss) if whole is None else whole(x, y)
+        value = take_step(x, y)
         if not torch.isfinite(value):
             bar.close()
             raise TrainingDiverged(
                 f"loss became {value.item()} at step {step}: training stopped. The last good "
                 f"checkpoint is step {last_good} in {out} (resume.safetensors and "
                 f"{checkpoint_path(out, last_good).name}); try a lower lr or more warm-up.")
-        if whole is None:
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            if gfilter is not None:
-                filtered = gfilter({k: params[k].grad for k in names})
-                for k in names:
-                    params[k].grad = filtered[k]
-            opt_step()
         done = step + 1
         if probe is not None and done % probe_every == 0:
             moments = state_by_name(opt, params)

@@ -296,3 +296,32 @@ def test_one_graph_step_only_for_adam_and_adamw(tiny_cfg):
     for name, has in (("sgd", False), ("muon", False), ("adam", True), ("adamw", True)):
         opt = make_optimizer(params, list(params), replace(tiny_cfg.train, optimizer=name))
         assert (compile_train_step(params, list(params), opt, mcfg, backend="eager") is not None) == has, name
+
+
+def test_make_step_takes_the_one_graph_step_unless_a_gradient_filter_sits_between(tiny_cfg, monkeypatch):
+    import mechgrok.trainer as trainer
+    from mechgrok.grokfast import GradientFilter
+    from mechgrok.optim import make_optimizer
+
+    task = mg.Task(tiny_cfg.task)
+    mcfg = tiny_cfg.model.resolve(task)
+    params = {k: v.requires_grad_() for k, v in mg.init_params(mcfg).items()}
+    opt = make_optimizer(params, list(params), tiny_cfg.train)
+    one_graph = object()
+    monkeypatch.setattr(trainer, "compile_train_step", lambda *args, **kwargs: one_graph)
+    assert trainer.make_step(params, list(params), opt, mcfg, trainer.cross_entropy, True) is one_graph
+    # Grokfast changes the gradient between backward and update: the two-graph step (built
+    # lazily: nothing compiles until it is called), never the one graph
+    gfilter = GradientFilter("ema", 0.98, 2.0, 100)
+    assert trainer.make_step(params, list(params), opt, mcfg, trainer.cross_entropy, True, gfilter) is not one_graph
+    # eager: the autograd step, which stops before the update on a non-finite loss (an optimizer
+    # of its own: compile_step made the groups above capturable, which an eager CPU step refuses)
+    opt = make_optimizer(params, list(params), tiny_cfg.train)
+    step = trainer.make_step(params, list(params), opt, mcfg, trainer.cross_entropy, False)
+    before = {k: v.detach().clone() for k, v in params.items()}
+    x, y = task.train_inputs, task.train_labels
+    assert torch.isfinite(step(x, y)) and not torch.equal(params["embed.W_E"], before["embed.W_E"])
+    moved = {k: v.detach().clone() for k, v in params.items()}
+    nan_loss = lambda logits, labels: (logits.sum() * float("nan")).double()  # noqa: E731
+    bad = trainer.make_step(params, list(params), opt, mcfg, nan_loss, False)
+    assert not torch.isfinite(bad(x, y)) and all(torch.equal(params[k], moved[k]) for k in params)
