@@ -171,7 +171,8 @@ def main(argv=None) -> dict:
 
 def sweeps(cfg: mg.RunConfig, dev: torch.device, root: Path, steps: int) -> dict:
     """--full, on the fastest device: the ensemble's wall time over one run's for 1..256 members,
-    measure_run at 400 checkpoints, and bench/train_step.py's configs (TL / mechgrok, floor)."""
+    measure_run at 400 checkpoints, and bench/train_step.py's configs (TL / mechgrok, floor; on a
+    GPU also compiled, the two small-batch configs)."""
     import train_step
 
     out = {"device": dev.type, "ensemble": [], "train_step": []}
@@ -184,6 +185,13 @@ def sweeps(cfg: mg.RunConfig, dev: torch.device, root: Path, steps: int) -> dict
     out["measure_run_400_s"] = measure_run_s(run, NANDA_FREQS, dev)
     print(f"sweep {dev.type}: measure_run at 400 checkpoints {out['measure_run_400_s']:.1f} s", flush=True)
     out["train_step"] = train_step.main(["--device", dev.type])
+    if dev.type == "cuda":  # the small-batch configs compiled (train.compile's one graph), where compiling pays
+        try:
+            out["train_step_compiled"] = train_step.main(["--device", "cuda", "--compile", "--configs",
+                                                          "1layer_b256,4layer_b64"])
+        except Exception as e:  # a compile failure must not lose the sweeps above
+            out["train_step_compiled"] = f"failed: {type(e).__name__}: {e}"
+            print(f"sweep cuda: compiled train_step failed: {out['train_step_compiled']}", flush=True)
     return out
 
 
