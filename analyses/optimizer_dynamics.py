@@ -130,6 +130,11 @@ def main():
     base, root = mg.configure(base), args.out / args.setting
     population = sorted((r for p in args.population for r in mg.find_runs(p)), key=lambda r: r.config.train.seed) \
         if args.population else None
+    unfinished = [r for r in population or () if not ex.is_finished(r)]
+    if unfinished:  # a member still training would enter the report with half its run
+        raise SystemExit(f"--population: {len(unfinished)} member(s) have not finished ({unfinished[0].path} at step "
+                         f"{int(unfinished[0].metrics['step'].max())} of {unfinished[0].config.train.steps}): wait "
+                         f"for the sweep, or pass its --kept directory, which holds finished members only")
     if population:  # the report's setting is the members' (a sweep may --set beta1=0), one for all but the seed
         shared = {json.dumps(mg.configure(r.config, seed=0).to_dict(), sort_keys=True, default=str) for r in population}
         if len(shared) > 1:

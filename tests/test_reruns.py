@@ -328,3 +328,34 @@ def test_limit_cycle_seed004_keeps_its_members_and_its_section_reads_the_report(
     monkeypatch.setattr(population, "train_chunk", lambda *a, **k: pytest.fail("a kept member was trained again"))
     run_script(lc, monkeypatch, *["--out", tmp_path / "fresh", *args[2:]])
     assert json.loads((tmp_path / "limit_cycle.json").read_text())["rows"] == d["rows"]
+
+
+# --- seed 004's optimizer dynamics over a probed population -------------------------------------
+
+
+def test_optimizer_dynamics_reports_its_members_setting_and_refuses_unfinished_members(tiny_cfg, monkeypatch,
+                                                                                       tmp_path):
+    """The report's setting is the members' (a population at beta1 0 must not be reported as the
+    preset's beta1 0.9, which the ledger's Hessian-lag row would then compare with itself), and a
+    member still training must not enter the report."""
+    from mechgrok import dynamics as dy
+
+    mod = script("optimizer_dynamics", monkeypatch)
+    base = mg.configure(tiny_cfg, steps=20, beta1=0.0, eval_every=10, checkpoint_every=10)
+    for s in (0, 1):
+        cfg = mg.configure(base, seed=s)
+        mg.train(cfg, tmp_path / "pop" / f"s{s}", progress=False, probe_every=10,
+                 probe=dy.make_probe(cfg, measures=dy.MEASURES, hessian_iters=1, rank_n=4))
+    argv = ["--setting", "seed004", "--population", tmp_path / "pop", "--skip", "wd", "--figures", tmp_path / "fig",
+            "--out", tmp_path / "runs"]
+    run_script(mod, monkeypatch, *argv)
+    d = json.loads((tmp_path / "fig/optimizer_dynamics.json").read_text())
+    assert d["setting"]["train"]["betas"] == [0.0, tiny_cfg.train.betas[1]] and d["setting"]["task"]["p"] == 23
+    assert [r["seed"] for r in d["probed"]] == [0, 1] and all("hessian_lag" in r for r in d["probed"])
+    assert "betas (0.0, 0.98)" in (tmp_path / "fig/optimizer_dynamics.md").read_text()
+    # a member whose budget is past its last step: still training (or stopped), not reported
+    c = json.loads((tmp_path / "pop/s1/config.json").read_text())
+    c["train"]["steps"] = 40
+    (tmp_path / "pop/s1/config.json").write_text(json.dumps(c))
+    with pytest.raises(SystemExit, match=r"1 member\(s\) have not finished \(.*s1 at step 20 of 40\)"):
+        run_script(mod, monkeypatch, *argv)
