@@ -27,6 +27,7 @@ import pandas as pd
 
 from mechgrok import experiment as ex
 from mechgrok.claims import Result, describe, differences, setting_of, verdict
+from mechgrok.cycles import erank_window_full
 from mechgrok.presets import configure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -530,11 +531,22 @@ def momentum(claim, path, root):
 
 
 def erank(claim, path, root):
+    """The drop is the least effective rank within one gap past grokking against the plateau's
+    median: tested on the members that ran that whole window (``cycles.erank_window_full``), not
+    on those the stop rule ended inside it, whose least rank may still have been falling."""
     d, p, s = _probed(path)
     lo, hi = claim["published"]["range"]
-    m = p["erank_drop"].median()
-    return Result(f"median drop {m:.0%}; >= 30% in {int((p['erank_drop'] >= lo).sum())} of {int(p['erank_drop'].notna().sum())}",
-                  s, len(p), lo - 0.05 <= m <= hi + 0.05, "median drop within 5 points of the published range")
+    full = p.loc[erank_window_full(p), "erank_drop"].dropna()
+    rule = "median drop within 5 points of the published range, over the members that ran one gap past grokking"
+    every = p["erank_drop"].dropna()
+    ours = (f"median drop {full.median():.0%} over the {len(full)} of {len(p)} members that ran one gap past "
+            f"grokking (>= 30% in {int((full >= lo).sum())}); over all {len(every)} with a drop: "
+            f"{every.median():.0%}" if len(full) else
+            f"no member ran one gap past grokking; over all {len(every)} with a drop: median {every.median():.0%}")
+    if len(full) < 3:
+        return Result(ours, s, len(p), None, rule + f" (>= 3 needed, {len(full)} did)")
+    m = full.median()
+    return Result(ours, s, len(p), lo - 0.05 <= m <= hi + 0.05, rule)
 
 
 def dips(claim, path, root):

@@ -170,6 +170,7 @@ def main():
         delay = pd.to_numeric(pd.Series(col("delay")), errors="coerce")
         corr, before = (cy.pearson(col(c), delay) for c in ("agreement_dips", "agreement_dips_before_grokked"))
         every = cy.dips_vs_gap_all(t)
+        full_window = cy.erank_window_full(t)  # the stop rule may end a run inside the erank window
         claims = [
             ("grokked within the budget", "all (wd 1)", f"{int(t['grokked'].sum())}/{len(t)}"),
             ("memorised step / grokked step", "-", f"{spread('memorised_step', '{:.0f}')} / "
@@ -184,8 +185,10 @@ def main():
             ("cos(exp_avg, gradient), mean memorised..grokked", SEED_004["momentum_cos_plateau"],
              spread("momentum_cos_plateau", "{:.2f}")),
             ("cos(exp_avg, gradient), min memorised..grokked", "-", spread("momentum_cos_plateau_min", "{:.2f}")),
-            ("effective rank: 1 - least within one gap after grokking / plateau median", SEED_004["erank_drop"],
-             spread("erank_drop", "{:.0%}")),
+            ("effective rank: 1 - least within one gap after grokking / plateau median (members that ran that "
+             "whole gap)", SEED_004["erank_drop"],
+             f"{ex.median_range(t.loc[full_window, 'erank_drop'] if 'erank_drop' in t else [], '{:.0%}')} "
+             f"({int(full_window.sum())} of {len(t)}; all members: {spread('erank_drop', '{:.0%}')})"),
             ("step of that least effective rank", "-", spread("erank_min_step", "{:.0f}")),
             ("limit cycle at wd 1: verdicts", "oscillation",
              ", ".join(f"{k} {v}" for k, v in t["limit_verdict"].value_counts().to_dict().items())),

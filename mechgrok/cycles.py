@@ -252,6 +252,17 @@ def series_summary(dyn: pd.DataFrame, memorised: int | None, grokked: int | None
     return out
 
 
+def erank_window_full(table: pd.DataFrame) -> pd.Series:
+    """Per ``run_summary`` row: whether the run went on for the whole window ``erank_drop``
+    looks in, one gap past grokking ([grokked, 2 grokked - memorised]); a run stopped soon after
+    grokking (``--stop-after-grok``) sees only its start, where the rank may still be falling."""
+    need = {"grokked_step", "memorised_step", "last_step"}
+    if not need <= set(table):
+        return pd.Series(False, index=table.index)
+    g, m, last = (pd.to_numeric(table[c], errors="coerce") for c in ("grokked_step", "memorised_step", "last_step"))
+    return (last >= 2 * g - m).fillna(False).astype(bool)
+
+
 def run_summary(run, dyn: pd.DataFrame | None = None, prominence: float = 0.1) -> dict:
     """One row per run: transition metrics, the series summary (``series_summary``), agreement
     dips (count over the whole run, and up to the grokking step), and the limit cycle. ``dyn`` defaults to ``dynamics.csv``."""

@@ -459,3 +459,23 @@ def test_the_hessian_lag_compares_a_beta1_0_population_with_a_beta1_09_one(ledge
     with pytest.raises(ValueError, match="beta1 0 population and a beta1 0.9 one"):
         ledger_script.ledger(root)
     assert get_preset("seed004").train.betas[0] == 0.9
+
+
+def test_the_erank_drop_is_tested_on_members_that_ran_one_gap_past_grokking(ledger_script, tmp_path):
+    root = _copy_data(tmp_path)
+    path = root / "figures/dynamics/preset/optimizer_dynamics.json"
+    d = json.loads(path.read_text())
+    by = lambda: {r["id"]: r for r in ledger_script.ledger(root)}["004-erank"]  # noqa: E731
+    for i, r in enumerate(d["probed"]):  # every member stopped 50 steps after grokking, with a 35% drop
+        r.update(memorised_step=100, grokked_step=300, last_step=350, erank_drop=0.35)
+    path.write_text(json.dumps(d))
+    assert by()["verdict"] == "no test" and "(>= 3 needed, 0 did)" in by()["test"]
+    for r in d["probed"][:3]:  # three ran the whole gap, [300, 500], and dropped 5%
+        r.update(last_step=500, erank_drop=0.05)
+    path.write_text(json.dumps(d))
+    row = by()
+    assert row["verdict"].startswith("not reproduced") and row["ours"].startswith("median drop 5% over the 3 of 30")
+    for r in d["probed"][:3]:
+        r.update(erank_drop=0.33)
+    path.write_text(json.dumps(d))
+    assert by()["verdict"] == "reproduced"

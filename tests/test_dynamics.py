@@ -445,3 +445,11 @@ def test_momentum_alignment_reads_kept_moments_files(probed_population, tmp_path
     save_tensors(mg.runs.moments_path(run_dir, 0), {f"opt.{k}.exp_avg": -v.float() for k, v in g.items()}
                  | {f"opt.{k}.exp_avg_sq": (v * v).float() for k, v in g.items()})
     assert dy.momentum_alignment(run, 0) == pytest.approx(-1.0, abs=1e-5)
+
+
+def test_the_erank_window_is_full_only_for_runs_that_went_one_gap_past_grokking():
+    t = pd.DataFrame({"memorised_step": [100, 100, 100, None], "grokked_step": [300, 300, None, 300],
+                      "last_step": [500, 490, 3000, 600]})
+    # window [300, 500]: the first ran it all, the second stopped at 490, the third never grokked
+    assert cy.erank_window_full(t).tolist() == [True, False, False, False]
+    assert cy.erank_window_full(t.drop(columns="last_step")).tolist() == [False] * 4
