@@ -186,7 +186,7 @@ from torch._inductor.compile_fx import compile_fx
 import mechgrok as mg
 from mechgrok.trainer import compile_loss, loss_fn
 
-cfg = mg.RunConfig.from_dict(json.loads(sys.argv[1]))
+cfg = mg.configure(mg.RunConfig.from_dict(json.loads(sys.argv[1])), optimizer=sys.argv[2])
 task = mg.Task(cfg.task)
 mcfg = cfg.model.resolve(task)
 params = {k: v.clone().requires_grad_(True) for k, v in mg.init_params(mcfg).items()}
@@ -234,7 +234,7 @@ import mechgrok as mg
 from mechgrok.optim import make_optimizer, state_by_name
 from mechgrok.trainer import compile_train_step, loss_fn
 
-cfg = mg.RunConfig.from_dict(json.loads(sys.argv[1]))
+cfg = mg.configure(mg.RunConfig.from_dict(json.loads(sys.argv[1])), optimizer=sys.argv[2])
 task = mg.Task(cfg.task)
 mcfg = cfg.model.resolve(task)
 base = mg.init_params(mcfg) | {"unread": torch.ones(3)}
@@ -266,8 +266,9 @@ print(json.dumps({
 """
 
 
-def test_one_graph_step_is_the_autograd_step_and_skips_what_the_loss_does_not_reach(tiny_cfg):
-    done = subprocess.run([sys.executable, "-c", _ONE_GRAPH, json.dumps(tiny_cfg.to_dict())],
+@pytest.mark.parametrize("optimizer", ["adamw", "adam"])  # decoupled weight decay, and Adam's L2 penalty
+def test_one_graph_step_is_the_autograd_step_and_skips_what_the_loss_does_not_reach(tiny_cfg, optimizer):
+    done = subprocess.run([sys.executable, "-c", _ONE_GRAPH, json.dumps(tiny_cfg.to_dict()), optimizer],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads(done.stdout.strip().splitlines()[-1])
