@@ -101,13 +101,17 @@ def corr_text(c) -> str:
 
 
 def sweep_note(path) -> str:
-    """Seeds, probe and fixed settings of a sweep, from its sweep.json (what the report must say)."""
+    """Seeds, probe and fixed settings of a sweep, from its sweep.json, and its finished members'
+    training time, from its manifest (what the report must say)."""
     try:
         sw = json.loads((path / "sweep.json").read_text())
     except (OSError, ValueError):
         return "sweep.json unreadable"
     sw = sw.get("sweep", sw)
-    return f"seeds {sw.get('seeds')}, probe {sw.get('probe')!r}, fixed {sw.get('fixed')}"
+    done = mg.population.read_manifest(path)
+    took = (f"; {len(done)} finished members, {sum(r.get('seconds', 0) for r in done.values()) / 60:.1f} min of "
+            f"training in all (each member's wall time)" if done else "")
+    return f"planned seeds {sw.get('seeds')}, probe {sw.get('probe')!r}, fixed {sw.get('fixed')}{took}"
 
 
 def main():
