@@ -186,7 +186,7 @@ from torch._inductor.compile_fx import compile_fx
 import mechgrok as mg
 from mechgrok.trainer import compile_loss, loss_fn
 
-cfg = mg.configure(mg.RunConfig.from_dict(json.loads(sys.argv[1])), optimizer=sys.argv[2])
+cfg = mg.RunConfig.from_dict(json.loads(sys.argv[1]))
 task = mg.Task(cfg.task)
 mcfg = cfg.model.resolve(task)
 params = {k: v.clone().requires_grad_(True) for k, v in mg.init_params(mcfg).items()}
