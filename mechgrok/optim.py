@@ -142,11 +142,17 @@ def compile_step(opt) -> Callable[[], None]:
     in place, which torch accepts only with ``capturable=True`` (the step count kept as a
     tensor on the parameters' device). Other optimizers keep a float lr and recompile
     during warm-up."""
+    _capturable_groups(opt)
+    return torch.compile(opt.step)
+
+
+def _capturable_groups(opt):
+    """Each group that can take it capturable, with its lr a 0-d tensor ``set_lr`` fills."""
     for g in opt.param_groups:
         if "capturable" in g:
             g["capturable"] = True
-            g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float64, device=g["params"][0].device)
-    return torch.compile(opt.step)
+            if not isinstance(g["lr"], Tensor):
+                g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float64, device=g["params"][0].device)
 
 
 class FunctionalUpdate:
@@ -164,10 +170,7 @@ class FunctionalUpdate:
 
     def __init__(self, opt, params: dict[str, Tensor]):
         self.opt, self.name_of = opt, {id(v): k for k, v in params.items()}
-        for g in opt.param_groups:  # as compile_step makes them
-            g["capturable"] = True
-            if not isinstance(g["lr"], Tensor):
-                g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float64, device=g["params"][0].device)
+        _capturable_groups(opt)
 
     @classmethod
     def of(cls, opt, params: dict[str, Tensor]) -> "FunctionalUpdate | None":
