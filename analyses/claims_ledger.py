@@ -880,10 +880,13 @@ def transplant_block(root: Path) -> str:
             + (f" Seeds {left}: the base run did not grok, left out." if left else ""))
 
 
-def transplant_dynamics_block(root: Path) -> str:
-    """figures/README's `dynamics` transplant: fourier_transplant.py's own summary of its JSON,
-    the plateau seeds, and the evidence that the recipients are (not) at chance."""
-    d = _json(root / "figures/fourier_transplant_dynamics.json")
+def transplant_dynamics_block(root: Path, name: str = "fourier_transplant_dynamics") -> str:
+    """figures/README's transplant on a preset (``name``: its JSON under figures/):
+    fourier_transplant.py's own summary of its JSON, the plateau seeds, and the evidence that
+    the recipients are (not) at chance."""
+    if not (root / f"figures/{name}.json").exists():
+        return f"Not run yet: `figures/{name}.json` does not exist."
+    d = _json(root / f"figures/{name}.json")
     lines = _script("fourier_transplant").plateau_summary(d)
     rows = [r for r in d["rows"] if "control_grokking_step" in r]
     ev = [r["evidence"] for r in rows if r.get("evidence")]
@@ -1092,6 +1095,7 @@ BLOCKS = {  # name -> (file, renderer)
     "claims-transplant": ("figures/README.md", transplant_block),
     "claims-plateau-transplant": ("figures/README.md", plateau_transplant_block),
     "claims-transplant-dynamics": ("figures/README.md", transplant_dynamics_block),
+    "claims-transplant-seed004": ("figures/README.md", lambda root: transplant_dynamics_block(root, "fourier_transplant_seed004")),
     "claims-embedding": ("figures/README.md", embedding_block),
     "claims-ablation": ("figures/README.md", ablation_block),
     "claims-momentum": ("figures/README.md", momentum_block),
