@@ -179,7 +179,7 @@ def main():
             ("grokked within the budget", "all (wd 1)", f"{int(t['grokked'].sum())}/{len(t)}"),
             ("memorised step / grokked step", "-", f"{spread('memorised_step', '{:.0f}')} / "
                                                    f"{spread('grokked_step', '{:.0f}')}"),
-            ("grokking gap (grokked - memorised), steps", "~300 at wd 1, beta1 <= 0.4 (ours: beta1 0.9)",
+            ("grokking gap (grokked - memorised), steps", f"~300 at wd 1, beta1 <= 0.4 (ours: beta1 {base.train.betas[0]:g})",
              spread("delay", "{:.0f}")),
             ("Hessian top eigenvalue, peak / first probe", SEED_004["hessian_rise"], spread("hessian_rise", "{:.1f}x")),
             ("step of the Hessian peak (falls after)", SEED_004["hessian_peak_step"], spread("hessian_peak_step", "{:.0f}")),

@@ -352,7 +352,8 @@ def test_optimizer_dynamics_reports_its_members_setting_and_refuses_unfinished_m
     d = json.loads((tmp_path / "fig/optimizer_dynamics.json").read_text())
     assert d["setting"]["train"]["betas"] == [0.0, tiny_cfg.train.betas[1]] and d["setting"]["task"]["p"] == 23
     assert [r["seed"] for r in d["probed"]] == [0, 1] and all("hessian_lag" in r for r in d["probed"])
-    assert "betas (0.0, 0.98)" in (tmp_path / "fig/optimizer_dynamics.md").read_text()
+    md = (tmp_path / "fig/optimizer_dynamics.md").read_text()
+    assert "betas (0.0, 0.98)" in md and "(ours: beta1 0)" in md and "(ours: beta1 0.9)" not in md
     # a member whose budget is past its last step: still training (or stopped), not reported
     c = json.loads((tmp_path / "pop/s1/config.json").read_text())
     c["train"]["steps"] = 40
