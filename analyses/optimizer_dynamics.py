@@ -166,7 +166,8 @@ def main():
             tr = transition_metrics(run.metrics)
             save_figure(dynamics_geometry(run.metrics, mg.runs.read_dynamics(run),
                                           {"memorised": tr.memorised_step, "grokked": tr.grokked_step},
-                                          title=f"{run.task.describe()}, wd 1, seed {s}: what the geometry is doing"),
+                                          title=f"{run.task.describe()}, wd {run.config.train.weight_decay:g}, beta1 "
+                                                f"{run.config.train.betas[0]:g}, seed {s}: what the geometry is doing"),
                         args.figures / f"geometry_s{s}")
         result["probed"] = t.to_dict("records")
         col = lambda c: t[c] if c in t else [None] * len(t)  # noqa: E731
