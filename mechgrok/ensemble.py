@@ -255,6 +255,7 @@ class _Members:
 
     def __init__(self, cfgs, tasks, writers, states, device):
         self.cfgs, self.tasks, self.writers = list(cfgs), list(tasks), list(writers)
+        self.left_grokked = 0  # members that grokked and left: the progress bar counts them too
         c0 = cfgs[0]
         self.mcfg = c0.model.resolve(tasks[0])
         self.names = trainable_names(states[0].params, c0.train.frozen)
@@ -411,7 +412,7 @@ def _train_members(cfgs, tasks, writers, states, fresh: bool, progress: bool, ve
         is_ckpt = step % ckpt_every == 0
         if is_eval:
             nonfinite = _evaluate_and_retire(mem, step, nonfinite, vectorize, is_ckpt, n_total)
-            n_grok = sum(1 for w in mem.writers if grokked_step(w.rows) is not None)
+            n_grok = mem.left_grokked + sum(1 for w in mem.writers if grokked_step(w.rows) is not None)
             bar.set_postfix(members=len(mem), grokked=n_grok, refresh=False)
         elif is_ckpt:  # a diverged member keeps its last good checkpoint; it leaves at the next evaluation
             bad = _diverged(mem, nonfinite)
@@ -568,4 +569,5 @@ def _leave(mem: _Members, step: int, rows_done: list[tuple[int, str]], checkpoin
         last = step if status != "diverged" else read_resume_state(w.path).step
         _write_status(w.path, status, last, w.rows, n_total)
     gone = {i for i, _ in rows_done}
+    mem.left_grokked += sum(grokked_step(mem.writers[i].rows) is not None for i in gone)
     mem.keep([i for i in range(len(mem)) if i not in gone])

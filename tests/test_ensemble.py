@@ -95,10 +95,27 @@ def test_grokfast_ema_member_with_the_default_alpha_equals_its_solo_run(tmp_path
 GROKS = dict(TINY, frac=0.8, lr=1e-2, weight_decay=2.0, d_head=16, d_model=32, d_mlp=64, eval_every=5)
 
 
-def test_stop_after_grok_members_stop_where_their_solo_runs_stop(tmp_path):
+class _Bar:
+    """tqdm's stand-in: keeps what the progress bar was told to show."""
+    postfixes: list[dict] = []
+
+    def __init__(self, *a, **kw):
+        pass
+
+    def set_postfix(self, refresh=True, **kw):
+        _Bar.postfixes.append(kw)
+
+    update = close = lambda self, *a: None
+
+
+def test_stop_after_grok_members_stop_where_their_solo_runs_stop(tmp_path, monkeypatch):
     base = configure("demo", **GROKS, steps=250, stop_after_grok=2, seed=0)
     cfgs = [base, replace(base, train=replace(base.train, lr=8e-3))]
-    members = train_ensemble(cfgs, [tmp_path / f"m{i}" for i in range(2)], progress=False)
+    monkeypatch.setattr(mg.ensemble, "tqdm", _Bar)
+    _Bar.postfixes = []
+    members = train_ensemble(cfgs, [tmp_path / f"m{i}" for i in range(2)], progress=True)
+    # the bar counts the members that grokked and left, not only those still training
+    assert _Bar.postfixes[-1] == {"members": 0, "grokked": 2}
     lasts = []
     for i, (cfg, member) in enumerate(zip(cfgs, members)):
         solo = mg.train(cfg, tmp_path / f"solo{i}", progress=False)
