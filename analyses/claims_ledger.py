@@ -636,21 +636,30 @@ def limit_cycle_own(claim, path, root):
 
 
 def transplant(claim, path, root):
+    """The Fourier arm against the untouched recipient: restarted through the arms' own pipeline
+    where the JSON has that arm (so a restart's own effect cancels), else the base run itself."""
     d = _json(path)
     rows = [r for r in d["rows"] if r.get("control_grokking_step") is not None and r.get("fourier_grokking_step") is not None]
-    f_c = [r["fourier_grokking_step"] - r["control_grokking_step"] for r in rows]
+    restarted = bool(rows) and all("restart_grokking_step" in r for r in rows)
+    ctrl = "restart" if restarted else "control"
+    rows = [r for r in rows if r[f"{ctrl}_grokking_step"] is not None]
+    f_c = [r["fourier_grokking_step"] - r[f"{ctrl}_grokking_step"] for r in rows]
     f_n = [r["fourier_grokking_step"] - r["non_fourier_grokking_step"] for r in rows if r.get("non_fourier_grokking_step")]
     cfg = ex.apply_overrides(configure(d["preset"]), d.get("set") or [])
     s = setting_of(cfg.to_dict(), seeds=len(d["rows"]))
     acc = [r["recipient_test_acc"] for r in rows]
     chance = 1 / cfg.task.p  # at chance: within twice the accuracy of a uniform guess
     state = "at chance" if acc and max(acc) <= 2 * chance else "not at chance"
-    ours = (f"{len(rows)} plateau seeds: Fourier minus untouched median {_med(f_c):+g} steps (sooner in "
-            f"{sum(x < 0 for x in f_c)}); Fourier minus as many non-Fourier neurons median {_med(f_n):+g}; "
+    restart = ([r["restart_grokking_step"] - r["control_grokking_step"] for r in rows] if restarted else [])
+    ours = (f"{len(rows)} plateau seeds: Fourier minus untouched{' (restarted like the arms)' if restarted else ''} "
+            f"median {_med(f_c):+g} steps (sooner in {sum(x < 0 for x in f_c)}); Fourier minus as many non-Fourier "
+            f"neurons median {_med(f_n):+g}; "
+            + (f"the restart alone against the base run median {_med(restart):+g}; " if restarted else "") +
             f"recipient test acc {min(acc, default=float('nan')):.3f}-{max(acc, default=float('nan')):.3f} "
             f"({state}: chance is {chance:.3f})")
     return Result(ours, s, len(rows), abs(_med(f_c)) <= 10,
-                  "median Fourier-arm minus untouched grokking step within one 10-step evaluation of 0")
+                  f"median Fourier-arm minus untouched{' (restarted)' if restarted else ''} grokking step within one "
+                  f"10-step evaluation of 0")
 
 
 def embedding_transfer(claim, path, root):

@@ -16,15 +16,17 @@ figures/fourier_transplant.{html,png,md,json}.
     python analyses/fourier_transplant.py --preset dynamics --seeds 0-9     # seed 004's setting
 
 With ``--preset``: a population of base runs of the preset (one ensemble, ``stop_after_grok``,
-AdamW moments kept at every checkpoint) and three arms per seed from the recipient checkpoint
+AdamW moments kept at every checkpoint) and four arms per seed from the recipient checkpoint
 (``--recipient-step``, default half-way along the memorising plateau), all carrying the
 recipient's own AdamW moments, so the untouched arm is the base run itself: (1) control;
 (2) the donor's Fourier-clustered last-layer neurons transplanted; (3) as many of its NOT
-clustered neurons, chosen at random (seeded). Arms (2) and (3) of every seed train as one
-ensemble until they grok (or ``--arm-steps``). Writes figures/fourier_transplant_dynamics.*; a
-re-run resumes what is missing. ``--summarise`` trains nothing and reports what the run
-directories hold (unfinished ones listed as such); ``--merge`` adds this invocation's seeds to
-the JSON's rows (earlier seeds keep their rows; each invocation's command and wall time are kept):
+clustered neurons, chosen at random (seeded); (4) the recipient untouched, restarted through the
+same pipeline: what the restart alone does (arm 1 is the base run, which never restarted). Arms
+(2)-(4) of every seed train as one ensemble until they grok (or ``--arm-steps``). Writes
+figures/fourier_transplant_dynamics.*; a re-run resumes what is missing (an older study's
+seeds gain arm 4). ``--summarise`` trains nothing and reports what the run directories hold
+(unfinished ones listed as such); ``--merge`` adds this invocation's seeds to the JSON's rows
+(earlier seeds keep their rows; each invocation's command and wall time are kept):
 
     python analyses/fourier_transplant.py --preset dynamics --seeds 0-19
     python analyses/fourier_transplant.py --preset dynamics --seeds 20-29 --merge
@@ -68,7 +70,13 @@ SMALL_COLUMNS = ["seed", "base run: memorised / grokked", "clustered neurons mov
 SEED_COLUMNS = ["seed", "memorised / grokked (base)", "recipient step: train / test acc, test loss",
                 "embedding Gini: init / recipient / donor", "clustered neurons: init / recipient (on donor's freqs) / donor",
                 "moved: Fourier / non-Fourier", "test acc right after: Fourier / non-Fourier arm",
-                "grokking step: control / Fourier / non-Fourier"]
+                "grokking step: control / Fourier / non-Fourier (/ restarted)"]
+# seed 004's arms: the base run itself (control); the two transplants; and the recipient restarted
+# untouched through the arms' pipeline, which measures what the restart alone does (a JSON made
+# before that arm existed has no "restart" keys: it is reported without it)
+ARMS = {"control (untouched)": "control", "Fourier neurons transplanted": "fourier",
+        "as many non-Fourier neurons": "non_fourier", "untouched, restarted like the arms": "restart"}
+TRAINED_ARMS = ("fourier", "non_fourier", "restart")
 
 
 def main():
@@ -237,8 +245,9 @@ def plateau_main(args, stem):
         opt = read_optimizer_state(base, r_step)
         if opt is None:
             raise SystemExit(f"{base.path} kept no AdamW moments at step {r_step}: base runs need keep_moments")
-        for arm, neurons in (("fourier", fourier), ("non_fourier", non_fourier)):
-            params = iv.transplant_neurons(base, base, neurons, layer, donor_step, r_step)
+        for arm, neurons in zip(TRAINED_ARMS, (fourier, non_fourier, None)):
+            params = (base.params(r_step) if neurons is None else
+                      iv.transplant_neurons(base, base, neurons, layer, donor_step, r_step))
             after = iv.evaluate_with_hooks(params, base.model_cfg, base.task)
             row[f"{arm}_after_test_acc"], row[f"{arm}_after_train_acc"] = after["test_acc"], after["train_acc"]
             train = replace(base.config.train, keep_moments=False, steps=min(base.config.train.steps, r_step + args.arm_steps))
@@ -253,7 +262,7 @@ def plateau_main(args, stem):
         by_out |= {str(a.path): a for a in arms if a is not None}
     for row in (r for r in rows if "skipped" not in r):
         arms = {arm: by_out.get(str(args.out / f"seed{row['seed']}" / f"{arm}_{row['recipient_step']}"))
-                for arm in ("fourier", "non_fourier")}
+                for arm in TRAINED_ARMS}
         if None in arms.values():
             row["skipped"] = "transplant arms not finished"
             continue
@@ -276,8 +285,7 @@ def plateau_summary(result: dict) -> list[str]:
     """The arms' summary table and the Fourier-vs-non-Fourier comparison, as markdown lines
     (figures/README.md's section is written from this too: analyses/claims_ledger.py)."""
     rows = [r for r in result["rows"] if "control_grokking_step" in r]
-    arms = {"control (untouched)": "control", "Fourier neurons transplanted": "fourier",
-            "as many non-Fourier neurons": "non_fourier"}
+    arms = _arms(rows)
     steps = {name: [r[f"{key}_grokking_step"] for r in rows] for name, key in arms.items()}
     after = {name: [None if g is None else g - r["recipient_step"] for g, r in zip(v, rows)] for name, v in steps.items()}
     bound = _bound(result, rows)
@@ -292,18 +300,25 @@ def plateau_summary(result: dict) -> list[str]:
             f"the last checkpoint of each plateau with test accuracy <= {result['recipient_max_test_acc']:g}")
     sets = f" with {', '.join(result['set'])}" if result.get("set") else ""
     lines = [f"`{result['preset']}` preset{sets}, {len(result['rows'])} seeds, {len(rows)} with a memorising plateau "
-             f"(grokked >= {result['min_delay']} steps after memorising) and all three arms finished; recipient = "
+             f"(grokked >= {result['min_delay']} steps after memorising) and all {len(arms)} arms finished; recipient = "
              f"{rule}; grokking step = first evaluation with test accuracy "
              f"> 0.9; arms trained up to {result['arm_steps']} steps past the recipient (or the preset's step budget), "
              f"stopping 3 evaluations after grokking. Delay = grokking step minus the recipient step; paired = "
              f"the arm's delay minus the control's, per seed (seeds where both grokked).", "",
              markdown_table(table).rstrip("\n")]
-    d = ex.paired_differences(*(steps[k] for k in ("Fourier neurons transplanted", "as many non-Fourier neurons")))
-    if d.diffs:
-        lines += ["", f"Fourier arm minus non-Fourier arm, grokking step per seed: median {d.median:g}; the Fourier "
-                      f"arm sooner in {d.below}, equal in {d.equal}, later in {d.above} of {len(d.diffs)} seeds "
-                      f"(Wilcoxon signed-rank over the unequal pairs: p = {d.p:.2g})."]
+    for other, what in (("as many non-Fourier neurons", "non-Fourier arm"),
+                        ("untouched, restarted like the arms", "restarted recipient")):
+        d = ex.paired_differences(steps["Fourier neurons transplanted"], steps[other]) if other in steps else None
+        if d is not None and d.diffs:
+            lines += ["", f"Fourier arm minus {what}, grokking step per seed: median {d.median:g}; the Fourier "
+                          f"arm sooner in {d.below}, equal in {d.equal}, later in {d.above} of {len(d.diffs)} seeds "
+                          f"(Wilcoxon signed-rank over the unequal pairs: p = {d.p:.2g})."]
     return lines
+
+
+def _arms(rows: list[dict]) -> dict[str, str]:
+    """ARMS that every one of ``rows`` has (the restart arm is missing from older JSONs)."""
+    return {name: key for name, key in ARMS.items() if all(f"{key}_grokking_step" in r for r in rows)}
 
 
 def _bound(result: dict, rows: list[dict]) -> int:
@@ -317,8 +332,7 @@ def _bound(result: dict, rows: list[dict]) -> int:
 def plateau_report(result: dict, stem) -> str:
     """Prints the arms' distributions, draws the figure; returns the markdown report."""
     rows = [r for r in result["rows"] if "control_grokking_step" in r]
-    arms = {"control (untouched)": "control", "Fourier neurons transplanted": "fourier",
-            "as many non-Fourier neurons": "non_fourier"}
+    arms = _arms(rows)
     steps = {name: [r[f"{key}_grokking_step"] for r in rows] for name, key in arms.items()}
     after = {name: [None if g is None else g - r["recipient_step"] for g, r in zip(v, rows)] for name, v in steps.items()}
     for name in arms:
@@ -353,7 +367,7 @@ def seed_cells(r: dict) -> dict:
     """One seed's row of the per-seed table (arms unfinished: the evidence only)."""
     ev = r.get("evidence")
     ends = [r[f"{a}_grokking_step"] or f"not by {r.get(f'{a}_last_step')}" if f"{a}_grokking_step" in r
-            else "unfinished" for a in ("control", "fourier", "non_fourier")]
+            else "unfinished" for a in ("control", *TRAINED_ARMS) if a != "restart" or f"{a}_grokking_step" in r]
     return dict(zip(SEED_COLUMNS, (
         str(r["seed"]), f"{r['base_memorisation_step']} / {r['base_grokking_step']}",
         f"{r['recipient_step']}: {r['recipient_train_acc']:.3f} / {r['recipient_test_acc']:.3f}, "

@@ -427,6 +427,20 @@ def test_the_transplant_row_reads_its_studys_own_settings_and_says_whether_the_r
     r = study([0.009, 0.012, 0.25], None)  # one recipient well above chance; the preset's own split
     assert "(not at chance" in r.ours and r.setting["frac"] == 0.5
 
+    # a study with the restarted-recipient arm: the Fourier arm is measured against it, not the base run
+    path = tmp_path / "transplant.json"
+    rows = [{"seed": s, "control_grokking_step": 900, "restart_grokking_step": 850, "fourier_grokking_step": 850 + d,
+             "non_fourier_grokking_step": 850, "recipient_test_acc": 0.5} for s, d in enumerate((-10, 0, 10))]
+    path.write_text(json.dumps({"preset": "seed004", "set": None, "rows": rows}))
+    r = ledger_script.transplant({}, path, tmp_path)
+    assert r.agrees is True and "(restarted like the arms) median +0" in r.ours
+    assert "restart alone against the base run median -50" in r.ours and "(restarted)" in r.rule
+    for row in rows:
+        del row["restart_grokking_step"]
+    path.write_text(json.dumps({"preset": "seed004", "set": None, "rows": rows}))
+    r = ledger_script.transplant({}, path, tmp_path)  # no such arm: against the base run, 50 steps sooner
+    assert r.agrees is False and "untouched median -50" in r.ours
+
 
 def test_the_hessian_lag_compares_a_beta1_0_population_with_a_beta1_09_one(ledger_script, tmp_path):
     from mechgrok.presets import get_preset

@@ -360,3 +360,31 @@ def test_optimizer_dynamics_reports_its_members_setting_and_refuses_unfinished_m
     (tmp_path / "pop/s1/config.json").write_text(json.dumps(c))
     with pytest.raises(SystemExit, match=r"1 member\(s\) have not finished \(.*s1 at step 20 of 40\)"):
         run_script(mod, monkeypatch, *argv)
+
+
+def test_seed004_transplant_restarts_the_untouched_recipient_like_the_arms_and_it_replays_the_base_run(
+        monkeypatch, tmp_path):
+    """fourier_transplant.py --preset's fourth arm: the recipient restarted untouched through the
+    arms' own pipeline (its checkpoint, its AdamW moments, an ensemble of the arms). It must grok
+    where the base run did, so that a gain of the transplant arms over the base run is not the
+    restart's; the ledger's transplant rows compare the Fourier arm with it."""
+    mod = script("fourier_transplant", monkeypatch)
+    # a+b mod 23 on a small model whose seed 1 memorises at 100 and groks at 280 (measured)
+    fields = ["p=23", "n_layers=1", "d_model=32", "d_head=8", "d_mlp=64", "frac=0.7", "weight_decay=2", "lr=0.01",
+              "steps=800"]
+    run_script(mod, monkeypatch, "--preset", "dynamics", *[a for f in fields for a in ("--set", f)], "--seeds", "1-1",
+               "--min-delay", "50", "--arm-steps", "400", "--out", tmp_path / "runs", "--figures", tmp_path / "fig",
+               "--threads", "1")
+    report = next((tmp_path / "fig").glob("fourier_transplant_dynamics_*.json"))
+    row = json.loads(report.read_text())["rows"][0]
+    assert "skipped" not in row, row
+    assert row["base_memorisation_step"] < row["recipient_step"] < row["base_grokking_step"]
+    assert row["restart_after_test_acc"] == pytest.approx(row["recipient_test_acc"], abs=1e-6)
+    assert row["restart_grokking_step"] == row["control_grokking_step"]
+    restarted = mg.load_run(tmp_path / "runs" / "seed1" / f"restart_{row['recipient_step']}").metrics.set_index("step")
+    base = mg.load_run(tmp_path / "runs" / "seed1" / "base").metrics.set_index("step")
+    both = restarted.index.intersection(base.index)
+    assert len(both) > 5
+    np.testing.assert_allclose(restarted.loc[both, "train_loss"], base.loc[both, "train_loss"], rtol=1e-3)
+    md = report.with_suffix(".md").read_text()
+    assert "untouched, restarted like the arms" in md and "Fourier arm minus restarted recipient" in md
