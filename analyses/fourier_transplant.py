@@ -77,6 +77,7 @@ SEED_COLUMNS = ["seed", "memorised / grokked (base)", "recipient step: train / t
 ARMS = {"control (untouched)": "control", "Fourier neurons transplanted": "fourier",
         "as many non-Fourier neurons": "non_fourier", "untouched, restarted like the arms": "restart"}
 TRAINED_ARMS = ("fourier", "non_fourier", "restart")
+ARM_STEPS, MIN_DELAY = 600, 150  # --arm-steps, --min-delay
 
 
 def main():
@@ -93,8 +94,8 @@ def main():
                     help="with --preset: the recipient is the last plateau checkpoint whose test accuracy is at most "
                          "this (seed 004's recipient is at chance: e.g. 0.02 for p=113), not the half-way one")
     ap.add_argument("--stop-after-grok", type=int, default=3)
-    ap.add_argument("--arm-steps", type=int, default=600, help="with --preset: budget of the arms after the transplant")
-    ap.add_argument("--min-delay", type=int, default=150,
+    ap.add_argument("--arm-steps", type=int, default=ARM_STEPS, help="with --preset: budget of the arms after the transplant")
+    ap.add_argument("--min-delay", type=int, default=MIN_DELAY,
                     help="with --preset: a seed has a plateau if it groks at least this many steps after memorising")
     ap.add_argument("--summarise", action="store_true",
                     help="with --preset: train nothing, report what the run directories under --out hold")
@@ -342,12 +343,16 @@ def plateau_report(result: dict, stem) -> str:
               "last-layer neurons with > 85% of their variance on one frequency, of 512; Gini = embedding "
               "spectrum's Gini over k >= 1):", "", markdown_table([seed_cells(r) for r in result["rows"]
                                                                    if "recipient_step" in r], SEED_COLUMNS).rstrip("\n")]
-    for inv in result.get("invocations", []):
+    for inv in result.get("invocations") or [result]:  # one call without --merge: the result is its own record
         a = inv["args"]
         wall = f"{inv['wall_s']} s" if inv["wall_s"] is not None else "a --summarise pass (training time in figures/README.md)"
         sets = "".join(f" --set {v}" for v in result.get("set") or [])  # merge_rows: the same in every invocation
         rule = (f" --recipient-max-test-acc {result['recipient_max_test_acc']:g}"
                 if result.get("recipient_max_test_acc") is not None else "")
+        # the fields --merge requires to match, where not the defaults: the command must rebuild the study
+        rule += "".join(f" --{flag} {result[key]}" for flag, key, default in
+                        (("arm-steps", "arm_steps", ARM_STEPS), ("min-delay", "min_delay", MIN_DELAY))
+                        if result.get(key) not in (None, default))
         lines += ["", f"Rows of seeds {a['seeds']}: `python analyses/fourier_transplant.py --preset {a['preset']}{sets}"
                       f"{rule} --seeds {a['seeds']}{' --merge' if a.get('merge') == 'True' else ''}`, {wall} on "
                       f"{inv['provenance'].get('cpu_cores')} CPU cores, made {inv['provenance'].get('made')}."]

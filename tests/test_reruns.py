@@ -388,3 +388,5 @@ def test_seed004_transplant_restarts_the_untouched_recipient_like_the_arms_and_i
     np.testing.assert_allclose(restarted.loc[both, "train_loss"], base.loc[both, "train_loss"], rtol=1e-3)
     md = report.with_suffix(".md").read_text()
     assert "untouched, restarted like the arms" in md and "Fourier arm minus restarted recipient" in md
+    # the command the report gives rebuilds this study: the settings --merge requires to match are in it
+    assert "--arm-steps 400 --min-delay 50 --seeds 1-1`" in md
