@@ -205,8 +205,9 @@ def main():
             *[(f"{cy.DIP_COUNTS[c]} vs gap", "-", corr_text(every[c])) for c in list(cy.DIP_COUNTS)[1:]]]
         result["dips_vs_gap"] = corr.to_dict() | {"before_grokked": before.to_dict()} | {
             c: every[c].to_dict() for c in list(cy.DIP_COUNTS)[1:]}
-        save_figure(dips_vs_gap_scatter(t, corr.r, corr.n, corr.p, title=f"agreement dips vs gap ({args.setting})",
-                                        rate=every["agreement_dips_per_100_steps"]), args.figures / "dips_vs_gap")
+        if "agreement_dips" in t:  # a population probed for some measures only (e.g. measures=rank) has none
+            save_figure(dips_vs_gap_scatter(t, corr.r, corr.n, corr.p, title=f"agreement dips vs gap ({args.setting})",
+                                            rate=every["agreement_dips_per_100_steps"]), args.figures / "dips_vs_gap")
         made = (f"the members of the sweeps {', '.join(f'`{p}` ({sweep_note(p)})' for p in args.population)}, "
                 f"{len(seeds)} seeds" if population else
                 f"{args.steps} steps, every measure probed every {args.probe_every} steps")

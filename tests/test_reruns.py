@@ -390,3 +390,21 @@ def test_seed004_transplant_restarts_the_untouched_recipient_like_the_arms_and_i
     assert "untouched, restarted like the arms" in md and "Fourier arm minus restarted recipient" in md
     # the command the report gives rebuilds this study: the settings --merge requires to match are in it
     assert "--arm-steps 400 --min-delay 50 --seeds 1-1`" in md
+
+
+def test_optimizer_dynamics_reports_a_population_probed_for_the_rank_only(tiny_cfg, monkeypatch, tmp_path):
+    """A population probed with ``measures=rank`` (the erank-past-grokking one) has no agreement
+    dips: the report must still be written, with the rank drop, instead of failing on the dips figure."""
+    from mechgrok import dynamics as dy
+
+    mod = script("optimizer_dynamics", monkeypatch)
+    base = mg.configure(tiny_cfg, steps=20, eval_every=10, checkpoint_every=10)
+    for s in (0, 1):
+        cfg = mg.configure(base, seed=s)
+        mg.train(cfg, tmp_path / "pop" / f"s{s}", progress=False, probe_every=10,
+                 probe=dy.make_probe(cfg, measures=("rank",), rank_n=4))
+    run_script(mod, monkeypatch, "--setting", "seed004", "--population", tmp_path / "pop", "--skip", "wd",
+               "--figures", tmp_path / "fig", "--out", tmp_path / "runs")
+    d = json.loads((tmp_path / "fig/optimizer_dynamics.json").read_text())
+    assert [r["seed"] for r in d["probed"]] == [0, 1] and not (tmp_path / "fig/dips_vs_gap.html").exists()
+    assert "effective rank" in (tmp_path / "fig/optimizer_dynamics.md").read_text()
