@@ -635,6 +635,15 @@ def limit_cycle_own(claim, path, root):
     return Result(per_seed, s, len(rows), ok, rule)
 
 
+def _recipient_state(rows: list[dict]) -> str:
+    """The recipients' train accuracy and last-layer neurons clustered on one frequency (their Fourier
+    features), where the study recorded them."""
+    if not rows or not all("recipient_train_acc" in r and "recipient_clustered" in r for r in rows):
+        return ""
+    tr, cl = [r["recipient_train_acc"] for r in rows], [r["recipient_clustered"] for r in rows]
+    return f", train acc {min(tr):.2f}-{max(tr):.2f}, {min(cl)}-{max(cl)} neurons clustered on one frequency"
+
+
 def transplant(claim, path, root):
     """The Fourier arm against the untouched recipient: restarted through the arms' own pipeline
     where the JSON has that arm (so a restart's own effect cancels), else the base run itself."""
@@ -656,7 +665,7 @@ def transplant(claim, path, root):
             f"neurons median {_med(f_n):+g}; "
             + (f"the restart alone against the base run median {_med(restart):+g}; " if restarted else "") +
             f"recipient test acc {min(acc, default=float('nan')):.3f}-{max(acc, default=float('nan')):.3f} "
-            f"({state}: chance is {chance:.3f})")
+            f"({state}: chance is {chance:.3f})" + _recipient_state(rows))
     return Result(ours, s, len(rows), abs(_med(f_c)) <= 10,
                   f"median Fourier-arm minus untouched{' (restarted)' if restarted else ''} grokking step within one "
                   f"10-step evaluation of 0")
@@ -804,7 +813,7 @@ def freezing_block(root: Path, stem: str = "freezing_phases") -> str:
     path = root / f"figures/{stem}.json"
     if not path.exists():
         return (f"Not run yet: `python analyses/freezing_phases.py --full --compile` (figures/{stem}.json; sized in "
-                f"\"Runs at the seeds' own settings not made yet\" below).")
+                f"\"Runs at the seeds' own settings\" below).")
     d = _json(path)
     meta = d["meta"]
     s1, s2 = meta["from_steps"]
@@ -889,6 +898,25 @@ def transplant_block(root: Path) -> str:
             + (f" Seeds {left}: the base run did not grok, left out." if left else ""))
 
 
+def _chance_trajectories(d: dict) -> str:
+    """Per seed of an at-chance transplant study, from its checkpoints up to memorisation: where test
+    accuracy first leaves chance and where the first last-layer neuron clusters on one frequency."""
+    lim, out, gaps, same = d.get("recipient_max_test_acc"), [], set(), 0
+    for r in (r for r in d["rows"] if r.get("trajectory")):
+        tr = r["trajectory"]
+        gaps |= {b["step"] - a["step"] for a, b in zip(tr, tr[1:])}
+        up = next((t["step"] for t in tr if t["test_acc"] > lim), None)
+        cl = next((t for t in tr if t["clustered"] > 0), None)
+        same += up is not None and cl is not None and up == cl["step"]
+        out.append(f"seed {r['seed']}: test accuracy first above {lim:g} at step {up if up is not None else 'none'}, "
+                   f"first neuron clustered at step " + (f"{cl['step']} ({cl['clustered']} neuron{'s' * (cl['clustered'] != 1)})" if cl else "none"))
+    if not out:
+        return ""
+    every = "/".join(str(g) for g in sorted(gaps))
+    return (f"Checkpoints up to memorisation (every {every} steps): " + "; ".join(out) + f". The two are the same "
+            f"checkpoint in {same} of {len(out)} seeds.")
+
+
 def transplant_dynamics_block(root: Path, name: str = "fourier_transplant_dynamics") -> str:
     """figures/README's transplant on a preset (``name``: its JSON under figures/):
     fourier_transplant.py's own summary of its JSON, the plateau seeds, and the evidence that
@@ -902,14 +930,21 @@ def transplant_dynamics_block(root: Path, name: str = "fourier_transplant_dynami
     rng = lambda xs, f="{:.2f}": f"{f.format(min(xs))}-{f.format(max(xs))}"  # noqa: E731
     p = configure(d["preset"]).task.p
     lines += ["", f"Plateau seeds: {[r['seed'] for r in rows]}. At the recipient step, test accuracy "
-                  f"{rng([r['recipient_test_acc'] for r in rows])} (chance 1/{p} = {1 / p:.3f}) and test loss "
-                  f"{rng([r['recipient_test_loss'] for r in rows])} (chance ln {p} = {math.log(p):.2f})."]
+                  f"{rng([r['recipient_test_acc'] for r in rows], '{:.3f}')} (chance 1/{p} = {1 / p:.3f}) and test loss "
+                  f"{rng([r['recipient_test_loss'] for r in rows])} (chance ln {p} = {math.log(p):.2f})"
+                  + (f", train accuracy {rng([r['recipient_train_acc'] for r in rows])}" if rows else "") + "."]
     if ev:
         g = {k: rng([e[k]["embedding_gini"] for e in ev]) for k in ("init", "recipient", "donor")}
         c = {k: rng([e[k]["clustered"] for e in ev], "{:d}") for k in ("init", "recipient", "donor")}
         lines[-1] += (f" Embedding-spectrum Gini (k >= 1): {g['init']} at init, {g['recipient']} at the recipient, "
                       f"{g['donor']} at the donor; last-layer neurons clustered on one frequency: {c['init']}, "
                       f"{c['recipient']}, {c['donor']}.")
+    traj = _chance_trajectories(d)
+    if traj:
+        lines += ["", traj]
+    left = [f"{r['seed']} ({r['skipped']})" for r in d["rows"] if r.get("skipped")]
+    if left:
+        lines[-1] += f" Seeds left out: {'; '.join(left)}."
     return "\n".join(lines)
 
 
@@ -1098,13 +1133,105 @@ def presets_block(root: Path) -> str:
     return "\n".join(out)
 
 
+def _kept_setting(spec: dict) -> str:
+    """What a kept sweep varied and fixed, in the words of its command's --set flags."""
+    parts = [f"{k} {v}" for k, v in spec.get("fixed", {}).items() if k != "device"]
+    parts += [f"probe {spec['probe']}"] if spec.get("probe") else []
+    arms = [", ".join(f"{k} {v}" for k, v in s.items()) for s in spec.get("settings", [])]
+    return "; ".join(parts + ([f"arms: {' / '.join(arms)}"] if arms else [])) or "the preset"
+
+
+def kept_block(root: Path) -> str:
+    """One row per committed ``kept/`` population: how many of its planned members finished and were
+    kept, what they did and what their training cost, all read from the kept files (``sweep.json``
+    plans the members; ``finished.jsonl`` records each kept one with its wall seconds)."""
+    from mechgrok.population import read_manifest
+
+    rows = []
+    for spec_file in sorted((root / "figures").rglob("kept/**/sweep.json")):
+        spec, d = _json(spec_file), spec_file.parent
+        planned = [m["id"] for m in spec["members"]]
+        done = read_manifest(d)
+        kept = [done[i] for i in planned if i in done and (d / "members" / i / "metrics.csv").exists()]
+        grok = sorted(r["grokked_step"] for r in kept if r.get("grokked"))
+        gaps = [r["delay"] for r in kept if r.get("grokked") and r.get("delay") is not None]
+        mins = [r["seconds"] / 60 for r in kept]
+        rows.append([f"`{d.relative_to(root / 'figures')}`", _kept_setting(spec), f"{len(kept)} of {len(planned)}",
+                     f"{len(grok)} (at {grok[0]}-{grok[-1]})" if grok else "0",
+                     f"{_med(gaps):g}" if gaps else "-",
+                     f"{sum(mins):.1f} ({min(mins):.0f}-{max(mins):.0f} each)" if mins else "-"])
+    head = ["kept population (under figures/)", "setting", "members kept", "grokked (steps)", "median gap",
+            "training minutes, wall (per member)"]
+    return (_table(head, rows) + "\n\nWritten by `python analyses/claims_ledger.py` from each population's kept "
+            "`sweep.json` and `finished.jsonl`; the minutes are each member's own wall time, with other runs "
+            "sharing the 2 cores.")
+
+
+CHANCE_AT = 0.02  # "at chance" for a mod-113 recipient: about twice chance (1/113 = 0.009), the transplant's rule
+
+
+def _at_memorisation(metrics: pd.DataFrame) -> dict:
+    """A run's test accuracy where it memorised, how long it stayed at chance after, and whether it grokked."""
+    from mechgrok.milestones import transition_metrics
+
+    tr = transition_metrics(metrics)
+    m = metrics.sort_values("step")
+    acc = None if tr.memorised_step is None else float(m.loc[m["step"] == tr.memorised_step, "test_acc"].iloc[0])
+    after = m[m["step"] >= (tr.memorised_step or 0)]
+    left, under = after.loc[after["test_acc"] > CHANCE_AT, "step"], after.loc[after["test_acc"] <= CHANCE_AT, "step"]
+    at_chance = tr.memorised_step is not None and acc <= CHANCE_AT
+    return {"memorised": tr.memorised_step, "acc": acc, "grokked": tr.grokked_step, "last": tr.last_step,
+            "left_chance": int(left.iloc[0]) if at_chance and len(left) else None,
+            "last_at_chance": int(under.iloc[-1]) if at_chance else None}
+
+
+def chance_block(root: Path) -> str:
+    """Why the at-chance transplant (row 004-transplant-chance) has no base run that fits a CPU session:
+    every run memorises above chance or, where it memorises at chance, leaves chance long before it
+    groks. One row per pilot (``figures/backing/transplant_chance_pilot*``) and per member of the
+    seed004 preset's probed population, read from their metrics; then the rank correlation, over the
+    population, of test accuracy at memorisation with the grokking step."""
+    from scipy.stats import spearmanr
+
+    runs = []
+    for d in sorted((root / "figures/backing").glob("transplant_chance_pilot*")):
+        cfg = _json(d / "config.json")
+        runs.append((f"pilot `{d.name}`", cfg, pd.read_csv(d / "metrics.csv")))
+    pop = root / "figures/dynamics/seed004/kept/probed/members"
+    members = sorted(pop.glob("seed=*/metrics.csv"), key=lambda f: int(f.parent.name.split("=")[1]))
+    runs += [(f"seed004 `{f.parent.name}`", _json(f.parent / "config.json"), pd.read_csv(f)) for f in members]
+    rows, population = [], []
+    for name, cfg, m in runs:
+        t, r = cfg["train"], _at_memorisation(m)
+        rows.append([name, f"{cfg['task']['frac']:g}", f"{t['lr']:g}", f"{t['weight_decay']:g}", cfg["train"]["seed"],
+                     r["memorised"] if r["memorised"] is not None else "-",
+                     f"{r['acc']:.3f}" if r["acc"] is not None else "-",
+                     "-" if r["last_at_chance"] is None else f"{r['left_chance'] or '-'} / {r['last_at_chance']}",
+                     r["grokked"] if r["grokked"] is not None else f"not by {r['last']}"])
+        if name.startswith("seed004") and r["acc"] is not None:
+            population.append((r["acc"], r["grokked"] if r["grokked"] is not None else float("inf")))
+    head = ["run", "frac", "lr", "wd", "seed", "memorised (step)", "test acc there",
+            f"first above {CHANCE_AT} / last at or under it", "grokked (step)"]
+    out = _table(head, rows)
+    if len(population) >= 3:
+        rho, p = spearmanr([a for a, _ in population], [g for _, g in population])
+        out += (f"\n\nOver the {len(population)} seed004 members, test accuracy at memorisation against the grokking step "
+                f"(a member that did not grok ranked after all): Spearman rho = {rho:.2f} (p = {p:.2g}).")
+    return out + (f"\n\nWritten by `python analyses/claims_ledger.py` from each run's committed `metrics.csv`. "
+                  f"Chance is 1/113 = 0.009; memorised and grokked as everywhere (`mechgrok.milestones`).")
+
+
 BLOCKS = {  # name -> (file, renderer)
+    "chance-recipients": ("figures/README.md", chance_block),
+    "kept-populations": ("figures/README.md", kept_block),
     "claims-freezing": ("figures/README.md", freezing_block),
     "claims-freezing-full": ("figures/README.md", lambda root: freezing_block(root, "freezing_phases_full")),
     "claims-transplant": ("figures/README.md", transplant_block),
     "claims-plateau-transplant": ("figures/README.md", plateau_transplant_block),
     "claims-transplant-dynamics": ("figures/README.md", transplant_dynamics_block),
     "claims-transplant-seed004": ("figures/README.md", lambda root: transplant_dynamics_block(root, "fourier_transplant_seed004")),
+    "claims-transplant-seed004-chance": ("figures/README.md",
+                                         lambda root: transplant_dynamics_block(root, "fourier_transplant_seed004_chance0.02_train0.2")),
     "claims-embedding": ("figures/README.md", embedding_block),
     "claims-ablation": ("figures/README.md", ablation_block),
     "claims-momentum": ("figures/README.md", momentum_block),
@@ -1148,6 +1275,23 @@ def dynamics_summary(rows: list[dict]) -> str:
     return "\n".join(f"- {by[i]['claim']}: **{by[i]['verdict'].split(' (')[0]}**. Ours: {by[i]['ours']}." for i in ids)
 
 
+SEED004_OWN = ["004-transition", "004-hessian-own", "004-agreement-own", "004-momentum-own", "004-erank-own",
+               "004-erank-long", "004-dips-own", "004-hessian-lag-own", "004-cycle-wd1-own", "004-cycle-wd025-own",
+               "004-cycle-wd2-own", "004-transplant-own", "004-transplant-chance"]
+
+
+def seed004_own_summary(rows: list[dict]) -> str:
+    """figures/README's list of seed 004's rows at its own setting: n, ours and the verdict, from the ledger."""
+    by = {r["id"]: r for r in rows}
+    agrees = {True: "agrees at our setting", False: "differs at our setting", None: "no test"}
+
+    def line(r: dict) -> str:
+        test = f"{agrees[None if r['agrees_at_our_setting'] is None else bool(r['agrees_at_our_setting'])]}"
+        test += f" ({r['test'].split(' (')[0]})" if r["test"] not in (None, "-") else ""
+        return f"- `{r['id']}`, n = {r['n'] or 0}: {r['ours'] or 'no data'}. {test}; **{r['verdict']}**."
+    return "\n".join(line(by[i]) for i in SEED004_OWN)
+
+
 def nanda_block(rows: list[dict]) -> str:
     """README's table of our Nanda run against the paper: the ledger's Nanda rows."""
     by = {r["id"]: r for r in rows}
@@ -1156,7 +1300,7 @@ def nanda_block(rows: list[dict]) -> str:
                   [[by[i]["claim"], by[i]["ours"] or "-", f"`{by[i]['data']}`", by[i]["verdict"]] for i in ids])
 
 
-ROW_BLOCKS = {"dynamics-summary": ("README.md", dynamics_summary), "nanda-table": ("README.md", nanda_block), "dynamics-claims": ("figures/dynamics/preset/README.md", dynamics_block),"what-reproduces": ("README.md", what_reproduces), "latent-findings": ("README.md", latent_block),
+ROW_BLOCKS = {"seed004-own": ("figures/README.md", seed004_own_summary), "dynamics-summary": ("README.md", dynamics_summary), "nanda-table": ("README.md", nanda_block), "dynamics-claims": ("figures/dynamics/preset/README.md", dynamics_block),"what-reproduces": ("README.md", what_reproduces), "latent-findings": ("README.md", latent_block),
               "latent-modular-states": ("figures/latent/README.md", latent_states_block)}  # made from the ledger's rows
 
 

@@ -32,9 +32,17 @@ seeds gain arm 4). ``--summarise`` trains nothing and reports what the run direc
     python analyses/fourier_transplant.py --preset dynamics --seeds 20-29 --merge
 
 Seed 004's recipient has test accuracy at chance while its Fourier features form; no 50%-split
-run memorises at chance (figures/README.md), a 30% split does. ``--set`` changes the preset's
-fields and ``--recipient-max-test-acc`` takes the plateau's last checkpoint at or under that
-accuracy as the recipient; both go into the figures' names, so the preset's own study stays:
+run memorises at chance (figures/README.md), a 30% split does. ``--recipient-max-test-acc`` takes
+the plateau's last checkpoint at or under that accuracy as the recipient, and with
+``--recipient-min-train-acc`` also a checkpoint still memorising (train accuracy at least that);
+such a study records each base run's checkpoints up to memorisation with their accuracies and
+Fourier evidence (``trajectory``). On the preset itself (the at-chance study of figures/README.md):
+
+    python analyses/fourier_transplant.py --preset seed004 --seeds 1,2,4 --arm-steps 3000 \
+        --recipient-max-test-acc 0.02 --recipient-min-train-acc 0.2 --out runs/transplant_s004
+
+``--set`` changes the preset's fields; the fields and the recipient rule go into the figures'
+names, so the preset's own study stays:
 
     python analyses/fourier_transplant.py --preset seed004 --set frac=0.3 --set lr=0.001 --set steps=10000 \
         --recipient-max-test-acc 0.02 --seeds 0-1 --out runs/transplant_chance
@@ -93,6 +101,10 @@ def main():
     ap.add_argument("--recipient-max-test-acc", type=float, default=None,
                     help="with --preset: the recipient is the last plateau checkpoint whose test accuracy is at most "
                          "this (seed 004's recipient is at chance: e.g. 0.02 for p=113), not the half-way one")
+    ap.add_argument("--recipient-min-train-acc", type=float, default=None,
+                    help="with --recipient-max-test-acc: the recipient may be a model still memorising, any checkpoint "
+                         "before grokking with train accuracy at least this (at the seed004 preset's 50%% split no "
+                         "memorised checkpoint is at chance)")
     ap.add_argument("--stop-after-grok", type=int, default=3)
     ap.add_argument("--arm-steps", type=int, default=ARM_STEPS, help="with --preset: budget of the arms after the transplant")
     ap.add_argument("--min-delay", type=int, default=MIN_DELAY,
@@ -104,9 +116,9 @@ def main():
     args = ex.parse_args(ap)
     stem = args.figures / (f"fourier_transplant_{args.preset}{_tag(args)}" if args.preset else "fourier_transplant")
     if args.plot_only:
-        saved = json.loads(stem.with_suffix(".json").read_text())
+        saved = json.loads(mg.files.with_ext(stem, ".json").read_text())
         args.recipient_step = 150 if args.recipient_step is None else args.recipient_step
-        mg.files.write_text(stem.with_suffix(".md"), plateau_report(saved, stem) if args.preset else
+        mg.files.write_text(mg.files.with_ext(stem, ".md"), plateau_report(saved, stem) if args.preset else
                             report(saved["rows"], args, stem))
     elif args.preset:
         plateau_main(args, stem)
@@ -119,7 +131,9 @@ def _tag(args) -> str:
     """What sets this study apart from the preset's own (its figures' file names): the --set
     fields and the recipient rule, e.g. ``_frac0.3_chance0.02``."""
     sets = "".join(f"_{k.split('.')[-1]}{v}" for k, v in ex.parse_overrides(args.set).items())
-    return sets + (f"_chance{args.recipient_max_test_acc:g}" if args.recipient_max_test_acc is not None else "")
+    min_train = getattr(args, "recipient_min_train_acc", None)
+    return (sets + (f"_chance{args.recipient_max_test_acc:g}" if args.recipient_max_test_acc is not None else "")
+            + (f"_train{min_train:g}" if min_train is not None else ""))
 
 
 def small_main(args, stem):
@@ -175,21 +189,25 @@ def report(rows: list[dict], args, stem) -> str:
 # --- seed 004's setting: a population on the preset, three arms from the plateau -------------------
 
 
-def plateau_step(base, tr, min_delay: int, fixed: int | None, max_test_acc: float | None = None) -> int | None:
+def plateau_step(base, tr, min_delay: int, fixed: int | None, max_test_acc: float | None = None,
+                 min_train_acc: float | None = None) -> int | None:
     """The recipient checkpoint on the memorising plateau: ``fixed`` if it lies between
     memorisation and grokking; with ``max_test_acc``, the last checkpoint there whose test
     accuracy is at most that (the plateau's latest state still at chance: seed 004's
-    recipient); else the checkpoint nearest half-way between them. None when the run has no
-    plateau (it grokked within ``min_delay`` steps of memorising, or never) or no checkpoint
-    of it meets the rule."""
+    recipient); else the checkpoint nearest half-way between them. With ``min_train_acc`` too,
+    the at-chance recipient may also be a model still memorising: any checkpoint before grokking
+    whose train accuracy is at least that. None when the run has no plateau (it grokked within
+    ``min_delay`` steps of memorising, or never) or no checkpoint of it meets the rule."""
     if tr.grokked_step is None or tr.memorised_step is None or tr.delay < min_delay:
         return None
     inside = [s for s in base.steps if tr.memorised_step <= s < tr.grokked_step]
     if fixed is not None:
         return fixed if fixed in inside else None
     if max_test_acc is not None:
-        acc = base.metrics.set_index("step")["test_acc"]
-        return max((s for s in inside if s in acc.index and acc[s] <= max_test_acc), default=None)
+        m = base.metrics.set_index("step")
+        if min_train_acc is not None:
+            inside = [s for s in base.steps if s < tr.grokked_step and s in m.index and m.at[s, "train_acc"] >= min_train_acc]
+        return max((s for s in inside if s in m.index and m.at[s, "test_acc"] <= max_test_acc), default=None)
     return min(inside, key=lambda s: abs(s - tr.memorised_step - tr.delay / 2), default=None)
 
 
@@ -201,6 +219,19 @@ def fourier_evidence(run, step: int, layer: int, key_freqs: list[int]) -> dict:
     return {"embedding_gini": round(spectrum_gini(mg.fourier.embedding_spectrum(params, run.task, cfg=run.model_cfg)), 4),
             "clustered": int((nf.freq > 0).sum()),
             "on_donor_freqs": int(torch.isin(nf.freq, torch.tensor(key_freqs, dtype=nf.freq.dtype)).sum())}
+
+
+def chance_trajectory(base, tr) -> list[dict]:
+    """For a study whose recipient is at chance: every checkpoint up to memorisation, with its train
+    and test accuracy and its Fourier evidence on the donor's frequencies, so a reader sees whether
+    test accuracy leaves chance before, with or after the neurons cluster."""
+    donor, layer = base.steps[-1], base.model_cfg.n_layers - 1
+    nf = mg.fourier.neuron_frequencies(base.params(donor), base.task, layer=layer, cfg=base.model_cfg)
+    key_freqs = sorted(k for k in nf.cluster_sizes() if k > 0)
+    m = base.metrics.set_index("step")
+    last = tr.memorised_step if tr.memorised_step is not None else tr.grokked_step
+    return [{"step": t, "train_acc": float(m.at[t, "train_acc"]), "test_acc": float(m.at[t, "test_acc"]),
+             **fourier_evidence(base, t, layer, key_freqs)} for t in base.steps if t <= last and t in m.index]
 
 
 def plateau_main(args, stem):
@@ -222,12 +253,18 @@ def plateau_main(args, stem):
         row = {"seed": s, "base_memorisation_step": tr.memorised_step, "base_grokking_step": tr.grokked_step,
                "base_delay": tr.delay}
         rows.append(row)
-        r_step = plateau_step(base, tr, args.min_delay, args.recipient_step, args.recipient_max_test_acc)
+        if args.recipient_max_test_acc is not None and tr.grokked_step is not None:
+            row["trajectory"] = chance_trajectory(base, tr)
+        r_step = plateau_step(base, tr, args.min_delay, args.recipient_step, args.recipient_max_test_acc,
+                              args.recipient_min_train_acc)
         if r_step is None:
             row["skipped"] = (("did not memorise and grok within the budget" if tr.delay is None else
                                f"no plateau: grokked {tr.delay} steps after memorising (< {args.min_delay})"
                                if tr.delay < args.min_delay else
-                               f"no plateau checkpoint at test accuracy <= {args.recipient_max_test_acc:g}"))
+                               f"no plateau checkpoint at test accuracy <= {args.recipient_max_test_acc:g}"
+                               if args.recipient_min_train_acc is None else
+                               f"no checkpoint before grokking at test accuracy <= {args.recipient_max_test_acc:g} "
+                               f"and train accuracy >= {args.recipient_min_train_acc:g}"))
             continue
         m = base.metrics.set_index("step")
         row |= {"recipient_step": r_step, **{f"recipient_{k}": float(m.loc[r_step, k])
@@ -275,10 +312,11 @@ def plateau_main(args, stem):
               "wall_s": None if args.summarise else round(time.time() - t0), "preset": args.preset,
               "arm_steps": args.arm_steps, "min_delay": args.min_delay, "set": list(args.set) or None,
               "budget": next((b.config.train.steps for b in bases if b is not None), None),
-              "recipient_max_test_acc": args.recipient_max_test_acc, "rows": rows}
+              "recipient_max_test_acc": args.recipient_max_test_acc,
+              "recipient_min_train_acc": args.recipient_min_train_acc, "rows": rows}
     if args.merge:
-        result = ex.merge_rows(stem.with_suffix(".json"), result,
-                               ("preset", "arm_steps", "min_delay", "set", "recipient_max_test_acc"))
+        result = ex.merge_rows(mg.files.with_ext(stem, ".json"), result, ("preset", "arm_steps", "min_delay", "set",
+                                                                   "recipient_max_test_acc", "recipient_min_train_acc"))
     ex.write_report(stem, plateau_report(result, stem), result, seeds=seeds, prov=result["provenance"])
 
 
@@ -298,10 +336,13 @@ def plateau_summary(result: dict) -> list[str]:
                       "delay after the recipient step: median (IQR)": ex.censored_iqr(after[name], result["arm_steps"]),
                       "paired vs control: median (IQR)": "-" if name.startswith("control") else ex.median_iqr(paired)})
     rule = ("the checkpoint nearest half-way along each plateau" if result.get("recipient_max_test_acc") is None else
-            f"the last checkpoint of each plateau with test accuracy <= {result['recipient_max_test_acc']:g}")
+            f"the last checkpoint of each plateau with test accuracy <= {result['recipient_max_test_acc']:g}"
+            if result.get("recipient_min_train_acc") is None else
+            f"the last checkpoint before grokking with test accuracy <= {result['recipient_max_test_acc']:g} and train "
+            f"accuracy >= {result['recipient_min_train_acc']:g} (memorised or still memorising)")
     sets = f" with {', '.join(result['set'])}" if result.get("set") else ""
     lines = [f"`{result['preset']}` preset{sets}, {len(result['rows'])} seeds, {len(rows)} with a memorising plateau "
-             f"(grokked >= {result['min_delay']} steps after memorising) and all {len(arms)} arms finished; recipient = "
+             f"(grokked >= {result['min_delay']} steps after memorising), a recipient and all {len(arms)} arms finished; recipient = "
              f"{rule}; grokking step = first evaluation with test accuracy "
              f"> 0.9; arms trained up to {result['arm_steps']} steps past the recipient (or the preset's step budget), "
              f"stopping 3 evaluations after grokking. Delay = grokking step minus the recipient step; paired = "
@@ -349,6 +390,8 @@ def plateau_report(result: dict, stem) -> str:
         sets = "".join(f" --set {v}" for v in result.get("set") or [])  # merge_rows: the same in every invocation
         rule = (f" --recipient-max-test-acc {result['recipient_max_test_acc']:g}"
                 if result.get("recipient_max_test_acc") is not None else "")
+        rule += (f" --recipient-min-train-acc {result['recipient_min_train_acc']:g}"
+                 if result.get("recipient_min_train_acc") is not None else "")
         # the fields --merge requires to match, where not the defaults: the command must rebuild the study
         rule += "".join(f" --{flag} {result[key]}" for flag, key, default in
                         (("arm-steps", "arm_steps", ARM_STEPS), ("min-delay", "min_delay", MIN_DELAY))
@@ -363,7 +406,10 @@ def plateau_report(result: dict, stem) -> str:
             if "base_grokking_step" in r else "") for r in skipped)]
     print("\n".join(lines))
     fig = grokking_step_distributions(
-        after, title=f"Transplant into the memorising plateau, {result['preset']} preset, {len(rows)} seeds")
+        after, title=(f"Transplant into the memorising plateau, {result['preset']} preset, {len(rows)} seeds"
+                      if result.get("recipient_min_train_acc") is None else
+                      f"Transplant into a model still memorising, at test accuracy <= {result['recipient_max_test_acc']:g}, "
+                      f"{result['preset']} preset, {len(rows)} seeds"))
     save_figure(fig.update_yaxes(title_text="grokking step minus recipient step"), stem)
     return "\n".join(lines) + "\n"
 

@@ -40,7 +40,7 @@ import pandas as pd
 import mechgrok as mg
 from mechgrok import experiment as ex
 from mechgrok.experiment import command_line, parse_args, parse_overrides, parse_seeds, parser, write_report
-from mechgrok.files import write_text
+from mechgrok.files import with_ext, write_text
 from mechgrok.plots import grokking_step_distributions, markdown_table, save_figure
 from momentum_sweep import small_or_preset  # the same small setting (analyses/ is on sys.path when run)
 
@@ -115,15 +115,15 @@ def rows_of(t: pd.DataFrame) -> list[dict]:
 def retable(stem: Path) -> None:
     """Rewrite the table of the report ``stem.md`` from the members in ``stem.json`` (its runs
     may be gone), as ``report`` writes it now; the report's other lines stay as they are."""
-    t = pd.DataFrame(json.loads(stem.with_suffix(".json").read_text())["table"])
+    t = pd.DataFrame(json.loads(with_ext(stem, ".json").read_text())["table"])
     rows, budget = rows_of(t), int(t["budget"].min())
     new = table(summarise(rows, budget), rows, budget).rstrip("\n").split("\n")
-    lines = stem.with_suffix(".md").read_text().split("\n")
+    lines = with_ext(stem, ".md").read_text().split("\n")
     first = next(i for i, line in enumerate(lines) if line.startswith("|"))
     last = next(i for i in range(first, len(lines)) if not lines[i].startswith("|"))
-    note = (f"Table rewritten from `{stem.with_suffix('.json').name}` by `{command_line()}` ({time.strftime('%Y-%m-%d')}): "
+    note = (f"Table rewritten from `{with_ext(stem, '.json').name}` by `{command_line()}` ({time.strftime('%Y-%m-%d')}): "
             f"a member that did not grok within {budget} steps counts in the median as later than all.")
-    write_text(stem.with_suffix(".md"), "\n".join([*lines[:first], *new, "", note, *lines[last:]]))
+    write_text(with_ext(stem, ".md"), "\n".join([*lines[:first], *new, "", note, *lines[last:]]))
 
 
 def report(pop, args, base, mode: str, t0: float):

@@ -86,7 +86,7 @@ def populations(out: Path, candidate: str, kept: Path | None = None) -> list:
 def missing_rows(stem: Path, rows: list[dict]) -> list[tuple[str, int]]:
     """(candidate, seed) of the members the committed report ``stem.json`` has and ``rows`` lack:
     members trained on another machine and not kept. Rewriting the report would drop them."""
-    path = stem.with_suffix(".json")
+    path = mg.files.with_ext(stem, ".json")
     if not path.exists():
         return []
     have = {(r["candidate"], r["seed"]) for r in rows}

@@ -29,7 +29,7 @@ import torch
 
 from .config import RunConfig, parse_seeds
 from .ensemble import member_status, resume_ensemble, train_ensemble
-from .files import atomic_write, write_json, write_text
+from .files import atomic_write, with_ext, write_json, write_text
 from .milestones import should_stop
 from .presets import apply_overrides, parse_overrides
 from .provenance import hardware, provenance
@@ -273,10 +273,10 @@ def write_report(stem: str | Path, text: str, data: dict, *, command: str | None
         facts.append(f"Seeds: {', '.join(map(str, seeds))}")
     took = "" if seconds is None else f"; took {seconds / 60:.1f} min"
     facts.append(f"Hardware: {hardware(prov)}{note}. Made {prov['made']}{took}.")
-    md = write_text(stem.with_suffix(".md"), text.rstrip("\n") + "\n\n" + "  \n".join(facts) + "\n")
+    md = write_text(with_ext(stem, ".md"), text.rstrip("\n") + "\n\n" + "  \n".join(facts) + "\n")
     meta = {"command": command, "seeds": None if seeds is None else list(seeds), "hardware": hardware(prov),
             "seconds": seconds, "provenance": prov}
-    js = write_json(stem.with_suffix(".json"), json.loads(json.dumps(data | meta, default=str)))
+    js = write_json(with_ext(stem, ".json"), json.loads(json.dumps(data | meta, default=str)))
     return md, js
 
 

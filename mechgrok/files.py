@@ -37,6 +37,14 @@ def _umask() -> int:
     return mask
 
 
+def with_ext(stem: str | os.PathLike, ext: str) -> Path:
+    """``stem`` + ``ext``: a report's or figure's file. Not ``Path.with_suffix``, which takes
+    everything after the stem's last dot for a suffix: ``study_lr0.001`` would become
+    ``study_lr0.json``, and two studies differing after that dot would overwrite each other."""
+    stem = Path(stem)
+    return stem.with_name(stem.name + ext)
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)`` to fill a temp file, then put it in place of ``path`` at once."""
     path = Path(path)

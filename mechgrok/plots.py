@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .files import atomic_write
+from .files import atomic_write, with_ext
 from .milestones import GROKKED_TEST_ACC
 
 COLORS = {"train": "#1f77b4", "test": "#d62728", "restricted": "#2ca02c", "excluded": "#9467bd",
@@ -37,7 +37,7 @@ def save_figure(fig: go.Figure, stem: str | Path, png: bool = True, scale: float
     """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    html = stem.with_suffix(".html")
+    html = with_ext(stem, ".html")
     if plotlyjs == "shared":
         plotlyjs = plotlyjs_src(stem.parent)
     elif plotlyjs == "directory":
@@ -49,8 +49,8 @@ def save_figure(fig: go.Figure, stem: str | Path, png: bool = True, scale: float
     written = [html]
     if png:
         try:
-            atomic_write(stem.with_suffix(".png"), lambda tmp: fig.write_image(tmp, format="png", scale=scale))
-            written.append(stem.with_suffix(".png"))
+            atomic_write(with_ext(stem, ".png"), lambda tmp: fig.write_image(tmp, format="png", scale=scale))
+            written.append(with_ext(stem, ".png"))
         except Exception as e:  # kaleido raises several types for "no browser"
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             reason = f"{type(e).__name__}: {lines[0][:200]}" if lines else f"{type(e).__name__} from kaleido"

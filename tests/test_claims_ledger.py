@@ -493,3 +493,64 @@ def test_the_erank_drop_is_tested_on_members_that_ran_one_gap_past_grokking(ledg
         r.update(erank_drop=0.33)
     path.write_text(json.dumps(d))
     assert by()["verdict"] == "reproduced"
+
+
+def test_the_kept_populations_table_counts_only_members_kept_with_their_metrics(ledger_script, tmp_path):
+    """A planted kept population of 3 planned members: one finished and kept, one finished whose
+    metrics never reached the kept directory, one not run. The table counts 1 of 3, its grokking
+    step, gap and minutes; not the planned, not the manifest's lines."""
+    d = tmp_path / "figures/x/kept/pop"
+    members = [{"id": f"seed={s}", "settings": {}, "seed": s} for s in range(3)]
+    d.mkdir(parents=True)
+    (d / "sweep.json").write_text(json.dumps({"fixed": {"beta1": 0.0, "device": "cpu"}, "settings": [],
+                                              "probe": "every=10", "members": members}))
+    rec = lambda s, grok, delay, secs: {"id": f"seed={s}", "seconds": secs, "grokked": grok is not None,  # noqa: E731
+                                        "grokked_step": grok, "delay": delay}
+    (d / "finished.jsonl").write_text(json.dumps(rec(0, 700, 40, 600.0)) + "\n" + json.dumps(rec(1, 900, 10, 1200.0)) + "\n")
+    (d / "members/seed=0").mkdir(parents=True)
+    (d / "members/seed=0/metrics.csv").write_text("step\n0\n")
+    (d / "members/seed=1").mkdir(parents=True)  # finished on some machine, its metrics not copied
+    body = ledger_script.kept_block(tmp_path)
+    row = next(line for line in body.splitlines() if "x/kept/pop" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:] == ["beta1 0.0; probe every=10", "1 of 3", "1 (at 700-700)", "40", "10.0 (10-10 each)"]
+
+
+def test_the_chance_recipients_table_reads_when_a_run_left_chance_and_ranks_the_population(ledger_script, tmp_path):
+    """Planted runs: a pilot memorising at step 20 at test accuracy 0.01 (chance) that is above 0.02
+    at step 40, back at chance at 50, and never groks; three preset members whose test accuracy at memorisation orders
+    their grokking steps exactly backwards (rho = -1), one never grokking."""
+    import pandas as pd
+
+    def plant(d: Path, seed: int, train: list, test: list, frac=0.3):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"task": {"frac": frac}, "train": {"lr": 1e-3, "weight_decay": 1.0,
+                                                                                     "seed": seed}}))
+        pd.DataFrame({"step": [10 * i for i in range(len(train))], "train_acc": train, "test_acc": test}).to_csv(
+            d / "metrics.csv", index=False)
+
+    plant(tmp_path / "figures/backing/transplant_chance_pilot", 0, [0.1, 0.5, 1, 1, 1, 1], [0, 0, 0.01, 0.02, 0.025, 0.01])
+    pop = tmp_path / "figures/dynamics/seed004/kept/probed/members"
+    plant(pop / "seed=0", 0, [0.5, 1, 1, 1], [0, 0.05, 0.5, 0.95], 0.5)   # memorised at 0.05, groks at 30
+    plant(pop / "seed=1", 1, [0.5, 1, 1, 1], [0, 0.3, 0.95, 0.95], 0.5)   # memorised at 0.30, groks at 20
+    plant(pop / "seed=2", 2, [0.5, 1, 1, 1], [0, 0.01, 0.02, 0.03], 0.5)  # memorised at chance, left at 30
+    body = ledger_script.chance_block(tmp_path)
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+             for line in body.splitlines() if line.startswith("| pilot") or line.startswith("| seed004")}
+    assert cells["pilot `transplant_chance_pilot`"][5:] == ["20", "0.010", "40 / 50", "not by 50"]
+    assert cells["seed004 `seed=2`"][5:] == ["10", "0.010", "30 / 20", "not by 30"]
+    assert cells["seed004 `seed=0`"][5:] == ["10", "0.050", "-", "30"]
+    assert "Spearman rho = -1.00" in body  # acc ranks 2, 3, 1 against grokking ranks 2, 1, 3 (never: last)
+
+
+def test_an_at_chance_transplant_says_where_test_accuracy_left_chance_and_where_neurons_clustered(ledger_script):
+    pt = lambda step, test, clustered: {"step": step, "train_acc": 0.5, "test_acc": test, "clustered": clustered}  # noqa: E731
+    d = {"recipient_max_test_acc": 0.02, "rows": [
+        {"seed": 1, "trajectory": [pt(0, 0.01, 0), pt(50, 0.02, 0), pt(100, 0.03, 4)]},   # both at 100 (0.02 is at chance)
+        {"seed": 2, "trajectory": [pt(0, 0.01, 0), pt(50, 0.05, 0), pt(100, 0.06, 0), pt(200, 0.1, 2)]},
+        {"seed": 3, "skipped": "no plateau"}]}
+    text = ledger_script._chance_trajectories(d)
+    assert text == ("Checkpoints up to memorisation (every 50/100 steps): seed 1: test accuracy first above 0.02 at "
+                    "step 100, first neuron clustered at step 100 (4 neurons); seed 2: test accuracy first above 0.02 "
+                    "at step 50, first neuron clustered at step 200 (2 neurons). The two are the same checkpoint in 1 of 2 seeds.")
+    assert ledger_script._chance_trajectories({"rows": [{"seed": 0}]}) == ""

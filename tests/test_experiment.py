@@ -125,6 +125,20 @@ def test_write_report_writes_md_and_json_side_by_side(tmp_path):
     assert sorted(p.name for p in stem.parent.iterdir()) == ["result.json", "result.md"], "no temp files left"
 
 
+def test_a_report_and_figure_whose_name_has_a_dot_keep_the_whole_name(tmp_path):
+    """A study named by its settings (fourier_transplant's ``_lr0.001_chance0.02``) must not lose
+    everything after the name's last dot, which would write ``_lr0.json`` and let two studies
+    that differ after it overwrite each other."""
+    import plotly.graph_objects as go
+
+    for name in ("study_lr0.001_chance0.02", "study_lr0.001_chance0.05"):
+        ex.write_report(tmp_path / name, "x\n", {"name": name}, command="c")
+        mg.plots.save_figure(go.Figure(), tmp_path / name, png=False, plotlyjs=True)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f"study_lr0.001_chance0.0{k}.{e}" for k in (2, 5) for e in ("html", "json", "md")]
+    assert json.loads((tmp_path / "study_lr0.001_chance0.02.json").read_text())["name"] == "study_lr0.001_chance0.02"
+
+
 def test_parser_has_the_shared_flags_and_checks_seeds_and_set(capsys):
     ap = ex.parser("doc", out="runs/x", seeds="0,1", full="the published scale", overrides=True)
     args = ex.parse_args(ap, ["--seeds", "2-3", "--set", "lr=1", "--set", "p=11", "--full"])

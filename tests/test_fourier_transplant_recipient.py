@@ -54,3 +54,22 @@ def test_the_figures_of_a_study_with_its_own_settings_do_not_overwrite_the_prese
     args = argparse.Namespace(set=["frac=0.3", "train.lr=0.001"], recipient_max_test_acc=0.02)
     assert script._tag(args) == "_frac0.3_lr0.001_chance0.02"
     assert script._tag(argparse.Namespace(set=[], recipient_max_test_acc=None)) == ""
+
+
+def test_with_a_train_accuracy_floor_the_recipient_at_chance_may_still_be_memorising(script):
+    """The seed004 preset's case: test accuracy leaves chance while the run memorises, so no plateau
+    checkpoint is at chance; with min_train_acc the recipient is the last checkpoint before grokking
+    at chance whose train accuracy reaches the floor (>=, not >)."""
+    steps = [i * 50 for i in range(12)]
+    train = [0.01, 0.02, 0.07, 0.25, 0.65, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # memorised at 250
+    test = [0.008, 0.003, 0.002, 0.014, 0.09, 0.25, 0.3, 0.4, 0.5, 0.8, 0.95, 0.97]  # grokked at 500
+    base = SimpleNamespace(steps=steps, metrics=pd.DataFrame({"step": steps, "train_acc": train, "test_acc": test}))
+    tr = transition_metrics(base.metrics)
+    assert (tr.memorised_step, tr.grokked_step) == (250, 500)
+    assert script.plateau_step(base, tr, 150, None, 0.02) is None  # the plateau is never at chance
+    assert script.plateau_step(base, tr, 150, None, 0.02, 0.25) == 150
+    assert script.plateau_step(base, tr, 150, None, 0.02, 0.26) is None  # step 150 is under the floor
+    assert script.plateau_step(base, tr, 150, None, 0.02, 0.05) == 150  # the last one at chance, not the first
+    assert script.plateau_step(base, tr, 150, None, 0.001, 0.0) is None
+    args = argparse.Namespace(set=[], recipient_max_test_acc=0.02, recipient_min_train_acc=0.2)
+    assert script._tag(args) == "_chance0.02_train0.2"

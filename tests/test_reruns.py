@@ -390,6 +390,19 @@ def test_seed004_transplant_restarts_the_untouched_recipient_like_the_arms_and_i
     assert "untouched, restarted like the arms" in md and "Fourier arm minus restarted recipient" in md
     # the command the report gives rebuilds this study: the settings --merge requires to match are in it
     assert "--arm-steps 400 --min-delay 50 --seeds 1-1`" in md
+    # the at-chance rule on the same base run (--summarise: no arms trained): the row keeps the base
+    # run's checkpoints up to memorisation with their accuracies and Fourier evidence
+    run_script(mod, monkeypatch, "--preset", "dynamics", *[a for f in fields for a in ("--set", f)], "--seeds", "1-1",
+               "--min-delay", "50", "--arm-steps", "400", "--out", tmp_path / "runs", "--figures", tmp_path / "fig",
+               "--threads", "1", "--recipient-max-test-acc", "0.5", "--recipient-min-train-acc", "0", "--summarise")
+    chance = json.loads(next((tmp_path / "fig").glob("fourier_transplant_dynamics_*_chance0.5_train0.json")).read_text())
+    traj = chance["rows"][0]["trajectory"]
+    checkpoints = mg.load_run(tmp_path / "runs" / "seed1" / "base").steps
+    assert [t["step"] for t in traj] == [s for s in checkpoints if s <= row["base_memorisation_step"]] and len(traj) > 1
+    assert [t["test_acc"] for t in traj] == pytest.approx(base.loc[[t["step"] for t in traj], "test_acc"].tolist())
+    assert traj[0]["clustered"] == row["evidence"]["init"]["clustered"]
+    assert "--recipient-max-test-acc 0.5 --recipient-min-train-acc 0" in next(
+        (tmp_path / "fig").glob("fourier_transplant_dynamics_*_chance0.5_train0.md")).read_text()
 
 
 def test_optimizer_dynamics_reports_a_population_probed_for_the_rank_only(tiny_cfg, monkeypatch, tmp_path):
