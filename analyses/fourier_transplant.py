@@ -114,6 +114,8 @@ def main():
     ap.add_argument("--merge", action="store_true",
                     help="with --preset: keep the JSON's rows of seeds not given here and add these")
     args = ex.parse_args(ap)
+    if args.recipient_min_train_acc is not None and args.recipient_max_test_acc is None:
+        raise SystemExit("--recipient-min-train-acc widens the at-chance rule: give --recipient-max-test-acc too")
     stem = args.figures / (f"fourier_transplant_{args.preset}{_tag(args)}" if args.preset else "fourier_transplant")
     if args.plot_only:
         saved = json.loads(mg.files.with_ext(stem, ".json").read_text())

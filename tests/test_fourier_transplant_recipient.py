@@ -73,3 +73,9 @@ def test_with_a_train_accuracy_floor_the_recipient_at_chance_may_still_be_memori
     assert script.plateau_step(base, tr, 150, None, 0.001, 0.0) is None
     args = argparse.Namespace(set=[], recipient_max_test_acc=0.02, recipient_min_train_acc=0.2)
     assert script._tag(args) == "_chance0.02_train0.2"
+
+
+def test_a_train_accuracy_floor_without_the_at_chance_rule_is_refused(script, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["fourier_transplant.py", "--preset", "seed004", "--recipient-min-train-acc", "0.2"])
+    with pytest.raises(SystemExit, match="give --recipient-max-test-acc too"):
+        script.main()
