@@ -14,7 +14,8 @@ amplitude of test accuracy and weight norm after grokking) and ``milestones.drop
 accuracy). Each seed's four arms are one sweep under ``--out/seed{s}``, each member trained on its
 own; as each finishes, its metrics and config are copied to ``--kept`` (committed), so re-running
 the command, on this machine or a fresh clone, trains only what is not there yet. The report is
-rewritten after every seed. Outputs (``--figures``): limit_cycle.html/.png
+rewritten after every seed, unless the call's seeds leave out a seed already kept whole (one
+process per seed, ``--seeds 2-2`` and ``--seeds 3-3``: then ``--seeds 4`` writes the report). Outputs (``--figures``): limit_cycle.html/.png
 (test accuracy and weight norm after grokking, every member), limit_cycle.md and .json.
 
 Cost on the 2-core CPU VM: a member of 3000 steps took 2080-2180 s of wall time with two 1-thread
@@ -24,7 +25,9 @@ processes (one per seed) sharing the cores, ~0.7 s per step (bench/train_step.py
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import mechgrok as mg
 from mechgrok import cycles as cy
@@ -97,6 +100,32 @@ def report(pop, args, t0: float):
     print(text)
 
 
+def left_out(kept, seeds) -> list[int]:
+    """The seeds whose arms are all kept in ``kept`` but are not among ``seeds``: a report written
+    from ``seeds`` alone would drop them (``--seeds 2-2`` beside a committed report of seeds 0-1)."""
+    from mechgrok.population import read_manifest
+
+    out = []
+    for d in sorted(Path(kept).glob("seed*")):
+        spec = d / "sweep.json"
+        if spec.exists() and d.name[4:].isdigit() and int(d.name[4:]) not in seeds:
+            done = read_manifest(d)
+            if all(m["id"] in done for m in json.loads(spec.read_text())["members"]):
+                out.append(int(d.name[4:]))
+    return out
+
+
+def report_if_whole(pop, args, t0: float):
+    """``report`` unless the call's seeds leave out a seed already kept whole: then one line
+    saying which call writes the report (training one seed per process is how to share cores)."""
+    missing = left_out(args.kept, set(pop.table["seed"]))
+    if missing:
+        print(f"report not rewritten: kept seeds {missing} are not in this call; once every process has "
+              f"finished, `--seeds {max(missing + list(pop.table['seed'])) + 1}` reports them all (trains nothing new)")
+        return
+    report(pop, args, t0)
+
+
 def main():
     ap = ex.parser(__doc__, out="sweeps/limit_cycle_seed004", figures="figures/dynamics/seed004", seeds="2",
                    overrides=True, kept="figures/dynamics/seed004/kept/limit_cycle")
@@ -107,7 +136,7 @@ def main():
                           seeds=tuple(ex.parse_seeds(args.seeds)), chunk_size=1,
                           fixed={"steps": args.steps, "device": "cpu"} | ex.parse_overrides(args.set))
     t0 = time.time()
-    ex.sweep_seed_by_seed(spec, args.out, after=lambda pop: report(pop, args, t0), kept=args.kept)
+    ex.sweep_seed_by_seed(spec, args.out, after=lambda pop: report_if_whole(pop, args, t0), kept=args.kept)
 
 
 if __name__ == "__main__":

@@ -421,3 +421,19 @@ def test_optimizer_dynamics_reports_a_population_probed_for_the_rank_only(tiny_c
     d = json.loads((tmp_path / "fig/optimizer_dynamics.json").read_text())
     assert [r["seed"] for r in d["probed"]] == [0, 1] and not (tmp_path / "fig/dips_vs_gap.html").exists()
     assert "effective rank" in (tmp_path / "fig/optimizer_dynamics.md").read_text()
+
+
+def test_a_limit_cycle_call_for_one_seed_does_not_rewrite_the_report_without_the_kept_seeds(monkeypatch, tmp_path):
+    """One process per seed shares the cores, but a report written from ``--seeds 2-2`` alone would
+    drop the committed seeds 0 and 1: such a call leaves the report and says which call writes it.
+    Planted kept dirs: seeds 0 and 1 with all arms kept, seed 2 with one of two."""
+    mod = script("limit_cycle_seed004", monkeypatch)
+    for s, done in ((0, 2), (1, 2), (2, 1)):
+        d = tmp_path / f"seed{s}"
+        d.mkdir()
+        ids = [f"weight_decay={wd}_seed={s}" for wd in (1, 2)]
+        (d / "sweep.json").write_text(json.dumps({"members": [{"id": i} for i in ids]}))
+        (d / "finished.jsonl").write_text("".join(json.dumps({"id": i}) + "\n" for i in ids[:done]))
+    assert mod.left_out(tmp_path, {2}) == [0, 1]
+    assert mod.left_out(tmp_path, {0, 1, 2, 3}) == []
+    assert mod.left_out(tmp_path, {0, 5}) == [1]  # seed 2 is not whole: a report without it loses nothing kept whole
